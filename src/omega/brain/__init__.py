@@ -1,0 +1,1 @@
+"""The TV node: embedder, vector index, pattern store, recommender, sync agent. Never imports omega.constellation."""

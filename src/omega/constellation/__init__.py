@@ -1,0 +1,1 @@
+"""The cloud: sync server, validation, stores, aggregation, trends, federation. Never imports omega.brain."""

@@ -1,0 +1,1 @@
+"""Fleet simulator, load generator, evaluation on real data, capacity model."""
