@@ -1,0 +1,289 @@
+"""`VectorIndex`: cosine ANN search over catalog items or patterns (usearch HNSW).
+
+Below `exact_below` vectors, search is exact (numpy over the stored vectors):
+HNSW buys nothing there, and exact search never misses an item. Both paths
+return the same format: int64 keys and float32 similarities (1 - cosine
+distance, in [-1, 1]), best first.
+
+Keys are non-negative int64 (content ids; callers map pattern UUIDs to row
+numbers). In `search_batch` rows with fewer than k hits are padded with key -1
+and similarity NaN.
+
+File format (written atomically): the line `OMEGA-VECTOR-INDEX 1`, a JSON
+header line (dim, metric, dtype, connectivity, payload size and CRC-32), then
+usearch's own serialised index. The checksum matters: usearch trusts its input,
+and a bit-flipped graph can crash the process instead of raising.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+# Order matters: with usearch 2.26.6 and onnxruntime 1.32 on x86-64, loading
+# onnxruntime's extension *after* usearch's segfaults the interpreter (seen
+# here with a bare `import usearch.compiled; import onnxruntime`). The reverse
+# order is fine, and every brain process loads both, so load ORT first.
+import onnxruntime  # noqa: F401,E402  (imported for its side effect on load order)
+from usearch.index import Index  # noqa: E402
+
+from omega.errors import OmegaError
+
+_MAGIC = b"OMEGA-VECTOR-INDEX 1\n"
+DTYPES = ("f32", "f16", "i8")
+METRICS = ("cos",)
+_MAX_HEADER = 4096
+
+
+class VectorIndex:
+    """An HNSW cosine index with an exact path for small sets (see module docstring)."""
+
+    def __init__(
+        self,
+        dim: int = 384,
+        *,
+        metric: str = "cos",
+        dtype: str = "f16",
+        connectivity: int = 16,
+        expansion_add: int = 128,
+        expansion_search: int = 64,
+        exact_below: int = 256,
+    ) -> None:
+        if metric not in METRICS:
+            raise OmegaError(f"unsupported metric {metric!r}; supported: {', '.join(METRICS)}")
+        if dtype not in DTYPES:
+            raise OmegaError(f"unsupported index dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+        if dim < 1 or connectivity < 2 or expansion_add < 1 or expansion_search < 1 or exact_below < 0:
+            raise OmegaError(
+                "index parameters out of range: need dim >= 1, connectivity >= 2, expansions >= 1, exact_below >= 0"
+            )
+        self.dim = int(dim)
+        self.metric = metric
+        self.dtype = dtype
+        self.connectivity = int(connectivity)
+        self.expansion_add = int(expansion_add)
+        self.expansion_search = int(expansion_search)
+        self.exact_below = int(exact_below)
+        self._index = Index(
+            ndim=self.dim,
+            metric=metric,
+            dtype=dtype,
+            connectivity=self.connectivity,
+            expansion_add=self.expansion_add,
+            expansion_search=self.expansion_search,
+        )
+        self._exact_cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ contents
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return int(key) >= 0 and int(key) in self._index  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def keys(self) -> np.ndarray:
+        """All keys held, as int64 (in no particular order)."""
+        return np.asarray(self._index.keys, dtype=np.uint64).astype(np.int64)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under keys; a key already present is replaced by its new vector."""
+        ukeys = self._keys(keys)
+        matrix = self._vectors(vectors, "vectors")
+        if len(ukeys) != len(matrix):
+            raise OmegaError(f"{len(ukeys)} keys but {len(matrix)} vectors")
+        if len(np.unique(ukeys)) != len(ukeys):
+            raise OmegaError("duplicate keys in one add() call")
+        if len(ukeys) == 0:
+            return
+        present = ukeys[self._index.contains(ukeys)]
+        if len(present):
+            # usearch's high-level API refuses duplicate keys: replace = remove, then add.
+            self._index.remove(present)
+        self._index.add(ukeys, matrix)
+        self._exact_cache = None
+
+    def remove(self, keys: np.ndarray) -> int:
+        """Remove keys (absent ones are ignored); returns how many were removed."""
+        ukeys = self._keys(keys)
+        present = ukeys[self._index.contains(ukeys)] if len(ukeys) else ukeys
+        if len(present):
+            self._index.remove(present)
+            self._exact_cache = None
+        return int(len(present))
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest keys to `vector` (fewer if the index holds fewer), best first."""
+        query = self._vectors(vector, "query")
+        if query.shape[0] != 1:
+            raise OmegaError("search() takes one vector; use search_batch() for many")
+        keys, sims = self.search_batch(query, k)
+        hits = keys[0] >= 0
+        return keys[0][hits], sims[0][hits]
+
+    def search_batch(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(m, k') keys and similarities for m queries, k' = min(k, len); short rows padded with -1 / NaN."""
+        queries = self._vectors(vectors, "queries")
+        if not isinstance(k, (int, np.integer)) or k < 0:
+            raise OmegaError(f"k must be a non-negative integer, got {k!r}")
+        width = min(int(k), len(self))
+        if width == 0 or len(queries) == 0:
+            return np.empty((len(queries), width), np.int64), np.empty((len(queries), width), np.float32)
+        if len(self) < self.exact_below:
+            return self._exact(queries, width)
+        matches = self._index.search(queries, width)
+        keys = np.asarray(matches.keys, dtype=np.uint64).reshape(len(queries), -1)[:, :width].astype(np.int64)
+        sims = (1.0 - np.asarray(matches.distances, dtype=np.float32).reshape(len(queries), -1))[:, :width]
+        counts = np.asarray(matches.counts).reshape(-1) if hasattr(matches, "counts") else np.full(1, width)
+        missing = np.arange(width)[None, :] >= counts[:, None]
+        keys[missing] = -1
+        sims[missing] = np.nan
+        return keys, np.clip(sims, -1.0, 1.0).astype(np.float32)
+
+    def _exact(self, queries: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._exact_cache is None:
+            ukeys = np.asarray(self._index.keys, dtype=np.uint64)
+            stored = np.asarray(self._index.get(ukeys), dtype=np.float32).reshape(len(ukeys), self.dim)
+            self._exact_cache = (ukeys.astype(np.int64), _normalise(stored))
+        keys, matrix = self._exact_cache
+        sims = _normalise(queries) @ matrix.T
+        top = _top_k(sims, width)
+        return keys[top], np.clip(np.take_along_axis(sims, top, axis=1), -1.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: Path | str) -> None:
+        """Write the index atomically (temp file + fsync + rename): a crash leaves the old file intact."""
+        path = Path(path)
+        payload = self._index.save()
+        header = {
+            "dim": self.dim, "metric": self.metric, "dtype": self.dtype, "connectivity": self.connectivity,
+            "expansion_add": self.expansion_add, "count": len(self),
+            "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload),
+        }  # fmt: skip
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise OmegaError(f"cannot write vector index {path}: {exc}") from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(_MAGIC)
+                handle.write(json.dumps(header).encode() + b"\n")
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(
+        cls, path: Path | str, *, expansion_search: int = 64, exact_below: int = 256, dim: int | None = None
+    ) -> VectorIndex:
+        """Read an index written by `save`; OmegaError if missing, corrupt or of another dimension than `dim`."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise OmegaError(f"cannot read vector index {path}: {exc.strerror or exc}") from None
+        if not data.startswith(_MAGIC):
+            raise OmegaError(f"{path} is not an omega vector index file")
+        end = data.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_HEADER)
+        try:
+            header = json.loads(data[len(_MAGIC) : end]) if end > 0 else None
+            payload = data[end + 1 :]
+            valid = (
+                isinstance(header, dict)
+                and header["payload_bytes"] == len(payload)
+                and header["payload_crc32"] == zlib.crc32(payload)
+            )
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            raise OmegaError(f"vector index {path} is corrupt or truncated (header or checksum mismatch)")
+        if dim is not None and header["dim"] != dim:
+            raise OmegaError(f"vector index {path} holds {header['dim']}-d vectors, expected {dim}")
+        index = cls(
+            header["dim"], metric=header["metric"], dtype=header["dtype"], connectivity=header["connectivity"],
+            expansion_add=header["expansion_add"], expansion_search=expansion_search, exact_below=exact_below,
+        )  # fmt: skip
+        try:
+            index._index.load(payload)
+        except (RuntimeError, ValueError) as exc:
+            raise OmegaError(f"vector index {path} could not be loaded: {exc}") from None
+        if len(index) != header["count"]:
+            raise OmegaError(f"vector index {path} holds {len(index)} vectors, header says {header['count']}")
+        return index
+
+    # ------------------------------------------------------------------ input checks
+
+    def _keys(self, keys: np.ndarray) -> np.ndarray:
+        array = np.atleast_1d(np.asarray(keys))
+        if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+            raise OmegaError("keys must be a 1-d array of integers")
+        if array.size and ((array.dtype.kind == "i" and array.min() < 0) or array.max() > np.iinfo(np.int64).max):
+            raise OmegaError("keys must be in [0, 2**63)")
+        return array.astype(np.uint64)
+
+    def _vectors(self, vectors: np.ndarray, name: str) -> np.ndarray:
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim == 1:
+            matrix = matrix[None, :]
+        if matrix.ndim != 2 or matrix.shape[1] != self.dim:
+            raise OmegaError(f"{name} must have {self.dim} columns, got shape {np.shape(vectors)}")
+        if not np.all(np.isfinite(matrix)):
+            raise OmegaError(f"{name} contain NaN or infinite values")
+        if matrix.size and np.any(np.linalg.norm(matrix, axis=1) == 0):
+            raise OmegaError(f"{name} contain a zero vector, which has no cosine direction")
+        return np.ascontiguousarray(matrix)
+
+
+def _normalise(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms == 0, 1.0, norms)
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest scores per row, best first (ties by position)."""
+    if k >= scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row indices into `vectors` of the k most cosine-similar vectors to each query, best first."""
+    sims = _normalise(np.asarray(queries, np.float32).reshape(-1, np.shape(vectors)[1])) @ _normalise(
+        np.asarray(vectors, np.float32)
+    ).T
+    return _top_k(sims, min(k, len(vectors)))
+
+
+def recall_at_k(
+    index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, k: int, keys: np.ndarray | None = None
+) -> float:
+    """Mean fraction of the true k nearest neighbours (exact numpy search over `vectors`) the index returns.
+
+    `keys[i]` is the key `vectors[i]` was added under (default: 0..n-1).
+    """
+    vectors = np.asarray(vectors, np.float32)
+    keys = np.arange(len(vectors), dtype=np.int64) if keys is None else np.asarray(keys, np.int64)
+    if len(keys) != len(vectors) or len(vectors) == 0 or k < 1:
+        raise OmegaError("recall_at_k needs as many keys as vectors, at least one vector and k >= 1")
+    width = min(k, len(vectors))
+    truth = keys[exact_search(vectors, queries, width)]
+    found, _ = index.search_batch(np.asarray(queries, np.float32).reshape(len(truth), -1), width)
+    hits = [len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found)]
+    return float(np.sum(hits) / (width * len(truth)))

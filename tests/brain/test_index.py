@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omega.brain.index import VectorIndex, exact_search, recall_at_k
+from omega.errors import OmegaError
+
+
+def clustered(n: int, dim: int = 384, clusters: int = 50, seed: int = 0) -> np.ndarray:
+    """Unit vectors around a few centres, like embeddings of a real catalog."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    vectors = centres[rng.integers(0, clusters, n)] + 0.6 * rng.normal(size=(n, dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data_and_queries() -> tuple[np.ndarray, np.ndarray]:
+    """5,000 indexed vectors and 200 held-out queries from the same clusters."""
+    vectors = clustered(5200)
+    return vectors[:5000], vectors[5000:]
+
+
+@pytest.fixture(scope="module")
+def data(data_and_queries) -> np.ndarray:
+    return data_and_queries[0]
+
+
+@pytest.fixture(scope="module")
+def big_index(data: np.ndarray) -> VectorIndex:
+    index = VectorIndex(384)
+    index.add(np.arange(len(data)), data)
+    return index
+
+
+def test_add_search_update_remove():
+    vectors = clustered(600, seed=1)
+    index = VectorIndex(384, exact_below=0)  # force the HNSW path
+    index.add(np.arange(1000, 1600), vectors)
+    assert len(index) == 600 and 1000 in index and 5 not in index and "x" not in index
+    keys, sims = index.search(vectors[7], 5)
+    assert keys.dtype == np.int64 and sims.dtype == np.float32
+    assert keys[0] == 1007 and sims[0] == pytest.approx(1.0, abs=1e-3)
+    assert np.all(np.diff(sims) <= 1e-6) and np.all((sims >= -1) & (sims <= 1))
+    index.add(np.array([1007]), -vectors[7])  # update an existing key
+    assert len(index) == 600
+    keys, sims = index.search(-vectors[7], 1)
+    assert keys.tolist() == [1007] and sims[0] == pytest.approx(1.0, abs=1e-3)
+    assert index.remove(np.array([1007, 42])) == 1
+    assert 1007 not in index and len(index) == 599
+    assert 1007 not in index.search(-vectors[7], 50)[0]
+    assert sorted(index.keys().tolist()) == [k for k in range(1000, 1600) if k != 1007]
+
+
+def test_recall_at_50_f16_on_clustered_data(big_index: VectorIndex, data_and_queries):
+    data, queries = data_and_queries
+    assert len(big_index) >= big_index.exact_below  # the HNSW path, not the exact one
+    assert recall_at_k(big_index, data, queries, 50) >= 0.95
+
+
+def test_batch_matches_single_search(big_index: VectorIndex, data: np.ndarray):
+    keys, sims = big_index.search_batch(data[:3], 10)
+    assert keys.shape == sims.shape == (3, 10)
+    one_keys, one_sims = big_index.search(data[1], 10)
+    assert np.array_equal(keys[1], one_keys) and np.allclose(sims[1], one_sims)
+
+
+def test_save_load_round_trip(tmp_path: Path, big_index: VectorIndex, data: np.ndarray):
+    path = tmp_path / "catalog.usearch"
+    big_index.save(path)
+    loaded = VectorIndex.load(path, dim=384)
+    assert len(loaded) == len(big_index) and loaded.dtype == "f16"
+    for q in data[:20]:
+        a, b = big_index.search(q, 50), loaded.search(q, 50)
+        assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1])
+    assert not [p for p in tmp_path.iterdir() if p.name != "catalog.usearch"]  # no temp files left
+    with pytest.raises(OmegaError, match="expected 128"):
+        VectorIndex.load(path, dim=128)
+
+
+def test_exact_path_for_tiny_sets():
+    vectors = clustered(40, seed=3)
+    index = VectorIndex(384)  # 40 < exact_below
+    index.add(np.arange(40), vectors)
+    queries = clustered(5, seed=4)
+    keys, sims = index.search_batch(queries, 7)
+    assert np.array_equal(keys, exact_search(vectors, queries, 7))
+    truth = queries @ vectors.T
+    assert np.allclose(sims, np.take_along_axis(truth, keys, axis=1), atol=2e-3)  # f16 storage
+    keys, sims = index.search(queries[0], 100)  # k beyond len: everything, best first
+    assert len(keys) == 40 and sorted(keys.tolist()) == list(range(40)) and np.all(np.diff(sims) <= 1e-6)
+
+
+def test_empty_index_and_bad_input():
+    index = VectorIndex(8)
+    keys, sims = index.search(np.ones(8), 5)
+    assert keys.shape == sims.shape == (0,)
+    assert index.search_batch(np.ones((2, 8)), 3)[0].shape == (2, 0)
+    with pytest.raises(OmegaError):
+        index.add(np.array([1]), np.ones((1, 7)))
+    with pytest.raises(OmegaError):
+        index.add(np.array([-1]), np.ones((1, 8)))
+    with pytest.raises(OmegaError):
+        index.add(np.array([1, 1]), np.ones((2, 8)))
+    with pytest.raises(OmegaError):
+        index.search(np.full(8, np.nan), 1)
+    with pytest.raises(OmegaError):
+        index.search(np.zeros(8), 1)
+    with pytest.raises(OmegaError):
+        index.search(np.ones(8), -1)
+    with pytest.raises(OmegaError):
+        VectorIndex(8, dtype="f64")
+
+
+@pytest.mark.parametrize("dtype", ["f32", "i8"])
+def test_other_dtypes_work(dtype: str):
+    vectors = clustered(400, seed=5)
+    index = VectorIndex(384, dtype=dtype, exact_below=0)
+    index.add(np.arange(400), vectors)
+    assert recall_at_k(index, vectors, vectors[:30], 10) >= 0.8
+
+
+def test_corrupt_or_foreign_file_is_an_omega_error(tmp_path: Path):
+    vectors = clustered(300, seed=6)
+    index = VectorIndex(384)
+    index.add(np.arange(300), vectors)
+    good = tmp_path / "good.usearch"
+    index.save(good)
+    data = bytearray(good.read_bytes())
+    cases = {
+        "missing": None,
+        "garbage": np.random.default_rng(0).bytes(4096),
+        "truncated": bytes(data[: len(data) // 2]),
+        "empty": b"",
+    }
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF
+    cases["bitflip"] = bytes(flipped)
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.usearch"
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(OmegaError):
+            VectorIndex.load(path)

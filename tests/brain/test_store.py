@@ -1,0 +1,373 @@
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omega.brain.records import (
+    CatalogItem,
+    ConsolidatedPattern,
+    Episode,
+    Pattern,
+    TaskType,
+    TransitionStat,
+    ViewingContext,
+)
+from omega.brain.store import BrainStore, latest_version, migrations, pattern_utility
+from omega.errors import OmegaError
+
+NOW = 1_700_000_000.0
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=384).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def episode(content_id: int, started_at: float, completion: float = 0.9) -> Episode:
+    return Episode(
+        None, content_id, started_at, completion * 100, 100.0, completion, 0.7 * completion,
+        ViewingContext(20, 5), "finished" if completion > 0.7 else "abandoned",
+    )  # fmt: skip
+
+
+def pattern(success_rate=0.9, uses=20, reward_sum=10.0, last_used_at=NOW, version=1, seed=0) -> Pattern:
+    return Pattern(
+        uuid.uuid4(), unit(seed), TaskType.CONTEXT_MATCH, success_rate, uses, round(success_rate * uses),
+        NOW - 100, NOW - 50, last_used_at, reward_sum, version,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with BrainStore(tmp_path / "tv.db", clock=lambda: NOW) as s:
+        yield s
+
+
+# ---------------------------------------------------------------- opening and safety
+
+
+def test_new_file_is_an_omega_brain_in_wal_mode(tmp_path: Path):
+    path = tmp_path / "tv.db"
+    with BrainStore(path) as s:
+        assert s.schema_version() == latest_version()
+        assert s.stats()["episodes"] == 0
+    db = sqlite3.connect(path)
+    assert dict(db.execute("SELECT key, value FROM meta")) == {"format": "omega-brain", "schema_version": str(latest_version())}
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA application_id").fetchone()[0] == migrations.APPLICATION_ID
+    db.close()
+
+
+def test_data_survives_reopen(tmp_path: Path):
+    path = tmp_path / "tv.db"
+    with BrainStore(path) as s:
+        s.add_episode(episode(1, NOW))
+        s.set_state("pull_cursor", "42")
+    with BrainStore(path) as s:
+        assert [e.content_id for e in s.episodes()] == [1]
+        assert s.get_state("pull_cursor") == "42"
+        assert s.get_state("missing", "dflt") == "dflt"
+
+
+def _refused_untouched(path: Path, match: str) -> None:
+    before = path.read_bytes()
+    with pytest.raises(OmegaError, match=match):
+        BrainStore(path)
+    assert path.read_bytes() == before
+
+
+def test_garbage_file_is_refused_and_untouched(tmp_path: Path):
+    path = tmp_path / "tv.db"
+    path.write_bytes(os.urandom(8192))
+    _refused_untouched(path, "not a SQLite database")
+    path.write_bytes(b"SQLite")  # shorter than a header
+    _refused_untouched(path, "not a SQLite database")
+
+
+def test_truncated_file_is_refused_and_untouched(tmp_path: Path):
+    path = tmp_path / "tv.db"
+    with BrainStore(path) as s:
+        s.upsert_catalog([CatalogItem(i, f"t{i}", ("Drama",)) for i in range(200)], np.ones((200, 384)))
+    data = path.read_bytes()
+    assert not (tmp_path / "tv.db-wal").exists() or (tmp_path / "tv.db-wal").stat().st_size == 0
+    path.write_bytes(data[: len(data) // 2])
+    _refused_untouched(path, "truncated")
+
+
+def test_foreign_sqlite_database_is_refused_and_untouched(tmp_path: Path):
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    db.execute("INSERT INTO invoices (total) VALUES (9.5)")
+    db.commit()
+    db.close()
+    _refused_untouched(path, "another application")
+    # A table called meta is not enough: the format marker must be ours.
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute("INSERT INTO meta VALUES ('format', 'someone-else')")
+    db.commit()
+    db.close()
+    _refused_untouched(path, "not an omega-brain")
+
+
+def test_newer_schema_is_refused(tmp_path: Path):
+    path = tmp_path / "tv.db"
+    BrainStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(latest_version() + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(OmegaError, match="newer than this omega"):
+        BrainStore(path)
+
+
+def test_missing_directory_and_directory_path(tmp_path: Path):
+    with pytest.raises(OmegaError, match="does not exist"):
+        BrainStore(tmp_path / "nope" / "tv.db")
+    with pytest.raises(OmegaError, match="not a regular file"):
+        BrainStore(tmp_path)
+
+
+def test_adding_a_migration_upgrades_old_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "tv.db"
+    with BrainStore(path) as s:
+        s.add_episode(episode(1, NOW))
+    old = latest_version()
+
+    def broken(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        raise sqlite3.OperationalError("simulated failure half-way")
+
+    monkeypatch.setitem(migrations._MIGRATIONS, old + 1, broken)
+    with pytest.raises(OmegaError, match="simulated failure"):
+        BrainStore(path)
+    monkeypatch.undo()
+    with BrainStore(path) as s:  # the failed upgrade left nothing behind
+        assert s.schema_version() == old and "outbox" not in s.stats()
+
+    def outbox(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+
+    monkeypatch.setitem(migrations._MIGRATIONS, old + 1, outbox)
+    with BrainStore(path) as s:
+        assert s.schema_version() == old + 1
+        assert s.stats()["outbox"] == 0 and s.stats()["episodes"] == 1
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def test_catalog_round_trip_and_update(store: BrainStore):
+    items = [CatalogItem(10, "Heat", ("Action", "Crime"), 1995, ("heist",)), CatalogItem(3, "Up", ("Animation",))]
+    vectors = np.stack([unit(1), unit(2)])
+    assert store.upsert_catalog(items, vectors) == 2
+    ids, matrix = store.catalog_embeddings()
+    assert ids.dtype == np.int64 and ids.tolist() == [3, 10]
+    assert matrix.dtype == np.float32 and np.array_equal(matrix, vectors[[1, 0]])
+    assert store.get_item(10) == items[0] and store.get_item(99) is None
+    assert store.catalog_items() == [items[1], items[0]]
+    store.upsert_catalog([replace(items[0], title="Heat (remaster)")], unit(5)[None, :])
+    assert store.get_item(10).title == "Heat (remaster)"
+    assert np.array_equal(store.get_item_embedding(10), unit(5))
+    assert store.stats()["catalog"] == 2
+
+
+def test_catalog_rejects_mismatched_embeddings(store: BrainStore):
+    with pytest.raises(OmegaError, match="shape"):
+        store.upsert_catalog([CatalogItem(1, "A", ())], np.ones((2, 384)))
+    with pytest.raises(OmegaError, match="NaN"):
+        store.upsert_catalog([CatalogItem(1, "A", ())], np.full((1, 384), np.nan))
+    assert store.stats()["catalog"] == 0
+
+
+# ---------------------------------------------------------------- episodes
+
+
+def test_episodes_order_limit_since_and_recent(store: BrainStore):
+    ids = [store.add_episode(episode(cid, NOW + t)) for t, cid in enumerate([5, 6, 5, 7])]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    assert [e.content_id for e in store.episodes()] == [5, 6, 5, 7]
+    assert [e.content_id for e in store.episodes(limit=2)] == [5, 7]
+    assert [e.content_id for e in store.episodes(since=NOW + 1)] == [6, 5, 7]
+    assert store.episodes()[0].id == ids[0] and store.episodes()[0].context == ViewingContext(20, 5)
+    assert store.recent_content_ids(2) == [7, 5]
+    assert store.watched_content_ids() == {5, 6, 7}
+    with pytest.raises(OmegaError, match="already exists"):
+        store.add_episode(replace(episode(1, NOW), id=ids[0]))
+
+
+# ---------------------------------------------------------------- patterns
+
+
+def test_pattern_put_get_update(store: BrainStore):
+    p = pattern()
+    store.put_pattern(p)
+    assert store.get_pattern(p.id) == p
+    assert store.get_pattern(uuid.uuid4()) is None
+    updated = replace(p, uses=21, successes=19, success_rate=19 / 21, version=2)
+    store.put_pattern(updated)
+    assert store.get_pattern(p.id) == updated and store.pattern_count() == 1
+    ids, matrix = store.pattern_embeddings()
+    assert ids == [p.id] and np.array_equal(matrix[0], p.embedding)
+
+
+def test_high_quality_and_mark_pushed(store: BrainStore):
+    good, weak, young = pattern(0.9, 20), pattern(0.5, 20), pattern(1.0, 3, reward_sum=2.0)
+    for p in (good, weak, young):
+        store.put_pattern(p)
+    assert [p.id for p in store.high_quality_patterns()] == [good.id]
+    assert [p.id for p in store.high_quality_patterns(min_uses=1)] == [young.id, good.id]
+    store.mark_pushed([(good.id, good.version)])
+    assert store.high_quality_patterns() == []
+    assert [p.id for p in store.high_quality_patterns(only_unpushed=False)] == [good.id]
+    store.mark_pushed([(good.id, 0)])  # never moves backwards
+    assert store.high_quality_patterns() == []
+    store.put_pattern(replace(good, version=2))  # changed again: due for another push
+    assert [p.version for p in store.high_quality_patterns()] == [2]
+
+
+def test_eviction_removes_lowest_utility(tmp_path: Path):
+    with BrainStore(tmp_path / "tv.db", max_patterns=4, clock=lambda: NOW) as s:
+        pats = [
+            pattern(0.9, 500, 400.0),
+            pattern(0.1, 20, 1.0),
+            pattern(0.5, 20, 5.0, last_used_at=NOW - 300 * 86400),
+            pattern(0.5, 20, 5.0),
+            pattern(0.95, 900, 800.0),
+            pattern(0.0, 0, 0.0),
+        ]
+        for p in pats:
+            s.put_pattern(p)
+        assert s.pattern_count() == 4
+        ranked = sorted(pats, key=lambda p: pattern_utility(p, NOW))
+        assert {p.id for p in s.patterns()} == {p.id for p in ranked[2:]}
+        # The stale twin of an otherwise equal pattern goes first.
+        assert pattern_utility(pats[2], NOW) < pattern_utility(pats[3], NOW)
+        assert s.evict_patterns(max_patterns=1) == [p.id for p in ranked[2:5]]
+        assert [p.id for p in s.patterns()] == [ranked[5].id]
+
+
+# ---------------------------------------------------------------- transitions, consolidated, global
+
+
+def test_transitions(store: BrainStore):
+    store.bump_transition(1, 2, 0.9)
+    store.bump_transition(1, 2, 0.5)
+    store.bump_transition(1, 3, 0.2)
+    store.bump_transition(4, 1)
+    found = store.transitions_from(1)
+    assert [(t.src, t.dst, t.count) for t in found] == [(1, 2, 2), (1, 3, 1)]
+    assert [t.weight for t in found] == pytest.approx([1.4, 0.2])
+    assert len(store.all_transitions()) == 3
+    with pytest.raises(OmegaError):
+        store.bump_transition(-1, 2, 1.0)
+
+
+def test_consolidated_keeps_newest_version(store: BrainStore):
+    c = ConsolidatedPattern(7, unit(1), TaskType.CONTENT_MATCH, 0.9, 5, 1.5, 3)
+    assert store.put_consolidated([c, ConsolidatedPattern(2, unit(2), 1, 0.8, 3, 0.0, 1)]) == 2
+    assert store.put_consolidated([replace(c, version=2, support=1)]) == 0  # stale delta ignored
+    assert store.put_consolidated([replace(c, version=4, support=9)]) == 1
+    assert [(x.cluster_id, x.support) for x in store.consolidated()] == [(2, 3), (7, 9)]
+    assert np.array_equal(store.consolidated()[1].embedding, unit(1))
+
+
+def test_global_transitions_merge_and_replace(store: BrainStore):
+    store.merge_global_transitions([TransitionStat(1, 2, 3.0, 4), TransitionStat(1, 3, 5.0, 6)])
+    store.merge_global_transitions([TransitionStat(1, 2, 8.0, 9)])  # totals replace, not add
+    assert store.global_transitions_from(1) == [TransitionStat(1, 2, 8.0, 9), TransitionStat(1, 3, 5.0, 6)]
+    store.merge_global_transitions([TransitionStat(5, 6, 1.0, 3)], replace=True)
+    assert store.global_transitions_from(1) == [] and store.stats()["global_transitions"] == 1
+
+
+# ---------------------------------------------------------------- transactions
+
+
+def test_transaction_is_atomic(store: BrainStore):
+    p = pattern()
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.add_episode(episode(1, NOW))
+            store.put_pattern(p)
+            raise RuntimeError("crash before commit")
+    assert store.stats()["episodes"] == 0 and store.get_pattern(p.id) is None
+    with store.transaction() as db:
+        store.add_episode(episode(1, NOW))
+        db.execute("INSERT INTO sync_state (key, value) VALUES ('raw', 'sql')")
+    assert store.stats()["episodes"] == 1 and store.get_state("raw") == "sql"
+
+
+def test_nested_transaction_failure_rolls_back_only_inner(store: BrainStore):
+    with store.transaction():
+        store.add_episode(episode(1, NOW))
+        with pytest.raises(OmegaError):
+            with store.transaction():
+                store.add_episode(episode(2, NOW + 1))
+                store.upsert_catalog([CatalogItem(1, "A", ())], np.ones((2, 384)))  # fails
+        store.add_episode(episode(3, NOW + 2))
+    assert [e.content_id for e in store.episodes()] == [1, 3]
+
+
+def test_sqlite_errors_surface_as_omega_errors(store: BrainStore):
+    with pytest.raises(OmegaError):
+        with store.transaction() as db:
+            db.execute("INSERT INTO no_such_table VALUES (1)")
+    store.close()
+    with pytest.raises(OmegaError, match="closed"):
+        store.stats()
+
+
+# ---------------------------------------------------------------- durability
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from omega.brain.store import BrainStore
+    from omega.brain.records import Episode, ViewingContext
+    store = BrainStore(sys.argv[1])
+    i = 0
+    while True:
+        with store.transaction():
+            eid = store.add_episode(Episode(None, i, time.time(), 10.0, 100.0, 0.1, 0.07, ViewingContext(1, 2), "abandoned"))
+            store.bump_transition(i, i + 1, 0.5)
+        print(eid, flush=True)  # only after COMMIT returned
+        i += 1
+    """
+)
+
+
+def test_sigkill_mid_stream_loses_nothing_committed(tmp_path: Path):
+    path = tmp_path / "tv.db"
+    BrainStore(path).close()
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    committed: list[int] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(committed) < 150 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            committed.append(int(line))
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    assert len(committed) >= 150, "writer died early"
+    with BrainStore(path) as s:
+        assert s.integrity_check() == []
+        stored = {e.id for e in s.episodes()}
+        assert set(committed) <= stored
+        # Each transaction wrote an episode and a transition together, or neither.
+        assert s.stats()["episodes"] == s.stats()["transitions"]
