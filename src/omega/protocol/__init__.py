@@ -1,1 +1,79 @@
-"""The wire format shared by TV and cloud: schema, codec, quantisation (sans-I/O)."""
+"""The wire format shared by TV and cloud: schema, codec, quantisation (sans-I/O).
+
+Bytes in, typed messages out; no sockets, no asyncio. The schema is
+proto/omega.proto; `omega_pb2` is generated from it by scripts/gen_proto.
+"""
+
+from omega.protocol.auth import (
+    DEVICE_ID_BYTES,
+    DEVICE_KEY_BYTES,
+    TAG_BYTES,
+    compute_tag,
+    derive_device_key,
+    format_token,
+    parse_token,
+    verify_tag,
+)
+from omega.protocol.codec import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    FrameHeader,
+    decode_frame,
+    encode_error_reply,
+    encode_frame,
+    now_ms,
+    peek_frame,
+)
+from omega.protocol.errors import (
+    ERROR_CODES,
+    BadSignature,
+    FrameTooLarge,
+    InvalidPattern,
+    MalformedFrame,
+    ProtocolError,
+    Unauthorized,
+    UnsupportedVersion,
+)
+from omega.protocol.messages import (
+    BODY_KINDS,
+    DEFAULT_PULL_BYTES,
+    DOWNLINK,
+    EMBEDDING_DIM,
+    MAX_PATTERNS_PER_PUSH,
+    MAX_TRANSITIONS,
+    UPLINK,
+    WEIGHT_SCALE,
+    Body,
+    ConsolidatedPattern,
+    EmbeddingPattern,
+    ErrorReply,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+    Keyspace,
+    Pull,
+    PullReply,
+    Push,
+    PushAck,
+    Rejection,
+    TaskType,
+    Tier,
+    Transition,
+    TransitionBatch,
+)
+from omega.protocol.quantize import QuantizedEmbedding, dequantize, quantize
+
+__all__ = [
+    "BODY_KINDS", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DEFAULT_PULL_BYTES",
+    "DEVICE_ID_BYTES", "DEVICE_KEY_BYTES", "DOWNLINK", "EMBEDDING_DIM", "ERROR_CODES",
+    "MAX_PATTERNS_PER_PUSH", "MAX_TRANSITIONS", "PROTOCOL_VERSION", "TAG_BYTES", "UPLINK",
+    "WEIGHT_SCALE",
+    "BadSignature", "Body", "ConsolidatedPattern", "EmbeddingPattern", "ErrorReply", "Frame",
+    "FrameHeader", "FrameTooLarge", "Heartbeat", "HeartbeatAck", "InvalidPattern", "Keyspace",
+    "MalformedFrame", "ProtocolError", "Pull", "PullReply", "Push", "PushAck", "QuantizedEmbedding",
+    "Rejection", "TaskType", "Tier", "Transition", "TransitionBatch", "Unauthorized",
+    "UnsupportedVersion",
+    "compute_tag", "decode_frame", "dequantize", "derive_device_key", "encode_error_reply",
+    "encode_frame", "format_token", "now_ms", "parse_token", "peek_frame", "quantize", "verify_tag",
+]
