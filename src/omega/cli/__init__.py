@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from omega.cli import bench, brain, model, server, sim
+from omega.cli import bench, brain, capacity, model, server, sim
 
 app = typer.Typer(
     name="omega",
@@ -29,6 +29,7 @@ app.add_typer(brain.app, name="brain")
 app.add_typer(bench.app, name="bench")
 server.register(app)
 sim.register(app)
+capacity.register(app)
 
 
 def _error_types() -> tuple[type[BaseException], ...]:
