@@ -1,0 +1,291 @@
+"""`Brain`: one TV's complete recommender — memory, learning and ranking, all local.
+
+It ties the store (SQLite), the catalog (embeddings + HNSW), the embedder
+(loaded lazily: only ingesting and recommending need it) and the recommender
+together. Every viewing is recorded together with what it teaches (pattern and
+transition updates) in one SQLite transaction; in-memory working sets are
+updated only after that commit, so they never hold what the store does not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from itertools import islice
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from omega.brain import learning
+from omega.brain.catalog import Catalog, index_path_for
+from omega.brain.config import BrainConfig
+from omega.brain.embedder import Embedder
+from omega.brain.learning import PatternMemory
+from omega.brain.records import (
+    CatalogItem,
+    ConsolidatedPattern,
+    Episode,
+    Recommendation,
+    TaskType,
+    TransitionStat,
+    ViewingContext,
+)
+from omega.brain.recommender import ConsolidatedPrior, Recommender
+from omega.brain.store import BrainStore, rows
+from omega.brain.store.opening import Synchronous
+from omega.errors import OmegaError
+
+Progress = Callable[[int, int], None]
+
+
+def context_at(timestamp: float | None = None, profile: str = "default") -> ViewingContext:
+    """The viewing context of a moment in the TV's local time (now by default)."""
+    moment = time.localtime(time.time() if timestamp is None else timestamp)
+    return ViewingContext(hour=moment.tm_hour, weekday=moment.tm_wday, profile=profile)
+
+
+class _History:
+    """What the viewer has watched: distinct ids in order of last viewing, and the finished ones."""
+
+    def __init__(self, episodes: Sequence[Episode]) -> None:
+        self._order: dict[int, None] = {}
+        self.finished: set[int] = set()
+        for ep in episodes:
+            self.add(ep.content_id, ep.success)
+
+    def add(self, content_id: int, finished: bool) -> None:
+        self._order.pop(content_id, None)
+        self._order[content_id] = None
+        if finished:
+            self.finished.add(content_id)
+
+    @property
+    def watched(self) -> set[int]:
+        return set(self._order)
+
+    def recent(self, n: int) -> list[int]:
+        """The n most recently watched distinct ids, most recent first."""
+        return list(islice(reversed(self._order), n))
+
+
+class Brain:
+    """One TV's brain (see module docstring). Use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        db_path: Path | str,
+        *,
+        embedder: Embedder | None = None,
+        catalog: Catalog | None = None,
+        config: BrainConfig | None = None,
+        synchronous: Synchronous = "FULL",
+    ) -> None:
+        self.config = config or BrainConfig()
+        self.store = BrainStore(db_path, max_patterns=self.config.max_patterns, synchronous=synchronous)
+        self._embedder = embedder
+        self._catalog = catalog
+        self._patterns: PatternMemory | None = None
+        self._prior: ConsolidatedPrior | None = None
+        self._history: _History | None = None
+        self._recommender: Recommender | None = None
+
+    # ------------------------------------------------------------------ lazily loaded parts
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder, loaded from the default model dir on first use."""
+        if self._embedder is None:
+            self._embedder = Embedder(threads=self.config.threads)
+        return self._embedder
+
+    @property
+    def catalog(self) -> Catalog:
+        """The shared catalog given at construction, else the store's (index loaded or rebuilt)."""
+        if self._catalog is None:
+            self._catalog = Catalog.from_store(self.store, self.config)
+        return self._catalog
+
+    def _memory(self) -> PatternMemory:
+        if self._patterns is None:
+            self._patterns = PatternMemory(self.store.patterns())
+        return self._patterns
+
+    def _consolidated(self) -> ConsolidatedPrior:
+        if self._prior is None:
+            self._prior = ConsolidatedPrior.of(self.store.consolidated())
+        return self._prior
+
+    def _hist(self) -> _History:
+        if self._history is None:
+            self._history = _History(self.store.episodes())
+        return self._history
+
+    def _ranker(self) -> Recommender:
+        if self._recommender is None or self._recommender.catalog is not self.catalog:
+            self._recommender = Recommender(
+                self.catalog, self.config, lambda text: self.embedder.embed(text),
+                self.store.transitions_from, self.store.global_transitions_from,
+            )  # fmt: skip
+        return self._recommender
+
+    # ------------------------------------------------------------------ catalog
+
+    def ingest_catalog(self, items: Sequence[CatalogItem], *, progress: Progress | None = None) -> int:
+        """Embed and store catalog items (new or updated), then rebuild and save the index; returns how many."""
+        items = list(items)
+        if not items:
+            raise OmegaError("no catalog items to ingest")
+        built = Catalog.build(items, self.embedder, progress=progress, config=self.config)
+        self.store.upsert_catalog(built.items, built.matrix)
+        # Rebuild over everything the store now holds (earlier items included), and save it.
+        self._catalog = Catalog.from_store(self.store, self.config)
+        return len(items)
+
+    # ------------------------------------------------------------------ learning
+
+    def on_user_action(
+        self,
+        content_id: int,
+        *,
+        watch_fraction: float,
+        engagement: float = 0.0,
+        context: ViewingContext | None = None,
+        started_at: float | None = None,
+        duration_s: float | None = None,
+    ) -> Episode:
+        """Record a viewing and learn from it, atomically; returns the stored episode.
+
+        `duration_s=None` means unknown: the episode then stores 0 for both
+        watched_s and duration_s, and `completion` carries the fraction.
+        """
+        if isinstance(content_id, bool) or not isinstance(content_id, (int, np.integer)):
+            raise OmegaError(f"content_id must be an integer, got {content_id!r}")
+        content_id = int(content_id)
+        vector = self.catalog.vector(content_id)  # OmegaError for an unknown id
+        fraction = learning.check_fraction(watch_fraction)
+        engagement = learning.check_engagement(engagement)
+        if duration_s is not None and (not np.isfinite(duration_s) or duration_s < 0):
+            raise OmegaError(f"duration_s must be a non-negative number, got {duration_s!r}")
+        when = time.time() if started_at is None else float(started_at)
+        history = self._hist()
+        success = learning.is_success(fraction)
+        rewatch = success and content_id in history.finished
+        if rewatch:
+            engagement = min(1.0, engagement + learning.REWATCH_ENGAGEMENT_BONUS)
+        reward = learning.reward(fraction, engagement)
+        duration = float(duration_s or 0.0)
+        episode = Episode(
+            id=None, content_id=content_id, started_at=when, watched_s=fraction * duration, duration_s=duration,
+            completion=fraction, reward=reward, context=context or context_at(when),
+            outcome=learning.outcome(fraction, rewatch=rewatch),
+        )  # fmt: skip
+
+        memory = self._memory()
+        match = memory.nearest(vector, self.config.pattern_match_threshold)
+        if match is not None:
+            pattern = learning.update_pattern(
+                match[0], vector, reward_value=reward, success=success, now=when, min_step=self.config.pattern_min_step
+            )
+        else:
+            pattern = learning.new_pattern(vector, reward_value=reward, success=success, now=when, task_type=TaskType.CONTENT_MATCH)
+        # "After A the viewer happily watched B": only good viewings teach a transition.
+        sources = [c for c in history.recent(self.config.transition_window + 1) if c != content_id]
+        sources = sources[: self.config.transition_window] if success and reward > 0 else []
+
+        evicted: list = []
+        with self.store.transaction():
+            episode_id = self.store.add_episode(episode)
+            if match is None and len(memory) >= self.config.max_patterns:
+                # Make room first, so the newest observation always gets a slot.
+                evicted = self.store.evict_patterns(self.config.max_patterns - 1, now=when)
+            self.store.put_pattern(pattern)
+            for step, src in enumerate(sources):
+                self.store.bump_transition(src, content_id, reward * self.config.transition_decay**step)
+        # Committed: now the working sets may follow.
+        memory.remove(evicted)
+        memory.upsert(pattern)
+        history.add(content_id, success)
+        return replace(episode, id=episode_id)
+
+    def feedback(self, content_id: int, *, liked: bool | None = None, rating: float | None = None) -> Episode:
+        """Explicit feedback on the latest viewing of an item: replaces its engagement, so its reward.
+
+        The pattern that learned from that viewing gets the reward difference.
+        Transitions keep the weight they were given when the viewing happened.
+        """
+        engagement = learning.engagement_from_feedback(liked=liked, rating=rating)
+        vector = self.catalog.vector(content_id)
+        critique = ", ".join(
+            ([("liked" if liked else "disliked")] if liked is not None else []) + ([f"rated {rating:g}"] if rating is not None else [])
+        )
+        memory = self._memory()
+        match = memory.nearest(vector, self.config.pattern_match_threshold)
+        with self.store.transaction() as db:
+            found = db.execute(
+                f"SELECT {rows.EPISODE_COLUMNS} FROM episodes WHERE content_id = ? ORDER BY started_at DESC, id DESC LIMIT 1",
+                (int(content_id),),
+            ).fetchone()
+            if found is None:
+                raise OmegaError(f"no viewing of content {content_id} to give feedback on")
+            old = rows.row_episode(found)
+            new_reward = learning.reward(old.completion, engagement)
+            db.execute("UPDATE episodes SET reward = ?, critique = ? WHERE id = ?", (new_reward, critique, old.id))
+            pattern = None
+            if match is not None:
+                pattern = learning.adjust_pattern_reward(match[0], new_reward - old.reward, now=time.time())
+                self.store.put_pattern(pattern)
+        if pattern is not None:
+            memory.upsert(pattern)
+        return replace(old, reward=new_reward, critique=critique)
+
+    # ------------------------------------------------------------------ ranking
+
+    def recommend(self, context: ViewingContext | None = None, k: int = 10) -> list[Recommendation]:
+        """Top-k items for now (or `context`), with reasons. Entirely local."""
+        history = self._hist()
+        exclude = history.watched if self.config.exclude_watched else history.finished
+        return self._ranker().recommend(
+            context or context_at(),
+            k,
+            recent=history.recent(self.config.recent_items),
+            exclude=exclude,
+            patterns=self._memory(),
+            prior=self._consolidated(),
+        )
+
+    # ------------------------------------------------------------------ sync results
+
+    def apply_consolidated(
+        self, patterns: Sequence[ConsolidatedPattern], transitions: Sequence[TransitionStat], *, replace_transitions: bool = False
+    ) -> tuple[int, int]:
+        """Merge what sync pulled (one transaction); returns (consolidated rows changed, transitions stored)."""
+        with self.store.transaction():
+            changed = self.store.put_consolidated(patterns)
+            stored = self.store.merge_global_transitions(transitions, replace=replace_transitions)
+        self._prior = None  # reload on the next recommend
+        return changed, stored
+
+    # ------------------------------------------------------------------ inspection and lifetime
+
+    def stats(self) -> dict[str, Any]:
+        """Row counts of the store plus the in-memory index sizes."""
+        out: dict[str, Any] = dict(self.store.stats())
+        catalog = self.catalog
+        out["catalog_index_vectors"] = len(catalog.index)
+        out["pattern_memory"] = len(self._memory())
+        out["consolidated_memory"] = len(self._consolidated())
+        path = index_path_for(self.store.path)
+        out["catalog_index_bytes"] = path.stat().st_size if path is not None and path.is_file() else 0
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Brain:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,186 @@
+"""`Catalog`: the items a TV can recommend, their embeddings and an HNSW index over them.
+
+Read-only once built, so one `Catalog` can be shared by many brains in one
+process (the fleet simulator runs hundreds of brains over one catalog; every
+TV receives the same catalog metadata anyway).
+
+Persistence: the embeddings live in the brain store's `catalog` table; the
+index is saved beside the database (`<db>.index`) together with a fingerprint
+of the embeddings in the store's sync_state, and rebuilt when missing, corrupt,
+stale or built with other index parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from omega.brain.config import BrainConfig
+from omega.brain.embedder import Embedder
+from omega.brain.index import VectorIndex
+from omega.brain.records import EMBEDDING_DIM, CatalogItem
+from omega.brain.store import BrainStore
+from omega.errors import OmegaError
+
+Progress = Callable[[int, int], None]
+_FINGERPRINT_KEY = "catalog_index_fingerprint"
+
+
+def index_path_for(db_path: Path | str) -> Path | None:
+    """Where the catalog index of a brain file lives (None for an in-memory store)."""
+    if str(db_path) == ":memory:":
+        return None
+    path = Path(db_path)
+    return path.with_name(path.name + ".index")
+
+
+def fingerprint(ids: np.ndarray, matrix: np.ndarray, config: BrainConfig) -> str:
+    """Identifies the exact content of an index: ids, vectors and build parameters."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(matrix, dtype="<f4").tobytes())
+    digest.update(f"{config.index_m}/{config.index_ef_construction}/{config.index_dtype}".encode())
+    return digest.hexdigest()
+
+
+class Catalog:
+    """Items, a row-normalised (n, 384) matrix and a VectorIndex keyed by content id."""
+
+    def __init__(self, items: Sequence[CatalogItem], matrix: np.ndarray, index: VectorIndex) -> None:
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if matrix.shape != (len(items), EMBEDDING_DIM):
+            raise OmegaError(f"catalog matrix must have shape ({len(items)}, {EMBEDDING_DIM}), got {matrix.shape}")
+        if len(index) != len(items):
+            raise OmegaError(f"catalog index holds {len(index)} vectors for {len(items)} items")
+        self.items: tuple[CatalogItem, ...] = tuple(items)
+        self.ids = np.fromiter((it.content_id for it in self.items), dtype=np.int64, count=len(self.items))
+        self._row = {int(cid): row for row, cid in enumerate(self.ids.tolist())}
+        if len(self._row) != len(self.items):
+            raise OmegaError("catalog has duplicate content ids")
+        self.matrix = _normalised(matrix)
+        self.matrix.setflags(write=False)  # shared between brains: nobody may change it
+        self.index = index
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_vectors(cls, items: Sequence[CatalogItem], matrix: np.ndarray, config: BrainConfig | None = None) -> Catalog:
+        """A catalog over precomputed embeddings (builds the HNSW index)."""
+        config = config or BrainConfig()
+        index = new_index(config)
+        if len(items):
+            ids = np.fromiter((it.content_id for it in items), dtype=np.int64, count=len(items))
+            index.add(ids, np.asarray(matrix, dtype=np.float32))
+        return cls(items, matrix, index)
+
+    @classmethod
+    def build(
+        cls,
+        items: Sequence[CatalogItem],
+        embedder: Embedder,
+        *,
+        progress: Progress | None = None,
+        config: BrainConfig | None = None,
+    ) -> Catalog:
+        """Embed every item's text (batched) and index it."""
+        items = list(items)
+        for item in items:
+            if not isinstance(item, CatalogItem):
+                raise OmegaError(f"catalog entries must be CatalogItem, got {type(item).__name__}")
+        matrix = embedder.embed_batch([it.text() for it in items], progress=progress)
+        return cls.from_vectors(items, matrix, config)
+
+    @classmethod
+    def from_store(cls, store: BrainStore, config: BrainConfig | None = None) -> Catalog:
+        """The store's catalog, with its saved index (rebuilt and re-saved if missing, corrupt or stale)."""
+        config = config or BrainConfig()
+        items = store.catalog_items()
+        ids, matrix = store.catalog_embeddings()
+        path = index_path_for(store.path)
+        if not len(items):
+            return cls(items, matrix, new_index(config))
+        expected = fingerprint(ids, _normalised(matrix), config)
+        index = _load_index(path, config, ids) if store.get_state(_FINGERPRINT_KEY) == expected else None
+        if index is None:
+            catalog = cls.from_vectors(items, matrix, config)
+            catalog.save_index(store, config)
+            return catalog
+        return cls(items, matrix, index)
+
+    def save_index(self, store: BrainStore, config: BrainConfig) -> None:
+        """Write the index beside the store's file and record what it holds."""
+        path = index_path_for(store.path)
+        if path is None:
+            return
+        self.index.save(path)
+        store.set_state(_FINGERPRINT_KEY, fingerprint(self.ids, self.matrix, config))
+
+    # ------------------------------------------------------------------ lookups
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, content_id: object) -> bool:
+        try:
+            return int(content_id) in self._row  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+
+    def row(self, content_id: int) -> int:
+        """Row of a content id in `items`/`matrix`, or OmegaError."""
+        try:
+            return self._row[int(content_id)]
+        except (KeyError, TypeError, ValueError):
+            raise OmegaError(f"unknown content id {content_id!r}: not in the catalog") from None
+
+    def rows(self, content_ids: Sequence[int]) -> np.ndarray:
+        """Rows of known content ids (unknown ones are dropped)."""
+        get = self._row.get
+        found = [get(int(c)) for c in content_ids]
+        return np.fromiter((r for r in found if r is not None), dtype=np.int64)
+
+    def item(self, content_id: int) -> CatalogItem:
+        return self.items[self.row(content_id)]
+
+    def vector(self, content_id: int) -> np.ndarray:
+        """The unit-length embedding of an item (read-only view)."""
+        return self.matrix[self.row(content_id)]
+
+    def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(content ids, cosine similarities) of the k nearest items, best first."""
+        if not len(self):
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        return self.index.search(vector, k)
+
+
+def _normalised(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if np.any(norms == 0) or not np.all(np.isfinite(matrix)):
+        raise OmegaError("catalog embeddings contain zero or non-finite vectors")
+    return (matrix / norms).astype(np.float32)
+
+
+def new_index(config: BrainConfig) -> VectorIndex:
+    return VectorIndex(
+        EMBEDDING_DIM, dtype=config.index_dtype, connectivity=config.index_m,
+        expansion_add=config.index_ef_construction, expansion_search=config.index_ef_search,
+        exact_below=config.index_exact_below,
+    )  # fmt: skip
+
+
+def _load_index(path: Path | None, config: BrainConfig, ids: np.ndarray) -> VectorIndex | None:
+    """The saved index if it is intact and holds exactly `ids`; None means rebuild."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        index = VectorIndex.load(
+            path, expansion_search=config.index_ef_search, exact_below=config.index_exact_below, dim=EMBEDDING_DIM
+        )
+    except OmegaError:
+        return None  # corrupt or truncated: the store holds the truth, rebuild from it
+    if len(index) != len(ids) or not np.array_equal(np.sort(index.keys()), np.sort(ids)):
+        return None
+    return index

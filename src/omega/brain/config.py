@@ -1,0 +1,149 @@
+"""`BrainConfig`: every tunable of a TV brain, with TV defaults, loadable from JSON/TOML.
+
+Unknown keys and out-of-range values raise `OmegaError`, because a typo in a
+config file that is silently ignored is a brain that quietly misbehaves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from omega.errors import OmegaError
+
+INDEX_DTYPES = ("f32", "f16", "i8")
+
+
+@dataclass(frozen=True, slots=True)
+class BrainConfig:
+    """Tunables of one brain. Defaults suit a TV (one thread, f16 HNSW, 10K patterns)."""
+
+    # --- vector index over the catalog (DESIGN §2: M 8..16, ef_construction 100..200)
+    index_m: int = 16
+    index_ef_construction: int = 128
+    index_ef_search: int = 64
+    index_dtype: str = "f16"
+    index_exact_below: int = 256
+    threads: int = 1
+
+    # --- SkillLibrary
+    max_patterns: int = 10_000
+    high_quality_success: float = 0.8
+    high_quality_min_uses: int = 10
+    #: cosine at or above which a watched item updates an existing pattern instead of founding one
+    pattern_match_threshold: float = 0.85
+    #: smallest step of the running mean, so an old pattern still follows a drifting taste
+    pattern_min_step: float = 0.02
+
+    # --- DESIGN §2 pattern retrieval score: 0.4·sim + 0.3·success + 0.1·min(uses/1000,1) + 0.2·avg_reward
+    pattern_w_similarity: float = 0.4
+    pattern_w_success: float = 0.3
+    pattern_w_uses: float = 0.1
+    pattern_w_reward: float = 0.2
+
+    # --- transitions (order-aware patterns)
+    transition_window: int = 3
+    transition_decay: float = 0.5
+
+    # --- recommend
+    recent_items: int = 5
+    recent_decay: float = 0.7
+    candidates_k: int = 50
+    #: weight of the embedded context text against the mean of recent items in the query vector
+    context_weight: float = 0.25
+    top_patterns: int = 16
+    top_consolidated: int = 16
+    w_content: float = 1.0
+    w_local_transition: float = 0.6
+    w_global_transition: float = 0.8
+    w_pattern: float = 0.3
+    w_consolidated: float = 0.3
+    diversity_lambda: float = 0.75
+    #: a consolidated pattern with at least this trend score makes its items "trending"
+    trend_min_score: float = 0.5
+    exclude_watched: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": float, "bool": bool, "str": str}[f.type]  # type: ignore[index]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+                value = float(value)
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                raise OmegaError(f"brain config: {f.name} must be {f.type}, got {value!r}")
+            if expected is float and not math.isfinite(value):
+                raise OmegaError(f"brain config: {f.name} must be finite, got {value!r}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise OmegaError(f"brain config: {what}")
+
+        need(2 <= self.index_m <= 64, f"index_m must be in 2..64, got {self.index_m}")
+        need(self.index_ef_construction >= 1, "index_ef_construction must be >= 1")
+        need(self.index_ef_search >= 1, "index_ef_search must be >= 1")
+        need(self.index_dtype in INDEX_DTYPES, f"index_dtype must be one of {INDEX_DTYPES}, got {self.index_dtype!r}")
+        need(self.index_exact_below >= 0, "index_exact_below must be >= 0")
+        need(1 <= self.threads <= 64, f"threads must be in 1..64, got {self.threads}")
+        need(self.max_patterns >= 1, "max_patterns must be >= 1")
+        need(0.0 <= self.high_quality_success <= 1.0, "high_quality_success must be in [0, 1]")
+        need(self.high_quality_min_uses >= 1, "high_quality_min_uses must be >= 1")
+        need(-1.0 <= self.pattern_match_threshold <= 1.0, "pattern_match_threshold must be in [-1, 1]")
+        need(0.0 < self.pattern_min_step <= 1.0, "pattern_min_step must be in (0, 1]")
+        need(1 <= self.transition_window <= 50, "transition_window must be in 1..50")
+        need(0.0 < self.transition_decay <= 1.0, "transition_decay must be in (0, 1]")
+        need(1 <= self.recent_items <= 100, "recent_items must be in 1..100")
+        need(0.0 < self.recent_decay <= 1.0, "recent_decay must be in (0, 1]")
+        need(1 <= self.candidates_k <= 1000, "candidates_k must be in 1..1000")
+        need(0.0 <= self.context_weight <= 1.0, "context_weight must be in [0, 1]")
+        need(0 <= self.top_patterns <= 1000, "top_patterns must be in 0..1000")
+        need(0 <= self.top_consolidated <= 1000, "top_consolidated must be in 0..1000")
+        need(0.0 <= self.diversity_lambda <= 1.0, "diversity_lambda must be in [0, 1]")
+        for name in (
+            "pattern_w_similarity", "pattern_w_success", "pattern_w_uses", "pattern_w_reward",
+            "w_content", "w_local_transition", "w_global_transition", "w_pattern", "w_consolidated",
+        ):  # fmt: skip
+            need(0.0 <= getattr(self, name) <= 10.0, f"{name} must be in [0, 10]")
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BrainConfig:
+        """A config from a mapping of field names (missing keys keep their defaults)."""
+        if not isinstance(data, dict):
+            raise OmegaError(f"brain config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OmegaError(f"brain config: unknown key(s) {', '.join(map(str, unknown))}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path | str) -> BrainConfig:
+        """Read a `.json` or `.toml` file (a `[brain]` table in TOML is accepted too)."""
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise OmegaError(f"cannot read brain config {path}: {exc.strerror or exc}") from None
+        try:
+            if path.suffix.lower() == ".toml":
+                data: Any = tomllib.loads(raw.decode("utf-8"))
+                if isinstance(data.get("brain"), dict) and len(data) == 1:
+                    data = data["brain"]
+            elif path.suffix.lower() == ".json":
+                data = json.loads(raw)
+            else:
+                raise OmegaError(f"brain config {path}: use a .json or .toml file")
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            raise OmegaError(f"brain config {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

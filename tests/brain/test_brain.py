@@ -1,0 +1,174 @@
+"""Brain: recording viewings learns patterns and transitions atomically; feedback; sync merge; persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omega.brain.brain import Brain
+from omega.brain.catalog import Catalog, index_path_for
+from omega.brain.records import CatalogItem, ConsolidatedPattern, TaskType, TransitionStat, ViewingContext
+from omega.errors import OmegaError
+
+ITEMS = [
+    CatalogItem(1, "Toy Story", ("Animation", "Children", "Comedy"), 1995),
+    CatalogItem(2, "Toy Story 2", ("Animation", "Children", "Comedy"), 1999),
+    CatalogItem(3, "Finding Nemo", ("Animation", "Children"), 2003),
+    CatalogItem(4, "Alien", ("Horror", "Sci-Fi"), 1979),
+    CatalogItem(5, "Aliens", ("Action", "Horror", "Sci-Fi"), 1986),
+    CatalogItem(6, "The Shining", ("Horror",), 1980),
+    CatalogItem(7, "Pride and Prejudice", ("Drama", "Romance"), 2005),
+    CatalogItem(8, "Notting Hill", ("Comedy", "Romance"), 1999),
+    CatalogItem(9, "Heat", ("Action", "Crime", "Thriller"), 1995),
+    CatalogItem(10, "The Godfather", ("Crime", "Drama"), 1972),
+]
+CTX = ViewingContext(20, 4)
+
+
+@pytest.fixture(scope="module")
+def catalog(embedder) -> Catalog:
+    return Catalog.build(ITEMS, embedder)
+
+
+@pytest.fixture
+def brain(tmp_path: Path, embedder, catalog):
+    with Brain(tmp_path / "tv.db", embedder=embedder, catalog=catalog) as b:
+        yield b
+
+
+def test_watch_records_episode_and_founds_then_updates_a_pattern(brain: Brain):
+    ep = brain.on_user_action(1, watch_fraction=0.9, engagement=0.5, context=CTX, started_at=1000.0, duration_s=6000)
+    assert ep.id is not None and ep.outcome == "finished" and ep.watched_s == pytest.approx(5400)
+    assert ep.reward == pytest.approx(0.7 * 0.9 + 0.3 * 0.5)
+    assert brain.store.episodes()[0] == ep
+    [p] = brain.store.patterns()
+    assert (p.uses, p.successes, p.task_type) == (1, 1, TaskType.CONTENT_MATCH)
+    # watching the same item again updates that pattern (no new one) and bumps its version
+    again = brain.on_user_action(1, watch_fraction=0.3, context=CTX, started_at=2000.0)
+    assert again.outcome == "abandoned"
+    [q] = brain.store.patterns()
+    assert q.id == p.id and (q.uses, q.successes, q.version) == (2, 1, 2)
+    assert q.success_rate == pytest.approx(0.5)
+    # a very different item founds its own pattern
+    brain.on_user_action(6, watch_fraction=0.9, context=CTX, started_at=3000.0)
+    assert brain.store.pattern_count() == 2
+
+
+def test_transitions_come_only_from_happy_viewings_with_decay(brain: Brain):
+    brain.on_user_action(1, watch_fraction=0.9, started_at=1.0)
+    brain.on_user_action(2, watch_fraction=0.9, started_at=2.0)
+    brain.on_user_action(4, watch_fraction=0.2, started_at=3.0)  # abandoned: teaches nothing
+    assert {(t.src, t.dst) for t in brain.store.all_transitions()} == {(1, 2)}
+    ep = brain.on_user_action(3, watch_fraction=1.0, started_at=4.0)
+    weights = {(t.src, t.dst): t.weight for t in brain.store.all_transitions()}
+    decay = brain.config.transition_decay
+    # most recent source (4) gets the full reward, older ones decay by step
+    assert weights[(4, 3)] == pytest.approx(ep.reward)
+    assert weights[(2, 3)] == pytest.approx(ep.reward * decay)
+    assert weights[(1, 3)] == pytest.approx(ep.reward * decay**2)
+
+
+def test_rewatch_is_marked_and_rewarded(brain: Brain):
+    brain.on_user_action(9, watch_fraction=1.0, started_at=1.0)
+    again = brain.on_user_action(9, watch_fraction=1.0, started_at=2.0)
+    assert again.outcome == "rewatched" and again.reward == pytest.approx(0.7 + 0.3 * 0.5)
+
+
+def test_bad_input_raises_and_stores_nothing(brain: Brain):
+    with pytest.raises(OmegaError, match="unknown content id 999"):
+        brain.on_user_action(999, watch_fraction=0.5)
+    with pytest.raises(OmegaError, match="watch_fraction"):
+        brain.on_user_action(1, watch_fraction=1.5)
+    with pytest.raises(OmegaError, match="engagement"):
+        brain.on_user_action(1, watch_fraction=0.5, engagement=2)
+    assert brain.store.episode_count() == 0 and brain.store.pattern_count() == 0
+
+
+def test_a_failure_mid_way_leaves_nothing_half_written(brain: Brain, monkeypatch):
+    brain.on_user_action(1, watch_fraction=0.9, started_at=1.0)
+    before = (brain.store.episodes(), brain.store.patterns(), brain.store.all_transitions())
+
+    def disk_full(*args, **kwargs):
+        raise OmegaError("simulated failure while writing a transition")
+
+    monkeypatch.setattr(brain.store, "bump_transition", disk_full)
+    with pytest.raises(OmegaError, match="simulated failure"):
+        brain.on_user_action(2, watch_fraction=0.9, started_at=2.0)  # episode + pattern written, then the failure
+    assert (brain.store.episodes(), brain.store.patterns(), brain.store.all_transitions()) == before
+    monkeypatch.undo()
+    # the in-memory working set did not learn either: the next viewing of 2 founds/updates exactly as if fresh
+    brain.on_user_action(2, watch_fraction=0.9, started_at=3.0)
+    assert brain.store.episode_count() == 2
+    assert [(t.src, t.dst) for t in brain.store.all_transitions()] == [(1, 2)]
+    assert sum(p.uses for p in brain.store.patterns()) == 2
+
+
+def test_pattern_eviction_keeps_the_store_and_memory_in_step(tmp_path, embedder, catalog):
+    from omega.brain.config import BrainConfig
+
+    config = BrainConfig(max_patterns=3, pattern_match_threshold=0.99)
+    with Brain(tmp_path / "small.db", embedder=embedder, catalog=catalog, config=config) as b:
+        for i, cid in enumerate([1, 4, 7, 9, 10, 6]):
+            b.on_user_action(cid, watch_fraction=0.9, started_at=float(i))
+        assert b.store.pattern_count() == 3
+        assert b.stats()["pattern_memory"] == 3
+        assert {p.id for p in b.store.patterns()} == {p.id for p in b._memory().patterns}
+
+
+def test_feedback_changes_reward_of_latest_viewing_and_its_pattern(brain: Brain):
+    ep = brain.on_user_action(7, watch_fraction=0.8, started_at=1.0)
+    [p] = brain.store.patterns()
+    updated = brain.feedback(7, liked=False)
+    assert updated.id == ep.id and updated.reward == pytest.approx(0.7 * 0.8 - 0.3)
+    assert updated.critique == "disliked"
+    assert brain.store.episodes()[-1].reward == pytest.approx(updated.reward)
+    [q] = brain.store.patterns()
+    assert q.reward_sum == pytest.approx(p.reward_sum + updated.reward - ep.reward)
+    assert q.version == p.version + 1
+    with pytest.raises(OmegaError, match="no viewing of content 8"):
+        brain.feedback(8, rating=4)
+    with pytest.raises(OmegaError, match="feedback needs"):
+        brain.feedback(7)
+
+
+def test_apply_consolidated_stores_and_newer_versions_win(brain: Brain, catalog: Catalog):
+    c1 = ConsolidatedPattern(7, catalog.vector(4), TaskType.CONTENT_MATCH, 0.9, 12, 1.0, 2)
+    changed, stored = brain.apply_consolidated([c1], [TransitionStat(1, 2, 5.0, 4)])
+    assert (changed, stored) == (1, 1)
+    stale = ConsolidatedPattern(7, catalog.vector(1), TaskType.CONTENT_MATCH, 0.1, 1, 0.0, 1)
+    assert brain.apply_consolidated([stale], [])[0] == 0
+    assert brain.store.consolidated() == [c1]
+    assert brain.store.global_transitions_from(1) == [TransitionStat(1, 2, 5.0, 4)]
+    stats = brain.stats()
+    assert stats["consolidated"] == 1 and stats["consolidated_memory"] == 1 and stats["global_transitions"] == 1
+
+
+def test_ingest_persists_catalog_and_index_and_reopens_without_rebuilding(tmp_path: Path, embedder):
+    db = tmp_path / "tv.db"
+    with Brain(db, embedder=embedder) as b:
+        assert b.ingest_catalog(ITEMS[:6]) == 6
+        assert b.ingest_catalog(ITEMS[6:]) == 4  # adds to what is there
+        assert len(b.catalog) == 10 and b.stats()["catalog_index_vectors"] == 10
+    index_file = index_path_for(db)
+    assert index_file.is_file()
+    stamp = index_file.stat().st_mtime_ns
+    with Brain(db, embedder=embedder) as b:
+        assert len(b.catalog) == 10 and b.catalog.item(4).title == "Alien"
+        assert index_file.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+        ids, _ = b.catalog.search(b.catalog.vector(4), 1)
+        assert ids[0] == 4
+    index_file.write_bytes(b"garbage")  # a corrupt index is rebuilt from the store
+    with Brain(db, embedder=embedder) as b:
+        assert len(b.catalog.index) == 10
+    assert index_file.read_bytes() != b"garbage"
+
+
+def test_empty_catalog_gives_a_clear_error(tmp_path: Path, embedder):
+    with Brain(tmp_path / "empty.db", embedder=embedder) as b:
+        with pytest.raises(OmegaError, match="catalog is empty: run omega brain ingest"):
+            b.recommend(CTX)
+        with pytest.raises(OmegaError, match="unknown content id"):
+            b.on_user_action(1, watch_fraction=0.5)
+        assert b.stats()["catalog"] == 0
