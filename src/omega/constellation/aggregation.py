@@ -1,0 +1,322 @@
+"""A shard's aggregator: validated contributions → codebook cells → quality-weighted sums → deltas.
+
+Poisoning bounds. A contribution's quality weight is `success_rate × uses`,
+clipped to `w_max`; its trial count is clipped to `w_max` too (successes scaled
+alike). A device contributes to a given cell or edge at most once per epoch
+(default one day); more are rejected as `duplicate_flood`. So within an epoch
+one device moves a consolidated pattern by at most w_max / (W + w_max) of the
+distance between the honest mean and its vector (W: the honest weight), and its
+success rate by at most w_max / (T + w_max). (Many fake devices are the job of
+device authentication — signed device tokens — not of aggregation.)
+
+Privacy floor (DESIGN §4). Raw device ids never reach the store. What is kept:
+- idempotency keys HMAC(salt, device ‖ batch_id) with the push time — deleted by
+  `prune` after the replay window;
+- per key (cell or edge) the set of member hashes HMAC(salt, key ‖ device)[:8],
+  for exact distinct support. The hash differs per key, so the sets of two cells
+  cannot be joined to build a device profile without the server salt, and the
+  "contributed in epoch E" mark on a member is cleared by `prune` once E is over;
+- the contributions log: key, weight, counts, float16 embedding and epoch — no
+  device id, no pseudonym, no finer time.
+A consolidated pattern or edge is published only with distinct support ≥ k_min.
+The salt is the server's secret (e.g. derived from OMEGA_SECRET); the store only
+keeps a check value HMAC(salt, …) so a restart with another salt is refused
+instead of silently double-counting support.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from omega.constellation.codebook import DIM, Codebook
+from omega.constellation.crdt import ConsolidatedEdge, ConsolidatedPattern, FederatedState
+from omega.constellation.store.base import (
+    CellContribution,
+    ConstellationStore,
+    EdgeContribution,
+    PreparedPush,
+    PruneStats,
+)
+from omega.errors import OmegaError
+
+DAY_MS = 86_400_000
+DEVICE_ID_BYTES = 16
+MAX_BATCH_ID_BYTES = 64
+MEMBER_BYTES = 8
+_U32 = 2**32
+_I32 = 2**31
+
+# Per-item rejection reasons (machine-readable; the server passes them to the TV).
+BAD_EMBEDDING = "bad_embedding"  # wrong shape, NaN/inf, or norm far from 1
+BAD_SUCCESS_RATE = "bad_success_rate"
+BAD_COUNTS = "bad_counts"  # uses < 1, successes outside 0..uses
+BAD_TASK_TYPE = "bad_task_type"
+ZERO_WEIGHT = "zero_weight"  # success_rate × uses == 0: nothing to learn from
+BAD_TRANSITION = "bad_transition"  # ids out of range or weight not finite and > 0
+DUPLICATE_FLOOD = "duplicate_flood"  # this device already contributed to that cell/edge this epoch
+
+
+@dataclass(frozen=True, eq=False)
+class Contribution:
+    """One embedding pattern from a TV (already dequantised from the wire)."""
+
+    embedding: np.ndarray
+    success_rate: float
+    uses: int
+    successes: int
+    task_type: int
+    cell_hint: int | None = None
+
+
+class Transition(NamedTuple):
+    keyspace: int
+    src: int
+    dst: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class Rejection:
+    kind: str  # "pattern" or "transition"
+    index: int  # position in the push's list of that kind
+    reason: str
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    accepted: int  # patterns + transitions accepted
+    rejections: list[Rejection] = field(default_factory=list)
+    duplicate: bool = False  # this (device, batch_id) was applied before: nothing changed
+    cursor: int = 0  # the store's change sequence after this push
+    hints_ignored: int = 0  # cell hints that disagreed with the codebook
+
+
+@dataclass(frozen=True)
+class AggregationPolicy:
+    k_min: int = 3  # distinct devices before a pattern/edge is published
+    w_max: float = 50.0  # cap on one contribution's quality weight and trial count
+    edge_w_max: float = 10.0  # cap on one transition's weight
+    epoch_ms: int = DAY_MS  # one contribution per device per cell/edge per epoch
+    replay_window_ms: int = DAY_MS  # how long idempotency keys are kept
+    norm_tolerance: float = 0.1  # |‖x‖ - 1| allowed (uint8 quantisation error is far below)
+
+    def __post_init__(self) -> None:
+        if self.k_min < 1:
+            raise OmegaError("k_min must be >= 1")
+        if not (self.w_max > 0 and self.edge_w_max > 0 and math.isfinite(self.w_max + self.edge_w_max)):
+            raise OmegaError("w_max and edge_w_max must be positive and finite")
+        if self.epoch_ms < 1 or self.replay_window_ms < 0:
+            raise OmegaError("epoch_ms must be >= 1 and replay_window_ms >= 0")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+class Aggregator:
+    """One shard's aggregation over a `ConstellationStore`. Build with `await Aggregator.open(...)`."""
+
+    def __init__(
+        self, store: ConstellationStore, codebook: Codebook, salt: bytes, policy: AggregationPolicy | None = None
+    ) -> None:
+        if not isinstance(salt, (bytes, bytearray)) or len(salt) < 16:
+            raise OmegaError("the server salt must be at least 16 bytes")
+        self.store = store
+        self.codebook = codebook
+        self.policy = policy or AggregationPolicy()
+        # The keyed state after absorbing the salt, copied per hash (saves re-keying every call).
+        self._mac = hmac.new(bytes(salt), digestmod=hashlib.sha256)
+
+    @classmethod
+    async def open(
+        cls, store: ConstellationStore, codebook: Codebook, salt: bytes, policy: AggregationPolicy | None = None
+    ) -> Aggregator:
+        """Bind the store to this codebook and salt (refused if it was built with others)."""
+        agg = cls(store, codebook, salt, policy)
+        await store.bind(codebook.fingerprint, codebook.version, agg._keyed(b"omega/salt-check", 16))
+        return agg
+
+    @property
+    def origin(self) -> str:
+        return self.store.origin
+
+    def _keyed(self, message: bytes, size: int) -> bytes:
+        """HMAC-SHA256(salt, message) truncated to `size` bytes."""
+        mac = self._mac.copy()
+        mac.update(message)
+        return mac.digest()[:size]
+
+    # ---- pushes --------------------------------------------------------------------
+    async def apply(
+        self,
+        device: bytes,
+        batch_id: bytes,
+        patterns: Sequence[Contribution],
+        transitions: Sequence[Transition | tuple[int, int, int, float]],
+        now_ms: int,
+    ) -> ApplyResult:
+        """Apply one push atomically and durably; a retried (device, batch_id) changes nothing."""
+        if not isinstance(device, (bytes, bytearray)) or len(device) != DEVICE_ID_BYTES:
+            raise OmegaError(f"device id must be {DEVICE_ID_BYTES} bytes")
+        if not isinstance(batch_id, (bytes, bytearray)) or not 0 < len(batch_id) <= MAX_BATCH_ID_BYTES:
+            raise OmegaError(f"batch id must be 1..{MAX_BATCH_ID_BYTES} bytes")
+        if not _is_int(now_ms) or now_ms < 0:
+            raise OmegaError("now_ms must be a non-negative integer")
+        device = bytes(device)
+        rejections: list[Rejection] = []
+        cells, hints_ignored = self._prepare_cells(device, patterns, rejections)
+        edges = self._prepare_edges(device, transitions, rejections)
+        push = PreparedPush(
+            push_key=self._keyed(b"omega/push" + device + bytes(batch_id), 16),
+            epoch=int(now_ms) // self.policy.epoch_ms,
+            now_ms=int(now_ms),
+            cells=cells,
+            edges=edges,
+        )
+        outcome = await self.store.apply_push(push)
+        if outcome.duplicate:
+            return ApplyResult(accepted=0, duplicate=True, cursor=outcome.head)
+        rejections += [Rejection("pattern", i, DUPLICATE_FLOOD) for i in outcome.flooded_cells]
+        rejections += [Rejection("transition", i, DUPLICATE_FLOOD) for i in outcome.flooded_edges]
+        rejections.sort(key=lambda r: (r.kind, r.index))
+        return ApplyResult(
+            accepted=len(outcome.accepted_cells) + len(outcome.accepted_edges),
+            rejections=rejections,
+            cursor=outcome.head,
+            hints_ignored=hints_ignored,
+        )
+
+    def _check_pattern(self, p: Contribution, embedding_ok: bool) -> str | None:
+        if not embedding_ok:
+            return BAD_EMBEDDING
+        if not isinstance(p.success_rate, (int, float, np.number)) or not 0.0 <= float(p.success_rate) <= 1.0:
+            return BAD_SUCCESS_RATE  # NaN fails the range test too
+        if not (_is_int(p.uses) and _is_int(p.successes) and p.uses >= 1 and 0 <= p.successes <= p.uses):
+            return BAD_COUNTS
+        if not _is_int(p.task_type) or not 0 <= p.task_type < _I32:
+            return BAD_TASK_TYPE
+        if float(p.success_rate) * p.uses <= 0.0:
+            return ZERO_WEIGHT
+        return None
+
+    def _prepare_cells(
+        self, device: bytes, patterns: Sequence[Contribution], rejections: list[Rejection]
+    ) -> tuple[list[CellContribution], int]:
+        if not patterns:
+            return [], 0
+        # Embedding checks for the whole push at once: shape, then finiteness and norm.
+        arrays = [np.asarray(p.embedding) for p in patterns]
+        shaped = [a.shape == (DIM,) and np.issubdtype(a.dtype, np.number) for a in arrays]
+        x = np.zeros((len(arrays), DIM), dtype=np.float64)
+        for row, (a, ok) in enumerate(zip(arrays, shaped, strict=True)):
+            if ok:
+                x[row] = a
+        with np.errstate(all="ignore"):
+            norms = np.linalg.norm(x, axis=1)
+        emb_ok = np.isfinite(x).all(axis=1) & (np.abs(norms - 1.0) <= self.policy.norm_tolerance) & shaped
+        valid: list[tuple[int, Contribution]] = []
+        for i, p in enumerate(patterns):
+            reason = self._check_pattern(p, bool(emb_ok[i]))
+            if reason is None:
+                valid.append((i, p))
+            else:
+                rejections.append(Rejection("pattern", i, reason))
+        if not valid:
+            return [], 0
+        rows = [i for i, _ in valid]
+        x32 = (x[rows] / norms[rows, None]).astype(np.float32)
+        assigned = self.codebook.assign(x32)
+        w_max = self.policy.w_max
+        out = []
+        hints_ignored = 0
+        for (i, p), cell, emb in zip(valid, assigned.tolist(), x32, strict=True):
+            if p.cell_hint is not None and p.cell_hint != cell:
+                hints_ignored += 1  # the codebook decides; a hint is only ever a cross-check
+            trials = min(float(p.uses), w_max)
+            out.append(
+                CellContribution(
+                    index=i,
+                    task_type=int(p.task_type),
+                    cell=cell,
+                    member=self._keyed(b"omega/cell" + struct.pack("<iI", p.task_type, cell) + device, MEMBER_BYTES),
+                    weight=min(float(p.success_rate) * p.uses, w_max),
+                    embedding=emb,
+                    successes=trials * (p.successes / p.uses),
+                    trials=trials,
+                )
+            )
+        return out, hints_ignored
+
+    def _prepare_edges(
+        self, device: bytes, transitions: Sequence[Transition | tuple], rejections: list[Rejection]
+    ) -> list[EdgeContribution]:
+        out = []
+        for i, t in enumerate(transitions):
+            try:
+                keyspace, src, dst, weight = t
+            except (TypeError, ValueError):
+                rejections.append(Rejection("transition", i, BAD_TRANSITION))
+                continue
+            ids_ok = all(_is_int(v) and 0 <= v < _U32 for v in (keyspace, src, dst))
+            w_ok = isinstance(weight, (int, float, np.number)) and math.isfinite(weight) and weight > 0
+            if not (ids_ok and w_ok):
+                rejections.append(Rejection("transition", i, BAD_TRANSITION))
+                continue
+            out.append(
+                EdgeContribution(
+                    index=i,
+                    keyspace=int(keyspace),
+                    src=int(src),
+                    dst=int(dst),
+                    member=self._keyed(b"omega/edge" + struct.pack("<III", keyspace, src, dst) + device, MEMBER_BYTES),
+                    weight=min(float(weight), self.policy.edge_w_max),
+                )
+            )
+        return out
+
+    # ---- delta pull ----------------------------------------------------------------
+    async def changes_since(
+        self, cursor: int, max_bytes: int = 5000
+    ) -> tuple[list[ConsolidatedPattern | ConsolidatedEdge], int, bool]:
+        """Published patterns/edges changed after `cursor`, in change order, within ~max_bytes.
+
+        Returns (items, new_cursor, more). Pulling again with new_cursor never skips a change:
+        an item that changes again gets a later position and is sent again.
+        """
+        if not _is_int(cursor) or cursor < 0:
+            raise OmegaError("cursor must be a non-negative integer")
+        if not _is_int(max_bytes) or max_bytes < 1:
+            raise OmegaError("max_bytes must be a positive integer")
+        page = await self.store.changes_since(int(cursor), self.policy.k_min, int(max_bytes))
+        return page.items, page.cursor, page.more
+
+    async def published(self) -> list[ConsolidatedPattern | ConsolidatedEdge]:
+        """Every currently published item (a full pull from cursor 0)."""
+        items, cursor, more = await self.changes_since(0, max_bytes=1 << 30)
+        while more:
+            page, cursor, more = await self.changes_since(cursor, max_bytes=1 << 30)
+            items += page
+        return items
+
+    # ---- housekeeping and federation -----------------------------------------------
+    async def prune(self, now_ms: int) -> PruneStats:
+        """Drop idempotency keys older than the replay window and per-epoch marks of past epochs."""
+        if not _is_int(now_ms) or now_ms < 0:
+            raise OmegaError("now_ms must be a non-negative integer")
+        return await self.store.prune(now_ms - self.policy.replay_window_ms, now_ms // self.policy.epoch_ms)
+
+    async def export_state(self, since_version: int = 0, origins: list[str] | None = None) -> FederatedState:
+        """CRDT entries for federation (default: this shard's own and every origin it holds)."""
+        return await self.store.export_entries(since_version, origins)
+
+    async def merge_remote(self, state: FederatedState) -> int:
+        """Merge other origins' entries into the served global view; returns how many entries changed."""
+        return await self.store.merge_entries(state)

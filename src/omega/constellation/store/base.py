@@ -1,0 +1,142 @@
+"""The interface every constellation store implements (SQLite embedded, PostgreSQL at scale).
+
+The aggregator does the thinking (validation, codebook cells, weights, keyed
+hashes); a store does the durable bookkeeping, each push in ONE transaction:
+idempotency key + per-epoch flood check + accumulator update + change-sequence
+bump. When `apply_push` returns, the push is durable (the server acks after it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from omega.constellation.crdt import ConsolidatedEdge, ConsolidatedPattern, FederatedState
+
+# Estimated wire size of one published item (the server computes exact sizes):
+# a pattern is ~24 B of fields + 384 uint8 components, an edge a few varints.
+PATTERN_WIRE_BYTES = 24 + 384
+EDGE_WIRE_BYTES = 8
+
+KIND_CELL = 0
+KIND_EDGE = 1
+
+
+@dataclass(frozen=True, eq=False)
+class CellContribution:
+    """One accepted-for-consideration embedding pattern, already mapped to its cell and weighted."""
+
+    index: int  # position in the push's pattern list (for per-item rejections)
+    task_type: int
+    cell: int
+    member: bytes  # keyed hash of (cell, device): distinct support without a device id
+    weight: float
+    embedding: np.ndarray  # unit-norm float32 (384,)
+    successes: float
+    trials: float
+
+
+@dataclass(frozen=True)
+class EdgeContribution:
+    index: int  # position in the push's transition list
+    keyspace: int
+    src: int
+    dst: int
+    member: bytes  # keyed hash of (edge, device)
+    weight: float
+
+
+@dataclass(frozen=True)
+class PreparedPush:
+    push_key: bytes  # keyed hash of (device, batch_id): the idempotency key
+    epoch: int  # now_ms // epoch_ms: a member contributes to a key at most once per epoch
+    now_ms: int
+    cells: list[CellContribution] = field(default_factory=list)
+    edges: list[EdgeContribution] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    duplicate: bool  # this push key was applied before: nothing changed
+    accepted_cells: list[int] = field(default_factory=list)
+    accepted_edges: list[int] = field(default_factory=list)
+    flooded_cells: list[int] = field(default_factory=list)  # already contributed to that cell this epoch
+    flooded_edges: list[int] = field(default_factory=list)
+    head: int = 0  # change sequence after this push
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    items: list[ConsolidatedPattern | ConsolidatedEdge]
+    cursor: int  # pass back as `cursor` to get the next page
+    more: bool  # published changes remain after `cursor`
+
+
+@dataclass(frozen=True)
+class PruneStats:
+    push_keys: int  # idempotency keys deleted
+    epoch_marks: int  # per-epoch contribution marks cleared
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    head: int
+    cells: int  # distinct cell keys in the served view
+    edges: int
+    contributions: int  # rows in the append-only log
+    push_keys: int
+    members: int  # per-key distinct-support members
+
+
+class ConstellationStore(ABC):
+    """Durable state of one shard: its own accumulators, other origins' CRDT entries, the served view."""
+
+    origin: str
+
+    @abstractmethod
+    async def bind(self, codebook_fingerprint: str, codebook_version: int, salt_check: bytes) -> None:
+        """Record (first time) or verify the codebook and salt this store was built with; mismatch → OmegaError."""
+
+    @abstractmethod
+    async def apply_push(self, push: PreparedPush) -> PushOutcome:
+        """Apply one push atomically and durably; a repeated push key is a no-op with duplicate=True."""
+
+    @abstractmethod
+    async def changes_since(
+        self,
+        cursor: int,
+        k_min: int,
+        max_bytes: int,
+        pattern_bytes: int = PATTERN_WIRE_BYTES,
+        edge_bytes: int = EDGE_WIRE_BYTES,
+    ) -> ChangePage:
+        """Published items (global support ≥ k_min) changed after `cursor`, in change order, within the budget.
+
+        At least one item is returned when any is pending, so a tiny budget still makes progress.
+        """
+
+    @abstractmethod
+    async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:
+        """Forget idempotency keys older than a time and per-epoch marks older than an epoch."""
+
+    @abstractmethod
+    async def export_entries(self, since_version: int = 0, origins: list[str] | None = None) -> FederatedState:
+        """CRDT entries (own and remote) with version > since_version, optionally of some origins only."""
+
+    @abstractmethod
+    async def merge_entries(self, state: FederatedState) -> int:
+        """Merge remote origins' entries (own-origin entries are ignored); returns how many changed."""
+
+    @abstractmethod
+    async def stats(self) -> StoreStats: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> ConstellationStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

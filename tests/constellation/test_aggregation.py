@@ -1,0 +1,236 @@
+"""The shard aggregator: validation, cells, weights, flood limits, k_min, federation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omega.constellation.aggregation import (
+    BAD_COUNTS,
+    BAD_EMBEDDING,
+    BAD_SUCCESS_RATE,
+    BAD_TASK_TYPE,
+    BAD_TRANSITION,
+    DUPLICATE_FLOOD,
+    ZERO_WEIGHT,
+    AggregationPolicy,
+    Aggregator,
+    Contribution,
+)
+from omega.constellation.codebook import DIM, Codebook, build_codebook
+from omega.constellation.crdt import CellKey, CellState, ConsolidatedEdge, ConsolidatedPattern, FederatedState
+from omega.constellation.store import open_store
+from omega.errors import OmegaError
+
+from .conftest import SALT, device, near, pattern
+
+NOW = 1_700_000_000_000
+DAY = 86_400_000
+
+
+async def cells_of(agg: Aggregator) -> dict[tuple[int, int], ConsolidatedPattern]:
+    return {(p.task_type, p.cluster_id): p for p in await agg.published() if isinstance(p, ConsolidatedPattern)}
+
+
+async def test_patterns_map_to_nearest_cell_and_wrong_hints_are_ignored(aggregator, codebook) -> None:
+    for d in range(3):
+        res = await aggregator.apply(device(d), b"b1", [pattern(near(codebook, 5, d), hint=9)], [], NOW)
+        assert res.accepted == 1 and res.rejections == [] and res.hints_ignored == 1
+    published = await cells_of(aggregator)
+    assert set(published) == {(0, 5)}
+    assert published[(0, 5)].support == 3
+
+
+async def test_invalid_items_are_rejected_individually(aggregator, codebook) -> None:
+    good = near(codebook, 1, 0)
+    nan = good.copy()
+    nan[3] = np.nan
+    items = [
+        pattern(good),  # 0 ok
+        Contribution(np.zeros(10, np.float32), 0.9, 10, 9, 0),  # 1 shape
+        Contribution(nan, 0.9, 10, 9, 0),  # 2 NaN
+        Contribution(good * 3, 0.9, 10, 9, 0),  # 3 norm
+        Contribution(good, 1.5, 10, 9, 0),  # 4 rate
+        Contribution(good, float("nan"), 10, 9, 0),  # 5 rate NaN
+        Contribution(good, 0.9, 0, 0, 0),  # 6 no uses
+        Contribution(good, 0.9, 10, 11, 0),  # 7 successes > uses
+        Contribution(good, 0.9, 10, 9, -1),  # 8 task type
+        Contribution(good, 0.0, 10, 0, 0),  # 9 zero weight
+    ]
+    transitions = [(0, 1, 2, 1.0), (0, -1, 2, 1.0), (0, 1, 2, float("inf")), (0, 1, 3, 0.0), ("x",)]
+    res = await aggregator.apply(device(1), b"b", items, transitions, NOW)
+    reasons = {(r.kind, r.index): r.reason for r in res.rejections}
+    assert reasons == {
+        ("pattern", 1): BAD_EMBEDDING,
+        ("pattern", 2): BAD_EMBEDDING,
+        ("pattern", 3): BAD_EMBEDDING,
+        ("pattern", 4): BAD_SUCCESS_RATE,
+        ("pattern", 5): BAD_SUCCESS_RATE,
+        ("pattern", 6): BAD_COUNTS,
+        ("pattern", 7): BAD_COUNTS,
+        ("pattern", 8): BAD_TASK_TYPE,
+        ("pattern", 9): ZERO_WEIGHT,
+        ("transition", 1): BAD_TRANSITION,
+        ("transition", 2): BAD_TRANSITION,
+        ("transition", 3): BAD_TRANSITION,
+        ("transition", 4): BAD_TRANSITION,
+    }
+    assert res.accepted == 2
+
+
+async def test_bad_arguments_raise(aggregator) -> None:
+    with pytest.raises(OmegaError):
+        await aggregator.apply(b"short", b"b", [], [], NOW)
+    with pytest.raises(OmegaError):
+        await aggregator.apply(device(1), b"", [], [], NOW)
+    with pytest.raises(OmegaError):
+        await aggregator.apply(device(1), b"b", [], [], -5)
+    with pytest.raises(OmegaError):
+        await aggregator.changes_since(-1)
+    with pytest.raises(OmegaError):
+        Aggregator(aggregator.store, aggregator.codebook, b"short salt")
+
+
+async def test_one_contribution_per_device_per_cell_per_epoch(aggregator, codebook) -> None:
+    first = await aggregator.apply(device(7), b"a", [pattern(near(codebook, 2, 1)), pattern(near(codebook, 2, 2))],
+                                   [(0, 1, 2, 1.0), (0, 1, 2, 1.0)], NOW)
+    assert first.accepted == 2
+    assert {(r.kind, r.index, r.reason) for r in first.rejections} == {
+        ("pattern", 1, DUPLICATE_FLOOD), ("transition", 1, DUPLICATE_FLOOD)}
+    again = await aggregator.apply(device(7), b"b", [pattern(near(codebook, 2, 3))], [(0, 1, 2, 1.0)], NOW + 1000)
+    assert again.accepted == 0 and {r.reason for r in again.rejections} == {DUPLICATE_FLOOD}
+    # Another task type is another cell; the next epoch is a new window.
+    other = await aggregator.apply(device(7), b"c", [pattern(near(codebook, 2, 3), task_type=1)], [], NOW + 2000)
+    assert other.accepted == 1
+    tomorrow = await aggregator.apply(device(7), b"d", [pattern(near(codebook, 2, 4))], [(0, 1, 2, 1.0)], NOW + DAY)
+    assert tomorrow.accepted == 2
+
+
+async def test_attacker_moves_a_consolidated_pattern_by_a_bounded_amount(aggregator, codebook) -> None:
+    policy = aggregator.policy
+    honest = [near(codebook, 3, 100 + d) for d in range(5)]
+    weights = []
+    for d, v in enumerate(honest):
+        await aggregator.apply(device(d), b"h", [pattern(v, rate=0.9, uses=30)], [], NOW)
+        weights.append(min(0.9 * 30, policy.w_max))
+    before = (await cells_of(aggregator))[(0, 3)]
+    honest_sum = sum(w * v.astype(np.float64) for w, v in zip(weights, honest))
+    w_honest = sum(weights)
+    honest_trials = 5 * 30.0
+
+    # The attacker aims at the far side of the cell (still assigned to it) with absurd counts,
+    # and retries with fresh batch ids all day.
+    target = codebook.centroids[3].astype(np.float64)
+    # A direction orthogonal to every centroid keeps the vector in cell 3 while far from its centre.
+    cents = codebook.centroids.astype(np.float64)
+    away = np.random.default_rng(0).normal(size=DIM)
+    away -= cents.T @ np.linalg.lstsq(cents.T, away, rcond=None)[0]
+    adversarial = target * 0.35 + away / np.linalg.norm(away) * np.sqrt(1 - 0.35**2)
+    adversarial = adversarial.astype(np.float32)
+    assert codebook.assign(adversarial)[0] == 3
+    attacker = device(666)
+    accepted = 0
+    for i in range(20):
+        res = await aggregator.apply(attacker, f"evil-{i}".encode(), [Contribution(adversarial, 1.0, 10**12, 0, 0)],
+                                     [], NOW + i)
+        accepted += res.accepted
+    assert accepted == 1
+    after = (await cells_of(aggregator))[(0, 3)]
+
+    # Bound: the unnormalised mean moves by at most w_max/(W+w_max)·‖a − u‖, u the honest mean.
+    u = honest_sum / w_honest
+    bound = policy.w_max / (w_honest + policy.w_max) * np.linalg.norm(adversarial - u)
+    sin_max = bound / np.linalg.norm(u)
+    cos_after = float(np.dot(before.embedding, after.embedding))
+    assert cos_after >= np.sqrt(1 - sin_max**2) - 1e-6
+    assert cos_after < 0.9999  # the attacker did move it a little (the test can fail)
+    # Its absurd counts are clipped too: success rate moves by at most w_max/(T + w_max).
+    assert abs(after.success_rate - before.success_rate) <= policy.w_max / (honest_trials + policy.w_max) + 1e-9
+    assert after.support == before.support + 1
+
+
+async def test_k_min_gates_publication(aggregator, codebook) -> None:
+    for d in range(2):
+        await aggregator.apply(device(d), b"x", [pattern(near(codebook, 4, d))], [(0, 10, 11, 1.0)], NOW)
+    assert await aggregator.published() == []
+    # The same device twice does not count as two.
+    await aggregator.apply(device(1), b"y", [pattern(near(codebook, 4, 9))], [(0, 10, 11, 1.0)], NOW + DAY)
+    assert await aggregator.published() == []
+    await aggregator.apply(device(2), b"x", [pattern(near(codebook, 4, 2))], [(0, 10, 11, 2.5)], NOW)
+    items = await aggregator.published()
+    assert {type(i) for i in items} == {ConsolidatedPattern, ConsolidatedEdge}
+    edge = next(i for i in items if isinstance(i, ConsolidatedEdge))
+    assert (edge.keyspace, edge.src, edge.dst, edge.support) == (0, 10, 11, 3)
+    assert edge.weight == pytest.approx(1.0 + 1.0 + 1.0 + 2.5)
+
+
+async def test_edge_weight_is_clipped(aggregator) -> None:
+    for d in range(3):
+        await aggregator.apply(device(d), b"e", [], [(1, 5, 6, 1e9)], NOW)
+    (edge,) = await aggregator.published()
+    assert edge.weight == pytest.approx(3 * aggregator.policy.edge_w_max)
+
+
+async def test_store_refuses_another_codebook_or_salt(store_url, codebook) -> None:
+    store = await open_store(store_url, origin="s1")
+    try:
+        await Aggregator.open(store, codebook, SALT)
+        other_book = build_codebook(np.random.default_rng(1).normal(size=(40, DIM)), k=4)
+        with pytest.raises(OmegaError, match="codebook"):
+            await Aggregator.open(store, other_book, SALT)
+        with pytest.raises(OmegaError, match="salt"):
+            await Aggregator.open(store, codebook, b"another-salt-0123456789")
+    finally:
+        await store.close()
+
+
+async def test_federation_export_and_merge_build_the_global_view(tmp_path, codebook) -> None:
+    shards = []
+    for name in ("east", "west"):
+        s = await open_store(f"sqlite:{tmp_path / name}.db", origin=name)
+        shards.append(await Aggregator.open(s, codebook, SALT))
+    east, west = shards
+    hub_store = await open_store(f"sqlite:{tmp_path / 'hub'}.db", origin="hub")
+    hub = await Aggregator.open(hub_store, codebook, SALT)
+    try:
+        # Two devices on each shard: neither shard alone reaches k_min = 3.
+        for d in range(2):
+            await east.apply(device(d), b"p", [pattern(near(codebook, 6, d), uses=10)], [], NOW)
+            await west.apply(device(10 + d), b"p", [pattern(near(codebook, 6, 10 + d), uses=40)], [], NOW)
+        assert await east.published() == [] and await west.published() == []
+
+        east_delta = (await east.export_state(0, ["east"])).to_bytes()
+        west_delta = (await west.export_state(0, ["west"])).to_bytes()
+        # Replayed and reordered federation messages change nothing.
+        for blob in (west_delta, east_delta, west_delta):
+            await hub.merge_remote(FederatedState.from_bytes(blob))
+        (glob,) = await hub.published()
+        assert glob.support == 4
+
+        offline = FederatedState.from_bytes(east_delta).merge(FederatedState.from_bytes(west_delta))
+        (expected,) = offline.consolidated(k_min=3)
+        np.testing.assert_allclose(glob.embedding, expected.embedding, atol=1e-6)
+        assert glob.success_rate == pytest.approx(expected.success_rate)
+
+        # The east shard also merges west's entries and serves the same global pattern.
+        assert await east.merge_remote(FederatedState.from_bytes(west_delta)) == 1
+        assert await east.merge_remote(FederatedState.from_bytes(west_delta)) == 0
+        (east_view,) = await east.published()
+        np.testing.assert_allclose(east_view.embedding, glob.embedding, atol=1e-6)
+        # A remote message cannot overwrite the shard's own accumulators.
+        forged = FederatedState(codebook.version)
+        forged.put_cell("east", CellKey(0, 6), CellState(1e9, np.ones(DIM), 1000, 0.0, 1.0, 10**9))
+        assert await east.merge_remote(forged) == 0
+        # Entries for another codebook version are refused.
+        with pytest.raises(OmegaError):
+            await hub.merge_remote(FederatedState(codebook.version + 1, dict(forged.cells), {}))
+    finally:
+        for agg in (east, west, hub):
+            await agg.store.close()
+
+
+async def test_policy_validation() -> None:
+    with pytest.raises(OmegaError):
+        AggregationPolicy(k_min=0)
+    with pytest.raises(OmegaError):
+        AggregationPolicy(w_max=float("inf"))
