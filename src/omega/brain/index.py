@@ -53,14 +53,16 @@ class VectorIndex:
         expansion_add: int = 128,
         expansion_search: int = 64,
         exact_below: int = 256,
+        threads: int = 1,
     ) -> None:
         if metric not in METRICS:
             raise OmegaError(f"unsupported metric {metric!r}; supported: {', '.join(METRICS)}")
         if dtype not in DTYPES:
             raise OmegaError(f"unsupported index dtype {dtype!r}; supported: {', '.join(DTYPES)}")
-        if dim < 1 or connectivity < 2 or expansion_add < 1 or expansion_search < 1 or exact_below < 0:
+        if dim < 1 or connectivity < 2 or expansion_add < 1 or expansion_search < 1 or exact_below < 0 or threads < 1:
             raise OmegaError(
-                "index parameters out of range: need dim >= 1, connectivity >= 2, expansions >= 1, exact_below >= 0"
+                "index parameters out of range: need dim >= 1, connectivity >= 2, expansions >= 1, exact_below >= 0,"
+                " threads >= 1"
             )
         self.dim = int(dim)
         self.metric = metric
@@ -69,6 +71,9 @@ class VectorIndex:
         self.expansion_add = int(expansion_add)
         self.expansion_search = int(expansion_search)
         self.exact_below = int(exact_below)
+        #: usearch workers per call. 1 on a TV: usearch's default (0 = every core) dispatches even a
+        #: single query to a thread pool, which measured ~50-100 µs slower than searching in-thread.
+        self.threads = int(threads)
         self._index = Index(
             ndim=self.dim,
             metric=metric,
@@ -108,7 +113,7 @@ class VectorIndex:
         if len(present):
             # usearch's high-level API refuses duplicate keys: replace = remove, then add.
             self._index.remove(present)
-        self._index.add(ukeys, matrix)
+        self._index.add(ukeys, matrix, threads=self.threads)
         self._exact_cache = None
 
     def remove(self, keys: np.ndarray) -> int:
@@ -127,13 +132,16 @@ class VectorIndex:
         query = self._vectors(vector, "query")
         if query.shape[0] != 1:
             raise OmegaError("search() takes one vector; use search_batch() for many")
-        keys, sims = self.search_batch(query, k)
+        keys, sims = self._search(query, k)
         hits = keys[0] >= 0
         return keys[0][hits], sims[0][hits]
 
     def search_batch(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(m, k') keys and similarities for m queries, k' = min(k, len); short rows padded with -1 / NaN."""
-        queries = self._vectors(vectors, "queries")
+        return self._search(self._vectors(vectors, "queries"), k)
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """search_batch over already checked queries."""
         if not isinstance(k, (int, np.integer)) or k < 0:
             raise OmegaError(f"k must be a non-negative integer, got {k!r}")
         width = min(int(k), len(self))
@@ -141,7 +149,7 @@ class VectorIndex:
             return np.empty((len(queries), width), np.int64), np.empty((len(queries), width), np.float32)
         if len(self) < self.exact_below:
             return self._exact(queries, width)
-        matches = self._index.search(queries, width)
+        matches = self._index.search(queries, width, threads=self.threads)
         keys = np.asarray(matches.keys, dtype=np.uint64).reshape(len(queries), -1)[:, :width].astype(np.int64)
         sims = (1.0 - np.asarray(matches.distances, dtype=np.float32).reshape(len(queries), -1))[:, :width]
         counts = np.asarray(matches.counts).reshape(-1) if hasattr(matches, "counts") else np.full(1, width)
@@ -189,7 +197,13 @@ class VectorIndex:
 
     @classmethod
     def load(
-        cls, path: Path | str, *, expansion_search: int = 64, exact_below: int = 256, dim: int | None = None
+        cls,
+        path: Path | str,
+        *,
+        expansion_search: int = 64,
+        exact_below: int = 256,
+        dim: int | None = None,
+        threads: int = 1,
     ) -> VectorIndex:
         """Read an index written by `save`; OmegaError if missing, corrupt or of another dimension than `dim`."""
         path = Path(path)
@@ -202,7 +216,7 @@ class VectorIndex:
         end = data.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_HEADER)
         try:
             header = json.loads(data[len(_MAGIC) : end]) if end > 0 else None
-            payload = data[end + 1 :]
+            payload = memoryview(data)[end + 1 :]  # a view: no second copy of a multi-MB file
             valid = (
                 isinstance(header, dict)
                 and header["payload_bytes"] == len(payload)
@@ -217,6 +231,7 @@ class VectorIndex:
         index = cls(
             header["dim"], metric=header["metric"], dtype=header["dtype"], connectivity=header["connectivity"],
             expansion_add=header["expansion_add"], expansion_search=expansion_search, exact_below=exact_below,
+            threads=threads,
         )  # fmt: skip
         try:
             index._index.load(payload)
@@ -242,9 +257,12 @@ class VectorIndex:
             matrix = matrix[None, :]
         if matrix.ndim != 2 or matrix.shape[1] != self.dim:
             raise OmegaError(f"{name} must have {self.dim} columns, got shape {np.shape(vectors)}")
-        if not np.all(np.isfinite(matrix)):
+        # One pass over the data for both checks: a squared norm is non-finite iff the row holds a
+        # NaN/inf (or overflows float32, which cosine cannot use either), and 0 iff the row is zero.
+        squared = np.einsum("ij,ij->i", matrix, matrix) if matrix.size else np.empty(0, np.float32)
+        if not np.all(np.isfinite(squared)):
             raise OmegaError(f"{name} contain NaN or infinite values")
-        if matrix.size and np.any(np.linalg.norm(matrix, axis=1) == 0):
+        if np.any(squared == 0):
             raise OmegaError(f"{name} contain a zero vector, which has no cosine direction")
         return np.ascontiguousarray(matrix)
 

@@ -13,6 +13,7 @@ rating to a viewing, shared by the CLI, the fleet simulator and the evaluation.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -172,72 +173,136 @@ def adjust_pattern_reward(pattern: Pattern, delta: float, *, now: float) -> Patt
 class PatternMemory:
     """In-memory mirror of the store's patterns for nearest-pattern lookups and scoring.
 
-    Rows live in preallocated arrays (grown by doubling) and a removed row is
-    filled by the last one, so an update costs O(1) and a lookup is one
-    matrix-vector product over at most `max_patterns` rows. The brain updates
-    it only after the store committed, so it never holds what the store lost.
+    Compact: a pattern is one row of a few numpy arrays (unit embedding, the
+    scoring stats, its counts and times, its 16-byte id) - about 1.6 KB per
+    pattern, no Python object per pattern. A `Pattern` record is built only on
+    demand (`get`, `nearest`, `patterns`), with the stored unit embedding.
+
+    Rows live in preallocated arrays (grown by doubling; `np.empty` pages cost
+    no memory until written) and a removed row is filled by the last one, so an
+    update costs O(1) and a lookup is one matrix-vector product over at most
+    `max_patterns` rows. The brain updates it only after the store committed,
+    so it never holds what the store lost.
     """
 
-    def __init__(self, patterns: list[Pattern] | None = None) -> None:
-        self.patterns: list[Pattern] = []
-        self._row: dict[uuid.UUID, int] = {}
-        self._matrix = np.empty((0, EMBEDDING_DIM), np.float32)
-        self._stats = np.empty((0, 3), np.float32)  # success_rate, uses, avg_reward
+    def __init__(self, patterns: Iterable[Pattern] | None = None, *, capacity: int = 0) -> None:
+        self._n = 0
+        self._row: dict[int, int] = {}  # uuid.int -> row
+        self._allocate(max(0, int(capacity)))
         for p in patterns or ():
             self.upsert(p)
 
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple], *, capacity: int = 0) -> PatternMemory:
+        """Fill from store rows (`id, embedding blob, task_type, success_rate, uses, successes, created_at,
+        updated_at, last_used_at, reward_sum, version`), streamed: no Pattern object is made per row."""
+        memory = cls(capacity=capacity)
+        for id_, blob, task, success_rate, uses, successes, created, updated, used, reward_sum, version in rows:
+            vector = np.frombuffer(blob, dtype="<f4")
+            if vector.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vector)):
+                raise OmegaError("stored pattern has a malformed embedding")
+            memory._put(
+                uuid.UUID(bytes=bytes(id_)), vector, int(task), float(success_rate), int(uses), int(successes),
+                float(created), float(updated), float(used), float(reward_sum), int(version),
+            )  # fmt: skip
+        return memory
+
+    def _allocate(self, capacity: int) -> None:
+        n = self._n
+        old = getattr(self, "_matrix", None)
+        matrix = np.empty((capacity, EMBEDDING_DIM), np.float32)
+        stats = np.empty((capacity, 3), np.float32)  # success_rate, uses, avg_reward (what scoring reads)
+        reals = np.empty((capacity, 5), np.float64)  # success_rate, created_at, updated_at, last_used_at, reward_sum
+        counts = np.empty((capacity, 4), np.int64)  # uses, successes, version, task_type
+        ids = np.empty((capacity, 16), np.uint8)
+        if old is not None and n:
+            matrix[:n], stats[:n], reals[:n] = self._matrix[:n], self._stats[:n], self._reals[:n]
+            counts[:n], ids[:n] = self._counts[:n], self._ids[:n]
+        self._matrix, self._stats, self._reals, self._counts, self._ids = matrix, stats, reals, counts, ids
+
     def __len__(self) -> int:
-        return len(self.patterns)
+        return self._n
 
     @property
     def matrix(self) -> np.ndarray:
-        return self._matrix[: len(self.patterns)]
+        """(n, 384) float32 unit embeddings, row i = pattern i."""
+        return self._matrix[: self._n]
 
     @property
     def stats(self) -> np.ndarray:
         """(n, 3): success_rate, uses, avg_reward."""
-        return self._stats[: len(self.patterns)]
+        return self._stats[: self._n]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the rows in use (arrays only)."""
+        return self._n * sum(a.itemsize * (a.size // max(1, len(a))) for a in self._arrays())
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return self._matrix, self._stats, self._reals, self._counts, self._ids
+
+    @property
+    def patterns(self) -> list[Pattern]:
+        """Every pattern as a record (built on demand; row order)."""
+        return [self._pattern(row) for row in range(self._n)]
+
+    def ids(self) -> list[uuid.UUID]:
+        return [uuid.UUID(bytes=self._ids[row].tobytes()) for row in range(self._n)]
+
+    def _pattern(self, row: int) -> Pattern:
+        success_rate, created, updated, used, reward_sum = self._reals[row].tolist()
+        uses, successes, version, task = self._counts[row].tolist()
+        return Pattern(
+            id=uuid.UUID(bytes=self._ids[row].tobytes()), embedding=self._matrix[row], task_type=TaskType(task),
+            success_rate=success_rate, uses=uses, successes=successes, created_at=created, updated_at=updated,
+            last_used_at=used, reward_sum=reward_sum, version=version,
+        )  # fmt: skip
 
     def get(self, pattern_id: uuid.UUID) -> Pattern | None:
-        row = self._row.get(pattern_id)
-        return None if row is None else self.patterns[row]
+        row = self._row.get(pattern_id.int)
+        return None if row is None else self._pattern(row)
 
     def upsert(self, pattern: Pattern) -> None:
-        row = self._row.get(pattern.id)
+        self._put(
+            pattern.id, pattern.embedding, int(pattern.task_type), pattern.success_rate, pattern.uses,
+            pattern.successes, pattern.created_at, pattern.updated_at, pattern.last_used_at, pattern.reward_sum,
+            pattern.version,
+        )  # fmt: skip
+
+    def _put(
+        self, pattern_id: uuid.UUID, vector: np.ndarray, task: int, success_rate: float, uses: int, successes: int,
+        created: float, updated: float, used: float, reward_sum: float, version: int,
+    ) -> None:  # fmt: skip
+        row = self._row.get(pattern_id.int)
         if row is None:
-            row = len(self.patterns)
+            row = self._n
             if row == len(self._matrix):
-                grow = max(64, 2 * row)
-                matrix = np.empty((grow, self._matrix.shape[1]), np.float32)
-                stats = np.empty((grow, 3), np.float32)
-                matrix[:row], stats[:row] = self._matrix[:row], self._stats[:row]
-                self._matrix, self._stats = matrix, stats
-            self.patterns.append(pattern)
-            self._row[pattern.id] = row
-        else:
-            self.patterns[row] = pattern
-        norm = float(np.linalg.norm(pattern.embedding))
-        self._matrix[row] = pattern.embedding / (norm if norm > 0 else 1.0)
-        self._stats[row] = (pattern.success_rate, pattern.uses, pattern.avg_reward)
+                self._allocate(max(64, 2 * row))
+            self._n += 1
+            self._row[pattern_id.int] = row
+            self._ids[row] = np.frombuffer(pattern_id.bytes, np.uint8)
+        norm = float(np.linalg.norm(vector))
+        self._matrix[row] = vector / (norm if norm > 0 else 1.0)
+        self._stats[row] = (success_rate, uses, reward_sum / uses if uses else 0.0)
+        self._reals[row] = (success_rate, created, updated, used, reward_sum)
+        self._counts[row] = (uses, successes, version, task)
 
     def remove(self, pattern_ids: list[uuid.UUID]) -> None:
         for pattern_id in pattern_ids:
-            row = self._row.pop(pattern_id, None)
+            row = self._row.pop(pattern_id.int, None)
             if row is None:
                 continue
-            last = len(self.patterns) - 1
+            last = self._n - 1
             if row != last:  # move the last row into the hole
-                moved = self.patterns[last]
-                self.patterns[row] = moved
-                self._row[moved.id] = row
-                self._matrix[row] = self._matrix[last]
-                self._stats[row] = self._stats[last]
-            self.patterns.pop()
+                for array in self._arrays():
+                    array[row] = array[last]
+                self._row[uuid.UUID(bytes=self._ids[row].tobytes()).int] = row
+            self._n -= 1
 
     def nearest(self, vector: np.ndarray, threshold: float) -> tuple[Pattern, float] | None:
         """The most similar pattern at cosine >= threshold, or None."""
-        if not self.patterns:
+        if not self._n:
             return None
         sims = self.matrix @ np.asarray(vector, np.float32)
         row = int(np.argmax(sims))
-        return (self.patterns[row], float(sims[row])) if sims[row] >= threshold else None
+        return (self._pattern(row), float(sims[row])) if sims[row] >= threshold else None

@@ -211,3 +211,106 @@ def stats(
     width = max(len(key) for key in report)
     for key, value in report.items():
         print(f"{key:<{width}}  {value}")
+
+
+# ---------------------------------------------------------------- sync
+
+
+def _positive_seconds(text: str) -> float:
+    return _number("--interval", text, 0.01, 86_400.0)
+
+
+@app.command("sync")
+def sync(
+    ctx: typer.Context,
+    server: Annotated[str, typer.Option("--server", help="constellation URL, e.g. http://127.0.0.1:8700")],
+    device_id: Annotated[str | None, typer.Option("--device-id", help="this TV's device id (UUID); stored for later syncs")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="device token from `omega device token`; stored too")] = None,
+    tier: Annotated[str | None, typer.Option("--tier", help="premium | active | casual (default: stored, else active)")] = None,
+    daemon: Annotated[bool, typer.Option("--daemon", help="keep syncing on the tier's schedule until SIGINT/SIGTERM")] = False,
+    interval: Annotated[
+        float | None, typer.Option("--interval", help="seconds between daemon syncs (default: the tier's)", parser=_positive_seconds)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Push this TV's high-quality patterns, pull consolidated deltas, heartbeat; once or as a daemon."""
+    import asyncio
+    import signal
+    import sys
+
+    from omega.brain.sync import SyncAgent, SyncFailed, endpoints, parse_tier, policy_for, tier_name
+    from omega.brain.sync import state as sync_state
+
+    endpoints(server)  # a bad URL fails before anything is stored
+    if (device_id is None) != (token is None):
+        raise OmegaError("--device-id and --token go together")
+    chosen_tier = parse_tier(tier) if tier is not None else None
+    new_identity = None
+    if device_id is not None and token is not None:
+        new_identity = (sync_state.parse_device_id(device_id), token.strip())
+        sync_state.check_token(new_identity[1])
+
+    with open_brain(ctx) as brain:
+        store = brain.store
+        if new_identity is not None:
+            sync_state.save_identity(store, *new_identity)
+        if chosen_tier is not None:
+            store.set_state(sync_state.TIER_KEY, tier_name(chosen_tier))
+        identity = sync_state.load_identity(store)
+        if identity is None:
+            raise OmegaError("this TV has no device identity yet: pass --device-id and --token once")
+        final_tier = chosen_tier or parse_tier(store.get_state(sync_state.TIER_KEY) or "active")
+        policy = policy_for(final_tier)
+        if interval is not None:
+            policy = policy.with_interval(interval)
+        agent = SyncAgent(
+            brain, server_url=server, device_id=identity[0], token=identity[1], tier=final_tier, policy=policy
+        )
+
+        if not daemon:
+            async def once():
+                try:
+                    return await agent.sync_once()
+                finally:
+                    await agent.close()
+
+            try:
+                report = asyncio.run(once())
+            except SyncFailed as exc:
+                if exc.auth:
+                    raise OmegaError(f"server refused this TV's credentials: {exc}") from None
+                print(f"omega: sync failed: {exc} (outbox kept: {agent.outbox.pending_count()} batch(es))", file=sys.stderr)
+                raise typer.Exit(1) from None
+            summary = {"server": server, "tier": tier_name(final_tier), **report.to_dict()}
+            if as_json:
+                print(json.dumps(summary))
+            else:
+                print(
+                    f"pushed {report.pushed_patterns} patterns + {report.pushed_edges} edges ({report.push_bytes} B), "
+                    f"pulled {report.pulled_patterns} patterns + {report.pulled_edges} edges ({report.pull_bytes} B, "
+                    f"cursor {report.cursor}), heartbeat {report.heartbeat_bytes} B, {report.duration_s * 1000:.0f} ms"
+                    + (f"; {len(report.errors)} warning(s): {'; '.join(report.errors)}" if report.errors else "")
+                )
+            return
+
+        def log_sync(report, error, next_delay: float) -> None:
+            if error is not None:
+                print(f"omega sync: failed: {error}; next try in {next_delay:.1f} s", file=sys.stderr, flush=True)
+                return
+            line = {"event": "sync", **report.to_dict(), "next_sync_in_s": round(next_delay, 3)}
+            print(json.dumps(line) if as_json else (
+                f"omega sync: pushed {report.pushed_patterns}/{report.pushed_edges} ({report.push_bytes} B), "
+                f"pulled {report.pulled_patterns}/{report.pulled_edges} ({report.pull_bytes} B), "
+                f"cursor {report.cursor}; next in {next_delay:.1f} s"
+            ), file=sys.stderr, flush=True)  # fmt: skip
+
+        async def forever() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            print(f"omega sync: daemon started ({tier_name(final_tier)}, every {policy.interval_s:g} s)", file=sys.stderr, flush=True)
+            await agent.run(stop, on_sync=log_sync)
+            print("omega sync: stopped", file=sys.stderr, flush=True)
+
+        asyncio.run(forever())

@@ -169,3 +169,34 @@ def _initial_schema(db: sqlite3.Connection) -> None:
         CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
         """,
     )
+
+
+@migration(2)
+def _sync_outbox(db: sqlite3.Connection) -> None:
+    """The sync agent's durable outbox and what it needs to push only real changes."""
+    run_script(
+        db,
+        """
+        -- What the sync agent last sealed of each pattern, so it pushes a new
+        -- version only when the vector or the success statistics moved enough.
+        ALTER TABLE patterns ADD COLUMN pushed_embedding BLOB;        -- 384 x float32, NULL = never pushed
+        ALTER TABLE patterns ADD COLUMN pushed_uses INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE patterns ADD COLUMN pushed_success_rate REAL NOT NULL DEFAULT 0;
+
+        -- Transition weight already sealed into a push: the delta queued is weight - pushed_weight.
+        ALTER TABLE transitions ADD COLUMN pushed_weight REAL NOT NULL DEFAULT 0;
+
+        -- Sealed pushes waiting for the cloud's PushAck; a row is deleted only on a verified ack.
+        CREATE TABLE outbox (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,     -- FIFO order, never reused
+            batch_id        BLOB NOT NULL UNIQUE CHECK (length(batch_id) = 16),
+            push            BLOB NOT NULL,                        -- the Push, as a locally sealed frame
+            patterns        INTEGER NOT NULL CHECK (patterns >= 0),
+            edges           INTEGER NOT NULL CHECK (edges >= 0),
+            created_at      REAL NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            next_attempt_at REAL NOT NULL,
+            last_error      TEXT
+        );
+        """,
+    )
