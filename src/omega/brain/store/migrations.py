@@ -187,7 +187,7 @@ def _sync_outbox(db: sqlite3.Connection) -> None:
         ALTER TABLE transitions ADD COLUMN pushed_weight REAL NOT NULL DEFAULT 0;
 
         -- Sealed pushes waiting for the cloud's PushAck; a row is deleted only on a verified ack.
-        CREATE TABLE outbox (
+        CREATE TABLE sync_outbox (
             id              INTEGER PRIMARY KEY AUTOINCREMENT,     -- FIFO order, never reused
             batch_id        BLOB NOT NULL UNIQUE CHECK (length(batch_id) = 16),
             push            BLOB NOT NULL,                        -- the Push, as a locally sealed frame

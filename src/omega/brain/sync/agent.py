@@ -1,0 +1,383 @@
+"""`SyncAgent`: push sealed patterns, pull consolidated deltas, heartbeat — over the tier's transport.
+
+One sync: (1) re-send unacknowledged outbox batches, then seal and send new
+ones (<= 10 patterns per sync); (2) pull pages since the persisted cursor,
+merging each page and advancing the cursor in ONE transaction; (3) heartbeat.
+Every frame gets a seq committed to SQLite before it is sent. A reply is
+trusted only when it verifies under the device key; an unsigned ErrorReply can
+only make the agent back off. Transport failures raise `SyncFailed` and leave
+the outbox and cursor exactly as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from omega.brain.config import BrainConfig
+from omega.brain.records import ConsolidatedPattern as ConsolidatedRecord
+from omega.brain.records import TransitionStat
+from omega.brain.store import BrainStore
+from omega.brain.sync import state
+from omega.brain.sync.config import SyncConfig
+from omega.brain.sync.outbox import Outbox, SealedBatch
+from omega.brain.sync.tiers import TierPolicy, TransportKind, policy_for
+from omega.brain.sync.transport import HttpTransport, Transport, TransportError, WebSocketTransport
+from omega.errors import OmegaError
+from omega.protocol import (
+    DOWNLINK,
+    Body,
+    ErrorReply,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+    Keyspace,
+    ProtocolError,
+    Pull,
+    PullReply,
+    Push,
+    PushAck,
+    Tier,
+    decode_frame,
+    encode_frame,
+)
+
+log = logging.getLogger("omega.brain.sync")
+
+_U32 = (1 << 32) - 1
+#: Error codes after which retrying with the same credentials is pointless.
+AUTH_CODES = frozenset({"bad_signature", "unauthorized"})
+
+
+class SyncFailed(OmegaError):
+    """A sync stopped early. The outbox and cursor keep everything not acknowledged/committed."""
+
+    def __init__(self, message: str, *, code: str = "transport", retry_after_s: float = 0.0, report: SyncReport | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after_s = retry_after_s
+        self.report = report
+
+    @property
+    def auth(self) -> bool:
+        """The server refused our credentials: fix the token, don't hammer the server."""
+        return self.code in AUTH_CODES
+
+
+@dataclass
+class SyncReport:
+    """What one sync did. Byte counts are frames on the wire (uplink for push/heartbeat, downlink for pull)."""
+
+    pushed_patterns: int = 0
+    pushed_edges: int = 0
+    push_bytes: int = 0
+    pulled_patterns: int = 0
+    pulled_edges: int = 0
+    pull_bytes: int = 0
+    heartbeat_bytes: int = 0
+    duration_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    batches_acked: int = 0
+    duplicates: int = 0
+    rejected_patterns: int = 0
+    pull_pages: int = 0
+    cursor: int = 0
+    outbox_pending: int = 0
+    #: The server's HeartbeatAck hints (0: none).
+    next_sync_s: float = 0.0
+    retry_after_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _to_record(p) -> ConsolidatedRecord:  # protocol ConsolidatedPattern -> ReasoningBank record
+    return ConsolidatedRecord(
+        cluster_id=p.cluster_id,
+        embedding=p.embedding.dequantize(),
+        task_type=int(p.task_type),
+        success_rate=p.success_rate,
+        support=p.support,
+        trend_score=p.trend_score,
+        version=p.version,
+    )
+
+
+class SyncAgent:
+    """The TV's sync agent (see module docstring). `sync_once()` for one sync, `run(stop)` as a daemon."""
+
+    def __init__(
+        self,
+        store_or_brain: object,
+        *,
+        server_url: str,
+        device_id: bytes,
+        token: str,
+        tier: Tier = Tier.ACTIVE,
+        config: SyncConfig | None = None,
+        policy: TierPolicy | None = None,
+        brain_config: BrainConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        if isinstance(store_or_brain, BrainStore):
+            self._brain = None
+            self.store = store_or_brain
+        elif isinstance(getattr(store_or_brain, "store", None), BrainStore) and hasattr(store_or_brain, "apply_consolidated"):
+            self._brain = store_or_brain
+            self.store = store_or_brain.store  # type: ignore[attr-defined]
+            brain_config = brain_config or getattr(store_or_brain, "config", None)
+        else:
+            raise OmegaError(f"SyncAgent needs a Brain or a BrainStore, got {type(store_or_brain).__name__}")
+        if not isinstance(device_id, bytes) or len(device_id) != 16:
+            raise OmegaError("device id must be 16 bytes")
+        self.device_id = device_id
+        self.key_id, self._key = state.check_token(token)
+        self.tier = Tier(tier)
+        self.policy = policy or policy_for(self.tier)
+        self.config = config or SyncConfig()
+        thresholds = brain_config or BrainConfig()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.outbox = Outbox(
+            self.store,
+            self.config,
+            min_success=thresholds.high_quality_success,
+            min_uses=thresholds.high_quality_min_uses,
+            clock=clock,
+        )
+        if transport is not None:
+            self.transport: Transport = transport
+        elif self.policy.transport is TransportKind.HTTP:
+            self.transport = HttpTransport(server_url, timeout_s=self.config.request_timeout_s)
+        else:
+            self.transport = WebSocketTransport(server_url, timeout_s=self.config.request_timeout_s)
+        self.server_url = server_url
+
+    # ------------------------------------------------------------------ one frame
+
+    async def _exchange(self, body: Body, report: SyncReport) -> tuple[Frame, int, int]:
+        """Send one uplink frame, return the verified downlink frame and (bytes up, bytes down)."""
+        seq = state.allocate_seq(self.store)  # committed before sending: never reused
+        frame = Frame(
+            device_id=self.device_id, seq=seq, timestamp_ms=int(self._clock() * 1000), key_id=self.key_id, body=body
+        )
+        data = encode_frame(frame, self._key)
+        report.bytes_up += len(data)
+        try:
+            reply = await self.transport.exchange(data)
+        except TransportError as exc:
+            raise SyncFailed(str(exc), code="transport", retry_after_s=exc.retry_after_s, report=report) from None
+        report.bytes_down += len(reply.data)
+        try:
+            answer = decode_frame(reply.data, self._key, expect=DOWNLINK)
+        except ProtocolError as exc:
+            raise SyncFailed(
+                f"unusable reply from the server (HTTP {reply.status}): {exc}",
+                code="bad_reply",  # not the server refusing us: a reply we cannot trust or read
+                retry_after_s=reply.retry_after_s,
+                report=report,
+            ) from None
+        if answer.authenticated and answer.device_id != self.device_id:
+            raise SyncFailed("the server answered for another device", code="malformed", report=report)
+        if isinstance(answer.body, ErrorReply):
+            err = answer.body
+            retry = max(float(err.retry_after_s), reply.retry_after_s)
+            if not answer.authenticated:  # proves nothing: only back off
+                raise SyncFailed(
+                    f"server refused the {frame.kind} (unsigned {err.code}: {err.message})",
+                    code=err.code, retry_after_s=retry, report=report,
+                )  # fmt: skip
+            if not (isinstance(body, Push) and err.code == "invalid_pattern"):
+                raise SyncFailed(
+                    f"server refused the {frame.kind}: {err.code}: {err.message}",
+                    code=err.code, retry_after_s=retry, report=report,
+                )  # fmt: skip
+        return answer, len(data), len(reply.data)
+
+    # ------------------------------------------------------------------ push
+
+    async def _send_batch(self, batch: SealedBatch, report: SyncReport) -> None:
+        try:
+            answer, up, _ = await self._exchange(batch.push, report)
+        except SyncFailed as exc:
+            self.outbox.record_attempt(batch.batch_id, f"{exc.code}: {exc}"[:200])
+            raise
+        report.push_bytes += up
+        body = answer.body
+        if isinstance(body, ErrorReply):  # signed invalid_pattern: the whole batch is bad; resending won't help
+            self.outbox.acknowledge(batch.batch_id)
+            report.rejected_patterns += batch.patterns
+            report.errors.append(f"batch {batch.batch_id.hex()} rejected: {body.code}: {body.message}")
+            log.warning("push %s rejected as %s: %s", batch.batch_id.hex(), body.code, body.message)
+            return
+        if not isinstance(body, PushAck) or body.batch_id != batch.batch_id:
+            self.outbox.record_attempt(batch.batch_id, "reply was not this batch's ack")
+            raise SyncFailed(f"server answered a push with {answer.kind}, not its ack", code="malformed", report=report)
+        self.outbox.acknowledge(batch.batch_id)
+        report.batches_acked += 1
+        report.pushed_patterns += batch.patterns
+        report.pushed_edges += batch.edges
+        if body.duplicate:
+            report.duplicates += 1
+        if body.rejected:
+            report.rejected_patterns += len(body.rejected)
+            reasons = ", ".join(f"#{r.index}: {r.reason}" for r in body.rejected)
+            report.errors.append(f"batch {batch.batch_id.hex()}: {len(body.rejected)} pattern(s) rejected ({reasons})")
+            log.warning("push %s: rejected %s", batch.batch_id.hex(), reasons)
+
+    async def _push(self, report: SyncReport) -> None:
+        budget = self.config.max_patterns_per_sync
+        batches = 0
+        for batch in self.outbox.pending():
+            if batches >= self.config.max_batches_per_sync:
+                return
+            await self._send_batch(batch, report)
+            batches += 1
+            budget -= batch.patterns
+        while batches < self.config.max_batches_per_sync and budget > 0:
+            batch = self.outbox.seal(max_patterns=budget)
+            if batch is None:
+                return
+            await self._send_batch(batch, report)
+            batches += 1
+            budget -= batch.patterns
+            if batch.patterns == 0:  # transitions only: what remains waits for the next sync
+                return
+
+    # ------------------------------------------------------------------ pull
+
+    def _merge(self, reply: PullReply, report: SyncReport) -> None:
+        try:
+            patterns = [_to_record(p) for p in reply.patterns]
+        except OmegaError as exc:
+            raise SyncFailed(f"server sent an unusable consolidated pattern: {exc}", code="malformed", report=report) from None
+        transitions: list[TransitionStat] = []
+        if reply.transitions is not None:
+            if reply.transitions.keyspace is Keyspace.ITEM:
+                transitions = [TransitionStat(e.src, e.dst, e.weight, e.support) for e in reply.transitions.edges]
+            else:  # cell-keyed edges need the global codebook, which this brain does not hold
+                report.errors.append(f"skipped {len(reply.transitions.edges)} codebook-cell transitions")
+        try:
+            with self.store.transaction() as db:
+                if self._brain is not None:
+                    self._brain.apply_consolidated(patterns, transitions)  # type: ignore[attr-defined]
+                else:
+                    self.store.put_consolidated(patterns)
+                    self.store.merge_global_transitions(transitions)
+                state.set_cursor(db, reply.cursor)
+        except (OmegaError, OverflowError) as exc:  # e.g. an id beyond SQLite's int64: nothing of the page is kept
+            raise SyncFailed(f"cannot merge a pulled page: {exc}", code="malformed", report=report) from None
+        report.pulled_patterns += len(patterns)
+        report.pulled_edges += len(transitions)
+        report.cursor = reply.cursor
+
+    async def _pull(self, report: SyncReport) -> None:
+        report.cursor = state.cursor(self.store)
+        for _ in range(self.config.max_pull_pages):
+            answer, _, down = await self._exchange(
+                Pull(since=report.cursor, max_bytes=self.config.pull_max_bytes), report
+            )
+            if not isinstance(answer.body, PullReply):
+                raise SyncFailed(f"server answered a pull with {answer.kind}", code="malformed", report=report)
+            report.pull_bytes += down
+            report.pull_pages += 1
+            self._merge(answer.body, report)
+            if not answer.body.more:
+                return
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def _heartbeat(self, report: SyncReport) -> None:
+        body = Heartbeat(
+            tier=self.tier,
+            outbox=min(self.outbox.queued_patterns() + self.outbox.pending_count(), _U32),
+            patterns=min(self.store.pattern_count(), _U32),
+        )
+        answer, up, _ = await self._exchange(body, report)
+        if not isinstance(answer.body, HeartbeatAck):
+            raise SyncFailed(f"server answered a heartbeat with {answer.kind}", code="malformed", report=report)
+        report.heartbeat_bytes += up
+        report.next_sync_s = float(answer.body.next_sync_s)
+        report.retry_after_s = float(answer.body.retry_after_s)
+
+    # ------------------------------------------------------------------ one sync, and the daemon
+
+    async def sync_once(self) -> SyncReport:
+        """Push, pull, heartbeat. Raises SyncFailed (with the partial report) when the server is unusable."""
+        report = SyncReport()
+        started = time.monotonic()
+        try:
+            await self._push(report)
+            await self._pull(report)
+            await self._heartbeat(report)
+        except SyncFailed:
+            await self.transport.close()  # a half-finished exchange leaves the connection out of step
+            raise
+        finally:
+            report.duration_s = time.monotonic() - started
+            report.outbox_pending = self.outbox.pending_count()
+        if self.policy.transport is not TransportKind.WS_PERSISTENT:
+            await self.transport.close()  # on-demand WebSocket / polling: nothing stays open
+        return report
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        on_sync: Callable[[SyncReport | None, SyncFailed | None, float], None] | None = None,
+        start_jitter: bool = True,
+    ) -> None:
+        """Sync by the tier's schedule until `stop` is set; back off (full jitter) on failures.
+
+        on_sync(report, error, next_delay_s) is called after every attempt.
+        """
+        backoff = self.policy.backoff(self._rng)
+        delay = self.policy.first_sync_delay(self._rng) if start_jitter else 0.0
+        try:
+            while not stop.is_set():
+                if await self._idle(delay, stop):
+                    break
+                try:
+                    report = await self.sync_once()
+                except SyncFailed as exc:
+                    delay = backoff.next_delay(exc.retry_after_s)
+                    log.warning("sync failed (%s); retrying in %.1f s", exc, delay)
+                    if on_sync is not None:
+                        on_sync(exc.report, exc, delay)
+                    continue
+                backoff.reset()
+                delay = self.policy.next_sync_delay(self._rng, report.next_sync_s)
+                if report.retry_after_s > 0:
+                    delay = max(delay, report.retry_after_s)
+                if on_sync is not None:
+                    on_sync(report, None, delay)
+        finally:
+            await self.close()
+
+    async def _idle(self, delay: float, stop: asyncio.Event) -> bool:
+        """Wait `delay` seconds; True if stopped. A persistent connection that drops cuts the wait short."""
+        waits = [asyncio.ensure_future(stop.wait())]
+        transport = self.transport
+        if (
+            self.policy.transport is TransportKind.WS_PERSISTENT
+            and isinstance(transport, WebSocketTransport)
+            and transport.is_open
+        ):
+            waits.append(asyncio.ensure_future(transport.wait_closed()))
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, delay), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return stop.is_set()
+
+    async def close(self) -> None:
+        await self.transport.close()

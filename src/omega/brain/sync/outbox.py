@@ -1,0 +1,267 @@
+"""The offline-first outbox: queued changes sealed into durable, idempotent pushes.
+
+The queue is the store itself: a pattern whose `version > pushed_version` was
+queued by the very transaction that changed it, and a transition whose
+`weight > pushed_weight` holds an unsent delta. `seal()` turns part of that
+queue into one Push, in ONE transaction: it writes a `sync_outbox` row (random
+16-byte batch_id + the encoded Push) and marks what it took as sealed, so
+nothing is sealed twice. The row is deleted only when the cloud's verified
+PushAck for its batch_id arrives; a retry re-sends the same bytes under the
+same batch_id (the cloud applies a batch at most once).
+
+Patterns are pushed only when they changed enough since their last push (the
+vector's cosine to the pushed one, or the success statistics); a version that
+did not is absorbed (pushed_version catches up) and later versions are still
+compared with what was really pushed, so drift accumulates until it counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from omega.brain.store import BrainStore
+from omega.brain.store.rows import blob_vector
+from omega.brain.sync.config import SyncConfig
+from omega.errors import OmegaError
+from omega.protocol import (
+    EmbeddingPattern,
+    Frame,
+    Keyspace,
+    ProtocolError,
+    Push,
+    TaskType,
+    Transition,
+    TransitionBatch,
+    WEIGHT_SCALE,
+    decode_frame,
+    encode_frame,
+    quantize,
+)
+
+#: The outbox keeps each Push as a frame sealed under this local key: the tag
+#: detects a damaged row instead of sending garbage. It authenticates nothing.
+_LOCAL_KEY = hashlib.sha256(b"omega/brain/outbox/v1").digest()
+_NO_DEVICE = bytes(16)
+_U32 = (1 << 32) - 1
+#: Header values of realistic width for sizing a push before its real header exists.
+_SIZING_SEQ = 1 << 40
+_SIZING_TIMESTAMP_MS = 1 << 41
+#: Queued high-quality patterns examined per seal (absorbed ones leave the queue).
+_CANDIDATES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBatch:
+    """One outbox row: a Push waiting for its ack."""
+
+    batch_id: bytes
+    push: Push
+    patterns: int
+    edges: int
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None = None
+
+
+def _local_frame(push: Push) -> bytes:
+    frame = Frame(device_id=_NO_DEVICE, seq=0, timestamp_ms=0, body=push)
+    return encode_frame(frame, _LOCAL_KEY, compress=False)
+
+
+def _read_local_frame(blob: bytes, batch_id: bytes) -> Push:
+    try:
+        push = decode_frame(bytes(blob), _LOCAL_KEY, expect=(Push,)).body
+    except ProtocolError as exc:
+        raise OmegaError(f"outbox batch {batch_id.hex()} is damaged ({exc}); it was kept, not sent") from None
+    assert isinstance(push, Push)
+    if push.batch_id != batch_id:
+        raise OmegaError(f"outbox batch {batch_id.hex()} holds a push for another batch id; it was kept, not sent")
+    return push
+
+
+def push_frame_size(push: Push) -> int:
+    """Bytes the push will take on the wire (with a realistic header and the tag)."""
+    frame = Frame(device_id=_NO_DEVICE, seq=_SIZING_SEQ, timestamp_ms=_SIZING_TIMESTAMP_MS, key_id=1, body=push)
+    return len(encode_frame(frame, _LOCAL_KEY))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return -1.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+class Outbox:
+    """Seals queued patterns and transition deltas into pushes and keeps them until acked."""
+
+    def __init__(
+        self,
+        store: BrainStore,
+        config: SyncConfig | None = None,
+        *,
+        min_success: float = 0.8,
+        min_uses: int = 10,
+        clock: Callable[[], float] = time.time,
+        new_batch_id: Callable[[], bytes] = lambda: os.urandom(16),
+    ) -> None:
+        self.store = store
+        self.config = config or SyncConfig()
+        self.min_success = float(min_success)
+        self.min_uses = int(min_uses)
+        self._clock = clock
+        self._new_batch_id = new_batch_id
+
+    # ------------------------------------------------------------------ reading
+
+    def pending(self) -> list[SealedBatch]:
+        """Sealed batches not yet acknowledged, oldest first."""
+        with self.store.transaction() as db:
+            found = db.execute(
+                "SELECT batch_id, push, patterns, edges, created_at, attempts, next_attempt_at, last_error "
+                "FROM sync_outbox ORDER BY id"
+            ).fetchall()
+        return [
+            SealedBatch(bytes(r[0]), _read_local_frame(r[1], bytes(r[0])), r[2], r[3], r[4], r[5], r[6], r[7])
+            for r in found
+        ]
+
+    def pending_count(self) -> int:
+        with self.store.transaction() as db:
+            return int(db.execute("SELECT COUNT(*) FROM sync_outbox").fetchone()[0])
+
+    def queued_patterns(self) -> int:
+        """High-quality patterns with an unsealed version (what the heartbeat reports as outbox)."""
+        with self.store.transaction() as db:
+            return int(
+                db.execute(
+                    "SELECT COUNT(*) FROM patterns WHERE version > pushed_version AND success_rate >= ? AND uses >= ?",
+                    (self.min_success, self.min_uses),
+                ).fetchone()[0]
+            )
+
+    # ------------------------------------------------------------------ sealing
+
+    def _due(self, row: tuple) -> bool:
+        """Whether a queued pattern moved enough since its last push to be worth the bytes."""
+        _, blob, _, success_rate, uses, _, _, pushed_blob, pushed_uses, pushed_success = row
+        if pushed_blob is None:
+            return True
+        cfg = self.config
+        if _cosine(blob_vector(blob), blob_vector(pushed_blob)) < cfg.resend_cosine:
+            return True
+        if abs(success_rate - pushed_success) >= cfg.resend_success_delta:
+            return True
+        return uses >= pushed_uses * (1.0 + cfg.resend_uses_growth)
+
+    def _edges(self, db: sqlite3.Connection) -> list[tuple[int, int, float]]:
+        """Largest unsent transition deltas that the wire can carry: (src, dst, delta on the wire grid)."""
+        if self.config.max_edges_per_push == 0:
+            return []
+        found = db.execute(
+            "SELECT src, dst, weight - pushed_weight AS delta FROM transitions "
+            "WHERE weight - pushed_weight >= ? AND src BETWEEN 0 AND ? AND dst BETWEEN 0 AND ? "
+            "ORDER BY delta DESC, src, dst LIMIT ?",
+            (self.config.min_edge_delta, _U32, _U32, self.config.max_edges_per_push),
+        ).fetchall()
+        # Round down to the wire's 1/16 grid: what is sent is exactly what is marked sent,
+        # and the remainder stays queued.
+        edges = [(int(s), int(d), math.floor(delta * WEIGHT_SCALE) / WEIGHT_SCALE) for s, d, delta in found]
+        return [(s, d, w) for s, d, w in edges if 0 < w <= _U32 / WEIGHT_SCALE]
+
+    def seal(self, max_patterns: int | None = None) -> SealedBatch | None:
+        """Seal the next push from the queue (None when nothing is due), in one transaction."""
+        cfg = self.config
+        limit = cfg.max_patterns_per_sync if max_patterns is None else max(0, min(max_patterns, cfg.max_patterns_per_sync))
+        batch_id = self._new_batch_id()
+        if not isinstance(batch_id, bytes) or len(batch_id) != 16:
+            raise OmegaError("batch ids must be 16 bytes")
+        now = self._clock()
+        with self.store.transaction() as db:
+            edges = self._edges(db)
+            transitions = (
+                TransitionBatch(Keyspace.ITEM, tuple(Transition(s, d, w) for s, d, w in edges)) if edges else None
+            )
+            push = Push(batch_id=batch_id, transitions=transitions)
+            if transitions is not None and push_frame_size(push) > cfg.max_push_bytes:
+                # Many edges alone exceed the budget: keep the largest that fit.
+                while len(edges) > 1 and push_frame_size(push) > cfg.max_push_bytes:
+                    edges = edges[: max(1, len(edges) * 3 // 4)]
+                    push = Push(batch_id, transitions=TransitionBatch(Keyspace.ITEM, tuple(Transition(*e) for e in edges)))
+
+            candidates = db.execute(
+                "SELECT id, embedding, task_type, success_rate, uses, successes, version, "
+                "pushed_embedding, pushed_uses, pushed_success_rate FROM patterns "
+                "WHERE version > pushed_version AND success_rate >= ? AND uses >= ? "
+                "ORDER BY success_rate DESC, uses DESC, updated_at DESC, id LIMIT ?",
+                (self.min_success, self.min_uses, _CANDIDATES),
+            ).fetchall()
+            sealed: list[tuple] = []
+            absorbed: list[tuple[int, bytes]] = []
+            full = False
+            for row in candidates:
+                if not self._due(row):
+                    absorbed.append((row[6], row[0]))
+                    continue
+                if full or len(sealed) >= limit:
+                    continue  # stays queued for the next push
+                pattern = EmbeddingPattern(
+                    id=bytes(row[0]),
+                    version=min(int(row[6]), _U32),
+                    embedding=quantize(blob_vector(row[1]), cfg.embedding_bits),
+                    success_rate=float(row[3]),
+                    uses=min(int(row[4]), _U32),
+                    successes=min(int(row[5]), _U32),
+                    task_type=TaskType(int(row[2])),
+                )
+                bigger = Push(batch_id, patterns=(*push.patterns, pattern), transitions=push.transitions)
+                if push_frame_size(bigger) > cfg.max_push_bytes and (push.patterns or push.transitions):
+                    full = True
+                    continue
+                push = bigger
+                sealed.append(row)
+
+            # A version that did not move enough is absorbed: the next one is compared with what was pushed.
+            db.executemany("UPDATE patterns SET pushed_version = ? WHERE id = ?", absorbed)
+            if not push.patterns and push.transitions is None:
+                return None
+            db.executemany(
+                "UPDATE patterns SET pushed_version = version, pushed_embedding = embedding, "
+                "pushed_uses = uses, pushed_success_rate = success_rate WHERE id = ?",
+                [(row[0],) for row in sealed],
+            )
+            db.executemany(
+                "UPDATE transitions SET pushed_weight = pushed_weight + ? WHERE src = ? AND dst = ?",
+                [(w, s, d) for s, d, w in edges] if push.transitions is not None else [],
+            )
+            n_edges = len(push.transitions.edges) if push.transitions is not None else 0
+            db.execute(
+                "INSERT INTO sync_outbox (batch_id, push, patterns, edges, created_at, attempts, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (batch_id, _local_frame(push), len(push.patterns), n_edges, now, now),
+            )
+        return SealedBatch(batch_id, push, len(push.patterns), n_edges, now, 0, now)
+
+    # ------------------------------------------------------------------ outcome of a send
+
+    def record_attempt(self, batch_id: bytes, error: str | None = None, next_attempt_at: float | None = None) -> None:
+        """Count a send of `batch_id` (and why it failed, if it did)."""
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE sync_outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE batch_id = ?",
+                (error, self._clock() if next_attempt_at is None else next_attempt_at, batch_id),
+            )
+
+    def acknowledge(self, batch_id: bytes) -> bool:
+        """The cloud acknowledged `batch_id` (verified): forget it. False if it was not pending."""
+        with self.store.transaction() as db:
+            return db.execute("DELETE FROM sync_outbox WHERE batch_id = ?", (batch_id,)).rowcount > 0

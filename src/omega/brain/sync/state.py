@@ -1,0 +1,107 @@
+"""Sync state kept in the brain's `sync_state` table: seq counter, pull cursor, device identity.
+
+The seq counter is advanced in its own committed transaction *before* a frame
+is sent, so a crash or restart can never send the same seq twice (the cloud's
+replay window would reject it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+
+from omega.brain.store import BrainStore
+from omega.errors import OmegaError
+from omega.protocol import DEVICE_ID_BYTES, ProtocolError, parse_token
+
+SEQ_KEY = "sync.seq"
+CURSOR_KEY = "sync.cursor"
+DEVICE_ID_KEY = "sync.device_id"
+TOKEN_KEY = "sync.token"
+TIER_KEY = "sync.tier"
+SERVER_KEY = "sync.server_url"
+
+_U64 = (1 << 64) - 1
+
+
+def _read_int(db: sqlite3.Connection, key: str) -> int:
+    found = db.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
+    if found is None:
+        return 0
+    try:
+        value = int(found[0])
+    except ValueError:
+        raise OmegaError(f"sync state {key} holds {found[0]!r}, not an integer") from None
+    if not 0 <= value <= _U64:
+        raise OmegaError(f"sync state {key} is out of range: {value}")
+    return value
+
+
+def _write(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO sync_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def allocate_seq(store: BrainStore) -> int:
+    """The next frame sequence number, committed before it is used."""
+    with store.transaction() as db:
+        seq = _read_int(db, SEQ_KEY) + 1
+        if seq > _U64:
+            raise OmegaError("frame sequence numbers are exhausted")
+        _write(db, SEQ_KEY, str(seq))
+    return seq
+
+
+def last_seq(store: BrainStore) -> int:
+    with store.transaction() as db:
+        return _read_int(db, SEQ_KEY)
+
+
+def cursor(store: BrainStore) -> int:
+    """The cursor of the last PullReply this TV committed (0: nothing pulled yet)."""
+    with store.transaction() as db:
+        return _read_int(db, CURSOR_KEY)
+
+
+def set_cursor(db: sqlite3.Connection, value: int) -> None:
+    """Advance the cursor on an open transaction (the one that merged the page)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U64:
+        raise OmegaError(f"pull cursor must be a uint64, got {value!r}")
+    _write(db, CURSOR_KEY, str(value))
+
+
+def parse_device_id(text: str) -> bytes:
+    """A device id given as a UUID (any standard spelling) or 32 hex digits -> 16 bytes."""
+    try:
+        return uuid.UUID(str(text).strip()).bytes
+    except ValueError:
+        raise OmegaError(f"device id must be a UUID (32 hex digits), got {text!r}") from None
+
+
+def check_token(token: str) -> tuple[int, bytes]:
+    """(key_id, key) of a device token, or OmegaError with the reason."""
+    try:
+        return parse_token(token)
+    except ProtocolError as exc:
+        raise OmegaError(f"bad device token: {exc}") from None
+
+
+def save_identity(store: BrainStore, device_id: bytes, token: str) -> None:
+    """Remember the device id and token, so later syncs need neither."""
+    if not isinstance(device_id, bytes) or len(device_id) != DEVICE_ID_BYTES:
+        raise OmegaError(f"device id must be {DEVICE_ID_BYTES} bytes")
+    check_token(token)
+    with store.transaction() as db:
+        _write(db, DEVICE_ID_KEY, str(uuid.UUID(bytes=device_id)))
+        _write(db, TOKEN_KEY, token.strip())
+
+
+def load_identity(store: BrainStore) -> tuple[bytes, str] | None:
+    """(device id, token) stored by `save_identity`, or None."""
+    device = store.get_state(DEVICE_ID_KEY)
+    token = store.get_state(TOKEN_KEY)
+    if device is None or token is None:
+        return None
+    return parse_device_id(device), token

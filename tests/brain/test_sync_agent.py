@@ -1,0 +1,212 @@
+"""SyncAgent against a real socket peer (HTTP polling, on-demand and persistent WebSocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_sync_outbox import NOW, pattern, unit
+from test_sync_peer import Peer, RunningPeer, token_for
+
+from omega.brain.store import BrainStore
+from omega.brain.sync import SyncAgent, SyncConfig, SyncFailed, policy_for
+from omega.brain.sync import state
+from omega.protocol import ConsolidatedPattern, TaskType, Tier, Transition, quantize
+
+TIERS = [Tier.CASUAL, Tier.ACTIVE, Tier.PREMIUM]
+
+
+def consolidated(cluster_id: int, version: int = 1) -> ConsolidatedPattern:
+    return ConsolidatedPattern(
+        cluster_id=cluster_id, version=version, embedding=quantize(unit(100 + cluster_id), 8),
+        task_type=TaskType.CONTENT_MATCH, success_rate=0.85, support=5, trend_score=0.5,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with BrainStore(tmp_path / "tv.db", clock=lambda: NOW) as s:
+        for i in range(3):
+            s.put_pattern(pattern(i))
+        s.bump_transition(1, 2, 1.0)
+        yield s
+
+
+@pytest.fixture
+def peer():
+    p = Peer(changes=[consolidated(i) for i in range(5)], edges=[Transition(7, 8, 2.5, support=4)])
+    with RunningPeer(p) as running:
+        yield running
+
+
+def make_agent(store, url: str, tier: Tier, device: bytes | None = None, **cfg) -> SyncAgent:
+    device = device or uuid.UUID(int=42).bytes
+    config = SyncConfig(request_timeout_s=cfg.pop("timeout", 0.5), **cfg)
+    policy = policy_for(tier).with_interval(0.05)
+    return SyncAgent(store, server_url=url, device_id=device, token=token_for(device), tier=tier,
+                     config=config, policy=policy, rng=random.Random(1))  # fmt: skip
+
+
+@pytest.mark.parametrize("tier", TIERS)
+async def test_one_sync_pushes_pulls_pages_and_heartbeats(store, peer, tier):
+    agent = make_agent(store, peer.url, tier)
+    try:
+        report = await agent.sync_once()
+        assert (report.pushed_patterns, report.pushed_edges, report.batches_acked) == (3, 1, 1)
+        assert report.pulled_patterns == 5 and report.pull_pages == 3 and report.cursor == 5
+        assert report.pulled_edges == 1 and report.errors == []
+        assert 0 < report.push_bytes <= 1024 and 0 < report.heartbeat_bytes <= 64
+        assert report.outbox_pending == 0
+        assert len(peer.peer.accepted) == 3 and peer.peer.edge_weight == {(1, 2): 1.0}
+        # merged into the ReasoningBank with the cursor, in the same commits
+        assert [c.cluster_id for c in store.consolidated()] == [0, 1, 2, 3, 4]
+        back = store.consolidated()[2].embedding
+        assert float(np.dot(back, unit(102)) / np.linalg.norm(back)) > 0.99
+        assert [(t.dst, t.weight, t.count) for t in store.global_transitions_from(7)] == [(8, 2.5, 4)]
+        assert state.cursor(store) == 5
+        # a second sync pushes nothing new and pulls nothing new
+        again = await agent.sync_once()
+        assert (again.pushed_patterns, again.pushed_edges, again.pulled_patterns) == (0, 0, 0)
+        assert len(peer.peer.accepted) == 3 and peer.peer.kinds.count("push") == 1
+    finally:
+        await agent.close()
+    if tier is Tier.PREMIUM:
+        assert peer.peer.ws_connections == 1  # one persistent connection for both syncs
+    elif tier is Tier.ACTIVE:
+        assert peer.peer.ws_connections == 2  # connect, sync, close each time
+
+
+@pytest.mark.parametrize("tier", TIERS)
+async def test_a_lost_ack_is_retried_with_the_same_batch_and_applied_once(store, peer, tier):
+    agent = make_agent(store, peer.url, tier)
+    peer.peer.faults.extend(["drop"])  # the server applies the push, the reply dies mid-frame
+    try:
+        with pytest.raises(SyncFailed) as failed:
+            await agent.sync_once()
+        assert failed.value.code in ("transport", "bad_reply")
+        [batch] = agent.outbox.pending()
+        assert batch.attempts == 1 and peer.peer.received_batches == [batch.batch_id]
+        report = await agent.sync_once()
+        assert report.duplicates == 1 and report.batches_acked == 1 and report.outbox_pending == 0
+        assert peer.peer.received_batches == [batch.batch_id, batch.batch_id]
+        assert all(n == 1 for n in peer.peer.accepted.values()) and len(peer.peer.accepted) == 3
+        assert peer.peer.edge_weight == {(1, 2): 1.0}  # not applied twice
+    finally:
+        await agent.close()
+
+
+@pytest.mark.parametrize("tier", [Tier.CASUAL, Tier.ACTIVE])
+async def test_a_slow_reply_times_out_and_keeps_the_outbox(store, peer, tier):
+    agent = make_agent(store, peer.url, tier, timeout=0.3)
+    peer.peer.faults.append("slow")
+    try:
+        with pytest.raises(SyncFailed, match="no reply"):
+            await agent.sync_once()
+        assert agent.outbox.pending_count() == 1 and state.cursor(store) == 0
+    finally:
+        await agent.close()
+
+
+@pytest.mark.parametrize("fault,code,retry", [("429", "rate_limited", 3.0), ("503", "unavailable", 3.0), ("unsigned", "malformed", 0.0)])
+async def test_refusals_back_off_and_change_nothing(store, peer, fault, code, retry):
+    agent = make_agent(store, peer.url, Tier.CASUAL)
+    peer.peer.faults.append(fault)
+    try:
+        with pytest.raises(SyncFailed) as failed:
+            await agent.sync_once()
+        assert failed.value.code == code and failed.value.retry_after_s == retry
+        assert agent.outbox.pending_count() == 1 and state.cursor(store) == 0 and store.consolidated() == []
+    finally:
+        await agent.close()
+
+
+async def test_daemon_honours_retry_after(store, peer):
+    agent = make_agent(store, peer.url, Tier.CASUAL)
+    peer.peer.faults.append("429")
+    stop = asyncio.Event()
+    seen: list[tuple] = []
+
+    def on_sync(report, error, delay):
+        seen.append((error.code if error else None, delay))
+        stop.set()  # the test checks the delay the daemon chose; it need not sit through it
+
+    await asyncio.wait_for(agent.run(stop, on_sync=on_sync, start_jitter=False), 20)
+    [(code, delay)] = seen
+    assert code == "rate_limited" and 3.0 <= delay <= 3.0 + policy_for(Tier.CASUAL).backoff_base_s
+
+
+async def test_daemon_syncs_on_schedule_until_stopped(store, peer):
+    agent = make_agent(store, peer.url, Tier.ACTIVE)
+    stop = asyncio.Event()
+    reports = []
+
+    def on_sync(report, error, delay):
+        assert error is None and 0.045 <= delay <= 0.055
+        reports.append(report)
+        if len(reports) == 3:
+            stop.set()
+
+    await asyncio.wait_for(agent.run(stop, on_sync=on_sync, start_jitter=False), 20)
+    assert [r.pushed_patterns for r in reports] == [3, 0, 0] and peer.peer.kinds.count("heartbeat") == 3
+
+
+async def test_persistent_connection_reconnects_after_the_server_goes_away(store, peer):
+    agent = make_agent(store, peer.url, Tier.PREMIUM)
+    peer.peer.next_sync_s = 0
+    stop = asyncio.Event()
+    results = []
+
+    def on_sync(report, error, delay):
+        results.append(error)
+        if len(results) == 1:
+            # the server closes with 1001 after the next reply it sends
+            peer.peer.faults.extend([None, None, "going_away"])
+        if len(results) == 3:
+            stop.set()
+
+    await asyncio.wait_for(agent.run(stop, on_sync=on_sync, start_jitter=False), 20)
+    assert results == [None, None, None] and peer.peer.ws_connections == 2
+
+
+async def test_a_signed_invalid_pattern_refusal_drops_that_batch_only(store, peer):
+    agent = make_agent(store, peer.url, Tier.CASUAL)
+    peer.peer.faults.append("invalid")
+    try:
+        report = await agent.sync_once()
+        assert report.rejected_patterns == 3 and report.pushed_patterns == 0 and report.errors
+        assert agent.outbox.pending_count() == 0 and report.pulled_patterns == 5
+    finally:
+        await agent.close()
+
+
+async def test_a_page_that_cannot_be_merged_leaves_store_and_cursor_untouched(store, peer):
+    peer.peer.changes = [consolidated(1), consolidated(2**63)]  # beyond SQLite's int64
+    peer.peer.page_size = 2
+    agent = make_agent(store, peer.url, Tier.CASUAL)
+    try:
+        with pytest.raises(SyncFailed, match="cannot merge"):
+            await agent.sync_once()
+        assert store.consolidated() == [] and state.cursor(store) == 0
+    finally:
+        await agent.close()
+
+
+async def test_seq_survives_a_restart_so_the_server_never_sees_a_replay(tmp_path, peer):
+    path = tmp_path / "tv.db"
+    for _ in range(2):
+        with BrainStore(path) as s:
+            agent = make_agent(s, peer.url, Tier.CASUAL)
+            await agent.sync_once()
+            await agent.close()
+    assert "replay" not in str(peer.peer.kinds) and peer.peer.kinds.count("heartbeat") == 2
+
+
+async def test_unreachable_server_raises_and_keeps_everything(store):
+    agent = make_agent(store, "http://127.0.0.1:9", Tier.CASUAL)
+    with pytest.raises(SyncFailed, match="cannot reach"):
+        await agent.sync_once()
+    assert agent.outbox.pending_count() == 1 and state.last_seq(store) == 1
