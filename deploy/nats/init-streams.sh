@@ -1,8 +1,10 @@
 #!/bin/sh
 # Create the federation streams with 3 replicas (JetStream Raft groups); idempotent.
-# Names/subjects: OMEGA_SHARD carries this shard's accumulators up to its region,
-# OMEGA_BROADCAST carries consolidated patterns back down. Keep them in step with
-# omega.constellation's federation settings.
+# Names/subjects (omega.constellation.federation.topology): OMEGA_SHARD carries each
+# shard's CRDT accumulators up to its region, OMEGA_REGION each region's merge up to
+# the hub, OMEGA_BROADCAST the hub's global state back down to every shard.
+# max-age must exceed the roles' full-state checkpoint period (1 h): a restarted
+# region or hub rebuilds its state by replaying its input stream.
 set -eu
 
 add() {
@@ -15,6 +17,7 @@ add() {
   fi
 }
 
-add OMEGA_SHARD "omega.shard.${OMEGA_SHARD_ID}.>" 24h
-add OMEGA_BROADCAST "omega.broadcast.>" 24h
+add OMEGA_SHARD "omega.fed.shard.>" 24h
+add OMEGA_REGION "omega.fed.region.>" 24h
+add OMEGA_BROADCAST "omega.fed.global" 24h
 nats stream report

@@ -17,7 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
-from omega.cli import bench, brain, capacity, model, server, sim
+from omega.cli import bench, brain, capacity, federation, model, server, sim
 
 app = typer.Typer(
     name="omega",
@@ -35,6 +35,7 @@ app.add_typer(bench.app, name="bench")
 server.register(app)
 sim.register(app)
 capacity.register(app)
+federation.register(app)
 
 
 def _error_types() -> tuple[type[BaseException], ...]:

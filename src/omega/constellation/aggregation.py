@@ -31,13 +31,13 @@ import hmac
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from omega.constellation.codebook import DIM, Codebook
-from omega.constellation.crdt import ConsolidatedEdge, ConsolidatedPattern, FederatedState
+from omega.constellation.crdt import CellKey, ConsolidatedEdge, ConsolidatedPattern, FederatedState
 from omega.constellation.store.base import (
     CellContribution,
     ConstellationStore,
@@ -46,6 +46,9 @@ from omega.constellation.store.base import (
     PruneStats,
 )
 from omega.errors import OmegaError
+
+if TYPE_CHECKING:
+    from omega.constellation.trends import TrendTracker
 
 DAY_MS = 86_400_000
 DEVICE_ID_BYTES = 16
@@ -134,6 +137,8 @@ class Aggregator:
         self.policy = policy or AggregationPolicy()
         # The keyed state after absorbing the salt, copied per hash (saves re-keying every call).
         self._mac = hmac.new(bytes(salt), digestmod=hashlib.sha256)
+        # Optional trend detection: fed the accepted cells' member hashes, read into served patterns.
+        self.trends: TrendTracker | None = None
 
     @classmethod
     async def open(
@@ -184,6 +189,11 @@ class Aggregator:
         outcome = await self.store.apply_push(push)
         if outcome.duplicate:
             return ApplyResult(accepted=0, duplicate=True, cursor=outcome.head)
+        if self.trends is not None and outcome.accepted_cells:
+            accepted = set(outcome.accepted_cells)
+            # The member hash is a per-cell pseudonym of the device: distinct counts without a device id.
+            seen = [(CellKey(c.task_type, c.cell), c.member) for c in cells if c.index in accepted]
+            await self.trends.observe_many(seen, int(now_ms))
         rejections += [Rejection("pattern", i, DUPLICATE_FLOOD) for i in outcome.flooded_cells]
         rejections += [Rejection("transition", i, DUPLICATE_FLOOD) for i in outcome.flooded_edges]
         rejections.sort(key=lambda r: (r.kind, r.index))
@@ -296,7 +306,14 @@ class Aggregator:
         if not _is_int(max_bytes) or max_bytes < 1:
             raise OmegaError("max_bytes must be a positive integer")
         page = await self.store.changes_since(int(cursor), self.policy.k_min, int(max_bytes))
-        return page.items, page.cursor, page.more
+        items = page.items
+        if self.trends is not None:
+            trends = self.trends
+            items = [
+                replace(p, trend_score=trends.trend_score(p.key)) if isinstance(p, ConsolidatedPattern) else p
+                for p in items
+            ]
+        return items, page.cursor, page.more
 
     async def published(self) -> list[ConsolidatedPattern | ConsolidatedEdge]:
         """Every currently published item (a full pull from cursor 0)."""
