@@ -1,9 +1,121 @@
-"""Cloud-side commands: `omega serve`, `omega device`, `omega codebook`, `omega aggregator`, `omega hub`."""
+"""Cloud-side commands: `omega serve`, `omega device token`, `omega codebook build`."""
 
 from __future__ import annotations
 
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from omega.errors import OmegaError
+
+device_app = typer.Typer(help="device credentials issued from the server secret", no_args_is_help=True)
+codebook_app = typer.Typer(help="the versioned global codebook of pattern cells", no_args_is_help=True)
+
+
+def _settings(config: Path | None, create_secret: bool, **flags):  # noqa: ANN003, ANN202
+    from omega.constellation.settings import load_settings, with_dev_secret
+
+    return with_dev_secret(load_settings(config, overrides=flags), create=create_secret)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="address to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8700; 0 picks a free one)")] = None,
+    store: Annotated[str | None, typer.Option("--store", help="sqlite:PATH (default) or postgresql://…")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", help="redis://HOST:PORT/DB: shared hot cache (optional)")] = None,
+    nats: Annotated[str | None, typer.Option("--nats", help="nats://HOST:PORT[,…]: federation bus (optional)")] = None,
+    shard_id: Annotated[str | None, typer.Option("--shard-id", help="this shard's origin id (unique in the fleet)")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="region this shard federates into")] = None,
+    codebook: Annotated[str | None, typer.Option("--codebook", help=".npz from `omega codebook build`")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML or JSON settings file")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="critical|error|warning|info|debug")] = None,
+) -> None:
+    """Run the constellation's sync server for one shard (until SIGTERM/SIGINT, which drain first).
+
+    Settings, lowest to highest priority: defaults, --config, OMEGA_* environment, flags.
+    The secret comes from OMEGA_SECRET / OMEGA_SECRETS / the config; with none and a
+    sqlite store, one is generated into `omega-secret` beside the store.
+    """
+    settings = _settings(config, True, host=host, port=port, store=store, redis=redis, nats=nats,
+                         shard_id=shard_id, region=region, codebook=codebook, log_level=log_level)  # fmt: skip
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format="omega serve: %(message)s")
+    if settings.codebook:  # fail fast, as one line, before anything listens
+        from omega.constellation.codebook import Codebook
+
+        Codebook.load(settings.codebook)
+    if settings.nats:
+        logging.getLogger("omega.serve").warning("--nats is accepted but federation is not wired into this server yet")
+    from omega.constellation.runner import serve as run_server
+
+    run_server(settings)
+
+
+@device_app.command("token")
+def device_token(
+    device_id: Annotated[str, typer.Option("--device-id", help="the TV's device id (UUID)")],
+    key_id: Annotated[int | None, typer.Option("--key-id", help="secret to derive from (default: the active one)")] = None,
+    store: Annotated[str | None, typer.Option("--store", help="store URL (finds a generated dev secret beside it)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML or JSON settings file")] = None,
+) -> None:
+    """Print the device's token (omega1.<key_id>.<key>) derived from the server secret."""
+    from omega.constellation.keyring import Keyring, parse_device_id
+
+    device = parse_device_id(device_id)
+    settings = _settings(config, False, store=store)
+    print(Keyring(settings.secrets, settings.active_key_id).token(device, key_id))
+
+
+@codebook_app.command("build")
+def codebook_build(
+    catalog: Annotated[Path, typer.Option("--catalog", help="MovieLens folder whose items are embedded")],
+    out: Annotated[Path, typer.Option("--out", help="codebook file to write (.npz)")],
+    k: Annotated[int, typer.Option("--k", help="number of cells")] = 256,
+    version: Annotated[int, typer.Option("--version", help="codebook version (bump on every rebuild)")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="k-means seed")] = 0,
+) -> None:
+    """Embed a catalog with the TV's model and cluster it (spherical k-means) into a codebook."""
+    from omega.brain.embedder import Embedder
+    from omega.brain.movielens import load_movielens
+    from omega.constellation.codebook import Codebook, build_codebook
+
+    if not 1 <= k <= 65_536:
+        raise OmegaError(f"--k must be in 1..65536, got {k}")
+    if version < 0:
+        raise OmegaError(f"--version must be >= 0, got {version}")
+    if not out.parent.resolve().is_dir():
+        raise OmegaError(f"output folder does not exist: {out.parent}")
+    items = load_movielens(catalog).items
+    print(f"omega codebook: embedding {len(items)} items", file=sys.stderr, flush=True)
+    vectors = Embedder().embed_batch([it.text() for it in items])
+    book = stable_codebook(build_codebook(vectors, k=k, seed=seed, version=version))
+    book.save(out)
+    Codebook.load(out)  # what the servers will do: must verify
+    print(f"omega codebook: wrote {out} (version {book.version}, k={book.k}, fingerprint {book.fingerprint[:16]})",
+          file=sys.stderr)  # fmt: skip
+
+
+def stable_codebook(book):  # noqa: ANN001, ANN201
+    """The same codebook with centroids at the fixed point of re-normalisation.
+
+    `Codebook` re-normalises its rows on construction, which can flip last bits of
+    float32 rows that were already unit; `Codebook.load` rebuilds and then checks
+    the saved hash, so a codebook must be saved from rows that survive that.
+    """
+    from omega.constellation.codebook import Codebook
+
+    for _ in range(8):
+        again = Codebook(book.version, book.centroids)
+        if again.fingerprint == book.fingerprint:
+            return book
+        book = again
+    raise OmegaError("codebook centroids do not settle under normalisation")
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
+    app.command("serve")(serve)
+    app.add_typer(device_app, name="device")
+    app.add_typer(codebook_app, name="codebook")

@@ -1,0 +1,286 @@
+"""`omega bench sync`: a real sync server (one worker, subprocess) under concurrent loopback clients.
+
+Traffic per client (a TV with its own device id, key and seq): pushes of 1–3
+patterns at 4 bits + ~10 item transitions, delta pulls from the client's own
+committed cursor, heartbeats. Half the clients hold a WebSocket, half poll over
+HTTP. The clients run in this process and share the machine's cores with the
+server, so `syncs_per_server_cpu_s` (syncs per CPU-second the server used) is
+reported beside the wall-clock rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from omega.cli.bench import app, progress
+from omega.errors import OmegaError
+
+
+@app.command("sync")
+def sync(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    store: Annotated[str | None, typer.Option("--store", help="store URL (default: sqlite in a temp folder)")] = None,
+    clients: Annotated[int, typer.Option("--clients", help="concurrent clients (half WebSocket, half HTTP)")] = 64,
+    duration: Annotated[float, typer.Option("--duration", help="measured seconds (after a 1 s warm-up)")] = 10.0,
+    redis: Annotated[str | None, typer.Option("--redis", help="redis URL for the server's cache")] = None,
+) -> None:
+    """Sync throughput and latency of one server worker: syncs/s, p50/p99, bytes per message kind."""
+    if not 1 <= clients <= 10_000:
+        raise OmegaError(f"--clients must be in 1..10000, got {clients}")
+    if not 0.5 <= duration <= 600:
+        raise OmegaError(f"--duration must be in 0.5..600 seconds, got {duration}")
+    report = run_sync_bench(store=store, clients=clients, duration_s=duration, redis=redis)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:<26} {value}")
+
+
+# ------------------------------------------------------------------ the server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(folder: Path, store: str, secret: str, redis: str | None) -> tuple[subprocess.Popen, int, Path]:
+    port = _free_port()
+    log = folder / "server.log"
+    env = {**os.environ, "OMEGA_SECRET": secret, "OMEGA_RATE_PER_S": "100000", "OMEGA_RATE_BURST": "100000",
+           "OMEGA_LOG_LEVEL": "warning"}  # fmt: skip
+    env.pop("OMEGA_SECRETS", None)
+    args = [sys.executable, "-c", "from omega.cli import run; run()", "serve", "--port", str(port), "--store", store,
+            "--shard-id", "bench"]  # fmt: skip
+    if redis:
+        args += ["--redis", redis]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=fh, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise OmegaError(f"bench sync: the server exited ({proc.returncode}): {log.read_text()[-500:]}")
+        if f"listening on http://127.0.0.1:{port}" in log.read_text():
+            return proc, port, log
+        time.sleep(0.05)
+    proc.kill()
+    raise OmegaError("bench sync: the server did not start within 60 s")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+# ------------------------------------------------------------------ the clients
+
+
+@dataclass
+class _Stats:
+    latency: dict[str, list[float]] = field(default_factory=lambda: {"push": [], "pull": [], "heartbeat": []})
+    push_bytes: list[int] = field(default_factory=list)
+    pull_bytes: list[int] = field(default_factory=list)
+    heartbeat_bytes: list[int] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    accepted: int = 0
+    rejected: int = 0
+    pull_items: int = 0
+
+
+class _Client:
+    def __init__(self, n: int, secret: bytes, pool: list, rng: random.Random) -> None:
+        from omega.protocol import derive_device_key
+
+        self.device_id = secrets.token_bytes(16)
+        self.key = derive_device_key(secret, self.device_id, 1)
+        self.seq = 0
+        self.cursor = 0
+        self.pool = pool
+        self.rng = rng
+
+    def frame(self, body) -> bytes:  # noqa: ANN001
+        from omega.protocol import Frame, encode_frame, now_ms
+
+        self.seq += 1
+        return encode_frame(Frame(self.device_id, self.seq, now_ms(), body, key_id=1), self.key)
+
+    def next_body(self) -> tuple[str, object]:
+        from omega.protocol import Heartbeat, Keyspace, Pull, Push, Tier, Transition, TransitionBatch
+
+        roll = self.rng.random()
+        if roll < 0.4:
+            edges = {(self.rng.randrange(1, 2000), self.rng.randrange(1, 2000)) for _ in range(10)}
+            batch = TransitionBatch(Keyspace.ITEM, tuple(Transition(s, d, 1.0 + self.rng.randrange(8) / 4) for s, d in edges))
+            patterns = tuple(self.rng.sample(self.pool, self.rng.randint(1, 3)))
+            return "push", Push(batch_id=secrets.token_bytes(16), patterns=patterns, transitions=batch)
+        if roll < 0.8:
+            return "pull", Pull(since=self.cursor)
+        return "heartbeat", Heartbeat(Tier.ACTIVE, outbox=0, patterns=100)
+
+    def absorb(self, kind: str, reply: bytes, stats: _Stats) -> None:
+        from omega.protocol import DOWNLINK, ErrorReply, PullReply, PushAck, decode_frame
+
+        frame = decode_frame(reply, self.key, expect=DOWNLINK)
+        body = frame.body
+        if isinstance(body, ErrorReply):
+            stats.errors[body.code] = stats.errors.get(body.code, 0) + 1
+        elif isinstance(body, PushAck):
+            stats.accepted += body.accepted
+            stats.rejected += len(body.rejected)
+        elif isinstance(body, PullReply):
+            stats.pull_bytes.append(len(reply))
+            stats.pull_items += len(body.patterns) + (len(body.transitions.edges) if body.transitions else 0)
+            self.cursor = body.cursor
+
+
+def _pattern_pool(rng: random.Random, n: int = 256) -> list:
+    import numpy as np
+
+    from omega.protocol import EmbeddingPattern, TaskType, quantize
+
+    gen = np.random.default_rng(rng.randrange(1 << 30))
+    pool = []
+    for _ in range(n):
+        v = gen.standard_normal(384)
+        uses = int(gen.integers(10, 200))
+        pool.append(EmbeddingPattern(id=secrets.token_bytes(16), version=1, embedding=quantize(v / np.linalg.norm(v), 4),
+                                     success_rate=0.8, uses=uses, successes=int(uses * 0.8),
+                                     task_type=TaskType.CONTENT_MATCH))  # fmt: skip
+    return pool
+
+
+async def _run_clients(port: int, secret: bytes, n_clients: int, duration_s: float) -> tuple[_Stats, int, float]:
+    import httpx
+    from websockets.asyncio.client import connect
+
+    rng = random.Random(7)
+    pool = _pattern_pool(rng)
+    stats = _Stats()
+    warmup_end = time.perf_counter() + 1.0
+    end = warmup_end + duration_s
+    held = [0]
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                             limits=httpx.Limits(max_connections=n_clients, max_keepalive_connections=n_clients))  # fmt: skip
+
+    async def one(i: int) -> None:
+        client = _Client(i, secret, pool, random.Random(i))
+        use_ws = i % 2 == 0
+        ws = None
+        if use_ws:
+            ws = await connect(f"ws://127.0.0.1:{port}/v1/ws", compression=None, max_size=1 << 16)
+            held[0] += 1
+        try:
+            while True:
+                now = time.perf_counter()
+                if now >= end:
+                    break
+                kind, body = client.next_body()
+                data = client.frame(body)
+                t0 = time.perf_counter()
+                if ws is not None:
+                    await ws.send(data)
+                    reply = await ws.recv()
+                else:
+                    resp = await http.post("/v1/sync", content=data, headers={"content-type": "application/octet-stream"})
+                    reply = resp.content
+                elapsed = time.perf_counter() - t0
+                if t0 >= warmup_end:
+                    stats.latency[kind].append(elapsed)
+                    if kind == "push":
+                        stats.push_bytes.append(len(data))
+                    elif kind == "heartbeat":
+                        stats.heartbeat_bytes.append(len(data))
+                    client.absorb(kind, bytes(reply), stats)
+        finally:
+            if ws is not None:
+                await ws.close()
+
+    try:
+        tasks = [asyncio.create_task(one(i)) for i in range(n_clients)]
+        await asyncio.sleep(max(0.0, warmup_end + duration_s / 2 - time.perf_counter()))
+        connections_mid = held[0]
+        await asyncio.gather(*tasks)
+    finally:
+        await http.aclose()
+    return stats, connections_mid, duration_s
+
+
+def _pct(samples: list[float], q: float) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_sync_bench(*, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None) -> dict:
+    """Start a server, drive it for `duration_s`, stop it; the DESIGN §6 keys plus details."""
+    secret = secrets.token_hex(24)
+    with tempfile.TemporaryDirectory(prefix="omega-bench-sync-") as tmp:
+        folder = Path(tmp)
+        url = store or f"sqlite:{folder / 'constellation.db'}"
+        progress(f"starting a server on {url.split('@')[-1]}")
+        proc, port, _ = _start_server(folder, url, secret, redis)
+        try:
+            cpu0 = _cpu_seconds(proc.pid)
+            progress(f"{clients} clients ({(clients + 1) // 2} WebSocket, {clients // 2} HTTP) for 1 s warm-up + {duration_s:g} s")
+            t0 = time.perf_counter()
+            stats, held, measured = asyncio.run(_run_clients(port, secret.encode(), clients, duration_s))
+            wall = time.perf_counter() - t0
+            cpu = _cpu_seconds(proc.pid) - cpu0
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    pushes, pulls, beats = (len(stats.latency[k]) for k in ("push", "pull", "heartbeat"))
+    all_lat = stats.latency["push"] + stats.latency["pull"] + stats.latency["heartbeat"]
+    syncs = pushes + pulls
+    progress(f"{syncs + beats} frames in {measured:g} s; server CPU {cpu:.1f} s of {wall:.1f} s wall")
+    return {
+        "push_bytes_p50": int(statistics.median(stats.push_bytes)) if stats.push_bytes else None,
+        "pull_bytes_p50": int(statistics.median(stats.pull_bytes)) if stats.pull_bytes else None,
+        "heartbeat_bytes": int(statistics.median(stats.heartbeat_bytes)) if stats.heartbeat_bytes else None,
+        "syncs_per_s": round(syncs / measured, 1),
+        "p50_ms": round(_pct(all_lat, 0.5) * 1000, 2),
+        "p99_ms": round(_pct(all_lat, 0.99) * 1000, 2),
+        "connections_held": held,
+        "frames_per_s": round((syncs + beats) / measured, 1),
+        "syncs_per_server_cpu_s": round(syncs / cpu, 1) if cpu > 0 else None,
+        "latency_ms": {k: {"p50": round(_pct(v, 0.5) * 1000, 2), "p99": round(_pct(v, 0.99) * 1000, 2)}
+                       for k, v in stats.latency.items()},  # fmt: skip
+        "pushes": pushes,
+        "pulls": pulls,
+        "heartbeats": beats,
+        "patterns_accepted": stats.accepted,
+        "items_rejected": stats.rejected,
+        "pull_items": stats.pull_items,
+        "pull_bytes_max": max(stats.pull_bytes) if stats.pull_bytes else None,
+        "errors": stats.errors,
+        "clients": clients,
+        "duration_s": duration_s,
+        "store": (store or "sqlite").split("://")[0].split(":")[0],
+        "workers": 1,
+        "cpu_cores": os.cpu_count(),
+    }

@@ -1,0 +1,93 @@
+"""Run the sync server on uvicorn (uvloop, httptools, websockets without permessage-deflate).
+
+Shutdown on SIGTERM/SIGINT drains first: readyz turns 503, new frames get
+`unavailable` + Retry-After, WebSockets are closed with 1001 once their
+in-flight frame is answered; then uvicorn stops accepting and finishes, and the
+app's lifespan closes the store. A second SIGINT forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from types import FrameType
+
+import uvicorn
+
+from omega.constellation.app import create_app
+from omega.constellation.settings import ServerSettings
+
+log = logging.getLogger("omega.serve")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server that drains the app before it lets uvicorn shut down."""
+
+    def __init__(self, config: uvicorn.Config, on_ready=None) -> None:  # noqa: ANN001
+        super().__init__(config)
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready(self)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None:
+            super().handle_exit(sig, frame)  # second signal: uvicorn's own (SIGINT twice forces)
+            return
+        self._draining = True  # not re-raised after the drain: a drained shutdown exits 0
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
+
+    async def _drain_then_exit(self) -> None:
+        state = self.config.app.state.omega  # type: ignore[union-attr]
+        log.info("draining: %d WebSocket(s), %d request(s) in flight", len(state.connections), state.in_flight)
+        try:
+            await state.drain()
+        finally:
+            self.should_exit = True
+
+    def bound_port(self) -> int:
+        for server in self.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.config.port
+
+
+def uvicorn_config(settings: ServerSettings, app=None) -> uvicorn.Config:  # noqa: ANN001
+    return uvicorn.Config(
+        app if app is not None else create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,  # frames are deflated already; saves per-connection memory
+        ws_max_size=settings.max_frame_bytes,  # bigger messages: close 1009
+        ws_ping_interval=30.0,
+        ws_ping_timeout=30.0,
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        server_header=False,
+    )
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM/SIGINT; prints `listening on http://HOST:PORT` to stderr once ready."""
+
+    def ready(server: DrainingServer) -> None:
+        print(f"listening on http://{settings.host}:{server.bound_port()}", file=sys.stderr, flush=True)
+
+    server = DrainingServer(uvicorn_config(settings), on_ready=ready)
+    server.run()
+    if not server.started:
+        from omega.errors import OmegaError
+
+        raise OmegaError("the server did not start (see the log above)")

@@ -1,0 +1,358 @@
+"""The sync service: one uplink frame in, one downlink frame out (transport-agnostic).
+
+Both transports (HTTP polling and WebSocket) call `SyncService.handle`, so every
+rule lives here, in this order:
+
+1. size, then `peek_frame` (who claims to send it, under which key id);
+2. derive that device's key and `decode_frame` (tag checked before parsing);
+3. a WebSocket is bound to its first authenticated device: others → unauthorized;
+4. draining → unavailable; per-device token bucket → rate_limited;
+5. replay window (timestamp ±window, seq above the highest seen) → replay;
+6. push / pull / heartbeat.
+
+Error replies are signed with the device key once the tag has verified, and
+unsigned before. Every refusal — of a frame or of one pushed item — is counted
+in `omega_rejections_total{reason}`.
+
+Push rejections carry the index of the refused item: patterns are numbered
+0..P-1 as in the push, transitions P.. in the batch's (sorted) edge order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from omega.constellation.aggregation import Aggregator, Contribution
+from omega.constellation.aggregation import Transition as EdgeIn
+from omega.constellation.cache import PullCache
+from omega.constellation.crdt import ConsolidatedEdge
+from omega.constellation.crdt import ConsolidatedPattern as Consolidated
+from omega.constellation.keyring import Keyring
+from omega.constellation.metrics import ServerMetrics
+from omega.constellation.settings import ServerSettings
+from omega.constellation.validation import STALE_CODEBOOK, TOO_FEW_SAMPLES, RateLimiter, ReplayGuard
+from omega.protocol import (
+    UPLINK,
+    WEIGHT_SCALE,
+    ConsolidatedPattern,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+    Keyspace,
+    ProtocolError,
+    Pull,
+    PullReply,
+    Push,
+    PushAck,
+    Rejection,
+    TaskType,
+    Tier,
+    Transition,
+    TransitionBatch,
+    decode_frame,
+    encode_error_reply,
+    encode_frame,
+    now_ms,
+    peek_frame,
+    quantize,
+)
+from omega.protocol import ErrorReply as ErrorBody
+
+log = logging.getLogger("omega.serve")
+
+#: HTTP status of each error code (the transport contract).
+STATUS = {
+    "malformed": 400,
+    "unsupported_version": 400,
+    "bad_signature": 401,
+    "unauthorized": 401,
+    "too_large": 413,
+    "rate_limited": 429,
+    "unavailable": 503,
+    "internal": 500,
+    "replay": 200,
+    "invalid_pattern": 200,
+}
+#: Smallest pull page honoured (one 8-bit pattern plus the frame must fit).
+MIN_PULL_BYTES = 600
+#: Room kept in a page budget for what varies per device: seq and timestamp varints.
+_REPLY_SLACK = 24
+_U32 = (1 << 32) - 1
+_ZERO_ID = bytes(16)
+DRAIN_RETRY_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a transport sends back: HTTP status (WS ignores it), one frame, and facts about the exchange."""
+
+    status: int
+    body: bytes
+    retry_after: int | None = None
+    #: The authenticated sender (None when the frame could not be authenticated).
+    device_id: bytes | None = None
+    kind: str = "error"  # push, pull, heartbeat, or error
+    code: str | None = None  # error code of an error reply
+    tier: str | None = None  # from a heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class _Sender:
+    key: bytes
+    device_id: bytes
+    key_id: int
+    seq: int
+
+
+class SyncService:
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        keyring: Keyring,
+        settings: ServerSettings,
+        metrics: ServerMetrics,
+        cache: PullCache,
+        *,
+        head: int = 0,
+        page_key: bytes,
+    ) -> None:
+        self.aggregator = aggregator
+        self.keyring = keyring
+        self.settings = settings
+        self.metrics = metrics
+        self.cache = cache
+        self.head = head
+        self.draining = False
+        self.replay = ReplayGuard(int(settings.replay_window_s * 1000))
+        self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
+        self._page_key = page_key  # signs cached pages (they may sit in a shared Redis)
+        self._acks: OrderedDict[tuple[bytes, bytes], PushAck] = OrderedDict()
+        self._ack_entries = 50_000
+        self._next_sync = {
+            Tier.PREMIUM: settings.premium_sync_s,
+            Tier.ACTIVE: settings.active_sync_s,
+            Tier.CASUAL: settings.casual_sync_s,
+        }
+
+    @property
+    def codebook_version(self) -> int:
+        return self.aggregator.codebook.version
+
+    # ------------------------------------------------------------------ entry point
+    async def handle(self, data: bytes, *, peer_device: bytes | None = None) -> Reply:
+        started = time.perf_counter()
+        m = self.metrics
+        m.bytes.labels("in").inc(len(data))
+        try:
+            reply = await self._handle(bytes(data), peer_device)
+        except Exception:  # a bug or a failing store: one 500 with an unsigned error frame, logged
+            log.exception("internal error while answering a frame")
+            reply = self._error("internal", "internal server error")
+        m.bytes.labels("out").inc(len(reply.body))
+        if reply.code is not None:
+            m.rejections.labels(reply.code).inc()
+        else:
+            m.syncs.labels(reply.kind).inc()
+        m.sync_latency.labels(reply.kind).observe(time.perf_counter() - started)
+        return reply
+
+    async def _handle(self, data: bytes, peer_device: bytes | None) -> Reply:
+        limit = self.settings.max_frame_bytes
+        if len(data) > limit:
+            return self._error("too_large", f"frame of {len(data)} bytes exceeds {limit} bytes")
+        try:
+            header = peek_frame(data, max_size=limit)
+        except ProtocolError as exc:
+            return self._error(exc.code, str(exc))
+        if not header.signed:
+            return self._error("bad_signature", "uplink frames must be signed")
+        if not self.keyring.knows(header.key_id):
+            return self._error("unauthorized", f"key id {header.key_id} is not accepted by this server")
+        key = self.keyring.device_key(header.device_id, header.key_id)
+        try:
+            frame = decode_frame(data, key, expect=UPLINK, max_size=limit)
+        except ProtocolError as exc:
+            if exc.code == "bad_signature":
+                return self._error(exc.code, str(exc))
+            # The tag verified, so the sender is who it says: sign the refusal.
+            return self._error(exc.code, str(exc), _Sender(key, header.device_id, header.key_id, header.seq))
+        device = frame.device_id
+        sender = _Sender(key, device, frame.key_id, frame.seq)
+        if peer_device is not None and device != peer_device:
+            return self._error("unauthorized", "this connection belongs to another device", sender)
+        if self.draining:
+            return self._error("unavailable", "server is shutting down", sender, retry_after=DRAIN_RETRY_S)
+        wait = self.limiter.take(device, time.monotonic())
+        if wait:
+            return self._error("rate_limited", f"too many frames from this device; retry in {wait} s", sender, retry_after=wait)
+        now = now_ms()
+        why = self.replay.check(device, frame.seq, frame.timestamp_ms, now)
+        if why is not None:
+            return self._error("replay", why, sender)
+        await self.cache.add_device(device, now)
+        body = frame.body
+        tier = None
+        if isinstance(body, Push):
+            out, kind = await self._push(device, body, now), "push"
+        elif isinstance(body, Pull):
+            out, kind = await self._pull(body), "pull"
+        else:
+            assert isinstance(body, Heartbeat)
+            out, kind = self._heartbeat(body, now), "heartbeat"
+            tier = body.tier.name.lower() if body.tier is not Tier.UNSPECIFIED else None
+        reply = Frame(device_id=device, seq=frame.seq, timestamp_ms=now_ms(), body=out, key_id=frame.key_id)
+        return Reply(200, encode_frame(reply, key), device_id=device, kind=kind, tier=tier)
+
+    def _error(self, code: str, message: str, sender: _Sender | None = None, *, retry_after: int | None = None) -> Reply:
+        if sender is None:
+            body = encode_error_reply(code, message, retry_after_s=retry_after or 0)
+            return Reply(STATUS.get(code, 400), body, retry_after, None, "error", code)
+        frame = Frame(sender.device_id, sender.seq, now_ms(), ErrorBody(code, message, retry_after or 0), sender.key_id)
+        return Reply(STATUS.get(code, 400), encode_frame(frame, sender.key), retry_after, sender.device_id, "error", code)
+
+    # ------------------------------------------------------------------ push
+    async def _push(self, device: bytes, push: Push, now: int) -> PushAck:
+        rejected: list[tuple[int, str]] = []
+        contributions: list[Contribution] = []
+        pattern_at: list[int] = []
+        version = self.codebook_version
+        for i, p in enumerate(push.patterns):
+            if p.uses < self.settings.min_samples:
+                rejected.append((i, TOO_FEW_SAMPLES))
+                continue
+            hint = p.cell if p.cell is not None and p.codebook_version == version else None
+            contributions.append(
+                Contribution(p.embedding.dequantize(), p.success_rate, p.uses, p.successes, int(p.task_type), hint)
+            )
+            pattern_at.append(i)
+        edges: list[EdgeIn] = []
+        edge_at: list[int] = []
+        base = len(push.patterns)
+        batch = push.transitions
+        if batch is not None:
+            if batch.keyspace is Keyspace.CELL and batch.codebook_version != version:
+                rejected += [(base + j, STALE_CODEBOOK) for j in range(len(batch.edges))]
+            else:
+                for j, e in enumerate(batch.edges):
+                    edges.append(EdgeIn(int(batch.keyspace), e.src, e.dst, e.weight))
+                    edge_at.append(base + j)
+        slot = (device, push.batch_id)
+        started = time.perf_counter()
+        result = await self.aggregator.apply(device, push.batch_id, contributions, edges, now)
+        self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
+        if result.duplicate:
+            previous = self._acks.get(slot)
+            if previous is not None:
+                return replace(previous, duplicate=True)
+            # Applied before this process's memory of acks (a restart): the deterministic part only.
+            return PushAck(push.batch_id, 0, tuple(Rejection(i, r) for i, r in sorted(rejected)), duplicate=True)
+        for r in result.rejections:
+            rejected.append((pattern_at[r.index] if r.kind == "pattern" else edge_at[r.index], r.reason))
+        rejected.sort()
+        for _, reason in rejected:
+            self.metrics.rejections.labels(reason).inc()
+        self.head = await self.cache.note_head(result.cursor)
+        self.metrics.aggregation_lag.set(max(0.0, (now_ms() - now) / 1000.0))
+        ack = PushAck(push.batch_id, accepted=result.accepted, rejected=tuple(Rejection(i, r) for i, r in rejected))
+        self._acks[slot] = ack
+        if len(self._acks) > self._ack_entries:
+            self._acks.popitem(last=False)
+        return ack
+
+    # ------------------------------------------------------------------ pull
+    async def _pull(self, pull: Pull) -> PullReply:
+        budget = max(MIN_PULL_BYTES, min(pull.max_bytes, self.settings.pull_max_bytes))
+        head = self.head
+        if pull.since == head and head > 0:
+            # Already at the newest change this worker knows of: nothing to read. (Another
+            # worker's newer pushes show up once the shared head moves: a delay, never a skip.)
+            return PullReply(cursor=head, more=False)
+        blob = await self.cache.get_page(head, pull.since, budget)
+        if blob is not None:
+            try:
+                cached = decode_frame(blob, self._page_key, expect=(PullReply,), max_size=1 << 20)
+            except ProtocolError:
+                log.warning("ignoring a corrupt cached pull page")
+            else:
+                return cached.body  # type: ignore[return-value]
+        started = time.perf_counter()
+        items, cursor, more = await self.aggregator.changes_since(pull.since, budget - 64)
+        self.metrics.store_latency.labels("changes").observe(time.perf_counter() - started)
+        reply = self.page(items, cursor, more, budget)
+        if cursor > self.head and not more:
+            self.head = await self.cache.note_head(cursor)
+        blob = encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=False, max_size=1 << 20)
+        await self.cache.put_page(head, pull.since, budget, blob)
+        return reply
+
+    def page(self, items: list, cursor: int, more: bool, budget: int) -> PullReply:
+        """A PullReply of `items` whose signed frame fits `budget`; cut (more=True) if it does not.
+
+        A cut page ends at the last item kept and its cursor is that item's
+        change position (`version`), so the next pull resumes right after it.
+        """
+        cut = len(items)
+        keyspace = None
+        for n, item in enumerate(items):  # one reply carries one transition keyspace
+            if isinstance(item, ConsolidatedEdge):
+                if keyspace is None:
+                    keyspace = item.keyspace
+                elif item.keyspace != keyspace:
+                    cut = n
+                    break
+        while True:
+            reply = self._reply(items[:cut], cursor if cut == len(items) else items[cut - 1].version,
+                                more or cut < len(items))  # fmt: skip
+            size = len(encode_frame(Frame(_ZERO_ID, _U32, now_ms(), reply), self._page_key)) + _REPLY_SLACK
+            if size <= budget or cut <= 1:
+                return reply
+            cut = max(1, min(cut - 1, int(cut * budget / size)))
+
+    def _reply(self, items: list, cursor: int, more: bool) -> PullReply:
+        patterns = []
+        edges = []
+        keyspace = None
+        for item in items:
+            if isinstance(item, Consolidated):
+                patterns.append(
+                    ConsolidatedPattern(
+                        cluster_id=int(item.cluster_id),
+                        version=min(int(item.version), _U32),
+                        embedding=quantize(item.embedding, 8),
+                        task_type=TaskType(int(item.task_type)),
+                        success_rate=min(1.0, max(0.0, float(item.success_rate))),
+                        support=min(int(item.support), _U32),
+                        trend_score=float(item.trend_score),
+                    )
+                )
+            else:
+                keyspace = item.keyspace
+                weight = min(float(item.weight), _U32 / WEIGHT_SCALE)
+                edges.append(Transition(int(item.src), int(item.dst), weight, min(int(item.support), _U32)))
+        transitions = None
+        if edges:
+            ks = Keyspace(int(keyspace))
+            transitions = TransitionBatch(ks, tuple(edges), self.codebook_version if ks is Keyspace.CELL else 0)
+        return PullReply(cursor=int(cursor), more=bool(more), patterns=tuple(patterns), transitions=transitions)
+
+    # ------------------------------------------------------------------ heartbeat
+    def _heartbeat(self, hb: Heartbeat, now: int) -> HeartbeatAck:
+        return HeartbeatAck(server_time_ms=now, next_sync_s=self._next_sync.get(hb.tier, 0))
+
+    # ------------------------------------------------------------------ housekeeping
+    async def housekeeping(self) -> None:
+        """Prune idempotency keys and epoch marks, sweep in-process windows, refresh gauges."""
+        now = now_ms()
+        started = time.perf_counter()
+        await self.aggregator.prune(now)
+        self.metrics.store_latency.labels("prune").observe(time.perf_counter() - started)
+        self.replay.sweep(now)
+        self.limiter.sweep(time.monotonic())
+        started = time.perf_counter()
+        stats = await self.aggregator.store.stats()
+        self.metrics.store_latency.labels("stats").observe(time.perf_counter() - started)
+        self.metrics.consolidated.set(stats.cells)
+        self.head = await self.cache.note_head(stats.head)

@@ -1,0 +1,276 @@
+"""Settings of one sync server: defaults < config file (TOML/JSON) < environment < CLI flags.
+
+Every value is validated here, so a bad setting is one clear `OmegaError`
+before anything opens. Secrets:
+
+- `OMEGA_SECRET` (text, ≥ 16 bytes) is the server secret of key id 1 (or
+  `OMEGA_KEY_ID`); `OMEGA_SECRETS="1:HEX,2:HEX"` holds several for rotation,
+  with `OMEGA_ACTIVE_KEY_ID` naming the one new tokens are issued under. Old
+  key ids keep verifying as long as they stay listed.
+- Neither set and a `sqlite:` store: a random secret is generated once into
+  `omega-secret` beside the store file (a development convenience, logged).
+  With any other store the secret is required.
+- The aggregation salt (`OMEGA_SALT`, hex) defaults to a value derived from the
+  secret of the LOWEST key id, so rotating to a new key keeps the salt as long
+  as the old key stays listed; retiring it needs OMEGA_SALT set explicitly
+  (the store refuses a different salt rather than double-counting support).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import secrets as _random
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omega.errors import OmegaError
+
+log = logging.getLogger("omega.serve")
+
+MIN_SECRET_BYTES = 16
+SECRET_FILE = "omega-secret"
+_SALT_LABEL = b"omega/aggregation-salt/v1"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8700
+    store: str = "sqlite:omega-constellation.db"
+    redis: str | None = None
+    nats: str | None = None
+    shard_id: str | None = None  # None: the store keeps the origin it was created with
+    region: str = "local"
+    codebook: str | None = None  # .npz from `omega codebook build`; None: a seeded placeholder codebook
+    secrets: dict[int, bytes] = field(default_factory=dict, repr=False)
+    active_key_id: int = 1
+    salt: bytes | None = field(default=None, repr=False)
+    # validation
+    replay_window_s: float = 300.0
+    rate_per_s: float = 10.0
+    rate_burst: int = 20
+    min_samples: int = 10
+    max_frame_bytes: int = 16 * 1024
+    pull_max_bytes: int = 5000
+    # aggregation
+    k_min: int = 3
+    w_max: float = 50.0
+    # tiers: the interval a heartbeat ack asks for (seconds)
+    premium_sync_s: int = 60
+    active_sync_s: int = 300
+    casual_sync_s: int = 900
+    # housekeeping and lifecycle
+    prune_interval_s: float = 60.0
+    drain_timeout_s: float = 10.0
+    cache_entries: int = 4096
+    cache_ttl_s: float = 30.0
+    redis_cooldown_s: float = 5.0
+    redis_timeout_s: float = 0.25
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.host, str) and self.host != "", "host must be a non-empty string")
+        _check(isinstance(self.port, int) and 0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port!r}")
+        _check(isinstance(self.store, str) and self.store.startswith(("sqlite:", "postgresql://", "postgres://")),
+               f"store must be sqlite:PATH or postgresql://..., got {self.store!r}")  # fmt: skip
+        if self.redis is not None:
+            _check(self.redis.startswith(("redis://", "rediss://", "unix://")), f"redis must be a redis:// URL, got {self.redis!r}")
+        if self.nats is not None:
+            _check(all(u.strip().startswith(("nats://", "tls://")) for u in self.nats.split(",")),
+                   f"nats must be nats://host:port[,nats://...], got {self.nats!r}")  # fmt: skip
+        if self.shard_id is not None:
+            _check(0 < len(self.shard_id) <= 64 and self.shard_id.isprintable(), "shard id must be 1..64 printable characters")
+        for kid, secret in self.secrets.items():
+            _check(isinstance(kid, int) and 0 <= kid <= 0xFFFFFFFF, f"key id must be in 0..4294967295, got {kid!r}")
+            _check(isinstance(secret, bytes) and len(secret) >= MIN_SECRET_BYTES,
+                   f"secret of key id {kid} must be at least {MIN_SECRET_BYTES} bytes")  # fmt: skip
+        if self.secrets:
+            _check(self.active_key_id in self.secrets, f"active key id {self.active_key_id} has no secret")
+        if self.salt is not None:
+            _check(len(self.salt) >= 16, "salt must be at least 16 bytes")
+        for name in ("replay_window_s", "rate_per_s", "w_max", "prune_interval_s", "drain_timeout_s",
+                     "cache_ttl_s", "redis_cooldown_s", "redis_timeout_s"):  # fmt: skip
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{name} must be a positive number")
+        for name, lo in (("rate_burst", 1), ("min_samples", 1), ("k_min", 1), ("max_frame_bytes", 64),
+                         ("pull_max_bytes", 600), ("cache_entries", 1), ("premium_sync_s", 1),
+                         ("active_sync_s", 1), ("casual_sync_s", 1)):  # fmt: skip
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= lo, f"{name} must be an integer >= {lo}")
+        _check(self.log_level in ("critical", "error", "warning", "info", "debug"), f"unknown log level {self.log_level!r}")
+
+    @property
+    def store_dir(self) -> Path | None:
+        """Folder of a sqlite store file (where the dev secret goes), else None."""
+        if not self.store.startswith("sqlite:"):
+            return None
+        from omega.constellation.store import sqlite_path
+
+        path = sqlite_path(self.store)
+        return None if path == ":memory:" else Path(path).resolve().parent
+
+    def aggregation_salt(self) -> bytes:
+        if self.salt is not None:
+            return self.salt
+        if not self.secrets:
+            raise OmegaError("no server secret: set OMEGA_SECRET or OMEGA_SECRETS")
+        lowest = self.secrets[min(self.secrets)]
+        return hmac.new(lowest, _SALT_LABEL, hashlib.sha256).digest()
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise OmegaError(message)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServerSettings)}
+_SIMPLE = {n for n in _FIELDS if n not in ("secrets", "salt")}
+_DEFAULTS = ServerSettings()
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A raw value (text from env/flags, or a TOML/JSON value) as the type of field `name`."""
+    default = getattr(_DEFAULTS, name)
+    if value is None:
+        return None
+    try:
+        if isinstance(default, bool):
+            raise TypeError
+        if isinstance(default, int) and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise OmegaError(f"setting {name} has a bad value: {value!r}")
+
+
+def parse_secrets(text: str) -> dict[int, bytes]:
+    """`"1:HEX,2:HEX"` → {1: bytes, 2: bytes}."""
+    out: dict[int, bytes] = {}
+    for part in text.split(","):
+        kid, sep, hexed = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            key_id, secret = int(kid), bytes.fromhex(hexed.strip())
+        except ValueError:
+            raise OmegaError("OMEGA_SECRETS must look like 1:HEX,2:HEX") from None
+        if key_id in out:
+            raise OmegaError(f"OMEGA_SECRETS lists key id {key_id} twice")
+        out[key_id] = secret
+    return out
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise OmegaError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OmegaError(f"config {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise OmegaError(f"config {path} must hold a table of settings")
+    if "secrets" in data:  # {"1": "hex", ...} in a file
+        raw = data.pop("secrets")
+        if not isinstance(raw, dict):
+            raise OmegaError("config 'secrets' must be a table of key id = hex secret")
+        data["secrets"] = parse_secrets(",".join(f"{k}:{v}" for k, v in raw.items()))
+    if "salt" in data:
+        try:
+            data["salt"] = bytes.fromhex(str(data["salt"]))
+        except ValueError:
+            raise OmegaError("config 'salt' must be hex") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise OmegaError(f"config {path} has unknown settings: {', '.join(unknown)}")
+    return {k: (v if k in ("secrets", "salt") else _coerce(k, v)) for k, v in data.items()}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _SIMPLE:
+        value = env.get(f"OMEGA_{name.upper()}")
+        if value not in (None, ""):
+            out[name] = _coerce(name, value)
+    if env.get("OMEGA_SECRETS"):
+        out["secrets"] = parse_secrets(env["OMEGA_SECRETS"])
+    elif env.get("OMEGA_SECRET"):
+        key_id = _coerce("active_key_id", env.get("OMEGA_KEY_ID") or "1")
+        out["secrets"] = {key_id: env["OMEGA_SECRET"].encode("utf-8")}
+        out.setdefault("active_key_id", key_id)
+    if env.get("OMEGA_SALT"):
+        try:
+            out["salt"] = bytes.fromhex(env["OMEGA_SALT"])
+        except ValueError:
+            raise OmegaError("OMEGA_SALT must be hex") from None
+    return out
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerSettings:
+    """Merge defaults, a config file, the environment and flags (None values in `overrides` are ignored)."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    config_path = config or env.get("OMEGA_CONFIG")
+    if config_path:
+        merged.update(_read_config(Path(config_path)))
+    merged.update(_from_env(env))
+    for name, value in (overrides or {}).items():
+        if name not in _FIELDS:
+            raise OmegaError(f"unknown setting {name!r}")
+        if value is not None:
+            merged[name] = value if name in ("secrets", "salt") else _coerce(name, value)
+    if merged.get("secrets") and "active_key_id" not in merged:
+        merged["active_key_id"] = max(merged["secrets"])  # the newest key issues tokens
+    return ServerSettings(**merged)
+
+
+def with_dev_secret(settings: ServerSettings, *, create: bool = True) -> ServerSettings:
+    """`settings` with a secret: as configured, else from (or, if `create`, into) the file beside a sqlite store."""
+    if settings.secrets:
+        return settings
+    folder = settings.store_dir
+    if folder is None:
+        raise OmegaError("no server secret: set OMEGA_SECRET (or OMEGA_SECRETS, or 'secrets' in --config)")
+    path = folder / SECRET_FILE
+    if path.exists():
+        try:
+            secret = bytes.fromhex(path.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise OmegaError(f"cannot read the server secret {path}: {exc}") from None
+        if len(secret) < MIN_SECRET_BYTES:
+            raise OmegaError(f"server secret {path} is too short")
+    elif create:
+        if not folder.is_dir():
+            raise OmegaError(f"store directory does not exist: {folder}")
+        secret = _random.token_bytes(32)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret.hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        log.warning("no OMEGA_SECRET set: generated a development secret in %s (key id 1)", path)
+    else:
+        raise OmegaError(f"no server secret: set OMEGA_SECRET, or run `omega serve` once to create {path}")
+    return dataclasses.replace(settings, secrets={1: secret}, active_key_id=1)

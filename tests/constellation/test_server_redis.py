@@ -1,0 +1,100 @@
+"""Redis as the pull cache: used when up, survives a SIGKILLed Redis (fallback counted), used again after restart."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from omega.protocol import PullReply, TaskType
+
+from .test_server_support import Device, ServerProcess, free_port, near, pattern, small_codebook
+
+CODEBOOK = small_codebook()
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+
+
+class PrivateRedis:
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL
+            self.proc.wait(5)
+
+    def page_keys(self) -> list[bytes]:
+        return redis.Redis(port=self.port).keys("omega:*:pull:*")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[ServerProcess, PrivateRedis]]:
+    rds = PrivateRedis(tmp_path)
+    rds.start()
+    CODEBOOK.save(tmp_path / "codebook.npz")
+    server = ServerProcess(tmp_path, codebook=tmp_path / "codebook.npz", OMEGA_REDIS=f"redis://127.0.0.1:{rds.port}/0",
+                           OMEGA_REDIS_COOLDOWN_S="0.3", OMEGA_RATE_BURST="1000").start()  # fmt: skip
+    yield server, rds
+    server.kill()
+    rds.kill()
+
+
+def _pull(server: ServerProcess, client: httpx.Client, dev: Device, since: int = 0) -> PullReply:
+    resp = server.post(dev.pull(since), client)
+    assert resp.status_code == 200
+    reply = dev.decode(resp.content).body
+    assert isinstance(reply, PullReply)
+    return reply
+
+
+def test_redis_cache_with_fallback_and_recovery(setup: tuple[ServerProcess, PrivateRedis]) -> None:
+    server, rds = setup
+    reader = Device(200)
+    with httpx.Client(timeout=10) as client:
+        for n in range(3):
+            dev = Device(201 + n)
+            assert dev.decode(server.post(dev.push([pattern(near(CODEBOOK, 2, n), task=TaskType.CONTENT_MATCH)])[1], client).content).body.accepted == 1
+        first = _pull(server, client, reader)
+        assert [p.cluster_id for p in first.patterns] == [2]
+        assert rds.page_keys(), "the page was cached in Redis"
+        assert server.stats()["distinct_devices_hour"] == 4  # HyperLogLog in Redis
+        assert server.metric("omega_cache_fallbacks_total") == 0
+
+        rds.kill()
+        for _ in range(3):  # keeps answering, from the database and the in-process cache
+            again = _pull(server, client, reader)
+            assert [(p.cluster_id, p.support) for p in again.patterns] == [(2, 3)]
+        assert server.metric("omega_cache_fallbacks_total") > 0
+
+        rds.start()  # same port, empty
+        time.sleep(0.5)  # past the cool-down
+        deadline = time.monotonic() + 10
+        while not rds.page_keys() and time.monotonic() < deadline:
+            _pull(server, client, reader)
+            time.sleep(0.1)
+        assert rds.page_keys(), "Redis is used again after it came back"
+    assert "redis unavailable" in server.log.read_text() and "redis is back" in server.log.read_text()
