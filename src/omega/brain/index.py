@@ -69,7 +69,7 @@ class VectorIndex:
         self.dtype = dtype
         self.connectivity = int(connectivity)
         self.expansion_add = int(expansion_add)
-        self.expansion_search = int(expansion_search)
+        self._expansion_search = int(expansion_search)
         self.exact_below = int(exact_below)
         #: usearch workers per call. 1 on a TV: usearch's default (0 = every core) dispatches even a
         #: single query to a thread pool, which measured ~50-100 µs slower than searching in-thread.
@@ -80,9 +80,21 @@ class VectorIndex:
             dtype=dtype,
             connectivity=self.connectivity,
             expansion_add=self.expansion_add,
-            expansion_search=self.expansion_search,
+            expansion_search=self._expansion_search,
         )
         self._exact_cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def expansion_search(self) -> int:
+        """HNSW search breadth (ef): higher finds more of the true neighbours and costs more µs."""
+        return self._expansion_search
+
+    @expansion_search.setter
+    def expansion_search(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise OmegaError(f"expansion_search must be an integer >= 1, got {value!r}")
+        self._expansion_search = int(value)
+        self._index.expansion_search = int(value)
 
     # ------------------------------------------------------------------ contents
 
@@ -94,6 +106,11 @@ class VectorIndex:
             return int(key) >= 0 and int(key) in self._index  # type: ignore[call-overload]
         except (TypeError, ValueError):
             return False
+
+    @property
+    def memory_bytes(self) -> int:
+        """What usearch reports it holds (vectors, graph, allocator slack)."""
+        return int(self._index.memory_usage)
 
     def keys(self) -> np.ndarray:
         """All keys held, as int64 (in no particular order)."""

@@ -151,7 +151,7 @@ class Recommender:
 
         ids = np.fromiter(pool, dtype=np.int64, count=len(pool))
         rows = cat.rows(ids)
-        X = cat.matrix[rows]
+        X = cat.vectors(rows)
         content = np.clip(X @ query, 0.0, 1.0)
         lt = _lookup(ids, local)
         gt = _lookup(ids, glob)
@@ -186,7 +186,7 @@ class Recommender:
         if not recent:
             return _unit(ctx)
         weights = cfg.recent_decay ** np.arange(len(recent), dtype=np.float32)
-        history = _unit(weights @ cat.matrix[cat.rows(recent)])
+        history = _unit(weights @ cat.vectors(cat.rows(recent)))
         return _unit(cfg.context_weight * ctx + (1.0 - cfg.context_weight) * history).astype(np.float32)
 
     def _add(self, pool: dict[int, None], ids: np.ndarray | list[int], exclude: set[int]) -> None:

@@ -108,10 +108,11 @@ def run_brain_bench(
 ) -> dict:
     """Measure the brain's budgets (DESIGN §6 keys) on a MovieLens catalog.
 
-    Building the brain (embedding the whole catalog in batches) grows
-    onnxruntime's memory arena by ~100 MB that a TV, which receives its catalog
-    already embedded, never pays. So the brain is built here and measured in a
-    fresh child process that opens it as a TV would: RSS is that process's.
+    Building the brain (embedding the whole catalog in batches) leaves the
+    builder with memory a TV, which receives its catalog already embedded, never
+    holds. So the brain is built here and measured in a fresh child process that
+    opens it as a TV would: RSS is that process's, with `rss_breakdown_mb`
+    (VmRSS deltas per load step) saying where it goes.
     """
     import subprocess
     import tempfile
@@ -208,49 +209,150 @@ def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int, max_items: in
     }
 
 
+#: HNSW search breadths compared in every run (recall vs µs, same process, same queries)
+EF_SWEEP = (64, 96, 128, 160)
+#: real queries per kind for recall: catalog items and the recommender's own context queries
+RECALL_QUERIES = 500
+
+
 def _measure_main(argv: list[str]) -> None:
-    """Child process of `run_brain_bench`: open the brain like a TV and time it; JSON on stdout."""
+    """Child process of `run_brain_bench`: open the brain like a TV and time it; JSON on stdout.
+
+    RSS is read step by step while the brain loads (VmRSS deltas: what each part
+    costs) and reported before any timing loop runs.
+    """
     import time
 
     import numpy as np
 
     from omega.brain.brain import Brain
-    from omega.brain.index import recall_at_k
     from omega.brain.records import ViewingContext
 
     db, repeats = Path(argv[0]), int(argv[1])
     rng = np.random.default_rng(11)
+    breakdown: dict[str, float] = {}
+    last = [rss_mb()[0]]
+    breakdown["runtime"] = last[0]  # interpreter + numpy + onnxruntime + tokenizers + usearch + omega
+
+    def step(name: str) -> None:
+        now = rss_mb()[0]
+        breakdown[name] = round(breakdown.get(name, 0.0) + now - last[0], 1)
+        last[0] = now
+
     started = time.perf_counter()
     with Brain(db) as brain:
-        catalog = brain.catalog
+        step("store")
         embedder = brain.embedder
-        brain.recommend(ViewingContext(20, 4), k=10)  # loads patterns, priors and history
+        step("embedder")
+        catalog = brain.catalog
+        step("catalog")
+        memory = brain._memory()
+        step("patterns")
+        brain.recommend(ViewingContext(20, 4), k=10)  # loads priors and history, first inference
+        step("first_recommend")
         load_ms = (time.perf_counter() - started) * 1000.0
         current, peak = rss_mb()
+        breakdown["runtime"] = round(breakdown["runtime"], 1)
 
         text = "Evening on a Friday. Recently watched: Heat; Alien; Toy Story"
         embed = _timed(lambda: embedder.embed(text), repeats)
-        matrix = catalog.matrix
-        queries = matrix[rng.integers(len(matrix), size=repeats)] + rng.normal(0, 0.05, (repeats, matrix.shape[1])).astype(np.float32)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        search = _timed_each(lambda q: catalog.search(q, 50), queries)
-        recall = recall_at_k(catalog.index, matrix, queries[:500], 50, keys=catalog.ids)
         contexts = [ViewingContext(hour=h % 24, weekday=h % 7) for h in range(repeats)]
         recommend = _timed_each(lambda c: brain.recommend(c, k=10), contexts)
-        after, peak = rss_mb()
+        after, peak = rss_mb()  # the brain after use, before the bench's own recall arrays below
+
+        # Real queries: catalog items (what pattern/consolidated neighbourhoods and "more like this" send)
+        # and the recommender's own query vectors (embedded context text blended with a viewing history).
+        ids, truth_matrix = brain.store.catalog_embeddings()  # the store's float32 truth, not the f16 copy
+        truth_matrix /= np.linalg.norm(truth_matrix, axis=1, keepdims=True)
+        n_q = min(RECALL_QUERIES, len(ids))
+        item_queries = truth_matrix[rng.choice(len(ids), size=n_q, replace=False)]
+        ranker = brain._ranker()
+        context_queries = np.stack([
+            ranker._query(ViewingContext(int(rng.integers(24)), int(rng.integers(7))),
+                          [int(c) for c in rng.choice(ids, size=int(rng.integers(0, 6)), replace=False)])
+            for _ in range(n_q)
+        ]).astype(np.float32)  # fmt: skip
+        queries = np.concatenate([item_queries, context_queries])
+        timing_queries = queries[rng.permutation(len(queries))[:repeats]]
+        search = _timed_each(lambda q: catalog.search(q, 50), timing_queries)
+        index = catalog.index
+        default_ef = index.expansion_search
+        recall = _recall(index, ids, truth_matrix, queries, 50)
+        sweep = _ef_sweep(index, ids, truth_matrix, queries, timing_queries, default_ef)
+        config = brain.config
     print(json.dumps({
         "embed_ms_p50": round(_median_ms(embed), 3),
         "search_us_p50": round(_median_ms(search) * 1000.0, 1),
         "recommend_ms_p50": round(_median_ms(recommend), 3),
         "rss_mb": round(current, 1),
-        "recall_at_50": round(recall, 4),
+        "recall_at_50": round(recall["all"], 4),
+        "recall_at_50_items": round(recall["items"], 4),
+        "recall_at_50_contexts": round(recall["contexts"], 4),
+        "recall_queries": {"items": n_q, "contexts": n_q, "truth": "exact numpy cosine over the store's float32 embeddings"},
         "embed_ms_p90": round(_p90_ms(embed), 3),
         "search_us_p90": round(_p90_ms(search) * 1000.0, 1),
         "recommend_ms_p90": round(_p90_ms(recommend), 3),
+        "rss_breakdown_mb": breakdown,
+        "memory_objects_mb": {
+            "catalog_matrix_f16": round(catalog.nbytes / 1e6, 2),
+            "catalog_index_usearch": round(index.memory_bytes / 1e6, 2),
+            "pattern_memory": round(memory.nbytes / 1e6, 2),
+        },
         "rss_after_runs_mb": round(after, 1),
         "rss_peak_mb": round(peak, 1),
         "load_ms": round(load_ms, 1),
+        "index": {"dtype": index.dtype, "m": index.connectivity, "ef_construction": index.expansion_add,
+                  "ef_search": default_ef, "threads": index.threads},
+        "ef_sweep": sweep,
+        "config_index": {"index_m": config.index_m, "index_ef_construction": config.index_ef_construction,
+                         "index_ef_search": config.index_ef_search, "index_dtype": config.index_dtype},
     }))  # fmt: skip
+
+
+def _recall(index, ids, truth_matrix, queries, k: int) -> dict[str, float]:  # noqa: ANN001
+    """recall@k of `index` against exact search over `truth_matrix`; first half item queries, second half contexts.
+
+    Nothing is excluded on either side (an item query's own item is in its truth and may be found).
+    """
+    from omega.brain.index import recall_at_k
+
+    half = len(queries) // 2
+    items = recall_at_k(index, truth_matrix, queries[:half], k, keys=ids)
+    contexts = recall_at_k(index, truth_matrix, queries[half:], k, keys=ids)
+    return {"items": items, "contexts": contexts, "all": (items + contexts) / 2}
+
+
+def _ef_sweep(index, ids, truth_matrix, queries, timing_queries, default_ef: int) -> dict[str, dict]:  # noqa: ANN001
+    """recall@50 and search µs per ef, timed in interleaved blocks in this one process."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    efs = sorted(set(EF_SWEEP) | {default_ef})
+    samples: dict[int, list[float]] = {ef: [] for ef in efs}
+    blocks = np.array_split(timing_queries, 3) if len(timing_queries) >= 3 else [timing_queries]
+    try:
+        for block in blocks:
+            for ef in efs:
+                index.expansion_search = ef
+                index.search(block[0], 50)  # settle after the change
+                for q in block:
+                    t0 = time.perf_counter()
+                    index.search(q, 50)
+                    samples[ef].append(time.perf_counter() - t0)
+        out = {}
+        for ef in efs:
+            index.expansion_search = ef
+            recall = _recall(index, ids, truth_matrix, queries, 50)
+            out[str(ef)] = {
+                "recall_at_50": round(recall["all"], 4),
+                "recall_at_50_contexts": round(recall["contexts"], 4),
+                "search_us_p50": round(statistics.median(samples[ef]) * 1e6, 1),
+            }
+        return out
+    finally:
+        index.expansion_search = default_ef
 
 
 def _timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
