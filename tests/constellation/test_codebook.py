@@ -102,3 +102,14 @@ def test_bad_inputs_raise_omega_error() -> None:
         build_codebook(bad, k=2)
     with pytest.raises(OmegaError):
         Codebook(1, np.zeros((2, DIM)))
+
+
+def test_save_load_round_trip_keeps_the_fingerprint_for_many_codebooks(tmp_path) -> None:
+    """Regression: re-normalising already-unit rows on load used to flip last bits and fail the hash check."""
+    rng = np.random.default_rng(7)
+    for seed in range(20):
+        vectors = rng.standard_normal((200, 384)).astype(np.float32)
+        book = build_codebook(vectors, k=8, seed=seed, iters=3)
+        path = tmp_path / f"book{seed}.npz"
+        book.save(path)
+        assert Codebook.load(path).fingerprint == book.fingerprint

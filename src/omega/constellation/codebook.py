@@ -33,7 +33,19 @@ def _unit_rows(vectors: np.ndarray, what: str) -> np.ndarray:
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     if (norms == 0).any():
         raise OmegaError(f"{what} contain a zero vector")
-    return (arr / norms).astype(np.float32)
+    # Leave rows that are already unit (to float32 precision) bit-for-bit alone:
+    # re-dividing them can flip last bits, which would change the fingerprint of
+    # a codebook between save and load.
+    already_unit = np.abs(norms - 1.0) <= 1e-6
+    return np.where(already_unit, arr, arr / norms).astype(np.float32)
+
+
+def _fingerprint(version: int, centroids: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(_FORMAT.encode())
+    h.update(int(version).to_bytes(8, "little"))
+    h.update(np.ascontiguousarray(centroids, dtype="<f4").tobytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,11 +72,7 @@ class Codebook:
     @property
     def fingerprint(self) -> str:
         """Hex SHA-256 of version and centroid bytes: two codebooks agree iff their fingerprints do."""
-        h = hashlib.sha256()
-        h.update(_FORMAT.encode())
-        h.update(self.version.to_bytes(8, "little"))
-        h.update(np.ascontiguousarray(self.centroids, dtype="<f4").tobytes())
-        return h.hexdigest()
+        return _fingerprint(self.version, self.centroids)
 
     def similarities(self, vectors: np.ndarray) -> np.ndarray:
         """Cosine similarity of each (normalised) vector to every centroid, shape (n, k)."""
@@ -110,10 +118,10 @@ class Codebook:
             raise OmegaError(f"cannot read codebook {path}: {exc}") from exc
         if centroids.dtype != np.dtype("<f4") or centroids.ndim != 2:
             raise OmegaError(f"{path} holds centroids of the wrong type")
-        book = cls(version, centroids)
-        if book.fingerprint != stored_hash:
+        # Check the bytes as stored, before construction touches them.
+        if version < 0 or _fingerprint(version, centroids) != stored_hash:
             raise OmegaError(f"codebook {path} is corrupt: content hash mismatch")
-        return book
+        return cls(version, centroids)
 
 
 def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
