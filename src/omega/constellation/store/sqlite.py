@@ -68,6 +68,7 @@ from omega.constellation.store.base import (
     PruneStats,
     PushOutcome,
     StoreStats,
+    check_query,
 )
 from omega.errors import OmegaError
 
@@ -534,6 +535,31 @@ class SqliteStore(ConstellationStore):
             else:
                 items.append(consolidate_edge(EdgeKey(k1, k2, k3), combine_edges(edges.get((k1, k2, k3), [])), seq))
         return items
+
+    # ---- similarity search ---------------------------------------------------------
+    async def nearest_consolidated(
+        self, vector: np.ndarray, k: int, k_min: int, task_type: int | None = None
+    ) -> list[tuple[CellKey, float]]:
+        # Embedded scale (a codebook's cells): an exact numpy scan over the published patterns.
+        q = check_query(vector, k, k_min)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[CellKey, float]]:
+            sql = f"SELECT kind, k1, k2, k3, seq FROM served WHERE kind = {KIND_CELL} AND support >= ?"
+            args: list[int] = [int(k_min)]
+            if task_type is not None:
+                sql += " AND k1 = ?"
+                args.append(int(task_type))
+            rows = conn.execute(sql, args).fetchall()
+            patterns = []
+            for start in range(0, len(rows), 4096):  # stay far below SQLite's bound-parameter limit
+                patterns += self._load_items(conn, rows[start : start + 4096])
+            if not patterns:
+                return []
+            sims = np.stack([p.embedding for p in patterns]) @ q
+            best = np.argsort(-sims, kind="stable")[: int(k)]
+            return [(patterns[i].key, float(sims[i])) for i in best]
+
+        return await self._worker.submit(run)
 
     # ---- housekeeping --------------------------------------------------------------
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:

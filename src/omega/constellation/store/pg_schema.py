@@ -1,0 +1,111 @@
+"""Schema and migrations of the PostgreSQL constellation store.
+
+Every table is prefixed `omega_`, so the store can live in a database shared
+with other applications. `omega_schema.version` is the schema version;
+`MIGRATIONS[i]` takes version i to i + 1. Migrating runs in one transaction
+under an advisory lock, so several workers starting at once against a fresh
+database neither race nor half-create the schema.
+
+Tables (schema v1) mirror the SQLite store (see sqlite.py for the why of each):
+- `omega_meta`: origin name, codebook fingerprint/version, salt check value.
+- `omega_head`: one row, the last change sequence number handed out. Every
+  write transaction locks it first (`SELECT … FOR UPDATE`), which serialises
+  writers: change numbers are then assigned in commit order (a reader never sees
+  seq N+1 committed before seq N, so a pull cursor never skips a change) and
+  all other row locks are always taken by the head holder, so writers cannot
+  deadlock.
+- `omega_push_keys`, `omega_members`: idempotency keys and per-key member hashes.
+- `omega_cell_state` / `omega_edge_state`: CRDT entries per (origin, key);
+  `sum_wx` is 384 little-endian float64 (bytea) so a federation round trip is exact.
+- `omega_served`: the global view's change index per key (seq, global support).
+- `omega_cell_vectors`: per cell, `embedding vector(384)`, the normalised global
+  mean, with an HNSW cosine index (m = 32, ef_construction = 200) for
+  `nearest_consolidated`. An HNSW insert costs ~5 ms here (m = 32,
+  ef_construction = 200), ten times a whole push without it, so pushes do not
+  write vectors: they mark the cell in `omega_dirty_cells` (with the change
+  seq), and a refresher rewrites the vectors of dirty cells in batches —
+  every second in the background, and before every search (so a search sees
+  every acknowledged push). A cell pushed to 100 times in a second costs one
+  insert, and only when its direction moved enough to matter
+  (postgres.VECTOR_REFRESH).
+- `omega_contributions`: append-only log of accepted embedding-pattern contributions.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from omega.constellation.crdt import DIM
+from omega.errors import OmegaError
+
+# Arbitrary constant: the advisory lock id that serialises schema migrations.
+MIGRATION_LOCK_ID = 0x4F4D4743_0001
+# Advisory lock id held by the one vector refresher running per database at a time.
+REFRESH_LOCK_ID = 0x4F4D4743_0002
+
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+
+_SCHEMA_V1 = f"""
+CREATE TABLE omega_meta (key text PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE omega_head (id int PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL);
+INSERT INTO omega_head VALUES (1, 0);
+CREATE TABLE omega_push_keys (key bytea PRIMARY KEY, at_ms bigint NOT NULL);
+CREATE INDEX omega_push_keys_at ON omega_push_keys (at_ms);
+CREATE TABLE omega_members (
+    kind smallint NOT NULL, k1 bigint NOT NULL, k2 bigint NOT NULL, k3 bigint NOT NULL,
+    member bytea NOT NULL, epoch bigint,
+    PRIMARY KEY (kind, k1, k2, k3, member));
+CREATE INDEX omega_members_epoch ON omega_members (epoch) WHERE epoch IS NOT NULL;
+CREATE TABLE omega_cell_state (
+    origin text NOT NULL, task_type int NOT NULL, cell bigint NOT NULL,
+    sum_w float8 NOT NULL, sum_wx bytea NOT NULL, support bigint NOT NULL,
+    successes float8 NOT NULL, trials float8 NOT NULL, version bigint NOT NULL,
+    PRIMARY KEY (task_type, cell, origin));
+ALTER TABLE omega_cell_state ALTER COLUMN sum_wx SET STORAGE EXTERNAL;
+CREATE INDEX omega_cell_state_version ON omega_cell_state (version);
+CREATE TABLE omega_edge_state (
+    origin text NOT NULL, keyspace bigint NOT NULL, src bigint NOT NULL, dst bigint NOT NULL,
+    weight float8 NOT NULL, support bigint NOT NULL, version bigint NOT NULL,
+    PRIMARY KEY (keyspace, src, dst, origin));
+CREATE INDEX omega_edge_state_version ON omega_edge_state (version);
+CREATE TABLE omega_served (
+    kind smallint NOT NULL, k1 bigint NOT NULL, k2 bigint NOT NULL, k3 bigint NOT NULL,
+    seq bigint NOT NULL UNIQUE, support bigint NOT NULL,
+    PRIMARY KEY (kind, k1, k2, k3));
+CREATE TABLE omega_cell_vectors (
+    task_type int NOT NULL, cell bigint NOT NULL, embedding vector({DIM}) NOT NULL,
+    PRIMARY KEY (task_type, cell));
+CREATE INDEX omega_cell_vectors_embedding ON omega_cell_vectors
+    USING hnsw (embedding vector_cosine_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION});
+CREATE TABLE omega_dirty_cells (
+    task_type int NOT NULL, cell bigint NOT NULL, seq bigint NOT NULL, PRIMARY KEY (task_type, cell));
+CREATE TABLE omega_contributions (
+    id bigserial PRIMARY KEY, epoch bigint NOT NULL, kind smallint NOT NULL,
+    k1 bigint NOT NULL, k2 bigint NOT NULL, k3 bigint NOT NULL,
+    weight float8 NOT NULL, successes float8, trials float8, embedding bytea)
+"""
+
+MIGRATIONS: list[str] = [_SCHEMA_V1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def migrate(conn: asyncpg.Connection, where: str) -> int:
+    """Bring the database to SCHEMA_VERSION (idempotent); returns the version found before."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except asyncpg.PostgresError as exc:
+            raise OmegaError(f"{where} has no usable pgvector extension ({exc}); install pgvector there") from None
+        await conn.execute("CREATE TABLE IF NOT EXISTS omega_schema (version int NOT NULL)")
+        found = await conn.fetchval("SELECT max(version) FROM omega_schema")
+        if found is None:
+            found = 0
+            await conn.execute("INSERT INTO omega_schema VALUES (0)")
+        if found > SCHEMA_VERSION:
+            raise OmegaError(f"{where} has schema version {found}, newer than this omega ({SCHEMA_VERSION})")
+        for step in range(found, SCHEMA_VERSION):
+            await conn.execute(MIGRATIONS[step])
+            await conn.execute("UPDATE omega_schema SET version = $1", step + 1)
+        return int(found)
