@@ -17,7 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
-from omega.cli import bench, brain, capacity, federation, model, server, sim
+from omega.cli import bench, brain, capacity, federation, load, model, server, sim
 
 app = typer.Typer(
     name="omega",
@@ -36,6 +36,7 @@ server.register(app)
 sim.register(app)
 capacity.register(app)
 federation.register(app)
+load.register(app)
 
 
 def _error_types() -> tuple[type[BaseException], ...]:

@@ -16,8 +16,6 @@ import os
 import random
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,6 +26,11 @@ import typer
 
 from omega.cli.bench import app, progress
 from omega.errors import OmegaError
+from omega.sim.loadclient import KINDS, ReplyTally, SimDevice, pattern_pool
+from omega.sim.server_process import start_server
+
+#: bench clients fire back to back, far above a TV's rate: the server's per-device limit would throttle them
+_UNTHROTTLED = {"OMEGA_RATE_PER_S": "100000", "OMEGA_RATE_BURST": "100000"}
 
 
 @app.command("sync")
@@ -51,123 +54,14 @@ def sync(
             print(f"{key:<26} {value}")
 
 
-# ------------------------------------------------------------------ the server
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_server(folder: Path, store: str, secret: str, redis: str | None) -> tuple[subprocess.Popen, int, Path]:
-    port = _free_port()
-    log = folder / "server.log"
-    env = {**os.environ, "OMEGA_SECRET": secret, "OMEGA_RATE_PER_S": "100000", "OMEGA_RATE_BURST": "100000",
-           "OMEGA_LOG_LEVEL": "warning"}  # fmt: skip
-    env.pop("OMEGA_SECRETS", None)
-    args = [sys.executable, "-c", "from omega.cli import run; run()", "serve", "--port", str(port), "--store", store,
-            "--shard-id", "bench"]  # fmt: skip
-    if redis:
-        args += ["--redis", redis]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=fh, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise OmegaError(f"bench sync: the server exited ({proc.returncode}): {log.read_text()[-500:]}")
-        if f"listening on http://127.0.0.1:{port}" in log.read_text():
-            return proc, port, log
-        time.sleep(0.05)
-    proc.kill()
-    raise OmegaError("bench sync: the server did not start within 60 s")
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
 # ------------------------------------------------------------------ the clients
 
 
 @dataclass
-class _Stats:
-    latency: dict[str, list[float]] = field(default_factory=lambda: {"push": [], "pull": [], "heartbeat": []})
+class _Stats(ReplyTally):
+    latency: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
     push_bytes: list[int] = field(default_factory=list)
-    pull_bytes: list[int] = field(default_factory=list)
     heartbeat_bytes: list[int] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    accepted: int = 0
-    rejected: int = 0
-    pull_items: int = 0
-
-
-class _Client:
-    def __init__(self, n: int, secret: bytes, pool: list, rng: random.Random) -> None:
-        from omega.protocol import derive_device_key
-
-        self.device_id = secrets.token_bytes(16)
-        self.key = derive_device_key(secret, self.device_id, 1)
-        self.seq = 0
-        self.cursor = 0
-        self.pool = pool
-        self.rng = rng
-
-    def frame(self, body) -> bytes:  # noqa: ANN001
-        from omega.protocol import Frame, encode_frame, now_ms
-
-        self.seq += 1
-        return encode_frame(Frame(self.device_id, self.seq, now_ms(), body, key_id=1), self.key)
-
-    def next_body(self) -> tuple[str, object]:
-        from omega.protocol import Heartbeat, Keyspace, Pull, Push, Tier, Transition, TransitionBatch
-
-        roll = self.rng.random()
-        if roll < 0.4:
-            edges = {(self.rng.randrange(1, 2000), self.rng.randrange(1, 2000)) for _ in range(10)}
-            batch = TransitionBatch(Keyspace.ITEM, tuple(Transition(s, d, 1.0 + self.rng.randrange(8) / 4) for s, d in edges))
-            patterns = tuple(self.rng.sample(self.pool, self.rng.randint(1, 3)))
-            return "push", Push(batch_id=secrets.token_bytes(16), patterns=patterns, transitions=batch)
-        if roll < 0.8:
-            return "pull", Pull(since=self.cursor)
-        return "heartbeat", Heartbeat(Tier.ACTIVE, outbox=0, patterns=100)
-
-    def absorb(self, kind: str, reply: bytes, stats: _Stats) -> None:
-        from omega.protocol import DOWNLINK, ErrorReply, PullReply, PushAck, decode_frame
-
-        frame = decode_frame(reply, self.key, expect=DOWNLINK)
-        body = frame.body
-        if isinstance(body, ErrorReply):
-            stats.errors[body.code] = stats.errors.get(body.code, 0) + 1
-        elif isinstance(body, PushAck):
-            stats.accepted += body.accepted
-            stats.rejected += len(body.rejected)
-        elif isinstance(body, PullReply):
-            stats.pull_bytes.append(len(reply))
-            stats.pull_items += len(body.patterns) + (len(body.transitions.edges) if body.transitions else 0)
-            self.cursor = body.cursor
-
-
-def _pattern_pool(rng: random.Random, n: int = 256) -> list:
-    import numpy as np
-
-    from omega.protocol import EmbeddingPattern, TaskType, quantize
-
-    gen = np.random.default_rng(rng.randrange(1 << 30))
-    pool = []
-    for _ in range(n):
-        v = gen.standard_normal(384)
-        uses = int(gen.integers(10, 200))
-        pool.append(EmbeddingPattern(id=secrets.token_bytes(16), version=1, embedding=quantize(v / np.linalg.norm(v), 4),
-                                     success_rate=0.8, uses=uses, successes=int(uses * 0.8),
-                                     task_type=TaskType.CONTENT_MATCH))  # fmt: skip
-    return pool
 
 
 async def _run_clients(port: int, secret: bytes, n_clients: int, duration_s: float) -> tuple[_Stats, int, float]:
@@ -175,7 +69,7 @@ async def _run_clients(port: int, secret: bytes, n_clients: int, duration_s: flo
     from websockets.asyncio.client import connect
 
     rng = random.Random(7)
-    pool = _pattern_pool(rng)
+    pool = pattern_pool(rng)
     stats = _Stats()
     warmup_end = time.perf_counter() + 1.0
     end = warmup_end + duration_s
@@ -184,7 +78,7 @@ async def _run_clients(port: int, secret: bytes, n_clients: int, duration_s: flo
                              limits=httpx.Limits(max_connections=n_clients, max_keepalive_connections=n_clients))  # fmt: skip
 
     async def one(i: int) -> None:
-        client = _Client(i, secret, pool, random.Random(i))
+        client = SimDevice(secret, pool, random.Random(i))
         use_ws = i % 2 == 0
         ws = None
         if use_ws:
@@ -195,7 +89,7 @@ async def _run_clients(port: int, secret: bytes, n_clients: int, duration_s: flo
                 now = time.perf_counter()
                 if now >= end:
                     break
-                kind, body = client.next_body()
+                kind, body = client.random_body()
                 data = client.frame(body)
                 t0 = time.perf_counter()
                 if ws is not None:
@@ -211,7 +105,7 @@ async def _run_clients(port: int, secret: bytes, n_clients: int, duration_s: flo
                         stats.push_bytes.append(len(data))
                     elif kind == "heartbeat":
                         stats.heartbeat_bytes.append(len(data))
-                    client.absorb(kind, bytes(reply), stats)
+                    client.absorb(bytes(reply), stats)
         finally:
             if ws is not None:
                 await ws.close()
@@ -240,20 +134,17 @@ def run_sync_bench(*, store: str | None = None, clients: int = 64, duration_s: f
         folder = Path(tmp)
         url = store or f"sqlite:{folder / 'constellation.db'}"
         progress(f"starting a server on {url.split('@')[-1]}")
-        proc, port, _ = _start_server(folder, url, secret, redis)
+        server = start_server(folder, url, secret, redis=redis, env=_UNTHROTTLED)
+        port = server.port
         try:
-            cpu0 = _cpu_seconds(proc.pid)
+            cpu0 = server.cpu_seconds()
             progress(f"{clients} clients ({(clients + 1) // 2} WebSocket, {clients // 2} HTTP) for 1 s warm-up + {duration_s:g} s")
             t0 = time.perf_counter()
             stats, held, measured = asyncio.run(_run_clients(port, secret.encode(), clients, duration_s))
             wall = time.perf_counter() - t0
-            cpu = _cpu_seconds(proc.pid) - cpu0
+            cpu = server.cpu_seconds() - cpu0
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            server.stop()
     pushes, pulls, beats = (len(stats.latency[k]) for k in ("push", "pull", "heartbeat"))
     all_lat = stats.latency["push"] + stats.latency["pull"] + stats.latency["heartbeat"]
     syncs = pushes + pulls

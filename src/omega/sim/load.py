@@ -1,0 +1,458 @@
+"""The load generator behind `omega load`: many simulated TVs against one sync server, over loopback.
+
+The parent process plans the run (tier mix, worker processes, source
+addresses, ramp), starts the workers (`omega.sim.loadworker`, each asyncio +
+uvloop), samples what they hold and what the server reports (/metrics
+`omega_connections`, and its RSS from /proc when the server is our child),
+then merges their measurements into one report.
+
+Only loopback targets are accepted: this is a tool to measure a server on
+this machine, never to load someone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import multiprocessing
+import random
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from omega.errors import OmegaError
+from omega.sim.histogram import LatencyHistogram
+from omega.sim.loadclient import KINDS
+from omega.sim.loadworker import (
+    DEFAULT_INTERVAL_S,
+    FINISH_GRACE_S,
+    TIERS,
+    WorkerSpec,
+    WorkerStats,
+    devices_per_worker,
+    raise_nofile_limit,
+    worker_main,
+)
+
+MAX_CONNECTIONS = 200_000
+MAX_DURATION_S = 900.0
+MAX_PROCESSES = 64
+#: the seed's fleet (§5.3): 10 % premium, 40 % active, 50 % casual
+DEFAULT_MIX = "1:4:5"
+#: connections per source address: well inside the 28,232 ports of the default ephemeral range
+PER_SOURCE_ADDRESS = 20_000
+#: file descriptors a worker keeps for itself (loop, pipes, imports)
+FD_RESERVE = 256
+START_DELAY_S = 2.0  # workers import and start their loops meanwhile
+SETTLE_S = 1.0  # after the ramp, before the steady phase is measured
+SAMPLE_EVERY_S = 1.0
+SERVER_SAMPLE_EVERY_S = 2.0
+PROGRESS_EVERY_S = 5.0
+HARD_CAP_EXTRA_S = 15.0
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str  # an IP literal on loopback
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """One run. `target` None: start `omega serve` as a child (`store`, default sqlite in a temp folder)."""
+
+    connections: int
+    devices: dict[str, int]
+    duration_s: float
+    secret: bytes
+    target: Target | None = None
+    store: str | None = None
+    key_id: int = 1
+    time_scale: float = 1.0
+    ramp_rate: float = 1000.0
+    processes: int = 0  # 0: as many as the file-descriptor limit needs, at least 2
+    seed: int = 7
+    heartbeat_only: bool = False  # sessions without pull/push: measures holding connections, not syncing
+
+
+def loopback_target(url: str) -> Target:
+    """The host and port of `url` (http:// or ws://), refusing anything that is not this machine's loopback."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise OmegaError(f"--url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "ws") or not parts.hostname:
+        raise OmegaError(f"--url must be http://HOST:PORT or ws://HOST:PORT on loopback, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise OmegaError(f"--url must name only the server (http://HOST:PORT), got {url!r}")
+    host = parts.hostname
+    if host.lower() == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise OmegaError(f"the load generator only targets loopback (127.0.0.0/8, ::1, localhost), not {parts.hostname!r}")
+    return Target(host, port if port is not None else 8700)
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """`premium:active:casual` ratios, e.g. `1:4:5` or `1:0:0`."""
+    parts = text.strip().split(":")
+    if len(parts) != 3:
+        raise OmegaError(f"--mix must be three ratios premium:active:casual (e.g. {DEFAULT_MIX}), got {text!r}")
+    try:
+        ratios = [float(p) for p in parts]
+    except ValueError:
+        raise OmegaError(f"--mix must be three numbers premium:active:casual, got {text!r}") from None
+    if any(not math.isfinite(r) or r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise OmegaError(f"--mix ratios must be non-negative with a positive sum, got {text!r}")
+    return dict(zip(TIERS, ratios, strict=True))
+
+
+def split_mix(connections: int, mix: dict[str, float]) -> dict[str, int]:
+    """`connections` TVs shared out by the ratios (largest remainder, so they add up exactly)."""
+    total = sum(mix.values())
+    exact = {t: connections * r / total for t, r in mix.items()}
+    counts = {t: int(v) for t, v in exact.items()}
+    for t in sorted(mix, key=lambda t: exact[t] - counts[t], reverse=True)[: connections - sum(counts.values())]:
+        counts[t] += 1
+    return counts
+
+
+def check_numbers(connections: int, duration_s: float, time_scale: float, ramp_rate: float, processes: int) -> None:
+    """One clear error for an out-of-range run parameter."""
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise OmegaError(f"--connections must be in 1..{MAX_CONNECTIONS}, got {connections}")
+    if not (math.isfinite(duration_s) and 1.0 <= duration_s <= MAX_DURATION_S):
+        raise OmegaError(f"--duration must be in 1..{MAX_DURATION_S:g} seconds, got {duration_s:g}")
+    if not (math.isfinite(time_scale) and 0.001 <= time_scale <= 1.0):
+        raise OmegaError(f"--time-scale must be in 0.001..1, got {time_scale:g}")
+    if not (math.isfinite(ramp_rate) and 1.0 <= ramp_rate <= 100_000):
+        raise OmegaError(f"--ramp-rate must be in 1..100000 connections per second, got {ramp_rate:g}")
+    if not 0 <= processes <= MAX_PROCESSES:
+        raise OmegaError(f"--processes must be in 0..{MAX_PROCESSES} (0: automatic), got {processes}")
+
+
+# ------------------------------------------------------------------ planning
+
+
+@dataclass(frozen=True)
+class Plan:
+    workers: list[WorkerSpec]
+    ramp_s: float
+
+
+def plan_workers(config: LoadConfig, target: Target, nofile: int, start_at: float) -> Plan:
+    """Worker processes, their TVs and source addresses, and the shared timeline."""
+    sockets = config.devices["premium"] + config.devices["active"]  # WebSockets held at once, at most
+    per_process = max(1, nofile - FD_RESERVE)
+    processes = config.processes or max(2, math.ceil(sockets / per_process))
+    processes = min(processes, config.connections)
+    shares = devices_per_worker(config.devices, processes)
+    worst = max(s["premium"] + s["active"] for s in shares)
+    if worst > per_process:
+        raise OmegaError(f"{worst} WebSockets per process exceed the file-descriptor limit ({nofile}); "
+                         f"use --processes {math.ceil(sockets / per_process)} or more")  # fmt: skip
+    ipv4 = ":" not in target.host
+    next_octet = 2
+    rate = config.ramp_rate / processes
+    ramp_s = max(sum(s.values()) for s in shares) / rate
+    end_at = start_at + config.duration_s
+    specs = []
+    for w, share in enumerate(shares):
+        addresses: tuple[str, ...] = ()
+        if ipv4:  # ::1 is a single address: the kernel picks ports for it
+            n = max(1, math.ceil((share["premium"] + share["active"]) / PER_SOURCE_ADDRESS))
+            if next_octet + n > 255:
+                raise OmegaError("not enough 127.0.0.x source addresses for this many connections")
+            addresses = tuple(f"127.0.0.{next_octet + i}" for i in range(n))
+            next_octet += n
+        specs.append(WorkerSpec(
+            index=w, host=target.host, port=target.port, source_addresses=addresses, secret=config.secret,
+            key_id=config.key_id, devices=share, time_scale=config.time_scale, ramp_rate=rate,
+            start_at=start_at, end_at=end_at, hold_from=min(end_at, start_at + ramp_s + SETTLE_S),
+            seed=config.seed * 1_000_003 + w, heartbeat_only=config.heartbeat_only,
+        ))  # fmt: skip
+    return Plan(specs, ramp_s)
+
+
+# ------------------------------------------------------------------ the server's side
+
+
+_CONNECTIONS_LINE = re.compile(r"^omega_connections\{[^}]*\}\s+([0-9.eE+-]+)\s*$", re.M)
+
+
+def server_connections(base_url: str) -> int | None:
+    """WebSockets the server says it holds (sum of `omega_connections` over tiers); None if unreachable."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=5.0).text
+    except httpx.HTTPError:
+        return None
+    values = _CONNECTIONS_LINE.findall(text)
+    return int(round(sum(float(v) for v in values))) if values else None
+
+
+async def _warm_up(target: Target, secret: bytes, key_id: int) -> None:
+    """One WebSocket and one HTTP sync, so lazy imports in the server are not counted per connection.
+
+    Also proves the secret: a refused token here is a configuration error, not load.
+    """
+    import httpx
+    from websockets.asyncio.client import connect
+
+    from omega.protocol import Tier
+    from omega.sim.loadclient import ReplyTally, SimDevice, pattern_pool
+
+    rng = random.Random(1)
+    dev = SimDevice(secret, pattern_pool(rng, 8), rng, key_id)
+    tally = ReplyTally()
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    try:
+        async with connect(f"ws://{host}:{target.port}/v1/ws", compression=None, open_timeout=10) as ws:
+            for _, body in dev.session(Tier.PREMIUM, push_probability=1.0):
+                await ws.send(dev.frame(body))
+                if not dev.absorb(bytes(await asyncio.wait_for(ws.recv(), 10)), tally):
+                    break  # the server closes after refusing a device
+        if not tally.errors:
+            async with httpx.AsyncClient(timeout=10) as http:
+                resp = await http.post(f"{target.base_url}/v1/sync", content=dev.frame(dev.pull()))
+                dev.absorb(resp.content, tally)
+    except (OSError, TimeoutError, httpx.HTTPError) as exc:
+        raise OmegaError(f"cannot reach the server at {target.base_url}: {exc}") from None
+    except Exception as exc:  # websockets' handshake errors, a bad reply
+        raise OmegaError(f"the server at {target.base_url} did not answer a sync: {exc}") from None
+    if "reply_unauthorized" in tally.errors or "reply_bad_signature" in tally.errors:
+        raise OmegaError("the server refused the load generator's device tokens: give it the server's secret "
+                         "(--secret or OMEGA_SECRET) and key id (--key-id)")  # fmt: skip
+    if tally.errors:
+        raise OmegaError(f"the server answered the warm-up sync with errors: {tally.errors}")
+
+
+@dataclass
+class _Samples:
+    """What the parent saw while the workers ran."""
+
+    held_peak: int = 0
+    held_at_end: int = 0
+    held_peak_at_s: float | None = None
+    server_peak: int | None = None
+    server_at_end: int | None = None
+    rss_before_kib: int | None = None
+    rss_peak_kib: int | None = None
+    rss_at_end_kib: int | None = None
+    #: (server connections, server RSS KiB) at the moment the server held the most
+    memory_point: tuple[int, int] | None = None
+    answered_at: list[tuple[float, int]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def run_load(config: LoadConfig, progress: Progress = lambda _: None) -> dict:
+    """Run `config` and return the report (one JSON object; see bench/README.md for the keys)."""
+    nofile = raise_nofile_limit()  # before a server child starts: it inherits the limit
+    if config.target is not None:
+        return _run_against(config, config.target, None, nofile, progress)
+    from omega.sim.server_process import proc_nofile_limit, start_server
+
+    with tempfile.TemporaryDirectory(prefix="omega-load-") as tmp:
+        store = config.store or f"sqlite:{Path(tmp) / 'constellation.db'}"
+        progress(f"starting `omega serve` on {store.split('@')[-1]}")
+        with start_server(Path(tmp), store, config.secret.decode("utf-8"), shard_id="load") as server:
+            report = _run_against(config, Target("127.0.0.1", server.port), server, nofile, progress)
+            report["server_nofile_limit"] = proc_nofile_limit(server.pid)
+    return report
+
+
+def _run_against(config: LoadConfig, target: Target, server, nofile: int, progress: Progress) -> dict:  # noqa: ANN001
+    progress(f"warming up against {target.base_url}")
+    asyncio.run(_warm_up(target, config.secret, config.key_id))
+    samples = _Samples()
+    if server is not None:
+        time.sleep(0.5)
+        samples.rss_before_kib = server.rss_kib()
+    start_at = time.time() + START_DELAY_S
+    plan = plan_workers(config, target, nofile, start_at)
+    end_at = start_at + config.duration_s
+    progress(f"{config.connections} TVs ({', '.join(f'{n} {t}' for t, n in config.devices.items())}) from "
+             f"{len(plan.workers)} processes over {sum(len(w.source_addresses) for w in plan.workers) or 1} source "
+             f"address(es); ramp {plan.ramp_s:.1f} s, run {config.duration_s:g} s, fd limit {nofile}")  # fmt: skip
+
+    ctx = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no inherited threads or loops
+    held = ctx.Array("q", len(plan.workers), lock=False)
+    answered = ctx.Array("q", len(plan.workers), lock=False)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=worker_main, args=(spec, held, answered, results), daemon=True, name=f"omega-load-{spec.index}")
+             for spec in plan.workers]  # fmt: skip
+    for p in procs:
+        p.start()
+    stats: dict[int, WorkerStats] = {}
+    try:
+        _sample_until(end_at, start_at, config.connections, target, server, held, answered, samples, progress)
+        hard_cap = end_at + FINISH_GRACE_S + HARD_CAP_EXTRA_S
+        while len(stats) < len(procs) and time.time() < hard_cap:
+            try:
+                index, worker_stats = results.get(timeout=max(0.1, min(1.0, hard_cap - time.time())))
+                stats[index] = worker_stats
+            except Exception:  # queue.Empty: check that the workers are alive
+                if not any(p.is_alive() for p in procs) and results.empty():
+                    break
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+    if server is not None:
+        samples.rss_at_end_kib = samples.rss_at_end_kib or server.rss_kib()
+    return _report(config, plan, target, nofile, stats, samples, server)
+
+
+def _sample_until(end_at: float, start_at: float, target_n: int, target: Target, server, held, answered,  # noqa: ANN001
+                  samples: _Samples, progress: Progress) -> None:  # fmt: skip
+    next_server = next_progress = start_at
+    while True:
+        now = time.time()
+        if now >= end_at - 0.25:  # the last look before the workers close their sockets
+            break
+        time.sleep(min(SAMPLE_EVERY_S, max(0.05, end_at - 0.25 - now)))
+        now = time.time()
+        total_held = sum(held)
+        samples.answered_at.append((now, sum(answered)))
+        if total_held > samples.held_peak:
+            samples.held_peak, samples.held_peak_at_s = total_held, max(0.0, now - start_at)
+        samples.held_at_end = total_held
+        if now >= next_server or now >= end_at - 0.25 - SAMPLE_EVERY_S:
+            next_server = now + SERVER_SAMPLE_EVERY_S
+            conns = server_connections(target.base_url)
+            rss = server.rss_kib() if server is not None else None
+            if conns is not None:
+                samples.server_at_end = conns
+                samples.server_peak = max(conns, samples.server_peak or 0)
+                if rss is not None and (samples.memory_point is None or conns >= samples.memory_point[0]):
+                    samples.memory_point = (conns, rss)
+            if rss is not None:
+                samples.rss_at_end_kib = rss
+                samples.rss_peak_kib = max(rss, samples.rss_peak_kib or 0)
+        if now >= next_progress and now >= start_at:
+            next_progress = now + PROGRESS_EVERY_S
+            rss = f", server RSS {samples.rss_at_end_kib / 1024:.0f} MiB" if samples.rss_at_end_kib else ""
+            progress(f"t={now - start_at:5.1f}s held {total_held}/{target_n} (server {samples.server_at_end}), "
+                     f"{sum(answered)} frames answered{rss}")  # fmt: skip
+
+
+def _rate(points: list[tuple[float, int]], since: float) -> float | None:
+    """Frames per second between the first sample at/after `since` and the last sample."""
+    after = [p for p in points if p[0] >= since]
+    if len(after) < 2 or after[-1][0] <= after[0][0]:
+        return None
+    return (after[-1][1] - after[0][1]) / (after[-1][0] - after[0][0])
+
+
+def _merged(hists: Iterable[LatencyHistogram]) -> LatencyHistogram:
+    out = LatencyHistogram()
+    for hist in hists:
+        out.merge(hist)
+    return out
+
+
+def _round(x: float | None, digits: int = 2) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def _report(config: LoadConfig, plan: Plan, target: Target, nofile: int, stats: dict[int, WorkerStats],
+            samples: _Samples, server) -> dict:  # noqa: ANN001  # fmt: skip
+    total = WorkerStats()
+    fatal = []
+    for index in sorted(stats):
+        total.merge(stats[index])
+        if stats[index].fatal:
+            fatal.append(f"worker {index}: {stats[index].fatal}")
+    errors = dict(sorted(total.tally.errors.items()))
+    missing = len(plan.workers) - len(stats)
+    if missing:
+        errors["worker_lost"] = missing
+    if fatal:
+        errors["worker_failed"] = len(fatal)
+    hold_from = plan.workers[0].hold_from
+    hold_s = max(0.0, plan.workers[0].end_at - hold_from)
+    # the steady phase when there is one worth the name, else the whole run
+    phase = "hold" if hold_s >= 1.0 and any(h.total for h in total.latency["hold"].values()) else "all"
+    phases = ("hold",) if phase == "hold" else ("ramp", "hold")
+    latency = {kind: _merged(total.latency[p][kind] for p in phases) for kind in KINDS}
+    everything = _merged(latency.values())
+    ramp_all = _merged(total.latency["ramp"].values())
+    frames = sum(h.total for kinds in total.latency.values() for h in kinds.values())
+    span = hold_s if phase == "hold" else config.duration_s
+    syncs = latency["push"].total + latency["pull"].total
+    memory = None
+    if samples.memory_point is not None and samples.rss_before_kib is not None and samples.memory_point[0] > 0:
+        conns, rss = samples.memory_point
+        memory = (rss - samples.rss_before_kib) / conns
+    report = {
+        "url": target.base_url,
+        "connections_target": config.connections,
+        "devices": dict(config.devices),
+        "connections_held": samples.held_peak,
+        "connections_held_at_end": samples.held_at_end,
+        "connections_held_server": samples.server_peak,
+        "connections_held_server_at_end": samples.server_at_end,
+        "ramp_s": round(plan.ramp_s, 1),
+        "peak_reached_at_s": _round(samples.held_peak_at_s, 1),
+        "syncs_per_s": round(syncs / span, 1) if span > 0 else None,
+        "frames_per_s": round(everything.total / span, 1) if span > 0 else None,
+        "frames_per_s_sampled": _round(_rate(samples.answered_at, hold_from), 1),
+        "p50_ms": _round(everything.quantile_ms(0.5)),
+        "p99_ms": _round(everything.quantile_ms(0.99)),
+        "latency_phase": phase,
+        "latency_ms": {k: {"p50": _round(h.quantile_ms(0.5)), "p99": _round(h.quantile_ms(0.99)), "n": h.total}
+                       for k, h in latency.items()},  # fmt: skip
+        "ramp_p99_ms": _round(ramp_all.quantile_ms(0.99)),
+        "frames": frames,
+        "sessions": total.sessions,
+        "ws_connects": total.connects,
+        "bytes_in": total.bytes_in,
+        "bytes_out": total.bytes_out,
+        "patterns_accepted": total.tally.accepted,
+        "items_rejected": total.tally.rejected,
+        "errors": errors,
+        "errors_total": sum(errors.values()),
+        "duration_s": config.duration_s,
+        "time_scale": config.time_scale,
+        "traffic": "heartbeat" if config.heartbeat_only else "sync",
+        "intervals_s": {t: DEFAULT_INTERVAL_S[t] * config.time_scale for t in TIERS},
+        "client_processes": len(plan.workers),
+        "source_addresses": sum(len(w.source_addresses) for w in plan.workers),
+        "client_nofile_limit": min((s.nofile_limit for s in stats.values()), default=nofile),
+        "client_rss_peak_mib": round(total.rss_peak_kib / 1024, 1),
+        "server_pid": server.pid if server is not None else None,
+        "server_rss_before_kib": samples.rss_before_kib,
+        "server_rss_after_kib": samples.memory_point[1] if samples.memory_point and server is not None else None,
+        "server_rss_peak_kib": samples.rss_peak_kib,
+        "memory_per_connection_kib": _round(memory),
+    }
+    if fatal:
+        report["worker_failures"] = fatal
+    return report
+
+
+def new_secret() -> bytes:
+    """A random server secret for a spawned server (printable: it travels in OMEGA_SECRET)."""
+    return secrets.token_hex(24).encode("ascii")

@@ -1,0 +1,373 @@
+"""One load-generator process: its share of simulated TVs on asyncio + uvloop.
+
+Tiers (DESIGN §4): a *premium* TV holds one WebSocket and syncs on it every
+interval; an *active* TV opens a WebSocket, syncs and closes, every interval;
+a *casual* TV polls over HTTP every interval. The interval is the one the
+server names in its heartbeat ack (else the tier's default), times the run's
+time scale. Every TV syncs once when it comes online (during the ramp), then
+at a random phase of its interval, so the fleet does not beat in step.
+
+Sockets are bound to this process's 127.0.0.x source addresses: the kernel
+gives each source address its own ephemeral ports, which is how one machine
+opens more loopback connections to one server port than the port range holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omega.protocol import ProtocolError, Tier
+from omega.sim.histogram import LatencyHistogram
+from omega.sim.loadclient import ReplyTally, SimDevice, pattern_pool
+
+TIERS = ("premium", "active", "casual")
+#: the tier intervals of DESIGN §4 (seconds) when the server names none
+DEFAULT_INTERVAL_S = {"premium": 60.0, "active": 300.0, "casual": 900.0}
+_TIER_ENUM = {"premium": Tier.PREMIUM, "active": Tier.ACTIVE, "casual": Tier.CASUAL}
+OPEN_TIMEOUT_S = 30.0
+REPLY_TIMEOUT_S = 30.0
+#: time allowed after the end of the run for sessions in flight and closing handshakes
+FINISH_GRACE_S = 30.0
+MAX_BACKOFF_S = 30.0
+HTTP_POOL = 64
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one process runs; times are wall-clock epochs (time.time()) shared by all processes."""
+
+    index: int
+    host: str
+    port: int
+    source_addresses: tuple[str, ...]  # empty: the kernel chooses
+    secret: bytes
+    key_id: int
+    devices: dict[str, int]  # tier -> TVs of this process
+    time_scale: float
+    ramp_rate: float  # TVs brought online per second by this process
+    start_at: float
+    end_at: float
+    hold_from: float  # replies after this count as the steady phase
+    seed: int
+    heartbeat_only: bool = False  # sessions are a heartbeat alone (no pull, no push)
+
+
+@dataclass
+class WorkerStats:
+    """Everything a worker measured; merged by the parent (see `merge`)."""
+
+    latency: dict[str, dict[str, LatencyHistogram]] = field(
+        default_factory=lambda: {p: {k: LatencyHistogram() for k in ("push", "pull", "heartbeat")} for p in ("ramp", "hold")}
+    )
+    bytes_in: int = 0
+    bytes_out: int = 0
+    tally: ReplyTally = field(default_factory=ReplyTally)
+    sessions: int = 0
+    connects: int = 0
+    peak_held: int = 0
+    nofile_limit: int = 0
+    rss_peak_kib: int = 0
+    source_addresses: tuple[str, ...] = ()
+    fatal: str | None = None
+
+    def merge(self, other: WorkerStats) -> None:
+        for phase, kinds in other.latency.items():
+            for kind, hist in kinds.items():
+                self.latency[phase][kind].merge(hist)
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        for kind, n in other.tally.errors.items():
+            self.tally.error(kind, n)
+        self.tally.accepted += other.tally.accepted
+        self.tally.rejected += other.tally.rejected
+        self.tally.pull_items += other.tally.pull_items
+        self.tally.pull_bytes.extend(other.tally.pull_bytes)
+        self.sessions += other.sessions
+        self.connects += other.connects
+        self.peak_held += other.peak_held
+        self.rss_peak_kib += other.rss_peak_kib
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        with contextlib.suppress(ValueError, OSError):  # e.g. a container forbids it: keep the soft limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, countable name for what went wrong (errno names for socket errors)."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        return f"ws_closed_{rcvd.code}" if rcvd is not None else "ws_closed_abnormally"
+    if isinstance(exc, InvalidStatus):
+        return f"ws_status_{exc.response.status_code}"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ProtocolError):
+        return f"bad_reply_{exc.code}"
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+        return f"os_{errno.errorcode[exc.errno]}"
+    module = type(exc).__module__.split(".")[0]
+    return f"{module}_{type(exc).__name__}"
+
+
+def interleave(devices: dict[str, int]) -> list[str]:
+    """Tiers in bring-up order, mixed evenly (so every moment of the ramp has the same mix)."""
+    total = sum(devices.values())
+    order: list[str] = []
+    given = dict.fromkeys(devices, 0)
+    for i in range(total):
+        # the tier furthest behind its share of the first i+1 places
+        tier = max(devices, key=lambda t: devices[t] * (i + 1) / total - given[t] if given[t] < devices[t] else -1.0)
+        given[tier] += 1
+        order.append(tier)
+    return order
+
+
+def _vm_hwm_kib() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec, held: Any, answered: Any) -> None:
+        self.spec = spec
+        self.shared_held = held  # multiprocessing.Array slots the parent samples
+        self.shared_answered = answered
+        self.stats = WorkerStats(source_addresses=spec.source_addresses)
+        self.loop = asyncio.get_running_loop()
+        offset = self.loop.time() - time.time()  # wall epoch -> loop clock
+        self.start = spec.start_at + offset
+        self.end = spec.end_at + offset
+        self.hold_from = spec.hold_from + offset
+        self.rng = random.Random(spec.seed)
+        self.pool = pattern_pool(self.rng)
+        self.held = 0
+        self.answered = 0
+        self.ws_url = f"ws://{_netloc(spec.host, spec.port)}/v1/ws"
+        self.http_url = f"http://{_netloc(spec.host, spec.port)}/v1/sync"
+        self.http = None
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _record(self, kind: str, elapsed: float, n_out: int, n_in: int, ok: bool) -> None:
+        phase = "hold" if self.loop.time() >= self.hold_from else "ramp"
+        self.stats.bytes_out += n_out
+        self.stats.bytes_in += n_in
+        if ok:
+            self.stats.latency[phase][kind].add(elapsed)
+            self.answered += 1
+            self.shared_answered[self.spec.index] = self.answered
+
+    def _set_held(self, delta: int) -> None:
+        self.held += delta
+        self.stats.peak_held = max(self.stats.peak_held, self.held)
+        self.shared_held[self.spec.index] = self.held
+
+    def _interval(self, dev: SimDevice, tier: str) -> float:
+        base = dev.next_sync_s if dev.next_sync_s > 0 else DEFAULT_INTERVAL_S[tier]
+        return base * self.spec.time_scale
+
+    async def _sleep_until(self, when: float) -> None:
+        delay = min(when, self.end) - self.loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        return self.rng.uniform(0, min(MAX_BACKOFF_S, 0.5 * 2**attempt))  # full jitter
+
+    def _source(self, n: int) -> tuple[str, int] | None:
+        addresses = self.spec.source_addresses
+        return (addresses[n % len(addresses)], 0) if addresses else None
+
+    # ------------------------------------------------------------ wire
+
+    async def _connect(self, n: int):  # noqa: ANN202
+        from websockets.asyncio.client import connect
+
+        ws = await connect(self.ws_url, local_addr=self._source(n), compression=None, ping_interval=None,
+                           open_timeout=OPEN_TIMEOUT_S, close_timeout=5, max_size=1 << 16, max_queue=4,
+                           user_agent_header=None)  # fmt: skip
+        self.stats.connects += 1
+        return ws
+
+    async def _ws_session(self, ws, dev: SimDevice, tier: str) -> None:  # noqa: ANN001
+        for kind, body in dev.session(_TIER_ENUM[tier], sync=not self.spec.heartbeat_only):
+            data = dev.frame(body)
+            t0 = self.loop.time()
+            await ws.send(data)
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                reply = await ws.recv()
+            self._absorb(kind, dev, data, reply, self.loop.time() - t0)
+        self.stats.sessions += 1
+
+    async def _http_session(self, dev: SimDevice, tier: str) -> None:
+        for kind, body in dev.session(_TIER_ENUM[tier], sync=not self.spec.heartbeat_only):
+            data = dev.frame(body)
+            t0 = self.loop.time()
+            resp = await self.http.post(self.http_url, content=data, headers={"content-type": "application/octet-stream"})
+            self._absorb(kind, dev, data, resp.content, self.loop.time() - t0)
+        self.stats.sessions += 1
+
+    def _absorb(self, kind: str, dev: SimDevice, data: bytes, reply: bytes | str, elapsed: float) -> None:
+        if isinstance(reply, str):
+            self._record(kind, elapsed, len(data), len(reply), False)
+            self.stats.tally.error("text_reply")
+            return
+        try:
+            ok = dev.absorb(bytes(reply), self.stats.tally)
+        except ProtocolError as exc:
+            self.stats.tally.error(error_kind(exc))
+            ok = False
+        self._record(kind, elapsed, len(data), len(reply), ok)
+
+    # ------------------------------------------------------------ tiers
+
+    async def premium(self, n: int, dev: SimDevice) -> None:
+        attempt = 0
+        while self.loop.time() < self.end:
+            try:
+                ws = await self._connect(n)
+            except Exception as exc:  # counted, then retried with backoff like a TV
+                self.stats.tally.error(error_kind(exc))
+                attempt += 1
+                await self._sleep_until(self.loop.time() + self._backoff(attempt))
+                continue
+            self._set_held(+1)
+            try:
+                await self._ws_session(ws, dev, "premium")
+                attempt = 0
+                next_at = self.loop.time() + self.rng.uniform(0, self._interval(dev, "premium"))
+                while True:
+                    await self._sleep_until(next_at)
+                    if self.loop.time() >= self.end:
+                        break
+                    await self._ws_session(ws, dev, "premium")
+                    next_at += self._interval(dev, "premium")
+            except Exception as exc:
+                self.stats.tally.error(error_kind(exc))
+                attempt += 1
+            finally:
+                self._set_held(-1)
+                with contextlib.suppress(Exception):
+                    await ws.close()
+            if self.loop.time() < self.end:
+                await self._sleep_until(self.loop.time() + self._backoff(attempt))
+
+    async def active(self, n: int, dev: SimDevice) -> None:
+        first = True
+        next_at = self.loop.time()
+        while next_at < self.end:
+            await self._sleep_until(next_at)
+            if self.loop.time() >= self.end:
+                break
+            try:
+                ws = await self._connect(n)
+                try:
+                    await self._ws_session(ws, dev, "active")
+                finally:
+                    await ws.close()
+            except Exception as exc:
+                self.stats.tally.error(error_kind(exc))
+            interval = self._interval(dev, "active")
+            next_at += self.rng.uniform(0, interval) if first else interval
+            first = False
+
+    async def casual(self, n: int, dev: SimDevice) -> None:
+        first = True
+        next_at = self.loop.time()
+        while next_at < self.end:
+            await self._sleep_until(next_at)
+            if self.loop.time() >= self.end:
+                break
+            try:
+                await self._http_session(dev, "casual")
+            except Exception as exc:
+                self.stats.tally.error(error_kind(exc))
+            interval = self._interval(dev, "casual")
+            next_at += self.rng.uniform(0, interval) if first else interval
+            first = False
+
+    # ------------------------------------------------------------ the run
+
+    async def run(self) -> WorkerStats:
+        import httpx
+
+        spec = self.spec
+        if spec.devices.get("casual"):
+            source = spec.source_addresses[0] if spec.source_addresses else None
+            transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(
+                max_connections=HTTP_POOL, max_keepalive_connections=HTTP_POOL))  # fmt: skip
+            self.http = httpx.AsyncClient(transport=transport, timeout=REPLY_TIMEOUT_S)
+        runners: dict[str, Callable] = {"premium": self.premium, "active": self.active, "casual": self.casual}
+        tasks: list[asyncio.Task] = []
+        try:
+            await self._sleep_until(self.start)
+            for n, tier in enumerate(interleave(spec.devices)):
+                due = self.start + n / spec.ramp_rate
+                if due >= self.end:
+                    break
+                if due - self.loop.time() > 0.002:  # batch the bring-up into ~2 ms steps
+                    await asyncio.sleep(due - self.loop.time())
+                dev = SimDevice(spec.secret, self.pool, random.Random(self.rng.getrandbits(64)), spec.key_id)
+                tasks.append(asyncio.create_task(runners[tier](n, dev)))
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=max(0.0, self.end - self.loop.time()) + FINISH_GRACE_S)
+                for task in pending:
+                    task.cancel()
+                    self.stats.tally.error("unfinished_at_deadline")
+                if pending:
+                    await asyncio.wait(pending, timeout=5)
+        finally:
+            if self.http is not None:
+                await self.http.aclose()
+        return self.stats
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def worker_main(spec: WorkerSpec, held: Any, answered: Any, results: Any) -> None:
+    """Process entry point: run `spec` on uvloop and put its WorkerStats on the `results` queue."""
+    nofile = raise_nofile_limit()
+    try:
+        import uvloop
+
+        async def main() -> WorkerStats:
+            return await _Worker(spec, held, answered).run()
+
+        stats = uvloop.run(main())
+    except Exception as exc:  # reported by the parent as one line
+        stats = WorkerStats(source_addresses=spec.source_addresses, fatal=f"{type(exc).__name__}: {exc}")
+    stats.nofile_limit = nofile
+    stats.rss_peak_kib = _vm_hwm_kib()
+    results.put((spec.index, stats))
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` integers differing by at most one."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def devices_per_worker(devices: dict[str, int], workers: int) -> list[dict[str, int]]:
+    shares = {tier: split_evenly(n, workers) for tier, n in devices.items()}
+    return [{tier: shares[tier][w] for tier in devices} for w in range(workers)]
