@@ -1,9 +1,107 @@
-"""Simulation commands: `omega demo`, `omega eval`, `omega load`, `omega capacity`."""
+"""Simulation commands: `omega demo` and `omega eval movielens` (capacity lives in cli/capacity.py)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
 import typer
+
+eval_app = typer.Typer(help="Evaluate recommendation quality on real data.", no_args_is_help=True)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A stage callback drawing one rich progress bar per stage on stderr (stdout stays clean for --json).
+
+    The display starts with the first stage, so an early error stays the single line it should be.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )  # fmt: skip
+    tasks: dict[str, Any] = {}
+
+    def stage(name: str, done: int, total: int) -> None:
+        if not tasks:
+            progress.start()
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=max(total, 1))
+        progress.update(tasks[name], completed=done, total=max(total, 1))
+
+    try:
+        yield stage
+    finally:
+        if tasks:
+            progress.stop()
+
+
+def _positive(value: int | None, flag: str) -> int | None:
+    from omega.errors import OmegaError
+
+    if value is not None and value < 1:
+        raise OmegaError(f"{flag} must be a positive integer, got {value}")
+    return value
+
+
+@eval_app.command("movielens")
+def eval_movielens(
+    data: Annotated[Path, typer.Option("--data", help="MovieLens folder (ml-latest(-small), ml-100k or ml-1m layout)")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    users: Annotated[int | None, typer.Option("--users", help="evaluate a seeded sample of this many viewers")] = None,
+    k_min: Annotated[int, typer.Option("--k-min", help="distinct TVs before an edge/pattern is published")] = 3,
+    cold_users: Annotated[int, typer.Option("--cold-users", help="cold-start TVs to evaluate")] = 100,
+    no_tables: Annotated[bool, typer.Option("--no-tables", help="skip the privacy and ablation tables")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="seed for sampling, tiers and device ids")] = 0,
+) -> None:
+    """Edge-only, edge + federation and cold-start TVs against centralised baselines, on one split."""
+    from omega.sim.evaluate import evaluate_movielens
+
+    _positive(users, "--users")
+    _positive(k_min, "--k-min")
+    _positive(cold_users, "--cold-users")
+    with _progress() as stage:
+        result = evaluate_movielens(
+            data, users=users, k_min=k_min, cold_users=cold_users, seed=seed, stage=stage, tables=not no_tables
+        )
+    if as_json:
+        json.dump(result, sys.stdout, default=float)
+        sys.stdout.write("\n")
+        return
+    from omega.sim.demo import render
+
+    render(result)
+
+
+def demo(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="MovieLens folder (default: $OMEGA_DATA or ../shared/data/ml-latest-small)")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="a one-minute version on 60 viewers")] = False,
+    users: Annotated[int | None, typer.Option("--users", help="viewers (TVs) to simulate (default 300; all: omega eval)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the result as one JSON object instead of the summary")] = False,
+) -> None:
+    """The whole system: a constellation and a fleet of TV brains on a real catalog, with a readable summary."""
+    from omega.sim.demo import render, run_demo
+
+    _positive(users, "--users")
+    with _progress() as stage:
+        result = run_demo(data, quick=quick, stage=stage, users=users)
+    if as_json:
+        json.dump(result, sys.stdout, default=float)
+        sys.stdout.write("\n")
+    else:
+        render(result)
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
+    app.command("demo")(demo)
+    app.add_typer(eval_app, name="eval")

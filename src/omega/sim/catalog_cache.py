@@ -1,0 +1,61 @@
+"""The embedded catalog of a dataset, cached on disk so repeated runs skip ~30 s of MiniLM.
+
+The cache file is keyed by a hash of every item's embedding text and the model
+files' identity (dir + variant), so a changed catalog or model is re-embedded.
+Location: $OMEGA_CACHE, else ~/.cache/omega/catalogs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from omega.brain.catalog import Catalog
+from omega.brain.config import BrainConfig
+from omega.brain.embedder import Embedder
+from omega.brain.records import EMBEDDING_DIM, CatalogItem
+
+Progress = Callable[[int, int], None]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OMEGA_CACHE") or Path.home() / ".cache" / "omega") / "catalogs"
+
+
+def _key(items: Sequence[CatalogItem], embedder: Embedder) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{embedder.model_dir}/{embedder.variant}/{embedder.max_length}".encode())
+    for item in items:
+        digest.update(item.text().encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def catalog_embeddings(items: Sequence[CatalogItem], embedder: Embedder, progress: Progress | None = None) -> np.ndarray:
+    """(n, 384) float32 embeddings of the items' texts, from the cache when it holds them."""
+    path = cache_dir() / f"{_key(items, embedder)}.npy"
+    if path.is_file():
+        try:
+            matrix = np.load(path, allow_pickle=False)
+            if matrix.shape == (len(items), EMBEDDING_DIM) and np.isfinite(matrix).all():
+                return matrix.astype(np.float32, copy=False)
+        except (OSError, ValueError):
+            pass  # a damaged cache file is rebuilt below
+    matrix = embedder.embed_batch([it.text() for it in items], progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(matrix, np.float32))
+    os.replace(tmp, path)
+    return matrix
+
+
+def build_catalog(
+    items: Sequence[CatalogItem], embedder: Embedder, config: BrainConfig, progress: Progress | None = None
+) -> tuple[Catalog, np.ndarray]:
+    """The shared catalog (HNSW built) and its float32 embeddings."""
+    matrix = catalog_embeddings(items, embedder, progress)
+    return Catalog.from_vectors(items, matrix, config), matrix
