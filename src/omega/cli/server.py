@@ -26,7 +26,7 @@ def serve(
     port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8700; 0 picks a free one)")] = None,
     store: Annotated[str | None, typer.Option("--store", help="sqlite:PATH (default) or postgresql://…")] = None,
     redis: Annotated[str | None, typer.Option("--redis", help="redis://HOST:PORT/DB: shared hot cache (optional)")] = None,
-    nats: Annotated[str | None, typer.Option("--nats", help="nats://HOST:PORT[,…]: federation bus (optional)")] = None,
+    nats: Annotated[str | None, typer.Option("--nats", help="nats://HOST:PORT[,…]: federate this shard over NATS JetStream (optional)")] = None,
     shard_id: Annotated[str | None, typer.Option("--shard-id", help="this shard's origin id (unique in the fleet)")] = None,
     region: Annotated[str | None, typer.Option("--region", help="region this shard federates into")] = None,
     codebook: Annotated[str | None, typer.Option("--codebook", help=".npz from `omega codebook build`")] = None,
@@ -38,6 +38,8 @@ def serve(
     Settings, lowest to highest priority: defaults, --config, OMEGA_* environment, flags.
     The secret comes from OMEGA_SECRET / OMEGA_SECRETS / the config; with none and a
     sqlite store, one is generated into `omega-secret` beside the store.
+    With --nats the shard federates (every OMEGA_FEDERATION_INTERVAL_S, default 60) into
+    --region; the operator dashboard is at http://HOST:PORT/dashboard.
     """
     settings = _settings(config, True, host=host, port=port, store=store, redis=redis, nats=nats,
                          shard_id=shard_id, region=region, codebook=codebook, log_level=log_level)  # fmt: skip
@@ -46,8 +48,6 @@ def serve(
         from omega.constellation.codebook import Codebook
 
         Codebook.load(settings.codebook)
-    if settings.nats:
-        logging.getLogger("omega.serve").warning("--nats is accepted but federation is not wired into this server yet")
     from omega.constellation.runner import serve as run_server
 
     run_server(settings)

@@ -3,7 +3,13 @@
 Routes: `POST /v1/sync` (HTTP polling), `/v1/ws` (WebSocket, one frame per
 binary message, answered in order), `GET /healthz` (process alive), `GET
 /readyz` (store open and not draining), `GET /metrics` (Prometheus),
-`GET /v1/stats` (JSON: head, distinct devices this hour, cache backend).
+`GET /v1/stats` (JSON: head, distinct devices this hour, cache backend),
+`GET /v1/trends` (JSON: per-cell burst scores of the last closed trend window),
+`GET /dashboard` (the operator page) polling `GET /v1/dashboard.json`.
+
+Beside the routes the lifespan runs the trend tracker (fed by the aggregator),
+federation rounds when `--nats` is set, housekeeping and the dashboard's
+counter sampling (see shard_services and dashboard).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,18 +27,22 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
 from omega.constellation.cache import LocalCache, PullCache, RedisCache
 from omega.constellation.codebook import DIM, Codebook
+from omega.constellation.dashboard import Dashboard, ShardFacts, dashboard_html
 from omega.constellation.keyring import Keyring
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.service import DRAIN_RETRY_S, SyncService
 from omega.constellation.settings import ServerSettings
+from omega.constellation.shard_services import FederationLoop, close_trends, open_trends, start_federation
 from omega.constellation.store import open_store
+from omega.constellation.trends import TrendTracker
+from omega.errors import OmegaError
 from omega.protocol import encode_error_reply, now_ms
 
 log = logging.getLogger("omega.serve")
@@ -42,6 +53,10 @@ WS_POLICY_VIOLATION = 1008
 WS_UNSUPPORTED_DATA = 1003
 PLACEHOLDER_CODEBOOK_K = 256
 _PAGE_KEY_LABEL = b"omega/pull-page-cache/v1"
+DASHBOARD_TICK_S = 2.0  # counter sampling for the dashboard's rates; trend windows are closed on it too
+# The page may only talk to this server: inline style and script, data: images, nothing external.
+_DASHBOARD_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                  "img-src data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'")  # fmt: skip
 
 
 def placeholder_codebook(k: int = PLACEHOLDER_CODEBOOK_K, seed: int = 0) -> Codebook:
@@ -78,10 +93,20 @@ class ServerState:
     settings: ServerSettings
     metrics: ServerMetrics
     service: SyncService | None = None
+    trends: TrendTracker | None = None
+    federation: FederationLoop | None = None
+    dashboard: Dashboard | None = None
     ready: bool = False
     draining: bool = False
+    startup_error: Exception | None = None  # why the lifespan failed to start (the CLI reports it)
     in_flight: int = 0
     connections: set[_Connection] = field(default_factory=set)
+
+    def connections_by_tier(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for conn in self.connections:
+            out[conn.tier] = out.get(conn.tier, 0) + 1
+        return out
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Stop taking work: readyz 503, new frames `unavailable`, WebSockets closed 1001 after their frame."""
@@ -125,31 +150,59 @@ def create_app(settings: ServerSettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started = False
+        try:
+            async with _run_shard():
+                started = True
+                yield
+        except OmegaError as exc:
+            if not started:  # bad configuration or an unreachable service: the CLI reports it as one line
+                state.startup_error = exc
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _run_shard() -> AsyncIterator[None]:
         codebook = load_codebook(settings)
+        # --shard-id names the store's origin (an existing store refuses another), which federation requires.
         store = await open_store(settings.store, origin=settings.shard_id)
-        housekeeping: asyncio.Task | None = None
+        tasks: list[asyncio.Task] = []
         cache: PullCache | None = None
         try:
             policy = AggregationPolicy(k_min=settings.k_min, w_max=settings.w_max)
             aggregator = await Aggregator.open(store, codebook, salt, policy)
             cache = await _open_cache(settings, state.metrics, f"omega:{store.origin}")
+            state.trends = aggregator.trends = open_trends(settings, store.origin, state.metrics.cache_fallbacks.inc)
             page_key = hmac.new(salt, _PAGE_KEY_LABEL, hashlib.sha256).digest()
             service = SyncService(aggregator, keyring, settings, state.metrics, cache, page_key=page_key)
             await service.housekeeping()  # prune what expired while down; head and gauges
             state.service = service
-            housekeeping = asyncio.create_task(_housekeeping_loop(service, settings.prune_interval_s))
+            facts = ShardFacts(store.origin, settings.region, "sqlite" if settings.store.startswith("sqlite:") else
+                               "postgresql", codebook.version, codebook.k, cache.backend, settings.trend_window_s)  # fmt: skip
+            state.dashboard = Dashboard(facts, state.metrics, aggregator, state.trends)
+            state.dashboard.tick()
+            tasks.append(asyncio.create_task(_every(settings.prune_interval_s, service.housekeeping, "housekeeping")))
+            tasks.append(asyncio.create_task(_every(DASHBOARD_TICK_S, lambda: _tick(state), "dashboard tick")))
+            # Merged remote entries change the served view: refresh the head and the consolidated gauge.
+            state.federation = await start_federation(aggregator, settings, on_merged=service.housekeeping)
+            if state.federation is not None:
+                state.metrics.federation_lag.set_function(state.federation.lag_s)
             state.ready = True
-            log.info("store %s (origin %s), codebook v%d k=%d, cache %s", settings.store.split("@")[-1],
-                     store.origin, codebook.version, codebook.k, cache.backend)  # fmt: skip
+            log.info("store %s (origin %s, region %s), codebook v%d k=%d, cache %s, federation %s",
+                     settings.store.split("@")[-1], store.origin, settings.region, codebook.version, codebook.k,
+                     cache.backend, f"over {_without_credentials(settings.nats)}" if state.federation else "off")  # fmt: skip
             yield
         finally:
             state.ready = False
             if state.connections or state.in_flight:
                 await state.drain()
-            if housekeeping is not None:
-                housekeeping.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await housekeeping
+                    await task
+            if state.federation is not None:
+                await state.federation.stop()  # a last round first: recent pushes leave before we go
+            if state.trends is not None:
+                await close_trends(state.trends)
             if cache is not None:
                 await cache.close()
             await store.close()
@@ -237,6 +290,31 @@ def create_app(settings: ServerSettings) -> Starlette:
             "connections": len(state.connections),
         })  # fmt: skip
 
+    async def trends(request: Request) -> Response:
+        if state.trends is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        await state.trends.advance(now_ms())
+        return JSONResponse([e.to_json() for e in state.trends.snapshot()])
+
+    async def dashboard_page(request: Request) -> Response:
+        return HTMLResponse(dashboard_html(), headers={"Cache-Control": "no-cache",
+                                                       "Content-Security-Policy": _DASHBOARD_CSP})  # fmt: skip
+
+    async def dashboard_json(request: Request) -> Response:
+        service, board = state.service, state.dashboard
+        if service is None or board is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        now = now_ms()
+        snapshot = await board.snapshot(
+            ready=state.ready and not state.draining,
+            draining=state.draining,
+            connections=state.connections_by_tier(),
+            devices_hour=await service.cache.distinct_devices(now),
+            federation=state.federation.to_json() if state.federation is not None else None,
+            now_ms=now,
+        )
+        return JSONResponse(snapshot, headers={"Cache-Control": "no-store"})
+
     app = Starlette(
         routes=[
             Route("/v1/sync", sync, methods=["POST"]),
@@ -245,11 +323,19 @@ def create_app(settings: ServerSettings) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/v1/stats", stats),
+            Route("/v1/trends", trends),
+            Route("/v1/dashboard.json", dashboard_json),
+            Route("/dashboard", dashboard_page),
         ],
         lifespan=lifespan,
     )
     app.state.omega = state
     return app
+
+
+def _without_credentials(urls: str | None) -> str:
+    """URLs as they may be logged: `nats://user:pass@host` → `nats://host`."""
+    return re.sub(r"//[^@/,]*@", "//", urls or "")
 
 
 def _frame_response(status: int, body: bytes, retry_after: int | None = None) -> Response:
@@ -270,10 +356,19 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-async def _housekeeping_loop(service: SyncService, interval_s: float) -> None:
+async def _every(interval_s: float, job, name: str) -> None:  # noqa: ANN001  (async or sync callable)
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await service.housekeeping()
+            result = job()
+            if asyncio.iscoroutine(result):
+                await result
         except Exception:  # keep serving; the next round retries
-            log.exception("housekeeping failed")
+            log.exception("%s failed", name)
+
+
+async def _tick(state: ServerState) -> None:
+    if state.dashboard is not None:
+        state.dashboard.tick()
+    if state.trends is not None:
+        await state.trends.advance(now_ms())  # closes trend windows even when no push arrives

@@ -85,9 +85,16 @@ def serve(settings: ServerSettings) -> None:
     def ready(server: DrainingServer) -> None:
         print(f"listening on http://{settings.host}:{server.bound_port()}", file=sys.stderr, flush=True)
 
-    server = DrainingServer(uvicorn_config(settings), on_ready=ready)
-    server.run()
+    app = create_app(settings)
+    server = DrainingServer(uvicorn_config(settings, app), on_ready=ready)
+    try:
+        server.run()
+    except SystemExit:
+        if server.started:
+            raise
+        # uvicorn exits 3 when the lifespan fails (bad store, unreachable NATS, ...): report why, as one line.
     if not server.started:
         from omega.errors import OmegaError
 
-        raise OmegaError("the server did not start (see the log above)")
+        error = app.state.omega.startup_error
+        raise OmegaError(str(error) if error is not None else "the server did not start (see the log above)")

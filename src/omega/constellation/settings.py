@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets as _random
 import tomllib
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ log = logging.getLogger("omega.serve")
 MIN_SECRET_BYTES = 16
 SECRET_FILE = "omega-secret"
 _SALT_LABEL = b"omega/aggregation-salt/v1"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ class ServerSettings:
     nats: str | None = None
     shard_id: str | None = None  # None: the store keeps the origin it was created with
     region: str = "local"
+    # federation (over --nats, else embedded in-process) and trends
+    federation_interval_s: float = 60.0  # one round: publish own changes, merge the global broadcast
+    federation_prefix: str = "omega.fed"  # subject prefix (tests use their own)
+    federation_stream_prefix: str = "OMEGA"  # JetStream stream names: <prefix>_SHARD, _REGION, _BROADCAST
+    federation_replicas: int = 1  # stream replicas when this server creates them (3 on a 3-node cluster)
+    trend_window_s: float = 3600.0  # distinct-device counts per cell per window, scored against an EWMA
     codebook: str | None = None  # .npz from `omega codebook build`; None: a seeded placeholder codebook
     secrets: dict[int, bytes] = field(default_factory=dict, repr=False)
     active_key_id: int = 1
@@ -87,8 +96,16 @@ class ServerSettings:
         if self.nats is not None:
             _check(all(u.strip().startswith(("nats://", "tls://")) for u in self.nats.split(",")),
                    f"nats must be nats://host:port[,nats://...], got {self.nats!r}")  # fmt: skip
+        # Shard and region names are NATS subject tokens in federation.
         if self.shard_id is not None:
-            _check(0 < len(self.shard_id) <= 64 and self.shard_id.isprintable(), "shard id must be 1..64 printable characters")
+            _check(isinstance(self.shard_id, str) and _TOKEN.fullmatch(self.shard_id) is not None,
+                   f"shard id must be 1..64 characters of A-Z a-z 0-9 _ -, got {self.shard_id!r}")  # fmt: skip
+        _check(isinstance(self.region, str) and _TOKEN.fullmatch(self.region) is not None,
+               f"region must be 1..64 characters of A-Z a-z 0-9 _ -, got {self.region!r}")  # fmt: skip
+        _check(isinstance(self.federation_prefix, str) and _SUBJECT_PREFIX.fullmatch(self.federation_prefix) is not None,
+               f"federation_prefix must be dot-separated tokens of A-Z a-z 0-9 _ -, got {self.federation_prefix!r}")  # fmt: skip
+        _check(isinstance(self.federation_stream_prefix, str) and _TOKEN.fullmatch(self.federation_stream_prefix) is not None,
+               f"federation_stream_prefix must be 1..64 characters of A-Z a-z 0-9 _ -, got {self.federation_stream_prefix!r}")  # fmt: skip
         for kid, secret in self.secrets.items():
             _check(isinstance(kid, int) and 0 <= kid <= 0xFFFFFFFF, f"key id must be in 0..4294967295, got {kid!r}")
             _check(isinstance(secret, bytes) and len(secret) >= MIN_SECRET_BYTES,
@@ -98,12 +115,13 @@ class ServerSettings:
         if self.salt is not None:
             _check(len(self.salt) >= 16, "salt must be at least 16 bytes")
         for name in ("replay_window_s", "rate_per_s", "w_max", "prune_interval_s", "drain_timeout_s",
-                     "cache_ttl_s", "redis_cooldown_s", "redis_timeout_s"):  # fmt: skip
+                     "cache_ttl_s", "redis_cooldown_s", "redis_timeout_s", "federation_interval_s",
+                     "trend_window_s"):  # fmt: skip
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{name} must be a positive number")
         for name, lo in (("rate_burst", 1), ("min_samples", 1), ("k_min", 1), ("max_frame_bytes", 64),
                          ("pull_max_bytes", 600), ("cache_entries", 1), ("premium_sync_s", 1),
-                         ("active_sync_s", 1), ("casual_sync_s", 1)):  # fmt: skip
+                         ("active_sync_s", 1), ("casual_sync_s", 1), ("federation_replicas", 1)):  # fmt: skip
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= lo, f"{name} must be an integer >= {lo}")
         _check(self.log_level in ("critical", "error", "warning", "info", "debug"), f"unknown log level {self.log_level!r}")
