@@ -5,8 +5,9 @@ ones (<= 10 patterns per sync); (2) pull pages since the persisted cursor,
 merging each page and advancing the cursor in ONE transaction; (3) heartbeat.
 Every frame gets a seq committed to SQLite before it is sent. A reply is
 trusted only when it verifies under the device key; an unsigned ErrorReply can
-only make the agent back off. Transport failures raise `SyncFailed` and leave
-the outbox and cursor exactly as they were.
+only make the agent back off. Transport failures — and the TV's own store
+refusing a write, e.g. a full disk — raise `SyncFailed` and leave the outbox
+and cursor exactly as they were.
 """
 
 from __future__ import annotations
@@ -321,6 +322,11 @@ class SyncAgent:
         except SyncFailed:
             await self.transport.close()  # a half-finished exchange leaves the connection out of step
             raise
+        except OmegaError as exc:
+            # The TV's own store refused a write (e.g. disk full): every transaction rolled back, so the
+            # outbox and cursor are as they were. A SyncFailed lets the daemon back off and retry later.
+            await self.transport.close()
+            raise SyncFailed(f"local store: {exc}", code="local_store", report=report) from exc
         finally:
             report.duration_s = time.monotonic() - started
             report.outbox_pending = self.outbox.pending_count()
