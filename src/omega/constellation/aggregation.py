@@ -308,11 +308,15 @@ class Aggregator:
         page = await self.store.changes_since(int(cursor), self.policy.k_min, int(max_bytes))
         items = page.items
         if self.trends is not None:
-            trends = self.trends
-            items = [
-                replace(p, trend_score=trends.trend_score(p.key)) if isinstance(p, ConsolidatedPattern) else p
-                for p in items
-            ]
+            score = self.trends.trend_score
+            out = []
+            for p in items:
+                if isinstance(p, ConsolidatedPattern):
+                    s = score(p.key)
+                    if s != p.trend_score:  # most cells are not trending: keep the (cached) item as is
+                        p = replace(p, trend_score=s)
+                out.append(p)
+            items = out
         return items, page.cursor, page.more
 
     async def published(self) -> list[ConsolidatedPattern | ConsolidatedEdge]:

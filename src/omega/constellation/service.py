@@ -25,6 +25,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from omega.constellation.aggregation import Aggregator, Contribution
 from omega.constellation.aggregation import Transition as EdgeIn
 from omega.constellation.cache import PullCache
@@ -81,6 +83,7 @@ MIN_PULL_BYTES = 600
 #: Room kept in a page budget for what varies per device: seq and timestamp varints.
 _REPLY_SLACK = 24
 _U32 = (1 << 32) - 1
+_U64_MAX = (1 << 64) - 1
 _ZERO_ID = bytes(16)
 DRAIN_RETRY_S = 5
 
@@ -136,6 +139,26 @@ class SyncService:
             Tier.ACTIVE: settings.active_sync_s,
             Tier.CASUAL: settings.casual_sync_s,
         }
+        # Decoded pull pages by their signed blob: a cache hit on a page this process already
+        # built or verified costs a dict lookup, not a tag check and a parse.
+        self._pages: OrderedDict[bytes, PullReply] = OrderedDict()
+        self._page_entries = 1024
+        # Wire forms (8-bit quantised) of consolidated patterns by (task type, cell, change seq).
+        self._wire: OrderedDict[tuple[int, int, int], tuple] = OrderedDict()
+        self._wire_entries = 4096
+        # Bytes a device's reply frame may add to a cached page blob (seq, timestamp, key id varints).
+        probe = PullReply(cursor=0)
+        self._frame_extra = len(encode_frame(Frame(_ZERO_ID, _U32, _U64_MAX, probe, key_id=_U32), self._page_key,
+                                             compress=False)) - len(
+            encode_frame(Frame(_ZERO_ID, 0, 0, probe), self._page_key, compress=False))  # fmt: skip
+        # Labelled metric children, resolved once (labels() takes a lock and builds a tuple per call).
+        self._m_bytes_in = metrics.bytes.labels("in")
+        self._m_bytes_out = metrics.bytes.labels("out")
+        self._m_syncs: dict[str, object] = {}
+        self._m_rejections: dict[str, object] = {}
+        self._m_latency: dict[str, object] = {}
+        self._m_apply = metrics.store_latency.labels("apply")
+        self._m_changes = metrics.store_latency.labels("changes")
 
     @property
     def codebook_version(self) -> int:
@@ -144,20 +167,31 @@ class SyncService:
     # ------------------------------------------------------------------ entry point
     async def handle(self, data: bytes, *, peer_device: bytes | None = None) -> Reply:
         started = time.perf_counter()
-        m = self.metrics
-        m.bytes.labels("in").inc(len(data))
+        self._m_bytes_in.inc(len(data))
         try:
             reply = await self._handle(bytes(data), peer_device)
         except Exception:  # a bug or a failing store: one 500 with an unsigned error frame, logged
             log.exception("internal error while answering a frame")
             reply = self._error("internal", "internal server error")
-        m.bytes.labels("out").inc(len(reply.body))
+        self._m_bytes_out.inc(len(reply.body))
         if reply.code is not None:
-            m.rejections.labels(reply.code).inc()
+            self._rejected(reply.code)
         else:
-            m.syncs.labels(reply.kind).inc()
-        m.sync_latency.labels(reply.kind).observe(time.perf_counter() - started)
+            child = self._m_syncs.get(reply.kind)
+            if child is None:
+                child = self._m_syncs[reply.kind] = self.metrics.syncs.labels(reply.kind)
+            child.inc()  # type: ignore[attr-defined]
+        child = self._m_latency.get(reply.kind)
+        if child is None:
+            child = self._m_latency[reply.kind] = self.metrics.sync_latency.labels(reply.kind)
+        child.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
         return reply
+
+    def _rejected(self, reason: str) -> None:
+        child = self._m_rejections.get(reason)
+        if child is None:
+            child = self._m_rejections[reason] = self.metrics.rejections.labels(reason)
+        child.inc()  # type: ignore[attr-defined]
 
     async def _handle(self, data: bytes, peer_device: bytes | None) -> Reply:
         limit = self.settings.max_frame_bytes
@@ -242,7 +276,7 @@ class SyncService:
         slot = (device, push.batch_id)
         started = time.perf_counter()
         result = await self.aggregator.apply(device, push.batch_id, contributions, edges, now)
-        self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
+        self._m_apply.observe(time.perf_counter() - started)
         if result.duplicate:
             previous = self._acks.get(slot)
             if previous is not None:
@@ -253,7 +287,7 @@ class SyncService:
             rejected.append((pattern_at[r.index] if r.kind == "pattern" else edge_at[r.index], r.reason))
         rejected.sort()
         for _, reason in rejected:
-            self.metrics.rejections.labels(reason).inc()
+            self._rejected(reason)
         self.head = await self.cache.note_head(result.cursor)
         self.metrics.aggregation_lag.set(max(0.0, (now_ms() - now) / 1000.0))
         ack = PushAck(push.batch_id, accepted=result.accepted, rejected=tuple(Rejection(i, r) for i, r in rejected))
@@ -272,21 +306,31 @@ class SyncService:
             return PullReply(cursor=head, more=False)
         blob = await self.cache.get_page(head, pull.since, budget)
         if blob is not None:
+            known = self._pages.get(blob)
+            if known is not None:  # byte-identical to a page this process signed or verified
+                return known
             try:
                 cached = decode_frame(blob, self._page_key, expect=(PullReply,), max_size=1 << 20)
             except ProtocolError:
                 log.warning("ignoring a corrupt cached pull page")
             else:
+                self._remember_page(blob, cached.body)  # type: ignore[arg-type]
                 return cached.body  # type: ignore[return-value]
         started = time.perf_counter()
         items, cursor, more = await self.aggregator.changes_since(pull.since, budget - 64)
-        self.metrics.store_latency.labels("changes").observe(time.perf_counter() - started)
-        reply = self.page(items, cursor, more, budget)
+        self._m_changes.observe(time.perf_counter() - started)
+        reply, blob = self._page(items, cursor, more, budget)
         if cursor > self.head and not more:
             self.head = await self.cache.note_head(cursor)
-        blob = encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=False, max_size=1 << 20)
         await self.cache.put_page(head, pull.since, budget, blob)
+        self._remember_page(blob, reply)
         return reply
+
+    def _remember_page(self, blob: bytes, reply: PullReply) -> None:
+        pages = self._pages
+        pages[blob] = reply
+        if len(pages) > self._page_entries:
+            pages.popitem(last=False)
 
     def page(self, items: list, cursor: int, more: bool, budget: int) -> PullReply:
         """A PullReply of `items` whose signed frame fits `budget`; cut (more=True) if it does not.
@@ -294,6 +338,10 @@ class SyncService:
         A cut page ends at the last item kept and its cursor is that item's
         change position (`version`), so the next pull resumes right after it.
         """
+        return self._page(items, cursor, more, budget)[0]
+
+    def _page(self, items: list, cursor: int, more: bool, budget: int) -> tuple[PullReply, bytes]:
+        """`page` plus the page as a frame signed with the page key (what the pull cache holds)."""
         cut = len(items)
         keyspace = None
         for n, item in enumerate(items):  # one reply carries one transition keyspace
@@ -303,13 +351,48 @@ class SyncService:
                 elif item.keyspace != keyspace:
                     cut = n
                     break
+        first = True
         while True:
             reply = self._reply(items[:cut], cursor if cut == len(items) else items[cut - 1].version,
                                 more or cut < len(items))  # fmt: skip
+            blob = None
+            if first:
+                first = False
+                blob = self._page_blob(reply)
+                if len(blob) + self._frame_extra + _REPLY_SLACK <= budget:
+                    # Fits uncompressed, so it fits as sent too (a reply is deflated only when that
+                    # is smaller): no need to deflate it just to measure it.
+                    return reply, blob
             size = len(encode_frame(Frame(_ZERO_ID, _U32, now_ms(), reply), self._page_key)) + _REPLY_SLACK
             if size <= budget or cut <= 1:
-                return reply
+                return reply, blob if blob is not None else self._page_blob(reply)
             cut = max(1, min(cut - 1, int(cut * budget / size)))
+
+    def _page_blob(self, reply: PullReply) -> bytes:
+        return encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=False, max_size=1 << 20)
+
+    def _wire_pattern(self, item: Consolidated) -> ConsolidatedPattern:
+        """The wire form of a consolidated pattern; memoised, since many devices pull the same change."""
+        memo = self._wire
+        key = (int(item.task_type), int(item.cluster_id), int(item.version))
+        fields = (float(item.success_rate), int(item.support), float(item.trend_score))
+        hit = memo.get(key)
+        if hit is not None and hit[1] == fields and (hit[0] is item.embedding or np.array_equal(hit[0], item.embedding)):
+            memo.move_to_end(key)
+            return hit[2]
+        wire = ConsolidatedPattern(
+            cluster_id=key[1],
+            version=min(key[2], _U32),
+            embedding=quantize(item.embedding, 8),
+            task_type=TaskType(key[0]),
+            success_rate=min(1.0, max(0.0, fields[0])),
+            support=min(fields[1], _U32),
+            trend_score=fields[2],
+        )
+        memo[key] = (item.embedding, fields, wire)
+        if len(memo) > self._wire_entries:
+            memo.popitem(last=False)
+        return wire
 
     def _reply(self, items: list, cursor: int, more: bool) -> PullReply:
         patterns = []
@@ -317,17 +400,7 @@ class SyncService:
         keyspace = None
         for item in items:
             if isinstance(item, Consolidated):
-                patterns.append(
-                    ConsolidatedPattern(
-                        cluster_id=int(item.cluster_id),
-                        version=min(int(item.version), _U32),
-                        embedding=quantize(item.embedding, 8),
-                        task_type=TaskType(int(item.task_type)),
-                        success_rate=min(1.0, max(0.0, float(item.success_rate))),
-                        support=min(int(item.support), _U32),
-                        trend_score=float(item.trend_score),
-                    )
-                )
+                patterns.append(self._wire_pattern(item))
             else:
                 keyspace = item.keyspace
                 weight = min(float(item.weight), _U32 / WEIGHT_SCALE)

@@ -1,0 +1,257 @@
+"""Concurrent pushes and pulls interleaved on one store: every invariant still holds.
+
+The SQLite store serves reads from their own WAL-snapshot connections while one
+writer group-commits pushes; these tests check that this never shows a reader a
+torn or stale state, never skips a change for a paging cursor, and never
+acknowledges a push before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from omega.constellation.aggregation import AggregationPolicy, Aggregator
+from omega.constellation.crdt import ConsolidatedPattern
+from omega.constellation.store import CellContribution, PreparedPush, open_store
+
+from .conftest import SALT, device, near, pattern
+
+NOW = 1_700_000_000_000
+DAY = 86_400_000
+
+
+def ident(item) -> tuple:
+    if isinstance(item, ConsolidatedPattern):
+        return ("p", item.task_type, item.cluster_id)
+    return ("e", item.keyspace, item.src, item.dst)
+
+
+def fingerprint(item) -> tuple:
+    """What a TV would hold for an item: identity, change position, support, payload."""
+    if isinstance(item, ConsolidatedPattern):
+        return (ident(item), item.version, item.support, round(item.success_rate, 9),
+                tuple(np.round(item.embedding, 6)))  # fmt: skip
+    return (ident(item), item.version, item.support, item.weight)
+
+
+async def test_concurrent_pulls_never_skip_a_change(aggregator, codebook) -> None:
+    """Pushers and pagers run at once; each pager, once caught up, holds every item at its newest version."""
+    rng = np.random.default_rng(11)
+    pushing = True
+
+    async def pusher(p: int) -> None:
+        for b in range(25):
+            d = int(rng.integers(0, 8))
+            cells = [pattern(near(codebook, int(c), p * 100 + b)) for c in rng.choice(16, size=2, replace=False)]
+            edges = [(0, int(rng.integers(0, 6)), int(rng.integers(0, 6)), 1.0) for _ in range(3)]
+            await aggregator.apply(device(d), f"{p}-{b}".encode(), cells, edges, NOW + (p * 25 + b) * DAY // 8)
+            await asyncio.sleep(0)
+
+    async def pager(budget: int) -> dict[tuple, tuple]:
+        held: dict[tuple, tuple] = {}
+        cursor = 0
+        while True:
+            done = not pushing  # read before the pull: a pull after the last push has landed must catch up
+            items, new_cursor, more = await aggregator.changes_since(cursor, max_bytes=budget)
+            versions = [i.version for i in items]
+            assert versions == sorted(versions) and len(set(versions)) == len(versions)
+            assert all(cursor < v <= new_cursor for v in versions)
+            assert new_cursor >= cursor
+            for i in items:
+                old = held.get(ident(i))
+                assert old is None or old[1] < i.version  # an item only ever moves forward
+                held[ident(i)] = fingerprint(i)
+            cursor = new_cursor
+            if done and not more:
+                return held
+            await asyncio.sleep(0)
+
+    async def pushers() -> None:
+        nonlocal pushing
+        await asyncio.gather(*(pusher(p) for p in range(6)))
+        pushing = False
+
+    results = await asyncio.gather(pushers(), pager(1), pager(900), pager(5000), pager(1 << 20))
+    latest = {ident(i): fingerprint(i) for i in await aggregator.published()}
+    assert latest, "the workload publishes items"
+    for held in results[1:]:
+        assert held == latest
+
+
+async def test_each_push_is_visible_to_every_reader_once_acknowledged(aggregator, codebook) -> None:
+    """Read-your-writes across connections: after apply() returns, stats and pulls include that push."""
+    store = aggregator.store
+
+    async def one(d: int) -> None:
+        result = await aggregator.apply(device(d), b"only", [pattern(near(codebook, d % 16, d))], [(0, d, d, 1.0)], NOW)
+        assert result.accepted == 2 and result.cursor > 0
+        stats, (_, head, _) = await asyncio.gather(store.stats(), aggregator.changes_since(0, max_bytes=1 << 20))
+        assert stats.head >= result.cursor and head >= result.cursor
+        assert stats.push_keys >= 1
+
+    await asyncio.gather(*(one(d) for d in range(48)))
+    stats = await store.stats()
+    assert stats.push_keys == 48 and stats.contributions == 48
+
+
+async def test_failing_pushes_roll_back_alone_amid_pulls(store, codebook) -> None:
+    """Bad pushes inside groups fail alone while pulls run between them; the rest commit, the bad retry cleanly."""
+    agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(k_min=1))
+
+    def good(i: int) -> PreparedPush:
+        return PreparedPush(i.to_bytes(2, "big") * 8, 0, NOW, [
+            CellContribution(0, 0, 1, i.to_bytes(2, "big") * 4, 1.0, near(codebook, 1, i), 1.0, 1.0)])  # fmt: skip
+
+    def bad(i: int) -> PreparedPush:  # a wrong-length embedding: fails inside the store's transaction
+        return PreparedPush(b"\xff" + i.to_bytes(1, "big") * 15, 0, NOW, [
+            CellContribution(0, 0, 1, b"\xfe" + i.to_bytes(1, "big") * 7, 1.0, np.ones(3, np.float32), 1.0, 1.0)])  # fmt: skip
+
+    jobs = []
+    for i in range(60):
+        jobs.append(store.apply_push(bad(i) if i % 7 == 3 else good(i)))
+        if i % 5 == 0:
+            jobs.append(agg.changes_since(0, max_bytes=1 << 20))
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    pushes = [r for r in results if not isinstance(r, tuple)]
+    failed = [r for r in pushes if isinstance(r, Exception)]
+    assert len(failed) == len([i for i in range(60) if i % 7 == 3])
+    assert all(not isinstance(r, Exception) for r in results if isinstance(r, tuple))
+    stats = await store.stats()
+    assert stats.push_keys == 60 - len(failed) and stats.contributions == 60 - len(failed)
+    items, _, _ = await agg.changes_since(0, max_bytes=1 << 20)
+    assert [i.support for i in items if isinstance(i, ConsolidatedPattern)] == [60 - len(failed)]
+    for i in range(60):  # nothing of a failed push was left behind: its key is fresh
+        if i % 7 == 3:
+            assert not (await store.apply_push(PreparedPush(bad(i).push_key, 0, NOW, []))).duplicate
+
+
+# ---------------------------------------------------------------------------- SQLite specifics
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path):
+    s = await open_store(f"sqlite:{tmp_path / 'c.db'}", origin="shard-test")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_acknowledged_push_is_on_disk_for_an_independent_connection(sqlite_store, codebook, tmp_path) -> None:
+    """Durable before ack: the moment apply_push returns, a brand-new connection to the file sees the push."""
+    path = str(tmp_path / "c.db")
+
+    def committed(key: bytes) -> bool:
+        con = sqlite3.connect(path)
+        try:
+            return con.execute("SELECT count(*) FROM push_keys WHERE key = ?", (key,)).fetchone()[0] == 1
+        finally:
+            con.close()
+
+    async def one(i: int) -> None:
+        push = PreparedPush(i.to_bytes(4, "big") * 4, 0, NOW, [
+            CellContribution(0, 0, i % 16, i.to_bytes(4, "big") * 2, 1.0, near(codebook, i % 16, i), 1.0, 1.0)])  # fmt: skip
+        await sqlite_store.apply_push(push)
+        assert await asyncio.to_thread(committed, push.push_key)
+
+    await asyncio.gather(*(one(i) for i in range(64)))
+
+
+async def test_reads_do_not_wait_for_the_writer(sqlite_store, codebook) -> None:
+    """Pulls and stats are answered from WAL snapshots while the writer is busy (and see only committed state)."""
+    agg = await Aggregator.open(sqlite_store, codebook, SALT, AggregationPolicy(k_min=1))
+    await agg.apply(device(1), b"a", [pattern(near(codebook, 2, 1))], [], NOW)
+    before = await sqlite_store.stats()
+
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:  # occupies the writer inside an open write transaction
+        conn.execute("INSERT INTO push_keys VALUES (?, ?)", (b"held-open-write!", NOW))
+        entered.set()
+        release.wait(10)
+        raise RuntimeError("rolled back on purpose")
+
+    blocked = sqlite_store._writer.submit(hold)
+    queued_push = asyncio.ensure_future(agg.apply(device(2), b"b", [pattern(near(codebook, 2, 2))], [], NOW))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        stats = await asyncio.wait_for(sqlite_store.stats(), 5)
+        items, _, _ = await asyncio.wait_for(agg.changes_since(0), 5)
+        assert stats == before  # the uncommitted write and the queued push are invisible
+        assert [i.support for i in items] == [1]
+        assert not queued_push.done()
+    finally:
+        release.set()
+    with pytest.raises(RuntimeError):
+        await blocked
+    assert (await queued_push).accepted == 1
+    assert (await sqlite_store.stats()).push_keys == before.push_keys + 1
+
+
+async def test_pulls_between_pushes_do_not_break_group_commit(sqlite_store, codebook) -> None:
+    """Pushes waiting together share one transaction even when pulls arrive between them."""
+    agg = await Aggregator.open(sqlite_store, codebook, SALT, AggregationPolicy(k_min=1))
+    await agg.apply(device(99), b"first", [pattern(near(codebook, 0, 99))], [], NOW)
+    writer = sqlite_store._writer
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:  # keeps the writer busy while the next jobs queue up
+        entered.set()
+        release.wait(10)
+
+    blocked = writer.submit(hold)
+    assert await asyncio.to_thread(entered.wait, 10)
+    groups0, grouped0 = writer.groups, writer.grouped
+    pushes, pulls = [], []
+    for d in range(40):
+        pushes.append(asyncio.ensure_future(
+            agg.apply(device(d), b"g", [pattern(near(codebook, d % 16, d))], [(0, d, 1, 1.0)], NOW)))  # fmt: skip
+        pulls.append(asyncio.ensure_future(agg.changes_since(0)))
+    done, _ = await asyncio.wait(pulls, timeout=5)  # answered meanwhile, from a snapshot without the pushes
+    assert len(done) == 40 and all(p.result()[0][0].support == 1 for p in pulls)
+    await asyncio.sleep(0.05)
+    assert not any(p.done() for p in pushes)  # none is acknowledged before its commit
+    release.set()
+    await blocked
+    results = await asyncio.gather(*pushes)
+    assert sum(r.accepted for r in results) == 80
+    assert (writer.groups - groups0, writer.grouped - grouped0) == (2, 41)  # the held job, then ONE group of 40
+    # Items served from the item cache equal those of a fresh store on the same file.
+    mine = sorted(fingerprint(i) for i in await agg.published())
+    other = await open_store(f"sqlite:{sqlite_store.path}")
+    try:
+        fresh = await Aggregator.open(other, codebook, SALT, AggregationPolicy(k_min=1))
+        assert sorted(fingerprint(i) for i in await fresh.published()) == mine
+    finally:
+        await other.close()
+
+
+async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> None:
+    path = tmp_path / "old.db"
+    s = await open_store(f"sqlite:{path}", origin="shard-old")
+    agg = await Aggregator.open(s, codebook, SALT, AggregationPolicy(k_min=1))
+    await agg.apply(device(1), b"a", [pattern(near(codebook, 4, 1))], [(0, 1, 2, 1.0)], NOW)
+    before = [fingerprint(i) for i in await agg.published()]
+    await s.close()
+    con = sqlite3.connect(path)  # turn it back into a schema-v1 file
+    con.execute("DROP INDEX served_seq_support")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    s = await open_store(f"sqlite:{path}")
+    try:
+        agg = await Aggregator.open(s, codebook, SALT, AggregationPolicy(k_min=1))
+        assert [fingerprint(i) for i in await agg.published()] == before
+    finally:
+        await s.close()
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'served_seq_support'").fetchone()[0] == 1
+    finally:
+        con.close()
