@@ -163,7 +163,19 @@ def _text_of(dom: str, element_id: str) -> str:
     return match.group(1).strip()
 
 
+def _wait_for_sparkline_data(url: str, timeout_s: float = 30.0) -> None:
+    """The server samples its counters every few seconds; on a loaded machine the samples the
+    sparkline needs (two rates, three samples) can come late, so wait for them instead of trusting timing."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(httpx.get(url + "/v1/dashboard.json", timeout=5).json()["syncs"]["history"]) >= 2:
+            return
+        time.sleep(0.2)
+    pytest.fail("the dashboard never had enough counter samples for its sparkline")
+
+
 def test_browser_renders_the_live_numbers(scene: Scene, tmp_path: Path) -> None:
+    _wait_for_sparkline_data(scene.server.url)
     dom = _run_browser(tmp_path, scene.server.url + "/dashboard", "--dump-dom").stdout.decode()
     for element_id, value in scene.expected.items():
         assert _text_of(dom, element_id) == str(value), element_id
