@@ -5,8 +5,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omega.brain.index import VectorIndex, exact_search, recall_at_k
+from omega.brain.index import BACKENDS, VectorIndex, exact_search, recall_at_k
 from omega.errors import OmegaError
+
+#: the storage each backend is tested with (hnswlib keeps float32 only)
+DTYPE = {"usearch": "f16", "hnswlib": "f32"}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+def make(backend: str, dim: int = 384, **kwargs) -> VectorIndex:
+    kwargs.setdefault("dtype", DTYPE[backend])
+    return VectorIndex(dim, backend=backend, **kwargs)
 
 
 def clustered(n: int, dim: int = 384, clusters: int = 50, seed: int = 0) -> np.ndarray:
@@ -31,15 +44,16 @@ def data(data_and_queries) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def big_index(data: np.ndarray) -> VectorIndex:
-    index = VectorIndex(384)
+def big_index(backend: str, data: np.ndarray) -> VectorIndex:
+    index = make(backend)
     index.add(np.arange(len(data)), data)
     return index
 
 
-def test_add_search_update_remove():
+def test_add_search_update_remove(backend: str):
     vectors = clustered(600, seed=1)
-    index = VectorIndex(384, exact_below=0)  # force the HNSW path
+    index = make(backend, exact_below=0)  # force the HNSW path
+    assert index.backend == backend
     index.add(np.arange(1000, 1600), vectors)
     assert len(index) == 600 and 1000 in index and 5 not in index and "x" not in index
     keys, sims = index.search(vectors[7], 5)
@@ -56,7 +70,7 @@ def test_add_search_update_remove():
     assert sorted(index.keys().tolist()) == [k for k in range(1000, 1600) if k != 1007]
 
 
-def test_recall_at_50_f16_on_clustered_data(big_index: VectorIndex, data_and_queries):
+def test_recall_at_50_on_clustered_data(big_index: VectorIndex, data_and_queries):
     data, queries = data_and_queries
     assert len(big_index) >= big_index.exact_below  # the HNSW path, not the exact one
     assert recall_at_k(big_index, data, queries, 50) >= 0.95
@@ -73,7 +87,7 @@ def test_save_load_round_trip(tmp_path: Path, big_index: VectorIndex, data: np.n
     path = tmp_path / "catalog.usearch"
     big_index.save(path)
     loaded = VectorIndex.load(path, dim=384)
-    assert len(loaded) == len(big_index) and loaded.dtype == "f16"
+    assert len(loaded) == len(big_index) and loaded.dtype == big_index.dtype and loaded.backend == big_index.backend
     for q in data[:20]:
         a, b = big_index.search(q, 50), loaded.search(q, 50)
         assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1])
@@ -82,9 +96,9 @@ def test_save_load_round_trip(tmp_path: Path, big_index: VectorIndex, data: np.n
         VectorIndex.load(path, dim=128)
 
 
-def test_exact_path_for_tiny_sets():
+def test_exact_path_for_tiny_sets(backend: str):
     vectors = clustered(40, seed=3)
-    index = VectorIndex(384)  # 40 < exact_below
+    index = make(backend)  # 40 < exact_below
     index.add(np.arange(40), vectors)
     queries = clustered(5, seed=4)
     keys, sims = index.search_batch(queries, 7)
@@ -95,8 +109,8 @@ def test_exact_path_for_tiny_sets():
     assert len(keys) == 40 and sorted(keys.tolist()) == list(range(40)) and np.all(np.diff(sims) <= 1e-6)
 
 
-def test_empty_index_and_bad_input():
-    index = VectorIndex(8)
+def test_empty_index_and_bad_input(backend: str):
+    index = make(backend, 8)
     keys, sims = index.search(np.ones(8), 5)
     assert keys.shape == sims.shape == (0,)
     assert index.search_batch(np.ones((2, 8)), 3)[0].shape == (2, 0)
@@ -113,7 +127,11 @@ def test_empty_index_and_bad_input():
     with pytest.raises(OmegaError):
         index.search(np.ones(8), -1)
     with pytest.raises(OmegaError):
-        VectorIndex(8, dtype="f64")
+        VectorIndex(8, dtype="f64", backend=backend)
+    with pytest.raises(OmegaError):
+        VectorIndex(8, backend="faiss")
+    with pytest.raises(OmegaError, match="for backend hnswlib"):
+        VectorIndex(8, dtype="f16", backend="hnswlib")
 
 
 @pytest.mark.parametrize("dtype", ["f32", "i8"])
@@ -124,9 +142,9 @@ def test_other_dtypes_work(dtype: str):
     assert recall_at_k(index, vectors, vectors[:30], 10) >= 0.8
 
 
-def test_corrupt_or_foreign_file_is_an_omega_error(tmp_path: Path):
+def test_corrupt_or_foreign_file_is_an_omega_error(tmp_path: Path, backend: str):
     vectors = clustered(300, seed=6)
-    index = VectorIndex(384)
+    index = make(backend)
     index.add(np.arange(300), vectors)
     good = tmp_path / "good.usearch"
     index.save(good)
@@ -146,3 +164,80 @@ def test_corrupt_or_foreign_file_is_an_omega_error(tmp_path: Path):
             path.write_bytes(content)
         with pytest.raises(OmegaError):
             VectorIndex.load(path)
+
+
+def test_churn_reuses_slots_and_survives_save_load(tmp_path: Path, backend: str):
+    """Remove, re-add removed keys, add new keys into removed slots, grow past the first capacity."""
+    vectors = clustered(3000, seed=8)
+    index = make(backend, exact_below=0)
+    for start in range(0, 1500, 500):  # several adds: hnswlib grows its capacity (first 1,024)
+        index.add(np.arange(start, start + 500), vectors[start : start + 500])
+    assert len(index) == 1500
+    assert index.remove(np.arange(0, 300)) == 300
+    assert index.remove(np.arange(0, 300)) == 0  # already gone
+    index.add(np.arange(100, 200), vectors[100:200])  # back under the same keys
+    index.add(np.arange(5000, 5100), vectors[2000:2100])  # new keys (hnswlib: into removed slots)
+    index.add(np.array([1000]), -vectors[1000])  # update a live key
+    live = sorted([*range(100, 200), *range(300, 1500), *range(5000, 5100)])
+    assert len(index) == len(live) and sorted(index.keys().tolist()) == live
+    assert 50 not in index and 150 in index and 5050 in index
+    keys, sims = index.search(vectors[150], 1)
+    assert keys.tolist() == [150] and sims[0] == pytest.approx(1.0, abs=1e-3)
+    assert index.search(vectors[2050], 1)[0].tolist() == [5050]
+    assert index.search(-vectors[1000], 1)[0].tolist() == [1000]
+    found = index.search_batch(vectors[:300], 50)[0]
+    assert not np.isin(found, [*range(0, 100), *range(200, 300)]).any()  # removed keys never come back
+    path = tmp_path / "churned.index"
+    index.save(path)
+    loaded = VectorIndex.load(path)
+    assert loaded.backend == backend and sorted(loaded.keys().tolist()) == live
+    assert 50 not in loaded and 150 in loaded
+    loaded.add(np.array([50]), vectors[50])  # a removed key, after a reload
+    loaded.add(np.array([7000]), vectors[2500])
+    assert len(loaded) == len(live) + 2 and loaded.search(vectors[50], 1)[0].tolist() == [50]
+    truth_keys = np.array([*live, 50, 7000])
+    truth_vectors = np.concatenate([vectors[[k for k in live if k < 5000]], vectors[2000:2100], vectors[[50, 2500]]])
+    truth_vectors[live.index(1000)] = -vectors[1000]
+    assert recall_at_k(loaded, truth_vectors, vectors[2600:2700], 10, keys=truth_keys) >= 0.9
+
+
+def test_file_records_its_backend(tmp_path: Path, backend: str):
+    index = make(backend)
+    index.add(np.arange(300), clustered(300, seed=9))
+    path = tmp_path / "x.index"
+    index.save(path)
+    assert f'"backend": "{backend}"'.encode() in path.read_bytes()[:4096]
+    empty = make(backend)
+    empty.save(tmp_path / "empty.index")
+    assert len(VectorIndex.load(tmp_path / "empty.index")) == 0
+
+
+def test_brain_config_picks_the_backend(backend: str):
+    from omega.brain.catalog import new_index
+    from omega.brain.config import BrainConfig
+
+    config = BrainConfig(index_backend=backend, index_dtype=DTYPE[backend])
+    index = new_index(config)
+    assert index.backend == backend and index.dtype == DTYPE[backend]
+    with pytest.raises(OmegaError, match="index_backend"):
+        BrainConfig(index_backend="faiss")
+    with pytest.raises(OmegaError, match="f32"):
+        BrainConfig(index_backend="hnswlib", index_dtype="f16")
+
+
+def test_file_without_backend_in_header_is_usearch(tmp_path: Path):
+    """Files written before the backend choice existed carry no "backend" key."""
+    import json
+    import zlib
+
+    index = make("usearch")
+    index.add(np.arange(300), clustered(300, seed=10))
+    path = tmp_path / "old.index"
+    index.save(path)
+    magic, header, payload = path.read_bytes().split(b"\n", 2)
+    fields = json.loads(header)
+    del fields["backend"]
+    assert fields["payload_crc32"] == zlib.crc32(payload)
+    path.write_bytes(magic + b"\n" + json.dumps(fields).encode() + b"\n" + payload)
+    loaded = VectorIndex.load(path)
+    assert loaded.backend == "usearch" and len(loaded) == 300

@@ -93,7 +93,8 @@ def test_pattern_memory_upsert_remove_nearest():
 
 def test_config_defaults_and_validation(tmp_path):
     c = BrainConfig()
-    assert (c.index_m, c.index_ef_construction, c.index_ef_search, c.index_dtype) == (16, 128, 128, "f16")
+    assert (c.index_m, c.index_ef_construction, c.index_ef_search, c.index_dtype) == (16, 200, 96, "f32")
+    assert c.index_backend == "hnswlib"
     assert (c.max_patterns, c.high_quality_success, c.high_quality_min_uses, c.threads) == (10_000, 0.8, 10, 1)
     with pytest.raises(OmegaError, match="unknown key"):
         BrainConfig.from_dict({"index_mm": 8})

@@ -56,7 +56,10 @@ def _content_hash(ids: np.ndarray, matrix: np.ndarray):  # noqa: ANN202  (a hash
 
 def _with_params(content, config: BrainConfig) -> str:  # noqa: ANN001
     digest = content.copy()
-    digest.update(f"{config.index_m}/{config.index_ef_construction}/{config.index_dtype}".encode())
+    params = f"{config.index_m}/{config.index_ef_construction}/{config.index_dtype}"
+    if config.index_backend != "usearch":  # usearch fingerprints predate the backend choice: keep them valid
+        params += f"/{config.index_backend}"
+    digest.update(params.encode())
     return digest.hexdigest()
 
 
@@ -201,7 +204,7 @@ def new_index(config: BrainConfig) -> VectorIndex:
     return VectorIndex(
         EMBEDDING_DIM, dtype=config.index_dtype, connectivity=config.index_m,
         expansion_add=config.index_ef_construction, expansion_search=config.index_ef_search,
-        exact_below=config.index_exact_below, threads=config.threads,
+        exact_below=config.index_exact_below, threads=config.threads, backend=config.index_backend,
     )  # fmt: skip
 
 
@@ -216,6 +219,8 @@ def _load_index(path: Path | None, config: BrainConfig, ids: np.ndarray) -> Vect
         )
     except OmegaError:
         return None  # corrupt or truncated: the store holds the truth, rebuild from it
+    if index.backend != config.index_backend:
+        return None  # the config switched backends: rebuild with the configured one
     if len(index) != len(ids) or not np.array_equal(np.sort(index.keys()), np.sort(ids)):
         return None
     return index

@@ -1,4 +1,4 @@
-"""`VectorIndex`: cosine ANN search over catalog items or patterns (usearch HNSW).
+"""`VectorIndex`: cosine ANN search over catalog items or patterns (HNSW: usearch or hnswlib).
 
 Below `exact_below` vectors, search is exact (numpy over the stored vectors):
 HNSW buys nothing there, and exact search never misses an item. Both paths
@@ -9,16 +9,25 @@ Keys are non-negative int64 (content ids; callers map pattern UUIDs to row
 numbers). In `search_batch` rows with fewer than k hits are padded with key -1
 and similarity NaN.
 
+Two backends behind the same API (`backend=`): "usearch" (f32/f16/i8 storage)
+and "hnswlib" (f32 only; removed slots are reused by later adds). Which is the
+TV default, and why, is recorded in `BrainConfig.index_backend`.
+
 File format (written atomically): the line `OMEGA-VECTOR-INDEX 1`, a JSON
-header line (dim, metric, dtype, connectivity, payload size and CRC-32), then
-usearch's own serialised index. The checksum matters: usearch trusts its input,
-and a bit-flipped graph can crash the process instead of raising.
+header line (backend, dim, metric, dtype, connectivity, payload size and
+CRC-32), then the backend's own serialised index (hnswlib: its `save_index`
+file, followed by the uint64 labels of removed-but-not-reused slots). A header
+without "backend" is a usearch file (written before hnswlib was added). The
+checksum matters: both libraries trust their input, and a bit-flipped graph can
+crash the process instead of raising.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 import tempfile
 import zlib
 from pathlib import Path
@@ -37,6 +46,9 @@ from omega.errors import OmegaError
 _MAGIC = b"OMEGA-VECTOR-INDEX 1\n"
 DTYPES = ("f32", "f16", "i8")
 METRICS = ("cos",)
+BACKENDS = ("usearch", "hnswlib")
+#: storage types each backend supports (hnswlib keeps float32 vectors only)
+BACKEND_DTYPES = {"usearch": DTYPES, "hnswlib": ("f32",)}
 _MAX_HEADER = 4096
 
 
@@ -54,16 +66,21 @@ class VectorIndex:
         expansion_search: int = 64,
         exact_below: int = 256,
         threads: int = 1,
+        backend: str = "usearch",
     ) -> None:
+        if backend not in BACKENDS:
+            raise OmegaError(f"unsupported index backend {backend!r}; supported: {', '.join(BACKENDS)}")
         if metric not in METRICS:
             raise OmegaError(f"unsupported metric {metric!r}; supported: {', '.join(METRICS)}")
-        if dtype not in DTYPES:
-            raise OmegaError(f"unsupported index dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+        if dtype not in BACKEND_DTYPES[backend]:
+            supported = ", ".join(BACKEND_DTYPES[backend])
+            raise OmegaError(f"unsupported index dtype {dtype!r} for backend {backend}; supported: {supported}")
         if dim < 1 or connectivity < 2 or expansion_add < 1 or expansion_search < 1 or exact_below < 0 or threads < 1:
             raise OmegaError(
                 "index parameters out of range: need dim >= 1, connectivity >= 2, expansions >= 1, exact_below >= 0,"
                 " threads >= 1"
             )
+        self.backend = backend
         self.dim = int(dim)
         self.metric = metric
         self.dtype = dtype
@@ -71,16 +88,13 @@ class VectorIndex:
         self.expansion_add = int(expansion_add)
         self._expansion_search = int(expansion_search)
         self.exact_below = int(exact_below)
-        #: usearch workers per call. 1 on a TV: usearch's default (0 = every core) dispatches even a
-        #: single query to a thread pool, which measured ~50-100 µs slower than searching in-thread.
+        #: workers per call. 1 on a TV: usearch's default (0 = every core) dispatches even a single query
+        #: to a thread pool, which measured ~50-100 µs slower than searching in-thread; hnswlib's default
+        #: (every core) starts std::threads per call.
         self.threads = int(threads)
-        self._index = Index(
-            ndim=self.dim,
-            metric=metric,
-            dtype=dtype,
-            connectivity=self.connectivity,
-            expansion_add=self.expansion_add,
-            expansion_search=self._expansion_search,
+        backend_class = _Usearch if backend == "usearch" else _Hnswlib
+        self._index: _Usearch | _Hnswlib = backend_class(
+            self.dim, dtype, self.connectivity, self.expansion_add, self._expansion_search, self.threads
         )
         self._exact_cache: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -94,7 +108,7 @@ class VectorIndex:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise OmegaError(f"expansion_search must be an integer >= 1, got {value!r}")
         self._expansion_search = int(value)
-        self._index.expansion_search = int(value)
+        self._index.set_expansion_search(int(value))
 
     # ------------------------------------------------------------------ contents
 
@@ -103,18 +117,19 @@ class VectorIndex:
 
     def __contains__(self, key: object) -> bool:
         try:
-            return int(key) >= 0 and int(key) in self._index  # type: ignore[call-overload]
+            value = int(key)  # type: ignore[call-overload]
         except (TypeError, ValueError):
             return False
+        return value >= 0 and bool(self._index.contains(np.array([value], np.uint64))[0])
 
     @property
     def memory_bytes(self) -> int:
-        """What usearch reports it holds (vectors, graph, allocator slack)."""
-        return int(self._index.memory_usage)
+        """What the library holds (usearch: its own report; hnswlib: its serialised size, = its arrays)."""
+        return int(self._index.memory_bytes())
 
     def keys(self) -> np.ndarray:
         """All keys held, as int64 (in no particular order)."""
-        return np.asarray(self._index.keys, dtype=np.uint64).astype(np.int64)
+        return self._index.keys().astype(np.int64)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under keys; a key already present is replaced by its new vector."""
@@ -126,11 +141,7 @@ class VectorIndex:
             raise OmegaError("duplicate keys in one add() call")
         if len(ukeys) == 0:
             return
-        present = ukeys[self._index.contains(ukeys)]
-        if len(present):
-            # usearch's high-level API refuses duplicate keys: replace = remove, then add.
-            self._index.remove(present)
-        self._index.add(ukeys, matrix, threads=self.threads)
+        self._index.add(ukeys, matrix)
         self._exact_cache = None
 
     def remove(self, keys: np.ndarray) -> int:
@@ -150,6 +161,8 @@ class VectorIndex:
         if query.shape[0] != 1:
             raise OmegaError("search() takes one vector; use search_batch() for many")
         keys, sims = self._search(query, k)
+        if keys.shape[1] == 0 or keys[0, -1] >= 0:  # padding only ever ends a row: a full row needs no mask
+            return keys[0], sims[0]
         hits = keys[0] >= 0
         return keys[0][hits], sims[0][hits]
 
@@ -166,19 +179,23 @@ class VectorIndex:
             return np.empty((len(queries), width), np.int64), np.empty((len(queries), width), np.float32)
         if len(self) < self.exact_below:
             return self._exact(queries, width)
-        matches = self._index.search(queries, width, threads=self.threads)
-        keys = np.asarray(matches.keys, dtype=np.uint64).reshape(len(queries), -1)[:, :width].astype(np.int64)
-        sims = (1.0 - np.asarray(matches.distances, dtype=np.float32).reshape(len(queries), -1))[:, :width]
-        counts = np.asarray(matches.counts).reshape(-1) if hasattr(matches, "counts") else np.full(1, width)
-        missing = np.arange(width)[None, :] >= counts[:, None]
-        keys[missing] = -1
-        sims[missing] = np.nan
-        return keys, np.clip(sims, -1.0, 1.0).astype(np.float32)
+        found = self._index.search(queries, width)
+        if found is None:  # hnswlib found fewer than `width` for some row (a sparse graph): exact never misses
+            return self._exact(queries, width)
+        keys, distances, counts = found
+        sims = np.subtract(np.float32(1.0), distances, dtype=np.float32)
+        np.minimum(sims, np.float32(1.0), out=sims)  # ufuncs, not np.clip: this is the per-query hot path
+        np.maximum(sims, np.float32(-1.0), out=sims)
+        if counts is not None and counts.min() < width:
+            missing = np.arange(width)[None, :] >= counts[:, None]
+            keys[missing] = -1
+            sims[missing] = np.nan
+        return keys, sims
 
     def _exact(self, queries: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         if self._exact_cache is None:
-            ukeys = np.asarray(self._index.keys, dtype=np.uint64)
-            stored = np.asarray(self._index.get(ukeys), dtype=np.float32).reshape(len(ukeys), self.dim)
+            ukeys = self._index.keys()
+            stored = self._index.get(ukeys).reshape(len(ukeys), self.dim)
             self._exact_cache = (ukeys.astype(np.int64), _normalise(stored))
         keys, matrix = self._exact_cache
         sims = _normalise(queries) @ matrix.T
@@ -192,8 +209,8 @@ class VectorIndex:
         path = Path(path)
         payload = self._index.save()
         header = {
-            "dim": self.dim, "metric": self.metric, "dtype": self.dtype, "connectivity": self.connectivity,
-            "expansion_add": self.expansion_add, "count": len(self),
+            "backend": self.backend, "dim": self.dim, "metric": self.metric, "dtype": self.dtype,
+            "connectivity": self.connectivity, "expansion_add": self.expansion_add, "count": len(self),
             "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload),
         }  # fmt: skip
         try:
@@ -222,7 +239,10 @@ class VectorIndex:
         dim: int | None = None,
         threads: int = 1,
     ) -> VectorIndex:
-        """Read an index written by `save`; OmegaError if missing, corrupt or of another dimension than `dim`."""
+        """Read an index written by `save`; OmegaError if missing, corrupt or of another dimension than `dim`.
+
+        The backend is the file's (header "backend"); callers check `.backend` if they need a given one.
+        """
         path = Path(path)
         try:
             data = path.read_bytes()
@@ -238,6 +258,7 @@ class VectorIndex:
                 isinstance(header, dict)
                 and header["payload_bytes"] == len(payload)
                 and header["payload_crc32"] == zlib.crc32(payload)
+                and header.get("backend", "usearch") in BACKENDS
             )
         except (ValueError, KeyError, TypeError):
             valid = False
@@ -248,7 +269,7 @@ class VectorIndex:
         index = cls(
             header["dim"], metric=header["metric"], dtype=header["dtype"], connectivity=header["connectivity"],
             expansion_add=header["expansion_add"], expansion_search=expansion_search, exact_below=exact_below,
-            threads=threads,
+            threads=threads, backend=header.get("backend", "usearch"),
         )  # fmt: skip
         try:
             index._index.load(payload)
@@ -276,12 +297,202 @@ class VectorIndex:
             raise OmegaError(f"{name} must have {self.dim} columns, got shape {np.shape(vectors)}")
         # One pass over the data for both checks: a squared norm is non-finite iff the row holds a
         # NaN/inf (or overflows float32, which cosine cannot use either), and 0 iff the row is zero.
-        squared = np.einsum("ij,ij->i", matrix, matrix) if matrix.size else np.empty(0, np.float32)
-        if not np.all(np.isfinite(squared)):
+        if matrix.shape[0] == 1:  # one query (the hot path): a scalar dot beats einsum + all + any by ~8 µs
+            one = float(np.dot(matrix[0], matrix[0]))
+            finite, zero = math.isfinite(one), one == 0.0
+        else:
+            squared = np.einsum("ij,ij->i", matrix, matrix) if matrix.size else np.empty(0, np.float32)
+            finite, zero = bool(np.all(np.isfinite(squared))), bool(np.any(squared == 0))
+        if not finite:
             raise OmegaError(f"{name} contain NaN or infinite values")
-        if np.any(squared == 0):
+        if zero:
             raise OmegaError(f"{name} contain a zero vector, which has no cosine direction")
-        return np.ascontiguousarray(matrix)
+        return matrix if matrix.flags.c_contiguous else np.ascontiguousarray(matrix)
+
+
+# ---------------------------------------------------------------------- backends
+#
+# Both take checked input from VectorIndex: uint64 keys (unique within a call), C-contiguous float32
+# (n, dim) matrices, 1 <= width <= len. `search` returns (int64 keys, float32 cosine distances, per-row
+# hit counts or None when every row is full), or None when the library cannot fill every row.
+
+
+class _Usearch:
+    def __init__(self, dim: int, dtype: str, m: int, ef_add: int, ef_search: int, threads: int) -> None:
+        self.threads = threads
+        self.index = Index(
+            ndim=dim, metric="cos", dtype=dtype, connectivity=m, expansion_add=ef_add, expansion_search=ef_search
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set_expansion_search(self, value: int) -> None:
+        self.index.expansion_search = value
+
+    def memory_bytes(self) -> int:
+        return int(self.index.memory_usage)
+
+    def contains(self, ukeys: np.ndarray) -> np.ndarray:
+        return np.asarray(self.index.contains(ukeys), dtype=bool).reshape(-1)
+
+    def keys(self) -> np.ndarray:
+        return np.asarray(self.index.keys, dtype=np.uint64)
+
+    def get(self, ukeys: np.ndarray) -> np.ndarray:
+        return np.asarray(self.index.get(ukeys), dtype=np.float32)
+
+    def add(self, ukeys: np.ndarray, matrix: np.ndarray) -> None:
+        present = ukeys[self.contains(ukeys)]
+        if len(present):
+            # usearch's high-level API refuses duplicate keys: replace = remove, then add.
+            self.index.remove(present)
+        self.index.add(ukeys, matrix, threads=self.threads)
+
+    def remove(self, present: np.ndarray) -> None:
+        self.index.remove(present)
+
+    def search(self, queries: np.ndarray, width: int):  # noqa: ANN201
+        matches = self.index.search(queries, width, threads=self.threads)
+        rows = len(queries)
+        keys = np.asarray(matches.keys, dtype=np.uint64).reshape(rows, -1)[:, :width].astype(np.int64)
+        distances = np.asarray(matches.distances, dtype=np.float32).reshape(rows, -1)[:, :width]
+        counts = np.asarray(matches.counts).reshape(-1) if hasattr(matches, "counts") else np.full(1, width)
+        return keys, distances, counts
+
+    def save(self) -> bytes:
+        return bytes(self.index.save())
+
+    def load(self, payload: memoryview) -> None:
+        self.index.load(payload)
+
+
+class _Hnswlib:
+    """hnswlib 0.8 "cosine" space (stores unit float32 vectors; distance = 1 - dot).
+
+    hnswlib keeps a removed item's slot (mark_deleted) and its label in its lookup table until
+    `replace_deleted` reuses the slot for a new label. So: a live key is updated in place, a removed
+    key still in the table is unmarked and updated in place, and only a key hnswlib has never seen (or
+    whose slot was reused) takes a removed slot; adding with replace_deleted under a label the table
+    still holds would leave two slots with one label. Live keys are kept here as a sorted uint64 array
+    (8 bytes a key) because hnswlib's `get_ids_list` includes removed labels.
+    """
+
+    _FIRST_CAPACITY = 1024
+    _GROWTH = 1.5
+
+    def __init__(self, dim: int, dtype: str, m: int, ef_add: int, ef_search: int, threads: int) -> None:
+        self.dim, self.m, self.ef_add, self.ef_search, self.threads = dim, m, ef_add, ef_search, threads
+        self.index = None  # created on first add or load (load_index replaces an inited index noisily)
+        self.live = np.empty(0, np.uint64)
+
+    def _new(self, capacity: int):  # noqa: ANN202
+        import hnswlib  # after onnxruntime (top of module); only brains that use this backend load it
+
+        index = hnswlib.Index(space="cosine", dim=self.dim)
+        if capacity:
+            index.init_index(max_elements=capacity, ef_construction=self.ef_add, M=self.m, allow_replace_deleted=True)
+        return index
+
+    def _configure(self) -> None:
+        self.index.set_ef(self.ef_search)
+        self.index.set_num_threads(self.threads)
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def set_expansion_search(self, value: int) -> None:
+        self.ef_search = value
+        if self.index is not None:
+            self.index.set_ef(value)
+
+    def memory_bytes(self) -> int:
+        # hnswlib reports no memory figure; its serialised size is its arrays for the slots in use.
+        return int(self.index.index_file_size()) if self.index is not None else 0
+
+    def contains(self, ukeys: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(self.live, ukeys)
+        found = at < len(self.live)
+        found[found] = self.live[at[found]] == ukeys[found]
+        return found
+
+    def keys(self) -> np.ndarray:
+        return self.live.copy()
+
+    def get(self, ukeys: np.ndarray) -> np.ndarray:
+        if len(ukeys) == 0:
+            return np.empty((0, self.dim), np.float32)
+        return np.asarray(self.index.get_items(ukeys, return_type="numpy"), dtype=np.float32)
+
+    def add(self, ukeys: np.ndarray, matrix: np.ndarray) -> None:
+        if self.index is None:
+            self.index = self._new(max(self._FIRST_CAPACITY, len(ukeys)))
+            self._configure()
+        in_place = self.contains(ukeys)
+        removed_slots = self.index.element_count - len(self.live)
+        if removed_slots:
+            in_table = np.asarray(self.index.get_ids_list(), dtype=np.uint64)
+            revive = ~in_place & np.isin(ukeys, np.setdiff1d(in_table, self.live))
+            for key in ukeys[revive].tolist():
+                self.index.unmark_deleted(key)
+            removed_slots -= int(revive.sum())
+            in_place |= revive
+        if in_place.any():
+            self.index.add_items(matrix[in_place], ukeys[in_place], num_threads=self.threads)
+        new = ~in_place
+        if new.any():
+            needed = self.index.element_count + max(0, int(new.sum()) - removed_slots)
+            if needed > self.index.max_elements:
+                self.index.resize_index(max(needed, int(self.index.max_elements * self._GROWTH)))
+            self.index.add_items(matrix[new], ukeys[new], num_threads=self.threads, replace_deleted=True)
+        self.live = np.union1d(self.live, ukeys)
+
+    def remove(self, present: np.ndarray) -> None:
+        for key in present.tolist():
+            self.index.mark_deleted(key)
+        self.live = np.setdiff1d(self.live, present)
+
+    def search(self, queries: np.ndarray, width: int):  # noqa: ANN201
+        try:
+            labels, distances = self.index.knn_query(queries, k=width, num_threads=self.threads)
+        except RuntimeError:  # "Cannot return the results in a contiguous 2D array": fewer than k found
+            return None
+        return labels.astype(np.int64), distances, None
+
+    def save(self) -> bytes:
+        """uint64 count of removed labels still in hnswlib's table, those labels, then save_index's file."""
+        index = self.index if self.index is not None else self._new(1)
+        if self.index is None:
+            index.set_num_threads(self.threads)
+        removed = (
+            np.setdiff1d(np.asarray(index.get_ids_list(), dtype=np.uint64), self.live)
+            if index.element_count
+            else np.empty(0, np.uint64)
+        )
+        with tempfile.TemporaryDirectory(prefix="omega-hnsw-") as tmp:
+            raw = Path(tmp) / "index.hnsw"
+            index.save_index(str(raw))
+            body = raw.read_bytes()
+        return struct.pack("<Q", len(removed)) + removed.astype("<u8").tobytes() + body
+
+    def load(self, payload: memoryview) -> None:
+        if len(payload) < 8:
+            raise ValueError("payload too short")
+        (n_removed,) = struct.unpack_from("<Q", payload, 0)
+        end = 8 + 8 * n_removed
+        if end > len(payload):
+            raise ValueError("payload too short for its removed-label list")
+        removed = np.frombuffer(payload[8:end], dtype="<u8").astype(np.uint64)
+        index = self._new(0)
+        with tempfile.TemporaryDirectory(prefix="omega-hnsw-") as tmp:
+            raw = Path(tmp) / "index.hnsw"
+            raw.write_bytes(payload[end:])
+            index.load_index(str(raw), max_elements=0, allow_replace_deleted=True)
+        if index.dim != self.dim:
+            raise ValueError(f"hnswlib index holds {index.dim}-d vectors")
+        self.index = index
+        self._configure()
+        self.live = np.setdiff1d(np.asarray(index.get_ids_list(), dtype=np.uint64), removed)
 
 
 def _normalise(matrix: np.ndarray) -> np.ndarray:

@@ -280,6 +280,7 @@ def _measure_main(argv: list[str]) -> None:
         recall = _recall(index, ids, truth_matrix, queries, 50)
         sweep = _ef_sweep(index, ids, truth_matrix, queries, timing_queries, default_ef)
         config = brain.config
+        comparison = _backend_comparison(config, ids, truth_matrix, queries, timing_queries)
     print(json.dumps({
         "embed_ms_p50": round(_median_ms(embed), 3),
         "search_us_p50": round(_median_ms(search) * 1000.0, 1),
@@ -295,17 +296,20 @@ def _measure_main(argv: list[str]) -> None:
         "rss_breakdown_mb": breakdown,
         "memory_objects_mb": {
             "catalog_matrix_f16": round(catalog.nbytes / 1e6, 2),
-            "catalog_index_usearch": round(index.memory_bytes / 1e6, 2),
+            f"catalog_index_{index.backend}": round(index.memory_bytes / 1e6, 2),
             "pattern_memory": round(memory.nbytes / 1e6, 2),
         },
         "rss_after_runs_mb": round(after, 1),
         "rss_peak_mb": round(peak, 1),
         "load_ms": round(load_ms, 1),
-        "index": {"dtype": index.dtype, "m": index.connectivity, "ef_construction": index.expansion_add,
+        "index_backend": index.backend,
+        "index": {"backend": index.backend, "dtype": index.dtype, "m": index.connectivity, "ef_construction": index.expansion_add,
                   "ef_search": default_ef, "threads": index.threads},
         "ef_sweep": sweep,
         "config_index": {"index_m": config.index_m, "index_ef_construction": config.index_ef_construction,
-                         "index_ef_search": config.index_ef_search, "index_dtype": config.index_dtype},
+                         "index_ef_search": config.index_ef_search, "index_dtype": config.index_dtype,
+                         "index_backend": config.index_backend},
+        "backend_comparison": comparison,
     }))  # fmt: skip
 
 
@@ -353,6 +357,100 @@ def _ef_sweep(index, ids, truth_matrix, queries, timing_queries, default_ef: int
         return out
     finally:
         index.expansion_search = default_ef
+
+
+#: (backend, dtype, ef values) compared on the real catalog in every run
+BACKEND_VARIANTS = (("usearch", "f16", (64, 80, 96, 128)), ("hnswlib", "f32", (48, 64, 80, 96, 128)))
+
+
+def _backend_comparison(config, ids, truth_matrix, queries, timing_queries) -> dict[str, dict]:  # noqa: ANN001
+    """Every backend in BACKEND_VARIANTS built over the same vectors (config's M and ef_construction), same queries.
+
+    Per variant: build time, VmRSS growth while building it, the library's memory figure, the saved file
+    size; per ef: recall@50 and search µs p50 through `VectorIndex.search` and through the bare library
+    call (the difference is the wrapper's cost: input checks, k clamp, result conversion). All timings
+    are interleaved in blocks (variant by variant, ef by ef) so a noisy core hits every figure alike.
+    """
+    import gc
+    import statistics
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from omega.brain.index import VectorIndex
+
+    built: dict[str, VectorIndex] = {}
+    out: dict[str, dict] = {}
+    for backend, dtype, _ in BACKEND_VARIANTS:
+        gc.collect()
+        before = rss_mb()[0]
+        started = time.perf_counter()
+        index = VectorIndex(
+            truth_matrix.shape[1], dtype=dtype, connectivity=config.index_m, expansion_add=config.index_ef_construction,
+            expansion_search=config.index_ef_search, exact_below=config.index_exact_below, threads=1, backend=backend,
+        )  # fmt: skip
+        index.add(ids, truth_matrix)
+        build_s = time.perf_counter() - started
+        gc.collect()
+        with tempfile.TemporaryDirectory(prefix="omega-bench-index-") as tmp:
+            path = Path(tmp) / "catalog.index"
+            index.save(path)
+            file_mb = path.stat().st_size / 1e6
+        built[backend] = index
+        out[f"{backend}_{dtype}"] = {
+            "backend": backend, "dtype": dtype, "m": config.index_m, "ef_construction": config.index_ef_construction,
+            "build_s": round(build_s, 2), "rss_growth_mb": round(rss_mb()[0] - before, 1),
+            "memory_mb": round(index.memory_bytes / 1e6, 2), "file_mb": round(file_mb, 2), "ef": {},
+        }  # fmt: skip
+
+    def raw_call(backend: str, index: VectorIndex):  # noqa: ANN202
+        library = index._index.index
+        if backend == "usearch":
+            return lambda q: library.search(q, 50, threads=1)
+        return lambda q: library.knn_query(q, k=50, num_threads=1)
+
+    combos = [(backend, dtype, ef) for backend, dtype, efs in BACKEND_VARIANTS for ef in efs]
+    wrapped: dict[tuple, list[float]] = {c: [] for c in combos}
+    raw: dict[tuple, list[float]] = {c: [] for c in combos}
+    rows = [np.ascontiguousarray(q[None, :], dtype=np.float32) for q in timing_queries]
+    blocks = np.array_split(np.arange(len(rows)), 3) if len(rows) >= 3 else [np.arange(len(rows))]
+    for block in blocks:
+        for combo in combos:
+            backend, _, ef = combo
+            index = built[backend]
+            index.expansion_search = ef
+            call = raw_call(backend, index)
+            index.search(rows[block[0]][0], 50)  # settle after the change
+            for i in block:  # alternate which goes first: the second call finds the first's path in cache
+                q = rows[i]
+                if i % 2:
+                    t0 = time.perf_counter()
+                    index.search(q[0], 50)
+                    t1 = time.perf_counter()
+                    call(q)
+                else:
+                    t0 = time.perf_counter()
+                    call(q)
+                    t1 = time.perf_counter()
+                    index.search(q[0], 50)
+                t2 = time.perf_counter()
+                wrapped[combo].append(t1 - t0 if i % 2 else t2 - t1)
+                raw[combo].append(t2 - t1 if i % 2 else t1 - t0)
+    for combo in combos:
+        backend, dtype, ef = combo
+        index = built[backend]
+        index.expansion_search = ef
+        recall = _recall(index, ids, truth_matrix, queries, 50)
+        out[f"{backend}_{dtype}"]["ef"][str(ef)] = {
+            "recall_at_50": round(recall["all"], 4),
+            "recall_at_50_items": round(recall["items"], 4),
+            "recall_at_50_contexts": round(recall["contexts"], 4),
+            "search_us_p50": round(statistics.median(wrapped[combo]) * 1e6, 1),
+            "search_us_p90": round(_p90_ms(wrapped[combo]) * 1e3, 1),
+            "raw_library_us_p50": round(statistics.median(raw[combo]) * 1e6, 1),
+        }
+    return out
 
 
 def _timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
