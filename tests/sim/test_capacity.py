@@ -191,3 +191,13 @@ def test_bad_overrides_and_populations() -> None:
         compute(10, 20, resolve_inputs())
     with pytest.raises(OmegaError, match="basis"):
         compute(10, 5, resolve_inputs(), basis="everyone")
+
+
+def test_a_zero_divisor_in_a_bench_file_counts_as_not_measured(tmp_path) -> None:
+    """`omega load --heartbeat-only` reports syncs_per_s 0: that run measured connections, not syncs."""
+    load = tmp_path / "load.json"
+    load.write_text('{"connections_held": 10000, "memory_per_connection_kib": 25.2, "syncs_per_s": 0}')
+    inputs = resolve_inputs([load])
+    assert inputs.figures["connections_per_worker"].value == 10000
+    syncs = inputs.figures.get("syncs_per_s")
+    assert syncs is None or not syncs.source.startswith("measured:")
