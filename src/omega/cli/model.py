@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="model commands", no_args_is_help=True)
+app = typer.Typer(help="the INT8 MiniLM embedding model: build it into the cache, inspect it", no_args_is_help=True)
 
 CacheDirOption = Annotated[
     Path | None,
