@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +138,31 @@ async def test_daemon_honours_retry_after(store, peer):
 
     await asyncio.wait_for(agent.run(stop, on_sync=on_sync, start_jitter=False), 20)
     [(code, delay)] = seen
-    assert code == "rate_limited" and 3.0 <= delay <= 3.0 + policy_for(Tier.CASUAL).backoff_base_s
+    # Retry-After (3 s) is the server's wait for one frame; the retried sync sends three (the pending push,
+    # a pull, the heartbeat), so the daemon waits for all three before it tries again, plus jitter.
+    assert agent.outbox.pending_count() == 1
+    assert code == "rate_limited" and 3 * 3.0 <= delay <= 3 * 3.0 + policy_for(Tier.CASUAL).backoff_base_s
+    assert peer.peer.kinds.count("push") <= 1 and "pull" not in peer.peer.kinds  # nothing sent during the pause
+
+
+async def test_a_rate_limited_daemon_does_not_retry_before_the_retry_after_elapses(store, peer):
+    agent = make_agent(store, peer.url, Tier.CASUAL)
+    peer.peer.faults.append("429")  # Retry-After: 3 (one frame); the retried sync sends push, pull, heartbeat
+    agent.policy = replace(agent.policy, backoff_base_s=0.01, backoff_cap_s=0.01)  # (almost) no jitter on top
+    stop = asyncio.Event()
+    seen: list[tuple[float, str | None, float]] = []
+
+    def on_sync(report, error, delay):
+        seen.append((time.monotonic(), error.code if error else None, delay))
+        if error is None:
+            stop.set()
+
+    started = time.monotonic()
+    await asyncio.wait_for(agent.run(stop, on_sync=on_sync, start_jitter=False), 30)
+    (failed_at, code, delay), (done_at, ok, _) = seen
+    assert code == "rate_limited" and ok is None and delay >= 9.0
+    assert done_at - failed_at >= 9.0 * 0.95 and failed_at - started < 2.0
+    assert agent.outbox.pending_count() == 0 and state.cursor(store) == 5
 
 
 async def test_daemon_syncs_on_schedule_until_stopped(store, peer):
@@ -188,9 +214,51 @@ async def test_a_page_that_cannot_be_merged_leaves_store_and_cursor_untouched(st
     peer.peer.page_size = 2
     agent = make_agent(store, peer.url, Tier.CASUAL)
     try:
-        with pytest.raises(SyncFailed, match="cannot merge"):
+        with pytest.raises(SyncFailed, match="cannot merge") as failed:
             await agent.sync_once()
+        assert failed.value.code == "malformed"  # the page's fault, unlike a full disk (local_store)
         assert store.consolidated() == [] and state.cursor(store) == 0
+    finally:
+        await agent.close()
+
+
+def _fill_disk(store: BrainStore) -> None:
+    """Cap the database at its current size (SQLite's own SQLITE_FULL) and use up the slack in it."""
+    from omega.errors import OmegaError
+
+    with store.transaction() as db:
+        db.execute("CREATE TABLE IF NOT EXISTS ballast (b BLOB)")
+    pages = store._conn().execute("PRAGMA page_count").fetchone()[0]
+    store._conn().execute(f"PRAGMA max_page_count = {pages}")
+    for size in (4000, 500, 50, 5):
+        while True:
+            try:
+                with store.transaction() as db:
+                    db.execute("INSERT INTO ballast VALUES (randomblob(?))", (size,))
+            except OmegaError as exc:
+                assert "full" in str(exc)
+                break
+
+
+async def test_a_full_disk_while_merging_a_pulled_page_is_a_local_store_failure(store, peer):
+    changes, peer.peer.changes = peer.peer.changes, []
+    peer.peer.page_size = 5  # one page of ~8 KB: more than the free room in the ReasoningBank's empty root page
+    agent = make_agent(store, peer.url, Tier.CASUAL)
+    try:
+        first = await agent.sync_once()  # the push goes out while there is room
+        assert first.batches_acked == 1 and first.pulled_patterns == 0
+        peer.peer.changes = changes
+        bank, cursor = store.consolidated(), state.cursor(store)
+        _fill_disk(store)
+        with pytest.raises(SyncFailed, match="full") as failed:
+            await agent.sync_once()
+        assert failed.value.code == "local_store"  # the TV's own disk, not a malformed page
+        assert state.cursor(store) == cursor == 0 and store.consolidated() == bank == []
+        with store.transaction() as db:  # room again: the same pages merge
+            db.execute("DELETE FROM ballast")
+        store._conn().execute("PRAGMA max_page_count = 1073741823")
+        report = await agent.sync_once()
+        assert report.pulled_patterns == 5 and state.cursor(store) == 5
     finally:
         await agent.close()
 

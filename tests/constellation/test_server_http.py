@@ -262,3 +262,24 @@ def test_signed_error_for_an_authentic_but_invalid_body(server: ServerProcess, c
     assert resp.status_code == 400
     frame = dev.decode(resp.content)
     assert frame.authenticated and frame.body.code == "malformed"
+
+
+def test_a_client_that_disconnects_mid_body_is_no_traceback(server: ServerProcess, client: httpx.Client) -> None:
+    """A TV dropping off mid-request is routine: counted, no traceback in the log, the server keeps serving."""
+    import socket
+    import time
+
+    before = server.stats()["client_disconnects"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/sync HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + b"x" * 10)  # fmt: skip
+        time.sleep(0.2)  # let the server start reading the body
+    deadline = time.monotonic() + 10
+    while server.stats()["client_disconnects"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.stats()["client_disconnects"] == before + 1
+    assert client.get("/healthz").status_code == 200
+    dev = fresh()
+    assert isinstance(dev.decode(server.post(dev.frame(Heartbeat(Tier.ACTIVE)), client).content).body, HeartbeatAck)
+    text = server.log.read_text()
+    assert "Traceback" not in text and "ClientDisconnect" not in text, text

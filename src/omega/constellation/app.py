@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -100,6 +100,8 @@ class ServerState:
     draining: bool = False
     startup_error: Exception | None = None  # why the lifespan failed to start (the CLI reports it)
     in_flight: int = 0
+    #: POST /v1/sync bodies cut short by the client (a TV dropping off the network is routine); see /v1/stats.
+    client_disconnects: int = 0
     connections: set[_Connection] = field(default_factory=set)
 
     def connections_by_tier(self) -> dict[str, int]:
@@ -214,7 +216,12 @@ def create_app(settings: ServerSettings) -> Starlette:
             return _frame_response(503, body, DRAIN_RETRY_S)
         state.in_flight += 1
         try:
-            data = await _read_body(request, settings.max_frame_bytes)
+            try:
+                data = await _read_body(request, settings.max_frame_bytes)
+            except ClientDisconnect:  # the TV went away mid-body: nobody is left to answer, and no traceback
+                state.client_disconnects += 1
+                log.debug("client %s disconnected mid-request", request.client.host if request.client else "?")
+                return Response(status_code=400)  # never reaches the client; keeps the ASGI contract
             if data is None:
                 body = encode_error_reply("too_large", f"frame exceeds {settings.max_frame_bytes} bytes")
                 state.metrics.rejections.labels("too_large").inc()
@@ -288,6 +295,7 @@ def create_app(settings: ServerSettings) -> Starlette:
             "distinct_devices_hour": await service.cache.distinct_devices(now_ms()),
             "cache": service.cache.backend,
             "connections": len(state.connections),
+            "client_disconnects": state.client_disconnects,
         })  # fmt: skip
 
     async def trends(request: Request) -> Response:

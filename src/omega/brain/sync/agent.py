@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -108,6 +109,22 @@ def _to_record(p) -> ConsolidatedRecord:  # protocol ConsolidatedPattern -> Reas
         trend_score=p.trend_score,
         version=p.version,
     )
+
+
+def _bad_page(exc: BaseException) -> bool:
+    """Did merging fail on the page's content (rather than on the TV's own store, e.g. a full disk)?
+
+    SQLite errors reach us wrapped in OmegaError (possibly twice, through nested transactions); only
+    an out-of-range value (OverflowError) or a constraint violation (IntegrityError) blames the data.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (OverflowError, sqlite3.IntegrityError)):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 class SyncAgent:
@@ -274,8 +291,11 @@ class SyncAgent:
                     self.store.put_consolidated(patterns)
                     self.store.merge_global_transitions(transitions)
                 state.set_cursor(db, reply.cursor)
-        except (OmegaError, OverflowError) as exc:  # e.g. an id beyond SQLite's int64: nothing of the page is kept
-            raise SyncFailed(f"cannot merge a pulled page: {exc}", code="malformed", report=report) from None
+        except (OmegaError, OverflowError) as exc:  # the transaction rolled back: nothing of the page is kept
+            if _bad_page(exc):  # e.g. an id beyond SQLite's int64, or a value a constraint refuses
+                raise SyncFailed(f"cannot merge a pulled page: {exc}", code="malformed", report=report) from None
+            # The TV's own store refused the write (disk full, I/O error): not the server's fault.
+            raise SyncFailed(f"cannot merge a pulled page: local store: {exc}", code="local_store", report=report) from exc
         report.pulled_patterns += len(patterns)
         report.pulled_edges += len(transitions)
         report.cursor = reply.cursor
@@ -354,7 +374,7 @@ class SyncAgent:
                 try:
                     report = await self.sync_once()
                 except SyncFailed as exc:
-                    delay = backoff.next_delay(exc.retry_after_s)
+                    delay = backoff.next_delay(self._retry_pause(exc))
                     log.warning("sync failed (%s); retrying in %.1f s", exc, delay)
                     if on_sync is not None:
                         on_sync(exc.report, exc, delay)
@@ -367,6 +387,21 @@ class SyncAgent:
                     on_sync(report, None, delay)
         finally:
             await self.close()
+
+    def _retry_pause(self, exc: SyncFailed) -> float:
+        """The least pause the server asked for before the next sync (the backoff adds jitter on top).
+
+        The server's Retry-After for `rate_limited` is the wait for ONE frame (its token bucket refills
+        one token in that time), but the retry is a whole new sync: the pushes still in the outbox, a
+        pull and a heartbeat. Waiting retry_after x those frames lets the bucket refill enough for the
+        whole sync, instead of being refused again at the next frame. Other refusals (e.g. a draining
+        server's `unavailable`) are about the server, not our budget, and keep the hint as given.
+        """
+        if exc.code != "rate_limited" or exc.retry_after_s <= 0:
+            return exc.retry_after_s
+        pushes = self.outbox.pending_count() + (1 if self.outbox.queued_patterns() else 0)
+        frames = min(pushes, self.config.max_batches_per_sync) + 2  # + at least one pull page and the heartbeat
+        return exc.retry_after_s * frames
 
     async def _idle(self, delay: float, stop: asyncio.Event) -> bool:
         """Wait `delay` seconds; True if stopped. A persistent connection that drops cuts the wait short."""
