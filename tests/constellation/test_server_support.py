@@ -46,9 +46,7 @@ def small_codebook() -> Codebook:
     centres = rng.normal(size=(16, DIM))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     x = np.repeat(centres, 8, axis=0) + 0.02 * rng.normal(size=(128, DIM))
-    from omega.cli.server import stable_codebook
-
-    return stable_codebook(build_codebook(x.astype(np.float32), k=16, seed=0, iters=10, version=3))
+    return build_codebook(x.astype(np.float32), k=16, seed=0, iters=10, version=3)
 
 
 def near(codebook: Codebook, cell: int, seed: int, spread: float = 0.05) -> np.ndarray:

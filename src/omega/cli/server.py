@@ -90,28 +90,11 @@ def codebook_build(
     items = load_movielens(catalog).items
     print(f"omega codebook: embedding {len(items)} items", file=sys.stderr, flush=True)
     vectors = Embedder().embed_batch([it.text() for it in items])
-    book = stable_codebook(build_codebook(vectors, k=k, seed=seed, version=version))
+    book = build_codebook(vectors, k=k, seed=seed, version=version)
     book.save(out)
     Codebook.load(out)  # what the servers will do: must verify
     print(f"omega codebook: wrote {out} (version {book.version}, k={book.k}, fingerprint {book.fingerprint[:16]})",
           file=sys.stderr)  # fmt: skip
-
-
-def stable_codebook(book):  # noqa: ANN001, ANN201
-    """The same codebook with centroids at the fixed point of re-normalisation.
-
-    `Codebook` re-normalises its rows on construction, which can flip last bits of
-    float32 rows that were already unit; `Codebook.load` rebuilds and then checks
-    the saved hash, so a codebook must be saved from rows that survive that.
-    """
-    from omega.constellation.codebook import Codebook
-
-    for _ in range(8):
-        again = Codebook(book.version, book.centroids)
-        if again.fingerprint == book.fingerprint:
-            return book
-        book = again
-    raise OmegaError("codebook centroids do not settle under normalisation")
 
 
 def register(app: typer.Typer) -> None:
