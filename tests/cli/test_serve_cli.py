@@ -104,3 +104,21 @@ def test_bench_sync_reports_the_design_keys() -> None:
     assert report["syncs_per_s"] > 0 and report["connections_held"] == 2
     assert report["heartbeat_bytes"] <= 64 and report["pull_bytes_max"] <= 5000
     assert report["errors"] == {}
+
+
+def test_codebook_build_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
+    existing = tmp_path / "book.npz"
+    existing.write_bytes(b"an older codebook")
+    cases = [
+        (["--catalog", str(tmp_path), "--out", str(existing), "--k", "0"], "--k"),
+        (["--catalog", str(tmp_path), "--out", str(existing), "--version", "-1"], "--version"),
+        (["--catalog", str(tmp_path), "--out", str(tmp_path / "no" / "book.npz")], "output folder"),
+        (["--catalog", str(tmp_path / "absent"), "--out", str(existing)], "not found"),
+        (["--catalog", str(tmp_path), "--out", str(existing)], "not a MovieLens folder"),
+    ]
+    for args, expected in cases:
+        out = omega("codebook", "build", *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+        assert expected in out.stderr.strip().splitlines()[-1], (args, out.stderr)
+    assert existing.read_bytes() == b"an older codebook"  # nothing written over on a refusal
