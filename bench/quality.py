@@ -12,7 +12,8 @@ cell-level backoff.
     .venv/bin/python bench/quality.py            # validation split (tuning)
     .venv/bin/python bench/quality.py --test     # the held-out targets (report only)
 
-Grids (`--grid`): basic (item level, k_min 1/3/5/10), table (item vs codebook-cell
+Grids (`--grid`): basic (item level, k_min 1/3/5/10), pairs (item edges plus the unordered
+pairs the constellation derives from them, pair weight 1/2/3, k_min 1/3/5/10), table (item vs codebook-cell
 backoff of 64/256/1024 cells, k_min 3/5, cell edges per TV), cell, derived (cell
 backoff coarsened from the published item edges, no new wire data), hops
 (two-hop and reverse edges, plus the central seq_transition for reference),
@@ -109,8 +110,9 @@ def row_norm(W: sp.csr_matrix, source_norm: float) -> sp.csr_matrix:
     return (sp.diags(scale) @ W).tocsr()
 
 
-def evaluate(split, hists, W, S, emb, cfg, cells=None, CW=None) -> dict:
+def evaluate(split, hists, W, S, emb, cfg, cells=None, CW=None, P=None) -> dict:
     n = split.n_items
+    PT = row_norm((P + P.T).tocsr(), cfg["source_norm"]) if P is not None and cfg.get("w_pair", 0) > 0 else None
     Wc = W
     if cfg.get("support_c", 0) > 0:
         conf = S.copy()
@@ -140,6 +142,10 @@ def evaluate(split, hists, W, S, emb, cfg, cells=None, CW=None) -> dict:
         s = np.asarray((q @ T).todense()).ravel()
         top = s.max(initial=0.0)
         score = cfg["w_global"] * (s / top if top > 0 else s)
+        if PT is not None:  # published unordered pairs, read from either end
+            sp_ = np.asarray((q @ PT).todense()).ravel()
+            tp = sp_.max(initial=0.0)
+            score += cfg["w_pair"] * (sp_ / tp if tp > 0 else sp_)
         if cfg.get("w_twohop", 0) > 0 and top > 0:  # a→b→c through published edges
             s2 = np.asarray((sp.csr_matrix(s / top) @ T).todense()).ravel()
             t2 = s2.max(initial=0.0)
@@ -202,14 +208,25 @@ def main(argv=None) -> int:
 
     def run(name, k, cfg, cells=None, ncells=None, derived=False):
         W, S = publish(per_tv, n, k)
+        P = None
+        if cfg.get("w_pair", 0) > 0:  # what the constellation derives: one unordered pair per TV and item pair
+            per_tv_pairs = []
+            for edges in per_tv:
+                agg: dict = {}
+                for (x, y), w in edges.items():
+                    key = (min(x, y), max(x, y))
+                    agg[key] = agg.get(key, 0.0) + w
+                per_tv_pairs.append(agg)
+            P, _ = publish(per_tv_pairs, n, k)
         CW = None
         if cells is not None and derived:  # coarsen the *published* item edges on the TV: no new wire data
             P = sp.csr_matrix((np.ones(n), (np.arange(n), cells)), shape=(n, ncells))
             CW = (P.T @ W @ P).tocsr()
         elif cells is not None:
             CW, _ = publish(per_tv, n, k, key=cells, n_keys=ncells)
-        res = evaluate(split, tr_items, W, S, emb, cfg, cells, CW)
+        res = evaluate(split, tr_items, W, S, emb, cfg, cells, CW, P)
         row = {"name": name, "k_min": k, "edges": int(W.nnz), "cell_edges": int(CW.nnz) if CW is not None else 0,
+               "pairs": int(P.nnz) if P is not None else 0,
                **{m: round(v, 4) for m, v in res.items()}}
         out.append(row)
         print(json.dumps(row), flush=True)
@@ -224,6 +241,11 @@ def main(argv=None) -> int:
     if a.grid == "basic":
         for k in (1, 3, 5, 10):
             run("item", k, BASE)
+    elif a.grid == "pairs":  # unordered pairs derived by the constellation, next to the ordered edges
+        for k in (1, 3, 5, 10):
+            run("item", k, BASE)
+            for wp in (1.0, 2.0, 3.0):
+                run(f"item+pair w{wp}", k, BASE | {"w_pair": wp})
     elif a.grid == "cell":
         for nc in (64, 256, 1024):
             for wc in (0.1, 0.3):
