@@ -371,3 +371,12 @@ def test_sigkill_mid_stream_loses_nothing_committed(tmp_path: Path):
         assert set(committed) <= stored
         # Each transaction wrote an episode and a transition together, or neither.
         assert s.stats()["episodes"] == s.stats()["transitions"]
+
+
+def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: BrainStore):
+    store.merge_global_pairs([TransitionStat(1, 2, 3.0, 4), TransitionStat(2, 7, 1.0, 3)])
+    store.merge_global_pairs([TransitionStat(1, 2, 8.0, 9)])
+    assert store.global_pairs_from(1) == [TransitionStat(1, 2, 8.0, 9)]
+    assert store.global_pairs_from(2) == [TransitionStat(2, 1, 8.0, 9), TransitionStat(2, 7, 1.0, 3)]
+    assert store.global_pairs_from(7) == [TransitionStat(7, 2, 1.0, 3)]
+    assert store.global_transitions_from(1) == []  # pairs are not ordered edges

@@ -21,6 +21,7 @@ from omega.constellation.codebook import DIM, Codebook, build_codebook
 from omega.constellation.crdt import CellKey, CellState, ConsolidatedEdge, ConsolidatedPattern, FederatedState
 from omega.constellation.store import open_store
 from omega.errors import OmegaError
+from omega.protocol import Keyspace
 
 from .conftest import SALT, device, near, pattern
 
@@ -167,8 +168,32 @@ async def test_k_min_gates_publication(aggregator, codebook) -> None:
 async def test_edge_weight_is_clipped(aggregator) -> None:
     for d in range(3):
         await aggregator.apply(device(d), b"e", [], [(1, 5, 6, 1e9)], NOW)
-    (edge,) = await aggregator.published()
-    assert edge.weight == pytest.approx(3 * aggregator.policy.edge_w_max)
+    edges = {e.keyspace: e for e in await aggregator.published()}
+    assert set(edges) == {Keyspace.ITEM, Keyspace.PAIR}
+    for edge in edges.values():
+        assert edge.weight == pytest.approx(3 * aggregator.policy.edge_w_max)
+
+
+async def test_item_edges_also_publish_unordered_pairs_that_reach_k_min_sooner(aggregator) -> None:
+    # Two TVs watched 5 then 6, one watched 6 then 5: no ordered edge has 3 TVs, the pair {5, 6} has.
+    pushes = [[(1, 5, 6, 1.0)], [(1, 5, 6, 0.5)], [(1, 6, 5, 2.0)]]
+    for d, edges in enumerate(pushes):
+        res = await aggregator.apply(device(d), b"e", [], edges, NOW)
+        assert res.accepted == len(edges) and res.rejections == []  # derived pairs are not the TV's business
+    (pair,) = await aggregator.published()
+    assert (pair.keyspace, pair.src, pair.dst, pair.support) == (Keyspace.PAIR, 5, 6, 3)
+    assert pair.weight == pytest.approx(1.0 + 0.5 + 2.0)
+    # Both orders in one push: one pair contribution of their sum.
+    res = await aggregator.apply(device(3), b"e", [], [(1, 5, 6, 1.0), (1, 6, 5, 0.25)], NOW)
+    assert res.accepted == 2
+    published = {(e.keyspace, e.src, e.dst): (e.support, e.weight) for e in await aggregator.published()}
+    assert published == {(Keyspace.ITEM, 5, 6): (3, pytest.approx(2.5)), (Keyspace.PAIR, 5, 6): (4, pytest.approx(4.75))}
+
+
+async def test_a_pushed_pair_is_refused(aggregator) -> None:
+    res = await aggregator.apply(device(0), b"e", [], [(int(Keyspace.PAIR), 1, 2, 1.0), (1, 1, 1, 1.0)], NOW)
+    assert [(r.index, r.reason) for r in res.rejections] == [(0, BAD_TRANSITION)]
+    assert res.accepted == 1  # the self-edge is kept as an edge; it makes no pair
 
 
 async def test_store_refuses_another_codebook_or_salt(store_url, codebook) -> None:

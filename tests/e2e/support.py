@@ -41,7 +41,7 @@ from omega.constellation.crdt import CellKey, CellState, ConsolidatedEdge, Conso
 from omega.constellation.keyring import Keyring
 from omega.constellation.settings import load_settings
 from omega.constellation.store import StoreStats, open_store
-from omega.protocol import Push, Tier, now_ms
+from omega.protocol import Keyspace, Push, Tier, now_ms
 
 SECRET = "e2e-fault-test-secret-0123456789abcdef"
 SHARD = "e2e"
@@ -269,7 +269,7 @@ class TV:
                 await asyncio.sleep(exc.retry_after_s)  # a busy server asked for a pause: honour it
                 continue
             reports.append(report)
-            if report.outbox_pending == 0 and report.batches_acked == 0:
+            if report.outbox_pending == 0 and report.batches_acked == 0 and not report.pull_more:
                 return reports
         raise AssertionError(f"{self.path.name}: still pushing after {max_syncs} syncs")
 
@@ -283,6 +283,10 @@ class TV:
     def global_edges(self) -> dict[tuple[int, int], tuple[float, int]]:
         with self.brain.store.transaction() as db:
             return {(s, d): (w, n) for s, d, w, n in db.execute("SELECT src, dst, weight, support FROM global_transitions")}
+
+    def global_pairs(self) -> dict[tuple[int, int], tuple[float, int]]:
+        with self.brain.store.transaction() as db:
+            return {(s, d): (w, n) for s, d, w, n in db.execute("SELECT src, dst, weight, support FROM global_pairs")}
 
     async def close(self) -> None:
         await self.agent.close()
@@ -380,6 +384,21 @@ class Reference:
                 acc = self.edges.setdefault(key, [0.0, 0])
                 acc[0] += min(float(e.weight), self.policy.edge_w_max)
                 acc[1] += 1
+            # The server derives one unordered pair per item pair of the push (both orders summed).
+            pairs: dict[EdgeKey, float] = {}
+            if ks == Keyspace.ITEM:
+                for e in push.transitions.edges:
+                    if e.src != e.dst:
+                        key = EdgeKey(int(Keyspace.PAIR), min(e.src, e.dst), max(e.src, e.dst))
+                        pairs[key] = pairs.get(key, 0.0) + min(float(e.weight), self.policy.edge_w_max)
+            for key, weight in pairs.items():
+                member = ("edge", key, device)
+                if member in self._members:
+                    continue
+                self._members.add(member)
+                acc = self.edges.setdefault(key, [0.0, 0])
+                acc[0] += min(weight, self.policy.edge_w_max)
+                acc[1] += 1
 
     def published_cells(self) -> dict[CellKey, tuple[np.ndarray, float, int]]:
         """Cells published (support >= k_min): (unit weighted-mean embedding, success rate, support)."""
@@ -451,6 +470,7 @@ def assert_bank_matches(tv: TV, fresh: TV) -> None:
         assert (v, s) == (version, support) and r == rate, cluster
         assert np.array_equal(e, emb), cluster
     assert tv.global_edges() == fresh.global_edges()
+    assert tv.global_pairs() == fresh.global_pairs()
 
 
 async def converge_and_verify(

@@ -61,7 +61,9 @@ def embedding_patterns(draw: st.DrawFn) -> EmbeddingPattern:
     )
 
 
-def transition_batches(*, with_support: bool, max_edges: int = 200) -> st.SearchStrategy[TransitionBatch]:
+def transition_batches(
+    *, with_support: bool, max_edges: int = 200, keyspaces: tuple[Keyspace, ...] = (Keyspace.ITEM, Keyspace.CELL)
+) -> st.SearchStrategy[TransitionBatch]:
     pair = st.tuples(u32, u32)
     edge = st.tuples(pair, st.integers(0, U32), u32 if with_support else st.just(0))
     return st.builds(
@@ -70,7 +72,7 @@ def transition_batches(*, with_support: bool, max_edges: int = 200) -> st.Search
             edges=tuple(Transition(s, d, w / WEIGHT_SCALE, sup) for (s, d), w, sup in edges),
             codebook_version=cbv,
         ),
-        st.sampled_from([Keyspace.ITEM, Keyspace.CELL]),
+        st.sampled_from(keyspaces),
         st.lists(edge, max_size=max_edges, unique_by=lambda e: e[0]),
         u32,
     )
@@ -107,6 +109,7 @@ pull_replies = st.builds(
     more=st.booleans(),
     patterns=st.lists(consolidated, max_size=10).map(tuple),
     transitions=st.none() | transition_batches(with_support=True),
+    pairs=st.none() | transition_batches(with_support=True, keyspaces=(Keyspace.PAIR,)),
 )
 heartbeat_acks = st.builds(HeartbeatAck, server_time_ms=u64, next_sync_s=u32, retry_after_s=u32)
 error_replies = st.builds(ErrorReply, code=codes, message=st.text(max_size=256), retry_after_s=u32)

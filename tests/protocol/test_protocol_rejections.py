@@ -22,6 +22,7 @@ from omega.protocol import (
     MalformedFrame,
     ProtocolError,
     Pull,
+    PullReply,
     Push,
     PushAck,
     QuantizedEmbedding,
@@ -240,6 +241,16 @@ def test_transition_keyspace_must_be_named() -> None:
     tb = omega_pb2.TransitionBatch(keyspace=0, src_delta=[1], dst=[2], weight=[16])
     body = _pb_frame(push=omega_pb2.Push(batch_id=b"B" * 16, transitions=tb)).SerializeToString()
     _raises(_signed(body), InvalidPattern, "invalid_pattern")
+
+
+def test_pull_reply_keeps_pairs_apart_from_ordered_edges() -> None:
+    pairs = TransitionBatch(Keyspace.PAIR, (Transition(1, 2, 1.0, 3),))
+    items = TransitionBatch(Keyspace.ITEM, (Transition(1, 2, 1.0, 3),))
+    assert PullReply(cursor=1, transitions=items, pairs=pairs).pairs is pairs
+    with pytest.raises(InvalidPattern, match="pairs go in"):
+        PullReply(cursor=1, transitions=pairs)
+    with pytest.raises(InvalidPattern, match="keyspace PAIR"):
+        PullReply(cursor=1, pairs=items)
 
 
 def test_message_constructors_validate() -> None:

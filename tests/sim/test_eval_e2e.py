@@ -35,6 +35,7 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
     result = evaluate_movielens(
         data, embedder=embedder, cold_users=10, stage=lambda name, done, total: stages.add(name),
         tables=layout == "ml-latest",
+        inspect=lambda fleet: {"tv_pair_rows": sum(tv.brain.store.stats()["global_pairs"] for tv in fleet.tvs.values())},
     )  # fmt: skip
     assert result["dataset"] == layout and result["layout"] == layout
     assert result["users"] == 30 and result["items"] == 40
@@ -44,17 +45,30 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
     # The synthetic viewers mostly watch item i+1 after item i: only federation sees that across TVs.
     assert result["methods"]["edge_federated"]["ndcg@10"] > result["methods"]["edge_only"]["ndcg@10"]
     assert result["methods"]["edge_federated"]["ndcg@10"] > result["methods"]["mostpop"]["ndcg@10"]
+    cold = result["methods"]["cold_start"]
+    assert cold["tvs"] == 10 and cold["target"] == "episode 4" and set(cold["reference"]) == {"mostpop", "seq_transition"}
     assert result["upload_bytes_per_tv"]["mean"] > 0
     assert result["upload_bytes_per_tv"]["p95"] >= result["upload_bytes_per_tv"]["mean"] * 0.5
     assert 0 < result["push_bytes_p50"] <= 1024
     assert result["wire_audit"]["no_raw_episode_left"] is True
+    # The constellation derived unordered pairs from the pushed edges and the TVs pulled them.
+    assert result["published_pairs"] > 0 and result["tv_pair_rows"] > 0
     assert {"replay viewings", "centralised baselines"} <= stages
     if layout == "ml-latest":
         privacy = result["tables"]["privacy"]
-        assert [row["k_min"] for row in privacy] == [1, 3, 5, 10]
-        published = [row["published_edges"] for row in privacy]
+        assert [(row["k_min"], row["granularity"]) for row in privacy] == [
+            (k, g) for k in (1, 3, 5, 10) for g in ("item", "item+pair")
+        ]
+        published = [row["published_edges"] for row in privacy if row["granularity"] == "item"]
         assert published == sorted(published, reverse=True) and published[0] > published[-1]
-        assert set(result["tables"]["ablation"]) >= {"content", "content+local", "content+global+popularity"}
+        # A pair is published whenever an ordered edge is (same TVs, or more), never less often.
+        for row in privacy:
+            if row["granularity"] == "item+pair":
+                assert row["published_pairs"] > 0
+        assert result["published_pairs"] > 0
+        assert set(result["tables"]["ablation"]) >= {
+            "content", "content+local", "content+global+popularity", "content+global+pairs+popularity"
+        }
 
 
 def test_a_folder_that_is_no_movielens_layout_is_refused(tmp_path: Path):

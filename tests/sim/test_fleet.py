@@ -1,17 +1,21 @@
-"""The fleet simulator: real brains syncing through the real codec into a real Aggregator, and the wire audit."""
+"""The fleet simulator: real brains syncing with the real server over loopback sockets, and the wire audit."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import pytest
 
 from omega.brain.catalog import Catalog
 from omega.brain.movielens import load_movielens
+from omega.brain.sync import HttpTransport, TransportKind, WebSocketTransport, policy_for
 from omega.constellation.codebook import build_codebook
-from omega.protocol import compute_tag, decode_frame, derive_device_key, peek_frame
+from omega.protocol import Keyspace, Tier, compute_tag, decode_frame, derive_device_key, peek_frame
 from omega.protocol import omega_pb2 as pb
 from omega.sim.evaluate import published_edges
 from omega.sim.fleet import SIM_BRAIN_CONFIG, Fleet, FleetConfig, ViewingEvent
@@ -32,10 +36,11 @@ def _events(data) -> list[ViewingEvent]:
     return [ViewingEvent(int(u), int(i), float(s), float(t)) for u, i, s, t in zip(r.user, r.item, r.rating, r.timestamp)]
 
 
-async def _simulate(tmp_path: Path, k_min: int = 2):
+async def _simulate(tmp_path: Path, k_min: int = 2, transport: str = "loopback"):
     data = load_movielens(write_fixture("ml-latest", tmp_path / "data", n_users=20, n_items=30))
     catalog, matrix = _catalog(data.items)
-    fleet = await Fleet.open(tmp_path / "fleet", catalog, build_codebook(matrix, k=8), config=FleetConfig(k_min=k_min))
+    config = FleetConfig(k_min=k_min, transport=transport)  # type: ignore[arg-type]
+    fleet = await Fleet.open(tmp_path / f"fleet-{transport}", catalog, build_codebook(matrix, k=8), config=config)
     events = _events(data)
     await fleet.replay(events)
     return fleet, events
@@ -92,15 +97,76 @@ def test_published_edges_have_k_min_tvs_and_reach_every_tv(tmp_path: Path):
             await fleet.catch_up()
             published = await published_edges(fleet, 3)
             assert published and all(e.support >= 3 for e in published)
-            expected = {(e.src, e.dst): (e.weight, e.support) for e in published}
+            expected = {(e.src, e.dst): (e.weight, e.support) for e in published if e.keyspace == Keyspace.ITEM}
+            pairs = {(e.src, e.dst): (e.weight, e.support) for e in published if e.keyspace == Keyspace.PAIR}
+            assert expected and pairs and all(src < dst for src, dst in pairs)
+            pairs |= {(d, s): v for (s, d), v in pairs.items()}  # the TV keeps both orientations
             for tv in fleet.tvs.values():
                 with tv.brain.store.transaction() as db:
                     held = {(s, d): (w, n) for s, d, w, n in db.execute("SELECT src, dst, weight, support FROM global_transitions")}
-                assert held == expected
+                    held_pairs = {(s, d): (w, n) for s, d, w, n in db.execute("SELECT src, dst, weight, support FROM global_pairs")}
+                assert held == expected and held_pairs == pairs
             # A TV is the only one that knows its episodes; the constellation holds sums and supports only.
             assert all(tv.brain.store.episode_count() > 0 for tv in fleet.tvs.values())
             assert sum(1 for _, d in fleet.tap.uplink if peek_frame(d).kind == "push") > 0
         finally:
             await fleet.aclose()
+
+    asyncio.run(main())
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"{name}{labels} not in /metrics"
+    return float(match.group(1))
+
+
+def test_frames_cross_a_real_socket_to_the_real_server_on_loopback(tmp_path: Path):
+    async def main():
+        fleet, _ = await _simulate(tmp_path)
+        try:
+            assert fleet.server is not None and fleet.url is not None
+            assert urlsplit(fleet.url).hostname == "127.0.0.1" and fleet.server.bound_port() > 0
+            # Each TV syncs over its tier's real transport, tapped on the way.
+            for tv in fleet.tvs.values():
+                kind = policy_for(tv.tier).transport
+                expected = HttpTransport if kind is TransportKind.HTTP else WebSocketTransport
+                assert isinstance(tv.agent.transport.inner, expected)
+            # The server's own counters, read over the socket, saw exactly the bytes the TVs sent and received.
+            async with httpx.AsyncClient() as client:
+                text = (await client.get(fleet.url + "/metrics")).text
+            assert _metric(text, "omega_bytes_total", '{direction="in"}') == sum(len(d) for _, d in fleet.tap.uplink)
+            assert _metric(text, "omega_bytes_total", '{direction="out"}') == sum(len(d) for _, d in fleet.tap.downlink)
+            # uvicorn parsed an HTTP request per polled frame (and per WebSocket handshake) ...
+            polled = sum(1 for dev, _ in fleet.tap.uplink
+                         if policy_for(next(t.tier for t in fleet.tvs.values() if t.device_id == dev)).transport
+                         is TransportKind.HTTP)  # fmt: skip
+            assert polled > 0 and fleet.server.server_state.total_requests >= polled
+            # ... and premium TVs hold their WebSocket open between syncs.
+            premium = sum(1 for tv in fleet.tvs.values() if tv.tier is Tier.PREMIUM and tv.syncs)
+            assert fleet.app.state.omega.connections_by_tier().get("premium", 0) == premium
+            url = fleet.url
+        finally:
+            await fleet.aclose()
+        with pytest.raises(httpx.ConnectError):  # shut down: the port is closed
+            httpx.get(url + "/healthz", timeout=2)
+
+    asyncio.run(main())
+
+
+def test_direct_mode_calls_the_same_service_and_publishes_the_same(tmp_path: Path):
+    async def published(transport: str):
+        fleet, _ = await _simulate(tmp_path, k_min=2, transport=transport)
+        try:
+            assert (fleet.server is None) == (transport == "direct")
+            kinds = sorted(peek_frame(d).kind for _, d in fleet.tap.uplink)
+            edges = {(e.src, e.dst): (e.weight, e.support) for e in await published_edges(fleet, 2)}
+            return kinds, edges
+        finally:
+            await fleet.aclose()
+
+    async def main():
+        loopback, direct = await published("loopback"), await published("direct")
+        assert loopback[1] and loopback == direct
 
     asyncio.run(main())

@@ -158,7 +158,7 @@ class Brain:
         if self._recommender is None or self._recommender.catalog is not self.catalog:
             self._recommender = Recommender(
                 self.catalog, self.config, lambda text: self.embedder.embed(text),
-                self.store.transitions_from, self.store.global_transitions_from,
+                self.store.transitions_from, self.store.global_transitions_from, self.store.global_pairs_from,
             )  # fmt: skip
         return self._recommender
 
@@ -297,12 +297,14 @@ class Brain:
     # ------------------------------------------------------------------ sync results
 
     def apply_consolidated(
-        self, patterns: Sequence[ConsolidatedPattern], transitions: Sequence[TransitionStat], *, replace_transitions: bool = False
+        self, patterns: Sequence[ConsolidatedPattern], transitions: Sequence[TransitionStat], *,
+        replace_transitions: bool = False, pairs: Sequence[TransitionStat] = (),
     ) -> tuple[int, int]:
-        """Merge what sync pulled (one transaction); returns (consolidated rows changed, transitions stored)."""
+        """Merge what sync pulled (one transaction); returns (consolidated rows changed, transitions + pairs stored)."""
         with self.store.transaction():
             changed = self.store.put_consolidated(patterns)
             stored = self.store.merge_global_transitions(transitions, replace=replace_transitions)
+            stored += self.store.merge_global_pairs(pairs)
         self._prior = None  # reload on the next recommend
         return changed, stored
 

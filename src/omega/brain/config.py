@@ -75,6 +75,8 @@ class BrainConfig:
     w_content: float = 1.0
     w_local_transition: float = 0.6
     w_global_transition: float = 0.8
+    #: items the fleet watched near the recent ones, either order (the cloud's unordered pairs)
+    w_global_pair: float = 0.8
     w_pattern: float = 0.3
     w_consolidated: float = 0.3
     diversity_lambda: float = 0.75
@@ -130,7 +132,8 @@ class BrainConfig:
         need(0.0 <= self.diversity_lambda <= 1.0, "diversity_lambda must be in [0, 1]")
         for name in (
             "pattern_w_similarity", "pattern_w_success", "pattern_w_uses", "pattern_w_reward",
-            "w_content", "w_local_transition", "w_global_transition", "w_pattern", "w_consolidated",
+            "w_content", "w_local_transition", "w_global_transition", "w_global_pair", "w_pattern",
+            "w_consolidated",
         ):  # fmt: skip
             need(0.0 <= getattr(self, name) <= 10.0, f"{name} must be in [0, 10]")
 

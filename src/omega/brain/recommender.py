@@ -8,6 +8,8 @@ with the weights of `BrainConfig`:
   the recency-weighted mean of the recently watched items;
 - transitions: "after A the viewer happily watched B", locally learned and
   pulled from the cloud (global), from the last few items with recency weights;
+- pairs: "the fleet watched A and B near each other" (the cloud's unordered
+  pairs, which reach k_min TVs far more often than ordered edges), read the same way;
 - local patterns (SkillLibrary): DESIGN §2's pattern score of the patterns
   nearest the query, credited to items close to them;
 - consolidated patterns (ReasoningBank): items near global patterns with high
@@ -110,12 +112,14 @@ class Recommender:
         embed: Callable[[str], np.ndarray],
         local_transitions: TransitionLookup,
         global_transitions: TransitionLookup,
+        global_pairs: TransitionLookup | None = None,
     ) -> None:
         self.catalog = catalog
         self.config = config
         self._embed = embed
         self._local = local_transitions
         self._global = global_transitions
+        self._pairs = global_pairs or (lambda src: [])
 
     def recommend(
         self,
@@ -142,6 +146,7 @@ class Recommender:
         self._add(pool, cat.search(query, content_width)[0], exclude)
         local, local_src = self._transitions(recent, self._local, pool, exclude)
         glob, glob_src = self._transitions(recent, self._global, pool, exclude)
+        pair, pair_src = self._transitions(recent, self._pairs, pool, exclude)
         top_p, p_scores = self._top_patterns(query, patterns, pool, exclude)
         top_c, c_relevance = self._top_consolidated(query, prior, pool, exclude, cold=not recent)
         if len(pool) < k and len(exclude):  # the viewer has seen most of the neighbourhood: look further
@@ -155,6 +160,7 @@ class Recommender:
         content = np.clip(X @ query, 0.0, 1.0)
         lt = _lookup(ids, local)
         gt = _lookup(ids, glob)
+        pt = _lookup(ids, pair)
         pat = self._pattern_affinity(X, patterns, top_p, p_scores)
         cons, cons_best = self._consolidated_affinity(X, prior, top_c)
 
@@ -162,6 +168,7 @@ class Recommender:
             "content": cfg.w_content * content,
             "local": cfg.w_local_transition * lt,
             "global": cfg.w_global_transition * gt,
+            "pair": cfg.w_global_pair * pt,
             "pattern": cfg.w_pattern * pat,
             "consolidated": cfg.w_consolidated * cons,
         }
@@ -171,7 +178,9 @@ class Recommender:
             Recommendation(
                 content_id=int(ids[i]),
                 score=float(score[i]),
-                reasons=self._reasons(i, int(ids[i]), parts, local_src, glob_src, prior, cons_best, bool(recent), context),
+                reasons=self._reasons(
+                    i, int(ids[i]), parts, (local_src, glob_src, pair_src), prior, cons_best, bool(recent), context
+                ),
                 title=cat.items[rows[i]].title,
             )
             for i in chosen
@@ -270,8 +279,7 @@ class Recommender:
         i: int,
         content_id: int,
         parts: dict[str, np.ndarray],
-        local_src: dict[int, int],
-        glob_src: dict[int, int],
+        sources: tuple[dict[int, int], dict[int, int], dict[int, int]],
         prior: ConsolidatedPrior,
         cons_best: np.ndarray,
         has_history: bool,
@@ -283,9 +291,10 @@ class Recommender:
             if reason not in reasons:
                 reasons.append(reason)
 
-        for kind, sources in (("local", local_src), ("global", glob_src)):
-            if parts[kind][i] >= _REASON_MIN and content_id in sources:
-                add(f"because you watched {self.catalog.item(sources[content_id]).title}")
+        for kind, by_dst in zip(("local", "global", "pair"), sources):
+            if parts[kind][i] >= _REASON_MIN and content_id in by_dst:
+                title = self.catalog.item(by_dst[content_id]).title
+                add(f"often watched with {title}" if kind == "pair" else f"because you watched {title}")
                 if kind == "global":
                     add("popular with viewers like you")
         if parts["content"][i] >= 0.3 * self.config.w_content and self.config.w_content > 0:
@@ -300,6 +309,7 @@ class Recommender:
             strongest = max(parts, key=lambda name: parts[name][i])
             add({"content": "similar to your recent viewing" if has_history else "fits the moment",
                  "local": "follows what you watched", "global": "popular with viewers like you",
+                 "pair": "viewers watch it alongside yours",
                  "pattern": "matches what you usually enjoy", "consolidated": "popular with viewers like you"}[strongest])  # fmt: skip
         return tuple(reasons)
 

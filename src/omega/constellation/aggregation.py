@@ -46,6 +46,7 @@ from omega.constellation.store.base import (
     PruneStats,
 )
 from omega.errors import OmegaError
+from omega.protocol.messages import Keyspace
 
 if TYPE_CHECKING:
     from omega.constellation.trends import TrendTracker
@@ -63,7 +64,7 @@ BAD_SUCCESS_RATE = "bad_success_rate"
 BAD_COUNTS = "bad_counts"  # uses < 1, successes outside 0..uses
 BAD_TASK_TYPE = "bad_task_type"
 ZERO_WEIGHT = "zero_weight"  # success_rate × uses == 0: nothing to learn from
-BAD_TRANSITION = "bad_transition"  # ids out of range or weight not finite and > 0
+BAD_TRANSITION = "bad_transition"  # ids out of range, weight not finite and > 0, or a pushed pair
 DUPLICATE_FLOOD = "duplicate_flood"  # this device already contributed to that cell/edge this epoch
 
 
@@ -179,6 +180,8 @@ class Aggregator:
         rejections: list[Rejection] = []
         cells, hints_ignored = self._prepare_cells(device, patterns, rejections)
         edges = self._prepare_edges(device, transitions, rejections)
+        n_pushed = len(transitions)
+        edges += self._derive_pairs(device, edges, first_index=n_pushed)
         push = PreparedPush(
             push_key=self._keyed(b"omega/push" + device + bytes(batch_id), 16),
             epoch=int(now_ms) // self.policy.epoch_ms,
@@ -194,11 +197,12 @@ class Aggregator:
             # The member hash is a per-cell pseudonym of the device: distinct counts without a device id.
             seen = [(CellKey(c.task_type, c.cell), c.member) for c in cells if c.index in accepted]
             await self.trends.observe_many(seen, int(now_ms))
+        # Derived pair contributions sit after the pushed edges: the TV never hears of them.
         rejections += [Rejection("pattern", i, DUPLICATE_FLOOD) for i in outcome.flooded_cells]
-        rejections += [Rejection("transition", i, DUPLICATE_FLOOD) for i in outcome.flooded_edges]
+        rejections += [Rejection("transition", i, DUPLICATE_FLOOD) for i in outcome.flooded_edges if i < n_pushed]
         rejections.sort(key=lambda r: (r.kind, r.index))
         return ApplyResult(
-            accepted=len(outcome.accepted_cells) + len(outcome.accepted_edges),
+            accepted=len(outcome.accepted_cells) + sum(i < n_pushed for i in outcome.accepted_edges),
             rejections=rejections,
             cursor=outcome.head,
             hints_ignored=hints_ignored,
@@ -277,7 +281,8 @@ class Aggregator:
                 continue
             ids_ok = all(_is_int(v) and 0 <= v < _U32 for v in (keyspace, src, dst))
             w_ok = isinstance(weight, (int, float, np.number)) and math.isfinite(weight) and weight > 0
-            if not (ids_ok and w_ok):
+            # Pairs are derived here from item edges; one pushed as such would be counted twice.
+            if not (ids_ok and w_ok) or keyspace == Keyspace.PAIR:
                 rejections.append(Rejection("transition", i, BAD_TRANSITION))
                 continue
             out.append(
@@ -291,6 +296,27 @@ class Aggregator:
                 )
             )
         return out
+
+    def _derive_pairs(self, device: bytes, edges: list[EdgeContribution], first_index: int) -> list[EdgeContribution]:
+        """One unordered-pair contribution per item pair of this push (a→b and b→a summed).
+
+        "Watched near each other" is a coarser fact than "watched b after a", so more pairs reach
+        k_min distinct TVs: on ml-latest-small (610 viewers, k_min 3) this channel lifts the TV's
+        NDCG@10 by ~11-20 % over directed edges alone (bench/quality.py --grid pairs).
+        """
+        sums: dict[tuple[int, int], float] = {}
+        for e in edges:
+            if e.keyspace == Keyspace.ITEM and e.src != e.dst:
+                key = (min(e.src, e.dst), max(e.src, e.dst))
+                sums[key] = sums.get(key, 0.0) + e.weight
+        return [
+            EdgeContribution(
+                index=first_index + j, keyspace=int(Keyspace.PAIR), src=lo, dst=hi,
+                member=self._keyed(b"omega/edge" + struct.pack("<III", Keyspace.PAIR, lo, hi) + device, MEMBER_BYTES),
+                weight=min(weight, self.policy.edge_w_max),
+            )  # fmt: skip
+            for j, ((lo, hi), weight) in enumerate(sorted(sums.items()))
+        ]
 
     # ---- delta pull ----------------------------------------------------------------
     async def changes_since(

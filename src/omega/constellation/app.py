@@ -10,6 +10,9 @@ binary message, answered in order), `GET /healthz` (process alive), `GET
 Beside the routes the lifespan runs the trend tracker (fed by the aggregator),
 federation rounds when `--nats` is set, housekeeping and the dashboard's
 counter sampling (see shard_services and dashboard).
+
+`create_app(settings, clock=...)` runs the whole server on another clock
+(seconds, like `time.time`): the fleet simulator's simulated time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +46,7 @@ from omega.constellation.shard_services import FederationLoop, close_trends, ope
 from omega.constellation.store import open_store
 from omega.constellation.trends import TrendTracker
 from omega.errors import OmegaError
-from omega.protocol import encode_error_reply, now_ms
+from omega.protocol import encode_error_reply
 
 log = logging.getLogger("omega.serve")
 
@@ -144,8 +147,17 @@ async def _open_cache(settings: ServerSettings, metrics: ServerMetrics, namespac
     return cache
 
 
-def create_app(settings: ServerSettings) -> Starlette:
-    """The sync server for `settings` (which must hold a secret: see settings.with_dev_secret)."""
+def create_app(settings: ServerSettings, *, clock: Callable[[], float] | None = None) -> Starlette:
+    """The sync server for `settings` (which must hold a secret: see settings.with_dev_secret).
+
+    `clock` (seconds; default `time.time`) is the server's "now" for frame validation, aggregation,
+    trend windows and housekeeping.
+    """
+    clock = clock or time.time
+
+    def now_ms() -> int:
+        return int(clock() * 1000)
+
     keyring = Keyring(settings.secrets, settings.active_key_id)
     salt = settings.aggregation_salt()
     state = ServerState(settings=settings, metrics=ServerMetrics())
@@ -175,7 +187,7 @@ def create_app(settings: ServerSettings) -> Starlette:
             cache = await _open_cache(settings, state.metrics, f"omega:{store.origin}")
             state.trends = aggregator.trends = open_trends(settings, store.origin, state.metrics.cache_fallbacks.inc)
             page_key = hmac.new(salt, _PAGE_KEY_LABEL, hashlib.sha256).digest()
-            service = SyncService(aggregator, keyring, settings, state.metrics, cache, page_key=page_key)
+            service = SyncService(aggregator, keyring, settings, state.metrics, cache, page_key=page_key, clock=clock)
             await service.housekeeping()  # prune what expired while down; head and gauges
             state.service = service
             facts = ShardFacts(store.origin, settings.region, "sqlite" if settings.store.startswith("sqlite:") else
@@ -183,7 +195,7 @@ def create_app(settings: ServerSettings) -> Starlette:
             state.dashboard = Dashboard(facts, state.metrics, aggregator, state.trends)
             state.dashboard.tick()
             tasks.append(asyncio.create_task(_every(settings.prune_interval_s, service.housekeeping, "housekeeping")))
-            tasks.append(asyncio.create_task(_every(DASHBOARD_TICK_S, lambda: _tick(state), "dashboard tick")))
+            tasks.append(asyncio.create_task(_every(DASHBOARD_TICK_S, lambda: _tick(state, now_ms()), "dashboard tick")))
             # Merged remote entries change the served view: refresh the head and the consolidated gauge.
             state.federation = await start_federation(aggregator, settings, on_merged=service.housekeeping)
             if state.federation is not None:
@@ -375,8 +387,8 @@ async def _every(interval_s: float, job, name: str) -> None:  # noqa: ANN001  (a
             log.exception("%s failed", name)
 
 
-async def _tick(state: ServerState) -> None:
+async def _tick(state: ServerState, now_ms: int) -> None:
     if state.dashboard is not None:
         state.dashboard.tick()
     if state.trends is not None:
-        await state.trends.advance(now_ms())  # closes trend windows even when no push arrives
+        await state.trends.advance(now_ms)  # closes trend windows even when no push arrives

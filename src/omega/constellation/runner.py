@@ -4,20 +4,28 @@ Shutdown on SIGTERM/SIGINT drains first: readyz turns 503, new frames get
 `unavailable` + Retry-After, WebSockets are closed with 1001 once their
 in-flight frame is answered; then uvicorn stops accepting and finishes, and the
 app's lifespan closes the store. A second SIGINT forces the exit.
+
+`EmbeddedServer` runs the same server inside an event loop that is already
+running (the fleet simulator, tests): no signal handlers, started and stopped
+by the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 
 from omega.constellation.app import create_app
 from omega.constellation.settings import ServerSettings
+from omega.errors import OmegaError
 
 log = logging.getLogger("omega.serve")
 
@@ -57,6 +65,53 @@ class DrainingServer(uvicorn.Server):
             for sock in server.sockets:
                 return int(sock.getsockname()[1])
         return self.config.port
+
+
+class EmbeddedServer(DrainingServer):
+    """The sync server on uvicorn inside the running event loop: `await EmbeddedServer.start(...)`, `await stop()`.
+
+    It installs no signal handlers (the embedding program keeps its Ctrl-C); a lifespan
+    that fails to start (bad store, codebook, ...) raises OmegaError from `start`.
+    """
+
+    _task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    @classmethod
+    async def start(cls, settings: ServerSettings, app: Starlette) -> EmbeddedServer:
+        """Serve `app` (from `create_app`) on settings.host:settings.port (0: a free port) until `stop()`."""
+        ready = asyncio.Event()
+        server = cls(uvicorn_config(settings, app), on_ready=lambda _: ready.set())
+
+        async def run() -> None:
+            try:
+                await server.serve()
+            except SystemExit:  # uvicorn's answer to a failed lifespan start-up; reported below
+                pass
+            finally:
+                ready.set()
+
+        server._task = asyncio.create_task(run(), name="omega-embedded-server")
+        await ready.wait()
+        if not server.started:
+            await server._task
+            error = app.state.omega.startup_error
+            raise OmegaError(str(error) if error is not None else "the embedded sync server did not start")
+        return server
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.bound_port()}"
+
+    async def stop(self) -> None:
+        """Stop accepting, close connections, run the lifespan's shutdown (the store is closed), and return."""
+        self.should_exit = True
+        if self._task is not None:
+            await self._task
+            self._task = None
 
 
 def uvicorn_config(settings: ServerSettings, app=None) -> uvicorn.Config:  # noqa: ANN001

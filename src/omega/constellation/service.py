@@ -16,6 +16,11 @@ in `omega_rejections_total{reason}`.
 
 Push rejections carry the index of the refused item: patterns are numbered
 0..P-1 as in the push, transitions P.. in the batch's (sorted) edge order.
+
+"Now" — the replay window, reply timestamps, the rate limiter's buckets, the
+aggregation epoch and housekeeping — comes from one injectable `clock`
+(seconds, default `time.time`; the rate limiter then uses `time.monotonic`), so
+a simulation can run the real service on a simulated clock.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -57,7 +63,6 @@ from omega.protocol import (
     decode_frame,
     encode_error_reply,
     encode_frame,
-    now_ms,
     peek_frame,
     quantize,
 )
@@ -121,6 +126,7 @@ class SyncService:
         *,
         head: int = 0,
         page_key: bytes,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.aggregator = aggregator
         self.keyring = keyring
@@ -129,6 +135,10 @@ class SyncService:
         self.cache = cache
         self.head = head
         self.draining = False
+        self.clock = clock
+        # The wall clock may step, so by default the token buckets run on the monotonic clock; an injected
+        # clock (a simulation's) is used for both.
+        self._bucket_clock = time.monotonic if clock is time.time else clock
         self.replay = ReplayGuard(int(settings.replay_window_s * 1000))
         self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
         self._page_key = page_key  # signs cached pages (they may sit in a shared Redis)
@@ -163,6 +173,10 @@ class SyncService:
     @property
     def codebook_version(self) -> int:
         return self.aggregator.codebook.version
+
+    def now_ms(self) -> int:
+        """The service's "now" in milliseconds (the unit of frame timestamps)."""
+        return int(self.clock() * 1000)
 
     # ------------------------------------------------------------------ entry point
     async def handle(self, data: bytes, *, peer_device: bytes | None = None) -> Reply:
@@ -219,10 +233,10 @@ class SyncService:
             return self._error("unauthorized", "this connection belongs to another device", sender)
         if self.draining:
             return self._error("unavailable", "server is shutting down", sender, retry_after=DRAIN_RETRY_S)
-        wait = self.limiter.take(device, time.monotonic())
+        wait = self.limiter.take(device, self._bucket_clock())
         if wait:
             return self._error("rate_limited", f"too many frames from this device; retry in {wait} s", sender, retry_after=wait)
-        now = now_ms()
+        now = self.now_ms()
         why = self.replay.check(device, frame.seq, frame.timestamp_ms, now)
         if why is not None:
             return self._error("replay", why, sender)
@@ -237,14 +251,14 @@ class SyncService:
             assert isinstance(body, Heartbeat)
             out, kind = self._heartbeat(body, now), "heartbeat"
             tier = body.tier.name.lower() if body.tier is not Tier.UNSPECIFIED else None
-        reply = Frame(device_id=device, seq=frame.seq, timestamp_ms=now_ms(), body=out, key_id=frame.key_id)
+        reply = Frame(device_id=device, seq=frame.seq, timestamp_ms=self.now_ms(), body=out, key_id=frame.key_id)
         return Reply(200, encode_frame(reply, key), device_id=device, kind=kind, tier=tier)
 
     def _error(self, code: str, message: str, sender: _Sender | None = None, *, retry_after: int | None = None) -> Reply:
         if sender is None:
             body = encode_error_reply(code, message, retry_after_s=retry_after or 0)
             return Reply(STATUS.get(code, 400), body, retry_after, None, "error", code)
-        frame = Frame(sender.device_id, sender.seq, now_ms(), ErrorBody(code, message, retry_after or 0), sender.key_id)
+        frame = Frame(sender.device_id, sender.seq, self.now_ms(), ErrorBody(code, message, retry_after or 0), sender.key_id)
         return Reply(STATUS.get(code, 400), encode_frame(frame, sender.key), retry_after, sender.device_id, "error", code)
 
     # ------------------------------------------------------------------ push
@@ -289,7 +303,7 @@ class SyncService:
         for _, reason in rejected:
             self._rejected(reason)
         self.head = await self.cache.note_head(result.cursor)
-        self.metrics.aggregation_lag.set(max(0.0, (now_ms() - now) / 1000.0))
+        self.metrics.aggregation_lag.set(max(0.0, (self.now_ms() - now) / 1000.0))
         ack = PushAck(push.batch_id, accepted=result.accepted, rejected=tuple(Rejection(i, r) for i, r in rejected))
         self._acks[slot] = ack
         if len(self._acks) > self._ack_entries:
@@ -344,8 +358,8 @@ class SyncService:
         """`page` plus the page as a frame signed with the page key (what the pull cache holds)."""
         cut = len(items)
         keyspace = None
-        for n, item in enumerate(items):  # one reply carries one transition keyspace
-            if isinstance(item, ConsolidatedEdge):
+        for n, item in enumerate(items):  # one reply carries one ordered keyspace (item or cell) besides pairs
+            if isinstance(item, ConsolidatedEdge) and item.keyspace != Keyspace.PAIR:
                 if keyspace is None:
                     keyspace = item.keyspace
                 elif item.keyspace != keyspace:
@@ -363,7 +377,7 @@ class SyncService:
                     # Fits uncompressed, so it fits as sent too (a reply is deflated only when that
                     # is smaller): no need to deflate it just to measure it.
                     return reply, blob
-            size = len(encode_frame(Frame(_ZERO_ID, _U32, now_ms(), reply), self._page_key)) + _REPLY_SLACK
+            size = len(encode_frame(Frame(_ZERO_ID, _U32, self.now_ms(), reply), self._page_key)) + _REPLY_SLACK
             if size <= budget or cut <= 1:
                 return reply, blob if blob is not None else self._page_blob(reply)
             cut = max(1, min(cut - 1, int(cut * budget / size)))
@@ -397,19 +411,30 @@ class SyncService:
     def _reply(self, items: list, cursor: int, more: bool) -> PullReply:
         patterns = []
         edges = []
+        pairs = []
         keyspace = None
         for item in items:
             if isinstance(item, Consolidated):
                 patterns.append(self._wire_pattern(item))
+                continue
+            weight = min(float(item.weight), _U32 / WEIGHT_SCALE)
+            edge = Transition(int(item.src), int(item.dst), weight, min(int(item.support), _U32))
+            if item.keyspace == Keyspace.PAIR:
+                pairs.append(edge)
             else:
                 keyspace = item.keyspace
-                weight = min(float(item.weight), _U32 / WEIGHT_SCALE)
-                edges.append(Transition(int(item.src), int(item.dst), weight, min(int(item.support), _U32)))
+                edges.append(edge)
         transitions = None
         if edges:
             ks = Keyspace(int(keyspace))
             transitions = TransitionBatch(ks, tuple(edges), self.codebook_version if ks is Keyspace.CELL else 0)
-        return PullReply(cursor=int(cursor), more=bool(more), patterns=tuple(patterns), transitions=transitions)
+        return PullReply(
+            cursor=int(cursor),
+            more=bool(more),
+            patterns=tuple(patterns),
+            transitions=transitions,
+            pairs=TransitionBatch(Keyspace.PAIR, tuple(pairs)) if pairs else None,
+        )
 
     # ------------------------------------------------------------------ heartbeat
     def _heartbeat(self, hb: Heartbeat, now: int) -> HeartbeatAck:
@@ -418,12 +443,12 @@ class SyncService:
     # ------------------------------------------------------------------ housekeeping
     async def housekeeping(self) -> None:
         """Prune idempotency keys and epoch marks, sweep in-process windows, refresh gauges."""
-        now = now_ms()
+        now = self.now_ms()
         started = time.perf_counter()
         await self.aggregator.prune(now)
         self.metrics.store_latency.labels("prune").observe(time.perf_counter() - started)
         self.replay.sweep(now)
-        self.limiter.sweep(time.monotonic())
+        self.limiter.sweep(self._bucket_clock())
         started = time.perf_counter()
         stats = await self.aggregator.store.stats()
         self.metrics.store_latency.labels("stats").observe(time.perf_counter() - started)

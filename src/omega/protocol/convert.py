@@ -107,6 +107,8 @@ def _body_to_pb(body: Body, out: pb.Frame) -> None:
             _consolidated_to_pb(p, m.patterns.add())
         if body.transitions is not None:
             _transitions_to_pb(body.transitions, m.transitions)
+        if body.pairs is not None:
+            _transitions_to_pb(body.pairs, m.pairs)
     elif isinstance(body, HeartbeatAck):
         m.server_time_ms = body.server_time_ms
         m.next_sync_s = body.next_sync_s
@@ -204,6 +206,7 @@ def _body_from_pb(frame: pb.Frame) -> Body:
             more=m.more,
             patterns=tuple(_consolidated_from_pb(p) for p in m.patterns),
             transitions=_transitions_from_pb(m.transitions) if m.HasField("transitions") else None,
+            pairs=_transitions_from_pb(m.pairs) if m.HasField("pairs") else None,
         )
     if kind == "heartbeat_ack":
         m = frame.heartbeat_ack

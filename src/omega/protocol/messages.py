@@ -61,6 +61,7 @@ class Keyspace(IntEnum):
     UNSPECIFIED = 0
     ITEM = 1
     CELL = 2
+    PAIR = 3  # unordered item pairs (src < dst), published by the constellation only
 
 
 _E = TypeVar("_E", bound=IntEnum)
@@ -320,7 +321,10 @@ class PullReply:
     #: Another page is waiting.
     more: bool = False
     patterns: tuple[ConsolidatedPattern, ...] = ()
+    #: Ordered edges: item or codebook-cell keyspace.
     transitions: TransitionBatch | None = None
+    #: Unordered item pairs (keyspace PAIR), in the same page as the item edges of the same changes.
+    pairs: TransitionBatch | None = None
 
     def __post_init__(self) -> None:
         _uint("cursor", self.cursor, _U64, MalformedFrame)
@@ -331,8 +335,16 @@ class PullReply:
             if not isinstance(p, ConsolidatedPattern):
                 raise InvalidPattern(f"reply patterns must be ConsolidatedPattern, got {type(p).__name__}")
         _set(self, "patterns", patterns)
-        if self.transitions is not None and not isinstance(self.transitions, TransitionBatch):
-            raise InvalidPattern("reply transitions must be a TransitionBatch")
+        if self.transitions is not None:
+            if not isinstance(self.transitions, TransitionBatch):
+                raise InvalidPattern("reply transitions must be a TransitionBatch")
+            if self.transitions.keyspace is Keyspace.PAIR:
+                raise InvalidPattern("reply transitions must be item or cell edges; pairs go in `pairs`")
+        if self.pairs is not None:
+            if not isinstance(self.pairs, TransitionBatch):
+                raise InvalidPattern("reply pairs must be a TransitionBatch")
+            if self.pairs.keyspace is not Keyspace.PAIR:
+                raise InvalidPattern(f"reply pairs must be keyspace PAIR, got {self.pairs.keyspace.name}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ class Keyspace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KEYSPACE_UNSPECIFIED: _ClassVar[Keyspace]
     KEYSPACE_ITEM: _ClassVar[Keyspace]
     KEYSPACE_CELL: _ClassVar[Keyspace]
+    KEYSPACE_PAIR: _ClassVar[Keyspace]
 TASK_TYPE_UNSPECIFIED: TaskType
 TASK_TYPE_CONTENT_MATCH: TaskType
 TASK_TYPE_CONTEXT_MATCH: TaskType
@@ -41,6 +42,7 @@ TIER_CASUAL: Tier
 KEYSPACE_UNSPECIFIED: Keyspace
 KEYSPACE_ITEM: Keyspace
 KEYSPACE_CELL: Keyspace
+KEYSPACE_PAIR: Keyspace
 
 class EmbeddingPattern(_message.Message):
     __slots__ = ("id", "version", "q", "bits", "scale", "offset", "success_rate", "uses", "successes", "task_type", "cell_plus_one", "codebook_version")
@@ -161,16 +163,18 @@ class ConsolidatedPattern(_message.Message):
     def __init__(self, cluster_id: _Optional[int] = ..., version: _Optional[int] = ..., q: _Optional[bytes] = ..., bits: _Optional[int] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., success_rate: _Optional[float] = ..., support: _Optional[int] = ..., trend_score: _Optional[float] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("cursor", "more", "patterns", "transitions")
+    __slots__ = ("cursor", "more", "patterns", "transitions", "pairs")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     more: bool
     patterns: _containers.RepeatedCompositeFieldContainer[ConsolidatedPattern]
     transitions: TransitionBatch
-    def __init__(self, cursor: _Optional[int] = ..., more: _Optional[bool] = ..., patterns: _Optional[_Iterable[_Union[ConsolidatedPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ...) -> None: ...
+    pairs: TransitionBatch
+    def __init__(self, cursor: _Optional[int] = ..., more: _Optional[bool] = ..., patterns: _Optional[_Iterable[_Union[ConsolidatedPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., pairs: _Optional[_Union[TransitionBatch, _Mapping]] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("server_time_ms", "next_sync_s", "retry_after_s")

@@ -1,7 +1,7 @@
 """`omega demo`: the whole system on embedded defaults, ending in a readable summary.
 
-A constellation (in process, SQLite) and one TV brain per MovieLens viewer
-replay the viewings in time order and sync on their tiers; then the fleet is
+A constellation (the real sync server, in process on 127.0.0.1, SQLite) and one
+TV brain per MovieLens viewer replay the viewings in time order and sync on their tiers; then the fleet is
 scored against centralised baselines, real `Brain.recommend` calls are timed on
 synced TVs, and one viewer's recommendations are shown with their reasons.
 """
@@ -114,11 +114,19 @@ def render(result: dict[str, Any]) -> None:
     if best:
         fed, central = result["methods"]["edge_federated"]["ndcg@10"], result["methods"][best]["ndcg@10"]
         console.print(f"edge + federation reaches {fed / central:.0%} of the best centralised model ({best}).")
+    cold = result["methods"].get("cold_start", {})
+    if cold.get("tvs"):
+        refs = ", ".join(f"{name} {m['ndcg@10']:.4f}" for name, m in cold["reference"].items())
+        console.print(
+            f"Cold start: {cold['tvs']} new TVs that saw {cold['episodes']} viewings rank the next one at NDCG@10 "
+            f"{cold['ndcg@10']:.4f} (centralised on the same task: {refs})."
+        )
     up = result["upload_bytes_per_tv"]
     console.print(
         f"Sync traffic: push frame p50 {result['push_bytes_p50']:.0f} B over {result['pushes']} pushes; "
         f"upload per TV mean {up['mean'] / 1024:.1f} KiB, p95 {up['p95'] / 1024:.1f} KiB; "
-        f"{result['published_edges']} transition edges published."
+        f"{result['published_edges']} transition edges and {result['published_pairs']} watched-together pairs "
+        f"published (each by at least {result['k_min']} TVs)."
     )
     audit = result["wire_audit"]
     verdict = "no raw viewing episode left any TV" if audit["no_raw_episode_left"] else f"VIOLATIONS: {audit['violations']}"

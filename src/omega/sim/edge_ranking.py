@@ -9,6 +9,8 @@ and consolidated patterns it pulled — and combines:
 - global: Σ over the last `n_recent` items a (recency weight decay^i) of the
   pulled transition row T[a, :] / out(a)^source_norm, scaled to max 1 (the
   order-aware collaborative signal, carried by federation);
+- pair: the same over the pulled unordered pairs ("watched near each other",
+  either order), which pass k_min far more often than ordered edges;
 - popularity: in-weight of each item in the pulled transitions (no extra data);
 - local: the same over the TV's own transitions;
 - content: cosine of each item to the recency-weighted mean of recent items;
@@ -40,6 +42,8 @@ class EdgeWeights:
     recency_decay: float = 0.6
     source_norm: float = 0.5
     w_global: float = 1.0
+    #: picked on the ml-latest-small validation split (bench/quality.py --grid pairs): 2 > 1, ≈ 3
+    w_pair: float = 2.0
     w_popularity: float = 0.02
     w_local: float = 0.0
     w_content: float = 0.05
@@ -99,12 +103,14 @@ def popularity(brain: Brain) -> np.ndarray:
 
 
 def score_catalog(
-    brain: Brain, weights: EdgeWeights, *, pop: np.ndarray | None = None, global_lookup: Lookup | None = None
+    brain: Brain, weights: EdgeWeights, *, pop: np.ndarray | None = None, global_lookup: Lookup | None = None,
+    pair_lookup: Lookup | None = None,
 ) -> np.ndarray:
     """One score per catalog row (row order of `brain.catalog`) for this TV's viewer now.
 
-    `global_lookup` replaces the store's pulled transitions (the privacy table scores other k_min
-    settings from the constellation's published sets); `pop` then has to come with it.
+    `global_lookup` and `pair_lookup` replace the store's pulled transitions and pairs (the privacy
+    table scores other k_min settings from the constellation's published sets); `pop` then has to
+    come with them.
     """
     cat = brain.catalog
     lookup = global_lookup or brain.store.global_transitions_from
@@ -112,6 +118,9 @@ def score_catalog(
     score = np.zeros(len(cat), np.float64)
     if weights.w_global > 0:
         score += weights.w_global * _rows_scores(brain, recent[: weights.n_recent], lookup, weights)[0]
+    if weights.w_pair > 0:
+        pairs = pair_lookup or brain.store.global_pairs_from
+        score += weights.w_pair * _rows_scores(brain, recent[: weights.n_recent], pairs, weights)[0]
     if weights.w_popularity > 0:
         score += weights.w_popularity * (popularity(brain) if pop is None else pop)
     if weights.w_local > 0:

@@ -2,8 +2,20 @@
 
 Each MovieLens user is one TV: its own SQLite brain (synchronous=NORMAL, the
 read-only catalog shared — a TV receives catalog metadata anyway) and its own
-real `SyncAgent`, whose frames go through the real codec, device keys and
-`Aggregator` of a `LocalConstellation` (in process, tapped for audit).
+real `SyncAgent`, syncing with the real constellation: `create_app` (the
+`omega serve` app: SyncService, SQLite store, Aggregator, trends, housekeeping)
+runs on the fleet's simulated clock and, by default (`transport="loopback"`),
+is served by uvicorn on 127.0.0.1 (a free port) in the same event loop. Each
+agent uses its tier's real transport against it — HTTP polling for casual TVs
+(one shared httpx connection pool), an on-demand WebSocket for active ones, a
+persistent WebSocket for premium ones. `transport="direct"` skips the sockets
+and hands each frame to the same `SyncService.handle`. Either way every frame
+is recorded in a `WireTap` around the transport, for the wire audit.
+
+The server is configured for a simulation: the fleet's secret and salt, its
+k_min, `min_samples` equal to the brains' high-quality threshold, and rate
+limits no simulated TV reaches (a TV catching up runs many frames within one
+simulated second); the store may sit on tmpfs (`store_dir`).
 
 Rating → viewing (`omega.brain.learning.episode_from_rating`): watch_fraction =
 clip(0.2 + 0.2·stars, 0, 1) and engagement = (stars − 3)/2, so ≥ 3★ is a
@@ -22,27 +34,34 @@ published before evaluation instead.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import httpx
 import numpy as np
+from starlette.applications import Starlette
 
 from omega.brain.brain import Brain, context_at
 from omega.brain.catalog import Catalog
 from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
 from omega.brain.learning import episode_from_rating
-from omega.brain.sync import SyncAgent, SyncConfig, SyncFailed, policy_for, state
-from omega.constellation.aggregation import AggregationPolicy, Aggregator
+from omega.brain.sync import SyncAgent, SyncConfig, SyncFailed, open_transport, policy_for, state
+from omega.brain.sync.transport import Reply, Transport
+from omega.constellation.aggregation import Aggregator
+from omega.constellation.app import ServerState, create_app
 from omega.constellation.codebook import Codebook
-from omega.constellation.store import open_store
+from omega.constellation.runner import EmbeddedServer
+from omega.constellation.service import SyncService
+from omega.constellation.settings import ServerSettings
 from omega.errors import OmegaError
 from omega.protocol import Tier
-from omega.sim.local_constellation import InProcessTransport, LocalConstellation, WireTap
 
 Progress = Callable[[int, int], None]
 
@@ -52,6 +71,10 @@ SIM_BRAIN_CONFIG = BrainConfig(transition_window=5, transition_decay=0.8)
 TIERS = (Tier.PREMIUM, Tier.ACTIVE, Tier.CASUAL)
 #: Syncs one TV may run back to back while catching up on published deltas.
 _MAX_CATCH_UP_SYNCS = 200
+#: Rate limits of the simulation's server: far above what any simulated TV sends in one simulated second.
+_SIM_RATE_PER_S = 1e9
+_SIM_RATE_BURST = 1_000_000_000
+SHARD_ID = "sim-shard-0"
 
 
 @dataclass(frozen=True)
@@ -67,10 +90,57 @@ class FleetConfig:
     #: the server secret the device tokens derive from (the simulation's own)
     secret: bytes = b"omega-fleet-simulator-secret-0001"
     salt: bytes = b"omega-fleet-simulator-salt-00001"
+    #: "loopback": the server on 127.0.0.1 over HTTP/WebSocket; "direct": the same SyncService.handle, no sockets
+    transport: Literal["loopback", "direct"] = "loopback"
 
     def __post_init__(self) -> None:
         if len(self.tier_mix) != 3 or min(self.tier_mix) < 0 or sum(self.tier_mix) <= 0:
             raise OmegaError("tier_mix must be three non-negative shares with a positive sum")
+        if self.transport not in ("loopback", "direct"):
+            raise OmegaError(f"fleet transport must be 'loopback' or 'direct', got {self.transport!r}")
+
+
+@dataclass
+class WireTap:
+    """Every frame that crossed the wire, as bytes, per direction."""
+
+    uplink: list[tuple[bytes, bytes]] = field(default_factory=list)  # (device id, frame)
+    downlink: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def uplink_bytes(self, device_id: bytes) -> list[int]:
+        return [len(data) for dev, data in self.uplink if dev == device_id]
+
+
+class TappedTransport:
+    """A transport that records the bytes of every exchange of the transport it wraps."""
+
+    def __init__(self, inner: Transport, device_id: bytes, tap: WireTap) -> None:
+        self.inner = inner
+        self.device_id = device_id
+        self.tap = tap
+
+    async def exchange(self, data: bytes) -> Reply:
+        self.tap.uplink.append((self.device_id, data))
+        reply = await self.inner.exchange(data)
+        self.tap.downlink.append((self.device_id, reply.data))
+        return reply
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class ServiceTransport:
+    """No sockets: a frame goes straight to `SyncService.handle`, as the server's POST /v1/sync would pass it."""
+
+    def __init__(self, service: SyncService) -> None:
+        self.service = service
+
+    async def exchange(self, data: bytes) -> Reply:
+        reply = await self.service.handle(data)
+        return Reply(reply.body, reply.status, float(reply.retry_after or 0))
+
+    async def close(self) -> None:
+        return None
 
 
 @dataclass
@@ -106,7 +176,10 @@ class ViewingEvent:
 
 
 class Fleet:
-    """Many TVs and one in-process constellation on a simulated clock. Build with `await Fleet.open(...)`."""
+    """Many TVs and one constellation (in process, on 127.0.0.1 by default) on a simulated clock.
+
+    Build with `await Fleet.open(...)`, end with `await fleet.aclose()`.
+    """
 
     def __init__(self, workdir: Path, catalog: Catalog, embedder: Embedder | None, config: FleetConfig) -> None:
         self.workdir = Path(workdir)
@@ -117,8 +190,14 @@ class Fleet:
         self.tvs: dict[int, TV] = {}
         self.tap = WireTap()
         self._rng = random.Random(config.seed)
-        self.server: LocalConstellation
+        self.app: Starlette
+        self.service: SyncService
         self.aggregator: Aggregator
+        #: the uvicorn server on 127.0.0.1 (None in "direct" mode) and its base URL
+        self.server: EmbeddedServer | None = None
+        self.url: str | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._lifespan: contextlib.AsyncExitStack | None = None
 
     @classmethod
     async def open(
@@ -131,14 +210,50 @@ class Fleet:
         fleet = cls(Path(workdir), catalog, embedder, config or FleetConfig())
         fleet.workdir.mkdir(parents=True, exist_ok=True)
         where = Path(store_dir) if store_dir is not None else fleet.workdir
-        store = await open_store(f"sqlite:{where / 'constellation.db'}", origin="sim-shard-0")
-        policy = AggregationPolicy(k_min=fleet.config.k_min)
-        fleet.aggregator = await Aggregator.open(store, codebook, fleet.config.salt, policy)
-        fleet.server = LocalConstellation(fleet.aggregator, fleet.config.secret, clock=lambda: fleet.now)
+        codebook_path = fleet.workdir / "codebook.npz"  # the server reads its codebook as `omega serve` does
+        codebook.save(codebook_path)
+        cfg = fleet.config
+        settings = ServerSettings(
+            host="127.0.0.1", port=0, store=f"sqlite:{where / 'constellation.db'}", shard_id=SHARD_ID,
+            codebook=str(codebook_path), secrets={1: cfg.secret}, active_key_id=1, salt=cfg.salt, k_min=cfg.k_min,
+            min_samples=cfg.brain.high_quality_min_uses, rate_per_s=_SIM_RATE_PER_S, rate_burst=_SIM_RATE_BURST,
+            log_level="warning",
+        )  # fmt: skip
+        fleet.app = create_app(settings, clock=fleet.clock)
+        try:
+            if cfg.transport == "loopback":
+                fleet.server = await EmbeddedServer.start(settings, fleet.app)
+                fleet.url = fleet.server.url
+                # Casual TVs poll over HTTP: one keep-alive pool for the whole fleet, not a client (and a
+                # TLS context) per TV per sync; no proxy from the environment: the traffic stays on loopback.
+                fleet._http = httpx.AsyncClient(timeout=cfg.sync.request_timeout_s, follow_redirects=False,
+                                                trust_env=False)  # fmt: skip
+            else:
+                fleet._lifespan = contextlib.AsyncExitStack()
+                await fleet._lifespan.enter_async_context(fleet.app.router.lifespan_context(fleet.app))
+            shard: ServerState = fleet.app.state.omega
+            if shard.service is None:
+                raise OmegaError("the fleet's constellation did not start")
+        except BaseException:
+            await fleet._stop_server()
+            raise
+        fleet.service = shard.service
+        fleet.aggregator = shard.service.aggregator
         return fleet
 
     def clock(self) -> float:
         return self.now
+
+    def token_for(self, device_id: bytes) -> str:
+        """The device token the server issues (`omega device token`)."""
+        return self.service.keyring.token(device_id)
+
+    def _transport(self, device_id: bytes, tier: Tier, sync: SyncConfig) -> Transport:
+        if self.url is None:
+            inner: Transport = ServiceTransport(self.service)
+        else:
+            inner = open_transport(policy_for(tier), self.url, timeout_s=sync.request_timeout_s, http_client=self._http)
+        return TappedTransport(inner, device_id, self.tap)
 
     # ------------------------------------------------------------------ TVs
 
@@ -150,11 +265,11 @@ class Fleet:
             self.workdir / f"{name or f'tv-{user}'}.db", embedder=self.embedder, catalog=self.catalog,
             config=self.config.brain, synchronous="NORMAL",
         )  # fmt: skip
-        transport = InProcessTransport(self.server, device_id, self.tap)
+        sync = sync or self.config.sync
         agent = SyncAgent(
-            brain, server_url="http://in-process.invalid", device_id=device_id,
-            token=self.server.token_for(device_id), tier=tier, config=sync or self.config.sync,
-            clock=self.clock, rng=random.Random(self._rng.random()), transport=transport,
+            brain, server_url=self.url or "http://127.0.0.1", device_id=device_id, token=self.token_for(device_id),
+            tier=tier, config=sync, clock=self.clock, rng=random.Random(self._rng.random()),
+            transport=self._transport(device_id, tier, sync),
         )  # fmt: skip
         tv = TV(user, device_id, tier, brain, agent, phase_s=self._rng.uniform(0, policy_for(tier).interval_s))
         self.tvs[user] = tv
@@ -181,7 +296,7 @@ class Fleet:
         tv.syncs += 1
         tv.bytes_up += report.bytes_up
         tv.bytes_down += report.bytes_down
-        return report.outbox_pending > 0 or self._queued(tv)
+        return report.outbox_pending > 0 or report.pull_more or self._queued(tv)
 
     @staticmethod
     def _queued(tv: TV) -> bool:
@@ -245,5 +360,23 @@ class Fleet:
             tv.brain.close()
 
     async def aclose(self) -> None:
-        self.close()
-        await self.aggregator.store.close()
+        """Close every TV's connection and brain, then shut the server down (its lifespan closes the store)."""
+        try:
+            for tv in self.tvs.values():
+                await tv.agent.close()
+            self.close()
+        finally:
+            await self._stop_server()
+
+    async def _stop_server(self) -> None:
+        try:
+            if self._http is not None:
+                await self._http.aclose()
+                self._http = None
+        finally:
+            if self.server is not None:
+                server, self.server = self.server, None
+                await server.stop()
+            if self._lifespan is not None:
+                stack, self._lifespan = self._lifespan, None
+                await stack.aclose()

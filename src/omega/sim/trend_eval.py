@@ -1,7 +1,7 @@
 """Trend detection on the fleet simulator: does a synthetic burst get flagged, and do steady cells stay quiet?
 
-A small fleet of real Brains syncs through the simulator's in-process
-constellation, whose `Aggregator` has a `TrendTracker` attached, on a simulated
+A small fleet of real Brains syncs with the simulator's constellation (the
+real server on loopback), whose `Aggregator` gets a `TrendTracker` attached, on a simulated
 clock cut into windows (default one simulated day — the aggregator's epoch is
 set to the window, so a device can contribute to a cell once per window, which
 is exactly what "distinct devices per window" counts).

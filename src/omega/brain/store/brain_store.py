@@ -393,6 +393,29 @@ class BrainStore:
         )
         return [TransitionStat(*r) for r in found]
 
+    def merge_global_pairs(self, stats: Iterable[TransitionStat]) -> int:
+        """Store the cloud's unordered pair totals (src < dst on the wire) under both orientations,
+        so `global_pairs_from` is one indexed lookup. Totals replace, as for transitions."""
+        batch = list(stats)
+        for s in batch:
+            if not isinstance(s, TransitionStat):
+                raise OmegaError(f"expected TransitionStat, got {type(s).__name__}")
+        rows = [(int(a), int(b), float(s.weight), int(s.count)) for s in batch for a, b in ((s.src, s.dst), (s.dst, s.src))]
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO global_pairs (src, dst, weight, support) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (src, dst) DO UPDATE SET weight = excluded.weight, support = excluded.support",
+                (r for r in rows if r[0] != r[1]),
+            )
+        return len(batch)
+
+    def global_pairs_from(self, src: int) -> list[TransitionStat]:
+        """Items published as watched near `src` (either order), heaviest first (`count` holds the support)."""
+        found = self._query(
+            "SELECT src, dst, weight, support FROM global_pairs WHERE src = ? ORDER BY weight DESC, dst", (int(src),)
+        )
+        return [TransitionStat(*r) for r in found]
+
     # ------------------------------------------------------------------ sync state
 
     def get_state(self, key: str, default: str | None = None) -> str | None:

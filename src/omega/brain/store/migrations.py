@@ -200,3 +200,20 @@ def _sync_outbox(db: sqlite3.Connection) -> None:
         );
         """,
     )
+
+
+@migration(3)
+def _global_pairs(db: sqlite3.Connection) -> None:
+    """Unordered item pairs from the cloud ("watched near each other"), kept in both orientations."""
+    run_script(
+        db,
+        """
+        CREATE TABLE global_pairs (
+            src     INTEGER NOT NULL,
+            dst     INTEGER NOT NULL,
+            weight  REAL NOT NULL,
+            support INTEGER NOT NULL CHECK (support >= 0),
+            PRIMARY KEY (src, dst)
+        ) WITHOUT ROWID;
+        """,
+    )

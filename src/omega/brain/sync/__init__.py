@@ -1,6 +1,6 @@
 """The TV's sync agent (DESIGN §2 SyncAgent, §3, §4 Tiers): outbox, backoff, tiers, transports, agent."""
 
-from omega.brain.sync.agent import SyncAgent, SyncFailed, SyncReport
+from omega.brain.sync.agent import SyncAgent, SyncFailed, SyncReport, open_transport
 from omega.brain.sync.backoff import Backoff
 from omega.brain.sync.config import SyncConfig
 from omega.brain.sync.outbox import Outbox, SealedBatch, push_frame_size
@@ -10,5 +10,5 @@ from omega.brain.sync.transport import HttpTransport, TransportError, WebSocketT
 __all__ = [
     "Backoff", "HttpTransport", "Outbox", "SealedBatch", "SyncAgent", "SyncConfig", "SyncFailed", "SyncReport",
     "TierPolicy", "TransportError", "TransportKind", "WebSocketTransport",
-    "endpoints", "parse_tier", "policy_for", "push_frame_size", "tier_name",
+    "endpoints", "open_transport", "parse_tier", "policy_for", "push_frame_size", "tier_name",
 ]

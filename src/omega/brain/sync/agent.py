@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import httpx
+
 from omega.brain.config import BrainConfig
 from omega.brain.records import ConsolidatedPattern as ConsolidatedRecord
 from omega.brain.records import TransitionStat
@@ -87,6 +89,8 @@ class SyncReport:
     duplicates: int = 0
     rejected_patterns: int = 0
     pull_pages: int = 0
+    #: The last page said more was waiting: the pull stopped at `max_pull_pages` and resumes next sync.
+    pull_more: bool = False
     cursor: int = 0
     outbox_pending: int = 0
     #: The server's HeartbeatAck hints (0: none).
@@ -97,6 +101,18 @@ class SyncReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def open_transport(
+    policy: TierPolicy, server_url: str, *, timeout_s: float, http_client: httpx.AsyncClient | None = None
+) -> Transport:
+    """The transport a tier syncs over by default: HTTP polling, or a WebSocket (persistent or on demand).
+
+    `http_client` lets many agents in one process share one connection pool (it is not closed with the transport).
+    """
+    if policy.transport is TransportKind.HTTP:
+        return HttpTransport(server_url, timeout_s=timeout_s, client=http_client)
+    return WebSocketTransport(server_url, timeout_s=timeout_s)
 
 
 def _to_record(p) -> ConsolidatedRecord:  # protocol ConsolidatedPattern -> ReasoningBank record
@@ -171,12 +187,9 @@ class SyncAgent:
             min_uses=thresholds.high_quality_min_uses,
             clock=clock,
         )
-        if transport is not None:
-            self.transport: Transport = transport
-        elif self.policy.transport is TransportKind.HTTP:
-            self.transport = HttpTransport(server_url, timeout_s=self.config.request_timeout_s)
-        else:
-            self.transport = WebSocketTransport(server_url, timeout_s=self.config.request_timeout_s)
+        self.transport: Transport = transport or open_transport(
+            self.policy, server_url, timeout_s=self.config.request_timeout_s
+        )
         self.server_url = server_url
 
     # ------------------------------------------------------------------ one frame
@@ -283,13 +296,17 @@ class SyncAgent:
                 transitions = [TransitionStat(e.src, e.dst, e.weight, e.support) for e in reply.transitions.edges]
             else:  # cell-keyed edges need the global codebook, which this brain does not hold
                 report.errors.append(f"skipped {len(reply.transitions.edges)} codebook-cell transitions")
+        pairs: list[TransitionStat] = []
+        if reply.pairs is not None:
+            pairs = [TransitionStat(e.src, e.dst, e.weight, e.support) for e in reply.pairs.edges]
         try:
             with self.store.transaction() as db:
                 if self._brain is not None:
-                    self._brain.apply_consolidated(patterns, transitions)  # type: ignore[attr-defined]
+                    self._brain.apply_consolidated(patterns, transitions, pairs=pairs)  # type: ignore[attr-defined]
                 else:
                     self.store.put_consolidated(patterns)
                     self.store.merge_global_transitions(transitions)
+                    self.store.merge_global_pairs(pairs)
                 state.set_cursor(db, reply.cursor)
         except (OmegaError, OverflowError) as exc:  # the transaction rolled back: nothing of the page is kept
             if _bad_page(exc):  # e.g. an id beyond SQLite's int64, or a value a constraint refuses
@@ -297,7 +314,7 @@ class SyncAgent:
             # The TV's own store refused the write (disk full, I/O error): not the server's fault.
             raise SyncFailed(f"cannot merge a pulled page: local store: {exc}", code="local_store", report=report) from exc
         report.pulled_patterns += len(patterns)
-        report.pulled_edges += len(transitions)
+        report.pulled_edges += len(transitions) + len(pairs)
         report.cursor = reply.cursor
 
     async def _pull(self, report: SyncReport) -> None:
@@ -311,6 +328,7 @@ class SyncAgent:
             report.pull_bytes += down
             report.pull_pages += 1
             self._merge(answer.body, report)
+            report.pull_more = answer.body.more
             if not answer.body.more:
                 return
 
