@@ -56,9 +56,13 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
     assert {"replay viewings", "centralised baselines"} <= stages
     if layout == "ml-latest":
         privacy = result["tables"]["privacy"]
+        # 40 items: the cell rows use a codebook of 40 // 4 = 10 cells
         assert [(row["k_min"], row["granularity"]) for row in privacy] == [
-            (k, g) for k in (1, 3, 5, 10) for g in ("item", "item+pair")
+            (k, g) for k in (1, 3, 5, 10) for g in ("item", "item+pair", "item+cell10")
         ]
+        cells = [row for row in privacy if row["granularity"] == "item+cell10"]
+        assert all(row["upload_bytes_per_tv_mean"] > 0 and row["cell_edges_per_tv"] > 0 for row in cells)
+        assert cells[0]["published_cell_edges"] >= cells[-1]["published_cell_edges"] > 0
         published = [row["published_edges"] for row in privacy if row["granularity"] == "item"]
         assert published == sorted(published, reverse=True) and published[0] > published[-1]
         # A pair is published whenever an ordered edge is (same TVs, or more), never less often.

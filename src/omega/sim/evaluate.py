@@ -41,9 +41,10 @@ from omega.protocol import Keyspace, derive_device_key, peek_frame
 from omega.sim.baselines import tune_and_evaluate
 from omega.sim.baselines.mostpop import MostPop
 from omega.sim.baselines.seq_transition import SeqTransition
+from omega.sim import cell_granularity as cg
 from omega.sim.catalog_cache import build_catalog
 from omega.sim.edge_ranking import EdgeWeights, score_catalog
-from omega.sim.fleet import SIM_BRAIN_CONFIG, Fleet, FleetConfig, ViewingEvent
+from omega.sim.fleet import SIM_BRAIN_CONFIG, TV, Fleet, FleetConfig, ViewingEvent
 from omega.sim.metrics import summarise, target_rank
 from omega.sim.split import Split, leave_last_out_arrays
 from omega.sim.wire_audit import audit_uplink
@@ -62,6 +63,10 @@ ABLATION: dict[str, EdgeWeights] = {
     "content+global+pairs+popularity+trends": EdgeWeights(w_consolidated=0.05),
 }
 K_MIN_TABLE = (1, 3, 5, 10)
+#: codebook sizes of the privacy table's cell rows (capped at a quarter of the catalog for tiny fixtures)
+CELL_SIZES = (64, 256, 1024)
+#: weight of the cell backoff next to the item edges (bench/quality.py --grid table)
+W_CELL = 0.3
 
 
 def _subsample(data: MovieLensData, users: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -91,14 +96,31 @@ def _train_events(user: np.ndarray, item: np.ndarray, stars: np.ndarray, ts: np.
 
 
 def _evaluate_tvs(fleet: Fleet, split: Split, weights: EdgeWeights, rows_by_user: dict[int, int], **kw: Any) -> dict[str, float]:
-    ranks = []
+    return _evaluate_variants(fleet, split, weights, rows_by_user, {"": None}, **kw)[""]
+
+
+Extra = Callable[[list[int]], np.ndarray]  # catalog rows watched last (most recent first) -> scores to add
+
+
+def _evaluate_variants(
+    fleet: Fleet, split: Split, weights: EdgeWeights, rows_by_user: dict[int, int], variants: dict[str, Extra | None],
+    **kw: Any,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Like `_evaluate_tvs`, scoring each TV once with `weights` and then once per variant (base + extra)."""
+    ranks: dict[str, list[int]] = {name: [] for name in variants}
     for user, row in rows_by_user.items():
         tv = fleet.tvs.get(user)
         if tv is None:
             continue
         scores = score_catalog(tv.brain, weights, **kw)
-        ranks.append(target_rank(scores, int(split.targets[row]), split.histories[row]))
-    return summarise(ranks)
+        recent: list[int] = []
+        if any(extra is not None for extra in variants.values()):
+            cat = tv.brain.catalog
+            recent = cat.rows([c for c in tv.brain.store.recent_content_ids(weights.n_recent) if c in cat]).tolist()
+        for name, extra in variants.items():
+            s = scores if extra is None else scores + extra(recent)
+            ranks[name].append(target_rank(s, int(split.targets[row]), split.histories[row]))
+    return {name: summarise(r) for name, r in ranks.items()}
 
 
 async def published_edges(fleet: Fleet, k_min: int) -> list[ConsolidatedEdge]:
@@ -160,6 +182,7 @@ async def _run(
         fleet_tvs = list(fleet.tvs.values())
         up = np.array([tv.bytes_up for tv in fleet_tvs], np.float64)
         push_sizes = [len(d) for _, d in fleet.tap.uplink if peek_frame(d).kind == "push"]
+        uplink = list(fleet.tap.uplink)  # what the fleet TVs sent while learning (before catch-up and cold start)
         audit = audit_uplink(
             fleet.tap.uplink, lambda dev: derive_device_key(fleet.config.secret, dev, 1)
         )
@@ -187,7 +210,9 @@ async def _run(
                 stage("ablation", i, len(ABLATION))
                 ablation[name] = _evaluate_tvs(fleet, split, w, rows_by_user)
             out_tables["ablation"] = ablation
-            out_tables["privacy"] = await _privacy_table(fleet, split, rows_by_user, up, stage)
+            out_tables["privacy"] = await _privacy_table(
+                fleet, split, rows_by_user, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
+            )
             timings["tables_s"] = time.perf_counter() - t0
         published = await published_edges(fleet, k_min)
         extra = inspect(fleet) if inspect is not None else {}
@@ -270,26 +295,68 @@ async def _cold_start(
     }  # fmt: skip
 
 
-async def _privacy_table(fleet: Fleet, split: Split, rows_by_user: dict[int, int], up: np.ndarray, stage: Stage) -> list[dict[str, Any]]:
-    """NDCG@10 of the federated scorer for each k_min and granularity (ordered item edges alone, or with
-    the unordered pairs), from the same constellation's published sets. Pairs are derived by the
-    constellation, so both granularities cost a TV the same upload."""
+async def _privacy_table(
+    fleet: Fleet, split: Split, rows_by_user: dict[int, int], up: np.ndarray, stage: Stage, *,
+    uplink: list[tuple[bytes, bytes]], tvs: list[TV], matrix: np.ndarray, seed: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """NDCG@10 of the federated scorer for each k_min and granularity, from the same constellation's
+    published sets: "item" (ordered item edges alone), "item+pair" (with the unordered pairs; derived by
+    the constellation, so both cost a TV the same upload) and "item+cell<N>" (the item edges plus a backoff
+    over codebook cells of N centroids, `W_CELL`). Cell edges are an offline re-keying of the tapped
+    pushes with the constellation's rule (`omega.sim.cell_granularity`); their upload is those pushes
+    re-encoded with cell-keyed edges."""
+    key_for = lambda dev: derive_device_key(fleet.config.secret, dev, 1)  # noqa: E731
+    frames = cg.decode_uplink(uplink, key_for)
+    pushes = cg.item_pushes(frames)
+    policy = fleet.aggregator.policy
+    n_items = len(fleet.catalog)
+    cells_by_size: dict[int, dict[str, Any]] = {}
+    for n in sorted({min(size, max(1, n_items // 4)) for size in CELL_SIZES}):
+        cells = build_codebook(matrix, k=n, seed=seed, iters=10).assign(matrix)
+        cell_of = dict(zip(fleet.catalog.ids.tolist(), cells.tolist()))
+        per_device = cg.cell_upload_bytes(frames, cell_of, key_for, codebook_version=1)
+        cell_up = np.array([per_device.get(tv.device_id, 0) for tv in tvs], np.float64)
+        edges_per_tv: dict[bytes, set[cg.CellKey]] = {}
+        for p in pushes:
+            edges_per_tv.setdefault(p.device_id, set()).update(cg.rekey(p.edges, cell_of))
+        aggregated = cg.aggregate_cells(pushes, cell_of, edge_w_max=policy.edge_w_max, epoch_ms=policy.epoch_ms)
+        cells_by_size[n] = {
+            "cells": cells, "aggregated": aggregated,
+            "up": float(cell_up.mean()) if cell_up.size else 0.0,
+            "edges_per_tv": float(np.mean([len(edges_per_tv.get(tv.device_id, ())) for tv in tvs])) if tvs else 0.0,
+        }  # fmt: skip
+    item_weights = EdgeWeights(w_pair=0.0)
     out = []
     for i, k in enumerate(K_MIN_TABLE):
         stage("privacy table", i, len(K_MIN_TABLE))
         edges = await published_edges(fleet, k)
         lookup, pairs, into = _published_lookup(edges)
-        pop = np.zeros(len(fleet.catalog), np.float64)
+        pop = np.zeros(n_items, np.float64)
         if into:
             pop[fleet.catalog.rows(list(into))] = list(into.values())
             pop /= pop.max()
         n_pairs = sum(e.keyspace == Keyspace.PAIR for e in edges)
-        for granularity, weights in (("item", EdgeWeights(w_pair=0.0)), ("item+pair", FEDERATED)):
-            result = _evaluate_tvs(fleet, split, weights, rows_by_user, global_lookup=lookup, pair_lookup=pairs, pop=pop)
+        common = {"k_min": k, "published_edges": len(edges) - n_pairs}
+        base = {"upload_bytes_per_tv_mean": float(up.mean()) if up.size else 0.0}
+        kw = {"global_lookup": lookup, "pair_lookup": pairs, "pop": pop}
+        variants: dict[str, Extra | None] = {"item": None}
+        published_cells = {}
+        for n, c in cells_by_size.items():
+            published_cells[n] = cg.publish(c["aggregated"], k)
+            backoff = cg.CellBackoff(
+                c["cells"], published_cells[n], pop, n_cells=n, recency_decay=item_weights.recency_decay,
+                source_norm=item_weights.source_norm,
+            )  # fmt: skip
+            variants[f"cell{n}"] = lambda recent, b=backoff: W_CELL * b.scores(recent)
+        results = _evaluate_variants(fleet, split, item_weights, rows_by_user, variants, **kw)
+        out.append({"granularity": "item", **common, "published_pairs": 0, **results["item"], **base})
+        with_pairs = _evaluate_tvs(fleet, split, FEDERATED, rows_by_user, **kw)
+        out.append({"granularity": "item+pair", **common, "published_pairs": n_pairs, **with_pairs, **base})
+        for n, c in cells_by_size.items():
             out.append({
-                "granularity": granularity, "k_min": k, "published_edges": len(edges) - n_pairs,
-                "published_pairs": n_pairs if granularity == "item+pair" else 0, **result,
-                "upload_bytes_per_tv_mean": float(up.mean()) if up.size else 0.0,
+                "granularity": f"item+cell{n}", **common, "published_pairs": 0, **results[f"cell{n}"],
+                "upload_bytes_per_tv_mean": c["up"], "cells": n, "published_cell_edges": len(published_cells[n]),
+                "cell_edges_per_tv": c["edges_per_tv"],
             })  # fmt: skip
     stage("privacy table", len(K_MIN_TABLE), len(K_MIN_TABLE))
     return out

@@ -1,0 +1,167 @@
+"""Codebook-cell granularity for the eval's privacy table, re-keyed offline from what crossed the wire.
+
+The real aggregator serves item→item edges and the unordered item pairs it derives; it keeps no
+cell-keyed edges. To show what a cell-keyed global pattern would add or cost, the same run's pushes
+are re-keyed: every uplink frame in the fleet's `WireTap` is decoded with its device's key (as the
+wire audit does), each push's ITEM edges (src, dst) become (cell of src, cell of dst) with duplicates
+in one push summed, and they are aggregated with the constellation's rule — a retried batch counts
+once, one contribution per device, key and epoch (a later one is a duplicate_flood), each clipped to
+`AggregationPolicy.edge_w_max`, support = distinct devices, published only with support ≥ k_min.
+
+Scoring (as in bench/quality.py): the published cell edges give a cell-level transition score from a
+TV's recent items (recency-decayed, rows normalised by out-weight^source_norm, scaled to max 1); an item
+gets its cell's score times its share of the cell's published item in-weight (smoothed by `eps`), so
+items the constellation knows lead within a cell. Upload cost: every push frame re-encoded with the
+cell-keyed `TransitionBatch` (Keyspace.CELL) through the real codec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from omega.protocol import (
+    UPLINK,
+    Frame,
+    Keyspace,
+    Push,
+    Transition,
+    TransitionBatch,
+    decode_frame,
+    encode_frame,
+)
+
+CellKey = tuple[int, int]  # (src cell, dst cell)
+
+
+@dataclass(frozen=True)
+class TappedFrame:
+    """One uplink frame as it crossed the wire: sender, decoded frame and its size in bytes."""
+
+    device_id: bytes
+    frame: Frame
+    size: int
+
+
+@dataclass(frozen=True)
+class TappedPush:
+    """The item edges (src, dst, weight) of one push."""
+
+    device_id: bytes
+    batch_id: bytes
+    timestamp_ms: int
+    edges: tuple[tuple[int, int, float], ...]
+
+
+def decode_uplink(uplink: Iterable[tuple[bytes, bytes]], key_for: Callable[[bytes], bytes]) -> list[TappedFrame]:
+    """Decode every (device id, frame bytes) with the device's key (verifies each tag)."""
+    keys: dict[bytes, bytes] = {}
+    out = []
+    for device_id, data in uplink:
+        key = keys.get(device_id) or keys.setdefault(device_id, key_for(device_id))
+        out.append(TappedFrame(device_id, decode_frame(data, key, expect=UPLINK), len(data)))
+    return out
+
+
+def item_pushes(frames: Iterable[TappedFrame]) -> list[TappedPush]:
+    """The pushes that carry ITEM-keyed transitions, in wire order."""
+    out = []
+    for f in frames:
+        body = f.frame.body
+        if isinstance(body, Push) and body.transitions is not None and body.transitions.keyspace is Keyspace.ITEM:
+            edges = tuple((e.src, e.dst, float(e.weight)) for e in body.transitions.edges)
+            out.append(TappedPush(f.device_id, body.batch_id, f.frame.timestamp_ms, edges))
+    return out
+
+
+def rekey(edges: Iterable[tuple[int, int, float]], cell_of: Mapping[int, int]) -> dict[CellKey, float]:
+    """Item edges → cell edges, weights of edges landing on the same cell pair summed (unknown ids dropped)."""
+    out: dict[CellKey, float] = {}
+    for src, dst, w in edges:
+        if src in cell_of and dst in cell_of:
+            key = (cell_of[src], cell_of[dst])
+            out[key] = out.get(key, 0.0) + w
+    return out
+
+
+def aggregate_cells(
+    pushes: Iterable[TappedPush], cell_of: Mapping[int, int], *, edge_w_max: float, epoch_ms: int
+) -> dict[CellKey, tuple[float, int]]:
+    """(summed weight, distinct devices) per cell edge, by the constellation's rule (module docstring)."""
+    seen_batches: set[tuple[bytes, bytes]] = set()
+    last_epoch: dict[tuple[CellKey, bytes], int] = {}
+    weight: dict[CellKey, float] = {}
+    members: dict[CellKey, set[bytes]] = {}
+    for p in pushes:
+        if (p.device_id, p.batch_id) in seen_batches:  # a retried batch: idempotent
+            continue
+        seen_batches.add((p.device_id, p.batch_id))
+        epoch = p.timestamp_ms // epoch_ms
+        for key, w in rekey(p.edges, cell_of).items():
+            if w <= 0 or last_epoch.get((key, p.device_id)) == epoch:  # duplicate_flood
+                continue
+            last_epoch[(key, p.device_id)] = epoch
+            weight[key] = weight.get(key, 0.0) + min(w, edge_w_max)
+            members.setdefault(key, set()).add(p.device_id)
+    return {key: (weight[key], len(members[key])) for key in weight}
+
+
+def publish(aggregated: Mapping[CellKey, tuple[float, int]], k_min: int) -> dict[CellKey, float]:
+    """The cell edges with at least `k_min` distinct devices, with their weight."""
+    return {key: w for key, (w, support) in aggregated.items() if support >= k_min}
+
+
+def cell_upload_bytes(
+    frames: Iterable[TappedFrame], cell_of: Mapping[int, int], key_for: Callable[[bytes], bytes],
+    codebook_version: int = 1,
+) -> dict[bytes, int]:  # fmt: skip
+    """Uplink bytes per device had each push carried cell-keyed edges (same frame otherwise, same codec)."""
+    keys: dict[bytes, bytes] = {}
+    out: dict[bytes, int] = {}
+    for f in frames:
+        body = f.frame.body
+        size = f.size
+        if isinstance(body, Push) and body.transitions is not None and body.transitions.keyspace is Keyspace.ITEM:
+            cells = rekey(((e.src, e.dst, float(e.weight)) for e in body.transitions.edges), cell_of)
+            batch = TransitionBatch(
+                Keyspace.CELL, tuple(Transition(a, b, w) for (a, b), w in cells.items()), codebook_version
+            )
+            push = Push(body.batch_id, body.patterns, batch if cells else None)
+            frame = Frame(f.device_id, f.frame.seq, f.frame.timestamp_ms, push, f.frame.key_id)
+            key = keys.get(f.device_id) or keys.setdefault(f.device_id, key_for(f.device_id))
+            size = len(encode_frame(frame, key))
+        out[f.device_id] = out.get(f.device_id, 0) + size
+    return out
+
+
+class CellBackoff:
+    """Item scores from published cell edges: destination cell score × the item's share of its cell."""
+
+    def __init__(
+        self, cells: np.ndarray, published: Mapping[CellKey, float], pop: np.ndarray, *, n_cells: int,
+        recency_decay: float, source_norm: float, eps: float = 1e-3,
+    ) -> None:  # fmt: skip
+        self.cells = np.asarray(cells, np.int64)  # cell of each catalog row
+        self.recency_decay = recency_decay
+        t = np.zeros((n_cells, n_cells), np.float64)
+        for (a, b), w in published.items():
+            t[a, b] += w
+        out = t.sum(axis=1)
+        scale = np.where(out > 0, np.power(np.maximum(out, 1e-12), -source_norm), 0.0)
+        self.table = t * scale[:, None]
+        share = np.asarray(pop, np.float64) + eps
+        total = np.bincount(self.cells, weights=share, minlength=n_cells)
+        self.share = share / np.maximum(total[self.cells], 1e-12)
+
+    def scores(self, recent_rows: Sequence[int]) -> np.ndarray:
+        """One score per catalog row, scaled to max 1, from the catalog rows watched last (most recent first)."""
+        query = np.zeros(self.table.shape[0], np.float64)
+        np.add.at(query, self.cells[list(recent_rows)], self.recency_decay ** np.arange(len(recent_rows)))
+        cs = query @ self.table
+        top = cs.max(initial=0.0)
+        if top <= 0:
+            return np.zeros(len(self.cells), np.float64)
+        item = (cs / top)[self.cells] * self.share
+        return item / item.max(initial=1e-12)
