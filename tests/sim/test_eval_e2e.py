@@ -51,6 +51,11 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
     assert result["upload_bytes_per_tv"]["p95"] >= result["upload_bytes_per_tv"]["mean"] * 0.5
     assert 0 < result["push_bytes_p50"] <= 1024
     assert result["wire_audit"]["no_raw_episode_left"] is True
+    versus = result["edge_federated_vs_best"]
+    assert versus["baseline"] == result["best_centralised"] and versus["users"] == 30
+    best_ndcg = result["methods"][versus["baseline"]]["ndcg@10"]
+    assert versus["ndcg_diff"] == pytest.approx(result["methods"]["edge_federated"]["ndcg@10"] - best_ndcg)
+    assert versus["ci95"][0] <= versus["ndcg_diff"] <= versus["ci95"][1]
     # The constellation derived unordered pairs from the pushed edges and the TVs pulled them.
     assert result["published_pairs"] > 0 and result["tv_pair_rows"] > 0
     assert {"replay viewings", "centralised baselines"} <= stages

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from omega.sim.metrics import hit_at_k, ndcg_at_k, summarise, target_rank
+from omega.sim.metrics import hit_at_k, ndcg_at_k, ndcg_values, paired_bootstrap, summarise, target_rank
 
 
 def test_rank_counts_items_scoring_higher() -> None:
@@ -51,3 +51,24 @@ def test_summary_averages_over_users() -> None:
     result = summarise([0, 2, 15], k=10)
     assert result == {"hr@10": pytest.approx(2 / 3), "ndcg@10": pytest.approx(0.5)}
     assert summarise([3], k=3) == {"hr@3": 0.0, "ndcg@3": 0.0}
+
+
+def test_ndcg_values_per_user_by_hand() -> None:
+    assert ndcg_values([0, 1, 9, 10]).tolist() == pytest.approx([1.0, 1 / math.log2(3), 1 / math.log2(11), 0.0])
+
+
+def test_paired_bootstrap_of_a_constant_difference_is_that_difference() -> None:
+    a = np.array([0.5, 0.2, 1.0, 0.0])
+    out = paired_bootstrap(a, a - 0.1, seed=3)
+    assert out == pytest.approx({"diff": 0.1, "ci95_low": 0.1, "ci95_high": 0.1})
+
+
+def test_paired_bootstrap_interval_holds_the_mean_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.random(200), rng.random(200)
+    out = paired_bootstrap(a, b, seed=1)
+    assert out["ci95_low"] < out["diff"] < out["ci95_high"]
+    assert out["diff"] == pytest.approx(float((a - b).mean()))
+    assert paired_bootstrap(a, b, seed=1) == out
+    with pytest.raises(ValueError, match="same 1-d shape"):
+        paired_bootstrap(a, b[:5])

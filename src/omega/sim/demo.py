@@ -113,7 +113,12 @@ def render(result: dict[str, Any]) -> None:
     best = result.get("best_centralised")
     if best:
         fed, central = result["methods"]["edge_federated"]["ndcg@10"], result["methods"][best]["ndcg@10"]
-        console.print(f"edge + federation reaches {fed / central:.0%} of the best centralised model ({best}).")
+        versus = result.get("edge_federated_vs_best") or {}
+        interval = ""
+        if versus.get("ci95"):
+            lo, hi = versus["ci95"]
+            interval = f" Difference {versus['ndcg_diff']:+.4f}, 95 % interval [{lo:+.4f}, {hi:+.4f}] (paired bootstrap over viewers)."
+        console.print(f"edge + federation reaches {fed / central:.0%} of the best centralised model ({best}).{interval}")
     cold = result["methods"].get("cold_start", {})
     if cold.get("tvs"):
         refs = ", ".join(f"{name} {m['ndcg@10']:.4f}" for name, m in cold["reference"].items())

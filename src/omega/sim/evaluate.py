@@ -38,14 +38,14 @@ from omega.constellation.codebook import build_codebook
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.errors import OmegaError
 from omega.protocol import Keyspace, derive_device_key, peek_frame
-from omega.sim.baselines import tune_and_evaluate
+from omega.sim.baselines import BASELINES, tune_and_evaluate
 from omega.sim.baselines.mostpop import MostPop
 from omega.sim.baselines.seq_transition import SeqTransition
 from omega.sim import cell_granularity as cg
 from omega.sim.catalog_cache import build_catalog
 from omega.sim.edge_ranking import EdgeWeights, score_catalog
 from omega.sim.fleet import SIM_BRAIN_CONFIG, TV, Fleet, FleetConfig, ViewingEvent
-from omega.sim.metrics import summarise, target_rank
+from omega.sim.metrics import ndcg_values, paired_bootstrap, summarise, target_rank
 from omega.sim.split import Split, leave_last_out_arrays
 from omega.sim.wire_audit import audit_uplink
 
@@ -107,7 +107,16 @@ def _evaluate_variants(
     **kw: Any,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     """Like `_evaluate_tvs`, scoring each TV once with `weights` and then once per variant (base + extra)."""
-    ranks: dict[str, list[int]] = {name: [] for name in variants}
+    ranks = _rank_variants(fleet, split, weights, rows_by_user, variants, **kw)
+    return {name: summarise(r.values()) for name, r in ranks.items()}
+
+
+def _rank_variants(
+    fleet: Fleet, split: Split, weights: EdgeWeights, rows_by_user: dict[int, int], variants: dict[str, Extra | None],
+    **kw: Any,
+) -> dict[str, dict[int, int]]:  # fmt: skip
+    """Per variant, the target rank of each evaluated TV by its user's split row."""
+    ranks: dict[str, dict[int, int]] = {name: {} for name in variants}
     for user, row in rows_by_user.items():
         tv = fleet.tvs.get(user)
         if tv is None:
@@ -119,8 +128,23 @@ def _evaluate_variants(
             recent = cat.rows([c for c in tv.brain.store.recent_content_ids(weights.n_recent) if c in cat]).tolist()
         for name, extra in variants.items():
             s = scores if extra is None else scores + extra(recent)
-            ranks[name].append(target_rank(s, int(split.targets[row]), split.histories[row]))
-    return {name: summarise(r) for name, r in ranks.items()}
+            ranks[name][row] = target_rank(s, int(split.targets[row]), split.histories[row])
+    return ranks
+
+
+def _versus_best(
+    split: Split, federated: dict[int, int], best: str, params: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    """NDCG@10 of edge + federation minus the best centralised model's, paired per viewer, with a
+    bootstrap 95 % interval: whether "matches" is more than noise. The baseline is refitted with its
+    tuned parameters to get its per-viewer ranks."""
+    factory, _ = BASELINES[best]
+    model = factory(**params).fit(split)
+    rows = sorted(federated)
+    theirs = [target_rank(model.scores(r, split.histories[r]), int(split.targets[r]), split.histories[r]) for r in rows]
+    result = paired_bootstrap(ndcg_values(federated[r] for r in rows), ndcg_values(theirs), seed=seed)
+    return {"baseline": best, "users": len(rows), "ndcg_diff": result["diff"],
+            "ci95": [result["ci95_low"], result["ci95_high"]]}  # fmt: skip
 
 
 async def published_edges(fleet: Fleet, k_min: int) -> list[ConsolidatedEdge]:
@@ -194,7 +218,8 @@ async def _run(
         stage("score TVs", 0, 2)
         methods["edge_only"] = _evaluate_tvs(fleet, split, EDGE_ONLY, rows_by_user)
         stage("score TVs", 1, 2)
-        methods["edge_federated"] = _evaluate_tvs(fleet, split, FEDERATED, rows_by_user)
+        federated_ranks = _rank_variants(fleet, split, FEDERATED, rows_by_user, {"": None})[""]
+        methods["edge_federated"] = summarise(federated_ranks.values())
         stage("score TVs", 2, 2)
         timings["edge_eval_s"] = time.perf_counter() - t0
 
@@ -229,6 +254,7 @@ async def _run(
         stage("centralised baselines", len(BASELINE_NAMES), len(BASELINE_NAMES))
 
     best = max((n for n in BASELINE_NAMES if n in methods), key=lambda n: methods[n]["ndcg@10"], default=None)
+    versus = _versus_best(split, federated_ranks, best, methods[best]["params"], seed) if best else None
     return {
         "dataset": data.path.name,
         "layout": data.layout,
@@ -239,6 +265,7 @@ async def _run(
         "methods": methods,
         "best_centralised": best,
         "edge_federated_matches_best": bool(best and methods["edge_federated"]["ndcg@10"] >= methods[best]["ndcg@10"]),
+        "edge_federated_vs_best": versus,
         "upload_bytes_per_tv": {"mean": float(up.mean()) if up.size else 0.0, "p95": float(np.percentile(up, 95)) if up.size else 0.0},
         "push_bytes_p50": float(np.median(push_sizes)) if push_sizes else 0.0,
         "pushes": len(push_sizes),
