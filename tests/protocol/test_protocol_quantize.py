@@ -94,3 +94,10 @@ def test_quantized_embedding_validates_its_fields() -> None:
         fields = dict(q=bytes(4), bits=8, scale=1.0, offset=0.0) | bad
         with pytest.raises(InvalidPattern):
             QuantizedEmbedding(**fields)  # type: ignore[arg-type]
+
+
+def test_float32_extremes_dequantize_to_finite_values() -> None:
+    # Found by hypothesis: offset + scale·255 rounded past float32's maximum and came back as inf.
+    vector = np.array([-1.8889468e22, 3.4028235e38], np.float32)
+    back = dequantize(quantize(vector, 8))
+    assert np.isfinite(back).all() and back[1] == np.float32(3.4028235e38)

@@ -16,6 +16,8 @@ import numpy as np
 
 from omega.protocol.errors import InvalidPattern
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 #: Bit widths the protocol carries.
 SUPPORTED_BITS: tuple[int, ...] = (8, 4)
 
@@ -67,7 +69,9 @@ class QuantizedEmbedding:
 
     def dequantize(self) -> np.ndarray:
         """The float32 vector these codes stand for."""
-        return (self.offset + self.scale * self.codes().astype(np.float64)).astype(np.float32)
+        values = self.offset + self.scale * self.codes().astype(np.float64)
+        # offset + scale·code can round just past float32's range when the input held its extremes.
+        return np.clip(values, -_F32_MAX, _F32_MAX).astype(np.float32)
 
 
 def quantize(vector: np.ndarray, bits: int = 8) -> QuantizedEmbedding:
