@@ -160,7 +160,7 @@ def test_direct_mode_calls_the_same_service_and_publishes_the_same(tmp_path: Pat
         try:
             assert (fleet.server is None) == (transport == "direct")
             kinds = sorted(peek_frame(d).kind for _, d in fleet.tap.uplink)
-            edges = {(e.src, e.dst): (e.weight, e.support) for e in await published_edges(fleet, 2)}
+            edges = {(e.keyspace, e.src, e.dst): (e.weight, e.support) for e in await published_edges(fleet, 2)}
             return kinds, edges
         finally:
             await fleet.aclose()
