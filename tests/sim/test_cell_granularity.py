@@ -18,6 +18,7 @@ from omega.protocol import (
     encode_frame,
 )
 from omega.sim import cell_granularity as cg
+from omega.sim.wire_audit import decode_uplink
 
 DAY = 86_400_000
 A, B, C = (bytes([i]) * 16 for i in (1, 2, 3))  # three devices
@@ -59,7 +60,7 @@ def test_upload_bytes_reencode_pushes_with_cell_keyed_edges():
         (A, encode_frame(Frame(A, 1, 5, Push(b"x" * 16, (), TransitionBatch(Keyspace.ITEM, edges)), 1), key_for(A))),
         (A, encode_frame(Frame(A, 2, 6, Pull(0), 1), key_for(A))),
     ]
-    frames = cg.decode_uplink(sent, key_for)
+    frames = decode_uplink(sent, key_for)
     assert [p.edges for p in cg.item_pushes(frames)] == [((10, 20, 1.0), (10, 21, 1.0), (11, 21, 1.0), (20, 30, 1.0))]
     cell_bytes = cg.cell_upload_bytes(frames, CELL_OF, key_for)
     assert 0 < cell_bytes[A] < sum(len(d) for _, d in sent)

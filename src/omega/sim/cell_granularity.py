@@ -2,8 +2,8 @@
 
 The real aggregator serves item→item edges and the unordered item pairs it derives; it keeps no
 cell-keyed edges. To show what a cell-keyed global pattern would add or cost, the same run's pushes
-are re-keyed: every uplink frame in the fleet's `WireTap` is decoded with its device's key (as the
-wire audit does), each push's ITEM edges (src, dst) become (cell of src, cell of dst) with duplicates
+are re-keyed: every uplink frame in the fleet's `WireTap`, decoded once for the wire audit
+(`wire_audit.decode_uplink`), has each push's ITEM edges (src, dst) become (cell of src, cell of dst) with duplicates
 in one push summed, and they are aggregated with the constellation's rule — a retried batch counts
 once, one contribution per device, key and epoch (a later one is a duplicate_flood), each clipped to
 `AggregationPolicy.edge_w_max`, support = distinct devices, published only with support ≥ k_min.
@@ -22,27 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omega.protocol import (
-    UPLINK,
-    Frame,
-    Keyspace,
-    Push,
-    Transition,
-    TransitionBatch,
-    decode_frame,
-    encode_frame,
-)
+from omega.protocol import Frame, Keyspace, Push, Transition, TransitionBatch, encode_frame
+from omega.sim.wire_audit import TappedFrame
 
 CellKey = tuple[int, int]  # (src cell, dst cell)
-
-
-@dataclass(frozen=True)
-class TappedFrame:
-    """One uplink frame as it crossed the wire: sender, decoded frame and its size in bytes."""
-
-    device_id: bytes
-    frame: Frame
-    size: int
 
 
 @dataclass(frozen=True)
@@ -53,16 +36,6 @@ class TappedPush:
     batch_id: bytes
     timestamp_ms: int
     edges: tuple[tuple[int, int, float], ...]
-
-
-def decode_uplink(uplink: Iterable[tuple[bytes, bytes]], key_for: Callable[[bytes], bytes]) -> list[TappedFrame]:
-    """Decode every (device id, frame bytes) with the device's key (verifies each tag)."""
-    keys: dict[bytes, bytes] = {}
-    out = []
-    for device_id, data in uplink:
-        key = keys.get(device_id) or keys.setdefault(device_id, key_for(device_id))
-        out.append(TappedFrame(device_id, decode_frame(data, key, expect=UPLINK), len(data)))
-    return out
 
 
 def item_pushes(frames: Iterable[TappedFrame]) -> list[TappedPush]:
@@ -122,7 +95,7 @@ def cell_upload_bytes(
     out: dict[bytes, int] = {}
     for f in frames:
         body = f.frame.body
-        size = f.size
+        size = len(f.data)
         if isinstance(body, Push) and body.transitions is not None and body.transitions.keyspace is Keyspace.ITEM:
             cells = rekey(((e.src, e.dst, float(e.weight)) for e in body.transitions.edges), cell_of)
             batch = TransitionBatch(

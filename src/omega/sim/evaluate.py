@@ -47,7 +47,7 @@ from omega.sim.edge_ranking import EdgeWeights, score_catalog
 from omega.sim.fleet import SIM_BRAIN_CONFIG, TV, Fleet, FleetConfig, ViewingEvent
 from omega.sim.metrics import ndcg_values, paired_bootstrap, summarise, target_rank
 from omega.sim.split import Split, leave_last_out_arrays
-from omega.sim.wire_audit import audit_uplink
+from omega.sim.wire_audit import TappedFrame, audit_frames, decode_uplink
 
 Stage = Callable[[str, int, int], None]  # (stage name, done, total)
 Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before it is closed; adds keys
@@ -206,10 +206,10 @@ async def _run(
         fleet_tvs = list(fleet.tvs.values())
         up = np.array([tv.bytes_up for tv in fleet_tvs], np.float64)
         push_sizes = [len(d) for _, d in fleet.tap.uplink if peek_frame(d).kind == "push"]
-        uplink = list(fleet.tap.uplink)  # what the fleet TVs sent while learning (before catch-up and cold start)
-        audit = audit_uplink(
-            fleet.tap.uplink, lambda dev: derive_device_key(fleet.config.secret, dev, 1)
-        )
+        # What the fleet TVs sent while learning (before catch-up and cold start), decoded once for the
+        # wire audit and the privacy table's cell rows.
+        uplink = decode_uplink(fleet.tap.uplink, lambda dev: derive_device_key(fleet.config.secret, dev, 1))
+        audit = audit_frames(uplink)
         await fleet.catch_up(progress=lambda d, t: stage("pull published patterns", d, t))
         timings["fleet_s"] = time.perf_counter() - t0
 
@@ -324,7 +324,7 @@ async def _cold_start(
 
 async def _privacy_table(
     fleet: Fleet, split: Split, rows_by_user: dict[int, int], up: np.ndarray, stage: Stage, *,
-    uplink: list[tuple[bytes, bytes]], tvs: list[TV], matrix: np.ndarray, seed: int,
+    uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """NDCG@10 of the federated scorer for each k_min and granularity, from the same constellation's
     published sets: "item" (ordered item edges alone), "item+pair" (with the unordered pairs; derived by
@@ -333,15 +333,14 @@ async def _privacy_table(
     pushes with the constellation's rule (`omega.sim.cell_granularity`); their upload is those pushes
     re-encoded with cell-keyed edges."""
     key_for = lambda dev: derive_device_key(fleet.config.secret, dev, 1)  # noqa: E731
-    frames = cg.decode_uplink(uplink, key_for)
-    pushes = cg.item_pushes(frames)
+    pushes = cg.item_pushes(uplink)
     policy = fleet.aggregator.policy
     n_items = len(fleet.catalog)
     cells_by_size: dict[int, dict[str, Any]] = {}
     for n in sorted({min(size, max(1, n_items // 4)) for size in CELL_SIZES}):
         cells = build_codebook(matrix, k=n, seed=seed, iters=10).assign(matrix)
         cell_of = dict(zip(fleet.catalog.ids.tolist(), cells.tolist()))
-        per_device = cg.cell_upload_bytes(frames, cell_of, key_for, codebook_version=1)
+        per_device = cg.cell_upload_bytes(uplink, cell_of, key_for, codebook_version=1)
         cell_up = np.array([per_device.get(tv.device_id, 0) for tv in tvs], np.float64)
         edges_per_tv: dict[bytes, set[cg.CellKey]] = {}
         for p in pushes:

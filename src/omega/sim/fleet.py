@@ -107,9 +107,6 @@ class WireTap:
     uplink: list[tuple[bytes, bytes]] = field(default_factory=list)  # (device id, frame)
     downlink: list[tuple[bytes, bytes]] = field(default_factory=list)
 
-    def uplink_bytes(self, device_id: bytes) -> list[int]:
-        return [len(data) for dev, data in self.uplink if dev == device_id]
-
 
 class TappedTransport:
     """A transport that records the bytes of every exchange of the transport it wraps."""

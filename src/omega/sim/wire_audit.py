@@ -20,8 +20,27 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from omega.protocol import Heartbeat, Pull, Push, decode_frame, UPLINK
+from omega.protocol import UPLINK, Frame, Heartbeat, Pull, Push, decode_frame
 from omega.protocol import omega_pb2 as pb
+
+
+@dataclass(frozen=True)
+class TappedFrame:
+    """One uplink frame as it crossed the wire: sender, its bytes and the frame they decode to."""
+
+    device_id: bytes
+    data: bytes
+    frame: Frame
+
+
+def decode_uplink(frames: Iterable[tuple[bytes, bytes]], key_for: Callable[[bytes], bytes]) -> list[TappedFrame]:
+    """Decode every (device id, frame bytes) with the device's key (verifies each tag)."""
+    keys: dict[bytes, bytes] = {}
+    out = []
+    for device_id, data in frames:
+        key = keys.get(device_id) or keys.setdefault(device_id, key_for(device_id))
+        out.append(TappedFrame(device_id, data, decode_frame(data, key, expect=UPLINK)))
+    return out
 
 
 @dataclass
@@ -76,14 +95,19 @@ def _walk(message, path: str, out: list[str]) -> None:  # noqa: ANN001  (a proto
 
 def audit_uplink(frames: Iterable[tuple[bytes, bytes]], key_for: Callable[[bytes], bytes]) -> AuditReport:
     """Decode every (device id, frame) with the device's key and check what it carries."""
+    return audit_frames(decode_uplink(frames, key_for))
+
+
+def audit_frames(frames: Iterable[TappedFrame]) -> AuditReport:
+    """Check what every decoded uplink frame carries, down to the protobuf fields set."""
     from omega.protocol.codec import _parse, _split  # the raw protobuf, to see every field set
 
     report = AuditReport()
-    for device_id, data in frames:
+    for tapped in frames:
         report.frames += 1
-        frame = decode_frame(data, key_for(device_id), expect=UPLINK)  # verifies the tag
+        frame, data = tapped.frame, tapped.data
         report.kinds[frame.kind] += 1
-        if frame.device_id != device_id:
+        if frame.device_id != tapped.device_id:
             report.violations.append(f"frame {report.frames}: sent under another device id")
         body = frame.body
         if isinstance(body, Push):
