@@ -15,6 +15,7 @@ from omega.brain.catalog import Catalog
 from omega.brain.movielens import load_movielens
 from omega.brain.sync import HttpTransport, TransportKind, WebSocketTransport, policy_for
 from omega.constellation.codebook import build_codebook
+from omega.errors import OmegaError
 from omega.protocol import Keyspace, Tier, compute_tag, decode_frame, derive_device_key, peek_frame
 from omega.protocol import omega_pb2 as pb
 from omega.sim.evaluate import published_edges
@@ -170,3 +171,10 @@ def test_direct_mode_calls_the_same_service_and_publishes_the_same(tmp_path: Pat
         assert loopback[1] and loopback == direct
 
     asyncio.run(main())
+
+
+def test_a_fleet_config_with_an_unknown_transport_is_one_clear_error():
+    with pytest.raises(OmegaError, match="fleet transport must be 'loopback' or 'direct', got 'udp'"):
+        FleetConfig(transport="udp")  # type: ignore[arg-type]
+    with pytest.raises(OmegaError, match="tier_mix"):
+        FleetConfig(tier_mix=(1.0, -1.0, 1.0))
