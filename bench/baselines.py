@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from omega.brain.movielens import load_movielens
+from omega.datasets.movielens import load_movielens
 from omega.sim.baselines import BASELINES, evaluate, tune_and_evaluate
 from omega.sim.split import leave_last_out
 

@@ -36,8 +36,8 @@ import scipy.sparse as sp
 
 from omega.brain.embedder import Embedder
 from omega.brain.learning import episode_from_rating, reward
-from omega.brain.movielens import load_movielens
 from omega.constellation.codebook import build_codebook
+from omega.datasets.movielens import load_movielens
 from omega.sim.catalog_cache import catalog_embeddings
 from omega.sim.metrics import summarise, target_rank
 from omega.sim.split import leave_last_out, validation_split

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from omega.cli import main
-from sim.fixtures import write_fixture
+from movielens_fixtures import write_fixture
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

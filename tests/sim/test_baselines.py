@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omega.brain.movielens import load_movielens
+from omega.datasets.movielens import load_movielens
 from omega.sim.baselines import ALS, BASELINES, ItemKNN, MostPop, SeqTransition, evaluate, tune_and_evaluate
 from omega.sim.baselines.transitions import recent_items, score_from_transitions, transition_pairs
 from omega.sim.split import Split, leave_last_out, leave_last_out_arrays
-from sim.fixtures import write_fixture
+from movielens_fixtures import write_fixture
 
 
 def make_split(sequences: list[list[int]], n_items: int) -> Split:

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from omega.brain.catalog import Catalog
-from omega.brain.movielens import load_movielens
 from omega.brain.sync import HttpTransport, TransportKind, WebSocketTransport, policy_for
 from omega.constellation.codebook import build_codebook
+from omega.datasets.movielens import load_movielens
 from omega.errors import OmegaError
 from omega.protocol import Keyspace, Tier, compute_tag, decode_frame, derive_device_key, peek_frame
 from omega.protocol import omega_pb2 as pb
 from omega.sim.evaluate import published_edges
 from omega.sim.fleet import SIM_BRAIN_CONFIG, Fleet, FleetConfig, ViewingEvent
 from omega.sim.wire_audit import audit_uplink
-from sim.fixtures import write_fixture
+from movielens_fixtures import write_fixture
 
 
 def _catalog(items, seed: int = 0) -> tuple[Catalog, np.ndarray]:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omega.brain.movielens import load_movielens
+from omega.datasets.movielens import load_movielens
 from omega.errors import OmegaError
 from omega.sim.split import leave_last_out, leave_last_out_arrays, validation_split
-from sim.fixtures import write_fixture, write_latest
+from movielens_fixtures import write_fixture, write_latest
 
 
 def test_last_interaction_is_the_target_and_ties_follow_file_order(tmp_path: Path) -> None:

@@ -144,8 +144,8 @@ def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int, max_items: in
 
     from omega.brain.brain import Brain
     from omega.brain.learning import episode_from_rating
-    from omega.brain.movielens import load_movielens
     from omega.brain.records import ConsolidatedPattern, Pattern, TaskType
+    from omega.datasets.movielens import load_movielens
 
     rng = np.random.default_rng(7)
     data = load_movielens(folder)

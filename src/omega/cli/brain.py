@@ -119,7 +119,7 @@ def ingest(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from omega.brain.movielens import load_movielens
+    from omega.datasets.movielens import load_movielens
 
     data = load_movielens(catalog)
     err = Console(stderr=True)

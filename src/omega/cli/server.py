@@ -78,8 +78,8 @@ def codebook_build(
 ) -> None:
     """Embed a catalog with the TV's model and cluster it (spherical k-means) into a codebook."""
     from omega.brain.embedder import Embedder
-    from omega.brain.movielens import load_movielens
     from omega.constellation.codebook import Codebook, build_codebook
+    from omega.datasets.movielens import load_movielens
 
     if not 1 <= k <= 65_536:
         raise OmegaError(f"--k must be in 1..65536, got {k}")

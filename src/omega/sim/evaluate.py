@@ -31,17 +31,17 @@ from typing import Any
 import numpy as np
 
 from omega.brain.embedder import Embedder
-from omega.brain.sync import SyncConfig
-from omega.brain.movielens import MovieLensData, load_movielens
 from omega.brain.records import TransitionStat
+from omega.brain.sync import SyncConfig
 from omega.constellation.codebook import build_codebook
 from omega.constellation.crdt import ConsolidatedEdge
+from omega.datasets.movielens import MovieLensData, load_movielens
 from omega.errors import OmegaError
 from omega.protocol import Keyspace, derive_device_key, peek_frame
+from omega.sim import cell_granularity as cg
 from omega.sim.baselines import BASELINES, tune_and_evaluate
 from omega.sim.baselines.mostpop import MostPop
 from omega.sim.baselines.seq_transition import SeqTransition
-from omega.sim import cell_granularity as cg
 from omega.sim.catalog_cache import build_catalog
 from omega.sim.edge_ranking import EdgeWeights, score_catalog
 from omega.sim.fleet import SIM_BRAIN_CONFIG, TV, Fleet, FleetConfig, ViewingEvent

@@ -2,7 +2,7 @@
 
 Every rating counts as one interaction (a viewing event) whatever its stars:
 a viewer rates what they watched, so a 1-star rating is still a watch. Per user,
-the last interaction in the stable time order of `omega.brain.movielens.Ratings`
+the last interaction in the stable time order of `omega.datasets.movielens.Ratings`
 (timestamp, then file order) is the held-out target and all earlier ones are the
 training history. A user needs at least one training item, so users with a
 single interaction are dropped.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omega.brain.movielens import MovieLensData
+from omega.datasets.movielens import MovieLensData
 from omega.errors import OmegaError
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omega.brain.movielens import load_movielens, split_year
 from omega.brain.records import CatalogItem
+from omega.datasets.movielens import load_movielens, split_year
 from omega.errors import OmegaError
-from sim.fixtures import LAYOUTS, TINY_MOVIES, TINY_RATINGS, write_100k, write_1m, write_fixture, write_latest
+from movielens_fixtures import LAYOUTS, TINY_MOVIES, TINY_RATINGS, write_100k, write_1m, write_fixture, write_latest
 
 WRITE = {"ml-latest": write_latest, "ml-100k": write_100k, "ml-1m": write_1m}
 

@@ -3,7 +3,7 @@
 `write_latest`, `write_100k` and `write_1m` write exactly the rows they are given;
 `write_fixture(layout, dir)` writes a small synthetic dataset with sequential
 structure (viewers mostly watch item i+1 after item i), so sequence-aware models
-have something real to learn. Import as ``from sim.fixtures import ...``
+have something real to learn. Import as ``from movielens_fixtures import ...``
 (tests/ is on sys.path through tests/conftest.py).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omega.brain.movielens import ML100K_GENRES
+from omega.datasets.movielens import ML100K_GENRES
 
 Movie = tuple[int, str, Sequence[str]]  # content id, title as in the file, genres
 Rating = tuple[int, int, float, int]  # user, content id, stars, timestamp
