@@ -36,7 +36,7 @@ def _rss_mb() -> float:
 
 def measure(variant: str) -> dict:
     from omega.brain.embedder import Embedder
-    from omega.brain.modelbuild import ensure_model
+    from omega.modelbuild import ensure_model
 
     path = ensure_model()
     started = time.perf_counter()

@@ -34,7 +34,7 @@ def ml_latest_small() -> Path:
 @pytest.fixture(scope="session")
 def embedder():
     """The real INT8 MiniLM embedder (built into the model cache on first use)."""
-    from omega.brain.modelbuild import ensure_model
     from omega.brain.embedder import Embedder
+    from omega.modelbuild import ensure_model
 
     return Embedder(ensure_model(), threads=1)

@@ -1,6 +1,6 @@
 """Text → 384-d L2-normalised vector, on the TV, with the INT8 MiniLM model.
 
-Loads a model cache written by `omega.brain.modelbuild.ensure_model` (it never
+Loads a model cache written by `omega.modelbuild.ensure_model` (it never
 builds one: on a TV the model arrives built). Tokenises with HF `tokenizers`,
 runs the encoder in onnxruntime, mean-pools over the attention mask.
 """
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omega.brain.modelbuild import (
+from omega.errors import OmegaError
+from omega.modelbuild import (
     DIM,
     MAX_POSITIONS,
     TOKENIZER_FILE,
@@ -22,7 +23,6 @@ from omega.brain.modelbuild import (
     read_manifest,
     sha256_file,
 )
-from omega.errors import OmegaError
 
 # Titles with genres and viewing contexts are short; 128 tokens keep their meaning.
 DEFAULT_MAX_LENGTH = 128

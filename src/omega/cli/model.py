@@ -30,7 +30,7 @@ def build(
     force: Annotated[bool, typer.Option("--force", help="rebuild even when the cache is valid")] = False,
 ) -> None:
     """Build (or verify) the INT8 model from the installed weights; prints the cache path."""
-    from omega.brain.modelbuild import ensure_model
+    from omega.modelbuild import ensure_model
 
     path = ensure_model(cache_dir, progress=_progress, force=force)
     _progress(f"model ready in {path}")
@@ -43,7 +43,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
 ) -> None:
     """Describe the model cache: whether it is valid, its files, sizes and digests."""
-    from omega.brain.modelbuild import default_model_dir, manifest_problem, read_manifest
+    from omega.modelbuild import default_model_dir, manifest_problem, read_manifest
 
     path = cache_dir if cache_dir is not None else default_model_dir()
     manifest = read_manifest(path) if path.is_dir() else None

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omega.brain import modelbuild
+import omega.modelbuild as modelbuild
 from omega.brain.embedder import Embedder
-from omega.brain.modelbuild import (
+from omega.cli import main as omega_main
+from omega.errors import OmegaError
+from omega.modelbuild import (
     FP32_FILE,
     INT8_FILE,
     MANIFEST_FILE,
@@ -32,8 +34,6 @@ from omega.brain.modelbuild import (
     verify_source,
     weights_source_dir,
 )
-from omega.cli import main as omega_main
-from omega.errors import OmegaError
 
 CACHE_FILES = (FP32_FILE, INT8_FILE, TOKENIZER_FILE, MANIFEST_FILE)
 
