@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from omega.brain.embedder import Embedder
+from omega.brain.modelcache import INT8_FILE, MANIFEST_FILE, TOKENIZER_FILE
 from omega.errors import OmegaError
-from omega.modelbuild import INT8_FILE, MANIFEST_FILE, TOKENIZER_FILE
 
 # Movie titles with genres, and viewing contexts: what the brain embeds.
 SENTENCES = [

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omega.errors import OmegaError
-from omega.modelbuild import (
+from omega.brain.modelcache import (
     DIM,
     MAX_POSITIONS,
     TOKENIZER_FILE,
@@ -23,6 +22,7 @@ from omega.modelbuild import (
     read_manifest,
     sha256_file,
 )
+from omega.errors import OmegaError
 
 # Titles with genres and viewing contexts are short; 128 tokens keep their meaning.
 DEFAULT_MAX_LENGTH = 128
