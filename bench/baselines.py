@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from omega.datasets.movielens import load_movielens
-from omega.sim.baselines import BASELINES, evaluate, tune_and_evaluate
-from omega.sim.split import leave_last_out
+from omega.sim.evaluation.baselines import BASELINES, evaluate, tune_and_evaluate
+from omega.sim.evaluation.split import leave_last_out
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
 

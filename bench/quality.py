@@ -5,7 +5,7 @@ constellation publishes: each TV learns quality-weighted transitions the way the
 Brain does (sources: the last `window` distinct viewings, destination: a finished
 viewing, weight reward·decay^step), rounds its per-edge total down to the wire's
 1/16 grid, and an edge (item→item or codebook cell→cell) is published only with
-≥ k_min distinct TVs. It then scores every viewer with `omega.sim.edge_ranking`'s
+≥ k_min distinct TVs. It then scores every viewer with `omega.sim.evaluation.edge_ranking`'s
 formula (same parts, same weights) on published edges only, optionally with a
 cell-level backoff.
 
@@ -38,9 +38,9 @@ from omega.brain.embedder import Embedder
 from omega.brain.learning import episode_from_rating, reward
 from omega.constellation.codebook import build_codebook
 from omega.datasets.movielens import load_movielens
-from omega.sim.catalog_cache import catalog_embeddings
-from omega.sim.metrics import summarise, target_rank
-from omega.sim.split import leave_last_out, validation_split
+from omega.sim.evaluation.metrics import summarise, target_rank
+from omega.sim.evaluation.split import leave_last_out, validation_split
+from omega.sim.fleet.catalog_cache import catalog_embeddings
 
 WIRE = 16
 
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
             for k in (3, 5):
                 run(f"item+cell{nc} backoff w0.3 (cell edges/TV {per:.0f})", k, BASE | {"w_cell": 0.3}, c, nc)
     elif a.grid == "hops":
-        from omega.sim.baselines.seq_transition import SeqTransition
+        from omega.sim.evaluation.baselines.seq_transition import SeqTransition
         m = SeqTransition().fit(split)
         print(json.dumps({"name": "seq_transition (central, all training)",
                           **summarise(target_rank(m.scores(r, split.histories[r]), int(split.targets[r]), split.histories[r])

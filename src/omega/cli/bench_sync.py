@@ -26,8 +26,8 @@ import typer
 
 from omega.cli.bench import app, progress
 from omega.errors import OmegaError
-from omega.sim.loadclient import KINDS, ReplyTally, SimDevice, pattern_pool
-from omega.sim.server_process import start_server
+from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
+from omega.sim.load.server_process import start_server
 
 #: bench clients fire back to back, far above a TV's rate: the server's per-device limit would throttle them
 _UNTHROTTLED = {"OMEGA_RATE_PER_S": "100000", "OMEGA_RATE_BURST": "100000"}

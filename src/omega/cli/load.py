@@ -46,7 +46,7 @@ def load(
 ) -> None:
     """Hold many device connections against one sync server: connections held, syncs/s, p50/p99, bytes, errors."""
     from omega.protocol.auth import MAX_KEY_ID, MIN_SECRET_BYTES
-    from omega.sim.load import LoadConfig, check_numbers, loopback_target, new_secret, parse_mix, run_load, split_mix
+    from omega.sim.load.runner import LoadConfig, check_numbers, loopback_target, new_secret, parse_mix, run_load, split_mix
 
     check_numbers(connections, duration, time_scale, ramp_rate, processes)
     devices = split_mix(connections, parse_mix(mix))

@@ -62,7 +62,7 @@ def eval_movielens(
     seed: Annotated[int, typer.Option("--seed", help="seed for sampling, tiers and device ids")] = 0,
 ) -> None:
     """Edge-only, edge + federation and cold-start TVs against centralised baselines, on one split."""
-    from omega.sim.evaluate import evaluate_movielens
+    from omega.sim.evaluation.evaluate import evaluate_movielens
 
     _positive(users, "--users")
     _positive(k_min, "--k-min")

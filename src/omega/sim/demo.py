@@ -16,8 +16,8 @@ from typing import Any
 
 import omega
 from omega.errors import OmegaError
-from omega.sim.evaluate import evaluate_movielens
-from omega.sim.fleet import Fleet
+from omega.sim.evaluation.evaluate import evaluate_movielens
+from omega.sim.fleet.simulator import Fleet
 
 DATA_ENV = "OMEGA_DATA"
 #: --quick: this many viewers (about a minute on 2 cores once the catalog is embedded and cached)

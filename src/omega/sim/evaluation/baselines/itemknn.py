@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from omega.sim.baselines.interactions import user_item_matrix
-from omega.sim.split import Split
+from omega.sim.evaluation.baselines.interactions import user_item_matrix
+from omega.sim.evaluation.split import Split
 
 
 class ItemKNN:

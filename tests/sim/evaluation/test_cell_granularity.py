@@ -1,4 +1,4 @@
-"""Cell-keyed edges re-aggregated from tapped pushes with the constellation's rule (omega.sim.cell_granularity)."""
+"""Cell-keyed edges re-aggregated from tapped pushes with the constellation's rule (omega.sim.evaluation.cell_granularity)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from omega.protocol import (
     derive_device_key,
     encode_frame,
 )
-from omega.sim import cell_granularity as cg
-from omega.sim.wire_audit import decode_uplink
+from omega.sim.evaluation import cell_granularity as cg
+from omega.sim.evaluation.wire_audit import decode_uplink
 
 DAY = 86_400_000
 A, B, C = (bytes([i]) * 16 for i in (1, 2, 3))  # three devices

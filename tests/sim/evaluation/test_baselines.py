@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from omega.datasets.movielens import load_movielens
-from omega.sim.baselines import ALS, BASELINES, ItemKNN, MostPop, SeqTransition, evaluate, tune_and_evaluate
-from omega.sim.baselines.transitions import recent_items, score_from_transitions, transition_pairs
-from omega.sim.split import Split, leave_last_out, leave_last_out_arrays
+from omega.sim.evaluation.baselines import ALS, BASELINES, ItemKNN, MostPop, SeqTransition, evaluate, tune_and_evaluate
+from omega.sim.evaluation.baselines.transitions import recent_items, score_from_transitions, transition_pairs
+from omega.sim.evaluation.split import Split, leave_last_out, leave_last_out_arrays
 from movielens_fixtures import write_fixture
 
 

@@ -1,8 +1,8 @@
 """`omega eval movielens`: the fleet against centralised baselines on one leave-last-out split.
 
-Every method sees the same split (`omega.sim.split.leave_last_out`): per user
+Every method sees the same split (`omega.sim.evaluation.split.leave_last_out`): per user
 the last rating is the target, earlier ones the history; ranking is over the
-whole catalog minus the history (`omega.sim.metrics`).
+whole catalog minus the history (`omega.sim.evaluation.metrics`).
 
 - edge_only: each TV's brain after replaying its own training history, no sync
   (local transitions, content similarity).
@@ -12,7 +12,7 @@ whole catalog minus the history (`omega.sim.metrics`).
   `cold_n` training episodes, then sync; target = that user's next episode
   (with most-popular and seq_transition on the same task as references).
 - mostpop, itemknn, als, seq_transition: centralised, tuned on the validation
-  split, trained on all training histories (`omega.sim.baselines`).
+  split, trained on all training histories (`omega.sim.evaluation.baselines`).
 
 The TV-side scorer's defaults (`EdgeWeights`) were picked on the ml-latest-small
 validation split; the held-out targets are never synced (only training
@@ -38,16 +38,16 @@ from omega.constellation.crdt import ConsolidatedEdge
 from omega.datasets.movielens import MovieLensData, load_movielens
 from omega.errors import OmegaError
 from omega.protocol import Keyspace, derive_device_key, peek_frame
-from omega.sim import cell_granularity as cg
-from omega.sim.baselines import BASELINES, tune_and_evaluate
-from omega.sim.baselines.mostpop import MostPop
-from omega.sim.baselines.seq_transition import SeqTransition
-from omega.sim.catalog_cache import build_catalog
-from omega.sim.edge_ranking import EdgeWeights, score_catalog
-from omega.sim.fleet import SIM_BRAIN_CONFIG, TV, Fleet, FleetConfig, ViewingEvent
-from omega.sim.metrics import ndcg_values, paired_bootstrap, summarise, target_rank
-from omega.sim.split import Split, leave_last_out_arrays
-from omega.sim.wire_audit import TappedFrame, audit_frames, decode_uplink
+from omega.sim.evaluation import cell_granularity as cg
+from omega.sim.evaluation.baselines import BASELINES, tune_and_evaluate
+from omega.sim.evaluation.baselines.mostpop import MostPop
+from omega.sim.evaluation.baselines.seq_transition import SeqTransition
+from omega.sim.evaluation.edge_ranking import EdgeWeights, score_catalog
+from omega.sim.evaluation.metrics import ndcg_values, paired_bootstrap, summarise, target_rank
+from omega.sim.evaluation.split import Split, leave_last_out_arrays
+from omega.sim.evaluation.wire_audit import TappedFrame, audit_frames, decode_uplink
+from omega.sim.fleet.catalog_cache import build_catalog
+from omega.sim.fleet.simulator import SIM_BRAIN_CONFIG, TV, Fleet, FleetConfig, ViewingEvent
 
 Stage = Callable[[str, int, int], None]  # (stage name, done, total)
 Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before it is closed; adds keys
@@ -330,7 +330,7 @@ async def _privacy_table(
     published sets: "item" (ordered item edges alone), "item+pair" (with the unordered pairs; derived by
     the constellation, so both cost a TV the same upload) and "item+cell<N>" (the item edges plus a backoff
     over codebook cells of N centroids, `W_CELL`). Cell edges are an offline re-keying of the tapped
-    pushes with the constellation's rule (`omega.sim.cell_granularity`); their upload is those pushes
+    pushes with the constellation's rule (`omega.sim.evaluation.cell_granularity`); their upload is those pushes
     re-encoded with cell-keyed edges."""
     key_for = lambda dev: derive_device_key(fleet.config.secret, dev, 1)  # noqa: E731
     pushes = cg.item_pushes(uplink)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omega.protocol import Frame, Keyspace, Push, Transition, TransitionBatch, encode_frame
-from omega.sim.wire_audit import TappedFrame
+from omega.sim.evaluation.wire_audit import TappedFrame
 
 CellKey = tuple[int, int]  # (src cell, dst cell)
 

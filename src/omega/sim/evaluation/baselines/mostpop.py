@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from omega.sim.baselines.interactions import item_popularity
-from omega.sim.split import Split
+from omega.sim.evaluation.baselines.interactions import item_popularity
+from omega.sim.evaluation.split import Split
 
 
 class MostPop:

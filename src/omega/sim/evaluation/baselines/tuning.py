@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from omega.sim.baselines.als import ALS
-from omega.sim.baselines.evaluate import Recommender, evaluate
-from omega.sim.baselines.itemknn import ItemKNN
-from omega.sim.baselines.mostpop import MostPop
-from omega.sim.baselines.seq_transition import SeqTransition
-from omega.sim.split import Split, validation_split
+from omega.sim.evaluation.baselines.als import ALS
+from omega.sim.evaluation.baselines.evaluate import Recommender, evaluate
+from omega.sim.evaluation.baselines.itemknn import ItemKNN
+from omega.sim.evaluation.baselines.mostpop import MostPop
+from omega.sim.evaluation.baselines.seq_transition import SeqTransition
+from omega.sim.evaluation.split import Split, validation_split
 
 Grid = Mapping[str, Sequence[Any]]
 

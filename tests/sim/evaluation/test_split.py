@@ -9,7 +9,7 @@ import pytest
 
 from omega.datasets.movielens import load_movielens
 from omega.errors import OmegaError
-from omega.sim.split import leave_last_out, leave_last_out_arrays, validation_split
+from omega.sim.evaluation.split import leave_last_out, leave_last_out_arrays, validation_split
 from movielens_fixtures import write_fixture, write_latest
 
 

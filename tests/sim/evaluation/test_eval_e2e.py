@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from omega.errors import OmegaError
-from omega.sim.evaluate import evaluate_movielens
-from omega.sim.metrics import ndcg_at_k, summarise, target_rank
+from omega.sim.evaluation.evaluate import evaluate_movielens
+from omega.sim.evaluation.metrics import ndcg_at_k, summarise, target_rank
 from movielens_fixtures import LAYOUTS, write_fixture
 
 METHODS = ("edge_only", "edge_federated", "cold_start", "mostpop", "itemknn", "als", "seq_transition")

@@ -9,12 +9,12 @@ catalog minus their history.
 
 from __future__ import annotations
 
-from omega.sim.baselines.als import ALS
-from omega.sim.baselines.evaluate import Recommender, evaluate
-from omega.sim.baselines.itemknn import ItemKNN
-from omega.sim.baselines.mostpop import MostPop
-from omega.sim.baselines.seq_transition import SeqTransition
-from omega.sim.baselines.tuning import BASELINES, tune_and_evaluate
+from omega.sim.evaluation.baselines.als import ALS
+from omega.sim.evaluation.baselines.evaluate import Recommender, evaluate
+from omega.sim.evaluation.baselines.itemknn import ItemKNN
+from omega.sim.evaluation.baselines.mostpop import MostPop
+from omega.sim.evaluation.baselines.seq_transition import SeqTransition
+from omega.sim.evaluation.baselines.tuning import BASELINES, tune_and_evaluate
 
 __all__ = [
     "ALS",

@@ -1,7 +1,7 @@
 """The load generator behind `omega load`: many simulated TVs against one sync server, over loopback.
 
 The parent process plans the run (tier mix, worker processes, source
-addresses, ramp), starts the workers (`omega.sim.loadworker`, each asyncio +
+addresses, ramp), starts the workers (`omega.sim.load.worker`, each asyncio +
 uvloop), samples what they hold and what the server reports (/metrics
 `omega_connections`, and its RSS from /proc when the server is our child),
 then merges their measurements into one report.
@@ -27,9 +27,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from omega.errors import OmegaError
-from omega.sim.histogram import LatencyHistogram
-from omega.sim.loadclient import KINDS
-from omega.sim.loadworker import (
+from omega.sim.load.client import KINDS
+from omega.sim.load.histogram import LatencyHistogram
+from omega.sim.load.worker import (
     DEFAULT_INTERVAL_S,
     FINISH_GRACE_S,
     TIERS,
@@ -218,7 +218,7 @@ async def _warm_up(target: Target, secret: bytes, key_id: int) -> None:
     from websockets.asyncio.client import connect
 
     from omega.protocol import Tier
-    from omega.sim.loadclient import ReplyTally, SimDevice, pattern_pool
+    from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
 
     rng = random.Random(1)
     dev = SimDevice(secret, pattern_pool(rng, 8), rng, key_id)
@@ -270,7 +270,7 @@ def run_load(config: LoadConfig, progress: Progress = lambda _: None) -> dict:
     nofile = raise_nofile_limit()  # before a server child starts: it inherits the limit
     if config.target is not None:
         return _run_against(config, config.target, None, nofile, progress)
-    from omega.sim.server_process import proc_nofile_limit, start_server
+    from omega.sim.load.server_process import proc_nofile_limit, start_server
 
     with tempfile.TemporaryDirectory(prefix="omega-load-") as tmp:
         store = config.store or f"sqlite:{Path(tmp) / 'constellation.db'}"

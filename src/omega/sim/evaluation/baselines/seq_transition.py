@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from omega.sim.baselines.interactions import item_popularity
-from omega.sim.baselines.transitions import recent_items, score_from_transitions, transition_pairs
-from omega.sim.split import Split
+from omega.sim.evaluation.baselines.interactions import item_popularity
+from omega.sim.evaluation.baselines.transitions import recent_items, score_from_transitions, transition_pairs
+from omega.sim.evaluation.split import Split
 
 
 class SeqTransition:

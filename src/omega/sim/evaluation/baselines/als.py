@@ -6,8 +6,8 @@ import numpy as np
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from omega.sim.baselines.interactions import user_item_matrix
-from omega.sim.split import Split
+from omega.sim.evaluation.baselines.interactions import user_item_matrix
+from omega.sim.evaluation.split import Split
 
 
 class ALS:

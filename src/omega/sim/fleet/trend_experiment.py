@@ -45,7 +45,7 @@ from omega.brain.records import CatalogItem
 from omega.constellation.codebook import build_codebook
 from omega.constellation.trends import TrendTracker
 from omega.errors import OmegaError
-from omega.sim.fleet import SIM_BRAIN_CONFIG, Fleet, FleetConfig
+from omega.sim.fleet.simulator import SIM_BRAIN_CONFIG, Fleet, FleetConfig
 
 DIM = 384
 _MAX_SYNCS_PER_WINDOW = 5

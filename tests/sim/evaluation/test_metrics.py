@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from omega.sim.metrics import hit_at_k, ndcg_at_k, ndcg_values, paired_bootstrap, summarise, target_rank
+from omega.sim.evaluation.metrics import hit_at_k, ndcg_at_k, ndcg_values, paired_bootstrap, summarise, target_rank
 
 
 def test_rank_counts_items_scoring_higher() -> None:

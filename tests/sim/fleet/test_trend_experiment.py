@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from omega.sim.trend_eval import run_burst_experiment
+from omega.sim.fleet.trend_experiment import run_burst_experiment
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ from typing import Protocol
 
 import numpy as np
 
-from omega.sim.metrics import summarise, target_rank
-from omega.sim.split import Split
+from omega.sim.evaluation.metrics import summarise, target_rank
+from omega.sim.evaluation.split import Split
 
 
 class Recommender(Protocol):

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from omega.protocol import ProtocolError, Tier
-from omega.sim.histogram import LatencyHistogram
-from omega.sim.loadclient import ReplyTally, SimDevice, pattern_pool
+from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
+from omega.sim.load.histogram import LatencyHistogram
 
 TIERS = ("premium", "active", "casual")
 #: the tier intervals of DESIGN §4 (seconds) when the server names none

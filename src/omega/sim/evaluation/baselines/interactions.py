@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from omega.sim.split import Split
+from omega.sim.evaluation.split import Split
 
 
 def user_item_matrix(split: Split) -> sp.csr_matrix:

@@ -18,9 +18,9 @@ from omega.datasets.movielens import load_movielens
 from omega.errors import OmegaError
 from omega.protocol import Keyspace, Tier, compute_tag, decode_frame, derive_device_key, peek_frame
 from omega.protocol import omega_pb2 as pb
-from omega.sim.evaluate import published_edges
-from omega.sim.fleet import SIM_BRAIN_CONFIG, Fleet, FleetConfig, ViewingEvent
-from omega.sim.wire_audit import audit_uplink
+from omega.sim.evaluation.evaluate import published_edges
+from omega.sim.evaluation.wire_audit import audit_uplink
+from omega.sim.fleet.simulator import SIM_BRAIN_CONFIG, Fleet, FleetConfig, ViewingEvent
 from movielens_fixtures import write_fixture
 
 
@@ -84,7 +84,7 @@ def test_the_audit_catches_a_field_a_tv_must_not_send(tmp_path: Path):
     data += compute_tag(key, data)
     with pytest.raises(Exception):
         decode_frame(data, key)  # the typed decoder already refuses it ...
-    from omega.sim.wire_audit import _walk
+    from omega.sim.evaluation.wire_audit import _walk
 
     violations: list[str] = []
     _walk(msg, "frame", violations)  # ... and the field-level audit names it

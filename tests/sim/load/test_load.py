@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from omega.errors import OmegaError
-from omega.sim.histogram import LatencyHistogram
-from omega.sim.load import loopback_target, parse_mix, split_mix
-from omega.sim.loadworker import devices_per_worker, interleave
-from omega.sim.server_process import start_server
+from omega.sim.load.histogram import LatencyHistogram
+from omega.sim.load.runner import loopback_target, parse_mix, split_mix
+from omega.sim.load.server_process import start_server
+from omega.sim.load.worker import devices_per_worker, interleave
 
 SECRET = "load-test-secret-0123456789abcdef"
 # The root CLI gets `load` from the lead; until then the tests attach it to the same app and main().

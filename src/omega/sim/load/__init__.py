@@ -1,0 +1,1 @@
+"""The load generator: simulated TVs against one real sync server process."""
