@@ -11,7 +11,6 @@ reported beside the wall-clock rate.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import secrets
@@ -20,38 +19,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
-import typer
-
-from omega.cli.bench import app, progress
-from omega.errors import OmegaError
 from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
+from omega.sim.bench.timing import Progress, no_progress
 from omega.sim.load.server_process import start_server
 
 #: bench clients fire back to back, far above a TV's rate: the server's per-device limit would throttle them
 _UNTHROTTLED = {"OMEGA_RATE_PER_S": "100000", "OMEGA_RATE_BURST": "100000"}
-
-
-@app.command("sync")
-def sync(
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
-    store: Annotated[str | None, typer.Option("--store", help="store URL (default: sqlite in a temp folder)")] = None,
-    clients: Annotated[int, typer.Option("--clients", help="concurrent clients (half WebSocket, half HTTP)")] = 64,
-    duration: Annotated[float, typer.Option("--duration", help="measured seconds (after a 1 s warm-up)")] = 10.0,
-    redis: Annotated[str | None, typer.Option("--redis", help="redis URL for the server's cache")] = None,
-) -> None:
-    """Sync throughput and latency of one server worker: syncs/s, p50/p99, bytes per message kind."""
-    if not 1 <= clients <= 10_000:
-        raise OmegaError(f"--clients must be in 1..10000, got {clients}")
-    if not 0.5 <= duration <= 600:
-        raise OmegaError(f"--duration must be in 0.5..600 seconds, got {duration}")
-    report = run_sync_bench(store=store, clients=clients, duration_s=duration, redis=redis)
-    if as_json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:<26} {value}")
 
 
 # ------------------------------------------------------------------ the clients
@@ -127,7 +101,10 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_sync_bench(*, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None) -> dict:
+def run_sync_bench(
+    *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
+    progress: Progress = no_progress,
+) -> dict:
     """Start a server, drive it for `duration_s`, stop it; the DESIGN §6 keys plus details."""
     secret = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="omega-bench-sync-") as tmp:

@@ -1,0 +1,10 @@
+"""Benchmarks of the edge and sync budgets: each returns one dict of figures (the CLI prints it as JSON).
+
+- `run_brain_bench`: a TV brain on a real catalog (embed, search k=50, recommend, RSS, recall@50).
+- `run_sync_bench`: one real sync server process under concurrent loopback clients.
+"""
+
+from omega.sim.bench.brain import run_brain_bench
+from omega.sim.bench.sync import run_sync_bench
+
+__all__ = ["run_brain_bench", "run_sync_bench"]

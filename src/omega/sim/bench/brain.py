@@ -1,0 +1,242 @@
+"""`omega bench brain`: the edge budgets on a real catalog (embed, search k=50, recommend, RSS, recall@50).
+
+The brain is built in this process and measured in a fresh child process that
+opens it as a TV would (see `run_brain_bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omega.errors import OmegaError
+from omega.sim.bench.index import backend_comparison, ef_sweep, measure_recall
+from omega.sim.bench.timing import Progress, median_ms, no_progress, p90_ms, rss_mb, timed, timed_each
+
+
+def run_brain_bench(
+    folder: Path, *, n_patterns: int = 10_000, repeats: int = 300, max_items: int | None = None, progress: Progress = no_progress
+) -> dict:
+    """Measure the brain's budgets (DESIGN §6 keys) on a MovieLens catalog.
+
+    Building the brain (embedding the whole catalog in batches) leaves the
+    builder with memory a TV, which receives its catalog already embedded, never
+    holds. So the brain is built here and measured in a fresh child process that
+    opens it as a TV would: RSS is that process's, with `rss_breakdown_mb`
+    (VmRSS deltas per load step) saying where it goes.
+    """
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="omega-bench-") as tmp:
+        db = Path(tmp) / "brain.db"
+        built = _build_bench_brain(folder, db, n_patterns=n_patterns, max_items=max_items, progress=progress)
+        progress(f"measuring in a fresh process ({repeats} calls per figure)")
+        started = time.perf_counter()
+        child = subprocess.run(
+            [sys.executable, "-c", "import sys; from omega.sim.bench.brain import _measure_main; _measure_main(sys.argv[1:])",
+             str(db), str(repeats)],
+            stdout=subprocess.PIPE, text=True, check=False,
+        )  # fmt: skip
+        if child.returncode != 0:
+            raise OmegaError(f"bench brain: the measuring process failed (exit {child.returncode})")
+        measured = json.loads(child.stdout)
+        progress(f"measured in {time.perf_counter() - started:.1f} s")
+    return {**measured, **built, "repeats": repeats, "threads": 1}
+
+
+def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int, max_items: int | None, progress) -> dict:  # noqa: ANN001
+    """A brain as a TV would hold it: embedded catalog + saved index, a full SkillLibrary, synced priors, a history."""
+    import time
+    import uuid
+
+    import numpy as np
+
+    from omega.brain.brain import Brain
+    from omega.brain.learning import episode_from_rating
+    from omega.brain.records import ConsolidatedPattern, Pattern, TaskType
+    from omega.datasets.movielens import load_movielens
+
+    rng = np.random.default_rng(7)
+    data = load_movielens(folder)
+    catalog_items = list(data.items[:max_items] if max_items else data.items)
+    progress(f"loaded {len(catalog_items)} items and {len(data.ratings)} ratings from {folder}")
+    with Brain(db, synchronous="NORMAL") as brain:
+        started = time.perf_counter()
+        last = [0.0]
+
+        def tick(done: int, total: int) -> None:
+            if time.perf_counter() - last[0] > 2 or done == total:
+                last[0] = time.perf_counter()
+                progress(f"embedding catalog {done}/{total}")
+
+        brain.ingest_catalog(catalog_items, progress=tick)
+        ingest_s = time.perf_counter() - started
+        catalog = brain.catalog
+        matrix, ids = catalog.matrix, catalog.ids
+
+        # A full SkillLibrary: real patterns around real items (noisy, renormalised).
+        progress(f"filling {n_patterns} patterns")
+        now = time.time()
+        with brain.store.transaction():
+            for _ in range(n_patterns):
+                vector = matrix[rng.integers(len(matrix))] + rng.normal(0, 0.02, matrix.shape[1]).astype(np.float32)
+                uses = int(rng.integers(1, 60))
+                successes = int(rng.binomial(uses, rng.uniform(0.3, 1.0)))
+                brain.store.put_pattern(Pattern(
+                    uuid.uuid4(), vector / np.linalg.norm(vector), TaskType.CONTENT_MATCH, successes / uses, uses,
+                    successes, now - 86_400, now - 3_600, now - float(rng.uniform(0, 86_400 * 30)),
+                    float(uses * rng.uniform(0.0, 0.9)), 1,
+                ))  # fmt: skip
+        # Consolidated patterns and global transitions, as a sync would leave them.
+        centres = matrix[rng.choice(len(matrix), size=min(256, len(matrix)), replace=False)]
+        brain.apply_consolidated(
+            [ConsolidatedPattern(i, c, TaskType.CONTENT_MATCH, float(rng.uniform(0.5, 1)), int(rng.integers(3, 500)),
+                                 float(rng.normal()), 1) for i, c in enumerate(centres)],  # fmt: skip
+            _global_transitions(data, set(ids.tolist())),
+        )
+        # A real viewer's history: the first user's ratings, as viewings.
+        r = data.ratings
+        user = int(r.user[0])
+        mine = [
+            (int(i), float(s), int(t))
+            for u, i, s, t in zip(r.user.tolist(), r.item.tolist(), r.rating.tolist(), r.timestamp.tolist())
+            if u == user and i in catalog
+        ][:40]
+        for content_id, stars, ts in mine:
+            viewing = episode_from_rating(stars)
+            brain.on_user_action(content_id, watch_fraction=viewing.watch_fraction, engagement=viewing.engagement, started_at=ts)
+        stats = brain.stats()
+    progress(f"built: {stats['patterns']} patterns, {stats['global_transitions']} global transitions, {len(mine)} viewings")
+    return {
+        "catalog_items": len(catalog_items),
+        "patterns": stats["patterns"],
+        "consolidated": stats["consolidated"],
+        "global_transitions": stats["global_transitions"],
+        "episodes": stats["episodes"],
+        "index_file_mb": round(stats["catalog_index_bytes"] / 1e6, 2),
+        "ingest_s": round(ingest_s, 1),
+    }
+
+
+#: real queries per kind for recall: catalog items and the recommender's own context queries
+RECALL_QUERIES = 500
+
+
+def _measure_main(argv: list[str]) -> None:
+    """Child process of `run_brain_bench`: open the brain like a TV and time it; JSON on stdout.
+
+    RSS is read step by step while the brain loads (VmRSS deltas: what each part
+    costs) and reported before any timing loop runs.
+    """
+    import time
+
+    import numpy as np
+
+    from omega.brain.brain import Brain
+    from omega.brain.records import ViewingContext
+
+    db, repeats = Path(argv[0]), int(argv[1])
+    rng = np.random.default_rng(11)
+    breakdown: dict[str, float] = {}
+    last = [rss_mb()[0]]
+    breakdown["runtime"] = last[0]  # interpreter + numpy + onnxruntime + tokenizers + usearch + omega
+
+    def step(name: str) -> None:
+        now = rss_mb()[0]
+        breakdown[name] = round(breakdown.get(name, 0.0) + now - last[0], 1)
+        last[0] = now
+
+    started = time.perf_counter()
+    with Brain(db) as brain:
+        step("store")
+        embedder = brain.embedder
+        step("embedder")
+        catalog = brain.catalog
+        step("catalog")
+        memory = brain._memory()
+        step("patterns")
+        brain.recommend(ViewingContext(20, 4), k=10)  # loads priors and history, first inference
+        step("first_recommend")
+        load_ms = (time.perf_counter() - started) * 1000.0
+        current, peak = rss_mb()
+        breakdown["runtime"] = round(breakdown["runtime"], 1)
+
+        text = "Evening on a Friday. Recently watched: Heat; Alien; Toy Story"
+        embed = timed(lambda: embedder.embed(text), repeats)
+        contexts = [ViewingContext(hour=h % 24, weekday=h % 7) for h in range(repeats)]
+        recommend = timed_each(lambda c: brain.recommend(c, k=10), contexts)
+        after, peak = rss_mb()  # the brain after use, before the bench's own recall arrays below
+
+        # Real queries: catalog items (what pattern/consolidated neighbourhoods and "more like this" send)
+        # and the recommender's own query vectors (embedded context text blended with a viewing history).
+        ids, truth_matrix = brain.store.catalog_embeddings()  # the store's float32 truth, not the f16 copy
+        truth_matrix /= np.linalg.norm(truth_matrix, axis=1, keepdims=True)
+        n_q = min(RECALL_QUERIES, len(ids))
+        item_queries = truth_matrix[rng.choice(len(ids), size=n_q, replace=False)]
+        ranker = brain._ranker()
+        context_queries = np.stack([
+            ranker._query(ViewingContext(int(rng.integers(24)), int(rng.integers(7))),
+                          [int(c) for c in rng.choice(ids, size=int(rng.integers(0, 6)), replace=False)])
+            for _ in range(n_q)
+        ]).astype(np.float32)  # fmt: skip
+        queries = np.concatenate([item_queries, context_queries])
+        timing_queries = queries[rng.permutation(len(queries))[:repeats]]
+        search = timed_each(lambda q: catalog.search(q, 50), timing_queries)
+        index = catalog.index
+        default_ef = index.expansion_search
+        recall = measure_recall(index, ids, truth_matrix, queries, 50)
+        sweep = ef_sweep(index, ids, truth_matrix, queries, timing_queries, default_ef)
+        config = brain.config
+        comparison = backend_comparison(config, ids, truth_matrix, queries, timing_queries)
+    print(json.dumps({
+        "embed_ms_p50": round(median_ms(embed), 3),
+        "search_us_p50": round(median_ms(search) * 1000.0, 1),
+        "recommend_ms_p50": round(median_ms(recommend), 3),
+        "rss_mb": round(current, 1),
+        "recall_at_50": round(recall["all"], 4),
+        "recall_at_50_items": round(recall["items"], 4),
+        "recall_at_50_contexts": round(recall["contexts"], 4),
+        "recall_queries": {"items": n_q, "contexts": n_q, "truth": "exact numpy cosine over the store's float32 embeddings"},
+        "embed_ms_p90": round(p90_ms(embed), 3),
+        "search_us_p90": round(p90_ms(search) * 1000.0, 1),
+        "recommend_ms_p90": round(p90_ms(recommend), 3),
+        "rss_breakdown_mb": breakdown,
+        "memory_objects_mb": {
+            "catalog_matrix_f16": round(catalog.nbytes / 1e6, 2),
+            f"catalog_index_{index.backend}": round(index.memory_bytes / 1e6, 2),
+            "pattern_memory": round(memory.nbytes / 1e6, 2),
+        },
+        "rss_after_runs_mb": round(after, 1),
+        "rss_peak_mb": round(peak, 1),
+        "load_ms": round(load_ms, 1),
+        "index_backend": index.backend,
+        "index": {"backend": index.backend, "dtype": index.dtype, "m": index.connectivity, "ef_construction": index.expansion_add,
+                  "ef_search": default_ef, "threads": index.threads},
+        "ef_sweep": sweep,
+        "config_index": {"index_m": config.index_m, "index_ef_construction": config.index_ef_construction,
+                         "index_ef_search": config.index_ef_search, "index_dtype": config.index_dtype,
+                         "index_backend": config.index_backend},
+        "backend_comparison": comparison,
+    }))  # fmt: skip
+
+
+def _global_transitions(data, known: set[int]) -> list:  # noqa: ANN001
+    """Consecutive good viewings of every user, counted over the whole dataset (what the cloud would hold)."""
+    from collections import Counter
+
+    from omega.brain.records import TransitionStat
+
+    last: dict[int, int] = {}
+    counts: Counter[tuple[int, int]] = Counter()
+    r = data.ratings
+    for user, item, stars in zip(r.user.tolist(), r.item.tolist(), r.rating.tolist()):
+        if stars < 3.0 or item not in known:
+            continue
+        prev = last.get(user)
+        if prev is not None and prev != item:
+            counts[(prev, item)] += 1
+        last[user] = item
+    return [TransitionStat(src, dst, float(n), n) for (src, dst), n in counts.items() if n >= 2]

@@ -1,0 +1,66 @@
+"""Shared by the benchmarks: medians, p90, per-call samples, this process's RSS, the progress callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+#: progress(message): one line of progress (the CLI prints it on stderr)
+Progress = Callable[[str], None]
+
+
+def no_progress(message: str) -> None:
+    """The default progress: say nothing."""
+
+
+def median_ms(samples: list[float]) -> float:
+    import statistics
+
+    return statistics.median(samples) * 1000.0
+
+
+def p90_ms(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1000.0
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MB.
+
+    /proc's VmHWM, not getrusage's ru_maxrss: the latter carries the parent's
+    high-water mark over fork+exec and would blame the builder's memory on the child.
+    """
+    import resource
+
+    found: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0]) / 1024.0
+    except OSError:
+        pass
+    fallback = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux
+    return found.get("VmRSS", fallback), found.get("VmHWM", fallback)
+
+
+def timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
+    import time
+
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def timed_each(fn, args) -> list[float]:  # noqa: ANN001
+    import time
+
+    samples = []
+    for arg in args:
+        t0 = time.perf_counter()
+        fn(arg)
+        samples.append(time.perf_counter() - t0)
+    return samples
