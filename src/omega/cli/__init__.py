@@ -29,14 +29,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.add_typer(model.app, name="model")
-app.add_typer(brain.app, name="brain")
-app.add_typer(bench.app, name="bench")
-server.register(app)
-sim.register(app)
-capacity.register(app)
-federation.register(app)
-load.register(app)
+# Every command module attaches itself the same way: `register(app)`.
+for _module in (model, brain, bench, server, sim, capacity, federation, load):
+    _module.register(app)
 
 
 def _error_types() -> tuple[type[BaseException], ...]:

@@ -84,3 +84,8 @@ def sync(
         raise OmegaError(f"--duration must be in 0.5..600 seconds, got {duration}")
     report = run_sync_bench(store=store, clients=clients, duration_s=duration, redis=redis, progress=progress)
     _print_report(report, as_json, 26)
+
+
+def register(root: typer.Typer) -> None:
+    """Attach `omega bench …` to the root app."""
+    root.add_typer(app, name="bench")

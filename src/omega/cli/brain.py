@@ -314,3 +314,8 @@ def sync(
             print("omega sync: stopped", file=sys.stderr, flush=True)
 
         asyncio.run(forever())
+
+
+def register(root: typer.Typer) -> None:
+    """Attach `omega brain …` to the root app."""
+    root.add_typer(app, name="brain")

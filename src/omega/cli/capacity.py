@@ -116,42 +116,44 @@ def render(report: dict[str, Any]) -> None:
             console.print(f"  - {key}: {item['note']}", highlight=False)
 
 
-def register(app: typer.Typer) -> None:
+
+def capacity(
+    users: Annotated[str, typer.Option("--users", help="total users/TVs, e.g. 400M")] = "400M",
+    concurrent: Annotated[str, typer.Option("--concurrent", help="concurrent connections, e.g. 10M")] = "10M",
+    bench: Annotated[list[Path] | None, typer.Option(
+        "--bench", help="JSON from `omega bench sync|brain --json` or `omega load --json` (repeatable; later wins)")] = None,
+    basis: Annotated[str, typer.Option("--basis", help="bandwidth basis: concurrent | all_users")] = "concurrent",
+    push_bytes: Annotated[str | None, typer.Option("--push-bytes", help="bytes per push")] = None,
+    pull_bytes: Annotated[str | None, typer.Option("--pull-bytes", help="bytes per pull")] = None,
+    heartbeat_bytes: Annotated[str | None, typer.Option("--heartbeat-bytes", help="bytes per heartbeat")] = None,
+    syncs_per_s: Annotated[str | None, typer.Option("--syncs-per-s", help="syncs/s one worker sustains")] = None,
+    connections_per_worker: Annotated[str | None, typer.Option(
+        "--connections-per-worker", help="connections one worker holds")] = None,
+    memory_per_connection_kib: Annotated[str | None, typer.Option(
+        "--memory-per-connection-kib", help="worker KiB per held connection")] = None,
+    shard_concurrent: Annotated[str | None, typer.Option(
+        "--shard-concurrent", help="concurrent connections per shard")] = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="override any figure: NAME=VALUE (e.g. price_worker=150, casual_interval_min=30); "
+                      "names are listed under 'inputs' in --json")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Capacity and monthly cost for N users / C concurrent, beside the seed's own figures."""
+    from omega.sim.capacity import compute, parse_count, resolve_inputs
+
+    explicit = {
+        "push_bytes": push_bytes, "pull_bytes": pull_bytes, "heartbeat_bytes": heartbeat_bytes,
+        "syncs_per_s": syncs_per_s, "connections_per_worker": connections_per_worker,
+        "memory_per_connection_kib": memory_per_connection_kib, "shard_concurrent": shard_concurrent,
+    }
+    inputs = resolve_inputs(bench or [], _overrides(explicit, settings or []))
+    report = compute(parse_count(users, "--users"), parse_count(concurrent, "--concurrent"), inputs, basis)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report)
+
+
+def register(root: typer.Typer) -> None:
     """Attach `omega capacity` to the root app."""
-
-    @app.command("capacity")
-    def capacity(
-        users: Annotated[str, typer.Option("--users", help="total users/TVs, e.g. 400M")] = "400M",
-        concurrent: Annotated[str, typer.Option("--concurrent", help="concurrent connections, e.g. 10M")] = "10M",
-        bench: Annotated[list[Path] | None, typer.Option(
-            "--bench", help="JSON from `omega bench sync|brain --json` or `omega load --json` (repeatable; later wins)")] = None,
-        basis: Annotated[str, typer.Option("--basis", help="bandwidth basis: concurrent | all_users")] = "concurrent",
-        push_bytes: Annotated[str | None, typer.Option("--push-bytes", help="bytes per push")] = None,
-        pull_bytes: Annotated[str | None, typer.Option("--pull-bytes", help="bytes per pull")] = None,
-        heartbeat_bytes: Annotated[str | None, typer.Option("--heartbeat-bytes", help="bytes per heartbeat")] = None,
-        syncs_per_s: Annotated[str | None, typer.Option("--syncs-per-s", help="syncs/s one worker sustains")] = None,
-        connections_per_worker: Annotated[str | None, typer.Option(
-            "--connections-per-worker", help="connections one worker holds")] = None,
-        memory_per_connection_kib: Annotated[str | None, typer.Option(
-            "--memory-per-connection-kib", help="worker KiB per held connection")] = None,
-        shard_concurrent: Annotated[str | None, typer.Option(
-            "--shard-concurrent", help="concurrent connections per shard")] = None,
-        settings: Annotated[list[str] | None, typer.Option(
-            "--set", help="override any figure: NAME=VALUE (e.g. price_worker=150, casual_interval_min=30); "
-                          "names are listed under 'inputs' in --json")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
-    ) -> None:
-        """Capacity and monthly cost for N users / C concurrent, beside the seed's own figures."""
-        from omega.sim.capacity import compute, parse_count, resolve_inputs
-
-        explicit = {
-            "push_bytes": push_bytes, "pull_bytes": pull_bytes, "heartbeat_bytes": heartbeat_bytes,
-            "syncs_per_s": syncs_per_s, "connections_per_worker": connections_per_worker,
-            "memory_per_connection_kib": memory_per_connection_kib, "shard_concurrent": shard_concurrent,
-        }
-        inputs = resolve_inputs(bench or [], _overrides(explicit, settings or []))
-        report = compute(parse_count(users, "--users"), parse_count(concurrent, "--concurrent"), inputs, basis)
-        if as_json:
-            print(json.dumps(report, indent=2))
-        else:
-            render(report)
+    root.command("capacity")(capacity)

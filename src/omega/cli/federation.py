@@ -13,39 +13,41 @@ NATS_HELP = "NATS server(s), comma-separated: nats://HOST:4222[,nats://…]"
 REPLICAS_HELP = "replicas of streams this command creates (3 on a 3-node JetStream cluster); existing streams are kept"
 
 
-def register(app: typer.Typer) -> None:
+def aggregator(
+    region: str = typer.Option(..., "--region", help="the region whose shards this aggregator merges"),
+    nats: str = typer.Option(..., "--nats", envvar="OMEGA_NATS", help=NATS_HELP),
+    interval: float = typer.Option(300.0, "--interval", help="seconds between merges/publishes to the hub"),
+    replicas: int = typer.Option(1, "--replicas", envvar="OMEGA_NATS_REPLICAS", help=REPLICAS_HELP),
+    once: bool = typer.Option(False, "--once", help="replay the input stream, publish once and exit"),
+    subject_prefix: str = typer.Option("omega.fed", "--subject-prefix", hidden=True),
+    stream_prefix: str = typer.Option("OMEGA", "--stream-prefix", hidden=True),
+) -> None:
+    """Regional aggregator: merge the region's shards (CRDT) and publish the result to the hub."""
+    from omega.constellation.federation import RegionAggregator
+
+    topology = _topology(subject_prefix, stream_prefix, replicas)
+    _serve(nats, lambda bus: RegionAggregator(bus, region, topology=topology, interval_s=interval), once)
+
+
+def hub(
+    nats: str = typer.Option(..., "--nats", envvar="OMEGA_NATS", help=NATS_HELP),
+    interval: float = typer.Option(900.0, "--interval", help="seconds between merges/global broadcasts"),
+    replicas: int = typer.Option(1, "--replicas", envvar="OMEGA_NATS_REPLICAS", help=REPLICAS_HELP),
+    once: bool = typer.Option(False, "--once", help="replay the input stream, broadcast once and exit"),
+    subject_prefix: str = typer.Option("omega.fed", "--subject-prefix", hidden=True),
+    stream_prefix: str = typer.Option("OMEGA", "--stream-prefix", hidden=True),
+) -> None:
+    """Global hub: merge every region and broadcast the consolidated state to all shards."""
+    from omega.constellation.federation import GlobalHub
+
+    topology = _topology(subject_prefix, stream_prefix, replicas)
+    _serve(nats, lambda bus: GlobalHub(bus, topology=topology, interval_s=interval), once)
+
+
+def register(root: typer.Typer) -> None:
     """Attach `omega aggregator` and `omega hub` to the root app."""
-
-    @app.command("aggregator")
-    def aggregator(
-        region: str = typer.Option(..., "--region", help="the region whose shards this aggregator merges"),
-        nats: str = typer.Option(..., "--nats", envvar="OMEGA_NATS", help=NATS_HELP),
-        interval: float = typer.Option(300.0, "--interval", help="seconds between merges/publishes to the hub"),
-        replicas: int = typer.Option(1, "--replicas", envvar="OMEGA_NATS_REPLICAS", help=REPLICAS_HELP),
-        once: bool = typer.Option(False, "--once", help="replay the input stream, publish once and exit"),
-        subject_prefix: str = typer.Option("omega.fed", "--subject-prefix", hidden=True),
-        stream_prefix: str = typer.Option("OMEGA", "--stream-prefix", hidden=True),
-    ) -> None:
-        """Regional aggregator: merge the region's shards (CRDT) and publish the result to the hub."""
-        from omega.constellation.federation import RegionAggregator
-
-        topology = _topology(subject_prefix, stream_prefix, replicas)
-        _serve(nats, lambda bus: RegionAggregator(bus, region, topology=topology, interval_s=interval), once)
-
-    @app.command("hub")
-    def hub(
-        nats: str = typer.Option(..., "--nats", envvar="OMEGA_NATS", help=NATS_HELP),
-        interval: float = typer.Option(900.0, "--interval", help="seconds between merges/global broadcasts"),
-        replicas: int = typer.Option(1, "--replicas", envvar="OMEGA_NATS_REPLICAS", help=REPLICAS_HELP),
-        once: bool = typer.Option(False, "--once", help="replay the input stream, broadcast once and exit"),
-        subject_prefix: str = typer.Option("omega.fed", "--subject-prefix", hidden=True),
-        stream_prefix: str = typer.Option("OMEGA", "--stream-prefix", hidden=True),
-    ) -> None:
-        """Global hub: merge every region and broadcast the consolidated state to all shards."""
-        from omega.constellation.federation import GlobalHub
-
-        topology = _topology(subject_prefix, stream_prefix, replicas)
-        _serve(nats, lambda bus: GlobalHub(bus, topology=topology, interval_s=interval), once)
+    root.command("aggregator")(aggregator)
+    root.command("hub")(hub)
 
 
 def _topology(subject_prefix: str, stream_prefix: str, replicas: int):  # noqa: ANN202

@@ -74,6 +74,6 @@ def load(
             print(f"{key:<32} {value}")
 
 
-def register(app: typer.Typer) -> None:
+def register(root: typer.Typer) -> None:
     """Attach `omega load` to the root app."""
-    app.command("load")(load)
+    root.command("load")(load)

@@ -71,3 +71,8 @@ def info(
             size = meta.get("bytes", 0) / 1e6 if isinstance(meta, dict) else 0.0
             digest = meta.get("sha256", "?") if isinstance(meta, dict) else "?"
             print(f"  {name:<18} {size:7.1f} MB  sha256 {digest}")
+
+
+def register(root: typer.Typer) -> None:
+    """Attach `omega model …` to the root app."""
+    root.add_typer(app, name="model")

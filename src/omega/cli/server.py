@@ -97,8 +97,8 @@ def codebook_build(
           file=sys.stderr)  # fmt: skip
 
 
-def register(app: typer.Typer) -> None:
+def register(root: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
-    app.command("serve")(serve)
-    app.add_typer(device_app, name="device")
-    app.add_typer(codebook_app, name="codebook")
+    root.command("serve")(serve)
+    root.add_typer(device_app, name="device")
+    root.add_typer(codebook_app, name="codebook")

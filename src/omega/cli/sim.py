@@ -101,7 +101,7 @@ def demo(
         render(result)
 
 
-def register(app: typer.Typer) -> None:
+def register(root: typer.Typer) -> None:
     """Attach this module's commands to the root app."""
-    app.command("demo")(demo)
-    app.add_typer(eval_app, name="eval")
+    root.command("demo")(demo)
+    root.add_typer(eval_app, name="eval")
