@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 
 from omega.protocol import Heartbeat, HeartbeatAck, PullReply, PushAck, TaskType, Tier, now_ms
 
-from .test_server_support import Device, ServerProcess, near, pattern, small_codebook
+from .server_support import Device, ServerProcess, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
 TASK = int(TaskType.CONTENT_MATCH)

@@ -10,7 +10,7 @@ from omega.constellation.app import create_app
 from omega.constellation.settings import load_settings
 from omega.protocol import ErrorReply, Heartbeat, HeartbeatAck, Tier, now_ms
 
-from .test_server_support import SECRET, Device, small_codebook
+from .server_support import SECRET, Device, small_codebook
 
 CODEBOOK = small_codebook()
 SIM_T0_S = 1_000_000_000.0  # 2001-09-09: far outside the replay window of the real clock

@@ -13,7 +13,7 @@ from omega.constellation.settings import load_settings
 from omega.errors import OmegaError
 from omega.protocol import Heartbeat, HeartbeatAck, Tier
 
-from .test_server_support import SECRET, Device, small_codebook
+from .server_support import SECRET, Device, small_codebook
 
 
 def _settings(tmp_path: Path, codebook: Path):  # noqa: ANN202

@@ -30,7 +30,7 @@ from omega.constellation.settings import load_settings
 from omega.errors import OmegaError
 from omega.protocol import PullReply, TaskType
 
-from .test_server_support import SECRET, Device, ServerProcess, free_port, near, pattern, small_codebook
+from .server_support import SECRET, Device, ServerProcess, free_port, near, pattern, small_codebook
 
 NATS_URL = os.environ.get("OMEGA_NATS_URL", "nats://127.0.0.1:4222")
 CODEBOOK = small_codebook()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from omega.protocol import Heartbeat, Keyspace, Tier, Transition, TransitionBatch
 
-from .test_server_support import Device, ServerProcess, near, pattern, small_codebook
+from .server_support import Device, ServerProcess, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
 DEV = Device(500)

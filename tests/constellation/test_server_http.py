@@ -24,7 +24,7 @@ from omega.protocol import (
     now_ms,
 )
 
-from .test_server_support import Device, ServerProcess, near, pattern, small_codebook
+from .server_support import Device, ServerProcess, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
 METRIC_NAMES = (

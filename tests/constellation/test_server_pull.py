@@ -9,7 +9,7 @@ import pytest
 
 from omega.protocol import Keyspace, PullReply, PushAck, TaskType, Transition, TransitionBatch
 
-from .test_server_support import Device, ServerProcess, near, pattern, small_codebook
+from .server_support import Device, ServerProcess, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
 TASKS = (TaskType.CONTENT_MATCH, TaskType.CONTEXT_MATCH, TaskType.GENRE_AFFINITY)

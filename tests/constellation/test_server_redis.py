@@ -14,7 +14,7 @@ import redis
 
 from omega.protocol import PullReply, TaskType
 
-from .test_server_support import Device, ServerProcess, free_port, near, pattern, small_codebook
+from .server_support import Device, ServerProcess, free_port, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

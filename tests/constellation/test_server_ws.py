@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from omega.protocol import ErrorReply, Heartbeat, HeartbeatAck, PullReply, PushAck, Tier, decode_frame
 
-from .test_server_support import Device, ServerProcess, near, pattern, small_codebook
+from .server_support import Device, ServerProcess, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
 
