@@ -70,6 +70,22 @@ def test_help_lists_the_commands() -> None:
         assert flag in serve_help
 
 
+def test_serve_listens_and_drains_on_sigterm(tmp_path: Path) -> None:
+    """`omega serve` itself, configured through the environment as `python -m omega.constellation` is."""
+    import httpx
+
+    from omega.sim.load.server_process import ServerProcess
+
+    command = (sys.executable, "-c", "from omega.cli import run; run()", "serve")
+    server = ServerProcess(tmp_path, secret=SECRET, command=command).start()
+    try:
+        assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    assert "listening on" in server.log_text() and "Traceback" not in server.log_text()
+
+
 def _model_available() -> bool:
     try:
         from omega.brain.embedder import default_model_dir

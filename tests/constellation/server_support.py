@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,15 +24,10 @@ from omega.protocol import (
     now_ms,
     quantize,
 )
+from omega.sim.load.server_process import ServerProcess as BaseServerProcess
 
 SECRET = "server-test-secret-0123456789abcdef"
 KEY_ID = 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def small_codebook() -> Codebook:
@@ -98,40 +88,15 @@ class Device:
         return self.frame(Pull(since=since, max_bytes=max_bytes))
 
 
-class ServerProcess:
-    """`omega serve` in a subprocess on a free loopback port, with its stderr in a file."""
+class ServerProcess(BaseServerProcess):
+    """The product's server process (`omega.sim.load.server_process`) with this suite's secret, shard and
+    drain timeout, an optional codebook, and HTTP helpers; its log keeps the server's info lines."""
 
     def __init__(self, folder: Path, *, store: str | None = None, codebook: Path | None = None, **env: str) -> None:
-        self.folder = folder
-        self.store = store or f"sqlite:{folder / 'constellation.db'}"
-        self.codebook = codebook
-        self.env = env
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-        self.log = folder / "server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 30.0) -> ServerProcess:
-        self.port = free_port()
-        env = {**os.environ, "OMEGA_SECRET": SECRET, "OMEGA_DRAIN_TIMEOUT_S": "5", **self.env}
-        args = [sys.executable, "-c", "from omega.cli import run; run()", "serve", "--port", str(self.port),
-                "--store", self.store, "--shard-id", "shard-test"]  # fmt: skip
-        if self.codebook is not None:
-            args += ["--codebook", str(self.codebook)]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
-            if f"listening on http://127.0.0.1:{self.port}" in self.log.read_text():
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
+        settings = {"OMEGA_DRAIN_TIMEOUT_S": "5", "OMEGA_SHARD_ID": "shard-test"}
+        if codebook is not None:
+            settings["OMEGA_CODEBOOK"] = str(codebook)
+        super().__init__(folder, secret=SECRET, store=store, env={**settings, **env})
 
     def post(self, data: bytes, client: httpx.Client | None = None) -> httpx.Response:
         if client is not None:
@@ -151,13 +116,3 @@ class ServerProcess:
 
     def stats(self) -> dict:
         return httpx.get(self.url + "/v1/stats").json()
-
-    def terminate(self, timeout_s: float = 20.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

@@ -1,4 +1,5 @@
-"""`omega serve --nats … --shard-id … --region …` federates over the real NATS JetStream (skipped without one).
+"""A server with the settings of `omega serve --nats … --shard-id … --region …` federates over the real
+NATS JetStream (skipped without one).
 
 The test plays the rest of the federation itself: it reads what the server
 publishes on its shard subject, runs the region aggregators and the global hub
@@ -12,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,37 +29,12 @@ from omega.constellation.settings import load_settings
 from omega.errors import OmegaError
 from omega.protocol import PullReply, TaskType
 
-from .server_support import SECRET, Device, ServerProcess, free_port, near, pattern, small_codebook
+from .server_support import Device, ServerProcess, near, pattern, small_codebook
 
 NATS_URL = os.environ.get("OMEGA_NATS_URL", "nats://127.0.0.1:4222")
 CODEBOOK = small_codebook()
 TASK = int(TaskType.CONTENT_MATCH)
 CELL = 5
-
-
-class FederatedServer(ServerProcess):
-    """ServerProcess with this shard's federation flags (`--shard-id s1 --region r1 --nats URL`)."""
-
-    def __init__(self, folder: Path, flags: list[str], **env: str) -> None:
-        super().__init__(folder, codebook=folder / "codebook.npz", **env)
-        self.flags = flags
-
-    def start(self, timeout_s: float = 30.0) -> FederatedServer:
-        self.port = free_port()
-        env = {**os.environ, "OMEGA_SECRET": SECRET, "OMEGA_DRAIN_TIMEOUT_S": "5", **self.env}
-        args = [sys.executable, "-c", "from omega.cli import run; run()", "serve", "--port", str(self.port),
-                "--store", self.store, "--codebook", str(self.codebook), *self.flags]  # fmt: skip
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
-            if f"listening on http://127.0.0.1:{self.port}" in self.log.read_text():
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
 
 
 @pytest.fixture
@@ -126,7 +100,8 @@ def _pull_patterns(server: ServerProcess, dev: Device) -> dict[tuple[int, int], 
 
 async def test_server_publishes_its_state_and_merges_the_broadcast(jetstream, folder: Path) -> None:
     bus, topology, env = jetstream
-    server = FederatedServer(folder, ["--nats", NATS_URL, "--shard-id", "s1", "--region", "r1"], **env).start()
+    server = ServerProcess(folder, codebook=folder / "codebook.npz", OMEGA_NATS=NATS_URL, OMEGA_SHARD_ID="s1",
+                           OMEGA_REGION="r1", **env).start()  # fmt: skip
     try:
         # Two devices on CELL: below k_min=3 on this shard alone, so nothing is served yet.
         for n in (1, 2):
@@ -184,10 +159,10 @@ async def test_server_publishes_its_state_and_merges_the_broadcast(jetstream, fo
 
 
 def test_unreachable_nats_stops_the_server_with_one_clear_error(folder: Path) -> None:
-    server = FederatedServer(folder, ["--nats", "nats://127.0.0.1:1", "--shard-id", "s1"])
-    with pytest.raises(RuntimeError, match="server exited 2") as failed:
+    server = ServerProcess(folder, codebook=folder / "codebook.npz", OMEGA_NATS="nats://127.0.0.1:1", OMEGA_SHARD_ID="s1")
+    with pytest.raises(OmegaError, match=r"server exited \(2\)") as failed:
         server.start(timeout_s=20)
-    # The CLI's one line, after uvicorn's own log of the failed start-up.
+    # The server's one line, after uvicorn's own log of the failed start-up.
     assert "omega: error: cannot connect to NATS at nats://127.0.0.1:1" in str(failed.value)
 
 

@@ -14,7 +14,9 @@ import redis
 
 from omega.protocol import PullReply, TaskType
 
-from .server_support import Device, ServerProcess, free_port, near, pattern, small_codebook
+from omega.sim.load.server_process import free_port
+
+from .server_support import Device, ServerProcess, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

@@ -26,7 +26,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     yield make
     for server in made:
-        server.sigkill()
+        server.kill()
 
 
 @pytest.fixture

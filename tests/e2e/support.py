@@ -1,7 +1,8 @@
 """Helpers for the end-to-end fault tests (no tests here).
 
-- `ServerProcess`: a real `omega serve` subprocess on a fixed loopback port with a
-  SQLite store and a known secret, which can be restarted, SIGKILLed, SIGSTOPped.
+- `ServerProcess`: a real sync server subprocess (the product's helper) on a fixed
+  loopback port with a SQLite store and a known secret, which can be restarted,
+  SIGKILLed, SIGSTOPped.
 - `TV`: a real Brain (own SQLite file, a shared catalog of random unit vectors)
   with a real SyncAgent; a trigger inside the TV's own database records every
   batch the outbox seals in the same transaction, so the record survives SIGKILL.
@@ -12,12 +13,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 import warnings
@@ -42,6 +39,7 @@ from omega.constellation.keyring import Keyring
 from omega.constellation.settings import load_settings
 from omega.constellation.store import StoreStats, open_store
 from omega.protocol import Keyspace, Push, Tier, now_ms
+from omega.sim.load.server_process import ServerProcess as BaseServerProcess
 
 SECRET = "e2e-fault-test-secret-0123456789abcdef"
 SHARD = "e2e"
@@ -49,12 +47,6 @@ DIM = 384
 KEYRING = Keyring({1: SECRET.encode()}, 1)
 #: Settings of the server the tests run (what the offline reference must mirror).
 SERVER_DEFAULTS = load_settings(env={"OMEGA_SECRET": SECRET})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def epoch_now() -> int:
@@ -65,82 +57,25 @@ def epoch_now() -> int:
 # ---------------------------------------------------------------------------- the server
 
 
-class ServerProcess:
-    """`omega serve` in a subprocess; keeps its port across restarts so TVs keep their URL."""
+class ServerProcess(BaseServerProcess):
+    """The product's server process (`omega.sim.load.server_process`) with the e2e secret, shard and drain
+    timeout; it keeps its port across restarts so TVs keep their URL. The `a…` methods do not block the
+    event loop the TVs and the proxy live on."""
 
     def __init__(self, folder: Path, **env: str) -> None:
-        self.folder = folder
+        settings = {"OMEGA_DRAIN_TIMEOUT_S": "5", "OMEGA_LOG_LEVEL": "warning", "OMEGA_SHARD_ID": SHARD}
+        super().__init__(folder, secret=SECRET, env={**settings, **env})
         self.db = folder / "constellation.db"
-        self.env = env
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log = folder / "server.log"
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def spawn(self) -> None:
-        """Start without waiting (see `wait_ready`)."""
-        assert not self.running, "server already running"
-        env = {**os.environ, "OMEGA_SECRET": SECRET, "OMEGA_DRAIN_TIMEOUT_S": "5", "OMEGA_LOG_LEVEL": "warning", **self.env}
-        args = [sys.executable, "-c", "from omega.cli import run; run()", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--store", f"sqlite:{self.db}", "--shard-id", SHARD]  # fmt: skip
-        self._log_from = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        self.starts += 1
-
-    def wait_ready(self, timeout_s: float = 60.0) -> ServerProcess:
-        assert self.proc is not None
-        ready = f"listening on http://127.0.0.1:{self.port}".encode()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with open(self.log, "rb") as fh:
-                fh.seek(self._log_from)
-                if ready in fh.read():
-                    return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log_text()}")
-            time.sleep(0.03)
-        self.sigkill()
-        raise RuntimeError(f"server did not start in {timeout_s} s:\n{self.log_text()}")
-
-    def start(self) -> ServerProcess:
-        self.spawn()
-        return self.wait_ready()
 
     async def astart(self) -> ServerProcess:
-        """`start` without blocking the event loop (TVs and the proxy live on it)."""
         self.spawn()
-        return await asyncio.to_thread(self.wait_ready)
-
-    def sigkill(self) -> None:
-        if self.running:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None and self.running
-        os.kill(self.proc.pid, sig)
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM (drains first); the exit code."""
-        assert self.proc is not None
-        if self.running:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
+        await asyncio.to_thread(self.wait_ready)
+        return self
 
     async def aterminate(self, timeout_s: float = 30.0) -> int:
         return await asyncio.to_thread(self.terminate, timeout_s)
 
-    async def stop(self, grace_s: float = 12.0) -> None:
+    async def astop(self, grace_s: float = 12.0) -> None:
         """SIGTERM (drain, close the store); SIGKILL if it has not exited within `grace_s`.
 
         The store is durable at every ack (synchronous=FULL), so what the tests read
@@ -149,13 +84,10 @@ class ServerProcess:
         try:
             code = await self.aterminate(grace_s)
         except subprocess.TimeoutExpired:
-            self.sigkill()
-            warnings.warn(f"omega serve did not exit within {grace_s} s of SIGTERM; killed it", stacklevel=2)
+            self.kill()
+            warnings.warn(f"the server did not exit within {grace_s} s of SIGTERM; killed it", stacklevel=2)
             return
-        assert code == 0, f"omega serve exited {code}:\n{self.log_text()}"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        assert code == 0, f"the server exited {code}:\n{self.log_text()}"
 
 
 @dataclass
@@ -493,7 +425,7 @@ async def converge_and_verify(
             assert_bank_matches(tv, fresh)
     finally:
         await fresh.close()
-    await server.stop()
+    await server.astop()
     if epoch_now() != epoch:
         pytest.skip("the run crossed a UTC day: the server's per-epoch flood guard reset mid-test")
     state = await read_server_state(server.db, k_min)

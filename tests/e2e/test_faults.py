@@ -87,7 +87,7 @@ async def test_server_sigkilled_before_its_ack_reaches_the_tv(server, catalog, t
         proxy.inject(Fault(hold_down=True))  # the server's reply to the push never reaches the TV
         sync = asyncio.create_task(try_sync(tv))
         await wait_until(lambda: proxy.conns and proxy.conns[0].held > 0, what="the server's ack")
-        server.sigkill()  # the push is committed (acks follow the commit); the TV never hears of it
+        server.kill()  # the push is committed (acks follow the commit); the TV never hears of it
         failed = await sync
         assert isinstance(failed, SyncFailed) and failed.code == "transport"
         [pending] = tv.agent.outbox.pending()

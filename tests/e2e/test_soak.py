@@ -83,7 +83,7 @@ async def soak(server_factory, catalog, tmp_path: Path, *, n_tvs: int, duration_
         tasks = [asyncio.create_task(tv.agent.run(stop, on_sync=on_sync)) for tv in tvs]
         tasks += [asyncio.create_task(keep_watching(tv, stop)) for tv in tvs]
         await asyncio.sleep(duration_s / 2)
-        server.sigkill()  # mid-soak, mid-push for some TVs
+        server.kill()  # mid-soak, mid-push for some TVs
         await asyncio.sleep(0.5)
         await server.astart()
         await asyncio.sleep(duration_s / 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,14 +42,9 @@ def serve(
     """
     settings = _settings(config, True, host=host, port=port, store=store, redis=redis, nats=nats,
                          shard_id=shard_id, region=region, codebook=codebook, log_level=log_level)  # fmt: skip
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format="omega serve: %(message)s")
-    if settings.codebook:  # fail fast, as one line, before anything listens
-        from omega.constellation.codebook import Codebook
+    from omega.constellation.__main__ import run  # the same start-up as `python -m omega.constellation`
 
-        Codebook.load(settings.codebook)
-    from omega.constellation.runner import serve as run_server
-
-    run_server(settings)
+    run(settings)
 
 
 @device_app.command("token")

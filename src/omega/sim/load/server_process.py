@@ -1,23 +1,28 @@
-"""`omega serve` as a child process on a free loopback port, for benchmarks and load runs.
+"""A sync server as a child process on a loopback port, for benchmarks, load runs and tests.
 
-The child is a real server (uvicorn + the constellation app), started with the
-same interpreter; what it uses is read from /proc (RSS, CPU seconds, fd limit).
-It inherits this process's RLIMIT_NOFILE, so raise that first when the server
-must hold many connections.
+The child is the constellation's own entry point (`python -m omega.constellation`:
+uvicorn + the constellation app, the same interpreter), configured only through
+OMEGA_* variables, the settings `omega serve` reads; what it uses is read from
+/proc (RSS, CPU seconds, fd limit). It inherits this process's RLIMIT_NOFILE, so
+raise that first when the server must hold many connections.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omega.errors import OmegaError
 
 START_TIMEOUT_S = 60.0
+#: the constellation's entry point; settings come from the environment
+SERVER_COMMAND = (sys.executable, "-m", "omega.constellation")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -28,20 +33,104 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerProcess:
-    """A running `omega serve`; `stop()` (or leaving the `with` block) ends it with SIGTERM (drain)."""
+    """One sync server child on 127.0.0.1; `stop()` (or leaving the `with` block) ends it with SIGTERM (drain).
 
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.log = log
+    The port is chosen once, so a restarted server keeps its URL; stderr is appended
+    to folder/server.log. `env` holds OMEGA_* settings on top of the secret, store,
+    host and port; the parent's own OMEGA_* variables are not passed on.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        secret: str,
+        store: str | None = None,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = SERVER_COMMAND,
+    ) -> None:
+        self.folder = folder
+        self.store = store or f"sqlite:{folder / 'constellation.db'}"
+        self.port = free_port()
+        self.env = {"OMEGA_SECRET": secret, **(env or {})}
+        self.command = tuple(command)
+        self.log = folder / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._log_from = 0
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self._started().pid
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self) -> None:
+        """Start the child without waiting for it to listen (see `wait_ready`)."""
+        if self.running:
+            raise OmegaError(f"the server on port {self.port} is already running")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OMEGA_")}
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the omega CLI sets it: see omega/cli/__init__.py
+        env.update({"OMEGA_HOST": "127.0.0.1", "OMEGA_PORT": str(self.port), "OMEGA_STORE": self.store, **self.env})
+        self._log_from = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=fh, env=env)
+        self.starts += 1
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
+        """Return once the child says it listens; one OmegaError (with the log's tail) if it exits or stalls."""
+        proc = self._started()
+        ready = f"listening on http://127.0.0.1:{self.port}".encode()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if ready in self._new_log():
+                return self
+            if proc.poll() is not None:
+                raise OmegaError(f"the server exited ({proc.returncode}): {self.log_text()[-500:]}")
+            time.sleep(0.05)
+        self.kill()
+        raise OmegaError(f"the server did not start within {timeout_s:g} s")
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
+        self.spawn()
+        return self.wait_ready(timeout_s)
+
+    def signal(self, sig: int) -> None:
+        if not self.running:
+            raise OmegaError("the server is not running")
+        os.kill(self.pid, sig)
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (the server drains first), then wait; its exit code (subprocess.TimeoutExpired if it hangs)."""
+        proc = self._started()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL, no drain (what a crash looks like)."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, and SIGKILL if it has not exited within `timeout_s`."""
+        if not self.running:
+            return
+        try:
+            self.terminate(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def rss_kib(self) -> int | None:
         return proc_rss_kib(self.pid)
@@ -49,20 +138,25 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.pid)
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
     def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _started(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise OmegaError("the server was never started")
+        return self.proc
+
+    def _new_log(self) -> bytes:
+        """What the child wrote to the log since its last start."""
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(self._log_from)
+                return fh.read()
+        except OSError:
+            return b""
 
 
 def start_server(
@@ -74,29 +168,12 @@ def start_server(
     env: dict[str, str] | None = None,
     shard_id: str = "bench",
 ) -> ServerProcess:
-    """Start `omega serve --port <free>` logging to folder/server.log; return once it listens.
+    """Start a server on a free port logging warnings to folder/server.log; return once it listens.
 
     env: extra OMEGA_* settings for the server (e.g. relaxed rate limits).
     """
-    port = free_port()
-    log = folder / "server.log"
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("OMEGA_")}
-    child_env.update({"OMEGA_SECRET": secret, "OMEGA_LOG_LEVEL": "warning", **(env or {})})
-    args = [sys.executable, "-c", "from omega.cli import run; run()", "serve", "--port", str(port), "--store", store,
-            "--shard-id", shard_id]  # fmt: skip
-    if redis:
-        args += ["--redis", redis]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=fh, env=child_env)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise OmegaError(f"the server exited ({proc.returncode}): {log.read_text()[-500:]}")
-        if f"listening on http://127.0.0.1:{port}" in log.read_text():
-            return ServerProcess(proc, port, log)
-        time.sleep(0.05)
-    proc.kill()
-    raise OmegaError(f"the server did not start within {START_TIMEOUT_S:g} s")
+    settings = {"OMEGA_LOG_LEVEL": "warning", "OMEGA_SHARD_ID": shard_id, **({"OMEGA_REDIS": redis} if redis else {})}
+    return ServerProcess(folder, secret=secret, store=store, env={**settings, **(env or {})}).start()
 
 
 def proc_rss_kib(pid: int) -> int | None:
