@@ -57,10 +57,7 @@ def test_bad_data_exits_2_with_one_line(tmp_path: Path, capsys, argv, message):
 
 
 def test_demo_without_any_data_says_what_to_do(tmp_path: Path, capsys, monkeypatch):
-    import omega.sim.demo as demo
-
-    monkeypatch.delenv("OMEGA_DATA", raising=False)
-    monkeypatch.setattr(demo, "default_data_dir", lambda: None)
+    monkeypatch.setenv("OMEGA_DATA", str(tmp_path))  # holds no MovieLens folder
     code, _, err = run(capsys, "demo")
     assert code == 2 and "no MovieLens data" in err and err.count("\n") == 1
 

@@ -6,7 +6,6 @@ The benchmarks themselves live in `omega.sim.bench`; this module parses and prin
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,15 +15,6 @@ import typer
 from omega.errors import OmegaError
 
 app = typer.Typer(help="benchmarks of the edge and sync budgets (JSON on stdout)", no_args_is_help=True)
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def default_data_dir() -> Path:
-    """$OMEGA_DATA/ml-latest-small, else ../shared/data/ml-latest-small beside the repository."""
-    base = Path(os.environ["OMEGA_DATA"]) if os.environ.get("OMEGA_DATA") else REPO.parent / "shared" / "data"
-    return base / "ml-latest-small"
-
 
 def progress(message: str) -> None:
     print(f"omega bench: {message}", file=sys.stderr, flush=True)
@@ -53,16 +43,17 @@ def _print_report(report: dict, as_json: bool, width: int) -> None:
 
 @app.command("brain")
 def brain(
-    data: Annotated[Path | None, typer.Option("--data", help="MovieLens folder (default: $OMEGA_DATA or ../shared/data)")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="MovieLens folder (default: $OMEGA_DATA, else ml-latest-small in ../shared/data or ./data)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
     patterns: Annotated[int, typer.Option("--patterns", help="patterns in the store", parser=_positive("--patterns", 0, 10_000))] = 10_000,
     repeats: Annotated[int, typer.Option("--repeats", help="timed calls per figure", parser=_positive("--repeats", 5, 100_000))] = 300,
     items: Annotated[int, typer.Option("--items", help="use only the first N catalog items (0 = all)", parser=_positive("--items", 0, 10_000_000))] = 0,
 ) -> None:
     """Edge budgets on a real catalog: embed, search k=50, recommend end to end, RSS, recall@50."""
+    from omega.datasets import resolve_data_dir
     from omega.sim.bench import run_brain_bench
 
-    folder = data if data is not None else default_data_dir()
+    folder = resolve_data_dir(data)
     report = run_brain_bench(folder, n_patterns=patterns, repeats=repeats, max_items=items or None, progress=progress)
     _print_report(report, as_json, 22)
 

@@ -82,7 +82,7 @@ def eval_movielens(
 
 def demo(
     data: Annotated[
-        Path | None, typer.Option("--data", help="MovieLens folder (default: $OMEGA_DATA or ../shared/data/ml-latest-small)")
+        Path | None, typer.Option("--data", help="MovieLens folder (default: $OMEGA_DATA, else ml-latest-small in ../shared/data or ./data)")
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="a one-minute version on 60 viewers")] = False,
     users: Annotated[int | None, typer.Option("--users", help="viewers (TVs) to simulate (default 300; all: omega eval)")] = None,

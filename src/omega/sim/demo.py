@@ -8,45 +8,21 @@ synced TVs, and one viewer's recommendations are shown with their reasons.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import omega
-from omega.errors import OmegaError
+from omega.datasets import resolve_data_dir
 from omega.sim.evaluation.evaluate import evaluate_movielens
 from omega.sim.fleet.simulator import Fleet
 
-DATA_ENV = "OMEGA_DATA"
 #: --quick: this many viewers (about a minute on 2 cores once the catalog is embedded and cached)
 QUICK_USERS = 60
 #: the default demo: a seeded sample of viewers that fits 10 minutes on 2 cores (every TV pulls every
 #: published edge, so the cost grows about with the square of the fleet; `omega eval movielens` runs all)
 DEMO_USERS = 300
 LATENCY_TVS = 20
-
-
-def default_data_dir() -> Path | None:
-    """$OMEGA_DATA, else ../shared/data/ml-latest-small beside the repository, if it exists."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    repo = Path(omega.__file__).resolve().parents[2]
-    candidate = repo.parent / "shared" / "data" / "ml-latest-small"
-    return candidate if candidate.is_dir() else None
-
-
-def resolve_data_dir(data: Path | None) -> Path:
-    if data is not None:
-        return data
-    found = default_data_dir()
-    if found is None:
-        raise OmegaError(
-            "no MovieLens data: pass --data DIR (ml-latest-small, ml-100k or ml-1m folder) or set OMEGA_DATA"
-        )
-    return found
 
 
 def inspect_fleet(fleet: Fleet, viewer: int | None = None) -> dict[str, Any]:
