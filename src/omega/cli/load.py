@@ -31,7 +31,7 @@ def _progress(message: str) -> None:
 
 def load(
     url: Annotated[str | None, typer.Option("--url", help="server on loopback, http://127.0.0.1:8700")] = None,
-    spawn_server: Annotated[bool, typer.Option("--spawn-server", help="start `omega serve` as a child on a free port (adds server RSS and memory per connection)")] = False,
+    spawn_server: Annotated[bool, typer.Option("--spawn-server", help="start a sync server (as `omega serve` runs it) as a child on a free port (adds server RSS and memory per connection)")] = False,
     store: Annotated[str | None, typer.Option("--store", help="with --spawn-server: its store (default sqlite in a temp folder)")] = None,
     connections: Annotated[int, typer.Option("--connections", help="simulated TVs", parser=_number("--connections", int))] = 100,
     mix: Annotated[str, typer.Option("--mix", help="premium:active:casual ratios (premium holds a WebSocket, active connects per sync, casual polls HTTP)")] = "1:4:5",

@@ -71,7 +71,7 @@ class Target:
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """One run. `target` None: start `omega serve` as a child (`store`, default sqlite in a temp folder)."""
+    """One run. `target` None: start a sync server as a child (`store`, default sqlite in a temp folder)."""
 
     connections: int
     devices: dict[str, int]
