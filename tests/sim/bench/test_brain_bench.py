@@ -1,0 +1,27 @@
+"""`run_brain_bench` end to end on a tiny catalog: built here, measured in a fresh process, every key reported.
+
+Figures are not asserted (benchmarks measure, tests check behaviour): only that each one is there and sane.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from movielens_fixtures import write_fixture
+from omega.sim.bench import run_brain_bench
+
+DESIGN_KEYS = ("embed_ms_p50", "search_us_p50", "recommend_ms_p50", "rss_mb", "recall_at_50")
+
+
+def test_a_tiny_brain_is_built_and_measured_in_a_child(tmp_path: Path, embedder, monkeypatch) -> None:
+    monkeypatch.setenv("OMEGA_CACHE", str(tmp_path / "cache"))
+    data = write_fixture("ml-latest", tmp_path / "ml", n_users=12, n_items=120)
+    said: list[str] = []
+    report = run_brain_bench(data, n_patterns=30, repeats=5, progress=said.append)
+    for key in DESIGN_KEYS:
+        assert report[key] > 0, key
+    assert 0.0 <= report["recall_at_50"] <= 1.0
+    assert report["catalog_items"] == 120 and report["patterns"] >= 30 and report["repeats"] == 5
+    assert set(report["rss_breakdown_mb"]) == {"runtime", "store", "embedder", "catalog", "patterns", "first_recommend"}
+    assert set(report["backend_comparison"]) == {"usearch_f16", "hnswlib_f32"}
+    assert any("fresh process" in line for line in said)
