@@ -16,6 +16,7 @@ from omega.errors import OmegaError
 
 app = typer.Typer(help="benchmarks of the edge and sync budgets (JSON on stdout)", no_args_is_help=True)
 
+
 def progress(message: str) -> None:
     print(f"omega bench: {message}", file=sys.stderr, flush=True)
 

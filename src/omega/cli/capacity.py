@@ -116,7 +116,6 @@ def render(report: dict[str, Any]) -> None:
             console.print(f"  - {key}: {item['note']}", highlight=False)
 
 
-
 def capacity(
     users: Annotated[str, typer.Option("--users", help="total users/TVs, e.g. 400M")] = "400M",
     concurrent: Annotated[str, typer.Option("--concurrent", help="concurrent connections, e.g. 10M")] = "10M",

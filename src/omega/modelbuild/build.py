@@ -143,7 +143,6 @@ def _build_lock(cache_dir: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-
 # ---------------------------------------------------------------- manifest
 
 
