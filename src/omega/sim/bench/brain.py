@@ -7,6 +7,7 @@ opens it as a TV would (see `run_brain_bench`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,10 +36,12 @@ def run_brain_bench(
         built = _build_bench_brain(folder, db, n_patterns=n_patterns, max_items=max_items, progress=progress)
         progress(f"measuring in a fresh process ({repeats} calls per figure)")
         started = time.perf_counter()
+        # One BLAS thread, as the omega CLI sets it on a TV (see omega/cli/__init__.py), whoever calls this.
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
         child = subprocess.run(
             [sys.executable, "-c", "import sys; from omega.sim.bench.brain import _measure_main; _measure_main(sys.argv[1:])",
              str(db), str(repeats)],
-            stdout=subprocess.PIPE, text=True, check=False,
+            stdout=subprocess.PIPE, text=True, check=False, env=env,
         )  # fmt: skip
         if child.returncode != 0:
             raise OmegaError(f"bench brain: the measuring process failed (exit {child.returncode})")
