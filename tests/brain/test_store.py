@@ -176,11 +176,11 @@ def test_catalog_round_trip_and_update(store: BrainStore):
     ids, matrix = store.catalog_embeddings()
     assert ids.dtype == np.int64 and ids.tolist() == [3, 10]
     assert matrix.dtype == np.float32 and np.array_equal(matrix, vectors[[1, 0]])
-    assert store.get_item(10) == items[0] and store.get_item(99) is None
     assert store.catalog_items() == [items[1], items[0]]
     store.upsert_catalog([replace(items[0], title="Heat (remaster)")], unit(5)[None, :])
-    assert store.get_item(10).title == "Heat (remaster)"
-    assert np.array_equal(store.get_item_embedding(10), unit(5))
+    assert store.catalog_items() == [items[1], replace(items[0], title="Heat (remaster)")]
+    ids, matrix = store.catalog_embeddings()
+    assert ids.tolist() == [3, 10] and np.array_equal(matrix[1], unit(5))
     assert store.stats()["catalog"] == 2
 
 
@@ -203,7 +203,7 @@ def test_episodes_order_limit_since_and_recent(store: BrainStore):
     assert [e.content_id for e in store.episodes(since=NOW + 1)] == [6, 5, 7]
     assert store.episodes()[0].id == ids[0] and store.episodes()[0].context == ViewingContext(20, 5)
     assert store.recent_content_ids(2) == [7, 5]
-    assert store.watched_content_ids() == {5, 6, 7}
+    assert store.latest_episode(5).id == ids[2] and store.latest_episode(99) is None
     with pytest.raises(OmegaError, match="already exists"):
         store.add_episode(replace(episode(1, NOW), id=ids[0]))
 
@@ -211,31 +211,56 @@ def test_episodes_order_limit_since_and_recent(store: BrainStore):
 # ---------------------------------------------------------------- patterns
 
 
+def test_episode_feedback_replaces_reward_and_critique(store: BrainStore):
+    first, second = store.add_episode(episode(5, NOW)), store.add_episode(episode(5, NOW + 1))
+    store.set_episode_feedback(second, reward=-0.5, critique="disliked")
+    assert [(e.id, e.reward, e.critique) for e in store.episodes()] == [(first, 0.63, None), (second, -0.5, "disliked")]
+    with pytest.raises(OmegaError):
+        store.set_episode_feedback(first, reward=2.0, critique=None)  # outside [-1, 1]
+    assert store.latest_episode(5).reward == -0.5
+
+
 def test_pattern_put_get_update(store: BrainStore):
     p = pattern()
     store.put_pattern(p)
-    assert store.get_pattern(p.id) == p
-    assert store.get_pattern(uuid.uuid4()) is None
+    assert store.patterns() == [p]
     updated = replace(p, uses=21, successes=19, success_rate=19 / 21, version=2)
     store.put_pattern(updated)
-    assert store.get_pattern(p.id) == updated and store.pattern_count() == 1
-    ids, matrix = store.pattern_embeddings()
-    assert ids == [p.id] and np.array_equal(matrix[0], p.embedding)
+    assert store.patterns() == [updated] and store.pattern_count() == 1
+    with store.pattern_rows() as found:
+        [(id_, blob, *_)] = list(found)
+    assert id_ == p.id.bytes and np.array_equal(np.frombuffer(blob, "<f4"), p.embedding)
 
 
-def test_high_quality_and_mark_pushed(store: BrainStore):
+def test_outbox_queue_holds_high_quality_unsealed_versions(store: BrainStore):
     good, weak, young = pattern(0.9, 20), pattern(0.5, 20), pattern(1.0, 3, reward_sum=2.0)
     for p in (good, weak, young):
         store.put_pattern(p)
-    assert [p.id for p in store.high_quality_patterns()] == [good.id]
-    assert [p.id for p in store.high_quality_patterns(min_uses=1)] == [young.id, good.id]
-    store.mark_pushed([(good.id, good.version)])
-    assert store.high_quality_patterns() == []
-    assert [p.id for p in store.high_quality_patterns(only_unpushed=False)] == [good.id]
-    store.mark_pushed([(good.id, 0)])  # never moves backwards
-    assert store.high_quality_patterns() == []
+    queue = store.outbox
+    assert [q.id for q in queue.queued_patterns(0.8, 10, 10)] == [good.id] and queue.queued_pattern_count(0.8, 10) == 1
+    assert [q.id for q in queue.queued_patterns(0.8, 1, 10)] == [young.id, good.id]
+    [q] = queue.queued_patterns(0.8, 10, 10)
+    assert q.version == 1 and q.pushed_embedding is None and np.array_equal(q.embedding, good.embedding)
+    queue.add_batch(b"b" * 16, b"frame", patterns=[good.id], edges=[], created_at=NOW)
+    assert queue.queued_patterns(0.8, 10, 10) == [] and queue.count() == 1
+    assert queue.batches() == [(b"b" * 16, b"frame", 1, 0, NOW, 0, NOW, None)]
     store.put_pattern(replace(good, version=2))  # changed again: due for another push
-    assert [p.version for p in store.high_quality_patterns()] == [2]
+    [q] = queue.queued_patterns(0.8, 10, 10)
+    assert q.version == 2 and np.array_equal(q.pushed_embedding, good.embedding) and q.pushed_uses == 20
+    queue.absorb([(q.id, q.version)])  # not changed enough: leaves the queue unsent
+    assert queue.queued_patterns(0.8, 10, 10) == [] and store.stats()["unpushed_patterns"] == 2  # weak, young
+    assert queue.delete(b"b" * 16) and not queue.delete(b"b" * 16) and queue.batches() == []
+
+
+def test_outbox_queue_of_transition_deltas(store: BrainStore):
+    store.bump_transition(1, 2, 0.9)
+    store.bump_transition(3, 4, 0.3)
+    assert store.outbox.unsent_edges(0.1, 2**32 - 1, 10) == [(1, 2, 0.9), (3, 4, pytest.approx(0.3))]
+    assert store.outbox.unsent_edges(0.1, 2, 10) == [(1, 2, 0.9)]  # ids beyond what the wire carries stay out
+    store.outbox.add_batch(b"e" * 16, b"frame", patterns=[], edges=[(1, 2, 0.875)], created_at=NOW)
+    assert store.outbox.sent_edge_weights() == {(1, 2): 0.875}
+    assert store.outbox.unsent_edges(0.1, 2**32 - 1, 10) == [(3, 4, pytest.approx(0.3))]
+    assert store.outbox.has_unsent_edges(0.2) and not store.outbox.has_unsent_edges(0.5)
 
 
 def test_eviction_removes_lowest_utility(tmp_path: Path):
@@ -270,7 +295,7 @@ def test_transitions(store: BrainStore):
     found = store.transitions_from(1)
     assert [(t.src, t.dst, t.count) for t in found] == [(1, 2, 2), (1, 3, 1)]
     assert [t.weight for t in found] == pytest.approx([1.4, 0.2])
-    assert len(store.all_transitions()) == 3
+    assert len(store.all_transitions()) == 3 and store.all_transitions()[0] == found[0]
     with pytest.raises(OmegaError):
         store.bump_transition(-1, 2, 1.0)
 
@@ -288,8 +313,10 @@ def test_global_transitions_merge_and_replace(store: BrainStore):
     store.merge_global_transitions([TransitionStat(1, 2, 3.0, 4), TransitionStat(1, 3, 5.0, 6)])
     store.merge_global_transitions([TransitionStat(1, 2, 8.0, 9)])  # totals replace, not add
     assert store.global_transitions_from(1) == [TransitionStat(1, 2, 8.0, 9), TransitionStat(1, 3, 5.0, 6)]
-    store.merge_global_transitions([TransitionStat(5, 6, 1.0, 3)], replace=True)
-    assert store.global_transitions_from(1) == [] and store.stats()["global_transitions"] == 1
+    store.merge_global_transitions([TransitionStat(5, 6, 1.0, 3), TransitionStat(7, 6, 2.5, 3)], replace=True)
+    assert store.global_transitions_from(1) == [] and store.stats()["global_transitions"] == 2
+    assert store.all_global_transitions() == [TransitionStat(5, 6, 1.0, 3), TransitionStat(7, 6, 2.5, 3)]
+    assert store.global_in_weights() == [(6, 3.5)]
 
 
 # ---------------------------------------------------------------- transactions
@@ -302,7 +329,7 @@ def test_transaction_is_atomic(store: BrainStore):
             store.add_episode(episode(1, NOW))
             store.put_pattern(p)
             raise RuntimeError("crash before commit")
-    assert store.stats()["episodes"] == 0 and store.get_pattern(p.id) is None
+    assert store.stats()["episodes"] == 0 and store.patterns() == []
     with store.transaction() as db:
         store.add_episode(episode(1, NOW))
         db.execute("INSERT INTO sync_state (key, value) VALUES ('raw', 'sql')")
@@ -380,3 +407,4 @@ def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: Br
     assert store.global_pairs_from(2) == [TransitionStat(2, 1, 8.0, 9), TransitionStat(2, 7, 1.0, 3)]
     assert store.global_pairs_from(7) == [TransitionStat(7, 2, 1.0, 3)]
     assert store.global_transitions_from(1) == []  # pairs are not ordered edges
+    assert [(t.src, t.dst) for t in store.all_global_pairs()] == [(1, 2), (2, 1), (2, 7), (7, 2)]

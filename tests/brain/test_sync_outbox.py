@@ -168,6 +168,5 @@ def test_identity_and_cursor_state(store: BrainStore):
     with pytest.raises(OmegaError, match="bad device token"):
         state.save_identity(store, device, "omega1.1.short")
     assert state.cursor(store) == 0
-    with store.transaction() as db:
-        state.set_cursor(db, 42)
+    state.set_cursor(store, 42)
     assert state.cursor(store) == 42

@@ -213,12 +213,10 @@ class TV:
         return {c.cluster_id: (c.version, c.support, c.success_rate, c.embedding) for c in self.brain.store.consolidated()}
 
     def global_edges(self) -> dict[tuple[int, int], tuple[float, int]]:
-        with self.brain.store.transaction() as db:
-            return {(s, d): (w, n) for s, d, w, n in db.execute("SELECT src, dst, weight, support FROM global_transitions")}
+        return {(t.src, t.dst): (t.weight, t.count) for t in self.brain.store.all_global_transitions()}
 
     def global_pairs(self) -> dict[tuple[int, int], tuple[float, int]]:
-        with self.brain.store.transaction() as db:
-            return {(s, d): (w, n) for s, d, w, n in db.execute("SELECT src, dst, weight, support FROM global_pairs")}
+        return {(t.src, t.dst): (t.weight, t.count) for t in self.brain.store.all_global_pairs()}
 
     async def close(self) -> None:
         await self.agent.close()
@@ -387,9 +385,7 @@ def assert_tv_consistent(tv: TV) -> None:
         if push.transitions is not None:
             for e in push.transitions.edges:
                 edge_sent[(e.src, e.dst)] = edge_sent.get((e.src, e.dst), 0.0) + e.weight
-    with tv.brain.store.transaction() as db:
-        marked = {(s, d): w for s, d, w in db.execute("SELECT src, dst, pushed_weight FROM transitions WHERE pushed_weight > 0")}
-    assert marked == pytest.approx(edge_sent)
+    assert tv.brain.store.outbox.sent_edge_weights() == pytest.approx(edge_sent)
     assert tv.brain.store.integrity_check() == []
 
 

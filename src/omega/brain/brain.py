@@ -32,10 +32,10 @@ from omega.brain.records import (
     TaskType,
     TransitionStat,
     ViewingContext,
+    require_all,
 )
 from omega.brain.recommender import ConsolidatedPrior, Recommender
-from omega.brain.store import BrainStore, rows
-from omega.brain.store.opening import Synchronous
+from omega.brain.store import BrainStore, Synchronous
 from omega.errors import OmegaError
 
 Progress = Callable[[int, int], None]
@@ -138,9 +138,8 @@ class Brain:
         if self._patterns is None:
             # Streamed from SQLite into compact arrays: no list of 10K Pattern records on the way.
             capacity = max(self.config.max_patterns, self.store.pattern_count())
-            with self.store.transaction() as db:
-                cursor = db.execute(f"SELECT {rows.PATTERN_COLUMNS} FROM patterns ORDER BY created_at, id")
-                self._patterns = PatternMemory.from_rows(cursor, capacity=capacity)
+            with self.store.pattern_rows() as found:
+                self._patterns = PatternMemory.from_rows(found, capacity=capacity)
             release_freed_memory()
         return self._patterns
 
@@ -169,9 +168,7 @@ class Brain:
         items = list(items)
         if not items:
             raise OmegaError("no catalog items to ingest")
-        for item in items:
-            if not isinstance(item, CatalogItem):
-                raise OmegaError(f"catalog entries must be CatalogItem, got {type(item).__name__}")
+        require_all(items, CatalogItem, "catalog entries must be CatalogItem")
         # The store gets the embedder's float32 vectors; the index is built once, over everything the
         # store now holds (earlier items included), and saved.
         matrix = self.embedder.embed_batch([it.text() for it in items], progress=progress)
@@ -261,16 +258,12 @@ class Brain:
         )
         memory = self._memory()
         match = memory.nearest(vector, self.config.pattern_match_threshold)
-        with self.store.transaction() as db:
-            found = db.execute(
-                f"SELECT {rows.EPISODE_COLUMNS} FROM episodes WHERE content_id = ? ORDER BY started_at DESC, id DESC LIMIT 1",
-                (int(content_id),),
-            ).fetchone()
-            if found is None:
+        with self.store.transaction():
+            old = self.store.latest_episode(content_id)
+            if old is None:
                 raise OmegaError(f"no viewing of content {content_id} to give feedback on")
-            old = rows.row_episode(found)
             new_reward = learning.reward(old.completion, engagement)
-            db.execute("UPDATE episodes SET reward = ?, critique = ? WHERE id = ?", (new_reward, critique, old.id))
+            self.store.set_episode_feedback(old.id, reward=new_reward, critique=critique)  # type: ignore[arg-type]
             pattern = None
             if match is not None:
                 pattern = learning.adjust_pattern_reward(match[0], new_reward - old.reward, now=time.time())
@@ -301,10 +294,7 @@ class Brain:
         replace_transitions: bool = False, pairs: Sequence[TransitionStat] = (),
     ) -> tuple[int, int]:
         """Merge what sync pulled (one transaction); returns (consolidated rows changed, transitions + pairs stored)."""
-        with self.store.transaction():
-            changed = self.store.put_consolidated(patterns)
-            stored = self.store.merge_global_transitions(transitions, replace=replace_transitions)
-            stored += self.store.merge_global_pairs(pairs)
+        changed, stored = self.store.merge_pulled(patterns, transitions, pairs, replace_transitions=replace_transitions)
         self._prior = None  # reload on the next recommend
         return changed, stored
 

@@ -26,7 +26,7 @@ import numpy as np
 from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
 from omega.brain.index import VectorIndex
-from omega.brain.records import EMBEDDING_DIM, CatalogItem
+from omega.brain.records import EMBEDDING_DIM, CatalogItem, require_all
 from omega.brain.store import BrainStore
 from omega.errors import OmegaError
 
@@ -107,10 +107,7 @@ class Catalog:
         config: BrainConfig | None = None,
     ) -> Catalog:
         """Embed every item's text (batched) and index it."""
-        items = list(items)
-        for item in items:
-            if not isinstance(item, CatalogItem):
-                raise OmegaError(f"catalog entries must be CatalogItem, got {type(item).__name__}")
+        items = require_all(items, CatalogItem, "catalog entries must be CatalogItem")
         matrix = embedder.embed_batch([it.text() for it in items], progress=progress)
         return cls.from_vectors(items, matrix, config)
 

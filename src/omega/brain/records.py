@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -66,6 +67,18 @@ def as_embedding(value: Any, name: str = "embedding") -> np.ndarray:
         raise OmegaError(f"{name} contains NaN or infinite values")
     array.setflags(write=False)  # records are frozen; so is their vector
     return array
+
+
+R = TypeVar("R")
+
+
+def require_all(values: Iterable[Any], kind: type[R], what: str | None = None) -> list[R]:
+    """`values` as a list, or OmegaError ("{what}, got <type>") at the first one that is not a `kind`."""
+    batch = list(values)
+    for value in batch:
+        if not isinstance(value, kind):
+            raise OmegaError(f"{what or 'expected ' + kind.__name__}, got {type(value).__name__}")
+    return batch
 
 
 def _task_type(value: Any) -> TaskType:
@@ -129,8 +142,24 @@ class Episode:
         return self.completion > SUCCESS_FRACTION
 
 
+class _HoldsEmbedding:
+    """Value equality for a frozen record holding an ndarray; unhashable, as the array is."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f), getattr(other, f)) if f == "embedding" else getattr(self, f) == getattr(other, f)
+            for f in self.__dataclass_fields__  # type: ignore[attr-defined]
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
-class Pattern:
+class Pattern(_HoldsEmbedding):
     """A learned pattern (SkillLibrary): a context vector and how well it worked."""
 
     id: uuid.UUID
@@ -165,19 +194,9 @@ class Pattern:
     def avg_reward(self) -> float:
         return self.reward_sum / self.uses if self.uses else 0.0
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Pattern):
-            return NotImplemented
-        return all(
-            np.array_equal(getattr(self, f), getattr(other, f)) if f == "embedding" else getattr(self, f) == getattr(other, f)
-            for f in self.__dataclass_fields__
-        )
-
-    __hash__ = None  # type: ignore[assignment]  # holds an ndarray
-
 
 @dataclass(frozen=True, slots=True, eq=False)
-class ConsolidatedPattern:
+class ConsolidatedPattern(_HoldsEmbedding):
     """A global pattern received from the cloud (ReasoningBank)."""
 
     cluster_id: int
@@ -196,16 +215,6 @@ class ConsolidatedPattern:
         _check_count("support", self.support)
         _check_finite("trend_score", self.trend_score)
         _check_count("version", self.version)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ConsolidatedPattern):
-            return NotImplemented
-        return all(
-            np.array_equal(getattr(self, f), getattr(other, f)) if f == "embedding" else getattr(self, f) == getattr(other, f)
-            for f in self.__dataclass_fields__
-        )
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,9 +103,8 @@ def test_published_edges_have_k_min_tvs_and_reach_every_tv(tmp_path: Path):
             assert expected and pairs and all(src < dst for src, dst in pairs)
             pairs |= {(d, s): v for (s, d), v in pairs.items()}  # the TV keeps both orientations
             for tv in fleet.tvs.values():
-                with tv.brain.store.transaction() as db:
-                    held = {(s, d): (w, n) for s, d, w, n in db.execute("SELECT src, dst, weight, support FROM global_transitions")}
-                    held_pairs = {(s, d): (w, n) for s, d, w, n in db.execute("SELECT src, dst, weight, support FROM global_pairs")}
+                held = {(t.src, t.dst): (t.weight, t.count) for t in tv.brain.store.all_global_transitions()}
+                held_pairs = {(t.src, t.dst): (t.weight, t.count) for t in tv.brain.store.all_global_pairs()}
                 assert held == expected and held_pairs == pairs
             # A TV is the only one that knows its episodes; the constellation holds sums and supports only.
             assert all(tv.brain.store.episode_count() > 0 for tv in fleet.tvs.values())

@@ -2,24 +2,22 @@
 
 It holds the catalog (with embeddings), ReflexionMemory (episodes), the
 SkillLibrary (patterns), local transition statistics, the ReasoningBank
-(consolidated patterns from the cloud), global transitions and sync state.
+(consolidated patterns from the cloud), global transitions and pairs, small
+named values (`get_state`) and the sync outbox (`outbox`, see `outbox.py`).
+It is the only code that runs SQL on these tables.
 
-Every public method is atomic. `transaction()` groups several calls (and raw
-SQL on the yielded connection, e.g. an outbox row) into one atomic change;
-nested `transaction()` blocks become savepoints, so an inner block that fails
-rolls back only its own changes and the outer one may carry on.
+Every public method is atomic; `transaction()` (see `database.py`) groups
+several calls into one atomic change, e.g. a viewing and what it teaches.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
@@ -30,9 +28,12 @@ from omega.brain.records import (
     Episode,
     Pattern,
     TransitionStat,
+    require_all,
 )
 from omega.brain.store import rows
-from omega.brain.store.opening import Synchronous, open_brain_db
+from omega.brain.store.database import Database
+from omega.brain.store.opening import Synchronous
+from omega.brain.store.outbox import OutboxTable
 from omega.errors import OmegaError
 
 MAX_PATTERNS = 10_000
@@ -64,7 +65,18 @@ def pattern_utility(p: Pattern, now: float) -> float:
     )
 
 
-class BrainStore:
+# Edge tables: the TV's own transitions (`count`: viewings) and the cloud's totals (`support`: distinct TVs),
+# read as TransitionStat with that number in `count`.
+_EDGE_COLUMNS = {
+    "transitions": "src, dst, weight, count",
+    "global_transitions": "src, dst, weight, support",
+    "global_pairs": "src, dst, weight, support",
+}
+_EDGES_FROM = {t: f"SELECT {c} FROM {t} WHERE src = ? ORDER BY weight DESC, dst" for t, c in _EDGE_COLUMNS.items()}
+_ALL_EDGES = {t: f"SELECT {c} FROM {t} ORDER BY src, dst" for t, c in _EDGE_COLUMNS.items()}
+
+
+class BrainStore(Database):
     """Durable local memory of one TV (see module docstring)."""
 
     def __init__(
@@ -77,81 +89,9 @@ class BrainStore:
     ) -> None:
         if max_patterns < 1:
             raise OmegaError(f"max_patterns must be at least 1, got {max_patterns}")
-        self.path = path if str(path) == ":memory:" else Path(path)
+        super().__init__(path, synchronous=synchronous, clock=clock)
         self.max_patterns = max_patterns
-        self._clock = clock
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._db: sqlite3.Connection | None = open_brain_db(path, synchronous=synchronous)
-
-    # ------------------------------------------------------------------ plumbing
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                if self._depth:
-                    raise OmegaError("cannot close the brain store inside a transaction")
-                self._db.close()
-                self._db = None
-
-    def __enter__(self) -> BrainStore:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise OmegaError(f"brain store {self.path} is closed")
-        return self._db
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic change; yields the connection for raw SQL. Nesting uses savepoints."""
-        with self._lock:
-            db = self._conn()
-            depth = self._depth
-            savepoint = f"omega_sp{depth}"
-            try:
-                db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
-            except sqlite3.Error as exc:
-                raise OmegaError(f"brain store {self.path}: cannot start a transaction: {exc}") from None
-            self._depth += 1
-            try:
-                yield db
-            except BaseException as exc:
-                self._depth -= 1
-                self._undo(db, depth, savepoint)
-                if isinstance(exc, sqlite3.Error):
-                    raise OmegaError(f"brain store {self.path}: {exc}") from exc
-                raise
-            self._depth -= 1
-            try:
-                db.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
-            except sqlite3.Error as exc:
-                self._undo(db, depth, savepoint)
-                raise OmegaError(f"brain store {self.path}: commit failed: {exc}") from None
-
-    @staticmethod
-    def _undo(db: sqlite3.Connection, depth: int, savepoint: str) -> None:
-        if not db.in_transaction:  # SQLite already rolled back (e.g. disk full)
-            return
-        if depth == 0:
-            db.execute("ROLLBACK")
-        else:
-            db.execute(f"ROLLBACK TO {savepoint}")
-            db.execute(f"RELEASE {savepoint}")
-
-    def _query(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._conn().execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise OmegaError(f"brain store {self.path}: {exc}") from None
-
-    def _scalar(self, sql: str, params: Sequence | dict = ()) -> object:
-        found = self._query(sql, params)
-        return found[0][0] if found else None
+        self.outbox = OutboxTable(self)
 
     # ------------------------------------------------------------------ catalog
 
@@ -162,9 +102,7 @@ class BrainStore:
             raise OmegaError(f"embeddings must have shape ({len(items)}, {EMBEDDING_DIM}), got {matrix.shape}")
         if not np.all(np.isfinite(matrix)):
             raise OmegaError("catalog embeddings contain NaN or infinite values")
-        for item in items:
-            if not isinstance(item, CatalogItem):
-                raise OmegaError(f"catalog entries must be CatalogItem, got {type(item).__name__}")
+        require_all(items, CatalogItem, "catalog entries must be CatalogItem")
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO catalog (content_id, title, genres, year, tags, embedding) VALUES (?, ?, ?, ?, ?, ?) "
@@ -183,14 +121,6 @@ class BrainStore:
         found = self._query("SELECT content_id, embedding FROM catalog ORDER BY content_id")
         ids = np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
         return ids, rows.blobs_matrix([r[1] for r in found])
-
-    def get_item(self, content_id: int) -> CatalogItem | None:
-        found = self._query(f"SELECT {rows.CATALOG_COLUMNS} FROM catalog WHERE content_id = ?", (int(content_id),))
-        return rows.row_catalog(found[0]) if found else None
-
-    def get_item_embedding(self, content_id: int) -> np.ndarray | None:
-        blob = self._scalar("SELECT embedding FROM catalog WHERE content_id = ?", (int(content_id),))
-        return None if blob is None else rows.blob_vector(blob)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ episodes (ReflexionMemory)
 
@@ -221,6 +151,19 @@ class BrainStore:
             params.append(int(limit))
         return [rows.row_episode(r) for r in reversed(self._query(sql, params))]
 
+    def latest_episode(self, content_id: int) -> Episode | None:
+        """The most recent viewing of `content_id`, or None."""
+        found = self._query(
+            f"SELECT {rows.EPISODE_COLUMNS} FROM episodes WHERE content_id = ? ORDER BY started_at DESC, id DESC LIMIT 1",
+            (int(content_id),),
+        )
+        return rows.row_episode(found[0]) if found else None
+
+    def set_episode_feedback(self, episode_id: int, *, reward: float, critique: str | None) -> None:
+        """Replace an episode's reward and critique (explicit feedback given after the viewing)."""
+        with self.transaction() as db:
+            db.execute("UPDATE episodes SET reward = ?, critique = ? WHERE id = ?", (reward, critique, episode_id))
+
     def episode_count(self) -> int:
         return int(self._scalar("SELECT COUNT(*) FROM episodes"))  # type: ignore[arg-type]
 
@@ -231,9 +174,6 @@ class BrainStore:
             (int(n),),
         )
         return [r[0] for r in found]
-
-    def watched_content_ids(self) -> set[int]:
-        return {r[0] for r in self._query("SELECT DISTINCT content_id FROM episodes")}
 
     # ------------------------------------------------------------------ patterns (SkillLibrary)
 
@@ -256,41 +196,23 @@ class BrainStore:
             )
             self.evict_patterns()
 
-    def get_pattern(self, pattern_id: uuid.UUID) -> Pattern | None:
-        found = self._query(f"SELECT {rows.PATTERN_COLUMNS} FROM patterns WHERE id = ?", (pattern_id.bytes,))
-        return rows.row_pattern(found[0]) if found else None
+    @contextmanager
+    def pattern_rows(self) -> Iterator[Iterable[tuple]]:
+        """Every pattern as a raw row, oldest first, streamed inside one transaction.
+
+        Columns as `rows.PATTERN_COLUMNS`, the vector as float32 bytes: a reader can
+        build a compact working set without a `Pattern` object per row.
+        """
+        with self.transaction() as db:
+            yield db.execute(f"SELECT {rows.PATTERN_COLUMNS} FROM patterns ORDER BY created_at, id")
 
     def patterns(self) -> list[Pattern]:
         """All patterns, oldest first."""
-        found = self._query(f"SELECT {rows.PATTERN_COLUMNS} FROM patterns ORDER BY created_at, id")
-        return [rows.row_pattern(r) for r in found]
-
-    def pattern_embeddings(self) -> tuple[list[uuid.UUID], np.ndarray]:
-        """(pattern ids, (n, 384) float32 matrix) in the order of `patterns()`, for building an index."""
-        found = self._query("SELECT id, embedding FROM patterns ORDER BY created_at, id")
-        return [uuid.UUID(bytes=bytes(r[0])) for r in found], rows.blobs_matrix([r[1] for r in found])
+        with self.pattern_rows() as found:
+            return [rows.row_pattern(r) for r in found]
 
     def pattern_count(self) -> int:
         return int(self._scalar("SELECT COUNT(*) FROM patterns"))  # type: ignore[arg-type]
-
-    def high_quality_patterns(
-        self, min_success: float = 0.8, min_uses: int = 10, limit: int = 10, only_unpushed: bool = True
-    ) -> list[Pattern]:
-        """Patterns worth pushing (DESIGN §2), best first; by default only versions not yet pushed."""
-        sql = f"SELECT {rows.PATTERN_COLUMNS} FROM patterns WHERE success_rate >= ? AND uses >= ?"
-        if only_unpushed:
-            sql += " AND version > pushed_version"
-        sql += " ORDER BY success_rate DESC, uses DESC, updated_at DESC LIMIT ?"
-        found = self._query(sql, (float(min_success), int(min_uses), int(limit)))
-        return [rows.row_pattern(r) for r in found]
-
-    def mark_pushed(self, ids_versions: Iterable[tuple[uuid.UUID, int]]) -> None:
-        """Record that these pattern versions reached the cloud (never moves backwards)."""
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE patterns SET pushed_version = MAX(pushed_version, ?) WHERE id = ?",
-                ((int(version), pattern_id.bytes) for pattern_id, version in ids_versions),
-            )
 
     def evict_patterns(self, max_patterns: int | None = None, now: float | None = None) -> list[uuid.UUID]:
         """Delete the lowest-utility patterns beyond `max_patterns`; return their ids.
@@ -328,23 +250,27 @@ class BrainStore:
 
     def transitions_from(self, src: int) -> list[TransitionStat]:
         """Successors of `src`, heaviest first."""
-        found = self._query(
-            "SELECT src, dst, weight, count FROM transitions WHERE src = ? ORDER BY weight DESC, dst", (int(src),)
-        )
-        return [TransitionStat(*r) for r in found]
+        return [TransitionStat(*r) for r in self._query(_EDGES_FROM["transitions"], (int(src),))]
 
     def all_transitions(self) -> list[TransitionStat]:
-        found = self._query("SELECT src, dst, weight, count FROM transitions ORDER BY src, dst")
-        return [TransitionStat(*r) for r in found]
+        return [TransitionStat(*r) for r in self._query(_ALL_EDGES["transitions"])]
 
-    # ------------------------------------------------------------------ consolidated (ReasoningBank)
+    # ------------------------------------------------------------------ what sync pulled from the cloud
+
+    def merge_pulled(
+        self, patterns: Iterable[ConsolidatedPattern], transitions: Iterable[TransitionStat],
+        pairs: Iterable[TransitionStat] = (), *, replace_transitions: bool = False,
+    ) -> tuple[int, int]:  # fmt: skip
+        """Merge one pulled page in one transaction; returns (consolidated rows changed, transitions + pairs stored)."""
+        with self.transaction():
+            changed = self.put_consolidated(patterns)
+            stored = self.merge_global_transitions(transitions, replace=replace_transitions)
+            stored += self.merge_global_pairs(pairs)
+        return changed, stored
 
     def put_consolidated(self, patterns: Iterable[ConsolidatedPattern]) -> int:
         """Upsert consolidated patterns; an older version never overwrites a newer one. Returns rows changed."""
-        batch = list(patterns)
-        for c in batch:
-            if not isinstance(c, ConsolidatedPattern):
-                raise OmegaError(f"expected ConsolidatedPattern, got {type(c).__name__}")
+        batch = require_all(patterns, ConsolidatedPattern)
         now = self._clock()
         with self.transaction() as db:
             before = db.total_changes
@@ -362,8 +288,6 @@ class BrainStore:
         found = self._query(f"SELECT {rows.CONSOLIDATED_COLUMNS} FROM consolidated ORDER BY cluster_id")
         return [rows.row_consolidated(r) for r in found]
 
-    # ------------------------------------------------------------------ global transitions (from the cloud)
-
     def merge_global_transitions(self, stats: Iterable[TransitionStat], *, replace: bool = False) -> int:
         """Store the cloud's aggregated transitions (`count` = support, distinct TVs).
 
@@ -371,52 +295,50 @@ class BrainStore:
         sends totals, not increments. `replace=True` treats `stats` as a full
         snapshot and drops every pair it does not mention.
         """
-        batch = list(stats)
-        for s in batch:
-            if not isinstance(s, TransitionStat):
-                raise OmegaError(f"expected TransitionStat, got {type(s).__name__}")
+        batch = require_all(stats, TransitionStat)
         with self.transaction() as db:
             if replace:
                 db.execute("DELETE FROM global_transitions")
-            db.executemany(
-                "INSERT INTO global_transitions (src, dst, weight, support) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (src, dst) DO UPDATE SET weight = excluded.weight, support = excluded.support",
-                ((int(s.src), int(s.dst), float(s.weight), int(s.count)) for s in batch),
-            )
+            self._put_totals("global_transitions", ((s.src, s.dst, s.weight, s.count) for s in batch))
         return len(batch)
-
-    def global_transitions_from(self, src: int) -> list[TransitionStat]:
-        """Global successors of `src`, heaviest first (`count` holds the support)."""
-        found = self._query(
-            "SELECT src, dst, weight, support FROM global_transitions WHERE src = ? ORDER BY weight DESC, dst",
-            (int(src),),
-        )
-        return [TransitionStat(*r) for r in found]
 
     def merge_global_pairs(self, stats: Iterable[TransitionStat]) -> int:
         """Store the cloud's unordered pair totals (src < dst on the wire) under both orientations,
         so `global_pairs_from` is one indexed lookup. Totals replace, as for transitions."""
-        batch = list(stats)
-        for s in batch:
-            if not isinstance(s, TransitionStat):
-                raise OmegaError(f"expected TransitionStat, got {type(s).__name__}")
-        rows = [(int(a), int(b), float(s.weight), int(s.count)) for s in batch for a, b in ((s.src, s.dst), (s.dst, s.src))]
+        batch = require_all(stats, TransitionStat)
+        both = ((a, b, s.weight, s.count) for s in batch for a, b in ((s.src, s.dst), (s.dst, s.src)))
+        self._put_totals("global_pairs", (r for r in both if r[0] != r[1]))
+        return len(batch)
+
+    def _put_totals(self, table: str, totals: Iterable[tuple[int, int, float, int]]) -> None:
+        """Upsert (src, dst, weight, support) totals of a global edge table: a total replaces the stored one."""
         with self.transaction() as db:
             db.executemany(
-                "INSERT INTO global_pairs (src, dst, weight, support) VALUES (?, ?, ?, ?) "
+                f"INSERT INTO {table} (src, dst, weight, support) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (src, dst) DO UPDATE SET weight = excluded.weight, support = excluded.support",
-                (r for r in rows if r[0] != r[1]),
+                ((int(src), int(dst), float(weight), int(support)) for src, dst, weight, support in totals),
             )
-        return len(batch)
+
+    def global_transitions_from(self, src: int) -> list[TransitionStat]:
+        """Global successors of `src`, heaviest first (`count` holds the support)."""
+        return [TransitionStat(*r) for r in self._query(_EDGES_FROM["global_transitions"], (int(src),))]
 
     def global_pairs_from(self, src: int) -> list[TransitionStat]:
         """Items published as watched near `src` (either order), heaviest first (`count` holds the support)."""
-        found = self._query(
-            "SELECT src, dst, weight, support FROM global_pairs WHERE src = ? ORDER BY weight DESC, dst", (int(src),)
-        )
-        return [TransitionStat(*r) for r in found]
+        return [TransitionStat(*r) for r in self._query(_EDGES_FROM["global_pairs"], (int(src),))]
 
-    # ------------------------------------------------------------------ sync state
+    def all_global_transitions(self) -> list[TransitionStat]:
+        return [TransitionStat(*r) for r in self._query(_ALL_EDGES["global_transitions"])]
+
+    def all_global_pairs(self) -> list[TransitionStat]:
+        """Every stored pair, in both orientations."""
+        return [TransitionStat(*r) for r in self._query(_ALL_EDGES["global_pairs"])]
+
+    def global_in_weights(self) -> list[tuple[int, float]]:
+        """(dst, total weight of the global transitions into it) for every item some transition reaches."""
+        return self._query("SELECT dst, SUM(weight) FROM global_transitions GROUP BY dst")
+
+    # ------------------------------------------------------------------ named values (sync state, index fingerprint)
 
     def get_state(self, key: str, default: str | None = None) -> str | None:
         value = self._scalar("SELECT value FROM sync_state WHERE key = ?", (key,))
@@ -432,9 +354,6 @@ class BrainStore:
             )
 
     # ------------------------------------------------------------------ inspection
-
-    def schema_version(self) -> int:
-        return int(self._scalar("SELECT value FROM meta WHERE key = 'schema_version'"))  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, int]:
         """Row counts of every data table (tables added by later migrations appear too), plus a few derived counts."""
@@ -454,9 +373,3 @@ class BrainStore:
         )
         counts["schema_version"] = self.schema_version()
         return counts
-
-    def integrity_check(self) -> list[str]:
-        """SQLite's full integrity check: an empty list means the file is sound."""
-        found = [r[0] for r in self._query("PRAGMA integrity_check")]
-        return [] if found == ["ok"] else found
-

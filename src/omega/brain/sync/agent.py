@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ import httpx
 from omega.brain.config import BrainConfig
 from omega.brain.records import ConsolidatedPattern as ConsolidatedRecord
 from omega.brain.records import TransitionStat
-from omega.brain.store import BrainStore
+from omega.brain.store import BrainStore, is_bad_data
 from omega.brain.sync import state
 from omega.brain.sync.config import SyncConfig
 from omega.brain.sync.outbox import Outbox, SealedBatch
@@ -127,22 +126,6 @@ def _to_record(p) -> ConsolidatedRecord:  # protocol ConsolidatedPattern -> Reas
     )
 
 
-def _bad_page(exc: BaseException) -> bool:
-    """Did merging fail on the page's content (rather than on the TV's own store, e.g. a full disk)?
-
-    SQLite errors reach us wrapped in OmegaError (possibly twice, through nested transactions); only
-    an out-of-range value (OverflowError) or a constraint violation (IntegrityError) blames the data.
-    """
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, (OverflowError, sqlite3.IntegrityError)):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
 class SyncAgent:
     """The TV's sync agent (see module docstring). `sync_once()` for one sync, `run(stop)` as a daemon."""
 
@@ -221,16 +204,10 @@ class SyncAgent:
         if isinstance(answer.body, ErrorReply):
             err = answer.body
             retry = max(float(err.retry_after_s), reply.retry_after_s)
-            if not answer.authenticated:  # proves nothing: only back off
-                raise SyncFailed(
-                    f"server refused the {frame.kind} (unsigned {err.code}: {err.message})",
-                    code=err.code, retry_after_s=retry, report=report,
-                )  # fmt: skip
-            if not (isinstance(body, Push) and err.code == "invalid_pattern"):
-                raise SyncFailed(
-                    f"server refused the {frame.kind}: {err.code}: {err.message}",
-                    code=err.code, retry_after_s=retry, report=report,
-                )  # fmt: skip
+            # Unsigned, it proves nothing: only back off. Signed, only a push's invalid_pattern is an answer.
+            if not answer.authenticated or not (isinstance(body, Push) and err.code == "invalid_pattern"):
+                why = f" (unsigned {err.code}: {err.message})" if not answer.authenticated else f": {err.code}: {err.message}"
+                raise SyncFailed(f"server refused the {frame.kind}{why}", code=err.code, retry_after_s=retry, report=report)
         return answer, len(data), len(reply.data)
 
     # ------------------------------------------------------------------ push
@@ -300,16 +277,14 @@ class SyncAgent:
         if reply.pairs is not None:
             pairs = [TransitionStat(e.src, e.dst, e.weight, e.support) for e in reply.pairs.edges]
         try:
-            with self.store.transaction() as db:
+            with self.store.transaction():
                 if self._brain is not None:
                     self._brain.apply_consolidated(patterns, transitions, pairs=pairs)  # type: ignore[attr-defined]
                 else:
-                    self.store.put_consolidated(patterns)
-                    self.store.merge_global_transitions(transitions)
-                    self.store.merge_global_pairs(pairs)
-                state.set_cursor(db, reply.cursor)
+                    self.store.merge_pulled(patterns, transitions, pairs)
+                state.set_cursor(self.store, reply.cursor)
         except (OmegaError, OverflowError) as exc:  # the transaction rolled back: nothing of the page is kept
-            if _bad_page(exc):  # e.g. an id beyond SQLite's int64, or a value a constraint refuses
+            if is_bad_data(exc):  # e.g. an id beyond SQLite's int64, or a value a constraint refuses
                 raise SyncFailed(f"cannot merge a pulled page: {exc}", code="malformed", report=report) from None
             # The TV's own store refused the write (disk full, I/O error): not the server's fault.
             raise SyncFailed(f"cannot merge a pulled page: local store: {exc}", code="local_store", report=report) from exc

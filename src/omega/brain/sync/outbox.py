@@ -1,11 +1,9 @@
 """The offline-first outbox: queued changes sealed into durable, idempotent pushes.
 
-The queue is the store itself: a pattern whose `version > pushed_version` was
-queued by the very transaction that changed it, and a transition whose
-`weight > pushed_weight` holds an unsent delta. `seal()` turns part of that
-queue into one Push, in ONE transaction: it writes a `sync_outbox` row (random
-16-byte batch_id + the encoded Push) and marks what it took as sealed, so
-nothing is sealed twice. The row is deleted only when the cloud's verified
+The queue is the store itself (`BrainStore.outbox`, see `omega.brain.store.outbox`).
+`seal()` turns part of that queue into one Push, in ONE transaction: it keeps
+the Push (random 16-byte batch_id + the encoded frame) as an outbox row and
+marks what it took as sealed, so nothing is sealed twice. The row is deleted only when the cloud's verified
 PushAck for its batch_id arrives; a retry re-sends the same bytes under the
 same batch_id (the cloud applies a batch at most once).
 
@@ -20,15 +18,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from omega.brain.store import BrainStore
-from omega.brain.store.rows import blob_vector
+from omega.brain.store import BrainStore, OutboxRow, QueuedPattern
 from omega.brain.sync.config import SyncConfig
 from omega.errors import OmegaError
 from omega.protocol import (
@@ -88,6 +84,13 @@ def _read_local_frame(blob: bytes, batch_id: bytes) -> Push:
     return push
 
 
+def _sealed(row: OutboxRow) -> SealedBatch:
+    return SealedBatch(
+        row.batch_id, _read_local_frame(row.frame, row.batch_id), row.patterns, row.edges, row.created_at,
+        row.attempts, row.next_attempt_at, row.last_error,
+    )  # fmt: skip
+
+
 def push_frame_size(push: Push) -> int:
     """Bytes the push will take on the wire (with a realistic header and the tag)."""
     frame = Frame(device_id=_NO_DEVICE, seq=_SIZING_SEQ, timestamp_ms=_SIZING_TIMESTAMP_MS, key_id=1, body=push)
@@ -125,57 +128,36 @@ class Outbox:
 
     def pending(self) -> list[SealedBatch]:
         """Sealed batches not yet acknowledged, oldest first."""
-        with self.store.transaction() as db:
-            found = db.execute(
-                "SELECT batch_id, push, patterns, edges, created_at, attempts, next_attempt_at, last_error "
-                "FROM sync_outbox ORDER BY id"
-            ).fetchall()
-        return [
-            SealedBatch(bytes(r[0]), _read_local_frame(r[1], bytes(r[0])), r[2], r[3], r[4], r[5], r[6], r[7])
-            for r in found
-        ]
+        return [_sealed(row) for row in self.store.outbox.batches()]
 
     def pending_count(self) -> int:
-        with self.store.transaction() as db:
-            return int(db.execute("SELECT COUNT(*) FROM sync_outbox").fetchone()[0])
+        return self.store.outbox.count()
 
     def queued_patterns(self) -> int:
         """High-quality patterns with an unsealed version (what the heartbeat reports as outbox)."""
-        with self.store.transaction() as db:
-            return int(
-                db.execute(
-                    "SELECT COUNT(*) FROM patterns WHERE version > pushed_version AND success_rate >= ? AND uses >= ?",
-                    (self.min_success, self.min_uses),
-                ).fetchone()[0]
-            )
+        return self.store.outbox.queued_pattern_count(self.min_success, self.min_uses)
 
     # ------------------------------------------------------------------ sealing
 
-    def _due(self, row: tuple) -> bool:
+    def _due(self, queued: QueuedPattern) -> bool:
         """Whether a queued pattern moved enough since its last push to be worth the bytes."""
-        _, blob, _, success_rate, uses, _, _, pushed_blob, pushed_uses, pushed_success = row
-        if pushed_blob is None:
+        if queued.pushed_embedding is None:
             return True
         cfg = self.config
-        if _cosine(blob_vector(blob), blob_vector(pushed_blob)) < cfg.resend_cosine:
+        if _cosine(queued.embedding, queued.pushed_embedding) < cfg.resend_cosine:
             return True
-        if abs(success_rate - pushed_success) >= cfg.resend_success_delta:
+        if abs(queued.success_rate - queued.pushed_success_rate) >= cfg.resend_success_delta:
             return True
-        return uses >= pushed_uses * (1.0 + cfg.resend_uses_growth)
+        return queued.uses >= queued.pushed_uses * (1.0 + cfg.resend_uses_growth)
 
-    def _edges(self, db: sqlite3.Connection) -> list[tuple[int, int, float]]:
+    def _edges(self) -> list[tuple[int, int, float]]:
         """Largest unsent transition deltas that the wire can carry: (src, dst, delta on the wire grid)."""
         if self.config.max_edges_per_push == 0:
             return []
-        found = db.execute(
-            "SELECT src, dst, weight - pushed_weight AS delta FROM transitions "
-            "WHERE weight - pushed_weight >= ? AND src BETWEEN 0 AND ? AND dst BETWEEN 0 AND ? "
-            "ORDER BY delta DESC, src, dst LIMIT ?",
-            (self.config.min_edge_delta, _U32, _U32, self.config.max_edges_per_push),
-        ).fetchall()
+        found = self.store.outbox.unsent_edges(self.config.min_edge_delta, _U32, self.config.max_edges_per_push)
         # Round down to the wire's 1/16 grid: what is sent is exactly what is marked sent,
         # and the remainder stays queued.
-        edges = [(int(s), int(d), math.floor(delta * WEIGHT_SCALE) / WEIGHT_SCALE) for s, d, delta in found]
+        edges = [(s, d, math.floor(delta * WEIGHT_SCALE) / WEIGHT_SCALE) for s, d, delta in found]
         return [(s, d, w) for s, d, w in edges if 0 < w <= _U32 / WEIGHT_SCALE]
 
     def seal(self, max_patterns: int | None = None) -> SealedBatch | None:
@@ -186,8 +168,9 @@ class Outbox:
         if not isinstance(batch_id, bytes) or len(batch_id) != 16:
             raise OmegaError("batch ids must be 16 bytes")
         now = self._clock()
-        with self.store.transaction() as db:
-            edges = self._edges(db)
+        queue = self.store.outbox
+        with self.store.transaction():
+            edges = self._edges()
             transitions = (
                 TransitionBatch(Keyspace.ITEM, tuple(Transition(s, d, w) for s, d, w in edges)) if edges else None
             )
@@ -198,70 +181,51 @@ class Outbox:
                     edges = edges[: max(1, len(edges) * 3 // 4)]
                     push = Push(batch_id, transitions=TransitionBatch(Keyspace.ITEM, tuple(Transition(*e) for e in edges)))
 
-            candidates = db.execute(
-                "SELECT id, embedding, task_type, success_rate, uses, successes, version, "
-                "pushed_embedding, pushed_uses, pushed_success_rate FROM patterns "
-                "WHERE version > pushed_version AND success_rate >= ? AND uses >= ? "
-                "ORDER BY success_rate DESC, uses DESC, updated_at DESC, id LIMIT ?",
-                (self.min_success, self.min_uses, _CANDIDATES),
-            ).fetchall()
-            sealed: list[tuple] = []
-            absorbed: list[tuple[int, bytes]] = []
+            sealed: list[QueuedPattern] = []
+            absorbed: list[tuple] = []
             full = False
-            for row in candidates:
-                if not self._due(row):
-                    absorbed.append((row[6], row[0]))
+            for queued in queue.queued_patterns(self.min_success, self.min_uses, _CANDIDATES):
+                if not self._due(queued):
+                    absorbed.append((queued.id, queued.version))
                     continue
                 if full or len(sealed) >= limit:
                     continue  # stays queued for the next push
                 pattern = EmbeddingPattern(
-                    id=bytes(row[0]),
-                    version=min(int(row[6]), _U32),
-                    embedding=quantize(blob_vector(row[1]), cfg.embedding_bits),
-                    success_rate=float(row[3]),
-                    uses=min(int(row[4]), _U32),
-                    successes=min(int(row[5]), _U32),
-                    task_type=TaskType(int(row[2])),
+                    id=queued.id.bytes,
+                    version=min(int(queued.version), _U32),
+                    embedding=quantize(queued.embedding, cfg.embedding_bits),
+                    success_rate=float(queued.success_rate),
+                    uses=min(int(queued.uses), _U32),
+                    successes=min(int(queued.successes), _U32),
+                    task_type=TaskType(int(queued.task_type)),
                 )
                 bigger = Push(batch_id, patterns=(*push.patterns, pattern), transitions=push.transitions)
                 if push_frame_size(bigger) > cfg.max_push_bytes and (push.patterns or push.transitions):
                     full = True
                     continue
                 push = bigger
-                sealed.append(row)
+                sealed.append(queued)
 
             # A version that did not move enough is absorbed: the next one is compared with what was pushed.
-            db.executemany("UPDATE patterns SET pushed_version = ? WHERE id = ?", absorbed)
+            queue.absorb(absorbed)
             if not push.patterns and push.transitions is None:
                 return None
-            db.executemany(
-                "UPDATE patterns SET pushed_version = version, pushed_embedding = embedding, "
-                "pushed_uses = uses, pushed_success_rate = success_rate WHERE id = ?",
-                [(row[0],) for row in sealed],
+            queue.add_batch(
+                batch_id,
+                _local_frame(push),
+                patterns=[q.id for q in sealed],
+                edges=edges if push.transitions is not None else [],
+                created_at=now,
             )
-            db.executemany(
-                "UPDATE transitions SET pushed_weight = pushed_weight + ? WHERE src = ? AND dst = ?",
-                [(w, s, d) for s, d, w in edges] if push.transitions is not None else [],
-            )
-            n_edges = len(push.transitions.edges) if push.transitions is not None else 0
-            db.execute(
-                "INSERT INTO sync_outbox (batch_id, push, patterns, edges, created_at, attempts, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, 0, ?)",
-                (batch_id, _local_frame(push), len(push.patterns), n_edges, now, now),
-            )
+        n_edges = len(push.transitions.edges) if push.transitions is not None else 0
         return SealedBatch(batch_id, push, len(push.patterns), n_edges, now, 0, now)
 
     # ------------------------------------------------------------------ outcome of a send
 
     def record_attempt(self, batch_id: bytes, error: str | None = None, next_attempt_at: float | None = None) -> None:
         """Count a send of `batch_id` (and why it failed, if it did)."""
-        with self.store.transaction() as db:
-            db.execute(
-                "UPDATE sync_outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE batch_id = ?",
-                (error, self._clock() if next_attempt_at is None else next_attempt_at, batch_id),
-            )
+        self.store.outbox.record_attempt(batch_id, error, self._clock() if next_attempt_at is None else next_attempt_at)
 
     def acknowledge(self, batch_id: bytes) -> bool:
         """The cloud acknowledged `batch_id` (verified): forget it. False if it was not pending."""
-        with self.store.transaction() as db:
-            return db.execute("DELETE FROM sync_outbox WHERE batch_id = ?", (batch_id,)).rowcount > 0
+        return self.store.outbox.delete(batch_id)

@@ -1,4 +1,4 @@
-"""Sync state kept in the brain's `sync_state` table: seq counter, pull cursor, device identity.
+"""Sync state kept among the brain store's named values (`get_state`): seq counter, pull cursor, device identity.
 
 The seq counter is advanced in its own committed transaction *before* a frame
 is sent, so a crash or restart can never send the same seq twice (the cloud's
@@ -7,7 +7,6 @@ replay window would reject it).
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 
 from omega.brain.store import BrainStore
@@ -24,52 +23,43 @@ SERVER_KEY = "sync.server_url"
 _U64 = (1 << 64) - 1
 
 
-def _read_int(db: sqlite3.Connection, key: str) -> int:
-    found = db.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
+def _read_int(store: BrainStore, key: str) -> int:
+    found = store.get_state(key)
     if found is None:
         return 0
     try:
-        value = int(found[0])
+        value = int(found)
     except ValueError:
-        raise OmegaError(f"sync state {key} holds {found[0]!r}, not an integer") from None
+        raise OmegaError(f"sync state {key} holds {found!r}, not an integer") from None
     if not 0 <= value <= _U64:
         raise OmegaError(f"sync state {key} is out of range: {value}")
     return value
 
 
-def _write(db: sqlite3.Connection, key: str, value: str) -> None:
-    db.execute(
-        "INSERT INTO sync_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )
-
-
 def allocate_seq(store: BrainStore) -> int:
     """The next frame sequence number, committed before it is used."""
-    with store.transaction() as db:
-        seq = _read_int(db, SEQ_KEY) + 1
+    with store.transaction():
+        seq = _read_int(store, SEQ_KEY) + 1
         if seq > _U64:
             raise OmegaError("frame sequence numbers are exhausted")
-        _write(db, SEQ_KEY, str(seq))
+        store.set_state(SEQ_KEY, str(seq))
     return seq
 
 
 def last_seq(store: BrainStore) -> int:
-    with store.transaction() as db:
-        return _read_int(db, SEQ_KEY)
+    return _read_int(store, SEQ_KEY)
 
 
 def cursor(store: BrainStore) -> int:
     """The cursor of the last PullReply this TV committed (0: nothing pulled yet)."""
-    with store.transaction() as db:
-        return _read_int(db, CURSOR_KEY)
+    return _read_int(store, CURSOR_KEY)
 
 
-def set_cursor(db: sqlite3.Connection, value: int) -> None:
-    """Advance the cursor on an open transaction (the one that merged the page)."""
+def set_cursor(store: BrainStore, value: int) -> None:
+    """Advance the cursor; call it inside the transaction that merged the page, so both commit together."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U64:
         raise OmegaError(f"pull cursor must be a uint64, got {value!r}")
-    _write(db, CURSOR_KEY, str(value))
+    store.set_state(CURSOR_KEY, str(value))
 
 
 def parse_device_id(text: str) -> bytes:
@@ -93,9 +83,9 @@ def save_identity(store: BrainStore, device_id: bytes, token: str) -> None:
     if not isinstance(device_id, bytes) or len(device_id) != DEVICE_ID_BYTES:
         raise OmegaError(f"device id must be {DEVICE_ID_BYTES} bytes")
     check_token(token)
-    with store.transaction() as db:
-        _write(db, DEVICE_ID_KEY, str(uuid.UUID(bytes=device_id)))
-        _write(db, TOKEN_KEY, token.strip())
+    with store.transaction():
+        store.set_state(DEVICE_ID_KEY, str(uuid.UUID(bytes=device_id)))
+        store.set_state(TOKEN_KEY, token.strip())
 
 
 def load_identity(store: BrainStore) -> tuple[bytes, str] | None:

@@ -92,8 +92,7 @@ def _float32_rows(brain: Brain) -> np.ndarray:
 def popularity(brain: Brain) -> np.ndarray:
     """In-weight of each catalog row in the TV's pulled global transitions, scaled to max 1."""
     cat = brain.catalog
-    with brain.store.transaction() as db:
-        found = db.execute("SELECT dst, SUM(weight) FROM global_transitions GROUP BY dst").fetchall()
+    found = brain.store.global_in_weights()
     pop = np.zeros(len(cat), np.float64)
     known = [(d, w) for d, w in found if d in cat]
     if known:

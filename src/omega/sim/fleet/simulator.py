@@ -299,11 +299,7 @@ class Fleet:
     def _queued(tv: TV) -> bool:
         """Unsent transition deltas or high-quality pattern versions remain."""
         outbox = tv.agent.outbox
-        with tv.brain.store.transaction() as db:
-            edges = db.execute(
-                "SELECT 1 FROM transitions WHERE weight - pushed_weight >= ? LIMIT 1", (outbox.config.min_edge_delta,)
-            ).fetchone()
-        return edges is not None or outbox.queued_patterns() > 0
+        return tv.brain.store.outbox.has_unsent_edges(outbox.config.min_edge_delta) or outbox.queued_patterns() > 0
 
     # ------------------------------------------------------------------ the replay
 
