@@ -248,12 +248,15 @@ class BrainStore(Database):
                 (int(src), int(dst), float(weight), self._clock()),
             )
 
+    def _edges(self, sql: str, *params: int) -> list[TransitionStat]:
+        return [TransitionStat(*r) for r in self._query(sql, params)]
+
     def transitions_from(self, src: int) -> list[TransitionStat]:
         """Successors of `src`, heaviest first."""
-        return [TransitionStat(*r) for r in self._query(_EDGES_FROM["transitions"], (int(src),))]
+        return self._edges(_EDGES_FROM["transitions"], int(src))
 
     def all_transitions(self) -> list[TransitionStat]:
-        return [TransitionStat(*r) for r in self._query(_ALL_EDGES["transitions"])]
+        return self._edges(_ALL_EDGES["transitions"])
 
     # ------------------------------------------------------------------ what sync pulled from the cloud
 
@@ -321,18 +324,18 @@ class BrainStore(Database):
 
     def global_transitions_from(self, src: int) -> list[TransitionStat]:
         """Global successors of `src`, heaviest first (`count` holds the support)."""
-        return [TransitionStat(*r) for r in self._query(_EDGES_FROM["global_transitions"], (int(src),))]
+        return self._edges(_EDGES_FROM["global_transitions"], int(src))
 
     def global_pairs_from(self, src: int) -> list[TransitionStat]:
         """Items published as watched near `src` (either order), heaviest first (`count` holds the support)."""
-        return [TransitionStat(*r) for r in self._query(_EDGES_FROM["global_pairs"], (int(src),))]
+        return self._edges(_EDGES_FROM["global_pairs"], int(src))
 
     def all_global_transitions(self) -> list[TransitionStat]:
-        return [TransitionStat(*r) for r in self._query(_ALL_EDGES["global_transitions"])]
+        return self._edges(_ALL_EDGES["global_transitions"])
 
     def all_global_pairs(self) -> list[TransitionStat]:
         """Every stored pair, in both orientations."""
-        return [TransitionStat(*r) for r in self._query(_ALL_EDGES["global_pairs"])]
+        return self._edges(_ALL_EDGES["global_pairs"])
 
     def global_in_weights(self) -> list[tuple[int, float]]:
         """(dst, total weight of the global transitions into it) for every item some transition reaches."""

@@ -83,11 +83,22 @@ def create_meta(db: sqlite3.Connection) -> None:
     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
+def _totals_table(name: str) -> str:
+    """A table of the cloud's aggregated (src, dst) totals: their weight and support (distinct TVs)."""
+    return f"""CREATE TABLE {name} (
+            src     INTEGER NOT NULL,
+            dst     INTEGER NOT NULL,
+            weight  REAL NOT NULL,
+            support INTEGER NOT NULL CHECK (support >= 0),
+            PRIMARY KEY (src, dst)
+        ) WITHOUT ROWID;"""
+
+
 @migration(1)
 def _initial_schema(db: sqlite3.Connection) -> None:
     run_script(
         db,
-        """
+        f"""
         CREATE TABLE catalog (
             content_id INTEGER PRIMARY KEY,
             title      TEXT NOT NULL,
@@ -158,13 +169,7 @@ def _initial_schema(db: sqlite3.Connection) -> None:
         );
 
         -- Global transition statistics from the cloud (already aggregated there).
-        CREATE TABLE global_transitions (
-            src     INTEGER NOT NULL,
-            dst     INTEGER NOT NULL,
-            weight  REAL NOT NULL,
-            support INTEGER NOT NULL CHECK (support >= 0),
-            PRIMARY KEY (src, dst)
-        ) WITHOUT ROWID;
+        {_totals_table("global_transitions")}
 
         CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
         """,
@@ -205,15 +210,4 @@ def _sync_outbox(db: sqlite3.Connection) -> None:
 @migration(3)
 def _global_pairs(db: sqlite3.Connection) -> None:
     """Unordered item pairs from the cloud ("watched near each other"), kept in both orientations."""
-    run_script(
-        db,
-        """
-        CREATE TABLE global_pairs (
-            src     INTEGER NOT NULL,
-            dst     INTEGER NOT NULL,
-            weight  REAL NOT NULL,
-            support INTEGER NOT NULL CHECK (support >= 0),
-            PRIMARY KEY (src, dst)
-        ) WITHOUT ROWID;
-        """,
-    )
+    run_script(db, _totals_table("global_pairs"))

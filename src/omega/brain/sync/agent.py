@@ -242,22 +242,18 @@ class SyncAgent:
             log.warning("push %s: rejected %s", batch.batch_id.hex(), reasons)
 
     async def _push(self, report: SyncReport) -> None:
+        """Re-send what waits in the outbox, then seal and send new pushes while the sync's budgets allow."""
         budget = self.config.max_patterns_per_sync
-        batches = 0
-        for batch in self.outbox.pending():
-            if batches >= self.config.max_batches_per_sync:
+        pending = self.outbox.pending()
+        for sent in range(self.config.max_batches_per_sync):
+            fresh = sent >= len(pending)
+            if not fresh:
+                batch = pending[sent]
+            elif budget <= 0 or (batch := self.outbox.seal(max_patterns=budget)) is None:
                 return
             await self._send_batch(batch, report)
-            batches += 1
             budget -= batch.patterns
-        while batches < self.config.max_batches_per_sync and budget > 0:
-            batch = self.outbox.seal(max_patterns=budget)
-            if batch is None:
-                return
-            await self._send_batch(batch, report)
-            batches += 1
-            budget -= batch.patterns
-            if batch.patterns == 0:  # transitions only: what remains waits for the next sync
+            if fresh and batch.patterns == 0:  # transitions only: what remains waits for the next sync
                 return
 
     # ------------------------------------------------------------------ pull
