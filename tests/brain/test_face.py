@@ -1,0 +1,58 @@
+"""The brain's public face: main types importable from `omega.brain`, heavy libraries loaded only on use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import omega.brain
+
+HEAVY = ("onnxruntime", "hnswlib", "usearch", "tokenizers")
+
+PROBE = """
+import json, sys
+for name in sys.argv[1:]:
+    __import__(name)
+print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def loaded_after(*modules: str) -> list[str]:
+    """Heavy libraries in a fresh interpreter after importing `modules`."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *modules], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("module", ["omega.brain", "omega.brain.records", "omega.brain.store", "omega.brain.sync"])
+def test_light_parts_do_not_load_the_model_or_index_libraries(module: str):
+    assert loaded_after(module) == []
+
+
+def test_the_brain_itself_loads_them_on_first_use():
+    assert "onnxruntime" in loaded_after("omega.brain.brain")
+
+
+def test_main_types_come_from_the_package_and_are_the_modules_own():
+    from omega.brain import Brain, BrainConfig, BrainStore, Catalog, Embedder, Pattern, Recommender, VectorIndex
+    from omega.brain.brain import Brain as DefinedBrain
+    from omega.brain.catalog import Catalog as DefinedCatalog
+    from omega.brain.config import BrainConfig as DefinedConfig
+    from omega.brain.embedder import Embedder as DefinedEmbedder
+    from omega.brain.index import VectorIndex as DefinedIndex
+    from omega.brain.records import Pattern as DefinedPattern
+    from omega.brain.recommender import Recommender as DefinedRecommender
+    from omega.brain.store import BrainStore as DefinedStore
+
+    assert (Brain, BrainConfig, BrainStore, Catalog, Embedder, Pattern, Recommender, VectorIndex) == (
+        DefinedBrain, DefinedConfig, DefinedStore, DefinedCatalog, DefinedEmbedder, DefinedPattern,
+        DefinedRecommender, DefinedIndex,
+    )  # fmt: skip
+    assert set(omega.brain.__all__) <= set(dir(omega.brain))
+    assert all(getattr(omega.brain, name) is not None for name in omega.brain.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Brian'"):
+        omega.brain.Brian  # noqa: B018
