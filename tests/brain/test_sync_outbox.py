@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -140,13 +139,14 @@ def test_a_damaged_outbox_row_is_kept_and_reported(store: BrainStore, tmp_path: 
     store.put_pattern(pattern(1))
     outbox = Outbox(store)
     batch = outbox.seal()
-    with store.transaction() as db:
-        db.execute("UPDATE sync_outbox SET push = substr(push, 1, length(push) - 1) || x'00'")
-    with pytest.raises(OmegaError, match="damaged"):
+    [row] = store.outbox.batches()
+    with store.transaction() as db:  # one flipped bit in the stored frame (bit rot: no real part does it on demand)
+        db.execute("UPDATE sync_outbox SET push = ?", (row.frame[:-1] + bytes([row.frame[-1] ^ 1]),))
+    with pytest.raises(OmegaError, match=f"outbox batch {batch.batch_id.hex()} is damaged"):
         outbox.pending()
     assert outbox.pending_count() == 1
-    with sqlite3.connect(tmp_path / "tv.db") as raw:
-        assert raw.execute("SELECT batch_id FROM sync_outbox").fetchone()[0] == batch.batch_id
+    with BrainStore(tmp_path / "tv.db") as other:  # kept on disk, as it was
+        assert [row.batch_id for row in other.outbox.batches()] == [batch.batch_id]
 
 
 def test_seq_is_persisted_and_never_reused_across_reopen(tmp_path: Path):
