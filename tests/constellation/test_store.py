@@ -16,6 +16,7 @@ from omega.constellation.store import (
     EDGE_WIRE_BYTES,
     PATTERN_WIRE_BYTES,
     CellContribution,
+    EdgeContribution,
     PreparedPush,
     open_store,
 )
@@ -231,6 +232,48 @@ async def test_a_failing_push_in_a_group_rolls_back_alone(store, aggregator, cod
     assert stats.push_keys == 5 and stats.contributions == 5
     # The failed push left nothing behind, so it can be retried.
     assert not (await store.apply_push(PreparedPush(b"\xff" * 16, 0, NOW, []))).duplicate
+
+
+def _cell(codebook, **change) -> CellContribution:
+    fields = dict(index=0, task_type=0, cell=1, member=b"m" * 8, weight=1.0,
+                  embedding=near(codebook, 1, 0), successes=1.0, trials=1.0) | change  # fmt: skip
+    return CellContribution(**fields)
+
+
+def _edge(**change) -> EdgeContribution:
+    return EdgeContribution(**(dict(index=0, keyspace=0, src=1, dst=2, member=b"e" * 8, weight=1.0) | change))
+
+
+async def test_every_backend_refuses_the_same_malformed_pushes(store, codebook) -> None:
+    """What one backend cannot store faithfully, none accepts: one clear error, nothing left behind."""
+    bad = {
+        "short embedding": [_cell(codebook, embedding=np.ones(3, np.float32))],
+        "nan embedding": [_cell(codebook, embedding=np.full(DIM, np.nan, np.float32))],
+        "infinite weight": [_cell(codebook, weight=float("inf"))],
+        "nan successes": [_cell(codebook, successes=float("nan"))],
+        "infinite trials": [_cell(codebook, trials=float("-inf"))],
+        "task type beyond int32": [_cell(codebook, task_type=2**31)],
+        "cell beyond int64": [_cell(codebook, cell=2**63)],
+        "member not bytes": [_cell(codebook, member="m" * 8)],
+    }
+    bad_edges = {
+        "edge id beyond int64": [_edge(src=2**63)],
+        "nan edge weight": [_edge(weight=float("nan"))],
+        "edge member not bytes": [_edge(member=7)],
+    }
+    pushes = [PreparedPush(f"k{i}".encode(), 0, NOW, cells) for i, cells in enumerate(bad.values())]
+    pushes += [PreparedPush(f"e{i}".encode(), 0, NOW, [], edges) for i, edges in enumerate(bad_edges.values())]
+    empty = await store.stats()
+    for push in pushes:
+        with pytest.raises(OmegaError):
+            await store.apply_push(push)
+    assert await store.stats() == empty
+    # Refused before anything was written: the same keys are fresh, and the cell takes good pushes.
+    for push in pushes:
+        good = PreparedPush(push.push_key, 0, NOW, [_cell(codebook, member=push.push_key)], [])
+        assert (await store.apply_push(good)).accepted_cells == [0]
+    stats = await store.stats()
+    assert (stats.push_keys, stats.contributions, stats.cells) == (len(pushes), len(pushes), 1)
 
 
 async def test_bad_store_urls_and_files(tmp_path) -> None:

@@ -4,6 +4,9 @@ The aggregator does the thinking (validation, codebook cells, weights, keyed
 hashes); a store does the durable bookkeeping, each push in ONE transaction:
 idempotency key + per-epoch flood check + accumulator update + change-sequence
 bump. When `apply_push` returns, the push is durable (the server acks after it).
+
+What a push, merge or pull computes is written once, in logic.py; the backends
+(sqlite.py, postgres.py) only run its SQL.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omega.constellation.crdt import DIM, CellKey, ConsolidatedEdge, ConsolidatedPattern, FederatedState
+from omega.constellation.crdt import (
+    DIM,
+    CellKey,
+    CellState,
+    ConsolidatedEdge,
+    ConsolidatedPattern,
+    EdgeKey,
+    EdgeState,
+    FederatedState,
+)
 from omega.errors import OmegaError
 
 # Estimated wire size of one published item (the server computes exact sizes):
@@ -23,6 +35,10 @@ EDGE_WIRE_BYTES = 8
 
 KIND_CELL = 0
 KIND_EDGE = 1
+
+#: Remote CRDT entries as (origin, key, entry), the input of a merge.
+CellEntries = list[tuple[str, CellKey, CellState]]
+EdgeEntries = list[tuple[str, EdgeKey, EdgeState]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +111,7 @@ class ConstellationStore(ABC):
     """Durable state of one shard: its own accumulators, other origins' CRDT entries, the served view."""
 
     origin: str
+    _codebook_version: int | None = None  # set by `bind`
 
     @abstractmethod
     async def bind(self, codebook_fingerprint: str, codebook_version: int, salt_check: bytes) -> None:
@@ -129,13 +146,29 @@ class ConstellationStore(ABC):
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:
         """Forget idempotency keys older than a time and per-epoch marks older than an epoch."""
 
-    @abstractmethod
     async def export_entries(self, since_version: int = 0, origins: list[str] | None = None) -> FederatedState:
         """CRDT entries (own and remote) with version > since_version, optionally of some origins only."""
+        return await self._export(self._require_bound(), int(since_version), origins)
 
-    @abstractmethod
     async def merge_entries(self, state: FederatedState) -> int:
         """Merge remote origins' entries (own-origin entries are ignored); returns how many changed."""
+        cells, edges = merge_guard(self.origin, self._require_bound(), state)
+        if not cells and not edges:
+            return 0
+        return await self._merge(cells, edges)
+
+    @abstractmethod
+    async def _export(self, codebook_version: int, since_version: int, origins: list[str] | None) -> FederatedState:
+        """The rows behind `export_entries`."""
+
+    @abstractmethod
+    async def _merge(self, cells: CellEntries, edges: EdgeEntries) -> int:
+        """Merge entries that passed `merge_guard` (in one transaction); returns how many changed."""
+
+    def _require_bound(self) -> int:
+        if self._codebook_version is None:
+            raise OmegaError("store is not bound to a codebook yet")
+        return self._codebook_version
 
     @abstractmethod
     async def stats(self) -> StoreStats: ...
@@ -166,3 +199,16 @@ def check_query(vector: object, k: object, k_min: object) -> np.ndarray:
     if norm <= 1e-12:
         raise OmegaError("query vector must not be zero")
     return (q / norm).astype(np.float32)
+
+
+def merge_guard(origin: str, codebook_version: int, state: FederatedState) -> tuple[CellEntries, EdgeEntries]:
+    """The remote entries a store may merge, in sorted order; entries of another codebook are refused."""
+    if (state.cells or state.edges) and state.codebook_version != codebook_version:
+        raise OmegaError(
+            f"federation entries are for codebook version {state.codebook_version}, "
+            f"this store uses {codebook_version}"
+        )
+    # Our own origin's entries are authoritative here (single writer): never overwritten from outside.
+    cells = [(o, CellKey(*k), s) for (o, k), s in sorted(state.cells.items()) if o != origin]
+    edges = [(o, EdgeKey(*k), e) for (o, k), e in sorted(state.edges.items()) if o != origin]
+    return cells, edges

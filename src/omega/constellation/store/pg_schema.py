@@ -6,7 +6,7 @@ with other applications. `omega_schema.version` is the schema version;
 under an advisory lock, so several workers starting at once against a fresh
 database neither race nor half-create the schema.
 
-Tables (schema v1) mirror the SQLite store (see sqlite.py for the why of each):
+Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of each):
 - `omega_meta`: origin name, codebook fingerprint/version, salt check value.
 - `omega_head`: one row, the last change sequence number handed out. Every
   write transaction locks it first (`SELECT … FOR UPDATE`), which serialises

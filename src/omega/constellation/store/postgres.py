@@ -1,15 +1,10 @@
 """The constellation store at scale: PostgreSQL + pgvector over an asyncpg pool.
 
 Same behaviour as the SQLite store (sqlite.py), and several sync workers may
-share one database. Schema and the writer-serialisation argument: pg_schema.py.
-
-Durability: every connection runs with `synchronous_commit = on`, and
-`apply_push` returns only after its COMMIT returned, i.e. after the commit
-record was flushed to the WAL (the server acks after that). The cost of the
-flush is shared by *group commit*, as in the SQLite store: one writer task per
-store takes every push waiting in its queue into one transaction, each under
-its own SAVEPOINT (a push that fails rolls back alone), commits once, then
-resolves them all.
+share one database. What a push, a merge or a pull computes is logic.py (the
+same on every backend); this module only reads and writes rows. Connections,
+durability and group commit: pg_engine.py. Schema and the writer-serialisation
+argument: pg_schema.py.
 
 ANN: `nearest_consolidated` searches an HNSW index over each cell's global
 mean; pushes only mark changed cells and `refresh_vectors` (background, every
@@ -20,47 +15,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import numpy as np
-from pgvector.asyncpg import register_vector
 
-from omega.constellation.crdt import (
-    DIM,
-    CellKey,
-    CellState,
-    ConsolidatedEdge,
-    ConsolidatedPattern,
-    EdgeKey,
-    EdgeState,
-    FederatedState,
-    combine_cells,
-    combine_edges,
-    consolidate_cell,
-    consolidate_edge,
-    wins,
-)
+from omega.constellation.crdt import CellKey, EdgeKey, FederatedState
 from omega.constellation.store.base import (
     EDGE_WIRE_BYTES,
     KIND_CELL,
     KIND_EDGE,
     PATTERN_WIRE_BYTES,
+    CellEntries,
     ChangePage,
     ConstellationStore,
+    EdgeEntries,
     PreparedPush,
     PruneStats,
     PushOutcome,
     StoreStats,
     check_query,
 )
-from omega.constellation.store.pg_schema import REFRESH_LOCK_ID, migrate
+from omega.constellation.store import logic
+from omega.constellation.store.pg_engine import DEFAULT_POOL_SIZE, PgEngine, open_pool, redact, translate
+from omega.constellation.store.pg_schema import REFRESH_LOCK_ID
 from omega.errors import OmegaError
 
-MAX_GROUP = 256  # pushes per group commit
 # The ANN vector of a cell is rewritten when 1 - cos(stored, current) exceeds this, so a
 # stored similarity is within sqrt(2e-6) ≈ 0.0014 of the exact one. A young cell moves at
 # nearly every contribution; a mature one (large total weight) rarely crosses it, which
@@ -68,19 +49,27 @@ MAX_GROUP = 256  # pushes per group commit
 VECTOR_REFRESH = 1e-6
 REFRESH_INTERVAL_S = 1.0  # background vector refresh period
 _REFRESH_BATCH = 1024  # dirty cells per refresh transaction
-DEFAULT_POOL_SIZE = 4
-_PAGE_SCAN = 128
-_CONNECT_TIMEOUT_S = 10.0
 
-_CELL_COLS = "origin, task_type, cell, sum_w, sum_wx, support, successes, trials, version"
-_UPSERT_CELL = (
-    f"INSERT INTO omega_cell_state ({_CELL_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+_PUT_CELL = (
+    f"INSERT INTO omega_cell_state ({logic.CELL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
     "ON CONFLICT (task_type, cell, origin) DO UPDATE SET sum_w = excluded.sum_w, sum_wx = excluded.sum_wx, "
     "support = excluded.support, successes = excluded.successes, trials = excluded.trials, version = excluded.version"
 )
-_UPSERT_SERVED_CELL = (
-    f"INSERT INTO omega_served (kind, k1, k2, k3, seq, support) VALUES ({KIND_CELL}, $1, $2, 0, $3, $4) "
-    "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = excluded.support"
+_PUT_EDGE = (
+    f"INSERT INTO omega_edge_state ({logic.EDGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+    "ON CONFLICT (keyspace, src, dst, origin) DO UPDATE SET weight = excluded.weight, "
+    "support = excluded.support, version = excluded.version"
+)
+_ADD_EDGE = (
+    f"INSERT INTO omega_edge_state ({logic.EDGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+    "ON CONFLICT (keyspace, src, dst, origin) DO UPDATE SET weight = omega_edge_state.weight + excluded.weight, "
+    "support = omega_edge_state.support + excluded.support, version = excluded.version"
+)
+_SERVED = "INSERT INTO omega_served (kind, k1, k2, k3, seq, support) VALUES ($1, $2, $3, $4, $5, $6) "
+_PUT_SERVED = _SERVED + "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = excluded.support"
+_ADD_SERVED = (
+    _SERVED + "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, "
+    "support = omega_served.support + excluded.support"
 )
 _MARK_DIRTY = (
     "INSERT INTO omega_dirty_cells VALUES ($1, $2, $3) ON CONFLICT (task_type, cell) DO UPDATE SET seq = excluded.seq"
@@ -90,66 +79,50 @@ _VECTORS_OF_KEYS = (
     "JOIN unnest($1::int[], $2::bigint[]) AS v(t, c) ON x.task_type = v.t AND x.cell = v.c"
 )
 _CELLS_OF_KEYS = (
-    f"SELECT {_CELL_COLS} FROM omega_cell_state s "
-    "JOIN unnest($1::int[], $2::bigint[]) AS v(t, c) ON s.task_type = v.t AND s.cell = v.c "
-    "ORDER BY s.task_type, s.cell, s.origin"
+    f"SELECT {logic.CELL_COLUMNS} FROM omega_cell_state s "
+    "JOIN unnest($1::int[], $2::bigint[]) AS v(t, c) ON s.task_type = v.t AND s.cell = v.c"
 )
+_OWN_CELLS_OF_KEYS = _CELLS_OF_KEYS + " WHERE s.origin = $3"
 _EDGES_OF_KEYS = (
-    "SELECT origin, keyspace, src, dst, weight, support, version FROM omega_edge_state e "
+    f"SELECT {logic.EDGE_COLUMNS} FROM omega_edge_state e "
     "JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(ks, s, d) "
-    "ON e.keyspace = v.ks AND e.src = v.s AND e.dst = v.d ORDER BY e.keyspace, e.src, e.dst, e.origin"
+    "ON e.keyspace = v.ks AND e.src = v.s AND e.dst = v.d"
+)
+_MEMBER_EPOCHS = (
+    "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM omega_members m "
+    "JOIN unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[]) "
+    "AS v(kind, k1, k2, k3, member) USING (kind, k1, k2, k3, member)"
 )
 
 
-def redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+def _columns(keys: Sequence[tuple]) -> list[list]:
+    """Keys as one array per component, for `unnest`."""
+    return [list(col) for col in zip(*keys, strict=True)]
 
 
-def _translate(exc: BaseException) -> BaseException:
-    if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
-        return OmegaError(f"constellation store error: {exc}")
-    return exc
+async def _cells(conn: asyncpg.Connection, keys: Sequence[CellKey], origin: str | None = None) -> list:
+    """(origin, key, entry) of the given cells: every origin's, or one origin's only."""
+    if not keys:
+        return []
+    if origin is None:
+        return list(map(logic.cell_entry, await conn.fetch(_CELLS_OF_KEYS, *_columns(keys))))
+    return list(map(logic.cell_entry, await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), origin)))
 
 
-def _vec(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f8")
+async def _edges(conn: asyncpg.Connection, keys: Sequence[EdgeKey]) -> list:
+    """(origin, key, entry) of every origin's entries of the given edges."""
+    return list(map(logic.edge_entry, await conn.fetch(_EDGES_OF_KEYS, *_columns(keys)))) if keys else []
 
 
-def _cell_state(row: asyncpg.Record) -> CellState:
-    return CellState(row["sum_w"], _vec(row["sum_wx"]), row["support"], row["successes"], row["trials"], row["version"])
+async def _write_rows(conn: asyncpg.Connection, *statements: tuple[str, list]) -> None:
+    for sql, rows in statements:
+        if rows:
+            await conn.executemany(sql, rows)
 
 
-def _mean_embedding(key: CellKey, by_origin: dict[str, CellState]) -> np.ndarray | None:
-    """The normalised global mean of a cell (origins summed in sorted order, as everywhere)."""
-    pattern = consolidate_cell(key, combine_cells(by_origin[o] for o in sorted(by_origin)))
-    return None if pattern is None else pattern.embedding
-
-
-def _check_push(push: PreparedPush) -> None:
-    for c in push.cells:
-        emb = np.asarray(c.embedding)
-        if emb.shape != (DIM,) or not np.isfinite(emb).all():
-            raise OmegaError(f"pattern {c.index}: embedding must be {DIM} finite numbers")
-        if not all(np.isfinite((c.weight, c.successes, c.trials))):
-            raise OmegaError(f"pattern {c.index}: weight and counts must be finite")
-
-
-@dataclass
-class _PushJob:
-    push: PreparedPush
-    future: asyncio.Future[PushOutcome]
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    schema = await conn.fetchval(
-        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
-    )
-    await register_vector(conn, schema=schema or "public")
+def _dirty_marks(served: list[tuple]) -> list[tuple[int, int, int]]:
+    """(task_type, cell, seq) of the served cell rows: their ANN vectors are due for a refresh."""
+    return [(r[1], r[2], r[4]) for r in served if r[0] == KIND_CELL]
 
 
 class PostgresStore(ConstellationStore):
@@ -161,298 +134,76 @@ class PostgresStore(ConstellationStore):
         self._where = redact(dsn)
         self._pool = pool
         self._codebook_version: int | None = None
-        self._queue: asyncio.Queue[_PushJob | None] = asyncio.Queue()
-        self._closed = False
-        loop = asyncio.get_running_loop()
-        self._writer = loop.create_task(self._write_loop(), name=f"omega-pg-writer:{origin}")
-        self._refresher = loop.create_task(self._refresh_loop(), name=f"omega-pg-vectors:{origin}")
+        self._engine = PgEngine(pool, self._apply_one, name=f"omega-pg-writer:{origin}")
+        self._refresher = asyncio.get_running_loop().create_task(
+            self._refresh_loop(), name=f"omega-pg-vectors:{origin}"
+        )
 
     @classmethod
     async def open(
         cls, dsn: str, origin: str | None = None, *, pool_size: int = DEFAULT_POOL_SIZE
     ) -> PostgresStore:
-        where = redact(dsn)
-        settings = {"synchronous_commit": "on", "application_name": "omega-constellation"}
-        try:
-            conn = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT_S, server_settings=settings)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-            raise OmegaError(f"cannot connect to PostgreSQL store {where}: {exc}") from None
-        try:
-            await migrate(conn, where)
-            name = origin or f"shard-{os.urandom(6).hex()}"
-            # First opener names the origin; the insert is a no-op for every later one.
-            await conn.execute(
-                "INSERT INTO omega_meta VALUES ('origin', $1) ON CONFLICT DO NOTHING", name.encode("utf-8")
-            )
-            stored = bytes(await conn.fetchval("SELECT value FROM omega_meta WHERE key = 'origin'")).decode("utf-8")
-        except asyncpg.PostgresError as exc:
-            raise OmegaError(f"cannot open PostgreSQL store {where}: {exc}") from None
-        finally:
-            await conn.close()
-        if origin is not None and origin != stored:
-            raise OmegaError(f"store {where} belongs to origin {stored!r}, not {origin!r}")
-        try:
-            pool = await asyncpg.create_pool(
-                dsn,
-                min_size=1,
-                max_size=max(2, int(pool_size)),
-                init=_init_connection,
-                server_settings=settings,
-                timeout=_CONNECT_TIMEOUT_S,
-            )
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise OmegaError(f"cannot connect to PostgreSQL store {where}: {exc}") from None
+        pool, stored = await open_pool(dsn, origin, pool_size)
         return cls(dsn, pool, stored)
 
     async def close(self) -> None:
-        if self._closed:
+        if self._engine.closed:
             return
-        self._closed = True
         self._refresher.cancel()
-        await self._queue.put(None)
-        await self._writer
+        await self._engine.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await self._refresher
         await self._pool.close()
 
-    # ---- connections ---------------------------------------------------------------
-    async def _read(self, fn: Any) -> Any:
-        """Run `fn(conn)` in one read-only snapshot (a page and its head must agree)."""
-        if self._closed:
-            raise OmegaError("the store is closed")
-        try:
-            async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                return await fn(conn)
-        except BaseException as exc:
-            raise _translate(exc) from None
-
-    async def _write(self, fn: Any) -> Any:
-        """Run `fn(conn, head)` in one transaction holding the head lock; it returns (value, new head)."""
-        if self._closed:
-            raise OmegaError("the store is closed")
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                head = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1 FOR UPDATE")
-                value, new_head = await fn(conn, head)
-                if new_head != head:
-                    await conn.execute("UPDATE omega_head SET seq = $1 WHERE id = 1", new_head)
-                return value
-        except BaseException as exc:
-            raise _translate(exc) from None
-
     # ---- binding -------------------------------------------------------------------
     async def bind(self, codebook_fingerprint: str, codebook_version: int, salt_check: bytes) -> None:
-        wanted = {
-            "codebook_fingerprint": str(codebook_fingerprint).encode("utf-8"),
-            "codebook_version": str(int(codebook_version)).encode("ascii"),
-            "salt_check": bytes(salt_check),
-        }
+        wanted = logic.binding(codebook_fingerprint, codebook_version, salt_check)
 
         async def run(conn: asyncpg.Connection, head: int) -> tuple[None, int]:
             for key, value in wanted.items():
-                await conn.execute("INSERT INTO omega_meta VALUES ($1, $2) ON CONFLICT DO NOTHING", key, value)
-                have = bytes(await conn.fetchval("SELECT value FROM omega_meta WHERE key = $1", key))
-                if have != value:
-                    what = "server salt" if key == "salt_check" else key.replace("_", " ")
-                    raise OmegaError(f"store {self._where} was built with a different {what}")
+                raw = value.encode("utf-8") if isinstance(value, str) else value
+                await conn.execute("INSERT INTO omega_meta VALUES ($1, $2) ON CONFLICT DO NOTHING", key, raw)
+                if bytes(await conn.fetchval("SELECT value FROM omega_meta WHERE key = $1", key)) != raw:
+                    raise logic.binding_mismatch(self._where, key)
             return None, head
 
-        await self._write(run)
+        await self._engine.write(run)
         self._codebook_version = int(codebook_version)
 
     # ---- pushes --------------------------------------------------------------------
     async def apply_push(self, push: PreparedPush) -> PushOutcome:
-        if self._closed:
-            raise OmegaError("the store is closed")
-        future: asyncio.Future[PushOutcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_PushJob(push, future))
-        return await future
-
-    async def _write_loop(self) -> None:
-        stop = False
-        while not stop:
-            job = await self._queue.get()
-            if job is None:
-                break
-            batch = [job]
-            # Group commit: every push already waiting shares this transaction.
-            while len(batch) < MAX_GROUP and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            await self._run_group(batch)
-        while not self._queue.empty():
-            late = self._queue.get_nowait()
-            if late is not None and not late.future.done():
-                late.future.set_exception(OmegaError("the store is closed"))
-
-    async def _run_group(self, batch: list[_PushJob]) -> None:
-        results: list[tuple[bool, Any]] = []
-
-        async def run(conn: asyncpg.Connection, head: int) -> tuple[None, int]:
-            for job in batch:
-                try:
-                    async with conn.transaction():  # a SAVEPOINT: a failing push is undone alone
-                        outcome, new_head = await self._apply_one(conn, job.push, head)
-                except Exception as exc:  # noqa: BLE001 - handed to that push's caller
-                    if isinstance(exc, (asyncpg.InterfaceError, OSError)):
-                        raise  # the connection is gone: the whole group fails
-                    results.append((False, _translate(exc)))
-                    continue
-                head = new_head
-                results.append((True, outcome))
-            return None, head
-
-        try:
-            await self._write(run)
-        except Exception as exc:  # noqa: BLE001 - handed to every caller of the group
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
-        # Resolved only after COMMIT returned: an acknowledged push is durable.
-        for job, (ok, value) in zip(batch, results, strict=True):
-            if job.future.done():  # the caller gave up waiting; the push is applied all the same
-                continue
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(value)
+        return await self._engine.push(push)
 
     async def _apply_one(self, conn: asyncpg.Connection, push: PreparedPush, head: int) -> tuple[PushOutcome, int]:
-        _check_push(push)
+        logic.check_push(push)
         status = await conn.execute(
             "INSERT INTO omega_push_keys VALUES ($1, $2) ON CONFLICT DO NOTHING", bytes(push.push_key), push.now_ms
         )
         if status.endswith(" 0"):
             return PushOutcome(duplicate=True, head=head), head
-
-        member_rows = [(KIND_CELL, c.task_type, c.cell, 0, bytes(c.member)) for c in push.cells]
-        member_rows += [(KIND_EDGE, e.keyspace, e.src, e.dst, bytes(e.member)) for e in push.edges]
-        known: dict[tuple, int | None] = {}
-        if member_rows:
-            rows = await conn.fetch(
-                "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM omega_members m "
-                "JOIN unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[]) "
-                "AS v(kind, k1, k2, k3, member) USING (kind, k1, k2, k3, member)",
-                *[list(col) for col in zip(*member_rows, strict=True)],
-            )
-            known = {(r[0], r[1], r[2], r[3], bytes(r[4])): r[5] for r in rows}
-
-        seen: set[tuple] = set()
-        accepted_cells: list[int] = []
-        accepted_edges: list[int] = []
-        flooded_cells: list[int] = []
-        flooded_edges: list[int] = []
-        cells, edges = [], []  # (contribution, is_new_member)
-        for row, item in zip(member_rows, [*push.cells, *push.edges], strict=True):
-            flooded = row in seen or (row in known and known[row] == push.epoch)
-            seen.add(row)
-            is_cell = row[0] == KIND_CELL
-            if flooded:
-                (flooded_cells if is_cell else flooded_edges).append(item.index)
-            else:
-                (accepted_cells if is_cell else accepted_edges).append(item.index)
-                (cells if is_cell else edges).append((item, row not in known))
-
-        member_writes: list[tuple] = []
-        if cells:
-            head = await self._add_cells(conn, cells, push.epoch, head, member_writes)
-        if edges:
-            head = await self._add_edges(conn, edges, push.epoch, head, member_writes)
-        if member_writes:
-            await conn.executemany(
+        rows = logic.member_rows(push)
+        found = await conn.fetch(_MEMBER_EPOCHS, *_columns(rows)) if rows else []
+        classified = logic.classify(push, rows, {(r[0], r[1], r[2], r[3], bytes(r[4])): r[5] for r in found})
+        own = {key: s for _, key, s in await _cells(conn, classified.cell_keys(), origin=self.origin)}
+        w = logic.accumulate(self.origin, push.epoch, classified, own, head)
+        await _write_rows(
+            conn,
+            (_PUT_CELL, w.cell_states),
+            (_ADD_EDGE, w.edge_increments),
+            (_ADD_SERVED, w.served),
+            (_MARK_DIRTY, _dirty_marks(w.served)),
+            (
                 "INSERT INTO omega_members VALUES ($1, $2, $3, $4, $5, $6) "
                 "ON CONFLICT (kind, k1, k2, k3, member) DO UPDATE SET epoch = excluded.epoch",
-                member_writes,
-            )
-        return (
-            PushOutcome(
-                duplicate=False,
-                accepted_cells=accepted_cells,
-                accepted_edges=accepted_edges,
-                flooded_cells=flooded_cells,
-                flooded_edges=flooded_edges,
-                head=head,
+                w.members,
             ),
-            head,
+            (
+                "INSERT INTO omega_contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                w.log,
+            ),
         )
-
-    async def _add_cells(
-        self, conn: asyncpg.Connection, cells: list[tuple[Any, bool]], epoch: int, head: int, member_writes: list
-    ) -> int:
-        keys = sorted({CellKey(c.task_type, c.cell) for c, _ in cells})
-        # All origins' entries of the touched cells: the served embedding is the *global* mean.
-        table: dict[CellKey, dict[str, CellState]] = {k: {} for k in keys}
-        for r in await conn.fetch(_CELLS_OF_KEYS, [k.task_type for k in keys], [k.cell for k in keys]):
-            table[CellKey(r["task_type"], r["cell"])][r["origin"]] = _cell_state(r)
-        seq_of: dict[CellKey, int] = {}
-        log_rows = []
-        for c, new in cells:
-            key = CellKey(c.task_type, c.cell)
-            head += 1
-            x = np.asarray(c.embedding, dtype=np.float64) * c.weight
-            old = table[key].get(self.origin)
-            if old is None:
-                table[key][self.origin] = CellState(c.weight, x, int(new), c.successes, c.trials, head)
-            else:
-                table[key][self.origin] = CellState(
-                    old.sum_w + c.weight, old.sum_wx + x, old.support + int(new),
-                    old.successes + c.successes, old.trials + c.trials, head,
-                )
-            seq_of[key] = head
-            member_writes.append((KIND_CELL, c.task_type, c.cell, 0, bytes(c.member), epoch))
-            log_rows.append(
-                (epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials,
-                 np.asarray(c.embedding, dtype="<f2").tobytes())
-            )
-        state_rows, served_rows = [], []
-        for key in sorted(seq_of):
-            own = table[key][self.origin]
-            state_rows.append(
-                (self.origin, key.task_type, key.cell, own.sum_w, own.sum_wx.astype("<f8").tobytes(), own.support,
-                 own.successes, own.trials, own.version)
-            )
-            support = sum(s.support for s in table[key].values())
-            served_rows.append((key.task_type, key.cell, seq_of[key], support))
-        await conn.executemany(_UPSERT_CELL, state_rows)
-        await conn.executemany(_UPSERT_SERVED_CELL, served_rows)
-        await conn.executemany(_MARK_DIRTY, [(key.task_type, key.cell, seq) for key, seq in sorted(seq_of.items())])
-        await conn.executemany(
-            "INSERT INTO omega_contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            log_rows,
-        )
-        return head
-
-    async def _add_edges(
-        self, conn: asyncpg.Connection, edges: list[tuple[Any, bool]], epoch: int, head: int, member_writes: list
-    ) -> int:
-        # Summed per key first: one statement may not update the same row twice.
-        per_key: dict[EdgeKey, list] = {}  # key -> [weight, new members, seq]
-        for e, new in edges:
-            head += 1
-            acc = per_key.setdefault(EdgeKey(e.keyspace, e.src, e.dst), [0.0, 0, 0])
-            acc[0] += e.weight
-            acc[1] += int(new)
-            acc[2] = head
-            member_writes.append((KIND_EDGE, e.keyspace, e.src, e.dst, bytes(e.member), epoch))
-        ordered = sorted(per_key.items())
-        await conn.executemany(
-            "INSERT INTO omega_edge_state VALUES ($1, $2, $3, $4, $5, $6, $7) "
-            "ON CONFLICT (keyspace, src, dst, origin) DO UPDATE SET weight = omega_edge_state.weight + excluded.weight, "
-            "support = omega_edge_state.support + excluded.support, version = excluded.version",
-            [(self.origin, *k, w, n, seq) for k, (w, n, seq) in ordered],
-        )
-        await conn.executemany(
-            f"INSERT INTO omega_served (kind, k1, k2, k3, seq, support) VALUES ({KIND_EDGE}, $1, $2, $3, $4, $5) "
-            "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, "
-            "support = omega_served.support + excluded.support",
-            [(*k, seq, n) for k, (_, n, seq) in ordered],
-        )
-        return head
+        return w.outcome, w.outcome.head
 
     # ---- delta pull ----------------------------------------------------------------
     async def changes_since(
@@ -463,63 +214,24 @@ class PostgresStore(ConstellationStore):
         pattern_bytes: int = PATTERN_WIRE_BYTES,
         edge_bytes: int = EDGE_WIRE_BYTES,
     ) -> ChangePage:
+        scan = "SELECT kind, k1, k2, k3, seq FROM omega_served WHERE seq > $1 AND support >= $2 ORDER BY seq LIMIT $3"
+
         async def run(conn: asyncpg.Connection) -> ChangePage:
             head = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1")
-            last = 0 if cursor > head else cursor  # a cursor from a wiped or other store: resend everything
-            chosen: list[asyncpg.Record] = []
-            used = 0
-            more = False
-            while not more:
-                rows = await conn.fetch(
-                    "SELECT kind, k1, k2, k3, seq FROM omega_served WHERE seq > $1 AND support >= $2 "
-                    "ORDER BY seq LIMIT $3",
-                    last, k_min, _PAGE_SCAN,
-                )
-                for row in rows:
-                    size = pattern_bytes if row["kind"] == KIND_CELL else edge_bytes
-                    if chosen and used + size > max_bytes:
-                        more = True
-                        break
-                    chosen.append(row)
-                    used += size
-                    last = row["seq"]
-                if len(rows) < _PAGE_SCAN:
-                    break
-            items = await self._load_items(conn, chosen)
-            return ChangePage(items, last if more else head, more)
+            page = logic.Page(cursor, head, max_bytes, pattern_bytes, edge_bytes)
+            while page.take(await conn.fetch(scan, page.last, k_min, logic.PAGE_SCAN)):
+                pass
+            cells = logic.table_of(await _cells(conn, [CellKey(r[1], r[2]) for r in page.chosen if r[0] == KIND_CELL]))
+            edges = logic.table_of(await _edges(conn, [EdgeKey(*r[1:4]) for r in page.chosen if r[0] == KIND_EDGE]))
+            items = [item for item in logic.consolidate_rows(page.chosen, cells, edges) if item is not None]
+            return ChangePage(items, page.cursor, page.more)
 
-        return await self._read(run)
-
-    async def _load_items(
-        self, conn: asyncpg.Connection, chosen: list[asyncpg.Record]
-    ) -> list[ConsolidatedPattern | ConsolidatedEdge]:
-        cell_keys = [(r["k1"], r["k2"]) for r in chosen if r["kind"] == KIND_CELL]
-        edge_keys = [(r["k1"], r["k2"], r["k3"]) for r in chosen if r["kind"] == KIND_EDGE]
-        cells: dict[tuple, list[CellState]] = {}
-        edges: dict[tuple, list[EdgeState]] = {}
-        if cell_keys:
-            for r in await conn.fetch(_CELLS_OF_KEYS, *map(list, zip(*cell_keys, strict=True))):
-                cells.setdefault((r["task_type"], r["cell"]), []).append(_cell_state(r))
-        if edge_keys:
-            for r in await conn.fetch(_EDGES_OF_KEYS, *map(list, zip(*edge_keys, strict=True))):
-                edges.setdefault((r["keyspace"], r["src"], r["dst"]), []).append(
-                    EdgeState(r["weight"], r["support"], r["version"])
-                )
-        items: list[ConsolidatedPattern | ConsolidatedEdge] = []
-        for r in chosen:
-            kind, k1, k2, k3, seq = r["kind"], r["k1"], r["k2"], r["k3"], r["seq"]
-            if kind == KIND_CELL:
-                pattern = consolidate_cell(CellKey(k1, k2), combine_cells(cells.get((k1, k2), [])), version=seq)
-                if pattern is not None:
-                    items.append(pattern)
-            else:
-                items.append(consolidate_edge(EdgeKey(k1, k2, k3), combine_edges(edges.get((k1, k2, k3), [])), seq))
-        return items
+        return await self._engine.read(run)
 
     # ---- ANN vectors ---------------------------------------------------------------
     async def refresh_vectors(self) -> int:
         """Bring the ANN vectors of every cell changed so far up to date; returns how many were rewritten."""
-        if self._closed:
+        if self._engine.closed:
             raise OmegaError("the store is closed")
         total = 0
         try:
@@ -537,35 +249,34 @@ class PostgresStore(ConstellationStore):
                         return total
                     total += await self._refresh_batch(conn, dirty)
         except BaseException as exc:
-            raise _translate(exc) from None
+            raise translate(exc) from None
 
     async def _refresh_batch(self, conn: asyncpg.Connection, dirty: list[asyncpg.Record]) -> int:
         keys = [CellKey(r["task_type"], r["cell"]) for r in dirty]
-        table: dict[CellKey, dict[str, CellState]] = {k: {} for k in keys}
         # Read after the dirty marks: the states are at least as new as the changes they mark.
-        for r in await conn.fetch(_CELLS_OF_KEYS, [k.task_type for k in keys], [k.cell for k in keys]):
-            table[CellKey(r["task_type"], r["cell"])][r["origin"]] = _cell_state(r)
+        table = logic.table_of(await _cells(conn, keys), keys)
         stored = {
             CellKey(r["task_type"], r["cell"]): np.asarray(r["embedding"].to_numpy(), dtype=np.float64)
-            for r in await conn.fetch(_VECTORS_OF_KEYS, [k.task_type for k in keys], [k.cell for k in keys])
+            for r in await conn.fetch(_VECTORS_OF_KEYS, *_columns(keys))
         }
         upserts, deletes = [], []
         for key in keys:
-            current = _mean_embedding(key, table[key])
+            current = logic.mean_embedding(key, table[key])
             old = stored.get(key)
             if current is None:
                 if old is not None:
                     deletes.append((key.task_type, key.cell))
             elif old is None or 1.0 - float(old @ current) > VECTOR_REFRESH:
                 upserts.append((key.task_type, key.cell, current))
-        if upserts:
-            await conn.executemany(
+        await _write_rows(
+            conn,
+            (
                 "INSERT INTO omega_cell_vectors VALUES ($1, $2, $3) "
                 "ON CONFLICT (task_type, cell) DO UPDATE SET embedding = excluded.embedding",
                 upserts,
-            )
-        if deletes:
-            await conn.executemany("DELETE FROM omega_cell_vectors WHERE task_type = $1 AND cell = $2", deletes)
+            ),
+            ("DELETE FROM omega_cell_vectors WHERE task_type = $1 AND cell = $2", deletes),
+        )
         # A cell changed again meanwhile has a newer seq and stays marked for the next round.
         await conn.executemany(
             "DELETE FROM omega_dirty_cells WHERE task_type = $1 AND cell = $2 AND seq = $3",
@@ -610,7 +321,7 @@ class PostgresStore(ConstellationStore):
             rows = await conn.fetch(sql, *args)
             return [(CellKey(r["task_type"], r["cell"]), float(r["similarity"])) for r in rows]
 
-        return await self._read(run)
+        return await self._engine.read(run)
 
     # ---- housekeeping --------------------------------------------------------------
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:
@@ -621,7 +332,7 @@ class PostgresStore(ConstellationStore):
             )
             return PruneStats(int(keys.split()[-1]), int(marks.split()[-1])), head
 
-        return await self._write(run)
+        return await self._engine.write(run)
 
     async def stats(self) -> StoreStats:
         async def run(conn: asyncpg.Connection) -> StoreStats:
@@ -635,113 +346,32 @@ class PostgresStore(ConstellationStore):
             )
             return StoreStats(**{k: int(v) for k, v in r.items()})
 
-        return await self._read(run)
+        return await self._engine.read(run)
 
     # ---- federation ----------------------------------------------------------------
-    def _require_bound(self) -> int:
-        if self._codebook_version is None:
-            raise OmegaError("store is not bound to a codebook yet")
-        return self._codebook_version
-
-    async def export_entries(self, since_version: int = 0, origins: list[str] | None = None) -> FederatedState:
-        codebook_version = self._require_bound()
+    async def _export(self, codebook_version: int, since_version: int, origins: list[str] | None) -> FederatedState:
         where = "version > $1" + ("" if origins is None else " AND origin = ANY($2::text[])")
-        args: list[Any] = [int(since_version)] + ([] if origins is None else [list(origins)])
+        args: list[Any] = [since_version] + ([] if origins is None else [list(origins)])
 
         async def run(conn: asyncpg.Connection) -> FederatedState:
-            state = FederatedState(codebook_version)
-            for r in await conn.fetch(f"SELECT {_CELL_COLS} FROM omega_cell_state WHERE {where}", *args):
-                state.cells[(r["origin"], CellKey(r["task_type"], r["cell"]))] = _cell_state(r)
-            for r in await conn.fetch(
-                f"SELECT origin, keyspace, src, dst, weight, support, version FROM omega_edge_state WHERE {where}", *args
-            ):
-                state.edges[(r["origin"], EdgeKey(r["keyspace"], r["src"], r["dst"]))] = EdgeState(
-                    r["weight"], r["support"], r["version"]
-                )
-            return state
+            cells = await conn.fetch(f"SELECT {logic.CELL_COLUMNS} FROM omega_cell_state WHERE {where}", *args)
+            edges = await conn.fetch(f"SELECT {logic.EDGE_COLUMNS} FROM omega_edge_state WHERE {where}", *args)
+            return logic.export_state(codebook_version, cells, edges)
 
-        return await self._read(run)
+        return await self._engine.read(run)
 
-    async def merge_entries(self, state: FederatedState) -> int:
-        codebook_version = self._require_bound()
-        if (state.cells or state.edges) and state.codebook_version != codebook_version:
-            raise OmegaError(
-                f"federation entries are for codebook version {state.codebook_version}, "
-                f"this store uses {codebook_version}"
-            )
-        # Our own origin's entries are authoritative here (single writer): never overwritten from outside.
-        cells = [(o, CellKey(*k), s) for (o, k), s in sorted(state.cells.items()) if o != self.origin]
-        edges = [(o, EdgeKey(*k), e) for (o, k), e in sorted(state.edges.items()) if o != self.origin]
-        if not cells and not edges:
-            return 0
-
+    async def _merge(self, cells: CellEntries, edges: EdgeEntries) -> int:
         async def run(conn: asyncpg.Connection, head: int) -> tuple[int, int]:
-            changed = 0
-            if cells:
-                n, head = await self._merge_cells(conn, cells, head)
-                changed += n
-            if edges:
-                n, head = await self._merge_edges(conn, edges, head)
-                changed += n
-            return changed, head
+            held_cells = logic.table_of(await _cells(conn, sorted({key for _, key, _ in cells})))
+            held_edges = logic.table_of(await _edges(conn, sorted({key for _, key, _ in edges})))
+            w = logic.plan_merge(held_cells, held_edges, (cells, edges), head)
+            await _write_rows(
+                conn,
+                (_PUT_CELL, w.cell_states),
+                (_PUT_EDGE, w.edge_states),
+                (_PUT_SERVED, w.served),
+                (_MARK_DIRTY, _dirty_marks(w.served)),
+            )
+            return w.changed, w.head
 
-        return await self._write(run)
-
-    async def _merge_cells(self, conn: asyncpg.Connection, cells: list, head: int) -> tuple[int, int]:
-        keys = sorted({key for _, key, _ in cells})
-        table: dict[CellKey, dict[str, CellState]] = {k: {} for k in keys}
-        for r in await conn.fetch(_CELLS_OF_KEYS, [k.task_type for k in keys], [k.cell for k in keys]):
-            table[CellKey(r["task_type"], r["cell"])][r["origin"]] = _cell_state(r)
-        state_rows = []
-        touched: set[CellKey] = set()
-        for origin, key, s in cells:
-            if not wins(s, table[key].get(origin)):
-                continue
-            table[key][origin] = s
-            touched.add(key)
-            state_rows.append(
-                (origin, key.task_type, key.cell, s.sum_w, s.sum_wx.astype("<f8").tobytes(), s.support,
-                 s.successes, s.trials, s.version)
-            )
-        served_rows = []
-        for key in sorted(touched):
-            head += 1
-            served_rows.append((key.task_type, key.cell, head, sum(s.support for s in table[key].values())))
-        if state_rows:
-            await conn.executemany(_UPSERT_CELL, state_rows)
-            await conn.executemany(_UPSERT_SERVED_CELL, served_rows)
-            await conn.executemany(_MARK_DIRTY, [(t, c, seq) for t, c, seq, _ in served_rows])
-        return len(state_rows), head
-
-    async def _merge_edges(self, conn: asyncpg.Connection, edges: list, head: int) -> tuple[int, int]:
-        keys = sorted({key for _, key, _ in edges})
-        table: dict[EdgeKey, dict[str, EdgeState]] = {k: {} for k in keys}
-        for r in await conn.fetch(_EDGES_OF_KEYS, *map(list, zip(*keys, strict=True))):
-            table[EdgeKey(r["keyspace"], r["src"], r["dst"])][r["origin"]] = EdgeState(
-                r["weight"], r["support"], r["version"]
-            )
-        state_rows = []
-        touched: set[EdgeKey] = set()
-        for origin, key, e in edges:
-            if not wins(e, table[key].get(origin)):
-                continue
-            table[key][origin] = e
-            touched.add(key)
-            state_rows.append((origin, *key, e.weight, e.support, e.version))
-        served_rows = []
-        for key in sorted(touched):
-            head += 1
-            served_rows.append((*key, head, sum(e.support for e in table[key].values())))
-        if state_rows:
-            await conn.executemany(
-                "INSERT INTO omega_edge_state VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                "ON CONFLICT (keyspace, src, dst, origin) DO UPDATE SET weight = excluded.weight, "
-                "support = excluded.support, version = excluded.version",
-                state_rows,
-            )
-            await conn.executemany(
-                f"INSERT INTO omega_served (kind, k1, k2, k3, seq, support) VALUES ({KIND_EDGE}, $1, $2, $3, $4, $5) "
-                "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = excluded.support",
-                served_rows,
-            )
-        return len(state_rows), head
+        return await self._engine.write(run)

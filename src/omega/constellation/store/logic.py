@@ -1,0 +1,339 @@
+"""What every constellation store does, whatever its SQL: the backends only read and write rows.
+
+- A push: `check_push` (the store's own validation, the same on every backend) →
+  `member_rows` + `classify` (the per-epoch flood check against the member marks
+  the backend looked up) → `accumulate` (new own accumulators, served-view
+  increments, member marks and log rows, every change numbered from the head).
+- A merge: `base.merge_guard` (codebook version; this shard's own entries are
+  never overwritten from outside) → `plan_merge` (CRDT: an entry replaces the held one
+  only if it wins) → rows with each touched key's new global support.
+- A pull: `Page` (the byte budget over the scanned change index) →
+  `consolidate_rows` (global weighted means of the chosen keys).
+
+Rows keep one column order on every backend:
+cell state `(origin, task_type, cell, sum_w, sum_wx, support, successes, trials, version)`,
+edge state `(origin, keyspace, src, dst, weight, support, version)`,
+served `(kind, k1, k2, k3, seq, support)`, member `(kind, k1, k2, k3, member, epoch)`,
+contribution log `(epoch, kind, k1, k2, k3, weight, successes, trials, embedding)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from omega.constellation import crdt
+from omega.constellation.crdt import DIM, CellKey, CellState, EdgeKey, EdgeState, FederatedState
+from omega.constellation.store.base import (
+    KIND_CELL,
+    KIND_EDGE,
+    CellContribution,
+    EdgeContribution,
+    PreparedPush,
+    PushOutcome,
+)
+from omega.errors import OmegaError
+
+CELL_COLUMNS = "origin, task_type, cell, sum_w, sum_wx, support, successes, trials, version"
+EDGE_COLUMNS = "origin, keyspace, src, dst, weight, support, version"
+#: Rows of the change index read per scan step of a pull.
+PAGE_SCAN = 128
+
+_I32 = 2**31  # PostgreSQL `int` (task_type)
+_I64 = 2**63  # PostgreSQL `bigint`, SQLite INTEGER (cells, edge ids)
+
+MemberRow = tuple[int, int, int, int, bytes]  # (kind, k1, k2, k3, member)
+CellTable = dict[CellKey, dict[str, CellState]]  # key -> origin -> entry
+EdgeTable = dict[EdgeKey, dict[str, EdgeState]]
+
+
+# ---------------------------------------------------------------------------- rows ↔ entries
+def vec(blob: bytes) -> np.ndarray:
+    """A stored `sum_wx` (little-endian float64) as an array."""
+    return np.frombuffer(blob, dtype="<f8")
+
+
+def cell_entry(row: Sequence[Any]) -> tuple[str, CellKey, CellState]:
+    """A cell state row (CELL_COLUMNS order) as (origin, key, entry)."""
+    return row[0], CellKey(row[1], row[2]), CellState(row[3], vec(row[4]), row[5], row[6], row[7], row[8])
+
+
+def edge_entry(row: Sequence[Any]) -> tuple[str, EdgeKey, EdgeState]:
+    """An edge state row (EDGE_COLUMNS order) as (origin, key, entry)."""
+    return row[0], EdgeKey(row[1], row[2], row[3]), EdgeState(row[4], row[5], row[6])
+
+
+def cell_row(origin: str, key: CellKey, s: CellState) -> tuple:
+    return (origin, key.task_type, key.cell, s.sum_w, s.sum_wx.astype("<f8").tobytes(), s.support,
+            s.successes, s.trials, s.version)  # fmt: skip
+
+
+def edge_row(origin: str, key: EdgeKey, e: EdgeState) -> tuple:
+    return (origin, key.keyspace, key.src, key.dst, e.weight, e.support, e.version)
+
+
+def served_row(key: CellKey | EdgeKey, seq: int, support: int) -> tuple[int, int, int, int, int, int]:
+    if isinstance(key, CellKey):
+        return (KIND_CELL, key.task_type, key.cell, 0, seq, support)
+    return (KIND_EDGE, key.keyspace, key.src, key.dst, seq, support)
+
+
+def table_of(entries: Iterable[tuple[str, Any, Any]], keys: Iterable[Any] = ()) -> dict[Any, dict[str, Any]]:
+    """Entries grouped by key then origin; every key of `keys` is present (empty if nothing is held)."""
+    table: dict[Any, dict[str, Any]] = {k: {} for k in keys}
+    for origin, key, entry in entries:
+        table.setdefault(key, {})[origin] = entry
+    return table
+
+
+def export_state(codebook_version: int, cells: Iterable[tuple], edges: Iterable[tuple]) -> FederatedState:
+    """A FederatedState from cell and edge state rows."""
+    state = FederatedState(codebook_version)
+    for origin, key, s in map(cell_entry, cells):
+        state.cells[(origin, key)] = s
+    for origin, key, e in map(edge_entry, edges):
+        state.edges[(origin, key)] = e
+    return state
+
+
+# ---------------------------------------------------------------------------- binding
+def binding(codebook_fingerprint: str, codebook_version: int, salt_check: bytes) -> dict[str, str | bytes]:
+    """The meta values a store is bound to (codebook and server salt)."""
+    return {
+        "codebook_fingerprint": str(codebook_fingerprint),
+        "codebook_version": str(int(codebook_version)),
+        "salt_check": bytes(salt_check),
+    }
+
+
+def binding_mismatch(where: str, key: str) -> OmegaError:
+    what = "server salt" if key == "salt_check" else key.replace("_", " ")
+    return OmegaError(f"store {where} was built with a different {what}")
+
+
+# ---------------------------------------------------------------------------- pushes
+def _int_in(value: object, bound: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and -bound <= value < bound
+
+
+def check_push(push: PreparedPush) -> None:
+    """Refuse a push no backend can store faithfully (the aggregator never builds one): OmegaError."""
+    for c in push.cells:
+        emb = np.asarray(c.embedding)
+        if emb.shape != (DIM,) or not np.isfinite(emb).all():
+            raise OmegaError(f"pattern {c.index}: embedding must be {DIM} finite numbers")
+        if not all(np.isfinite((c.weight, c.successes, c.trials))):
+            raise OmegaError(f"pattern {c.index}: weight and counts must be finite")
+        if not (_int_in(c.task_type, _I32) and _int_in(c.cell, _I64)):
+            raise OmegaError(f"pattern {c.index}: task type and cell must be integers in range")
+        if not isinstance(c.member, bytes):
+            raise OmegaError(f"pattern {c.index}: member must be bytes")
+    for e in push.edges:
+        if not all(_int_in(v, _I64) for v in (e.keyspace, e.src, e.dst)):
+            raise OmegaError(f"transition {e.index}: keyspace and ids must be integers in range")
+        if not np.isfinite(e.weight):
+            raise OmegaError(f"transition {e.index}: weight must be finite")
+        if not isinstance(e.member, bytes):
+            raise OmegaError(f"transition {e.index}: member must be bytes")
+
+
+def member_rows(push: PreparedPush) -> list[MemberRow]:
+    """One member key per contribution, cells then edges (the order of `classify`)."""
+    rows: list[MemberRow] = [(KIND_CELL, c.task_type, c.cell, 0, c.member) for c in push.cells]
+    rows += [(KIND_EDGE, e.keyspace, e.src, e.dst, e.member) for e in push.edges]
+    return rows
+
+
+@dataclass
+class Classified:
+    """A push split into flooded and accepted contributions (each with "is a new member of its key")."""
+
+    outcome: PushOutcome
+    cells: list[tuple[CellContribution, bool]] = field(default_factory=list)
+    edges: list[tuple[EdgeContribution, bool]] = field(default_factory=list)
+
+    def cell_keys(self) -> list[CellKey]:
+        return sorted({CellKey(c.task_type, c.cell) for c, _ in self.cells})
+
+
+def classify(push: PreparedPush, rows: list[MemberRow], known: Mapping[MemberRow, int | None]) -> Classified:
+    """Per-epoch flood check: a member already marked for this epoch (or twice in the push) is refused.
+
+    `known` maps the member rows the store holds to their epoch mark (None once pruned).
+    """
+    seen: set[MemberRow] = set()
+    out = Classified(PushOutcome(duplicate=False))
+    for row, item in zip(rows, [*push.cells, *push.edges], strict=True):
+        flooded = row in seen or (row in known and known[row] == push.epoch)
+        seen.add(row)
+        is_cell = row[0] == KIND_CELL
+        if flooded:
+            (out.outcome.flooded_cells if is_cell else out.outcome.flooded_edges).append(item.index)
+        else:
+            (out.outcome.accepted_cells if is_cell else out.outcome.accepted_edges).append(item.index)
+            (out.cells if is_cell else out.edges).append((item, row not in known))  # type: ignore[arg-type]
+    return out
+
+
+@dataclass
+class PushWrites:
+    """The rows one accepted push writes, and its outcome (head: the change sequence after it)."""
+
+    outcome: PushOutcome
+    cell_states: list[tuple] = field(default_factory=list)  # own accumulators, replacing the stored ones
+    edge_increments: list[tuple] = field(default_factory=list)  # edge rows ADDED to the own ones (version replaces)
+    served: list[tuple] = field(default_factory=list)  # served rows: seq replaces, support is ADDED
+    members: list[tuple] = field(default_factory=list)  # member rows: the epoch mark replaces
+    log: list[tuple] = field(default_factory=list)  # contribution log rows (embedding patterns)
+
+
+def accumulate(
+    origin: str, epoch: int, classified: Classified, own: Mapping[CellKey, CellState], head: int
+) -> PushWrites:
+    """The writes of a classified push on top of this origin's current cell accumulators `own`.
+
+    Every accepted contribution takes the next change number; a key's state and served row
+    carry the number of its last contribution.
+    """
+    out = PushWrites(classified.outcome)
+    table = dict(own)
+    cell_seq: dict[CellKey, int] = {}
+    new_cells: dict[CellKey, int] = {}
+    for c, new in classified.cells:
+        key = CellKey(c.task_type, c.cell)
+        head += 1
+        x = np.asarray(c.embedding, dtype=np.float64) * c.weight
+        old = table.get(key)
+        if old is None:
+            table[key] = CellState(c.weight, x, int(new), c.successes, c.trials, head)
+        else:
+            table[key] = CellState(old.sum_w + c.weight, old.sum_wx + x, old.support + int(new),
+                                   old.successes + c.successes, old.trials + c.trials, head)  # fmt: skip
+        cell_seq[key] = head
+        new_cells[key] = new_cells.get(key, 0) + int(new)
+        out.members.append((KIND_CELL, c.task_type, c.cell, 0, c.member, epoch))
+        out.log.append((epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials,
+                        np.asarray(c.embedding, dtype="<f2").tobytes()))  # fmt: skip
+    for key in sorted(cell_seq):
+        out.cell_states.append(cell_row(origin, key, table[key]))
+        out.served.append(served_row(key, cell_seq[key], new_cells[key]))
+    # Summed per key: an edge key twice in one push is one row update.
+    edges: dict[EdgeKey, list] = {}  # key -> [weight, new members, seq]
+    for e, new in classified.edges:
+        head += 1
+        acc = edges.setdefault(EdgeKey(e.keyspace, e.src, e.dst), [0.0, 0, 0])
+        acc[0] += e.weight
+        acc[1] += int(new)
+        acc[2] = head
+        out.members.append((KIND_EDGE, e.keyspace, e.src, e.dst, e.member, epoch))
+    for key, (weight, new, seq) in sorted(edges.items()):
+        out.edge_increments.append(edge_row(origin, key, EdgeState(weight, new, seq)))
+        out.served.append(served_row(key, seq, new))
+    out.outcome = _with_head(classified.outcome, head)
+    return out
+
+
+def _with_head(outcome: PushOutcome, head: int) -> PushOutcome:
+    return PushOutcome(
+        duplicate=outcome.duplicate,
+        accepted_cells=outcome.accepted_cells,
+        accepted_edges=outcome.accepted_edges,
+        flooded_cells=outcome.flooded_cells,
+        flooded_edges=outcome.flooded_edges,
+        head=head,
+    )
+
+
+# ---------------------------------------------------------------------------- merges
+@dataclass
+class MergeWrites:
+    changed: int = 0  # entries that won
+    cell_states: list[tuple] = field(default_factory=list)  # rows replacing the stored entries
+    edge_states: list[tuple] = field(default_factory=list)
+    served: list[tuple] = field(default_factory=list)  # served rows: seq and global support replace
+    head: int = 0
+
+
+def plan_merge(cells: CellTable, edges: EdgeTable, incoming: tuple[list, list], head: int) -> MergeWrites:
+    """Merge remote entries into the held tables (all origins' entries of the keys they touch).
+
+    A touched key takes the next change number and its new global support.
+    """
+    out = MergeWrites()
+    for table, entries, rows, to_row in (
+        (cells, incoming[0], out.cell_states, cell_row),
+        (edges, incoming[1], out.edge_states, edge_row),
+    ):
+        touched = set()
+        for origin, key, entry in entries:
+            held = table.setdefault(key, {})
+            if crdt.wins(entry, held.get(origin)):
+                held[origin] = entry
+                touched.add(key)
+                rows.append(to_row(origin, key, entry))
+        for key in sorted(touched):
+            head += 1
+            out.served.append(served_row(key, head, sum(s.support for s in table[key].values())))
+    out.changed = len(out.cell_states) + len(out.edge_states)
+    out.head = head
+    return out
+
+
+# ---------------------------------------------------------------------------- pulls
+class Page:
+    """The published changes after a cursor that fit a byte budget (at least one when any is pending)."""
+
+    def __init__(self, cursor: int, head: int, max_bytes: int, pattern_bytes: int, edge_bytes: int) -> None:
+        self.head = head
+        self.last = 0 if cursor > head else cursor  # a cursor from a wiped or other store: resend everything
+        self.chosen: list[Sequence[int]] = []  # served rows (kind, k1, k2, k3, seq)
+        self.more = False
+        self._used = 0
+        self._budget = (max_bytes, pattern_bytes, edge_bytes)
+
+    def take(self, rows: Sequence[Sequence[int]]) -> bool:
+        """Take scanned rows (in seq order, PAGE_SCAN at most) within the budget; True: scan on from `last`."""
+        max_bytes, pattern_bytes, edge_bytes = self._budget
+        for row in rows:
+            size = pattern_bytes if row[0] == KIND_CELL else edge_bytes
+            if self.chosen and self._used + size > max_bytes:
+                self.more = True
+                return False
+            self.chosen.append(row)
+            self._used += size
+            self.last = row[4]
+        return len(rows) == PAGE_SCAN
+
+    @property
+    def cursor(self) -> int:
+        return self.last if self.more else self.head
+
+
+def consolidate_rows(
+    chosen: Sequence[Sequence[int]], cells: CellTable, edges: EdgeTable
+) -> list[crdt.ConsolidatedPattern | crdt.ConsolidatedEdge | None]:
+    """The global item of each chosen served row (None for a cell without usable weight)."""
+    items: list[crdt.ConsolidatedPattern | crdt.ConsolidatedEdge | None] = []
+    for kind, k1, k2, k3, seq in chosen:
+        if kind == KIND_CELL:
+            key = CellKey(k1, k2)
+            items.append(crdt.consolidate_cell(key, _global_cell(cells.get(key, {})), version=seq))
+        else:
+            edge = EdgeKey(k1, k2, k3)
+            held = edges.get(edge, {})
+            items.append(crdt.consolidate_edge(edge, crdt.combine_edges(held[o] for o in sorted(held)), seq))
+    return items
+
+
+def mean_embedding(key: CellKey, held: Mapping[str, CellState]) -> np.ndarray | None:
+    """The normalised global mean of a cell (None without usable weight)."""
+    pattern = crdt.consolidate_cell(key, _global_cell(held))
+    return None if pattern is None else pattern.embedding
+
+
+def _global_cell(held: Mapping[str, CellState]) -> CellState:
+    # Origins summed in sorted order, as everywhere, so every replica rounds alike.
+    return crdt.combine_cells(held[o] for o in sorted(held))

@@ -1,0 +1,95 @@
+"""Schema and migrations of the SQLite constellation store (one file per shard).
+
+`PRAGMA user_version` is the schema version (`MIGRATIONS[i]` takes version i to
+i + 1; v2 adds the covering index `served (seq, support)` for the pull scan) and
+`PRAGMA application_id` marks the file as ours. Tables:
+- `meta`: origin name, codebook fingerprint/version, salt check value.
+- `push_keys`: keyed hash of (device, batch_id) + time — idempotency, pruned after the replay window.
+- `members`: per-key keyed hashes of (key, device) — exact distinct support; `epoch` is the
+  "contributed this epoch" mark, cleared by `prune`. A member hash differs per key, so
+  rows of one device in different cells cannot be linked without the server salt.
+- `cell_state` / `edge_state`: CRDT entries per (origin, key); this shard's own rows are
+  its accumulators (version = change seq of their last change).
+- `served`: the global view's change index: per key, global support and the change
+  sequence `seq` (unique, store-wide monotonic) of its last change.
+- `contributions`: append-only log of accepted embedding-pattern contributions (cell, weight,
+  counts, float16 embedding, epoch) — no device id or pseudonym, and time only to the epoch.
+  (Edges are plain counts; their state rows are the whole story.)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from omega.errors import OmegaError
+
+APPLICATION_ID = 0x4F4D4743  # "OMGC": marks an omega constellation store
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE push_keys (key BLOB PRIMARY KEY, at_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX push_keys_at ON push_keys (at_ms);
+CREATE TABLE members (
+    kind INTEGER NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, k3 INTEGER NOT NULL,
+    member BLOB NOT NULL, epoch INTEGER,
+    PRIMARY KEY (kind, k1, k2, k3, member)) WITHOUT ROWID;
+CREATE TABLE cell_state (
+    origin TEXT NOT NULL, task_type INTEGER NOT NULL, cell INTEGER NOT NULL,
+    sum_w REAL NOT NULL, sum_wx BLOB NOT NULL, support INTEGER NOT NULL,
+    successes REAL NOT NULL, trials REAL NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (task_type, cell, origin));
+CREATE TABLE edge_state (
+    origin TEXT NOT NULL, keyspace INTEGER NOT NULL, src INTEGER NOT NULL, dst INTEGER NOT NULL,
+    weight REAL NOT NULL, support INTEGER NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (keyspace, src, dst, origin)) WITHOUT ROWID;
+CREATE TABLE served (
+    kind INTEGER NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, k3 INTEGER NOT NULL,
+    seq INTEGER NOT NULL, support INTEGER NOT NULL,
+    PRIMARY KEY (kind, k1, k2, k3)) WITHOUT ROWID;
+CREATE UNIQUE INDEX served_seq ON served (seq);
+CREATE TABLE contributions (
+    id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, kind INTEGER NOT NULL,
+    k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, k3 INTEGER NOT NULL,
+    weight REAL NOT NULL, successes REAL, trials REAL, embedding BLOB)
+"""
+
+# v2: the delta-pull scan (seq > cursor AND support >= k_min, in seq order) reads this index
+# alone, instead of a primary-key lookup per scanned row to test its support.
+_SCHEMA_V2 = """
+CREATE INDEX served_seq_support ON served (seq, support)
+"""
+
+# Index i holds the script that migrates schema version i to i + 1.
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def open_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Check the file is ours (or empty) and migrate it to the current schema."""
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise OmegaError(f"{path} is not a constellation store (corrupt or foreign file): {exc}") from exc
+    if tables and app_id != APPLICATION_ID:
+        raise OmegaError(f"{path} is a foreign SQLite database, not a constellation store")
+    if version > SCHEMA_VERSION:
+        raise OmegaError(f"{path} has schema version {version}, newer than this omega ({SCHEMA_VERSION})")
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal" and path != ":memory:":
+        raise OmegaError(f"cannot put {path} into WAL mode (got {mode})")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    for step in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in MIGRATIONS[step].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={step + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
