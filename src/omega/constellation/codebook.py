@@ -173,3 +173,16 @@ def build_codebook(
             break
         centroids = new
     return Codebook(version, centroids.astype(np.float32))
+
+
+PLACEHOLDER_CODEBOOK_K = 256
+
+
+def placeholder_codebook(k: int = PLACEHOLDER_CODEBOOK_K, seed: int = 0) -> Codebook:
+    """Random unit centroids from a fixed seed: identical on every worker, but cells carry no meaning.
+
+    Used only when no codebook file is configured (development); build a real
+    one from the catalog with `omega codebook build`.
+    """
+    rng = np.random.default_rng(seed)
+    return Codebook(0, rng.standard_normal((k, DIM)).astype(np.float32))

@@ -1,0 +1,200 @@
+"""The routes of one shard's sync server; each reads the shared `ServerState` from `app.state.omega`.
+
+`POST /v1/sync` (HTTP polling), `/v1/ws` (WebSocket, one frame per binary
+message, answered in order), `GET /healthz` (process alive), `GET /readyz`
+(store open and not draining), `GET /metrics` (Prometheus), `GET /v1/stats`
+(JSON: head, distinct devices this hour, cache backend), `GET /v1/trends` (JSON:
+per-cell burst scores of the last closed trend window), `GET /dashboard` (the
+operator page) polling `GET /v1/dashboard.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from omega.constellation.dashboard import dashboard_html
+from omega.constellation.server_state import (
+    WS_GOING_AWAY,
+    WS_POLICY_VIOLATION,
+    WS_UNSUPPORTED_DATA,
+    Connection,
+    ServerState,
+)
+from omega.constellation.service import DRAIN_RETRY_S
+from omega.protocol import encode_error_reply
+
+log = logging.getLogger("omega.serve")
+
+CONTENT_TYPE = "application/octet-stream"
+# The page may only talk to this server: inline style and script, data: images, nothing external.
+_DASHBOARD_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                  "img-src data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'")  # fmt: skip
+
+
+def _state(conn: HTTPConnection) -> ServerState:
+    return conn.app.state.omega
+
+
+async def sync(request: Request) -> Response:
+    state = _state(request)
+    if not state.ready or state.service is None:
+        body = encode_error_reply("unavailable", "server is starting", retry_after_s=DRAIN_RETRY_S)
+        return _frame_response(503, body, DRAIN_RETRY_S)
+    limit = state.settings.max_frame_bytes
+    state.in_flight += 1
+    try:
+        try:
+            data = await _read_body(request, limit)
+        except ClientDisconnect:  # the TV went away mid-body: nobody is left to answer, and no traceback
+            state.client_disconnects += 1
+            log.debug("client %s disconnected mid-request", request.client.host if request.client else "?")
+            return Response(status_code=400)  # never reaches the client; keeps the ASGI contract
+        if data is None:
+            state.metrics.rejections.labels("too_large").inc()
+            return _frame_response(413, encode_error_reply("too_large", f"frame exceeds {limit} bytes"))
+        reply = await state.service.handle(data)
+        return _frame_response(reply.status, reply.body, reply.retry_after)
+    finally:
+        state.in_flight -= 1
+
+
+async def websocket(ws: WebSocket) -> None:
+    state = _state(ws)
+    if not state.ready or state.draining or state.service is None:
+        await ws.close(1013)  # try again later
+        return
+    await ws.accept()
+    conn = Connection(ws)
+    state.connections.add(conn)
+    gauge = state.metrics.connections
+    gauge.labels(conn.tier).inc()
+    bound: bytes | None = None
+    try:
+        while not conn.closing:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data = message.get("bytes")
+            if data is None:
+                await conn.close(WS_UNSUPPORTED_DATA, "frames are binary messages")
+                break
+            conn.busy = True
+            try:
+                reply = await state.service.handle(data, peer_device=bound)
+                await ws.send_bytes(reply.body)
+            finally:
+                conn.busy = False
+            if reply.status == 401:
+                await conn.close(WS_POLICY_VIOLATION, reply.code or "unauthorized")
+                break
+            if bound is None and reply.device_id is not None:
+                bound = reply.device_id
+            if reply.tier is not None and reply.tier != conn.tier:
+                gauge.labels(conn.tier).dec()
+                conn.tier = reply.tier
+                gauge.labels(conn.tier).inc()
+        if conn.closing:
+            await conn.close(WS_GOING_AWAY, "server shutting down")
+    except WebSocketDisconnect:
+        pass
+    finally:
+        gauge.labels(conn.tier).dec()
+        state.connections.discard(conn)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    ok = state.ready and not state.draining
+    return JSONResponse({"ready": ok, "draining": state.draining}, status_code=200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    body, content_type = _state(request).metrics.render()
+    return Response(body, media_type=content_type)
+
+
+async def stats(request: Request) -> Response:
+    state = _state(request)
+    service = state.service
+    if service is None:
+        return JSONResponse({"ready": False}, status_code=503)
+    return JSONResponse({
+        "ready": state.ready and not state.draining,
+        "head": service.head,
+        "codebook_version": service.codebook_version,
+        "distinct_devices_hour": await service.cache.distinct_devices(state.now_ms()),
+        "cache": service.cache.backend,
+        "connections": len(state.connections),
+        "client_disconnects": state.client_disconnects,
+    })  # fmt: skip
+
+
+async def trends(request: Request) -> Response:
+    state = _state(request)
+    if state.trends is None:
+        return JSONResponse({"ready": False}, status_code=503)
+    await state.trends.advance(state.now_ms())
+    return JSONResponse([e.to_json() for e in state.trends.snapshot()])
+
+
+async def dashboard_page(request: Request) -> Response:
+    return HTMLResponse(dashboard_html(), headers={"Cache-Control": "no-cache",
+                                                   "Content-Security-Policy": _DASHBOARD_CSP})  # fmt: skip
+
+
+async def dashboard_json(request: Request) -> Response:
+    state = _state(request)
+    service, board = state.service, state.dashboard
+    if service is None or board is None:
+        return JSONResponse({"ready": False}, status_code=503)
+    now = state.now_ms()
+    snapshot = await board.snapshot(
+        ready=state.ready and not state.draining,
+        draining=state.draining,
+        connections=state.connections_by_tier(),
+        devices_hour=await service.cache.distinct_devices(now),
+        federation=state.federation.to_json() if state.federation is not None else None,
+        now_ms=now,
+    )
+    return JSONResponse(snapshot, headers={"Cache-Control": "no-store"})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/sync", sync, methods=["POST"]),
+        WebSocketRoute("/v1/ws", websocket),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/v1/stats", stats),
+        Route("/v1/trends", trends),
+        Route("/v1/dashboard.json", dashboard_json),
+        Route("/dashboard", dashboard_page),
+    ]
+
+
+def _frame_response(status: int, body: bytes, retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return Response(body, status_code=status, media_type=CONTENT_TYPE, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it exceeds `limit` (never buffers an oversize body)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
