@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Annotated
 
 import typer
 
@@ -13,14 +14,21 @@ NATS_HELP = "NATS server(s), comma-separated: nats://HOST:4222[,nats://…]"
 REPLICAS_HELP = "replicas of streams this command creates (3 on a 3-node JetStream cluster); existing streams are kept"
 
 
+# The options both services take.
+Nats = Annotated[str, typer.Option("--nats", envvar="OMEGA_NATS", help=NATS_HELP)]
+Replicas = Annotated[int, typer.Option("--replicas", envvar="OMEGA_NATS_REPLICAS", help=REPLICAS_HELP)]
+SubjectPrefix = Annotated[str, typer.Option("--subject-prefix", hidden=True)]
+StreamPrefix = Annotated[str, typer.Option("--stream-prefix", hidden=True)]
+
+
 def aggregator(
-    region: str = typer.Option(..., "--region", help="the region whose shards this aggregator merges"),
-    nats: str = typer.Option(..., "--nats", envvar="OMEGA_NATS", help=NATS_HELP),
-    interval: float = typer.Option(300.0, "--interval", help="seconds between merges/publishes to the hub"),
-    replicas: int = typer.Option(1, "--replicas", envvar="OMEGA_NATS_REPLICAS", help=REPLICAS_HELP),
-    once: bool = typer.Option(False, "--once", help="replay the input stream, publish once and exit"),
-    subject_prefix: str = typer.Option("omega.fed", "--subject-prefix", hidden=True),
-    stream_prefix: str = typer.Option("OMEGA", "--stream-prefix", hidden=True),
+    region: Annotated[str, typer.Option("--region", help="the region whose shards this aggregator merges")],
+    nats: Nats,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between merges/publishes to the hub")] = 300.0,
+    replicas: Replicas = 1,
+    once: Annotated[bool, typer.Option("--once", help="replay the input stream, publish once and exit")] = False,
+    subject_prefix: SubjectPrefix = "omega.fed",
+    stream_prefix: StreamPrefix = "OMEGA",
 ) -> None:
     """Regional aggregator: merge the region's shards (CRDT) and publish the result to the hub."""
     from omega.constellation.federation import RegionAggregator
@@ -30,12 +38,12 @@ def aggregator(
 
 
 def hub(
-    nats: str = typer.Option(..., "--nats", envvar="OMEGA_NATS", help=NATS_HELP),
-    interval: float = typer.Option(900.0, "--interval", help="seconds between merges/global broadcasts"),
-    replicas: int = typer.Option(1, "--replicas", envvar="OMEGA_NATS_REPLICAS", help=REPLICAS_HELP),
-    once: bool = typer.Option(False, "--once", help="replay the input stream, broadcast once and exit"),
-    subject_prefix: str = typer.Option("omega.fed", "--subject-prefix", hidden=True),
-    stream_prefix: str = typer.Option("OMEGA", "--stream-prefix", hidden=True),
+    nats: Nats,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between merges/global broadcasts")] = 900.0,
+    replicas: Replicas = 1,
+    once: Annotated[bool, typer.Option("--once", help="replay the input stream, broadcast once and exit")] = False,
+    subject_prefix: SubjectPrefix = "omega.fed",
+    stream_prefix: StreamPrefix = "OMEGA",
 ) -> None:
     """Global hub: merge every region and broadcast the consolidated state to all shards."""
     from omega.constellation.federation import GlobalHub

@@ -24,9 +24,9 @@ produces the same bytes. A cell entry is ~3.1 KB, an edge entry ~40 B + origin.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -143,31 +143,19 @@ def wins(new: CellState | EdgeState, old: CellState | EdgeState | None) -> bool:
 
 def combine_cells(states: Iterable[CellState]) -> CellState:
     """Sum of accumulators; callers pass them in sorted origin order so the float result is reproducible."""
-    sum_w = 0.0
+    parts = list(states)
     sum_wx = np.zeros(DIM, dtype=np.float64)
-    support = 0
-    successes = 0.0
-    trials = 0.0
-    version = 0
-    for s in states:
-        sum_w += s.sum_w
+    for s in parts:
         sum_wx += s.sum_wx
-        support += s.support
-        successes += s.successes
-        trials += s.trials
-        version += s.version
-    return CellState(sum_w, sum_wx, support, successes, trials, version)
+    # sum() from 0.0 adds left to right: the same float result as a running total.
+    return CellState(sum((s.sum_w for s in parts), 0.0), sum_wx, sum(s.support for s in parts),
+                     sum((s.successes for s in parts), 0.0), sum((s.trials for s in parts), 0.0),
+                     sum(s.version for s in parts))  # fmt: skip
 
 
 def combine_edges(states: Iterable[EdgeState]) -> EdgeState:
-    weight = 0.0
-    support = 0
-    version = 0
-    for s in states:
-        weight += s.weight
-        support += s.support
-        version += s.version
-    return EdgeState(weight, support, version)
+    parts = list(states)
+    return EdgeState(sum((s.weight for s in parts), 0.0), sum(s.support for s in parts), sum(s.version for s in parts))
 
 
 def consolidate_cell(key: CellKey, total: CellState, version: int | None = None) -> ConsolidatedPattern | None:
@@ -207,18 +195,10 @@ class FederatedState:
     # ---- building and merging -------------------------------------------------
     def put_cell(self, origin: str, key: CellKey, state: CellState) -> bool:
         """Offer one entry; keeps it if it wins. Returns whether the state changed."""
-        k = (origin, CellKey(*key))
-        if wins(state, self.cells.get(k)):
-            self.cells[k] = state
-            return True
-        return False
+        return _put(self.cells, (origin, CellKey(*key)), state)
 
     def put_edge(self, origin: str, key: EdgeKey, state: EdgeState) -> bool:
-        k = (origin, EdgeKey(*key))
-        if wins(state, self.edges.get(k)):
-            self.edges[k] = state
-            return True
-        return False
+        return _put(self.edges, (origin, EdgeKey(*key)), state)
 
     def merge(self, other: FederatedState) -> FederatedState:
         """Merge `other` into self in place (and return self). Commutative, associative, idempotent."""
@@ -248,44 +228,22 @@ class FederatedState:
         versions += [s.version for (o, _), s in self.edges.items() if o == origin]
         return max(versions, default=0)
 
-    def _cells_by_key(self) -> dict[CellKey, list[tuple[str, CellState]]]:
-        grouped: dict[CellKey, list[tuple[str, CellState]]] = {}
-        for (origin, key), state in self.cells.items():
-            grouped.setdefault(key, []).append((origin, state))
-        return grouped
-
     def global_cell(self, key: CellKey) -> CellState | None:
         """Sum over origins of one cell (None if no origin has it)."""
-        parts = sorted(((o, s) for (o, k), s in self.cells.items() if k == tuple(key)), key=lambda p: p[0])
-        return combine_cells(s for _, s in parts) if parts else None
+        return next((total for _, total in _totals(self.cells, combine_cells, only=CellKey(*key))), None)
 
     def global_edge(self, key: EdgeKey) -> EdgeState | None:
-        parts = sorted(((o, s) for (o, k), s in self.edges.items() if k == tuple(key)), key=lambda p: p[0])
-        return combine_edges(s for _, s in parts) if parts else None
+        return next((total for _, total in _totals(self.edges, combine_edges, only=EdgeKey(*key))), None)
 
     def consolidated(self, k_min: int = 3) -> list[ConsolidatedPattern]:
         """Published global patterns: weighted mean per cell where distinct support ≥ k_min, sorted by key."""
-        out = []
-        for key, parts in sorted(self._cells_by_key().items()):
-            parts.sort(key=lambda p: p[0])
-            total = combine_cells(s for _, s in parts)
-            if total.support >= k_min:
-                pattern = consolidate_cell(key, total)
-                if pattern is not None:
-                    out.append(pattern)
-        return out
+        patterns = (consolidate_cell(key, total) for key, total in _totals(self.cells, combine_cells)
+                    if total.support >= k_min)  # fmt: skip
+        return [p for p in patterns if p is not None]
 
     def consolidated_edges(self, k_min: int = 3) -> list[ConsolidatedEdge]:
-        grouped: dict[EdgeKey, list[tuple[str, EdgeState]]] = {}
-        for (origin, key), state in self.edges.items():
-            grouped.setdefault(key, []).append((origin, state))
-        out = []
-        for key, parts in sorted(grouped.items()):
-            parts.sort(key=lambda p: p[0])
-            total = combine_edges(s for _, s in parts)
-            if total.support >= k_min:
-                out.append(consolidate_edge(key, total))
-        return out
+        totals = _totals(self.edges, combine_edges)
+        return [consolidate_edge(key, total) for key, total in totals if total.support >= k_min]
 
     # ---- serialisation --------------------------------------------------------
     def delta(self, since: int | Mapping[str, int] = 0) -> FederatedState:
@@ -314,6 +272,24 @@ class FederatedState:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FederatedState) and self.to_bytes() == other.to_bytes()
+
+
+def _put(table: dict, at: tuple, entry: CellState | EdgeState) -> bool:
+    if wins(entry, table.get(at)):
+        table[at] = entry
+        return True
+    return False
+
+
+def _totals(
+    table: Mapping[tuple, Any], combine: Callable[[Iterable[Any]], Any], only: tuple | None = None
+) -> list[tuple[Any, Any]]:
+    """(key, sum over origins) per key (or for key `only`), sorted by key; origins are summed in sorted order."""
+    by_key: dict[Any, list[tuple[str, Any]]] = {}
+    for (origin, key), entry in table.items():
+        if only is None or key == only:
+            by_key.setdefault(key, []).append((origin, entry))
+    return [(key, combine(e for _, e in sorted(parts, key=lambda p: p[0]))) for key, parts in sorted(by_key.items())]
 
 
 def _origin_bytes(origin: str) -> bytes:

@@ -202,25 +202,16 @@ class _MergeRelay(_Service):
     """Merge every message of an input filter into one state; publish what changed to one subject."""
 
     def __init__(
-        self,
-        bus: Bus,
-        topology: Topology,
-        *,
-        name: str,
-        input_stream: str,
-        input_filter: str,
-        output_subject: str,
-        interval_s: float,
-        checkpoint_s: float,
-        clock: Callable[[], float],
+        self, bus: Bus, topology: Topology | None, interval_s: float, checkpoint_s: float, clock: Callable[[], float]
     ) -> None:
-        super().__init__(bus, topology, interval_s, checkpoint_s, clock)
-        self.name = name
-        self._input_stream = input_stream
-        self._input_filter = input_filter
-        self._output_subject = output_subject
+        super().__init__(bus, topology or Topology(), interval_s, checkpoint_s, clock)
+        self.name, self._input_stream, self._input_filter, self._output_subject = self._route()
         self.state = FederatedState()
         self._pending = FederatedState()  # entries that won a merge since the last publish
+
+    def _route(self) -> tuple[str, str, str, str]:
+        """(name, input stream, input filter, output subject) on `self.topology`."""
+        raise NotImplementedError
 
     async def _subscribe(self) -> Subscription:
         # Ephemeral, from the stream's first message: a (re)started relay rebuilds its state by replay.
@@ -280,19 +271,12 @@ class RegionAggregator(_MergeRelay):
         checkpoint_s: float = CHECKPOINT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        topology = topology or Topology()
         self.region = check_name("region", region)
-        super().__init__(
-            bus,
-            topology,
-            name=f"region:{self.region}",
-            input_stream=topology.shard_stream,
-            input_filter=topology.region_shards(self.region),
-            output_subject=topology.region_subject(self.region),
-            interval_s=interval_s,
-            checkpoint_s=checkpoint_s,
-            clock=clock,
-        )
+        super().__init__(bus, topology, interval_s, checkpoint_s, clock)
+
+    def _route(self) -> tuple[str, str, str, str]:
+        t = self.topology
+        return f"region:{self.region}", t.shard_stream, t.region_shards(self.region), t.region_subject(self.region)
 
 
 class GlobalHub(_MergeRelay):
@@ -308,15 +292,9 @@ class GlobalHub(_MergeRelay):
         clock: Callable[[], float] = time.monotonic,
         name: str = "hub",
     ) -> None:
-        topology = topology or Topology()
-        super().__init__(
-            bus,
-            topology,
-            name=name,
-            input_stream=topology.region_stream,
-            input_filter=topology.all_regions,
-            output_subject=topology.global_subject,
-            interval_s=interval_s,
-            checkpoint_s=checkpoint_s,
-            clock=clock,
-        )
+        self._hub_name = name
+        super().__init__(bus, topology, interval_s, checkpoint_s, clock)
+
+    def _route(self) -> tuple[str, str, str, str]:
+        t = self.topology
+        return self._hub_name, t.region_stream, t.all_regions, t.global_subject

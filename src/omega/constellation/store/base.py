@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -84,6 +85,12 @@ class PushOutcome:
     head: int = 0  # change sequence after this push
 
 
+class PageBudget(NamedTuple):
+    max_bytes: int  # a page's estimated wire size
+    pattern_bytes: int  # estimated wire size of one published pattern
+    edge_bytes: int  # ... of one published edge
+
+
 @dataclass(frozen=True)
 class ChangePage:
     items: list[ConsolidatedPattern | ConsolidatedEdge]
@@ -121,7 +128,6 @@ class ConstellationStore(ABC):
     async def apply_push(self, push: PreparedPush) -> PushOutcome:
         """Apply one push atomically and durably; a repeated push key is a no-op with duplicate=True."""
 
-    @abstractmethod
     async def changes_since(
         self,
         cursor: int,
@@ -134,6 +140,11 @@ class ConstellationStore(ABC):
 
         At least one item is returned when any is pending, so a tiny budget still makes progress.
         """
+        return await self._changes(cursor, k_min, PageBudget(max_bytes, pattern_bytes, edge_bytes))
+
+    @abstractmethod
+    async def _changes(self, cursor: int, k_min: int, budget: PageBudget) -> ChangePage:
+        """The rows behind `changes_since` (one read snapshot, scanned with `logic.Page`)."""
 
     @abstractmethod
     async def nearest_consolidated(

@@ -32,6 +32,7 @@ from omega.constellation.store.base import (
     KIND_EDGE,
     CellContribution,
     EdgeContribution,
+    PageBudget,
     PreparedPush,
     PushOutcome,
 )
@@ -286,13 +287,13 @@ def plan_merge(cells: CellTable, edges: EdgeTable, incoming: tuple[list, list], 
 class Page:
     """The published changes after a cursor that fit a byte budget (at least one when any is pending)."""
 
-    def __init__(self, cursor: int, head: int, max_bytes: int, pattern_bytes: int, edge_bytes: int) -> None:
+    def __init__(self, cursor: int, head: int, budget: PageBudget) -> None:
         self.head = head
         self.last = 0 if cursor > head else cursor  # a cursor from a wiped or other store: resend everything
         self.chosen: list[Sequence[int]] = []  # served rows (kind, k1, k2, k3, seq)
         self.more = False
         self._used = 0
-        self._budget = (max_bytes, pattern_bytes, edge_bytes)
+        self._budget = budget
 
     def take(self, rows: Sequence[Sequence[int]]) -> bool:
         """Take scanned rows (in seq order, PAGE_SCAN at most) within the budget; True: scan on from `last`."""

@@ -22,22 +22,21 @@ import asyncpg
 import numpy as np
 
 from omega.constellation.crdt import CellKey, EdgeKey, FederatedState
+from omega.constellation.store import logic
 from omega.constellation.store.base import (
-    EDGE_WIRE_BYTES,
     KIND_CELL,
     KIND_EDGE,
-    PATTERN_WIRE_BYTES,
     CellEntries,
     ChangePage,
     ConstellationStore,
     EdgeEntries,
+    PageBudget,
     PreparedPush,
     PruneStats,
     PushOutcome,
     StoreStats,
     check_query,
 )
-from omega.constellation.store import logic
 from omega.constellation.store.pg_engine import DEFAULT_POOL_SIZE, PgEngine, open_pool, redact, translate
 from omega.constellation.store.pg_schema import REFRESH_LOCK_ID
 from omega.errors import OmegaError
@@ -206,19 +205,12 @@ class PostgresStore(ConstellationStore):
         return w.outcome, w.outcome.head
 
     # ---- delta pull ----------------------------------------------------------------
-    async def changes_since(
-        self,
-        cursor: int,
-        k_min: int,
-        max_bytes: int,
-        pattern_bytes: int = PATTERN_WIRE_BYTES,
-        edge_bytes: int = EDGE_WIRE_BYTES,
-    ) -> ChangePage:
+    async def _changes(self, cursor: int, k_min: int, budget: PageBudget) -> ChangePage:
         scan = "SELECT kind, k1, k2, k3, seq FROM omega_served WHERE seq > $1 AND support >= $2 ORDER BY seq LIMIT $3"
 
         async def run(conn: asyncpg.Connection) -> ChangePage:
             head = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1")
-            page = logic.Page(cursor, head, max_bytes, pattern_bytes, edge_bytes)
+            page = logic.Page(cursor, head, budget)
             while page.take(await conn.fetch(scan, page.last, k_min, logic.PAGE_SCAN)):
                 pass
             cells = logic.table_of(await _cells(conn, [CellKey(r[1], r[2]) for r in page.chosen if r[0] == KIND_CELL]))

@@ -27,29 +27,28 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from omega.constellation.crdt import CellKey, ConsolidatedEdge, ConsolidatedPattern, EdgeKey, FederatedState
+from omega.constellation.store import logic
 from omega.constellation.store.base import (
-    EDGE_WIRE_BYTES,
     KIND_CELL,
     KIND_EDGE,
-    PATTERN_WIRE_BYTES,
     CellEntries,
     ChangePage,
     ConstellationStore,
     EdgeEntries,
+    PageBudget,
     PreparedPush,
     PruneStats,
     PushOutcome,
     StoreStats,
     check_query,
 )
-from omega.constellation.store import logic
 from omega.constellation.store.sqlite_engine import MISS, ItemCache, Readers, Writer
 from omega.constellation.store.sqlite_schema import open_schema
 from omega.errors import OmegaError
@@ -77,34 +76,39 @@ def _head(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) FROM served").fetchone()[0])
 
 
-def _cells(conn: sqlite3.Connection, keys: Sequence[CellKey], origin: str | None = None) -> list:
-    """(origin, key, entry) of the given cells: every origin's, or one origin's only."""
-    out: list = []
-    own = "" if origin is None else " AND s.origin = ?"
+def _of_keys(conn: sqlite3.Connection, sql: str, keys: Sequence[tuple], *extra: object) -> Iterator[tuple]:
+    """Rows of `sql` joined to the keys as the CTE `v` (`{keys}` in `sql`), in chunks the parameter limit allows."""
     for start in range(0, len(keys), _KEYS_PER_QUERY):
         chunk = keys[start : start + _KEYS_PER_QUERY]
-        # CROSS JOIN keeps the few wanted keys as the outer loop: one primary-key probe each.
-        rows = conn.execute(
-            f"WITH v(t, c) AS (VALUES {_values(chunk, 2)}) SELECT {logic.CELL_COLUMNS} "
-            f"FROM v CROSS JOIN cell_state s ON s.task_type = v.t AND s.cell = v.c{own}",
-            [*_flat(chunk), *([] if origin is None else [origin])],
-        )
-        out += map(logic.cell_entry, rows)
-    return out
+        yield from conn.execute(sql.format(keys=_values(chunk, len(chunk[0]))), [*_flat(chunk), *extra])
+
+
+# CROSS JOIN keeps the few wanted keys as the outer loop: one primary-key probe each.
+_CELLS_OF_KEYS = (
+    f"WITH v(t, c) AS (VALUES {{keys}}) SELECT {logic.CELL_COLUMNS} "
+    "FROM v CROSS JOIN cell_state s ON s.task_type = v.t AND s.cell = v.c"
+)
+_EDGES_OF_KEYS = (
+    f"WITH v(ks, s, d) AS (VALUES {{keys}}) SELECT {logic.EDGE_COLUMNS} "
+    "FROM v CROSS JOIN edge_state e ON e.keyspace = v.ks AND e.src = v.s AND e.dst = v.d"
+)
+_MEMBER_EPOCHS = (
+    "WITH v(kind, k1, k2, k3, member) AS (VALUES {keys}) "
+    "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM v CROSS JOIN members m "
+    "ON m.kind = v.kind AND m.k1 = v.k1 AND m.k2 = v.k2 AND m.k3 = v.k3 AND m.member = v.member"
+)
+
+
+def _cells(conn: sqlite3.Connection, keys: Sequence[CellKey], origin: str | None = None) -> list:
+    """(origin, key, entry) of the given cells: every origin's, or one origin's only."""
+    if origin is None:
+        return [logic.cell_entry(r) for r in _of_keys(conn, _CELLS_OF_KEYS, keys)]
+    return [logic.cell_entry(r) for r in _of_keys(conn, _CELLS_OF_KEYS + " AND s.origin = ?", keys, origin)]
 
 
 def _edges(conn: sqlite3.Connection, keys: Sequence[EdgeKey]) -> list:
     """(origin, key, entry) of every origin's entries of the given edges."""
-    out: list = []
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        chunk = keys[start : start + _KEYS_PER_QUERY]
-        rows = conn.execute(
-            f"WITH v(ks, s, d) AS (VALUES {_values(chunk, 3)}) SELECT {logic.EDGE_COLUMNS} "
-            "FROM v CROSS JOIN edge_state e ON e.keyspace = v.ks AND e.src = v.s AND e.dst = v.d",
-            _flat(chunk),
-        )
-        out += map(logic.edge_entry, rows)
-    return out
+    return [logic.edge_entry(r) for r in _of_keys(conn, _EDGES_OF_KEYS, keys)]
 
 
 class SqliteStore(ConstellationStore):
@@ -216,16 +220,9 @@ class SqliteStore(ConstellationStore):
         return w.outcome
 
     # ---- delta pull ----------------------------------------------------------------
-    async def changes_since(
-        self,
-        cursor: int,
-        k_min: int,
-        max_bytes: int,
-        pattern_bytes: int = PATTERN_WIRE_BYTES,
-        edge_bytes: int = EDGE_WIRE_BYTES,
-    ) -> ChangePage:
+    async def _changes(self, cursor: int, k_min: int, budget: PageBudget) -> ChangePage:
         def run(conn: sqlite3.Connection) -> ChangePage:
-            page = logic.Page(cursor, _head(conn), max_bytes, pattern_bytes, edge_bytes)
+            page = logic.Page(cursor, _head(conn), budget)
             scan = "SELECT kind, k1, k2, k3, seq FROM served WHERE seq > ? AND support >= ? ORDER BY seq LIMIT ?"
             while page.take(conn.execute(scan, (page.last, k_min, logic.PAGE_SCAN)).fetchall()):
                 pass
@@ -329,12 +326,4 @@ class SqliteStore(ConstellationStore):
 
 def _member_epochs(conn: sqlite3.Connection, rows: list[logic.MemberRow]) -> dict[logic.MemberRow, int | None]:
     """The epoch marks of the members of `rows` that the store already holds."""
-    if not rows:
-        return {}
-    # CROSS JOIN keeps the few pushed keys as the outer loop: one primary-key probe each.
-    sql = (
-        f"WITH v(kind, k1, k2, k3, member) AS (VALUES {_values(rows, 5)}) "
-        "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM v CROSS JOIN members m "
-        "ON m.kind = v.kind AND m.k1 = v.k1 AND m.k2 = v.k2 AND m.k3 = v.k3 AND m.member = v.member"
-    )
-    return {tuple(r[:5]): r[5] for r in conn.execute(sql, _flat(rows))}  # type: ignore[misc]
+    return {tuple(r[:5]): r[5] for r in _of_keys(conn, _MEMBER_EPOCHS, rows)}  # type: ignore[misc]

@@ -41,7 +41,42 @@ def _resolve(future: concurrent.futures.Future[Any], ok: bool, value: Any) -> No
         pass
 
 
-class Writer:
+class _Threads:
+    """A job queue served by threads of their own (each with its own connection, opened in `_run`)."""
+
+    def __init__(self, path: str, names: list[str]) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._run, name=name, daemon=True) for name in names]
+
+    def _start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def _put(self, fn: Callable[[sqlite3.Connection], Any], mode: str) -> asyncio.Future[Any]:
+        if self._closed:
+            raise OmegaError("the store is closed")
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(Job(fn, fut, mode))
+        return asyncio.wrap_future(fut)
+
+    def stop(self) -> None:
+        """Take no new jobs; every thread answers the jobs queued before this, then ends."""
+        if not self._closed:
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(None)
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Writer(_Threads):
     """Runs every write of one store on one thread, with its own connection; group-commits push jobs.
 
     Reads never enter this queue (see `Readers`), so a group is ended only by a
@@ -50,29 +85,14 @@ class Writer:
     """
 
     def __init__(self, path: str) -> None:
-        self._path = path
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        super().__init__(path, [f"omega-store:{path}"])
         self._conn: sqlite3.Connection | None = None
-        self._thread = threading.Thread(target=self._run, name=f"omega-store:{path}", daemon=True)
-        self._closed = False
         self.groups = 0  # transactions committed (tests and benchmarks read these)
         self.grouped = 0  # jobs committed in them
-        self._thread.start()
+        self._start()
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any], mode: str = "tx") -> asyncio.Future[Any]:
-        if self._closed:
-            raise OmegaError("the store is closed")
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(Job(fn, fut, mode))
-        return asyncio.wrap_future(fut)
-
-    def stop(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-
-    def join(self) -> None:
-        self._thread.join()
+        return self._put(fn, mode)
 
     def _run(self) -> None:
         try:
@@ -159,7 +179,7 @@ class Writer:
             _resolve(job.future, ok, value)
 
 
-class Readers:
+class Readers(_Threads):
     """Read-only snapshots on their own connections and threads (WAL: readers never block the writer).
 
     Each job runs inside one read transaction, so all its SELECTs see the same
@@ -167,31 +187,11 @@ class Readers:
     """
 
     def __init__(self, path: str, threads: int) -> None:
-        self._path = path
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._closed = False
-        self._threads = [
-            threading.Thread(target=self._run, name=f"omega-store-read{i}:{path}", daemon=True) for i in range(threads)
-        ]
-        for t in self._threads:
-            t.start()
+        super().__init__(path, [f"omega-store-read{i}:{path}" for i in range(threads)])
+        self._start()
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
-        if self._closed:
-            raise OmegaError("the store is closed")
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(Job(fn, fut, "read"))
-        return asyncio.wrap_future(fut)
-
-    def stop(self) -> None:
-        if not self._closed:
-            self._closed = True
-            for _ in self._threads:
-                self._queue.put(None)
-
-    def join(self) -> None:
-        for t in self._threads:
-            t.join()
+        return self._put(fn, "read")
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
