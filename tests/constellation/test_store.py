@@ -276,6 +276,21 @@ async def test_every_backend_refuses_the_same_malformed_pushes(store, codebook) 
     assert (stats.push_keys, stats.contributions, stats.cells) == (len(pushes), len(pushes), 1)
 
 
+async def test_a_key_twice_in_one_push_counts_both_members(store, codebook) -> None:
+    """The aggregator never sends this (one device is one member per key), but a store must not lose one."""
+    push = PreparedPush(b"twice" * 4, 0, NOW,
+                        [_cell(codebook, index=0, member=b"a" * 8, weight=1.0),
+                         _cell(codebook, index=1, member=b"b" * 8, weight=3.0)],
+                        [_edge(index=0, member=b"a" * 8, weight=0.5), _edge(index=1, member=b"b" * 8, weight=2.0)])  # fmt: skip
+    outcome = await store.apply_push(push)
+    assert (outcome.accepted_cells, outcome.accepted_edges) == ([0, 1], [0, 1])
+    page = await store.changes_since(0, 1, 1 << 20)
+    cell = next(i for i in page.items if isinstance(i, ConsolidatedPattern))
+    edge = next(i for i in page.items if isinstance(i, ConsolidatedEdge))
+    assert (cell.support, edge.support, edge.weight) == (2, 2, 2.5)
+    assert page.cursor == outcome.head == 4 and {cell.version, edge.version} == {2, 4}
+
+
 async def test_bad_store_urls_and_files(tmp_path) -> None:
     with pytest.raises(OmegaError, match="unsupported store URL"):
         await open_store("mysql://localhost/db")

@@ -19,6 +19,7 @@ contribution log `(epoch, kind, k1, k2, k3, weight, successes, trials, embedding
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,8 +117,18 @@ def binding_mismatch(where: str, key: str) -> OmegaError:
 
 
 # ---------------------------------------------------------------------------- pushes
-def _int_in(value: object, bound: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and -bound <= value < bound
+def _ints_in(bound: int, *values: object) -> bool:
+    for v in values:
+        if (type(v) is not int and not isinstance(v, np.integer)) or not -bound <= v < bound:  # bool: refused
+            return False
+    return True
+
+
+def _finite(*values: object) -> bool:
+    try:
+        return all(map(math.isfinite, values))  # type: ignore[arg-type]
+    except TypeError:  # not a number
+        return False
 
 
 def check_push(push: PreparedPush) -> None:
@@ -126,19 +137,32 @@ def check_push(push: PreparedPush) -> None:
         emb = np.asarray(c.embedding)
         if emb.shape != (DIM,) or not np.isfinite(emb).all():
             raise OmegaError(f"pattern {c.index}: embedding must be {DIM} finite numbers")
-        if not all(np.isfinite((c.weight, c.successes, c.trials))):
+        if not _finite(c.weight, c.successes, c.trials):
             raise OmegaError(f"pattern {c.index}: weight and counts must be finite")
-        if not (_int_in(c.task_type, _I32) and _int_in(c.cell, _I64)):
+        if not (_ints_in(_I32, c.task_type) and _ints_in(_I64, c.cell)):
             raise OmegaError(f"pattern {c.index}: task type and cell must be integers in range")
         if not isinstance(c.member, bytes):
             raise OmegaError(f"pattern {c.index}: member must be bytes")
-    for e in push.edges:
-        if not all(_int_in(v, _I64) for v in (e.keyspace, e.src, e.dst)):
-            raise OmegaError(f"transition {e.index}: keyspace and ids must be integers in range")
-        if not np.isfinite(e.weight):
-            raise OmegaError(f"transition {e.index}: weight must be finite")
-        if not isinstance(e.member, bytes):
-            raise OmegaError(f"transition {e.index}: member must be bytes")
+    if push.edges and not _plain_edges(push.edges):
+        for e in push.edges:  # find the first bad one, for the message
+            if not _ints_in(_I64, e.keyspace, e.src, e.dst):
+                raise OmegaError(f"transition {e.index}: keyspace and ids must be integers in range")
+            if not _finite(e.weight):
+                raise OmegaError(f"transition {e.index}: weight must be finite")
+            if not isinstance(e.member, bytes):
+                raise OmegaError(f"transition {e.index}: member must be bytes")
+
+
+def _plain_edges(edges: list[EdgeContribution]) -> bool:
+    """The common case at once (a push carries tens of edges): int ids in range, finite weights, bytes members."""
+    ids = [v for e in edges for v in (e.keyspace, e.src, e.dst)]
+    return (
+        set(map(type, ids)) == {int}
+        and -_I64 <= min(ids)
+        and max(ids) < _I64
+        and _finite(*[e.weight for e in edges])
+        and {type(e.member) for e in edges} == {bytes}
+    )
 
 
 def member_rows(push: PreparedPush) -> list[MemberRow]:
@@ -185,8 +209,10 @@ class PushWrites:
 
     outcome: PushOutcome
     cell_states: list[tuple] = field(default_factory=list)  # own accumulators, replacing the stored ones
-    edge_increments: list[tuple] = field(default_factory=list)  # edge rows ADDED to the own ones (version replaces)
-    served: list[tuple] = field(default_factory=list)  # served rows: seq replaces, support is ADDED
+    # One row per accepted edge, applied in order: weight and support are ADDED, version replaces.
+    edge_increments: list[tuple] = field(default_factory=list)
+    # Served rows, applied in order: seq replaces, support is ADDED.
+    served: list[tuple] = field(default_factory=list)
     members: list[tuple] = field(default_factory=list)  # member rows: the epoch mark replaces
     log: list[tuple] = field(default_factory=list)  # contribution log rows (embedding patterns)
 
@@ -197,7 +223,8 @@ def accumulate(
     """The writes of a classified push on top of this origin's current cell accumulators `own`.
 
     Every accepted contribution takes the next change number; a key's state and served row
-    carry the number of its last contribution.
+    carry the number of its last contribution. Increment rows are applied one after the other
+    (executemany), so a key twice in one push is simply added twice.
     """
     out = PushWrites(classified.outcome)
     table = dict(own)
@@ -221,18 +248,11 @@ def accumulate(
     for key in sorted(cell_seq):
         out.cell_states.append(cell_row(origin, key, table[key]))
         out.served.append(served_row(key, cell_seq[key], new_cells[key]))
-    # Summed per key: an edge key twice in one push is one row update.
-    edges: dict[EdgeKey, list] = {}  # key -> [weight, new members, seq]
     for e, new in classified.edges:
         head += 1
-        acc = edges.setdefault(EdgeKey(e.keyspace, e.src, e.dst), [0.0, 0, 0])
-        acc[0] += e.weight
-        acc[1] += int(new)
-        acc[2] = head
+        out.edge_increments.append((origin, e.keyspace, e.src, e.dst, e.weight, int(new), head))
+        out.served.append((KIND_EDGE, e.keyspace, e.src, e.dst, head, int(new)))
         out.members.append((KIND_EDGE, e.keyspace, e.src, e.dst, e.member, epoch))
-    for key, (weight, new, seq) in sorted(edges.items()):
-        out.edge_increments.append(edge_row(origin, key, EdgeState(weight, new, seq)))
-        out.served.append(served_row(key, seq, new))
     out.outcome = _with_head(classified.outcome, head)
     return out
 
@@ -298,15 +318,18 @@ class Page:
     def take(self, rows: Sequence[Sequence[int]]) -> bool:
         """Take scanned rows (in seq order, PAGE_SCAN at most) within the budget; True: scan on from `last`."""
         max_bytes, pattern_bytes, edge_bytes = self._budget
+        chosen, used = self.chosen, self._used
         for row in rows:
             size = pattern_bytes if row[0] == KIND_CELL else edge_bytes
-            if self.chosen and self._used + size > max_bytes:
+            if chosen and used + size > max_bytes:
                 self.more = True
-                return False
-            self.chosen.append(row)
-            self._used += size
-            self.last = row[4]
-        return len(rows) == PAGE_SCAN
+                break
+            chosen.append(row)
+            used += size
+        self._used = used
+        if chosen:
+            self.last = chosen[-1][4]
+        return not self.more and len(rows) == PAGE_SCAN
 
     @property
     def cursor(self) -> int:

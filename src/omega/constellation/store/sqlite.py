@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,13 @@ def _head(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) FROM served").fetchone()[0])
 
 
-def _of_keys(conn: sqlite3.Connection, sql: str, keys: Sequence[tuple], *extra: object) -> Iterator[tuple]:
+def _of_keys(conn: sqlite3.Connection, sql: str, keys: Sequence[tuple], *extra: object) -> list[tuple]:
     """Rows of `sql` joined to the keys as the CTE `v` (`{keys}` in `sql`), in chunks the parameter limit allows."""
+    rows: list[tuple] = []
     for start in range(0, len(keys), _KEYS_PER_QUERY):
         chunk = keys[start : start + _KEYS_PER_QUERY]
-        yield from conn.execute(sql.format(keys=_values(chunk, len(chunk[0]))), [*_flat(chunk), *extra])
+        rows += conn.execute(sql.format(keys=_values(chunk, len(chunk[0]))), [*_flat(chunk), *extra]).fetchall()
+    return rows
 
 
 # CROSS JOIN keeps the few wanted keys as the outer loop: one primary-key probe each.
