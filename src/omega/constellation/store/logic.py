@@ -227,34 +227,47 @@ def accumulate(
     (executemany), so a key twice in one push is simply added twice.
     """
     out = PushWrites(classified.outcome)
-    table = dict(own)
-    cell_seq: dict[CellKey, int] = {}
-    new_cells: dict[CellKey, int] = {}
+    members, served = out.members, out.served
+    sums: dict[CellKey, list] = {}  # key -> [sum_w, sum_wx, support, successes, trials, seq, new members]
     for c, new in classified.cells:
         key = CellKey(c.task_type, c.cell)
         head += 1
+        members.append((KIND_CELL, c.task_type, c.cell, 0, c.member, epoch))
+        out.log.append(_log_row(epoch, c))
         x = np.asarray(c.embedding, dtype=np.float64) * c.weight
-        old = table.get(key)
-        if old is None:
-            table[key] = CellState(c.weight, x, int(new), c.successes, c.trials, head)
-        else:
-            table[key] = CellState(old.sum_w + c.weight, old.sum_wx + x, old.support + int(new),
-                                   old.successes + c.successes, old.trials + c.trials, head)  # fmt: skip
-        cell_seq[key] = head
-        new_cells[key] = new_cells.get(key, 0) + int(new)
-        out.members.append((KIND_CELL, c.task_type, c.cell, 0, c.member, epoch))
-        out.log.append((epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials,
-                        np.asarray(c.embedding, dtype="<f2").tobytes()))  # fmt: skip
-    for key in sorted(cell_seq):
-        out.cell_states.append(cell_row(origin, key, table[key]))
-        out.served.append(served_row(key, cell_seq[key], new_cells[key]))
+        acc = sums.get(key)
+        if acc is None and key not in own:  # a fresh key starts at this contribution, exactly
+            sums[key] = [c.weight, x, int(new), c.successes, c.trials, head, int(new)]
+            continue
+        if acc is None:
+            old = own[key]
+            acc = sums[key] = [old.sum_w, old.sum_wx, old.support, old.successes, old.trials, head, 0]
+        acc[0] += c.weight
+        acc[1] = acc[1] + x
+        acc[2] += int(new)
+        acc[3] += c.successes
+        acc[4] += c.trials
+        acc[5] = head
+        acc[6] += int(new)
+    for key in sorted(sums):
+        sum_w, sum_wx, support, successes, trials, seq, new = sums[key]
+        out.cell_states.append((origin, key.task_type, key.cell, sum_w, sum_wx.astype("<f8").tobytes(), support,
+                                successes, trials, seq))  # fmt: skip
+        served.append((KIND_CELL, key.task_type, key.cell, 0, seq, new))
+    increments = out.edge_increments
     for e, new in classified.edges:
         head += 1
-        out.edge_increments.append((origin, e.keyspace, e.src, e.dst, e.weight, int(new), head))
-        out.served.append((KIND_EDGE, e.keyspace, e.src, e.dst, head, int(new)))
-        out.members.append((KIND_EDGE, e.keyspace, e.src, e.dst, e.member, epoch))
+        n = int(new)
+        increments.append((origin, e.keyspace, e.src, e.dst, e.weight, n, head))
+        served.append((KIND_EDGE, e.keyspace, e.src, e.dst, head, n))
+        members.append((KIND_EDGE, e.keyspace, e.src, e.dst, e.member, epoch))
     out.outcome = _with_head(classified.outcome, head)
     return out
+
+
+def _log_row(epoch: int, c: CellContribution) -> tuple:
+    return (epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials,
+            np.asarray(c.embedding, dtype="<f2").tobytes())  # fmt: skip
 
 
 def _with_head(outcome: PushOutcome, head: int) -> PushOutcome:
