@@ -32,8 +32,7 @@ from omega.brain.records import CatalogItem
 from omega.brain.sync import SyncAgent, SyncConfig, SyncFailed, SyncReport, TierPolicy, policy_for
 from omega.brain.sync.outbox import _read_local_frame
 from omega.constellation.aggregation import DAY_MS, AggregationPolicy, Aggregator
-from omega.constellation.codebook import placeholder_codebook
-from omega.constellation.codebook import Codebook
+from omega.constellation.codebook import Codebook, placeholder_codebook
 from omega.constellation.crdt import CellKey, CellState, ConsolidatedEdge, ConsolidatedPattern, EdgeKey, EdgeState
 from omega.constellation.keyring import Keyring
 from omega.constellation.settings import load_settings
