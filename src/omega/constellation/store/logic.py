@@ -20,6 +20,7 @@ contribution log `(epoch, kind, k1, k2, k3, weight, successes, trials, embedding
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +45,6 @@ EDGE_COLUMNS = "origin, keyspace, src, dst, weight, support, version"
 #: Rows of the change index read per scan step of a pull.
 PAGE_SCAN = 128
 
-_I32 = 2**31  # PostgreSQL `int` (task_type)
-_I64 = 2**63  # PostgreSQL `bigint`, SQLite INTEGER (cells, edge ids)
 
 MemberRow = tuple[int, int, int, int, bytes]  # (kind, k1, k2, k3, member)
 CellTable = dict[CellKey, dict[str, CellState]]  # key -> origin -> entry
@@ -117,10 +116,12 @@ def binding_mismatch(where: str, key: str) -> OmegaError:
 
 
 # ---------------------------------------------------------------------------- pushes
-def _ints_in(bound: int, *values: object) -> bool:
-    for v in values:
-        if (type(v) is not int and not isinstance(v, np.integer)) or not -bound <= v < bound:  # bool: refused
-            return False
+def _packs(fmt: str, *values: object) -> bool:
+    """Whether `values` are integers that fit `fmt` (struct checks type and range in one C call)."""
+    try:
+        struct.pack(fmt, *values)
+    except struct.error:
+        return False
     return True
 
 
@@ -131,21 +132,33 @@ def _finite(*values: object) -> bool:
         return False
 
 
+def _finite_vector(emb: np.ndarray) -> bool:
+    try:
+        # One reduction in the common case; a sum that overflows is told apart from inf/NaN by the exact test.
+        return math.isfinite(emb.sum(dtype=np.float64)) or bool(np.isfinite(emb).all())
+    except (TypeError, ValueError):  # not numbers
+        return False
+
+
 def check_push(push: PreparedPush) -> None:
-    """Refuse a push no backend can store faithfully (the aggregator never builds one): OmegaError."""
+    """Refuse a push no backend can store faithfully (the aggregator never builds one): OmegaError.
+
+    Keys must be integers of the stores' column types (task type int32, the others int64),
+    numbers finite, members bytes.
+    """
     for c in push.cells:
         emb = np.asarray(c.embedding)
-        if emb.shape != (DIM,) or not np.isfinite(emb).all():
+        if emb.shape != (DIM,) or not _finite_vector(emb):
             raise OmegaError(f"pattern {c.index}: embedding must be {DIM} finite numbers")
         if not _finite(c.weight, c.successes, c.trials):
             raise OmegaError(f"pattern {c.index}: weight and counts must be finite")
-        if not (_ints_in(_I32, c.task_type) and _ints_in(_I64, c.cell)):
+        if not _packs("<iq", c.task_type, c.cell):
             raise OmegaError(f"pattern {c.index}: task type and cell must be integers in range")
         if not isinstance(c.member, bytes):
             raise OmegaError(f"pattern {c.index}: member must be bytes")
     if push.edges and not _plain_edges(push.edges):
         for e in push.edges:  # find the first bad one, for the message
-            if not _ints_in(_I64, e.keyspace, e.src, e.dst):
+            if not _packs("<3q", e.keyspace, e.src, e.dst):
                 raise OmegaError(f"transition {e.index}: keyspace and ids must be integers in range")
             if not _finite(e.weight):
                 raise OmegaError(f"transition {e.index}: weight must be finite")
@@ -154,12 +167,9 @@ def check_push(push: PreparedPush) -> None:
 
 
 def _plain_edges(edges: list[EdgeContribution]) -> bool:
-    """The common case at once (a push carries tens of edges): int ids in range, finite weights, bytes members."""
-    ids = [v for e in edges for v in (e.keyspace, e.src, e.dst)]
+    """All edges at once (a push carries tens): int64 ids, finite weights, bytes members."""
     return (
-        set(map(type, ids)) == {int}
-        and -_I64 <= min(ids)
-        and max(ids) < _I64
+        _packs(f"<{3 * len(edges)}q", *[v for e in edges for v in (e.keyspace, e.src, e.dst)])
         and _finite(*[e.weight for e in edges])
         and {type(e.member) for e in edges} == {bytes}
     )
@@ -218,9 +228,11 @@ class PushWrites:
 
 
 def accumulate(
-    origin: str, epoch: int, classified: Classified, own: Mapping[CellKey, CellState], head: int
+    origin: str, epoch: int, classified: Classified, own_rows: Iterable[Sequence[Any]], head: int
 ) -> PushWrites:
-    """The writes of a classified push on top of this origin's current cell accumulators `own`.
+    """The writes of a classified push on top of this origin's current cell accumulators.
+
+    `own_rows`: this origin's cell state rows (CELL_COLUMNS order) of the pushed cells.
 
     Every accepted contribution takes the next change number; a key's state and served row
     carry the number of its last contribution. Increment rows are applied one after the other
@@ -228,6 +240,7 @@ def accumulate(
     """
     out = PushWrites(classified.outcome)
     members, served = out.members, out.served
+    own = {(r[1], r[2]): r for r in own_rows}
     sums: dict[CellKey, list] = {}  # key -> [sum_w, sum_wx, support, successes, trials, seq, new members]
     for c, new in classified.cells:
         key = CellKey(c.task_type, c.cell)
@@ -240,8 +253,8 @@ def accumulate(
             sums[key] = [c.weight, x, int(new), c.successes, c.trials, head, int(new)]
             continue
         if acc is None:
-            old = own[key]
-            acc = sums[key] = [old.sum_w, old.sum_wx, old.support, old.successes, old.trials, head, 0]
+            _, _, _, sum_w, sum_wx, support, successes, trials, _ = own[key]
+            acc = sums[key] = [sum_w, vec(sum_wx), support, successes, trials, head, 0]
         acc[0] += c.weight
         acc[1] = acc[1] + x
         acc[2] += int(new)

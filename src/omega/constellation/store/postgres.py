@@ -99,13 +99,9 @@ def _columns(keys: Sequence[tuple]) -> list[list]:
     return [list(col) for col in zip(*keys, strict=True)]
 
 
-async def _cells(conn: asyncpg.Connection, keys: Sequence[CellKey], origin: str | None = None) -> list:
-    """(origin, key, entry) of the given cells: every origin's, or one origin's only."""
-    if not keys:
-        return []
-    if origin is None:
-        return list(map(logic.cell_entry, await conn.fetch(_CELLS_OF_KEYS, *_columns(keys))))
-    return list(map(logic.cell_entry, await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), origin)))
+async def _cells(conn: asyncpg.Connection, keys: Sequence[CellKey]) -> list:
+    """(origin, key, entry) of every origin's entries of the given cells."""
+    return list(map(logic.cell_entry, await conn.fetch(_CELLS_OF_KEYS, *_columns(keys)))) if keys else []
 
 
 async def _edges(conn: asyncpg.Connection, keys: Sequence[EdgeKey]) -> list:
@@ -183,7 +179,8 @@ class PostgresStore(ConstellationStore):
         rows = logic.member_rows(push)
         found = await conn.fetch(_MEMBER_EPOCHS, *_columns(rows)) if rows else []
         classified = logic.classify(push, rows, {(r[0], r[1], r[2], r[3], bytes(r[4])): r[5] for r in found})
-        own = {key: s for _, key, s in await _cells(conn, classified.cell_keys(), origin=self.origin)}
+        keys = classified.cell_keys()
+        own = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), self.origin) if keys else []
         w = logic.accumulate(self.origin, push.epoch, classified, own, head)
         await _write_rows(
             conn,

@@ -101,11 +101,9 @@ _MEMBER_EPOCHS = (
 )
 
 
-def _cells(conn: sqlite3.Connection, keys: Sequence[CellKey], origin: str | None = None) -> list:
-    """(origin, key, entry) of the given cells: every origin's, or one origin's only."""
-    if origin is None:
-        return [logic.cell_entry(r) for r in _of_keys(conn, _CELLS_OF_KEYS, keys)]
-    return [logic.cell_entry(r) for r in _of_keys(conn, _CELLS_OF_KEYS + " AND s.origin = ?", keys, origin)]
+def _cells(conn: sqlite3.Connection, keys: Sequence[CellKey]) -> list:
+    """(origin, key, entry) of every origin's entries of the given cells."""
+    return [logic.cell_entry(r) for r in _of_keys(conn, _CELLS_OF_KEYS, keys)]
 
 
 def _edges(conn: sqlite3.Connection, keys: Sequence[EdgeKey]) -> list:
@@ -197,7 +195,7 @@ class SqliteStore(ConstellationStore):
             return PushOutcome(duplicate=True, head=_head(conn))
         rows = logic.member_rows(push)
         classified = logic.classify(push, rows, _member_epochs(conn, rows))
-        own = {key: s for _, key, s in _cells(conn, classified.cell_keys(), origin=self.origin)}
+        own = _of_keys(conn, _CELLS_OF_KEYS + " AND s.origin = ?", classified.cell_keys(), self.origin)
         w = logic.accumulate(self.origin, push.epoch, classified, own, _head(conn))
         conn.executemany(_PUT_CELL, w.cell_states)
         conn.executemany(
