@@ -174,11 +174,13 @@ class Peer:
 class RunningPeer:
     """The peer served by uvicorn on an ephemeral loopback port, in a background thread."""
 
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: Peer, *, tls_cert: str | None = None, tls_key: str | None = None) -> None:
         self.peer = peer
+        self.scheme = "https" if tls_cert else "http"
         config = uvicorn.Config(
             peer, host="127.0.0.1", port=0, http="h11", ws="websockets-sansio", ws_per_message_deflate=False,
             lifespan="off", log_level="critical", timeout_graceful_shutdown=2,
+            ssl_certfile=tls_cert, ssl_keyfile=tls_key,
         )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -195,7 +197,7 @@ class RunningPeer:
     @property
     def url(self) -> str:
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return f"{self.scheme}://127.0.0.1:{port}"
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True

@@ -232,16 +232,25 @@ def sync(
         float | None, typer.Option("--interval", help="seconds between daemon syncs (default: the tier's)", parser=_positive_seconds)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    ca_file: Annotated[
+        str | None, typer.Option("--ca-file", help="PEM file of the CA(s) to trust for https:// (default: the system's)")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="allow plain http:// / ws:// to a server that is not on loopback")
+    ] = False,
 ) -> None:
     """Push this TV's high-quality patterns, pull consolidated deltas, heartbeat; once or as a daemon."""
     import asyncio
     import signal
     import sys
 
-    from omega.brain.sync import SyncAgent, SyncFailed, endpoints, parse_tier, policy_for, tier_name
+    from omega.brain.sync import SyncAgent, SyncFailed, parse_tier, policy_for, tier_name
     from omega.brain.sync import state as sync_state
+    from omega.brain.sync.transport import check_server_url, client_tls
 
-    endpoints(server)  # a bad URL fails before anything is stored
+    check_server_url(server, insecure=insecure)  # a bad or plain-text URL fails before anything is stored
+    if ca_file is not None:
+        client_tls(ca_file)  # so does an unreadable CA file
     if (device_id is None) != (token is None):
         raise OmegaError("--device-id and --token go together")
     chosen_tier = parse_tier(tier) if tier is not None else None
@@ -264,8 +273,9 @@ def sync(
         if interval is not None:
             policy = policy.with_interval(interval)
         agent = SyncAgent(
-            brain, server_url=server, device_id=identity[0], token=identity[1], tier=final_tier, policy=policy
-        )
+            brain, server_url=server, device_id=identity[0], token=identity[1], tier=final_tier, policy=policy,
+            ca_file=ca_file, insecure=insecure,
+        )  # fmt: skip
 
         if not daemon:
             async def once():
@@ -279,6 +289,8 @@ def sync(
             except SyncFailed as exc:
                 if exc.auth:
                     raise OmegaError(f"server refused this TV's credentials: {exc}") from None
+                if exc.code == "tls":
+                    raise OmegaError(str(exc)) from None
                 print(f"omega: sync failed: {exc} (outbox kept: {agent.outbox.pending_count()} batch(es))", file=sys.stderr)
                 raise typer.Exit(1) from None
             summary = {"server": server, "tier": tier_name(final_tier), **report.to_dict()}

@@ -31,6 +31,8 @@ def serve(
     codebook: Annotated[str | None, typer.Option("--codebook", help=".npz from `omega codebook build`")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML or JSON settings file")] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="critical|error|warning|info|debug")] = None,
+    tls_cert: Annotated[str | None, typer.Option("--tls-cert", help="PEM certificate chain: serve https:// and wss:// (with --tls-key)")] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", help="PEM private key of --tls-cert")] = None,
 ) -> None:
     """Run the constellation's sync server for one shard (until SIGTERM/SIGINT, which drain first).
 
@@ -39,9 +41,12 @@ def serve(
     sqlite store, one is generated into `omega-secret` beside the store.
     With --nats the shard federates (every OMEGA_FEDERATION_INTERVAL_S, default 60) into
     --region; the operator dashboard is at http://HOST:PORT/dashboard.
+    With --tls-cert/--tls-key the server speaks only TLS (https://, wss://); TVs refuse
+    plain http:// to anything but loopback unless told --insecure.
     """
     settings = _settings(config, True, host=host, port=port, store=store, redis=redis, nats=nats,
-                         shard_id=shard_id, region=region, codebook=codebook, log_level=log_level)  # fmt: skip
+                         shard_id=shard_id, region=region, codebook=codebook, log_level=log_level,
+                         tls_cert=tls_cert, tls_key=tls_key)  # fmt: skip
     from omega.constellation.__main__ import run  # the same start-up as `python -m omega.constellation`
 
     run(settings)

@@ -104,7 +104,8 @@ class EmbeddedServer(DrainingServer):
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.bound_port()}"
+        scheme = "https" if self.config.ssl_certfile else "http"
+        return f"{scheme}://{self.config.host}:{self.bound_port()}"
 
     async def stop(self) -> None:
         """Stop accepting, close connections, run the lifespan's shutdown (the store is closed), and return."""
@@ -114,7 +115,23 @@ class EmbeddedServer(DrainingServer):
             self._task = None
 
 
+def check_tls_files(settings: ServerSettings) -> None:
+    """Load the TLS certificate and key once, so a bad pair is one clear line before anything listens."""
+    if settings.tls_cert is None:
+        return
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except FileNotFoundError as exc:
+        raise OmegaError(f"TLS file not found: {exc.filename or settings.tls_cert}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise OmegaError(f"cannot use TLS certificate {settings.tls_cert} with key {settings.tls_key}: {exc}") from None
+
+
 def uvicorn_config(settings: ServerSettings, app=None) -> uvicorn.Config:  # noqa: ANN001
+    check_tls_files(settings)
     return uvicorn.Config(
         app if app is not None else create_app(settings),
         host=settings.host,
@@ -131,15 +148,18 @@ def uvicorn_config(settings: ServerSettings, app=None) -> uvicorn.Config:  # noq
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         server_header=False,
+        ssl_certfile=settings.tls_cert,  # None: plain http/ws
+        ssl_keyfile=settings.tls_key,
     )
 
 
 def serve(settings: ServerSettings) -> None:
-    """Run until SIGTERM/SIGINT; prints `listening on http://HOST:PORT` to stderr once ready."""
+    """Run until SIGTERM/SIGINT; prints `listening on http(s)://HOST:PORT` to stderr once ready."""
 
     def ready(server: DrainingServer) -> None:
-        print(f"listening on http://{settings.host}:{server.bound_port()}", file=sys.stderr, flush=True)
+        print(f"listening on {settings.scheme}://{settings.host}:{server.bound_port()}", file=sys.stderr, flush=True)
 
+    check_tls_files(settings)  # before the app opens its store
     app = create_app(settings)
     server = DrainingServer(uvicorn_config(settings, app), on_ready=ready)
     try:

@@ -85,6 +85,9 @@ class ServerSettings:
     redis_cooldown_s: float = 5.0
     redis_timeout_s: float = 0.25
     log_level: str = "info"
+    # transport: serve https/wss with this certificate chain and private key (PEM files); both or neither
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.host, str) and self.host != "", "host must be a non-empty string")
@@ -125,6 +128,12 @@ class ServerSettings:
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= lo, f"{name} must be an integer >= {lo}")
         _check(self.log_level in ("critical", "error", "warning", "info", "debug"), f"unknown log level {self.log_level!r}")
+        _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together: give both or neither")
+
+    @property
+    def scheme(self) -> str:
+        """`https` when the server has a TLS certificate, else `http`."""
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def store_dir(self) -> Path | None:

@@ -29,7 +29,14 @@ from omega.brain.sync import state
 from omega.brain.sync.config import SyncConfig
 from omega.brain.sync.outbox import Outbox, SealedBatch
 from omega.brain.sync.tiers import TierPolicy, TransportKind, policy_for
-from omega.brain.sync.transport import HttpTransport, Transport, TransportError, WebSocketTransport
+from omega.brain.sync.transport import (
+    HttpTransport,
+    Transport,
+    TransportError,
+    WebSocketTransport,
+    check_server_url,
+    client_tls,
+)
 from omega.errors import OmegaError
 from omega.protocol import (
     DOWNLINK,
@@ -103,15 +110,25 @@ class SyncReport:
 
 
 def open_transport(
-    policy: TierPolicy, server_url: str, *, timeout_s: float, http_client: httpx.AsyncClient | None = None
+    policy: TierPolicy,
+    server_url: str,
+    *,
+    timeout_s: float,
+    http_client: httpx.AsyncClient | None = None,
+    ca_file: str | None = None,
+    insecure: bool = False,
 ) -> Transport:
     """The transport a tier syncs over by default: HTTP polling, or a WebSocket (persistent or on demand).
 
     `http_client` lets many agents in one process share one connection pool (it is not closed with the transport).
+    Plain http:// / ws:// is refused for anything but loopback unless `insecure`; https:// / wss:// verify
+    the server's certificate against the system's CAs, or only those in `ca_file`.
     """
+    check_server_url(server_url, insecure=insecure)
+    tls = client_tls(ca_file) if ca_file is not None else None
     if policy.transport is TransportKind.HTTP:
-        return HttpTransport(server_url, timeout_s=timeout_s, client=http_client)
-    return WebSocketTransport(server_url, timeout_s=timeout_s)
+        return HttpTransport(server_url, timeout_s=timeout_s, client=http_client, tls=tls)
+    return WebSocketTransport(server_url, timeout_s=timeout_s, tls=tls)
 
 
 def _to_record(p) -> ConsolidatedRecord:  # protocol ConsolidatedPattern -> ReasoningBank record
@@ -143,6 +160,8 @@ class SyncAgent:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         transport: Transport | None = None,
+        ca_file: str | None = None,
+        insecure: bool = False,
     ) -> None:
         if isinstance(store_or_brain, BrainStore):
             self._brain = None
@@ -170,8 +189,9 @@ class SyncAgent:
             min_uses=thresholds.high_quality_min_uses,
             clock=clock,
         )
+        check_server_url(server_url, insecure=insecure)  # also when a transport is given: one rule for the URL
         self.transport: Transport = transport or open_transport(
-            self.policy, server_url, timeout_s=self.config.request_timeout_s
+            self.policy, server_url, timeout_s=self.config.request_timeout_s, ca_file=ca_file, insecure=insecure
         )
         self.server_url = server_url
 
@@ -188,7 +208,8 @@ class SyncAgent:
         try:
             reply = await self.transport.exchange(data)
         except TransportError as exc:
-            raise SyncFailed(str(exc), code="transport", retry_after_s=exc.retry_after_s, report=report) from None
+            code = "tls" if exc.tls else "transport"
+            raise SyncFailed(str(exc), code=code, retry_after_s=exc.retry_after_s, report=report) from None
         report.bytes_down += len(reply.data)
         try:
             answer = decode_frame(reply.data, self._key, expect=DOWNLINK)

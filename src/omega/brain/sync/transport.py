@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,10 +35,14 @@ MAX_REPLY_BYTES = DEFAULT_MAX_FRAME_BYTES
 class TransportError(OmegaError):
     """The exchange did not complete (no reply, a broken connection, a refused handshake)."""
 
-    def __init__(self, message: str, *, retry_after_s: float = 0.0, close_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float = 0.0, close_code: int | None = None, tls: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.close_code = close_code
+        #: The TLS handshake failed (e.g. an untrusted certificate): retrying will not help.
+        self.tls = tls
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,59 @@ def endpoints(server_url: str) -> Endpoints:
     )
 
 
+_PLAIN = frozenset({"http", "ws"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only (localhost, 127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(server_url: str, *, insecure: bool = False) -> Endpoints:
+    """The endpoints of `server_url`, refusing plain http:// or ws:// to anything but loopback unless `insecure`.
+
+    Sync frames are signed, not encrypted: on a plain connection an observer reads the device id
+    and what the TV pushes. OmegaError (one line) when refused.
+    """
+    found = endpoints(server_url)
+    parts = urlsplit(server_url.strip())
+    if parts.scheme in _PLAIN and not insecure and not is_loopback(parts.hostname or ""):
+        raise OmegaError(
+            f"refusing plain {parts.scheme}:// to {parts.hostname}: sync would be readable on the wire; "
+            f"use https:// (or --insecure to allow it)"
+        )
+    return found
+
+
+def client_tls(ca_file: str | None = None) -> ssl.SSLContext:
+    """The TLS context a TV verifies the server with: the system's CAs, or only those in `ca_file` (PEM)."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except FileNotFoundError:
+        raise OmegaError(f"CA file not found: {ca_file}") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise OmegaError(f"cannot read CA file {ca_file}: {exc}") from None
+
+
+def _unreachable(url: str, exc: BaseException) -> TransportError:
+    """One line for a failed connection; a certificate the TV does not trust is named as such."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or cause.reason or "verification failed"
+            return TransportError(f"{url}: the server's TLS certificate is not trusted ({why}); pass --ca-file", tls=True)
+        if isinstance(cause, ssl.SSLError):
+            return TransportError(f"{url}: TLS handshake failed ({cause.reason or cause})", tls=True)
+        cause = cause.__cause__ or cause.__context__
+    return TransportError(f"cannot reach {url}: {type(exc).__name__}: {exc or 'connection failed'}")
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date); 0 when absent or unreadable."""
     if not value:
@@ -104,15 +163,24 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float:
 class HttpTransport:
     """HTTP polling: each frame is one `POST /v1/sync`; error statuses still carry an ErrorReply frame."""
 
-    def __init__(self, server_url: str, *, timeout_s: float = 10.0, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        timeout_s: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = endpoints(server_url).http_url
         self._timeout = httpx.Timeout(timeout_s)
         self._client = client
         self._own_client = client is None
+        self._tls = tls
 
     async def exchange(self, data: bytes) -> Reply:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
+            verify: ssl.SSLContext | bool = self._tls if self._tls is not None else True
+            self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, verify=verify)
         try:
             async with self._client.stream(
                 "POST", self.url, content=data, headers={"content-type": CONTENT_TYPE}, timeout=self._timeout
@@ -125,7 +193,7 @@ class HttpTransport:
         except httpx.TimeoutException:
             raise TransportError(f"no reply from {self.url} within {self._timeout.read:g} s") from None
         except httpx.HTTPError as exc:
-            raise TransportError(f"cannot reach {self.url}: {type(exc).__name__}: {exc or 'connection failed'}") from None
+            raise _unreachable(self.url, exc) from None
         retry = parse_retry_after(response.headers.get("retry-after"))
         if not body:
             raise TransportError(f"HTTP {response.status_code} from {self.url} with an empty body", retry_after_s=retry)
@@ -140,9 +208,10 @@ class HttpTransport:
 class WebSocketTransport:
     """A WebSocket to `/v1/ws`, opened on first use; one binary message per frame, replies in order."""
 
-    def __init__(self, server_url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, server_url: str, *, timeout_s: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
         self.url = endpoints(server_url).ws_url
         self.timeout_s = timeout_s
+        self._tls = tls
         self._conn: ClientConnection | None = None
         self.connects = 0
 
@@ -162,6 +231,7 @@ class WebSocketTransport:
                 open_timeout=self.timeout_s,
                 close_timeout=min(self.timeout_s, 5.0),
                 proxy=None,
+                **({"ssl": self._tls} if self._tls is not None and self.url.startswith("wss:") else {}),
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -170,7 +240,7 @@ class WebSocketTransport:
         except InvalidURI as exc:
             raise OmegaError(f"bad WebSocket URL {self.url}: {exc}") from None
         except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
-            raise TransportError(f"cannot reach {self.url}: {type(exc).__name__}: {exc or 'connection failed'}") from None
+            raise _unreachable(self.url, exc) from None
         self.connects += 1
 
     async def exchange(self, data: bytes) -> Reply:

@@ -58,6 +58,8 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self._log_from = 0
+        #: "https" once the child says it listens with TLS (OMEGA_TLS_CERT / --tls-cert)
+        self.scheme = "http"
 
     @property
     def pid(self) -> int:
@@ -65,7 +67,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -86,11 +88,14 @@ class ServerProcess:
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
         """Return once the child says it listens; one OmegaError (with the log's tail) if it exits or stalls."""
         proc = self._started()
-        ready = f"listening on http://127.0.0.1:{self.port}".encode()
+        ready = {scheme: f"listening on {scheme}://127.0.0.1:{self.port}".encode() for scheme in ("http", "https")}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if ready in self._new_log():
-                return self
+            log = self._new_log()
+            for scheme, line in ready.items():
+                if line in log:
+                    self.scheme = scheme
+                    return self
             if proc.poll() is not None:
                 raise OmegaError(f"the server exited ({proc.returncode}): {self.log_text()[-500:]}")
             time.sleep(0.05)
