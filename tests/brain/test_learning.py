@@ -1,4 +1,4 @@
-"""The learning signal (DESIGN §2), pattern updates, the rating mapping and BrainConfig."""
+"""The learning signal (docs/architecture.md §2), pattern updates, the rating mapping and BrainConfig."""
 
 from __future__ import annotations
 

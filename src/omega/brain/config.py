@@ -23,9 +23,9 @@ INDEX_BACKENDS = ("usearch", "hnswlib")
 class BrainConfig:
     """Tunables of one brain. Defaults suit a TV (one thread, hnswlib f32 HNSW, 10K patterns)."""
 
-    # --- vector index over the catalog (DESIGN §2: M 8..16, ef_construction 100..200)
+    # --- vector index over the catalog (docs/architecture.md §2: M 8..16, ef_construction 100..200)
     index_m: int = 16
-    #: 200 (DESIGN's upper end): a better graph than 128 for +0.5 s of build, +0.004 recall at ef 80.
+    #: 200 (the upper end of docs/architecture.md §2): a better graph than 128 for +0.5 s of build, +0.004 recall at ef 80.
     index_ef_construction: int = 200
     #: ef 96 with hnswlib (same run as below): ef 64/72/80/96/128 gave recall@50 0.950/0.959/0.966/0.975/0.986
     #: (contexts 0.928/0.940/0.951/0.964/0.980) for ~102/106/118/137/177 µs. 80 is the cheapest point with
@@ -54,7 +54,7 @@ class BrainConfig:
     #: smallest step of the running mean, so an old pattern still follows a drifting taste
     pattern_min_step: float = 0.02
 
-    # --- DESIGN §2 pattern retrieval score: 0.4·sim + 0.3·success + 0.1·min(uses/1000,1) + 0.2·avg_reward
+    # --- docs/architecture.md §2 pattern retrieval score: 0.4·sim + 0.3·success + 0.1·min(uses/1000,1) + 0.2·avg_reward
     pattern_w_similarity: float = 0.4
     pattern_w_success: float = 0.3
     pattern_w_uses: float = 0.1

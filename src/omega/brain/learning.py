@@ -1,4 +1,4 @@
-"""The brain's learning signal (DESIGN §2) and how one viewing updates a pattern.
+"""The brain's learning signal (docs/architecture.md §2) and how one viewing updates a pattern.
 
 - reward = 0.7·watch_fraction + 0.3·engagement, clipped to [-1, 1]; engagement in
   [-1, 1] comes from explicit likes, ratings and rewatches.
@@ -47,7 +47,7 @@ def check_engagement(engagement: object) -> float:
 
 
 def reward(watch_fraction: float, engagement: float = 0.0) -> float:
-    """DESIGN §2: 0.7·watch_fraction + 0.3·engagement, in [-1, 1]."""
+    """docs/architecture.md §2: 0.7·watch_fraction + 0.3·engagement, in [-1, 1]."""
     value = REWARD_WATCH_WEIGHT * check_fraction(watch_fraction) + REWARD_ENGAGEMENT_WEIGHT * check_engagement(
         engagement
     )
@@ -55,7 +55,7 @@ def reward(watch_fraction: float, engagement: float = 0.0) -> float:
 
 
 def is_success(watch_fraction: float) -> bool:
-    """DESIGN §2: success = watch_fraction > 0.7."""
+    """docs/architecture.md §2: success = watch_fraction > 0.7."""
     return check_fraction(watch_fraction) > SUCCESS_FRACTION
 
 
@@ -113,7 +113,7 @@ def pattern_scores(
     avg_reward: np.ndarray,
     weights: tuple[float, float, float, float] = (0.4, 0.3, 0.1, 0.2),
 ) -> np.ndarray:
-    """DESIGN §2 retrieval score, vectorised: w0·sim + w1·success_rate + w2·min(uses/1000, 1) + w3·avg_reward."""
+    """docs/architecture.md §2 retrieval score, vectorised: w0·sim + w1·success_rate + w2·min(uses/1000, 1) + w3·avg_reward."""
     w_sim, w_success, w_uses, w_reward = weights
     return (
         w_sim * np.asarray(similarity, np.float32)

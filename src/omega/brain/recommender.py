@@ -10,7 +10,7 @@ with the weights of `BrainConfig`:
   pulled from the cloud (global), from the last few items with recency weights;
 - pairs: "the fleet watched A and B near each other" (the cloud's unordered
   pairs, which reach k_min TVs far more often than ordered edges), read the same way;
-- local patterns (SkillLibrary): DESIGN §2's pattern score of the patterns
+- local patterns (SkillLibrary): docs/architecture.md §2's pattern score of the patterns
   nearest the query, credited to items close to them;
 - consolidated patterns (ReasoningBank): items near global patterns with high
   success, support and trend — the prior that carries a cold start.
@@ -230,7 +230,7 @@ class Recommender:
     def _top_patterns(
         self, query: np.ndarray, patterns: PatternMemory, pool: dict[int, None], exclude: set[int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the local patterns that best fit the query (DESIGN §2 score), and their scores."""
+        """Rows of the local patterns that best fit the query (docs/architecture.md §2 score), and their scores."""
         cfg = self.config
         if not len(patterns) or cfg.top_patterns == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)

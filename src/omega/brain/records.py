@@ -1,4 +1,4 @@
-"""The TV brain's records (DESIGN.md §2). Field names are a contract: add, never rename.
+"""The TV brain's records (docs/architecture.md §2). Field names are a contract: add, never rename.
 
 Every record validates itself on construction and raises `OmegaError` for
 out-of-range input, so nothing invalid can reach the store or the wire.
@@ -23,7 +23,7 @@ EMBEDDING_DIM = 384
 Outcome = Literal["finished", "abandoned", "skipped", "rewatched"]
 OUTCOMES: frozenset[str] = frozenset({"finished", "abandoned", "skipped", "rewatched"})
 
-#: DESIGN §2: an episode counts as a success when more than this fraction was watched.
+#: docs/architecture.md §2: an episode counts as a success when more than this fraction was watched.
 SUCCESS_FRACTION = 0.7
 
 
@@ -138,7 +138,7 @@ class Episode:
 
     @property
     def success(self) -> bool:
-        """DESIGN §2: success = watch_fraction > 0.7."""
+        """docs/architecture.md §2: success = watch_fraction > 0.7."""
         return self.completion > SUCCESS_FRACTION
 
 

@@ -9,7 +9,7 @@ distance between the honest mean and its vector (W: the honest weight), and its
 success rate by at most w_max / (T + w_max). (Many fake devices are the job of
 device authentication — signed device tokens — not of aggregation.)
 
-Privacy floor (DESIGN §4). Raw device ids never reach the store. What is kept:
+Privacy floor (docs/architecture.md §4). Raw device ids never reach the store. What is kept:
 - idempotency keys HMAC(salt, device ‖ batch_id) with the push time — deleted by
   `prune` after the replay window;
 - per key (cell or edge) the set of member hashes HMAC(salt, key ‖ device)[:8],

@@ -101,7 +101,7 @@ class EdgeState:
 
 @dataclass(frozen=True, eq=False)
 class ConsolidatedPattern:
-    """The global pattern of one cell, as published to TVs (the ReasoningBank record of DESIGN §2)."""
+    """The global pattern of one cell, as published to TVs (the ReasoningBank record of docs/architecture.md §2)."""
 
     cluster_id: int
     embedding: np.ndarray

@@ -47,7 +47,7 @@ class TaskType(IntEnum):
 
 
 class Tier(IntEnum):
-    """Sync tier of a TV (DESIGN §4)."""
+    """Sync tier of a TV (docs/architecture.md §4)."""
 
     UNSPECIFIED = 0
     PREMIUM = 1

@@ -234,7 +234,7 @@ def resolve_inputs(bench_files: Sequence[Path] = (), overrides: dict[str, float]
 
 
 def syncs_per_device_per_min(inputs: Inputs) -> float:
-    """Syncs per minute of one device, averaged over the tier mix (DESIGN §4 Tiers)."""
+    """Syncs per minute of one device, averaged over the tier mix (docs/architecture.md §4 Tiers)."""
     return sum(inputs.figures[f"{t}_fraction"].value / inputs.figures[f"{t}_interval_min"].value for t in TIERS)
 
 

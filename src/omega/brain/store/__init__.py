@@ -1,4 +1,4 @@
-"""The TV brain's durable local memory in SQLite (DESIGN.md §2, PatternStore): the one owner of its SQL.
+"""The TV brain's durable local memory in SQLite (docs/architecture.md §2, PatternStore): the one owner of its SQL.
 
 `BrainStore` is the API (its plumbing and transactions in `database`, the sync
 outbox's rows in `outbox`); `migrations` holds the numbered schema (append a

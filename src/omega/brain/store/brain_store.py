@@ -41,7 +41,7 @@ _DAY_S = 86_400.0
 #: Recency half-life-like scale of the eviction utility (days).
 RECENCY_DAYS = 30.0
 
-# Eviction utility, the same formula as `pattern_utility` below: DESIGN §2's
+# Eviction utility, the same formula as `pattern_utility` below: docs/architecture.md §2's
 # retrieval score without the similarity term, plus a small recency bonus
 # (0.05 for a pattern used just now, 0.025 for one unused for RECENCY_DAYS), so
 # that among equally useful patterns the stale ones go first and a brand-new

@@ -1,4 +1,4 @@
-"""The TV's sync agent (DESIGN §2 SyncAgent, §3, §4 Tiers): outbox, backoff, tiers, transports, agent."""
+"""The TV's sync agent (docs/architecture.md §2 SyncAgent, §3, §4 Tiers): outbox, backoff, tiers, transports, agent."""
 
 from omega.brain.sync.agent import SyncAgent, SyncFailed, SyncReport, open_transport
 from omega.brain.sync.backoff import Backoff

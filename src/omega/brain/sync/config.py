@@ -19,7 +19,7 @@ class SyncConfig:
 
     #: Bits per embedding dimension on the wire (4: 192 B per pattern, 8: 384 B).
     embedding_bits: int = 4
-    #: Patterns per push and per sync (DESIGN §2: <= 10).
+    #: Patterns per push and per sync (docs/architecture.md §2: <= 10).
     max_patterns_per_sync: int = MAX_PATTERNS_PER_PUSH
     #: Budget of one push frame; a push always carries at least one item even if over it.
     max_push_bytes: int = 1024

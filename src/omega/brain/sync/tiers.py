@@ -1,4 +1,4 @@
-"""The three sync tiers (DESIGN §4; seed §5.3), each with its transport, interval and reconnect policy.
+"""The three sync tiers (docs/architecture.md §4; seed §5.3), each with its transport, interval and reconnect policy.
 
 - PREMIUM: one persistent WebSocket, a sync each minute; a dropped connection
   is retried at once, then with backoff (base 1 s).

@@ -1,4 +1,4 @@
-"""Cross-shard federation: shard → regional aggregator → global hub → broadcast (DESIGN §4 "Federation").
+"""Cross-shard federation: shard → regional aggregator → global hub → broadcast (docs/architecture.md §4 "Federation").
 
 Over NATS JetStream at scale, over an in-process bus when embedded; the CRDT
 (omega.constellation.crdt) makes duplicated, reordered and replayed messages harmless.

@@ -19,7 +19,7 @@ from omega.sim.bench.timing import Progress, median_ms, no_progress, p90_ms, rss
 def run_brain_bench(
     folder: Path, *, n_patterns: int = 10_000, repeats: int = 300, max_items: int | None = None, progress: Progress = no_progress
 ) -> dict:
-    """Measure the brain's budgets (DESIGN §6 keys) on a MovieLens catalog.
+    """Measure the brain's budgets (docs/architecture.md §6 keys) on a MovieLens catalog.
 
     Building the brain (embedding the whole catalog in batches) leaves the
     builder with memory a TV, which receives its catalog already embedded, never

@@ -105,7 +105,7 @@ def run_sync_bench(
     *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
     progress: Progress = no_progress,
 ) -> dict:
-    """Start a server, drive it for `duration_s`, stop it; the DESIGN §6 keys plus details."""
+    """Start a server, drive it for `duration_s`, stop it; the docs/architecture.md §6 keys plus details."""
     secret = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="omega-bench-sync-") as tmp:
         folder = Path(tmp)

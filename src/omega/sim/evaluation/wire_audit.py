@@ -1,6 +1,6 @@
 """What left the TVs: decode every uplink frame of a simulation and prove no viewing episode is in it.
 
-An uplink frame may carry only (DESIGN §3): embedding patterns (a quantised
+An uplink frame may carry only (docs/architecture.md §3): embedding patterns (a quantised
 context vector, success_rate, uses, successes, task type), transition batches
 (src id, dst id, a quality-weighted count on a 1/16 grid — no support, no
 time), pulls (a cursor) and heartbeats (tier and two counters). The audit

@@ -1,6 +1,6 @@
 """One load-generator process: its share of simulated TVs on asyncio + uvloop.
 
-Tiers (DESIGN §4): a *premium* TV holds one WebSocket and syncs on it every
+Tiers (docs/architecture.md §4): a *premium* TV holds one WebSocket and syncs on it every
 interval; an *active* TV opens a WebSocket, syncs and closes, every interval;
 a *casual* TV polls over HTTP every interval. The interval is the one the
 server names in its heartbeat ack (else the tier's default), times the run's
@@ -30,7 +30,7 @@ from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
 from omega.sim.load.histogram import LatencyHistogram
 
 TIERS = ("premium", "active", "casual")
-#: the tier intervals of DESIGN §4 (seconds) when the server names none
+#: the tier intervals of docs/architecture.md §4 (seconds) when the server names none
 DEFAULT_INTERVAL_S = {"premium": 60.0, "active": 300.0, "casual": 900.0}
 _TIER_ENUM = {"premium": Tier.PREMIUM, "active": Tier.ACTIVE, "casual": Tier.CASUAL}
 OPEN_TIMEOUT_S = 30.0
