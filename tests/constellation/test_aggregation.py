@@ -162,16 +162,27 @@ async def test_k_min_gates_publication(aggregator, codebook) -> None:
     assert {type(i) for i in items} == {ConsolidatedPattern, ConsolidatedEdge}
     edge = next(i for i in items if isinstance(i, ConsolidatedEdge))
     assert (edge.keyspace, edge.src, edge.dst, edge.support) == (0, 10, 11, 3)
-    assert edge.weight == pytest.approx(1.0 + 1.0 + 1.0 + 2.5)
+    assert edge.weight == 3.0  # published weight is the distinct support, not the summed weight
 
 
-async def test_edge_weight_is_clipped(aggregator) -> None:
+async def test_edge_weight_is_clipped_and_published_as_support(aggregator) -> None:
     for d in range(3):
         await aggregator.apply(device(d), b"e", [], [(1, 5, 6, 1e9)], NOW)
     edges = {e.keyspace: e for e in await aggregator.published()}
     assert set(edges) == {Keyspace.ITEM, Keyspace.PAIR}
     for edge in edges.values():
-        assert edge.weight == pytest.approx(3 * aggregator.policy.edge_w_max)
+        assert edge.weight == 3.0 and edge.support == 3
+    state = await aggregator.export_state()
+    assert {e.weight for e in state.edges.values()} == {3 * aggregator.policy.edge_w_max}
+
+
+async def test_repeat_pushes_of_few_ids_do_not_grow_a_published_edge(aggregator) -> None:
+    """Issue 14: three ids pushing one edge at the cap on five days stay at weight 3 (was 30 -> 150)."""
+    for day in range(5):
+        for d in range(3):
+            await aggregator.apply(device(d), f"s{day}".encode(), [], [(1, 7, 8, 10.0)], NOW + day * DAY)
+        edge = next(e for e in await aggregator.published() if e.keyspace == Keyspace.ITEM)
+        assert (edge.weight, edge.support) == (3.0, 3)
 
 
 async def test_item_edges_also_publish_unordered_pairs_that_reach_k_min_sooner(aggregator) -> None:
@@ -182,18 +193,24 @@ async def test_item_edges_also_publish_unordered_pairs_that_reach_k_min_sooner(a
         assert res.accepted == len(edges) and res.rejections == []  # derived pairs are not the TV's business
     (pair,) = await aggregator.published()
     assert (pair.keyspace, pair.src, pair.dst, pair.support) == (Keyspace.PAIR, 5, 6, 3)
-    assert pair.weight == pytest.approx(1.0 + 0.5 + 2.0)
+    assert pair.weight == 3.0
     # Both orders in one push: one pair contribution of their sum.
     res = await aggregator.apply(device(3), b"e", [], [(1, 5, 6, 1.0), (1, 6, 5, 0.25)], NOW)
     assert res.accepted == 2
     published = {(e.keyspace, e.src, e.dst): (e.support, e.weight) for e in await aggregator.published()}
-    assert published == {(Keyspace.ITEM, 5, 6): (3, pytest.approx(2.5)), (Keyspace.PAIR, 5, 6): (4, pytest.approx(4.75))}
+    assert published == {(Keyspace.ITEM, 5, 6): (3, 3.0), (Keyspace.PAIR, 5, 6): (4, 4.0)}
 
 
 async def test_a_pushed_pair_is_refused(aggregator) -> None:
-    res = await aggregator.apply(device(0), b"e", [], [(int(Keyspace.PAIR), 1, 2, 1.0), (1, 1, 1, 1.0)], NOW)
+    res = await aggregator.apply(device(0), b"e", [], [(int(Keyspace.PAIR), 1, 2, 1.0), (1, 1, 2, 1.0)], NOW)
     assert [(r.index, r.reason) for r in res.rejections] == [(0, BAD_TRANSITION)]
-    assert res.accepted == 1  # the self-edge is kept as an edge; it makes no pair
+    assert res.accepted == 1
+
+
+async def test_an_item_self_loop_is_refused(aggregator) -> None:
+    res = await aggregator.apply(device(0), b"e", [], [(1, 1, 1, 1.0), (1, 1, 2, 1.0)], NOW)
+    assert [(r.index, r.reason) for r in res.rejections] == [(0, BAD_TRANSITION)]
+    assert res.accepted == 1
 
 
 async def test_store_refuses_another_codebook_or_salt(store_url, codebook) -> None:

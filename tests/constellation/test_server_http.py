@@ -210,7 +210,7 @@ def test_k_min_gates_publication_and_one_device_is_clipped(server: ServerProcess
         if i < 2:  # fewer than k_min=3 distinct TVs: nothing published
             assert mine == [] and not [e for e in edges if (e.src, e.dst) == (4242, 4343)]
     assert len(mine) == 1 and mine[0].support == 3
-    assert [(e.support, e.weight) for e in edges if (e.src, e.dst) == (4242, 4343)] == [(3, 6.0)]
+    assert [(e.support, e.weight) for e in edges if (e.src, e.dst) == (4242, 4343)] == [(3, 3.0)]  # weight = support
     honest_mean = np.mean([v * 18.0 for v in vectors], axis=0) / 18.0
     honest_mean /= np.linalg.norm(honest_mean)
     assert float(mine[0].embedding.dequantize() @ honest_mean) > 0.999

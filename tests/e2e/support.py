@@ -305,6 +305,8 @@ class Reference:
         if push.transitions is not None:
             ks = int(push.transitions.keyspace)
             for e in push.transitions.edges:
+                if ks == Keyspace.ITEM and e.src == e.dst:
+                    continue  # item self-loops are refused
                 key = EdgeKey(ks, int(e.src), int(e.dst))
                 member = ("edge", key, device)
                 if member in self._members:
@@ -339,7 +341,8 @@ class Reference:
         return out
 
     def published_edges(self) -> dict[EdgeKey, tuple[float, int]]:
-        return {k: (w, n) for k, (w, n) in self.edges.items() if n >= self.k_min}
+        """Published (weight, support): the published weight is the distinct support."""
+        return {k: (float(n), n) for k, (w, n) in self.edges.items() if n >= self.k_min}
 
 
 def assert_server_matches(state: ServerState, ref: Reference, *, rel: float = 1e-9) -> None:

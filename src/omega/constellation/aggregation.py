@@ -64,7 +64,7 @@ BAD_SUCCESS_RATE = "bad_success_rate"
 BAD_COUNTS = "bad_counts"  # uses < 1, successes outside 0..uses
 BAD_TASK_TYPE = "bad_task_type"
 ZERO_WEIGHT = "zero_weight"  # success_rate × uses == 0: nothing to learn from
-BAD_TRANSITION = "bad_transition"  # ids out of range, weight not finite and > 0, or a pushed pair
+BAD_TRANSITION = "bad_transition"  # ids out of range, weight not finite and > 0, a pushed pair or an item self-loop
 DUPLICATE_FLOOD = "duplicate_flood"  # this device already contributed to that cell/edge this epoch
 
 
@@ -107,7 +107,9 @@ class ApplyResult:
 class AggregationPolicy:
     k_min: int = 3  # distinct devices before a pattern/edge is published
     w_max: float = 50.0  # cap on one contribution's quality weight and trial count
-    edge_w_max: float = 10.0  # cap on one transition's weight
+    # Cap on one transition's weight: one honest viewing's (reward <= 1). Published edges carry
+    # distinct support, so this only bounds the diagnostic summed weight of the state.
+    edge_w_max: float = 1.0
     epoch_ms: int = DAY_MS  # one contribution per device per cell/edge per epoch
     replay_window_ms: int = DAY_MS  # how long idempotency keys are kept
     norm_tolerance: float = 0.1  # |‖x‖ - 1| allowed (uint8 quantisation error is far below)
@@ -282,7 +284,9 @@ class Aggregator:
             ids_ok = all(_is_int(v) and 0 <= v < _U32 for v in (keyspace, src, dst))
             w_ok = isinstance(weight, (int, float, np.number)) and math.isfinite(weight) and weight > 0
             # Pairs are derived here from item edges; one pushed as such would be counted twice.
-            if not (ids_ok and w_ok) or keyspace == Keyspace.PAIR:
+            # "After a, a" says nothing about what to watch next: item self-loops are refused.
+            self_loop = keyspace == Keyspace.ITEM and src == dst
+            if not (ids_ok and w_ok) or keyspace == Keyspace.PAIR or self_loop:
                 rejections.append(Rejection("transition", i, BAD_TRANSITION))
                 continue
             out.append(

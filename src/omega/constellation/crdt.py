@@ -118,7 +118,7 @@ class ConsolidatedPattern:
 
 @dataclass(frozen=True)
 class ConsolidatedEdge:
-    """The global transition edge: summed quality-weighted count and distinct-device support."""
+    """The global transition edge as published: weight = distinct-device support (see `consolidate_edge`)."""
 
     keyspace: int
     src: int
@@ -179,8 +179,15 @@ def consolidate_cell(key: CellKey, total: CellState, version: int | None = None)
 
 
 def consolidate_edge(key: EdgeKey, total: EdgeState, version: int | None = None) -> ConsolidatedEdge:
+    """The published edge: its weight IS its distinct support (how many TVs), never the summed weight.
+
+    Summed weights let one device id count like many viewings (issue 14: three ids at the weight
+    cap outranked 30 honest TVs); a distinct count moves by at most 1 per device. The state's
+    `weight` (capped per contribution) stays for diagnostics and federation, and is not published.
+    """
     return ConsolidatedEdge(
-        key.keyspace, key.src, key.dst, total.weight, total.support, total.version if version is None else version
+        key.keyspace, key.src, key.dst, float(total.support), total.support,
+        total.version if version is None else version,
     )
 
 
