@@ -5,7 +5,7 @@ constellation publishes: each TV learns quality-weighted transitions the way the
 Brain does (sources: the last `window` distinct viewings, destination: a finished
 viewing, weight reward·decay^step), rounds its per-edge total down to the wire's
 1/16 grid, and an edge (item→item or codebook cell→cell) is published only with
-≥ k_min distinct TVs. It then scores every viewer with `omega.sim.evaluation.edge_ranking`'s
+≥ k_min distinct TVs. It then scores every viewer with the former side scorer's
 formula (same parts, same weights) on published edges only, optionally with a
 cell-level backoff.
 

@@ -34,7 +34,7 @@ from omega.brain.records import (
     ViewingContext,
     require_all,
 )
-from omega.brain.recommender import ConsolidatedPrior, Recommender
+from omega.brain.recommender import MAX_K, ConsolidatedPrior, Published, Ranking, Recommender
 from omega.brain.store import BrainStore, Synchronous
 from omega.errors import OmegaError
 
@@ -114,6 +114,7 @@ class Brain:
         self._patterns: PatternMemory | None = None
         self._prior: ConsolidatedPrior | None = None
         self._history: _History | None = None
+        self._popular: list[int] | None = None
         self._recommender: Recommender | None = None
 
     # ------------------------------------------------------------------ lazily loaded parts
@@ -153,11 +154,19 @@ class Brain:
             self._history = _History(self.store.episodes())
         return self._history
 
+    def _most_followed(self) -> list[int]:
+        """The `popular_k` items the pulled global edges lead into most (recomputed after each pull)."""
+        if self._popular is None:
+            found = sorted(self.store.global_in_weights(), key=lambda row: (-row[1], row[0]))
+            self._popular = [int(dst) for dst, _ in found[:MAX_K]]
+        return self._popular
+
     def _ranker(self) -> Recommender:
         if self._recommender is None or self._recommender.catalog is not self.catalog:
             self._recommender = Recommender(
                 self.catalog, self.config, lambda text: self.embedder.embed(text),
                 self.store.transitions_from, self.store.global_transitions_from, self.store.global_pairs_from,
+                self._most_followed,
             )  # fmt: skip
         return self._recommender
 
@@ -276,12 +285,31 @@ class Brain:
 
     def recommend(self, context: ViewingContext | None = None, k: int = 10) -> list[Recommendation]:
         """Top-k items for now (or `context`), with reasons. Entirely local."""
+        return self.rank(context, k).recommendations
+
+    def rank(
+        self, context: ViewingContext | None = None, k: int = 10, *, config: BrainConfig | None = None,
+        published: Published | None = None,
+    ) -> Ranking:  # fmt: skip
+        """`recommend` plus the candidate pool the list was chosen from (for the evaluation's pool recall).
+
+        The evaluation asks what-if questions of the same ranking code: `config` ranks with other
+        recommend settings (ablations), `published` with another published edge set than the one pulled
+        (the privacy table's k_min rows)."""
         history = self._hist()
         exclude = history.watched if self.config.exclude_watched else history.finished
-        return self._ranker().recommend(
+        ranker = self._ranker()
+        if config is not None or published is not None:
+            store = self.store
+            edges, pairs, popular = published or (store.global_transitions_from, store.global_pairs_from, self._most_followed)
+            ranker = Recommender(
+                self.catalog, config or self.config, ranker.embed, store.transitions_from, edges, pairs, popular
+            )
+            config = config or self.config
+        return ranker.rank(
             context or context_at(),
             k,
-            recent=history.recent(self.config.recent_items),
+            recent=history.recent((config or self.config).recent_items),
             exclude=exclude,
             patterns=self._memory(),
             prior=self._consolidated(),
@@ -296,6 +324,7 @@ class Brain:
         """Merge what sync pulled (one transaction); returns (consolidated rows changed, transitions + pairs stored)."""
         changed, stored = self.store.merge_pulled(patterns, transitions, pairs, replace_transitions=replace_transitions)
         self._prior = None  # reload on the next recommend
+        self._popular = None
         return changed, stored
 
     # ------------------------------------------------------------------ inspection and lifetime

@@ -60,26 +60,35 @@ class BrainConfig:
     pattern_w_uses: float = 0.1
     pattern_w_reward: float = 0.2
 
-    # --- transitions (order-aware patterns)
-    transition_window: int = 3
-    transition_decay: float = 0.5
+    # --- transitions (order-aware patterns): after a good viewing, the last 5 items each get an edge to it,
+    #: decaying by 0.8 per step back (the plateau the centralised transition model found on validation)
+    transition_window: int = 5
+    transition_decay: float = 0.8
 
-    # --- recommend
-    recent_items: int = 5
+    # --- recommend (Recommender's module docstring has the formula)
+    #: recent items that propose and score candidates, each weighted recent_decay^i (0 = the latest)
+    recent_items: int = 10
     recent_decay: float = 0.7
+    #: HNSW neighbours of the query in the candidate pool
     candidates_k: int = 50
+    #: most-followed items of the pulled edges in the candidate pool
+    popular_k: int = 100
     #: weight of the embedded context text against the mean of recent items in the query vector
     context_weight: float = 0.25
     top_patterns: int = 16
     top_consolidated: int = 16
-    w_content: float = 1.0
+    #: content cosine cubed: a tie-breaker among collaborative candidates, the whole signal without them
+    w_content: float = 0.05
+    #: this TV's own "after A, B" (only acts on items it may show again: exclude_watched=False)
     w_local_transition: float = 0.6
-    w_global_transition: float = 0.8
-    #: items the fleet watched near the recent ones, either order (the cloud's unordered pairs)
-    w_global_pair: float = 0.8
-    w_pattern: float = 0.3
-    w_consolidated: float = 0.3
-    diversity_lambda: float = 0.75
+    #: published ordered edges ("viewers who watched A watched B next")
+    w_global_transition: float = 1.0
+    #: published unordered pairs (reach k_min TVs far more often than ordered edges)
+    w_global_pair: float = 3.0
+    w_pattern: float = 0.05
+    w_consolidated: float = 0.05
+    #: MMR: 1 ranks by score alone, lower trades relevance for variety
+    diversity_lambda: float = 0.9
     #: a consolidated pattern with at least this trend score makes its items "trending"
     trend_min_score: float = 0.5
     exclude_watched: bool = True
@@ -126,6 +135,7 @@ class BrainConfig:
         need(1 <= self.recent_items <= 100, "recent_items must be in 1..100")
         need(0.0 < self.recent_decay <= 1.0, "recent_decay must be in (0, 1]")
         need(1 <= self.candidates_k <= 1000, "candidates_k must be in 1..1000")
+        need(0 <= self.popular_k <= 1000, "popular_k must be in 0..1000")
         need(0.0 <= self.context_weight <= 1.0, "context_weight must be in [0, 1]")
         need(0 <= self.top_patterns <= 1000, "top_patterns must be in 0..1000")
         need(0 <= self.top_consolidated <= 1000, "top_consolidated must be in 0..1000")

@@ -1,29 +1,32 @@
 """`Recommender`: rank catalog items for one viewer, entirely on the TV.
 
-Candidates come from four sources, each scored in [0, 1]-ish and combined
-with the weights of `BrainConfig`:
+This is the only ranking path: `Brain.recommend` calls it, and `omega eval
+movielens` scores exactly the list it returns.
 
-- content: HNSW search (k = candidates_k) around a query vector that blends the
-  embedded viewing context (time of day, weekday, profile, recent titles) with
-  the recency-weighted mean of the recently watched items;
-- transitions: "after A the viewer happily watched B", locally learned and
-  pulled from the cloud (global), from the last few items with recency weights;
-- pairs: "the fleet watched A and B near each other" (the cloud's unordered
-  pairs, which reach k_min TVs far more often than ordered edges), read the same way;
-- local patterns (SkillLibrary): docs/architecture.md §2's pattern score of the patterns
-  nearest the query, credited to items close to them;
-- consolidated patterns (ReasoningBank): items near global patterns with high
-  success, support and trend — the prior that carries a cold start.
+Candidate pool (a few hundred items, never the whole catalog):
 
-Watched items are excluded (finished ones always, all by default), and the
-final list is diversified with MMR over the item embeddings. All scoring is
-numpy over the candidate set (a few hundred rows), never over the catalog.
+- collaborative: successors (ordered edges) and pairs ("watched near each
+  other", either order) of the recent items, up to `_PER_SOURCE` per source
+  and key space, from the TV's own transitions and what it pulled;
+- content: HNSW neighbours (k = candidates_k) of a query vector that blends the
+  embedded viewing context with the recency-weighted mean of recent items;
+- popular: the `popular_k` items the fleet's published edges lead into most;
+- patterns: the neighbourhoods of the best local and consolidated patterns.
+
+Score of a candidate (every part scaled to at most 1 over the pool, then
+weighted by `BrainConfig`): for each key space, x = Σ_i decay^i · s^0.5 /
+(Σ_row s^0.5)^0.5 over the recent items i (s = the edge's weight, the row
+being that source's published successors: a rare source's edges say more than
+a hub's); content = cos³ to the query (only near neighbours move the ranking);
+pattern and consolidated credit items near patterns that worked. Watched items
+are excluded (finished ones always, all by default) and MMR trades relevance
+for variety (`diversity_lambda`, 1 = off).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,14 +40,16 @@ MAX_K = 1000
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 #: items at least this close to a pattern get credit from it (cosine, mapped to 0..1 above it)
 _GATE = 0.5
-#: transitions read per source item (the store returns them heaviest first)
-_TRANSITIONS_PER_SOURCE = 20
-#: a component must add this much to the score to be given as a reason
-_REASON_MIN = 0.05
+#: successors / pairs read per source item and key space (the store returns them heaviest first)
+_PER_SOURCE = 200
+#: a part must carry at least this share of an item's score to be given as a reason
+_REASON_SHARE = 0.25
 #: support that makes a consolidated pattern half-trusted
 _SUPPORT_HALF = 3.0
 
 TransitionLookup = Callable[[int], list[TransitionStat]]
+#: (ordered edges by source, pairs by either end, most-followed items): what a TV pulled, or a stand-in
+Published = tuple[TransitionLookup, TransitionLookup, Callable[[], Sequence[int]]]
 
 
 def daypart(hour: int) -> str:
@@ -102,6 +107,18 @@ class ConsolidatedPrior:
         return len(self.patterns)
 
 
+@dataclass
+class Ranking:
+    """What one ranking produced: the top-k and the candidate pool it was chosen from."""
+
+    recommendations: list[Recommendation]
+    pool: frozenset[int] = field(default_factory=frozenset)
+
+
+#: the score parts, in the order reasons are preferred on a tie
+PARTS = ("pair", "global", "local", "content", "pattern", "consolidated")
+
+
 class Recommender:
     """Ranks one brain's catalog (see module docstring). Stateless between calls."""
 
@@ -113,13 +130,15 @@ class Recommender:
         local_transitions: TransitionLookup,
         global_transitions: TransitionLookup,
         global_pairs: TransitionLookup | None = None,
+        popular: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         self.catalog = catalog
         self.config = config
-        self._embed = embed
+        self.embed = embed
         self._local = local_transitions
         self._global = global_transitions
         self._pairs = global_pairs or (lambda src: [])
+        self._popular = popular or (lambda: ())
 
     def recommend(
         self,
@@ -132,6 +151,19 @@ class Recommender:
         prior: ConsolidatedPrior,
     ) -> list[Recommendation]:
         """Top-k items for `context` given the recent history (most recent first)."""
+        return self.rank(context, k, recent=recent, exclude=exclude, patterns=patterns, prior=prior).recommendations
+
+    def rank(
+        self,
+        context: ViewingContext,
+        k: int,
+        *,
+        recent: Sequence[int],
+        exclude: Collection[int],
+        patterns: PatternMemory,
+        prior: ConsolidatedPrior,
+    ) -> Ranking:
+        """`recommend`, also returning the candidate pool (the evaluation reports its recall)."""
         cat, cfg = self.catalog, self.config
         if not len(cat):
             raise OmegaError("catalog is empty: run omega brain ingest")
@@ -144,54 +176,55 @@ class Recommender:
         pool: dict[int, None] = {}  # insertion-ordered set of candidate content ids
         content_width = min(len(cat), cfg.candidates_k + min(len(exclude), cfg.candidates_k))
         self._add(pool, cat.search(query, content_width)[0], exclude)
-        local, local_src = self._transitions(recent, self._local, pool, exclude)
-        glob, glob_src = self._transitions(recent, self._global, pool, exclude)
-        pair, pair_src = self._transitions(recent, self._pairs, pool, exclude)
+        sources = {
+            name: self._support(recent, lookup, pool, exclude) if weight > 0 else ({}, {})
+            for name, lookup, weight in (
+                ("local", self._local, cfg.w_local_transition),
+                ("global", self._global, cfg.w_global_transition),
+                ("pair", self._pairs, cfg.w_global_pair),
+            )
+        }
+        self._add(pool, list(self._popular())[: cfg.popular_k], exclude)
         top_p, p_scores = self._top_patterns(query, patterns, pool, exclude)
-        top_c, c_relevance = self._top_consolidated(query, prior, pool, exclude, cold=not recent)
+        top_c, _ = self._top_consolidated(query, prior, pool, exclude, cold=not recent)
         if len(pool) < k and len(exclude):  # the viewer has seen most of the neighbourhood: look further
             self._add(pool, cat.search(query, min(len(cat), k + len(exclude)))[0], exclude)
         if not pool:
-            return []
+            return Ranking([], frozenset())
 
         ids = np.fromiter(pool, dtype=np.int64, count=len(pool))
         rows = cat.rows(ids)
         X = cat.vectors(rows)
-        content = np.clip(X @ query, 0.0, 1.0)
-        lt = _lookup(ids, local)
-        gt = _lookup(ids, glob)
-        pt = _lookup(ids, pair)
-        pat = self._pattern_affinity(X, patterns, top_p, p_scores)
-        cons, cons_best = self._consolidated_affinity(X, prior, top_c)
-
+        cos = np.clip(X @ query, 0.0, 1.0)
         parts = {
-            "content": cfg.w_content * content,
-            "local": cfg.w_local_transition * lt,
-            "global": cfg.w_global_transition * gt,
-            "pair": cfg.w_global_pair * pt,
-            "pattern": cfg.w_pattern * pat,
-            "consolidated": cfg.w_consolidated * cons,
+            "content": cfg.w_content * (cos**3 if recent else cos),
+            "pattern": cfg.w_pattern * self._pattern_affinity(X, patterns, top_p, p_scores),
         }
+        cons, cons_best = self._consolidated_affinity(X, prior, top_c)
+        parts["consolidated"] = cfg.w_consolidated * cons
+        for name, weight in (("local", cfg.w_local_transition), ("global", cfg.w_global_transition),
+                             ("pair", cfg.w_global_pair)):  # fmt: skip
+            parts[name] = weight * _scaled(ids, sources[name][0])
         score = sum(parts.values())
         chosen = _mmr(X, score, k, cfg.diversity_lambda)
-        return [
-            Recommendation(
-                content_id=int(ids[i]),
-                score=float(score[i]),
-                reasons=self._reasons(
-                    i, int(ids[i]), parts, (local_src, glob_src, pair_src), prior, cons_best, bool(recent), context
-                ),
-                title=cat.items[rows[i]].title,
-            )
-            for i in chosen
-        ]
+        return Ranking(
+            [
+                Recommendation(
+                    content_id=int(ids[i]), score=float(score[i]),
+                    reasons=self._reasons(i, int(ids[i]), parts, sources, prior, cons_best, recent, X, context),
+                    title=cat.items[rows[i]].title,
+                )  # fmt: skip
+                for i in chosen
+            ],
+            frozenset(pool),
+        )
 
     # ------------------------------------------------------------------ pieces
 
     def _query(self, context: ViewingContext, recent: list[int]) -> np.ndarray:
         cat, cfg = self.catalog, self.config
         titles = [cat.item(c).title for c in recent[:3]]
-        ctx = np.asarray(self._embed(context_text(context, titles)), np.float32)
+        ctx = np.asarray(self.embed(context_text(context, titles)), np.float32)
         if not recent:
             return _unit(ctx)
         weights = cfg.recent_decay ** np.arange(len(recent), dtype=np.float32)
@@ -203,24 +236,26 @@ class Recommender:
             if cid not in exclude and cid in self.catalog:
                 pool[cid] = None
 
-    def _transitions(
+    def _support(
         self, recent: list[int], lookup: TransitionLookup, pool: dict[int, None], exclude: set[int]
     ) -> tuple[dict[int, float], dict[int, int]]:
-        """dst → recency-weighted transition probability × confidence, and dst → the source that gave most."""
+        """dst → Σ_i decay^i · s^0.5 / (Σ_row s^0.5)^0.5 over the recent items i, and dst → the source that gave most.
+
+        The square roots damp both ends: a heavy edge counts less than its weight (support is
+        heavy-tailed), and a hub's successors share a larger but not linear budget."""
         scores: dict[int, float] = {}
         best: dict[int, tuple[float, int]] = {}
+        decay = self.config.recent_decay
         for step, src in enumerate(recent):
-            stats = lookup(src)[:_TRANSITIONS_PER_SOURCE]
-            total = sum(max(s.weight, 0.0) for s in stats)
-            if total <= 0:
+            stats = [s for s in lookup(src)[:_PER_SOURCE] if s.weight > 0]
+            if not stats:
                 continue
-            count = sum(s.count for s in stats)
-            # Confidence grows with evidence: one lone transition is a hint, fifty are a habit.
-            scale = self.config.recent_decay**step * count / (count + 2.0) / total
-            for s in stats:
-                if s.weight <= 0 or s.dst in exclude or s.dst not in self.catalog:
+            roots = [s.weight**0.5 for s in stats]
+            scale = decay**step / sum(roots) ** 0.5
+            for s, root in zip(stats, roots):
+                if s.dst in exclude or s.dst not in self.catalog:
                     continue
-                gain = s.weight * scale
+                gain = root * scale
                 scores[s.dst] = scores.get(s.dst, 0.0) + gain
                 if gain > best.get(s.dst, (0.0, 0))[0]:
                     best[s.dst] = (gain, src)
@@ -232,7 +267,7 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the local patterns that best fit the query (docs/architecture.md §2 score), and their scores."""
         cfg = self.config
-        if not len(patterns) or cfg.top_patterns == 0:
+        if not len(patterns) or cfg.top_patterns == 0 or cfg.w_pattern == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         stats = patterns.stats
         weights = (cfg.pattern_w_similarity, cfg.pattern_w_success, cfg.pattern_w_uses, cfg.pattern_w_reward)
@@ -248,7 +283,7 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows of consolidated patterns relevant to the query, plus the globally best ones."""
         m = self.config.top_consolidated
-        if not len(prior) or m == 0:
+        if not len(prior) or m == 0 or self.config.w_consolidated == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         relevance = prior.quality * np.clip(prior.matrix @ query, 0.0, 1.0)
         by_relevance = _top(relevance, max(1, m // 2))
@@ -275,54 +310,50 @@ class Recommender:
         return credit.max(axis=1).astype(np.float32), np.where(credit.max(axis=1) > 0, top[best], -1)
 
     def _reasons(
-        self,
-        i: int,
-        content_id: int,
-        parts: dict[str, np.ndarray],
-        sources: tuple[dict[int, int], dict[int, int], dict[int, int]],
-        prior: ConsolidatedPrior,
-        cons_best: np.ndarray,
-        has_history: bool,
-        context: ViewingContext,
-    ) -> tuple[str, ...]:
+        self, i: int, content_id: int, parts: dict[str, np.ndarray],
+        sources: dict[str, tuple[dict[int, float], dict[int, int]]], prior: ConsolidatedPrior,
+        cons_best: np.ndarray, recent: list[int], X: np.ndarray, context: ViewingContext,
+    ) -> tuple[str, ...]:  # fmt: skip
+        """The one or two parts that carried this item's score, in a viewer's words."""
+        total = sum(float(parts[name][i]) for name in PARTS)
+        ranked = sorted(PARTS, key=lambda name: -float(parts[name][i]))
+        carried = [n for n in ranked[:2] if parts[n][i] > 0 and parts[n][i] >= _REASON_SHARE * total] or ranked[:1]
+        title = lambda cid: self.catalog.item(cid).title  # noqa: E731
         reasons: list[str] = []
-
-        def add(reason: str) -> None:
-            if reason not in reasons:
-                reasons.append(reason)
-
-        for kind, by_dst in zip(("local", "global", "pair"), sources):
-            if parts[kind][i] >= _REASON_MIN and content_id in by_dst:
-                title = self.catalog.item(by_dst[content_id]).title
-                add(f"often watched with {title}" if kind == "pair" else f"because you watched {title}")
-                if kind == "global":
-                    add("popular with viewers like you")
-        if parts["content"][i] >= 0.3 * self.config.w_content and self.config.w_content > 0:
-            add("similar to your recent viewing" if has_history else f"fits your {daypart(context.hour)} viewing")
-        if parts["pattern"][i] >= _REASON_MIN:
-            add("matches what you usually enjoy")
-        if parts["consolidated"][i] >= _REASON_MIN and cons_best[i] >= 0:
-            add("popular with viewers like you")
-            if prior.patterns[int(cons_best[i])].trend_score >= self.config.trend_min_score:
-                add("trending")
-        if not reasons:  # say at least why it made the list at all
-            strongest = max(parts, key=lambda name: parts[name][i])
-            add({"content": "similar to your recent viewing" if has_history else "fits the moment",
-                 "local": "follows what you watched", "global": "popular with viewers like you",
-                 "pair": "viewers watch it alongside yours",
-                 "pattern": "matches what you usually enjoy", "consolidated": "popular with viewers like you"}[strongest])  # fmt: skip
-        return tuple(reasons)
+        for name in carried:
+            via = sources.get(name, ({}, {}))[1].get(content_id)
+            if name == "global" and via is not None:
+                reasons.append(f"viewers who watched {title(via)} watched it next")
+            elif name == "pair" and via is not None:
+                reasons.append(f"viewers who watched {title(via)} also watched it")
+            elif name == "local" and via is not None:
+                reasons.append(f"you often watch it after {title(via)}")
+            elif name == "content" and recent:
+                closest = recent[int(np.argmax(self.catalog.vectors(self.catalog.rows(recent)) @ X[i]))]
+                reasons.append(f"similar to {title(closest)}")
+            elif name == "content":
+                reasons.append(f"fits your {daypart(context.hour)} viewing")
+            elif name == "pattern":
+                reasons.append("close to what you usually enjoy")
+            elif name == "consolidated":
+                best = int(cons_best[i])
+                trending = best >= 0 and prior.patterns[best].trend_score >= self.config.trend_min_score
+                reasons.append("trending with viewers of your taste" if trending else "popular with viewers of your taste")
+            else:
+                reasons.append("popular with viewers right now")
+        return tuple(dict.fromkeys(reasons))
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _lookup(ids: np.ndarray, scores: dict[int, float]) -> np.ndarray:
-    """Scores of `ids` from a dict (0 where absent), clipped to [0, 1]."""
+def _scaled(ids: np.ndarray, scores: dict[int, float]) -> np.ndarray:
+    """Scores of `ids` from a dict (0 where absent), divided by their maximum over the pool."""
     if not scores:
         return np.zeros(len(ids), np.float32)
     raw = np.fromiter((scores.get(c, 0.0) for c in ids.tolist()), dtype=np.float32, count=len(ids))
-    return np.clip(raw, 0.0, 1.0)
+    top = float(raw.max(initial=0.0))
+    return raw / top if top > 0 else raw
 
 
 def _top(scores: np.ndarray, m: int) -> np.ndarray:

@@ -85,16 +85,19 @@ def render(result: dict[str, Any]) -> None:
     for name, m in result["methods"].items():
         where = "on the TV" if name.startswith(("edge", "cold")) else "centralised (sees everything)"
         table.add_row(name, f"{m['hr@10']:.4f}", f"{m['ndcg@10']:.4f}", where)
+    table.caption = f"TVs rank with {result.get('ranker', 'Brain.recommend')}, the shipped config"
     console.print(table)
     best = result.get("best_centralised")
-    if best:
-        fed, central = result["methods"]["edge_federated"]["ndcg@10"], result["methods"][best]["ndcg@10"]
-        versus = result.get("edge_federated_vs_best") or {}
-        interval = ""
-        if versus.get("ci95"):
-            lo, hi = versus["ci95"]
-            interval = f" Difference {versus['ndcg_diff']:+.4f}, 95 % interval [{lo:+.4f}, {hi:+.4f}] (paired bootstrap over viewers)."
-        console.print(f"edge + federation reaches {fed / central:.0%} of the best centralised model ({best}).{interval}")
+    versus = result.get("edge_federated_vs_best") or {}
+    if best and versus.get("ci95"):
+        lo, hi = versus["ci95"]
+        verdict = (
+            "better than" if lo > 0 else "worse than" if hi < 0 else f"within noise of ({result['users']} viewers)"
+        )
+        console.print(
+            f"edge + federation is {verdict} the best centralised model ({best}): NDCG@10 difference "
+            f"{versus['ndcg_diff']:+.4f}, 95 % interval [{lo:+.4f}, {hi:+.4f}] (paired bootstrap over viewers)."
+        )
     cold = result["methods"].get("cold_start", {})
     if cold.get("tvs"):
         refs = ", ".join(f"{name} {m['ndcg@10']:.4f}" for name, m in cold["reference"].items())

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from omega.brain.config import BrainConfig
 from omega.errors import OmegaError
-from omega.sim.evaluation.evaluate import evaluate_movielens
+from omega.sim.evaluation.evaluate import ablation_configs, evaluate_movielens, score_tvs
+from omega.sim.evaluation.split import leave_last_out_arrays
 from omega.sim.evaluation.metrics import ndcg_at_k, summarise, target_rank
 from movielens_fixtures import LAYOUTS, write_fixture
 
@@ -38,6 +41,8 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
         inspect=lambda fleet: {"tv_pair_rows": sum(tv.brain.store.stats()["global_pairs"] for tv in fleet.tvs.values())},
     )  # fmt: skip
     assert result["dataset"] == layout and result["layout"] == layout
+    assert result["ranker"] == "Brain.recommend" and result["config"] == BrainConfig().to_dict()
+    assert result["ties"] == "seeded shuffle"
     assert result["users"] == 30 and result["items"] == 40
     for name in METHODS:
         m = result["methods"][name]
@@ -51,6 +56,9 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
     assert result["upload_bytes_per_tv"]["p95"] >= result["upload_bytes_per_tv"]["mean"] * 0.5
     assert 0 < result["push_bytes_p50"] <= 1024
     assert result["wire_audit"]["no_raw_episode_left"] is True
+    assert 0.0 <= result["methods"]["edge_federated"]["hr@10"] <= result["methods"]["edge_federated"]["pool_recall"] <= 1.0
+    others = {"edge_only", "edge_federated", *(n for n in METHODS[3:] if n != result["best_centralised"])}
+    assert others <= set(result["versus_best"])
     versus = result["edge_federated_vs_best"]
     assert versus["baseline"] == result["best_centralised"] and versus["users"] == 30
     best_ndcg = result["methods"][versus["baseline"]]["ndcg@10"]
@@ -75,9 +83,12 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
             if row["granularity"] == "item+pair":
                 assert row["published_pairs"] > 0
         assert result["published_pairs"] > 0
-        assert set(result["tables"]["ablation"]) >= {
-            "content", "content+local", "content+global+popularity", "content+global+pairs+popularity"
-        }
+        ablation = result["tables"]["ablation"]
+        assert set(ablation) == set(ablation_configs(BrainConfig()))
+        assert ablation["shipped"]["ndcg@10"] == result["methods"]["edge_federated"]["ndcg@10"]
+        # Each row exercises an active part: the published edges carry the i -> i+1 habit.
+        assert ablation["content+edges"]["ndcg@10"] > ablation["content"]["ndcg@10"]
+        assert {f"ablation: {name}" for name in ablation} <= set(result["versus_best"])
 
 
 def test_a_folder_that_is_no_movielens_layout_is_refused(tmp_path: Path):
@@ -86,3 +97,30 @@ def test_a_folder_that_is_no_movielens_layout_is_refused(tmp_path: Path):
         evaluate_movielens(tmp_path, tables=False, baselines=False)
     with pytest.raises(OmegaError, match="not found"):
         evaluate_movielens(tmp_path / "missing", tables=False, baselines=False)
+
+
+def test_a_viewer_without_a_tv_is_an_error_not_a_skipped_row():
+    split = leave_last_out_arrays(np.array([1, 1, 2, 2]), np.array([5, 6, 5, 6]), np.array([5, 6]))
+
+    class NoTVs:
+        tvs: dict = {}
+
+    with pytest.raises(OmegaError, match="viewer 1 has no TV"):
+        score_tvs(NoTVs(), split, {1: 0, 2: 1}, {1: 0.0, 2: 0.0})  # type: ignore[arg-type]
+
+
+def test_same_second_ties_get_a_seeded_order_not_file_order():
+    from types import SimpleNamespace
+
+    from omega.sim.evaluation.evaluate import _subsample
+
+    n = 200
+    ratings = SimpleNamespace(
+        user=np.zeros(n, np.int32), item=np.arange(n, dtype=np.int32), rating=np.ones(n, np.float32),
+        timestamp=np.repeat(np.arange(n // 4), 4).astype(np.int64),  # four ratings per second, ascending ids
+    )  # fmt: skip
+    data = SimpleNamespace(ratings=ratings)
+    _, item, _, ts = _subsample(data, None, seed=0)  # type: ignore[arg-type]
+    assert np.all(np.diff(ts) >= 0)  # still in time order
+    assert not np.array_equal(item, np.arange(n))  # but not in file order within a second
+    assert np.array_equal(_subsample(data, None, seed=0)[1], item)  # seeded: the same every run

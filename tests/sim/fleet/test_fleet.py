@@ -20,7 +20,8 @@ from omega.protocol import Keyspace, Tier, compute_tag, decode_frame, derive_dev
 from omega.protocol import omega_pb2 as pb
 from omega.sim.evaluation.evaluate import published_edges
 from omega.sim.evaluation.wire_audit import audit_uplink
-from omega.sim.fleet.simulator import SIM_BRAIN_CONFIG, Fleet, FleetConfig, ViewingEvent
+from omega.brain.config import BrainConfig
+from omega.sim.fleet.simulator import Fleet, FleetConfig, ViewingEvent
 from movielens_fixtures import write_fixture
 
 
@@ -29,7 +30,7 @@ def _catalog(items, seed: int = 0) -> tuple[Catalog, np.ndarray]:
     rng = np.random.default_rng(seed)
     matrix = rng.standard_normal((len(items), 384)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    return Catalog.from_vectors(items, matrix, SIM_BRAIN_CONFIG), matrix
+    return Catalog.from_vectors(items, matrix, BrainConfig()), matrix
 
 
 def _events(data) -> list[ViewingEvent]:

@@ -4,7 +4,7 @@
 - `leave_last_out`, `validation_split`, `Split`: one split every method sees (`split`).
 - `target_rank`, `summarise`, `paired_bootstrap`: full-ranking metrics and intervals (`metrics`).
 - `audit_uplink`: every uplink frame decoded, nothing raw may leave a TV (`wire_audit`).
-- `baselines`, `edge_ranking`, `cell_granularity`: the models and rules compared.
+- `baselines`, `cell_granularity`: the centralised models and the cell-keyed edge rule compared.
 """
 
 from omega.sim.evaluation.evaluate import evaluate_movielens

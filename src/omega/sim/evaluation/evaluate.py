@@ -1,22 +1,31 @@
 """`omega eval movielens`: the fleet against centralised baselines on one leave-last-out split.
 
 Every method sees the same split (`omega.sim.evaluation.split.leave_last_out`): per user
-the last rating is the target, earlier ones the history; ranking is over the
-whole catalog minus the history (`omega.sim.evaluation.metrics`).
+the last rating is the target, earlier ones the history. Ratings that share a
+timestamp (about 16 % of consecutive viewings in ml-latest-small) are put in a
+seeded random order first, not file order (ascending movieId), which a sequence
+model would learn as a fake signal. Item text is title, year and genres only:
+MovieLens tags carry dates up to the end of the data, after the split.
 
-- edge_only: each TV's brain after replaying its own training history, no sync
-  (local transitions, content similarity).
-- edge_federated: the same brains after syncing every training viewing through
-  the constellation and pulling what it published (k_min TVs per edge).
+The TVs are scored exactly as they run: `Brain.rank` (what `Brain.recommend`
+returns, with the shipped `BrainConfig`) gives each evaluated viewer's TV its
+top 10 at the target's time, history excluded as the TV excludes it; the
+target's rank is its position there (10 = missed). A viewer without a TV is an
+error. `pool_recall` is the share of targets inside the candidate pool.
+
+- edge_only: the same brains ranking with what they learned alone (local
+  transitions, patterns, content; nothing pulled).
+- edge_federated: the shipped ranking after syncing every training viewing
+  through the constellation and pulling what it published (k_min TVs per edge).
 - cold_start: new TVs for a sample of users that watch only their first
   `cold_n` training episodes, then sync; target = that user's next episode
   (with most-popular and seq_transition on the same task as references).
 - mostpop, itemknn, als, seq_transition: centralised, tuned on the validation
   split, trained on all training histories (`omega.sim.evaluation.baselines`).
 
-The TV-side scorer's defaults (`EdgeWeights`) were picked on the ml-latest-small
-validation split; the held-out targets are never synced (only training
-viewings are replayed).
+Each method's NDCG@10 comes with a paired bootstrap interval of its difference
+to the best centralised baseline (`versus_best`). The held-out targets are
+never synced (only training viewings are replayed).
 """
 
 from __future__ import annotations
@@ -25,13 +34,17 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from omega.brain.brain import context_at
+from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
 from omega.brain.records import TransitionStat
+from omega.brain.recommender import Published
 from omega.brain.sync import SyncConfig
 from omega.constellation.codebook import build_codebook
 from omega.constellation.crdt import ConsolidatedEdge
@@ -42,36 +55,60 @@ from omega.sim.evaluation import cell_granularity as cg
 from omega.sim.evaluation.baselines import BASELINES, tune_and_evaluate
 from omega.sim.evaluation.baselines.mostpop import MostPop
 from omega.sim.evaluation.baselines.seq_transition import SeqTransition
-from omega.sim.evaluation.edge_ranking import EdgeWeights, score_catalog
 from omega.sim.evaluation.metrics import ndcg_values, paired_bootstrap, summarise, target_rank
 from omega.sim.evaluation.split import Split, leave_last_out_arrays
 from omega.sim.evaluation.wire_audit import TappedFrame, audit_frames, decode_uplink
 from omega.sim.fleet.catalog_cache import build_catalog
-from omega.sim.fleet.simulator import SIM_BRAIN_CONFIG, TV, Fleet, FleetConfig, ViewingEvent
+from omega.sim.fleet.simulator import TV, Fleet, FleetConfig, ViewingEvent
 
 Stage = Callable[[str, int, int], None]  # (stage name, done, total)
 Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before it is closed; adds keys
 BASELINE_NAMES = ("mostpop", "itemknn", "als", "seq_transition")
-FEDERATED = EdgeWeights()
-EDGE_ONLY = EdgeWeights(w_global=0.0, w_pair=0.0, w_popularity=0.0, w_local=1.0, w_content=0.05)
-ABLATION: dict[str, EdgeWeights] = {
-    "content": EdgeWeights(w_global=0.0, w_pair=0.0, w_popularity=0.0, w_local=0.0, w_content=1.0),
-    "content+local": EDGE_ONLY,
-    "content+local+global": EdgeWeights(w_global=1.0, w_pair=0.0, w_popularity=0.0, w_local=0.3, w_content=0.05),
-    "content+global+popularity": EdgeWeights(w_pair=0.0),
-    "content+global+pairs+popularity": FEDERATED,
-    "content+global+pairs+popularity+trends": EdgeWeights(w_consolidated=0.05),
-}
+#: the list length scored (HR@10, NDCG@10): a target outside the TV's top 10 is a miss
+K = 10
+#: how the evaluation orders ratings that share a timestamp
+TIES = "seeded shuffle"
 K_MIN_TABLE = (1, 3, 5, 10)
 #: codebook sizes of the privacy table's cell rows (capped at a quarter of the catalog for tiny fixtures)
 CELL_SIZES = (64, 256, 1024)
-#: weight of the cell backoff next to the item edges (bench/quality.py --grid table)
-W_CELL = 0.3
 
 
-def _subsample(data: MovieLensData, users: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _without(config: BrainConfig, *parts: str, **changes: Any) -> BrainConfig:
+    """The config with the named score parts switched off (weight 0)."""
+    names = {"local": "w_local_transition", "global": "w_global_transition", "pair": "w_global_pair",
+             "content": "w_content", "pattern": "w_pattern", "consolidated": "w_consolidated"}  # fmt: skip
+    return replace(config, **{names[p]: 0.0 for p in parts}, **changes)
+
+
+def edge_only_config(config: BrainConfig) -> BrainConfig:
+    """What a TV knows without sync: nothing pulled is used."""
+    return _without(config, "global", "pair", "consolidated", popular_k=0)
+
+
+def ablation_configs(config: BrainConfig) -> dict[str, BrainConfig]:
+    """Rows that each add or remove one part that is active in a synced fleet (local transitions are not
+    a row: they only point at watched items, which the TV excludes)."""
+    content = _without(config, "local", "global", "pair", "pattern", "consolidated", popular_k=0)
+    return {
+        "content": content,
+        "content+patterns": replace(content, w_pattern=config.w_pattern),
+        "content+edges": replace(content, w_global_transition=config.w_global_transition),
+        "content+edges+pairs": replace(content, w_global_transition=config.w_global_transition,
+                                       w_global_pair=config.w_global_pair),  # fmt: skip
+        "shipped without popular pool": replace(config, popular_k=0),
+        "shipped without patterns": _without(config, "pattern"),
+        "shipped without consolidated": _without(config, "consolidated"),
+        "shipped without diversity": replace(config, diversity_lambda=1.0),
+        "shipped": config,
+    }
+
+
+def _subsample(
+    data: MovieLensData, users: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ratings of `users` sampled viewers (all by default) in time order, same-second ties shuffled."""
     r = data.ratings
-    keep = np.ones(len(r), bool)
+    keep = np.ones(r.user.shape[0], bool)
     if users is not None:
         if users < 2:
             raise OmegaError(f"--users must be at least 2, got {users}")
@@ -79,72 +116,69 @@ def _subsample(data: MovieLensData, users: int | None, seed: int) -> tuple[np.nd
         if users < ids.size:
             chosen = np.random.default_rng(seed).choice(ids, size=users, replace=False)
             keep = np.isin(r.user, chosen)
-    return r.user[keep], r.item[keep], r.rating[keep], r.timestamp[keep]
+    idx = np.flatnonzero(keep)
+    # Time order with a seeded random tie-break (lexsort: last key is primary).
+    order = idx[np.lexsort((np.random.default_rng(seed + 7).random(idx.size), r.timestamp[idx]))]
+    return r.user[order], r.item[order], r.rating[order], r.timestamp[order]
 
 
-def _train_events(user: np.ndarray, item: np.ndarray, stars: np.ndarray, ts: np.ndarray) -> list[ViewingEvent]:
-    """Every rating except each user's last (the test target), in time order."""
+def _train_events(user: np.ndarray, item: np.ndarray, stars: np.ndarray, ts: np.ndarray) -> tuple[list[ViewingEvent], dict[int, float]]:
+    """Every rating except each user's last (the test target), in time order; and each user's target time."""
     last = {}
     for i, u in enumerate(user.tolist()):
         last[u] = i
     held = set(last.values())
-    return [
+    events = [
         ViewingEvent(int(u), int(c), float(s), float(t))
         for i, (u, c, s, t) in enumerate(zip(user.tolist(), item.tolist(), stars.tolist(), ts.tolist()))
         if i not in held
     ]
+    return events, {int(u): float(ts[i]) for u, i in last.items()}
 
 
-def _evaluate_tvs(fleet: Fleet, split: Split, weights: EdgeWeights, rows_by_user: dict[int, int], **kw: Any) -> dict[str, float]:
-    return _evaluate_variants(fleet, split, weights, rows_by_user, {"": None}, **kw)[""]
+class Scored:
+    """Per split row: the target's rank in the TV's top K (K = missed) and whether it was in the pool."""
+
+    def __init__(self) -> None:
+        self.ranks: dict[int, int] = {}
+        self.in_pool: dict[int, bool] = {}
+
+    def summary(self) -> dict[str, float]:
+        pooled = list(self.in_pool.values())
+        return summarise(self.ranks.values(), K) | {"pool_recall": float(np.mean(pooled)) if pooled else 0.0}
 
 
-Extra = Callable[[list[int]], np.ndarray]  # catalog rows watched last (most recent first) -> scores to add
-
-
-def _evaluate_variants(
-    fleet: Fleet, split: Split, weights: EdgeWeights, rows_by_user: dict[int, int], variants: dict[str, Extra | None],
-    **kw: Any,
-) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Like `_evaluate_tvs`, scoring each TV once with `weights` and then once per variant (base + extra)."""
-    ranks = _rank_variants(fleet, split, weights, rows_by_user, variants, **kw)
-    return {name: summarise(r.values()) for name, r in ranks.items()}
-
-
-def _rank_variants(
-    fleet: Fleet, split: Split, weights: EdgeWeights, rows_by_user: dict[int, int], variants: dict[str, Extra | None],
-    **kw: Any,
-) -> dict[str, dict[int, int]]:  # fmt: skip
-    """Per variant, the target rank of each evaluated TV by its user's split row."""
-    ranks: dict[str, dict[int, int]] = {name: {} for name in variants}
+def score_tvs(
+    fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], *,
+    config: BrainConfig | None = None, published: Published | None = None,
+) -> Scored:  # fmt: skip
+    """Each evaluated viewer's TV ranks its top K with `Brain.rank` at the target's time."""
+    scored = Scored()
     for user, row in rows_by_user.items():
         tv = fleet.tvs.get(user)
         if tv is None:
-            continue
-        scores = score_catalog(tv.brain, weights, **kw)
-        recent: list[int] = []
-        if any(extra is not None for extra in variants.values()):
-            cat = tv.brain.catalog
-            recent = cat.rows([c for c in tv.brain.store.recent_content_ids(weights.n_recent) if c in cat]).tolist()
-        for name, extra in variants.items():
-            s = scores if extra is None else scores + extra(recent)
-            ranks[name][row] = target_rank(s, int(split.targets[row]), split.histories[row])
-    return ranks
+            raise OmegaError(f"viewer {user} has no TV in the fleet: every evaluated viewer must be scored")
+        ranking = tv.brain.rank(context_at(when[user]), K, config=config, published=published)
+        target = int(split.item_ids[split.targets[row]])
+        ids = [r.content_id for r in ranking.recommendations]
+        scored.ranks[row] = ids.index(target) if target in ids else K
+        scored.in_pool[row] = target in ranking.pool
+    return scored
 
 
-def _versus_best(
-    split: Split, federated: dict[int, int], best: str, params: dict[str, Any], seed: int
-) -> dict[str, Any]:
-    """NDCG@10 of edge + federation minus the best centralised model's, paired per viewer, with a
-    bootstrap 95 % interval: whether "matches" is more than noise. The baseline is refitted with its
-    tuned parameters to get its per-viewer ranks."""
-    factory, _ = BASELINES[best]
-    model = factory(**params).fit(split)
-    rows = sorted(federated)
-    theirs = [target_rank(model.scores(r, split.histories[r]), int(split.targets[r]), split.histories[r]) for r in rows]
-    result = paired_bootstrap(ndcg_values(federated[r] for r in rows), ndcg_values(theirs), seed=seed)
-    return {"baseline": best, "users": len(rows), "ndcg_diff": result["diff"],
+def _versus(mine: dict[int, int], theirs: dict[int, int], name: str, seed: int) -> dict[str, Any]:
+    """NDCG@10 of `mine` minus `theirs`, paired per viewer, with a bootstrap 95 % interval."""
+    rows = sorted(mine)
+    result = paired_bootstrap(ndcg_values(mine[r] for r in rows), ndcg_values(theirs[r] for r in rows), seed=seed)
+    return {"baseline": name, "users": len(rows), "ndcg_diff": result["diff"],
             "ci95": [result["ci95_low"], result["ci95_high"]]}  # fmt: skip
+
+
+def _baseline_ranks(split: Split, name: str, params: dict[str, Any], rows: list[int]) -> dict[int, int]:
+    """Per-row target ranks of a centralised baseline refitted with its tuned parameters."""
+    factory, _ = BASELINES[name]
+    model = factory(**params).fit(split)
+    return {r: target_rank(model.scores(r, split.histories[r]), int(split.targets[r]), split.histories[r]) for r in rows}
 
 
 async def published_edges(fleet: Fleet, k_min: int) -> list[ConsolidatedEdge]:
@@ -162,8 +196,9 @@ async def published_edges(fleet: Fleet, k_min: int) -> list[ConsolidatedEdge]:
 Lookup = Callable[[int], list[TransitionStat]]
 
 
-def _published_lookup(edges: list[ConsolidatedEdge]) -> tuple[Lookup, Lookup, dict[int, float]]:
-    """(ordered edges by source, unordered pairs by either end, in-weight per item) of a published set."""
+def published_state(edges: list[ConsolidatedEdge], *, with_pairs: bool = True) -> Published:
+    """What a TV would hold after pulling `edges`: successors by source, pairs by either end (heaviest first),
+    and the most-followed items."""
     rows: dict[int, list[TransitionStat]] = {}
     pairs: dict[int, list[TransitionStat]] = {}
     into: dict[int, float] = {}
@@ -171,72 +206,84 @@ def _published_lookup(edges: list[ConsolidatedEdge]) -> tuple[Lookup, Lookup, di
         if e.keyspace == Keyspace.ITEM:
             rows.setdefault(e.src, []).append(TransitionStat(e.src, e.dst, float(e.weight), e.support))
             into[e.dst] = into.get(e.dst, 0.0) + float(e.weight)
-        elif e.keyspace == Keyspace.PAIR:
+        elif e.keyspace == Keyspace.PAIR and with_pairs:
             pairs.setdefault(e.src, []).append(TransitionStat(e.src, e.dst, float(e.weight), e.support))
             pairs.setdefault(e.dst, []).append(TransitionStat(e.dst, e.src, float(e.weight), e.support))
-    return (lambda src: rows.get(src, [])), (lambda src: pairs.get(src, [])), into
+    for found in (*rows.values(), *pairs.values()):
+        found.sort(key=lambda t: (-t.weight, t.dst))
+    popular = [dst for dst, _ in sorted(into.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return (lambda src: rows.get(src, [])), (lambda src: pairs.get(src, [])), (lambda: popular)
 
 
 async def _run(
     data: MovieLensData, *, users: int | None, k_min: int, cold_n: int, cold_users: int, seed: int,
     workdir: Path, stage: Stage, embedder: Embedder, tables: bool, baselines: bool, inspect: Inspect | None,
-    store_dir: Path | None = None,
+    store_dir: Path | None = None, config: BrainConfig | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    config = config or BrainConfig()
     user, item, stars, ts = _subsample(data, users, seed)
     split = leave_last_out_arrays(user, item, data.item_ids)
     if split.n_users == 0:
         raise OmegaError(f"{data.path}: no user has two or more ratings to evaluate")
     rows_by_user = {int(u): r for r, u in enumerate(split.users.tolist())}
 
-    catalog, matrix = build_catalog(data.items, embedder, SIM_BRAIN_CONFIG, lambda d, t: stage("embed catalog", d, t))
+    catalog, matrix = build_catalog(data.items, embedder, config, lambda d, t: stage("embed catalog", d, t))
     if not np.array_equal(catalog.ids, split.item_ids.astype(np.int64)):
         raise OmegaError("catalog order differs from the split's item order")
     codebook = build_codebook(matrix, k=min(256, len(data.items)), seed=seed, iters=10)
     timings["catalog_s"] = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    events = [ev for ev in _train_events(user, item, stars, ts) if ev.user in rows_by_user]
+    events, when = _train_events(user, item, stars, ts)
+    events = [ev for ev in events if ev.user in rows_by_user]
     fleet = await Fleet.open(
-        workdir, catalog, codebook, embedder=embedder, config=FleetConfig(k_min=k_min, seed=seed), store_dir=store_dir
-    )
+        workdir, catalog, codebook, embedder=embedder, config=FleetConfig(k_min=k_min, seed=seed, brain=config),
+        store_dir=store_dir,
+    )  # fmt: skip
     try:
         await fleet.replay(events, lambda d, t: stage("replay viewings", d, t))
         fleet_tvs = list(fleet.tvs.values())
         up = np.array([tv.bytes_up for tv in fleet_tvs], np.float64)
         push_sizes = [len(d) for _, d in fleet.tap.uplink if peek_frame(d).kind == "push"]
-        # What the fleet TVs sent while learning (before catch-up and cold start), decoded once for the
-        # wire audit and the privacy table's cell rows.
-        uplink = decode_uplink(fleet.tap.uplink, lambda dev: derive_device_key(fleet.config.secret, dev, 1))
-        audit = audit_frames(uplink)
         await fleet.catch_up(progress=lambda d, t: stage("pull published patterns", d, t))
         timings["fleet_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         methods: dict[str, dict[str, Any]] = {}
         stage("score TVs", 0, 2)
-        methods["edge_only"] = _evaluate_tvs(fleet, split, EDGE_ONLY, rows_by_user)
+        edge_only = score_tvs(fleet, split, rows_by_user, when, config=edge_only_config(config))
+        methods["edge_only"] = edge_only.summary()
         stage("score TVs", 1, 2)
-        federated_ranks = _rank_variants(fleet, split, FEDERATED, rows_by_user, {"": None})[""]
-        methods["edge_federated"] = summarise(federated_ranks.values())
+        federated = score_tvs(fleet, split, rows_by_user, when)
+        methods["edge_federated"] = federated.summary()
         stage("score TVs", 2, 2)
         timings["edge_eval_s"] = time.perf_counter() - t0
+        held = [len(tv.brain.store.consolidated()) for tv in fleet_tvs]
 
         t0 = time.perf_counter()
         methods["cold_start"] = await _cold_start(fleet, split, events, rows_by_user, cold_n, cold_users, seed, stage)
         timings["cold_start_s"] = time.perf_counter() - t0
+        # Every uplink frame, the catch-up's and the cold-start TVs' included, decoded for the wire audit;
+        # the privacy table's cell rows re-key the fleet TVs' pushes.
+        uplink = decode_uplink(fleet.tap.uplink, lambda dev: derive_device_key(fleet.config.secret, dev, 1))
+        audit = audit_frames(uplink)
 
         out_tables: dict[str, Any] = {}
+        ranks_by_method: dict[str, dict[int, int]] = {"edge_only": edge_only.ranks, "edge_federated": federated.ranks}
         if tables:
             t0 = time.perf_counter()
             ablation = {}
-            for i, (name, w) in enumerate(ABLATION.items()):
-                stage("ablation", i, len(ABLATION))
-                ablation[name] = _evaluate_tvs(fleet, split, w, rows_by_user)
+            configs = ablation_configs(config)
+            for i, (name, variant) in enumerate(configs.items()):
+                stage("ablation", i, len(configs))
+                scored = federated if variant == config else score_tvs(fleet, split, rows_by_user, when, config=variant)
+                ablation[name] = scored.summary()
+                ranks_by_method[f"ablation: {name}"] = scored.ranks
             out_tables["ablation"] = ablation
             out_tables["privacy"] = await _privacy_table(
-                fleet, split, rows_by_user, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
+                fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
             )
             timings["tables_s"] = time.perf_counter() - t0
         published = await published_edges(fleet, k_min)
@@ -254,18 +301,32 @@ async def _run(
         stage("centralised baselines", len(BASELINE_NAMES), len(BASELINE_NAMES))
 
     best = max((n for n in BASELINE_NAMES if n in methods), key=lambda n: methods[n]["ndcg@10"], default=None)
-    versus = _versus_best(split, federated_ranks, best, methods[best]["params"], seed) if best else None
+    versus: dict[str, Any] = {}
+    if best:
+        rows = sorted(federated.ranks)
+        best_ranks = _baseline_ranks(split, best, methods[best]["params"], rows)
+        for name in BASELINE_NAMES:
+            if name != best and name in methods:
+                ranks_by_method[name] = _baseline_ranks(split, name, methods[name]["params"], rows)
+        versus = {name: _versus(r, best_ranks, best, seed) for name, r in ranks_by_method.items()}
     return {
         "dataset": data.path.name,
         "layout": data.layout,
+        "ranker": "Brain.recommend",
+        "config": config.to_dict(),
+        "ties": TIES,
+        "item_text": "title, year, genres (tags left out: they are dated after the split)",
         "users": split.n_users,
         "items": split.n_items,
         "train_viewings": len(events),
         "k_min": k_min,
+        "seed": seed,
         "methods": methods,
         "best_centralised": best,
         "edge_federated_matches_best": bool(best and methods["edge_federated"]["ndcg@10"] >= methods[best]["ndcg@10"]),
-        "edge_federated_vs_best": versus,
+        "edge_federated_vs_best": versus.get("edge_federated"),
+        "versus_best": versus,
+        "consolidated_patterns_per_tv": float(np.mean(held)) if held else 0.0,
         "upload_bytes_per_tv": {"mean": float(up.mean()) if up.size else 0.0, "p95": float(np.percentile(up, 95)) if up.size else 0.0},
         "push_bytes_p50": float(np.median(push_sizes)) if push_sizes else 0.0,
         "pushes": len(push_sizes),
@@ -312,7 +373,8 @@ async def _cold_start(
         await fleet.catch_up([tv])
         history = split.item_ids.searchsorted(np.array([ev.content_id for ev in seen]))
         target_row = int(split.item_ids.searchsorted(target.content_id))
-        ranks.append(target_rank(score_catalog(tv.brain, FEDERATED), target_row, history))
+        ids = [r.content_id for r in tv.brain.rank(context_at(target.timestamp), K).recommendations]
+        ranks.append(ids.index(target.content_id) if target.content_id in ids else K)
         for name, model in references.items():
             ref_ranks[name].append(target_rank(model.scores(rows_by_user[u], history), target_row, history))
         stage("cold-start TVs", done, len(chosen))
@@ -323,15 +385,15 @@ async def _cold_start(
 
 
 async def _privacy_table(
-    fleet: Fleet, split: Split, rows_by_user: dict[int, int], up: np.ndarray, stage: Stage, *,
+    fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], up: np.ndarray, stage: Stage, *,
     uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """NDCG@10 of the federated scorer for each k_min and granularity, from the same constellation's
-    published sets: "item" (ordered item edges alone), "item+pair" (with the unordered pairs; derived by
-    the constellation, so both cost a TV the same upload) and "item+cell<N>" (the item edges plus a backoff
-    over codebook cells of N centroids, `W_CELL`). Cell edges are an offline re-keying of the tapped
-    pushes with the constellation's rule (`omega.sim.evaluation.cell_granularity`); their upload is those pushes
-    re-encoded with cell-keyed edges."""
+    """NDCG@10 of the shipped ranking (`Brain.rank` over another published set) for each k_min, from the
+    same constellation's published sets: "item" (ordered item edges alone) and "item+pair" (with the
+    unordered pairs; derived by the constellation, so both cost a TV the same upload). "item+cell<N>"
+    rows give what cell-keyed edges (codebook cells of N centroids) would cost and publish: an offline
+    re-keying of the tapped pushes with the constellation's rule (`omega.sim.evaluation.cell_granularity`),
+    their upload those pushes re-encoded; a TV has no cell ranking path, so they carry no NDCG."""
     key_for = lambda dev: derive_device_key(fleet.config.secret, dev, 1)  # noqa: E731
     pushes = cg.item_pushes(uplink)
     policy = fleet.aggregator.policy
@@ -351,38 +413,23 @@ async def _privacy_table(
             "up": float(cell_up.mean()) if cell_up.size else 0.0,
             "edges_per_tv": float(np.mean([len(edges_per_tv.get(tv.device_id, ())) for tv in tvs])) if tvs else 0.0,
         }  # fmt: skip
-    item_weights = EdgeWeights(w_pair=0.0)
     out = []
     for i, k in enumerate(K_MIN_TABLE):
         stage("privacy table", i, len(K_MIN_TABLE))
         edges = await published_edges(fleet, k)
-        lookup, pairs, into = _published_lookup(edges)
-        pop = np.zeros(n_items, np.float64)
-        if into:
-            pop[fleet.catalog.rows(list(into))] = list(into.values())
-            pop /= pop.max()
         n_pairs = sum(e.keyspace == Keyspace.PAIR for e in edges)
         common = {"k_min": k, "published_edges": len(edges) - n_pairs}
         base = {"upload_bytes_per_tv_mean": float(up.mean()) if up.size else 0.0}
-        kw = {"global_lookup": lookup, "pair_lookup": pairs, "pop": pop}
-        variants: dict[str, Extra | None] = {"item": None}
-        published_cells = {}
-        for n, c in cells_by_size.items():
-            published_cells[n] = cg.publish(c["aggregated"], k)
-            backoff = cg.CellBackoff(
-                c["cells"], published_cells[n], pop, n_cells=n, recency_decay=item_weights.recency_decay,
-                source_norm=item_weights.source_norm,
-            )  # fmt: skip
-            variants[f"cell{n}"] = lambda recent, b=backoff: W_CELL * b.scores(recent)
-        results = _evaluate_variants(fleet, split, item_weights, rows_by_user, variants, **kw)
-        out.append({"granularity": "item", **common, "published_pairs": 0, **results["item"], **base})
-        with_pairs = _evaluate_tvs(fleet, split, FEDERATED, rows_by_user, **kw)
-        out.append({"granularity": "item+pair", **common, "published_pairs": n_pairs, **with_pairs, **base})
+        for name, with_pairs in (("item", False), ("item+pair", True)):
+            state = published_state(edges, with_pairs=with_pairs)
+            scored = score_tvs(fleet, split, rows_by_user, when, published=state)
+            out.append({"granularity": name, **common, "published_pairs": n_pairs if with_pairs else 0,
+                        **scored.summary(), **base})  # fmt: skip
         for n, c in cells_by_size.items():
             out.append({
-                "granularity": f"item+cell{n}", **common, "published_pairs": 0, **results[f"cell{n}"],
-                "upload_bytes_per_tv_mean": c["up"], "cells": n, "published_cell_edges": len(published_cells[n]),
-                "cell_edges_per_tv": c["edges_per_tv"],
+                "granularity": f"item+cell{n}", **common, "published_pairs": 0, "hr@10": None, "ndcg@10": None,
+                "upload_bytes_per_tv_mean": c["up"], "cells": n,
+                "published_cell_edges": len(cg.publish(c["aggregated"], k)), "cell_edges_per_tv": c["edges_per_tv"],
             })  # fmt: skip
     stage("privacy table", len(K_MIN_TABLE), len(K_MIN_TABLE))
     return out
@@ -402,13 +449,16 @@ def evaluate_movielens(
     tables: bool = True,
     baselines: bool = True,
     inspect: Inspect | None = None,
+    config: BrainConfig | None = None,
 ) -> dict[str, Any]:
-    """Run the whole evaluation (see module docstring); returns the `omega eval movielens` JSON object."""
+    """Run the whole evaluation (see module docstring); returns the `omega eval movielens` JSON object.
+
+    `config`: the brains' config (default: the shipped `BrainConfig()`; the tuning grid passes others)."""
     if k_min < 1:
         raise OmegaError(f"--k-min must be at least 1, got {k_min}")
     if cold_n < 1:
         raise OmegaError(f"cold-start episodes must be at least 1, got {cold_n}")
-    data = load_movielens(data_dir)
+    data = load_movielens(data_dir, max_tags=0)  # tags are dated after the split: no text from the future
     embedder = embedder or Embedder()
     noop: Stage = lambda name, done, total: None  # noqa: E731
     shm = Path("/dev/shm")
@@ -420,6 +470,6 @@ def evaluate_movielens(
             _run(
                 data, users=users, k_min=k_min, cold_n=cold_n, cold_users=cold_users, seed=seed, workdir=Path(tmp),
                 stage=stage or noop, embedder=embedder, tables=tables, baselines=baselines, inspect=inspect,
-                store_dir=Path(store_tmp),
+                store_dir=Path(store_tmp), config=config,
             )  # fmt: skip
         )

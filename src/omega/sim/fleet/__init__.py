@@ -6,11 +6,10 @@
 """
 
 from omega.sim.fleet.catalog_cache import build_catalog, catalog_embeddings
-from omega.sim.fleet.simulator import SIM_BRAIN_CONFIG, TV, Fleet, FleetConfig, ViewingEvent
+from omega.sim.fleet.simulator import TV, Fleet, FleetConfig, ViewingEvent
 from omega.sim.fleet.trend_experiment import run_burst_experiment
 
 __all__ = [
-    "SIM_BRAIN_CONFIG",
     "TV",
     "Fleet",
     "FleetConfig",

@@ -65,9 +65,6 @@ from omega.protocol import Tier
 
 Progress = Callable[[int, int], None]
 
-#: Brain settings for the simulated fleet: transitions over 5 steps decaying by 0.8 (the plateau that the
-#: centralised transition model found on the validation split), the rest TV defaults.
-SIM_BRAIN_CONFIG = BrainConfig(transition_window=5, transition_decay=0.8)
 TIERS = (Tier.PREMIUM, Tier.ACTIVE, Tier.CASUAL)
 #: Syncs one TV may run back to back while catching up on published deltas.
 _MAX_CATCH_UP_SYNCS = 200
@@ -84,7 +81,8 @@ class FleetConfig:
     k_min: int = 3
     #: share of premium, active and casual TVs
     tier_mix: tuple[float, float, float] = (0.2, 0.5, 0.3)
-    brain: BrainConfig = SIM_BRAIN_CONFIG
+    #: the shipped TV defaults: the fleet measures the brain a TV runs
+    brain: BrainConfig = field(default_factory=BrainConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     seed: int = 0
     #: the server secret the device tokens derive from (the simulation's own)

@@ -41,11 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from omega.brain.catalog import Catalog
+from omega.brain.config import BrainConfig
 from omega.brain.records import CatalogItem
 from omega.constellation.codebook import build_codebook
 from omega.constellation.trends import TrendTracker
 from omega.errors import OmegaError
-from omega.sim.fleet.simulator import SIM_BRAIN_CONFIG, Fleet, FleetConfig
+from omega.sim.fleet.simulator import Fleet, FleetConfig
 
 DIM = 384
 _MAX_SYNCS_PER_WINDOW = 5
@@ -88,7 +89,7 @@ async def _run(
 ) -> dict[str, object]:
     rng = np.random.default_rng(seed)
     items, matrix = _clustered_catalog(n_cells, items_per_cell, rng)
-    brain_config = replace(SIM_BRAIN_CONFIG, high_quality_min_uses=1)
+    brain_config = BrainConfig(high_quality_min_uses=1)
     catalog = Catalog.from_vectors(items, matrix, brain_config)
     codebook = build_codebook(matrix, k=n_cells, seed=seed)
     assigned = codebook.assign(matrix)
