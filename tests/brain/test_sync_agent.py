@@ -128,6 +128,7 @@ async def test_refusals_back_off_and_change_nothing(store, peer, fault, code, re
 
 async def test_daemon_honours_retry_after(store, peer):
     agent = make_agent(store, peer.url, Tier.CASUAL)
+    agent.policy = policy_for(Tier.CASUAL)  # its real interval: the signed hint is under its limit
     peer.peer.faults.append("429")
     stop = asyncio.Event()
     seen: list[tuple] = []
@@ -148,7 +149,8 @@ async def test_daemon_honours_retry_after(store, peer):
 async def test_a_rate_limited_daemon_does_not_retry_before_the_retry_after_elapses(store, peer):
     agent = make_agent(store, peer.url, Tier.CASUAL)
     peer.peer.faults.append("429")  # Retry-After: 3 (one frame); the retried sync sends push, pull, heartbeat
-    agent.policy = replace(agent.policy, backoff_base_s=0.01, backoff_cap_s=0.01)  # (almost) no jitter on top
+    # (almost) no jitter on top; an interval whose hint limit (10 intervals) is above the 9 s asked for
+    agent.policy = replace(agent.policy, interval_s=60.0, backoff_base_s=0.01, backoff_cap_s=0.01)
     stop = asyncio.Event()
     seen: list[tuple[float, str | None, float]] = []
 
@@ -209,15 +211,19 @@ async def test_a_signed_invalid_pattern_refusal_drops_that_batch_only(store, pee
         await agent.close()
 
 
-async def test_a_page_that_cannot_be_merged_leaves_store_and_cursor_untouched(store, peer):
-    peer.peer.changes = [consolidated(1), consolidated(2**63)]  # beyond SQLite's int64
+async def test_a_pulled_id_the_tv_cannot_store_is_skipped_in_one_line_and_never_blocks_later_pulls(store, peer):
+    peer.peer.changes = [consolidated(1), consolidated(2**63), consolidated(3)]  # 2^63: beyond SQLite's int64
     peer.peer.page_size = 2
     agent = make_agent(store, peer.url, Tier.CASUAL)
     try:
-        with pytest.raises(SyncFailed, match="cannot merge") as failed:
-            await agent.sync_once()
-        assert failed.value.code == "malformed"  # the page's fault, unlike a full disk (local_store)
-        assert store.consolidated() == [] and state.cursor(store) == 0
+        report = await agent.sync_once()
+        assert [c.cluster_id for c in store.consolidated()] == [1, 3] and state.cursor(store) == 3
+        assert report.skipped_items == 1 and report.pulled_patterns == 2
+        [line] = [e for e in report.errors if "cannot store" in e]
+        assert str(2**63) in line and "\n" not in line
+        peer.peer.changes.append(consolidated(4))
+        again = await agent.sync_once()  # the next page is pulled as usual
+        assert again.pulled_patterns == 1 and state.cursor(store) == 4 and again.skipped_items == 0
     finally:
         await agent.close()
 

@@ -4,7 +4,8 @@ It speaks the wire protocol with the real codec over real sockets (uvicorn in a
 thread: HTTP POST /v1/sync and WebSocket /v1/ws), keeps the contract's rules
 that matter to a TV (batch dedupe, replay by seq, paged pulls by cursor) and
 can be told to misbehave: drop the connection mid-reply, answer slowly, 429 /
-503 with Retry-After, unsigned or signed error replies.
+503 with Retry-After (signed, as the real server's), unsigned or signed error
+replies, hints of absurd size, and replays of replies it sent earlier.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Peer:
     edges: list[Transition] = field(default_factory=list)
     page_size: int = 2
     next_sync_s: int = 0
+    heartbeat_retry_after_s: int = 0
     faults: deque = field(default_factory=deque)
     acks: dict[bytes, PushAck] = field(default_factory=dict)
     received_batches: list[bytes] = field(default_factory=list)
@@ -65,6 +67,8 @@ class Peer:
     seqs: dict[bytes, int] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
     ws_connections: int = 0
+    #: Every signed reply sent, by kind of the uplink frame it answered (and "invalid"), for replaying.
+    sent: dict[str, list[bytes]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ protocol
 
@@ -92,17 +96,27 @@ class Peer:
         if isinstance(frame.body, Push):
             self.received_batches.append(frame.body.batch_id)
 
-        def signed(body) -> bytes:
-            out = Frame(frame.device_id, frame.seq, now_ms(), body, key_id=frame.key_id)
-            return encode_frame(out, key)
+        def signed(body, kind: str | None = None) -> bytes:
+            stamp = now_ms() - 3_600_000 if fault == "stale-ts" else now_ms()
+            out = encode_frame(Frame(frame.device_id, frame.seq, stamp, body, key_id=frame.key_id), key)
+            self.sent.setdefault(kind or frame.kind, []).append(out)
+            return out
 
-        if fault in ("429", "503"):
+        if isinstance(fault, str) and fault.startswith("replay:"):  # a captured reply, sent again
+            return 200, self.sent[fault.split(":", 1)[1]][0], 0
+        if fault in ("429", "503"):  # the real server signs these (the tag verified before it refuses)
             code, status = ("rate_limited", 429) if fault == "429" else ("unavailable", 503)
-            return status, encode_error_reply(code, "try later", retry_after_s=3), 3
+            return status, signed(ErrorReply(code, "try later", 3), "error"), 3
+        if fault == "429-unsigned":
+            return 429, encode_error_reply("rate_limited", "try later", retry_after_s=3), 3
+        if fault == "huge-unsigned":  # e.g. forged on the path: 2^32-1 s in the frame, ~31 years in the header
+            return 503, encode_error_reply("unavailable", "go away", retry_after_s=2**32 - 1), 999_999_999
+        if fault == "huge-signed":
+            return 503, signed(ErrorReply("unavailable", "go away", 2**32 - 1), "error"), 999_999_999
         if fault == "unsigned":
             return 400, encode_error_reply("malformed", "unsigned refusal"), 0
         if fault == "invalid":
-            return 200, signed(ErrorReply("invalid_pattern", "bad vector")), 0
+            return 200, signed(ErrorReply("invalid_pattern", "bad vector"), "invalid"), 0
         if frame.seq <= self.seqs.get(frame.device_id, 0):
             return 200, signed(ErrorReply("replay", f"seq {frame.seq} seen")), 0
         self.seqs[frame.device_id] = frame.seq
@@ -122,7 +136,8 @@ class Peer:
         if isinstance(body, Pull):
             return 200, signed(self._page(body.since)), 0
         assert isinstance(body, Heartbeat)
-        return 200, signed(HeartbeatAck(server_time_ms=now_ms(), next_sync_s=self.next_sync_s)), 0
+        ack = HeartbeatAck(server_time_ms=now_ms(), next_sync_s=self.next_sync_s, retry_after_s=self.heartbeat_retry_after_s)
+        return 200, signed(ack), 0
 
     # ------------------------------------------------------------------ ASGI
 

@@ -104,6 +104,20 @@ class OutboxTable:
                 (error, next_attempt_at, batch_id),
             )
 
+    def note_error(self, batch_id: bytes, error: str | None) -> None:
+        """Why the last send of `batch_id` failed (the send itself was counted before it went out)."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE sync_outbox SET last_error = ? WHERE batch_id = ?", (error, batch_id))
+
+    def renew(self, batch_id: bytes, new_id: bytes, frame: bytes, created_at: float) -> bool:
+        """Give a never-sent batch a new id (its push re-sealed under it) and a new creation time."""
+        with self._db.transaction() as db:
+            return db.execute(
+                "UPDATE sync_outbox SET batch_id = ?, push = ?, created_at = ?, next_attempt_at = ? "
+                "WHERE batch_id = ? AND attempts = 0",
+                (new_id, frame, created_at, created_at, batch_id),
+            ).rowcount > 0
+
     def delete(self, batch_id: bytes) -> bool:
         """Forget a batch (its ack arrived); False if it was not pending."""
         with self._db.transaction() as db:

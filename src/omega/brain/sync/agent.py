@@ -4,8 +4,15 @@ One sync: (1) re-send unacknowledged outbox batches, then seal and send new
 ones (<= 10 patterns per sync); (2) pull pages since the persisted cursor,
 merging each page and advancing the cursor in ONE transaction; (3) heartbeat.
 Every frame gets a seq committed to SQLite before it is sent. A reply is
-trusted only when it verifies under the device key; an unsigned ErrorReply can
-only make the agent back off. Transport failures — and the TV's own store
+trusted only when it verifies under the device key AND answers this very frame
+(its seq, and a timestamp within `reply_skew_s` of the request's): a captured
+reply replayed later is refused. An unsigned ErrorReply can only make the agent
+back off, and never for longer than its normal backoff; signed hints are
+obeyed up to the tier's `max_hint_s` (at most an hour). Outbox batches are
+retired before the cloud's idempotency window ends (`Outbox.expire`). A pulled
+item this TV cannot store (a cluster id beyond int64) is skipped with one line
+in the report; the rest of the page is merged and the cursor moves on, so it
+never blocks later pulls. Transport failures — and the TV's own store
 refusing a write, e.g. a full disk — raise `SyncFailed` and leave the outbox
 and cursor exactly as they were.
 """
@@ -59,6 +66,8 @@ from omega.protocol import (
 log = logging.getLogger("omega.brain.sync")
 
 _U32 = (1 << 32) - 1
+#: The largest id the TV's SQLite (int64) can store.
+_MAX_STORABLE_ID = (1 << 63) - 1
 #: Error codes after which retrying with the same credentials is pointless.
 AUTH_CODES = frozenset({"bad_signature", "unauthorized"})
 
@@ -66,11 +75,21 @@ AUTH_CODES = frozenset({"bad_signature", "unauthorized"})
 class SyncFailed(OmegaError):
     """A sync stopped early. The outbox and cursor keep everything not acknowledged/committed."""
 
-    def __init__(self, message: str, *, code: str = "transport", retry_after_s: float = 0.0, report: SyncReport | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "transport",
+        retry_after_s: float = 0.0,
+        report: SyncReport | None = None,
+        signed: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.retry_after_s = retry_after_s
         self.report = report
+        #: retry_after_s came in a reply verified under the device key (else anyone on the path could forge it).
+        self.signed = signed
 
     @property
     def auth(self) -> bool:
@@ -92,11 +111,16 @@ class SyncReport:
     duration_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     batches_acked: int = 0
+    #: Outbox batches retired before the cloud's idempotency window ends: re-sealed under a new id / dropped.
+    batches_renewed: int = 0
+    batches_expired: int = 0
     duplicates: int = 0
     rejected_patterns: int = 0
     pull_pages: int = 0
     #: The last page said more was waiting: the pull stopped at `max_pull_pages` and resumes next sync.
     pull_more: bool = False
+    #: Pulled items skipped because this TV cannot store them (e.g. a cluster id beyond int64).
+    skipped_items: int = 0
     cursor: int = 0
     outbox_pending: int = 0
     #: The server's HeartbeatAck hints (0: none).
@@ -220,24 +244,51 @@ class SyncAgent:
                 retry_after_s=reply.retry_after_s,
                 report=report,
             ) from None
-        if answer.authenticated and answer.device_id != self.device_id:
-            raise SyncFailed("the server answered for another device", code="malformed", report=report)
+        if answer.authenticated:
+            self._check_reply(frame, answer, report)
         if isinstance(answer.body, ErrorReply):
             err = answer.body
-            retry = max(float(err.retry_after_s), reply.retry_after_s)
+            # Signed, the body's hint is the server's; unsigned, neither it nor the HTTP header proves anything.
+            signed = answer.authenticated
+            retry = float(err.retry_after_s) if signed else max(float(err.retry_after_s), reply.retry_after_s)
             # Unsigned, it proves nothing: only back off. Signed, only a push's invalid_pattern is an answer.
-            if not answer.authenticated or not (isinstance(body, Push) and err.code == "invalid_pattern"):
-                why = f" (unsigned {err.code}: {err.message})" if not answer.authenticated else f": {err.code}: {err.message}"
-                raise SyncFailed(f"server refused the {frame.kind}{why}", code=err.code, retry_after_s=retry, report=report)
+            if not signed or not (isinstance(body, Push) and err.code == "invalid_pattern"):
+                why = f" (unsigned {err.code}: {err.message})" if not signed else f": {err.code}: {err.message}"
+                raise SyncFailed(
+                    f"server refused the {frame.kind}{why}", code=err.code, retry_after_s=retry, report=report, signed=signed
+                )
         return answer, len(data), len(reply.data)
+
+    def _check_reply(self, request: Frame, answer: Frame, report: SyncReport) -> None:
+        """A signed reply must answer THIS request: same device, same seq, a timestamp near the request's.
+
+        Seqs are never reused, so a captured reply replayed later (a signed invalid_pattern that would
+        drop a batch, an old PullReply that would roll the cursor back) names another seq and is refused.
+        """
+        if answer.device_id != self.device_id:
+            raise SyncFailed("the server answered for another device", code="malformed", report=report)
+        if answer.seq != request.seq:
+            raise SyncFailed(
+                f"refused a reply for seq {answer.seq} to request seq {request.seq} (stale or replayed)",
+                code="bad_reply", report=report,
+            )  # fmt: skip
+        skew_ms = int(self.config.reply_skew_s * 1000)
+        now_ms = int(self._clock() * 1000)
+        if not request.timestamp_ms - skew_ms <= answer.timestamp_ms <= max(now_ms, request.timestamp_ms) + skew_ms:
+            off = (answer.timestamp_ms - request.timestamp_ms) / 1000
+            raise SyncFailed(
+                f"refused a reply stamped {off:+.0f} s from its request (allowed +-{self.config.reply_skew_s:g} s; stale or replayed)",
+                code="bad_reply", report=report,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ push
 
     async def _send_batch(self, batch: SealedBatch, report: SyncReport) -> None:
+        self.outbox.record_attempt(batch.batch_id)  # before sending: once out, the cloud may have applied it
         try:
             answer, up, _ = await self._exchange(batch.push, report)
         except SyncFailed as exc:
-            self.outbox.record_attempt(batch.batch_id, f"{exc.code}: {exc}"[:200])
+            self.outbox.record_error(batch.batch_id, f"{exc.code}: {exc}"[:200])
             raise
         report.push_bytes += up
         body = answer.body
@@ -248,7 +299,7 @@ class SyncAgent:
             log.warning("push %s rejected as %s: %s", batch.batch_id.hex(), body.code, body.message)
             return
         if not isinstance(body, PushAck) or body.batch_id != batch.batch_id:
-            self.outbox.record_attempt(batch.batch_id, "reply was not this batch's ack")
+            self.outbox.record_error(batch.batch_id, "reply was not this batch's ack")
             raise SyncFailed(f"server answered a push with {answer.kind}, not its ack", code="malformed", report=report)
         self.outbox.acknowledge(batch.batch_id)
         report.batches_acked += 1
@@ -265,6 +316,11 @@ class SyncAgent:
     async def _push(self, report: SyncReport) -> None:
         """Re-send what waits in the outbox, then seal and send new pushes while the sync's budgets allow."""
         budget = self.config.max_patterns_per_sync
+        renewed, expired = self.outbox.expire()
+        report.batches_renewed += renewed
+        report.batches_expired += expired
+        if expired:
+            report.errors.append(f"{expired} outbox batch(es) expired unacknowledged before the cloud's idempotency window ended")
         pending = self.outbox.pending()
         for sent in range(self.config.max_batches_per_sync):
             fresh = sent >= len(pending)
@@ -280,10 +336,22 @@ class SyncAgent:
     # ------------------------------------------------------------------ pull
 
     def _merge(self, reply: PullReply, report: SyncReport) -> None:
-        try:
-            patterns = [_to_record(p) for p in reply.patterns]
-        except OmegaError as exc:
-            raise SyncFailed(f"server sent an unusable consolidated pattern: {exc}", code="malformed", report=report) from None
+        patterns: list[ConsolidatedRecord] = []
+        unusable: list[str] = []
+        for p in reply.patterns:
+            if p.cluster_id > _MAX_STORABLE_ID:
+                unusable.append(f"cluster id {p.cluster_id} > 2^63-1")
+                continue
+            try:
+                patterns.append(_to_record(p))
+            except OmegaError as exc:
+                unusable.append(f"cluster {p.cluster_id}: {exc}")
+        if unusable:  # skipped, so that they never block the pulls after them
+            report.skipped_items += len(unusable)
+            report.errors.append(
+                f"skipped {len(unusable)} pulled pattern(s) this TV cannot store (e.g. {unusable[0]})"
+            )
+            log.warning("skipped %d pulled pattern(s) this TV cannot store (e.g. %s)", len(unusable), unusable[0])
         transitions: list[TransitionStat] = []
         if reply.transitions is not None:
             if reply.transitions.keyspace is Keyspace.ITEM:
@@ -301,10 +369,18 @@ class SyncAgent:
                     self.store.merge_pulled(patterns, transitions, pairs)
                 state.set_cursor(self.store, reply.cursor)
         except (OmegaError, OverflowError) as exc:  # the transaction rolled back: nothing of the page is kept
-            if is_bad_data(exc):  # e.g. an id beyond SQLite's int64, or a value a constraint refuses
-                raise SyncFailed(f"cannot merge a pulled page: {exc}", code="malformed", report=report) from None
-            # The TV's own store refused the write (disk full, I/O error): not the server's fault.
-            raise SyncFailed(f"cannot merge a pulled page: local store: {exc}", code="local_store", report=report) from exc
+            if not is_bad_data(exc):
+                # The TV's own store refused the write (disk full, I/O error): not the server's fault.
+                raise SyncFailed(f"cannot merge a pulled page: local store: {exc}", code="local_store", report=report) from exc
+            # A value this store refuses (a constraint): the page cannot be stored, now or ever. Skip it
+            # (the cursor moves past it) so that it never blocks the pulls after it.
+            state.set_cursor(self.store, reply.cursor)
+            skipped = len(patterns) + len(transitions) + len(pairs)
+            report.skipped_items += skipped
+            report.errors.append(f"skipped a pulled page of {skipped} item(s) this TV cannot store: {exc}")
+            log.warning("skipped a pulled page (cursor %d) this TV cannot store: %s", reply.cursor, exc)
+            report.cursor = reply.cursor
+            return
         report.pulled_patterns += len(patterns)
         report.pulled_edges += len(transitions) + len(pairs)
         report.cursor = reply.cursor
@@ -336,8 +412,9 @@ class SyncAgent:
         if not isinstance(answer.body, HeartbeatAck):
             raise SyncFailed(f"server answered a heartbeat with {answer.kind}", code="malformed", report=report)
         report.heartbeat_bytes += up
-        report.next_sync_s = float(answer.body.next_sync_s)
-        report.retry_after_s = float(answer.body.retry_after_s)
+        # Signed hints, obeyed up to the tier's limit (never more than an hour).
+        report.next_sync_s = self.policy.clamp_hint(answer.body.next_sync_s)
+        report.retry_after_s = self.policy.clamp_hint(answer.body.retry_after_s)
 
     # ------------------------------------------------------------------ one sync, and the daemon
 
@@ -384,7 +461,9 @@ class SyncAgent:
                 try:
                     report = await self.sync_once()
                 except SyncFailed as exc:
-                    delay = backoff.next_delay(self._retry_pause(exc))
+                    delay = backoff.next_delay(
+                        self._retry_pause(exc), trusted=exc.signed, max_pause_s=self.policy.max_hint_s
+                    )
                     log.warning("sync failed (%s); retrying in %.1f s", exc, delay)
                     if on_sync is not None:
                         on_sync(exc.report, exc, delay)

@@ -38,6 +38,12 @@ class SyncConfig:
     pull_max_bytes: int = DEFAULT_PULL_BYTES
     #: Seconds to wait for one reply (and to open a connection).
     request_timeout_s: float = 10.0
+    #: A signed reply is accepted only if its timestamp lies within this many seconds of the request's
+    #: (the server's own replay window is +-300 s by default).
+    reply_skew_s: float = 300.0
+    #: Outbox batches older than this are retired (`Outbox.expire`): under the cloud's one-day
+    #: idempotency window (`omega.constellation.aggregation`, replay_window_ms), with margin for clock skew.
+    batch_ttl_s: float = 20 * 3600.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -64,6 +70,8 @@ class SyncConfig:
         need(1 <= self.max_pull_pages <= 1000, "max_pull_pages must be in 1..1000")
         need(256 <= self.pull_max_bytes <= 16 * 1024, "pull_max_bytes must be in 256..16384")
         need(0.0 < self.request_timeout_s <= 600.0, "request_timeout_s must be in (0, 600]")
+        need(1.0 <= self.reply_skew_s <= 86_400.0, "reply_skew_s must be in [1, 86400]")
+        need(60.0 <= self.batch_ttl_s <= 22 * 3600.0, "batch_ttl_s must be in [60, 79200] (under the cloud's one-day window)")
 
     @property
     def min_edge_delta(self) -> float:

@@ -16,11 +16,12 @@ compared with what was really pushed, so drift accumulates until it counts.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,6 +42,8 @@ from omega.protocol import (
     encode_frame,
     quantize,
 )
+
+log = logging.getLogger("omega.brain.sync")
 
 #: The outbox keeps each Push as a frame sealed under this local key: the tag
 #: detects a damaged row instead of sending garbage. It authenticates nothing.
@@ -223,8 +226,41 @@ class Outbox:
     # ------------------------------------------------------------------ outcome of a send
 
     def record_attempt(self, batch_id: bytes, error: str | None = None, next_attempt_at: float | None = None) -> None:
-        """Count a send of `batch_id` (and why it failed, if it did)."""
+        """Count a send of `batch_id` (and why it failed, if it did). Called BEFORE the bytes go out, so a
+        crash after sending still leaves the batch marked as possibly applied (see `expire`)."""
         self.store.outbox.record_attempt(batch_id, error, self._clock() if next_attempt_at is None else next_attempt_at)
+
+    def record_error(self, batch_id: bytes, error: str) -> None:
+        """Why the send just counted by `record_attempt` failed."""
+        self.store.outbox.note_error(batch_id, error)
+
+    def expire(self) -> tuple[int, int]:
+        """Retire batches older than `batch_ttl_s`, before the cloud forgets their batch id; (renewed, dropped).
+
+        The cloud applies a batch id at most once only within its idempotency window (a day): a retry
+        after that would be applied twice. A batch never sent cannot have been applied, so it is
+        re-sealed under a new id and keeps its place; one that was sent (maybe applied, ack lost) is
+        dropped — its contribution is lost at worst, never counted twice. The TV's own rows stay.
+        """
+        now = self._clock()
+        cutoff = now - self.config.batch_ttl_s
+        renewed = dropped = 0
+        for row in self.store.outbox.batches():
+            if row.created_at >= cutoff:
+                continue
+            if row.attempts > 0:
+                self.store.outbox.delete(row.batch_id)
+                dropped += 1
+                log.warning("outbox batch %s expired after %d send(s) without an ack; dropped", row.batch_id.hex(), row.attempts)
+                continue
+            try:
+                push = _read_local_frame(row.frame, row.batch_id)
+            except OmegaError:
+                continue  # a damaged row stays for `pending()` to report
+            new_id = self._new_batch_id()
+            if self.store.outbox.renew(row.batch_id, new_id, _local_frame(replace(push, batch_id=new_id)), now):
+                renewed += 1
+        return renewed, dropped
 
     def acknowledge(self, batch_id: bytes) -> bool:
         """The cloud acknowledged `batch_id` (verified): forget it. False if it was not pending."""

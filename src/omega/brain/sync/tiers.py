@@ -7,6 +7,10 @@
 
 Schedules are jittered (±10 % by default) so TVs that started together drift
 apart instead of syncing in lock-step.
+
+A server's hints (`next_sync_s`, `retry_after_s`, Retry-After) are obeyed only up
+to `max_hint_s`: ten intervals of the tier, never more than an hour, so a hostile
+or broken reply cannot silence a TV for years.
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ from enum import Enum
 from omega.brain.sync.backoff import Backoff
 from omega.errors import OmegaError
 from omega.protocol import Tier
+
+#: No server hint makes a TV wait longer than this.
+MAX_HINT_S = 3600.0
+#: ...nor longer than this many of its tier's intervals.
+HINT_INTERVALS = 10
 
 
 class TransportKind(str, Enum):
@@ -48,13 +57,33 @@ class TierPolicy:
         if not 0 <= self.interval_jitter < 1:
             raise OmegaError("interval_jitter must be in [0, 1)")
 
+    @property
+    def max_hint_s(self) -> float:
+        """The longest pause a signed server hint can impose: ten intervals, at most an hour."""
+        return min(MAX_HINT_S, HINT_INTERVALS * self.interval_s)
+
+    def clamp_hint(self, hint_s: float) -> float:
+        """A signed server hint (seconds) as obeyed: 0 for none or nonsense, else at most `max_hint_s`."""
+        try:
+            value = float(hint_s)
+        except (TypeError, ValueError):
+            return 0.0
+        if not value > 0:  # also NaN
+            return 0.0
+        return min(value, self.max_hint_s)
+
     def backoff(self, rng: random.Random | None = None) -> Backoff:
         return Backoff(self.backoff_base_s, self.backoff_cap_s, rng=rng, first_immediate=self.reconnect_immediately)
 
     def next_sync_delay(self, rng: random.Random, server_hint_s: float = 0.0) -> float:
-        """Seconds until the next sync after a success; a server's next_sync_s hint replaces the interval."""
-        base = server_hint_s if server_hint_s > 0 else self.interval_s
-        return base * rng.uniform(1.0 - self.interval_jitter, 1.0 + self.interval_jitter)
+        """Seconds until the next sync after a success; a server's next_sync_s hint replaces the interval.
+
+        The hint is clamped (`clamp_hint`) and so is the jittered wait it gives.
+        """
+        hint = self.clamp_hint(server_hint_s)
+        base = hint if hint > 0 else self.interval_s
+        delay = base * rng.uniform(1.0 - self.interval_jitter, 1.0 + self.interval_jitter)
+        return min(delay, self.max_hint_s) if hint > 0 else delay
 
     def first_sync_delay(self, rng: random.Random) -> float:
         """A daemon's first sync lands anywhere in the first interval's jitter band, not at start-up."""
