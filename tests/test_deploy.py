@@ -67,6 +67,10 @@ def test_compose_structure() -> None:
     for var in ("OMEGA_SECRET", "OMEGA_STORE", "OMEGA_REDIS", "OMEGA_NATS", "OMEGA_SHARD_ID", "OMEGA_REGION"):
         assert var in worker["environment"]
     assert worker["environment"]["OMEGA_STORE"].startswith("postgresql://")
+    # behind HAProxy: no per-address cap in the workers (HAProxy caps per source), operator endpoints by token
+    assert worker["environment"]["OMEGA_MAX_CONNECTIONS_PER_IP"] == "0"
+    assert "OMEGA_ADMIN_TOKEN" in worker["environment"]
+    assert services["prometheus"]["secrets"] == ["omega_admin_token"]
     for name in ("pg-primary", "pg-replica-1", "pg-replica-2"):
         assert services[name]["image"].startswith("pgvector/pgvector:")
     assert {services[n]["environment"]["REPLICATION_SLOT"] for n in ("pg-replica-1", "pg-replica-2")} == {
@@ -85,6 +89,7 @@ def test_prometheus_and_grafana_provisioning() -> None:
     jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
     assert jobs["omega-sync-worker"]["metrics_path"] == "/metrics"
     assert jobs["omega-sync-worker"]["dns_sd_configs"][0]["names"] == ["sync-worker"]
+    assert jobs["omega-sync-worker"]["authorization"]["credentials_file"] == "/run/secrets/omega_admin_token"
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     uid = ds["datasources"][0]["uid"]
     dash = json.loads((DEPLOY / "grafana" / "omega-dashboard.json").read_text())
@@ -93,7 +98,8 @@ def test_prometheus_and_grafana_provisioning() -> None:
 
 def test_haproxy_nats_and_scripts() -> None:
     cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
-    for needle in ("balance leastconn", "uri /readyz", "timeout tunnel", "hdr(Upgrade) -i websocket"):
+    for needle in ("balance leastconn", "uri /readyz", "timeout tunnel", "hdr(Upgrade) -i websocket",
+                   "timeout http-request", "sc0_conn_cur gt"):
         assert needle in cfg
     nats = (DEPLOY / "nats" / "nats.conf").read_text()
     assert "jetstream" in nats and nats.count("nats-route://") == 3

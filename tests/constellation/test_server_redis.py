@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from omega.protocol import PullReply, TaskType
+from omega.protocol import ErrorReply, Heartbeat, HeartbeatAck, PullReply, TaskType, Tier
 
 from omega.sim.load.server_process import free_port
 
@@ -100,3 +100,36 @@ def test_redis_cache_with_fallback_and_recovery(setup: tuple[ServerProcess, Priv
             time.sleep(0.1)
         assert rds.page_keys(), "Redis is used again after it came back"
     assert "redis unavailable" in server.log.read_text() and "redis is back" in server.log.read_text()
+
+
+def test_replay_and_rate_state_are_shared_by_workers_and_survive_a_restart(tmp_path: Path) -> None:
+    rds = PrivateRedis(tmp_path)
+    rds.start()
+    # Two workers of one shard (same shard id; separate sqlite files keep the test small) and one Redis.
+    env = {"OMEGA_REDIS": f"redis://127.0.0.1:{rds.port}/0", "OMEGA_RATE_BURST": "4", "OMEGA_RATE_PER_S": "0.01"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = ServerProcess(tmp_path / "a", **env).start()
+    b = ServerProcess(tmp_path / "b", **env).start()
+    try:
+        dev = Device(71)
+        captured = dev.frame(Heartbeat(Tier.CASUAL))
+        assert isinstance(dev.decode(a.post(captured).content).body, HeartbeatAck)
+        for worker in (b, a):  # the other worker, and the same one, refuse the captured frame
+            err = dev.decode(worker.post(captured).content).body
+            assert isinstance(err, ErrorReply) and err.code == "replay"
+        a.kill()
+        a.start()  # a restarted worker remembers it too
+        err = dev.decode(a.post(captured).content).body
+        assert isinstance(err, ErrorReply) and err.code == "replay"
+        # One token bucket per device across workers (burst 4): the fifth frame, whichever worker, waits.
+        other = Device(72)
+        codes = []
+        for worker in (a, b, a, b, a):
+            body = other.decode(worker.post(other.frame(Heartbeat(Tier.CASUAL))).content).body
+            codes.append(body.code if isinstance(body, ErrorReply) else "ok")
+        assert codes == ["ok", "ok", "ok", "ok", "rate_limited"]
+    finally:
+        a.kill()
+        b.kill()
+        rds.kill()

@@ -290,3 +290,31 @@ def test_pattern_task_types_round_trip_by_number() -> None:
     frame = decode_frame(_signed(_push_with(pb)), KEY)
     (pattern,) = frame.body.patterns  # type: ignore[union-attr]
     assert pattern.task_type is TaskType.CONTINUATION and pattern.cell == 7
+
+
+def test_counts_are_checked_on_the_raw_message_before_objects_are_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import omega.protocol.convert as convert
+
+    built = []
+    real = convert.Transition
+    monkeypatch.setattr(convert, "Transition", lambda *a: built.append(1) or real(*a))
+    n = 21_000
+    batch = omega_pb2.TransitionBatch(keyspace=1, src_delta=[1] * n, dst=[1] * n, weight=[16] * n)
+    body = _pb_frame(push=omega_pb2.Push(batch_id=b"b" * 16, transitions=batch)).SerializeToString()
+    _raises(_signed(_deflate(body), flags=0x01), FrameTooLarge, "too_large")
+    assert built == []  # refused on the count, not after 21,000 objects
+
+
+def test_peek_header_reads_only_the_header_and_agrees_with_peek_frame() -> None:
+    from omega.protocol import peek_header
+
+    frame = Frame(DEVICE, 77, 1_790_000_000_123, Pull(since=5), key_id=9)
+    for compress in (True, False):
+        data = encode_frame(frame, KEY, compress=compress)
+        assert peek_header(data) == peek_frame(data)
+    # A 64 KiB body claiming to be a push: the peek inflates 64 bytes of it and no more.
+    n = 21_000
+    batch = omega_pb2.TransitionBatch(keyspace=1, src_delta=[1] * n, dst=[1] * n, weight=[16] * n)
+    body = _pb_frame(push=omega_pb2.Push(batch_id=b"b" * 16, transitions=batch)).SerializeToString()
+    header = peek_header(_signed(_deflate(body), flags=0x01))
+    assert header.kind == "push" and header.device_id == DEVICE

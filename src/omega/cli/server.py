@@ -24,7 +24,7 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="address to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8700; 0 picks a free one)")] = None,
     store: Annotated[str | None, typer.Option("--store", help="sqlite:PATH (default) or postgresql://…")] = None,
-    redis: Annotated[str | None, typer.Option("--redis", help="redis://HOST:PORT/DB: shared hot cache (optional)")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", help="redis://HOST:PORT/DB: shared hot cache, rate-limit and replay state (optional)")] = None,
     nats: Annotated[str | None, typer.Option("--nats", help="nats://HOST:PORT[,…]: federate this shard over NATS JetStream (optional)")] = None,
     shard_id: Annotated[str | None, typer.Option("--shard-id", help="this shard's origin id (unique in the fleet)")] = None,
     region: Annotated[str | None, typer.Option("--region", help="region this shard federates into")] = None,
@@ -33,6 +33,9 @@ def serve(
     log_level: Annotated[str | None, typer.Option("--log-level", help="critical|error|warning|info|debug")] = None,
     tls_cert: Annotated[str | None, typer.Option("--tls-cert", help="PEM certificate chain: serve https:// and wss:// (with --tls-key)")] = None,
     tls_key: Annotated[str | None, typer.Option("--tls-key", help="PEM private key of --tls-cert")] = None,
+    admin_token: Annotated[str | None, typer.Option("--admin-token",
+        help="bearer token (>= 16 chars) opening /metrics, /dashboard and /v1/stats|trends|dashboard.json to "
+             "non-loopback peers; without it they answer 127.0.0.1/::1 only")] = None,  # fmt: skip
 ) -> None:
     """Run the constellation's sync server for one shard (until SIGTERM/SIGINT, which drain first).
 
@@ -43,10 +46,15 @@ def serve(
     --region; the operator dashboard is at http://HOST:PORT/dashboard.
     With --tls-cert/--tls-key the server speaks only TLS (https://, wss://); TVs refuse
     plain http:// to anything but loopback unless told --insecure.
+    Operator endpoints (/metrics, /dashboard, read-only /v1/*) answer loopback peers only,
+    unless --admin-token is set (then `Authorization: Bearer TOKEN`, or ?token=TOKEN).
+    Connections must send a complete request within OMEGA_REQUEST_TIMEOUT_S (10), a WebSocket
+    an authenticated first frame within OMEGA_WS_AUTH_TIMEOUT_S (10); OMEGA_MAX_CONNECTIONS
+    (16000, and below the open-file limit) and OMEGA_MAX_CONNECTIONS_PER_IP (512; 0 behind a proxy).
     """
     settings = _settings(config, True, host=host, port=port, store=store, redis=redis, nats=nats,
                          shard_id=shard_id, region=region, codebook=codebook, log_level=log_level,
-                         tls_cert=tls_cert, tls_key=tls_key)  # fmt: skip
+                         tls_cert=tls_cert, tls_key=tls_key, admin_token=admin_token)  # fmt: skip
     from omega.constellation.__main__ import run  # the same start-up as `python -m omega.constellation`
 
     run(settings)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 
+from omega.constellation.guard import ConnectionGuard, fd_soft_limit
 from omega.constellation.keyring import Keyring
 from omega.constellation.lifespan import lifespan
 from omega.constellation.metrics import ServerMetrics
@@ -31,13 +32,16 @@ def create_app(settings: ServerSettings, *, clock: Callable[[], float] | None = 
     `clock` (seconds; default `time.time`) is the server's "now" for frame validation, aggregation,
     trend windows and housekeeping.
     """
+    metrics = ServerMetrics()
     state = ServerState(
         settings=settings,
-        metrics=ServerMetrics(),
+        metrics=metrics,
         keyring=Keyring(settings.secrets, settings.active_key_id),
         salt=settings.aggregation_salt(),
         clock=clock or time.time,
-    )
+        guard=ConnectionGuard(metrics, max_connections=settings.max_connections, max_per_ip=settings.max_connections_per_ip,
+                              request_timeout_s=settings.request_timeout_s, fd_limit=fd_soft_limit()),
+    )  # fmt: skip
     app = Starlette(routes=routes(), lifespan=lifespan)
     app.state.omega = state
     return app

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 
+from omega.constellation.admission import Admission, LocalAdmission, RedisAdmission
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
 from omega.constellation.cache import LocalCache, PullCache, RedisCache
 from omega.constellation.codebook import Codebook, placeholder_codebook
@@ -69,14 +70,16 @@ async def run_shard(state: ServerState) -> AsyncIterator[None]:
     store = await open_store(settings.store, origin=settings.shard_id)
     tasks: list[asyncio.Task] = []
     cache: PullCache | None = None
+    admission: Admission | None = None
     try:
         policy = AggregationPolicy(k_min=settings.k_min, w_max=settings.w_max)
         aggregator = await Aggregator.open(store, codebook, state.salt, policy)
         cache = await _open_cache(settings, state.metrics, f"omega:{store.origin}")
         state.trends = aggregator.trends = open_trends(settings, store.origin, state.metrics.cache_fallbacks.inc)
         page_key = hmac.new(state.salt, _PAGE_KEY_LABEL, hashlib.sha256).digest()
+        admission = _open_admission(settings, state.metrics, f"omega:{store.origin}")
         service = SyncService(aggregator, state.keyring, settings, state.metrics, cache, page_key=page_key,
-                              clock=state.clock)  # fmt: skip
+                              clock=state.clock, admission=admission)  # fmt: skip
         await service.housekeeping()  # prune what expired while down; head and gauges
         state.service = service
         facts = ShardFacts(store.origin, settings.region, "sqlite" if settings.store.startswith("sqlite:") else
@@ -108,6 +111,8 @@ async def run_shard(state: ServerState) -> AsyncIterator[None]:
             await close_trends(state.trends)
         if cache is not None:
             await cache.close()
+        if admission is not None:
+            await admission.close()
         await store.close()
         log.info("store closed")
 
@@ -122,6 +127,15 @@ async def _open_cache(settings: ServerSettings, metrics: ServerMetrics, namespac
     )  # fmt: skip
     await cache.note_head(0)  # probes Redis: a failure here is logged and falls back, never fatal
     return cache
+
+
+def _open_admission(settings: ServerSettings, metrics: ServerMetrics, namespace: str) -> Admission:
+    """Rate limit and replay window: in this process, or shared by every worker through --redis."""
+    local = LocalAdmission(settings.rate_per_s, settings.rate_burst, int(settings.replay_window_s * 1000))
+    if not settings.redis:
+        return local
+    return RedisAdmission(settings.redis, namespace=namespace, fallback=local, on_fallback=metrics.cache_fallbacks.inc,
+                          timeout_s=settings.redis_timeout_s, cooldown_s=settings.redis_cooldown_s)  # fmt: skip
 
 
 def _without_credentials(urls: str | None) -> str:

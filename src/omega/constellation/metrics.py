@@ -31,6 +31,18 @@ class ServerMetrics:
         self.bytes = Counter("omega_bytes_total", "frame bytes on the wire, by direction", ["direction"], registry=r)
         self.cache_fallbacks = Counter("omega_cache_fallbacks_total", "cache operations served in-process because Redis failed", registry=r)
         self.consolidated = Gauge("omega_consolidated_patterns", "consolidated cells in the served view", registry=r)
+        self.connections_open = Gauge("omega_connections_open", "open client connections (HTTP and WebSocket)", registry=r)
+        self.connections_refused = Counter(
+            "omega_connections_refused_total", "connections closed as accepted: total_cap, ip_cap or fd_limit",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.connections_closed = Counter(
+            "omega_connections_closed_total", "connections closed by a deadline: request_timeout or ws_auth_timeout",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.fd_exhaustion = Counter(
+            "omega_fd_exhaustion_total", "connections refused because file descriptors ran out", registry=r
+        )
         # Pre-create the label values the dashboard expects, so they show as 0 rather than missing.
         for kind in ("push", "pull", "heartbeat"):
             self.syncs.labels(kind)

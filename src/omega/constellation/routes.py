@@ -6,11 +6,23 @@ message, answered in order), `GET /healthz` (process alive), `GET /readyz`
 (JSON: head, distinct devices this hour, cache backend), `GET /v1/trends` (JSON:
 per-cell burst scores of the last closed trend window), `GET /dashboard` (the
 operator page) polling `GET /v1/dashboard.json`.
+
+The operator endpoints (/metrics, /dashboard, /v1/dashboard.json, /v1/stats,
+/v1/trends) answer loopback peers only, unless `admin_token` is set: then any
+peer with `Authorization: Bearer TOKEN` (or `?token=TOKEN`, for the dashboard
+page in a browser). /healthz and /readyz stay open for load balancers.
+
+A WebSocket must send an authenticated first frame within `ws_auth_timeout_s`
+(else it is closed 1008): an unauthenticated socket holds memory for nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ipaddress
 import logging
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -76,7 +88,16 @@ async def websocket(ws: WebSocket) -> None:
     bound: bytes | None = None
     try:
         while not conn.closing:
-            message = await ws.receive()
+            if bound is None:  # the first frame must come, and authenticate, within the deadline
+                try:
+                    message = await asyncio.wait_for(ws.receive(), state.settings.ws_auth_timeout_s)
+                except asyncio.TimeoutError:
+                    if state.guard is not None:
+                        state.guard.timed_out("ws_auth_timeout")
+                    await conn.close(WS_POLICY_VIOLATION, "no authenticated frame in time")
+                    break
+            else:
+                message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 break
             data = message.get("bytes")
@@ -89,10 +110,11 @@ async def websocket(ws: WebSocket) -> None:
                 await ws.send_bytes(reply.body)
             finally:
                 conn.busy = False
-            if reply.status == 401:
+            if reply.status == 401 or (bound is None and reply.device_id is None):
+                # Forged, foreign, or not authenticated at all on a connection that has no device yet.
                 await conn.close(WS_POLICY_VIOLATION, reply.code or "unauthorized")
                 break
-            if bound is None and reply.device_id is not None:
+            if bound is None:
                 bound = reply.device_id
             if reply.tier is not None and reply.tier != conn.tier:
                 gauge.labels(conn.tier).dec()
@@ -168,17 +190,45 @@ async def dashboard_json(request: Request) -> Response:
     return JSONResponse(snapshot, headers={"Cache-Control": "no-store"})
 
 
+def _admin_refusal(request: Request) -> Response | None:
+    """None if this peer may read the operator endpoints, else the refusal (see the module docstring)."""
+    token = _state(request).settings.admin_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        given = given[7:] if given[:7].lower() == "bearer " else request.query_params.get("token", "")
+        if hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8")):
+            return None
+        return JSONResponse({"error": "admin token required"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    host = request.client.host if request.client else ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return JSONResponse({"error": "operator endpoints answer loopback only; set --admin-token to open them"},
+                        status_code=403)  # fmt: skip
+
+
+def _admin(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def guarded(request: Request) -> Response:
+        refusal = _admin_refusal(request)
+        return refusal if refusal is not None else await handler(request)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/v1/sync", sync, methods=["POST"]),
         WebSocketRoute("/v1/ws", websocket),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        Route("/metrics", metrics),
-        Route("/v1/stats", stats),
-        Route("/v1/trends", trends),
-        Route("/v1/dashboard.json", dashboard_json),
-        Route("/dashboard", dashboard_page),
+        Route("/metrics", _admin(metrics)),
+        Route("/v1/stats", _admin(stats)),
+        Route("/v1/trends", _admin(trends)),
+        Route("/v1/dashboard.json", _admin(dashboard_json)),
+        Route("/dashboard", _admin(dashboard_page)),
     ]
 
 

@@ -24,6 +24,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from omega.constellation.app import create_app
+from omega.constellation.guard import guarded_protocols, raise_fd_limit
 from omega.constellation.settings import ServerSettings
 from omega.errors import OmegaError
 
@@ -132,13 +133,15 @@ def check_tls_files(settings: ServerSettings) -> None:
 
 def uvicorn_config(settings: ServerSettings, app=None) -> uvicorn.Config:  # noqa: ANN001
     check_tls_files(settings)
+    app = app if app is not None else create_app(settings)
+    http, ws = guarded_protocols(app.state.omega.guard)  # httptools and websockets-sansio, with deadlines and caps
     return uvicorn.Config(
-        app if app is not None else create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
+        http=http,
+        ws=ws,
         ws_per_message_deflate=False,  # frames are deflated already; saves per-connection memory
         ws_max_size=settings.max_frame_bytes,  # bigger messages: close 1009
         ws_ping_interval=30.0,
@@ -160,6 +163,7 @@ def serve(settings: ServerSettings) -> None:
         print(f"listening on {settings.scheme}://{settings.host}:{server.bound_port()}", file=sys.stderr, flush=True)
 
     check_tls_files(settings)  # before the app opens its store
+    raise_fd_limit()  # one descriptor per TV: the soft limit (often 1024) is far below what a shard holds
     app = create_app(settings)
     server = DrainingServer(uvicorn_config(settings, app), on_ready=ready)
     try:

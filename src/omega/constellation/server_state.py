@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from starlette.websockets import WebSocket
 
 from omega.constellation.dashboard import Dashboard
+from omega.constellation.guard import ConnectionGuard
 from omega.constellation.keyring import Keyring
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.service import SyncService
@@ -62,6 +63,8 @@ class ServerState:
     #: POST /v1/sync bodies cut short by the client (a TV dropping off the network is routine); see /v1/stats.
     client_disconnects: int = 0
     connections: set[Connection] = field(default_factory=set)
+    #: Deadlines and connection caps below the app (see guard.py); set by create_app.
+    guard: ConnectionGuard | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -3,11 +3,17 @@
 Both transports (HTTP polling and WebSocket) call `SyncService.handle`, so every
 rule lives here, in this order:
 
-1. size, then `peek_frame` (who claims to send it, under which key id);
-2. derive that device's key and `decode_frame` (tag checked before parsing);
+1. size, then `peek_header` (who claims to send it, under which key id, which
+   kind: only the first bytes of the body are inflated);
+2. derive that device's key and check the tag (`verify_frame`): nothing else
+   is inflated or parsed before it verifies;
 3. a WebSocket is bound to its first authenticated device: others → unauthorized;
-4. draining → unavailable; per-device token bucket → rate_limited;
-5. replay window (timestamp ±window, seq above the highest seen) → replay;
+4. draining → unavailable; then admission (admission.py: per-device token
+   bucket → rate_limited, replay window → replay), in-process or shared
+   through Redis — all before the body is decoded;
+5. `decode_frame` with an inflate cap per frame kind (what a legitimate frame
+   of that kind needs; pattern and edge counts are checked on the raw message
+   before objects are built);
 6. push / pull / heartbeat.
 
 Error replies are signed with the device key once the tag has verified, and
@@ -33,6 +39,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from omega.constellation.admission import Admission, LocalAdmission
 from omega.constellation.aggregation import Aggregator, Contribution
 from omega.constellation.aggregation import Transition as EdgeIn
 from omega.constellation.cache import PullCache
@@ -41,10 +48,12 @@ from omega.constellation.crdt import ConsolidatedPattern as Consolidated
 from omega.constellation.keyring import Keyring
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.settings import ServerSettings
-from omega.constellation.validation import STALE_CODEBOOK, TOO_FEW_SAMPLES, RateLimiter, ReplayGuard
+from omega.constellation.validation import STALE_CODEBOOK, TOO_FEW_SAMPLES
 from omega.protocol import (
     UPLINK,
     WEIGHT_SCALE,
+    EMBEDDING_DIM,
+    MAX_PATTERNS_PER_PUSH,
     ConsolidatedPattern,
     Frame,
     Heartbeat,
@@ -63,8 +72,9 @@ from omega.protocol import (
     decode_frame,
     encode_error_reply,
     encode_frame,
-    peek_frame,
+    peek_header,
     quantize,
+    verify_frame,
 )
 from omega.protocol import ErrorReply as ErrorBody
 
@@ -91,6 +101,22 @@ _U32 = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
 _ZERO_ID = bytes(16)
 DRAIN_RETRY_S = 5
+#: Inflated bytes of the frame header (device id, timestamp, seq, key id) and a body's tag and length.
+_HEADER_BODY_BYTES = 64
+#: Inflated bytes of one pushed pattern at most: 8-bit codes of every dimension plus its fields and tags.
+_PATTERN_BYTES = EMBEDDING_DIM + 80
+#: Inflated bytes of one pushed edge at most: three uint32 varints (src gap, dst, weight) and a support.
+_EDGE_BYTES = 20
+
+
+def body_caps(max_push_edges: int) -> dict[str, int]:
+    """Largest inflated body of each uplink kind that a legitimate frame can have (the inflate cap).
+
+    A heartbeat or pull is a few varints; a push is at most MAX_PATTERNS_PER_PUSH 8-bit patterns, a
+    batch id and `max_push_edges` edges. A frame claiming more inflates no further than this.
+    """
+    push = _HEADER_BODY_BYTES + 32 + MAX_PATTERNS_PER_PUSH * _PATTERN_BYTES + 32 + max_push_edges * _EDGE_BYTES
+    return {"push": push, "pull": _HEADER_BODY_BYTES + 48, "heartbeat": _HEADER_BODY_BYTES + 48}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +153,7 @@ class SyncService:
         head: int = 0,
         page_key: bytes,
         clock: Callable[[], float] = time.time,
+        admission: Admission | None = None,
     ) -> None:
         self.aggregator = aggregator
         self.keyring = keyring
@@ -139,8 +166,10 @@ class SyncService:
         # The wall clock may step, so by default the token buckets run on the monotonic clock; an injected
         # clock (a simulation's) is used for both.
         self._bucket_clock = time.monotonic if clock is time.time else clock
-        self.replay = ReplayGuard(int(settings.replay_window_s * 1000))
-        self.limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
+        self.admission: Admission = admission or LocalAdmission(
+            settings.rate_per_s, settings.rate_burst, int(settings.replay_window_s * 1000)
+        )
+        self._body_caps = body_caps(settings.max_push_edges)
         self._page_key = page_key  # signs cached pages (they may sit in a shared Redis)
         self._acks: OrderedDict[tuple[bytes, bytes], PushAck] = OrderedDict()
         self._ack_entries = 50_000
@@ -212,34 +241,34 @@ class SyncService:
         if len(data) > limit:
             return self._error("too_large", f"frame of {len(data)} bytes exceeds {limit} bytes")
         try:
-            header = peek_frame(data, max_size=limit)
+            header = peek_header(data, max_size=limit)
         except ProtocolError as exc:
             return self._error(exc.code, str(exc))
         if not header.signed:
             return self._error("bad_signature", "uplink frames must be signed")
         if not self.keyring.knows(header.key_id):
             return self._error("unauthorized", f"key id {header.key_id} is not accepted by this server")
-        key = self.keyring.device_key(header.device_id, header.key_id)
-        try:
-            frame = decode_frame(data, key, expect=UPLINK, max_size=limit)
-        except ProtocolError as exc:
-            if exc.code == "bad_signature":
-                return self._error(exc.code, str(exc))
-            # The tag verified, so the sender is who it says: sign the refusal.
-            return self._error(exc.code, str(exc), _Sender(key, header.device_id, header.key_id, header.seq))
-        device = frame.device_id
-        sender = _Sender(key, device, frame.key_id, frame.seq)
+        device = header.device_id
+        key = self.keyring.device_key(device, header.key_id)
+        if not verify_frame(data, key, max_size=limit):
+            return self._error("bad_signature", "authentication tag does not match the device key")
+        # The tag covers the header: device, seq and timestamp are now authentic, so refusals are signed.
+        sender = _Sender(key, device, header.key_id, header.seq)
         if peer_device is not None and device != peer_device:
             return self._error("unauthorized", "this connection belongs to another device", sender)
         if self.draining:
             return self._error("unavailable", "server is shutting down", sender, retry_after=DRAIN_RETRY_S)
-        wait = self.limiter.take(device, self._bucket_clock())
-        if wait:
-            return self._error("rate_limited", f"too many frames from this device; retry in {wait} s", sender, retry_after=wait)
         now = self.now_ms()
-        why = self.replay.check(device, frame.seq, frame.timestamp_ms, now)
-        if why is not None:
-            return self._error("replay", why, sender)
+        refusal = await self.admission.admit(device, header.seq, header.timestamp_ms, now, self._bucket_clock())
+        if refusal is not None:
+            return self._error(refusal.code, refusal.message, sender, retry_after=refusal.retry_after)
+        cap = self._body_caps.get(header.kind)
+        if cap is None:
+            return self._error("malformed", f"unexpected {header.kind or 'empty'} frame here", sender)
+        try:
+            frame = decode_frame(data, key, expect=UPLINK, max_size=limit, max_body=cap)
+        except ProtocolError as exc:
+            return self._error(exc.code, str(exc), sender)
         await self.cache.add_device(device, now)
         body = frame.body
         tier = None
@@ -447,8 +476,7 @@ class SyncService:
         started = time.perf_counter()
         await self.aggregator.prune(now)
         self.metrics.store_latency.labels("prune").observe(time.perf_counter() - started)
-        self.replay.sweep(now)
-        self.limiter.sweep(self._bucket_clock())
+        self.admission.sweep(now, self._bucket_clock())
         started = time.perf_counter()
         stats = await self.aggregator.store.stats()
         self.metrics.store_latency.labels("stats").observe(time.perf_counter() - started)

@@ -70,6 +70,15 @@ class ServerSettings:
     min_samples: int = 10
     max_frame_bytes: int = 16 * 1024
     pull_max_bytes: int = 5000
+    #: Transition edges one push may carry here (a TV sends 48 by default); sizes the push inflate cap.
+    max_push_edges: int = 1024
+    # hostile load: deadlines and connection caps
+    request_timeout_s: float = 10.0  # a connection must deliver a complete HTTP request within this
+    ws_auth_timeout_s: float = 10.0  # a WebSocket must send an authenticated first frame within this
+    max_connections: int = 16_000  # open connections (HTTP + WebSocket); also kept below the fd limit
+    max_connections_per_ip: int = 512  # 0: no per-address cap (behind a proxy every peer is the proxy)
+    #: Bearer token for /metrics, /dashboard and the read-only /v1/* JSON; None: loopback peers only.
+    admin_token: str | None = field(default=None, repr=False)
     # aggregation
     k_min: int = 3
     w_max: float = 50.0
@@ -119,14 +128,18 @@ class ServerSettings:
             _check(len(self.salt) >= 16, "salt must be at least 16 bytes")
         for name in ("replay_window_s", "rate_per_s", "w_max", "prune_interval_s", "drain_timeout_s",
                      "cache_ttl_s", "redis_cooldown_s", "redis_timeout_s", "federation_interval_s",
-                     "trend_window_s"):  # fmt: skip
+                     "trend_window_s", "request_timeout_s", "ws_auth_timeout_s"):  # fmt: skip
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{name} must be a positive number")
         for name, lo in (("rate_burst", 1), ("min_samples", 1), ("k_min", 1), ("max_frame_bytes", 64),
                          ("pull_max_bytes", 600), ("cache_entries", 1), ("premium_sync_s", 1),
-                         ("active_sync_s", 1), ("casual_sync_s", 1), ("federation_replicas", 1)):  # fmt: skip
+                         ("active_sync_s", 1), ("casual_sync_s", 1), ("federation_replicas", 1), ("max_push_edges", 1), ("max_connections", 1),
+                         ("max_connections_per_ip", 0)):  # fmt: skip
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= lo, f"{name} must be an integer >= {lo}")
+        if self.admin_token is not None:
+            _check(isinstance(self.admin_token, str) and len(self.admin_token) >= 16 and self.admin_token.isprintable()
+                   and " " not in self.admin_token, "admin token must be at least 16 printable characters, no spaces")  # fmt: skip
         _check(self.log_level in ("critical", "error", "warning", "info", "debug"), f"unknown log level {self.log_level!r}")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together: give both or neither")
 

@@ -24,6 +24,8 @@ from omega.protocol.codec import (
     encode_frame,
     now_ms,
     peek_frame,
+    peek_header,
+    verify_frame,
 )
 from omega.protocol.errors import (
     ERROR_CODES,
@@ -75,5 +77,6 @@ __all__ = [
     "Rejection", "TaskType", "Tier", "Transition", "TransitionBatch", "Unauthorized",
     "UnsupportedVersion",
     "compute_tag", "decode_frame", "dequantize", "derive_device_key", "encode_error_reply",
-    "encode_frame", "format_token", "now_ms", "parse_token", "peek_frame", "quantize", "verify_tag",
+    "encode_frame", "format_token", "now_ms", "parse_token", "peek_frame", "peek_header", "quantize",
+    "verify_frame", "verify_tag",
 ]

@@ -7,10 +7,12 @@ TransitionBatch): sorted src as gaps, dst as gaps within a run of equal src.
 from __future__ import annotations
 
 from omega.protocol import omega_pb2 as pb
-from omega.protocol.errors import InvalidPattern, MalformedFrame
+from omega.protocol.errors import FrameTooLarge, InvalidPattern, MalformedFrame
 from omega.protocol.messages import (
     BODY_KINDS,
     MAX_ERROR_MESSAGE_CHARS,
+    MAX_PATTERNS_PER_PUSH,
+    MAX_TRANSITIONS,
     WEIGHT_SCALE,
     Body,
     ConsolidatedPattern,
@@ -131,6 +133,8 @@ def frame_to_pb(frame: Frame) -> pb.Frame:
 
 def _transitions_from_pb(m: pb.TransitionBatch) -> TransitionBatch:
     n = len(m.src_delta)
+    if n > MAX_TRANSITIONS:  # counted on the raw message: no object is built for an oversize batch
+        raise FrameTooLarge(f"{n} transitions in one batch; at most {MAX_TRANSITIONS}")
     if len(m.dst) != n or len(m.weight) != n or len(m.support) not in (0, n):
         raise MalformedFrame("transition arrays src_delta/dst/weight/support differ in length")
     edges = []
@@ -180,6 +184,8 @@ def _body_from_pb(frame: pb.Frame) -> Body:
     kind = frame.WhichOneof("body")
     if kind == "push":
         m = frame.push
+        if len(m.patterns) > MAX_PATTERNS_PER_PUSH:  # before any pattern object is built
+            raise FrameTooLarge(f"{len(m.patterns)} patterns in one push; at most {MAX_PATTERNS_PER_PUSH}")
         return Push(
             batch_id=m.batch_id,
             patterns=tuple(_pattern_from_pb(p) for p in m.patterns),

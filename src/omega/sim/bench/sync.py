@@ -25,7 +25,7 @@ from omega.sim.bench.timing import Progress, no_progress
 from omega.sim.load.server_process import start_server
 
 #: bench clients fire back to back, far above a TV's rate: the server's per-device limit would throttle them
-_UNTHROTTLED = {"OMEGA_RATE_PER_S": "100000", "OMEGA_RATE_BURST": "100000"}
+_UNTHROTTLED = {"OMEGA_RATE_PER_S": "100000", "OMEGA_RATE_BURST": "100000", "OMEGA_MAX_CONNECTIONS_PER_IP": "0"}
 
 
 # ------------------------------------------------------------------ the clients

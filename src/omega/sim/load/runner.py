@@ -275,7 +275,9 @@ def run_load(config: LoadConfig, progress: Progress = lambda _: None) -> dict:
     with tempfile.TemporaryDirectory(prefix="omega-load-") as tmp:
         store = config.store or f"sqlite:{Path(tmp) / 'constellation.db'}"
         progress(f"starting `omega serve` on {store.split('@')[-1]}")
-        with start_server(Path(tmp), store, config.secret.decode("utf-8"), shard_id="load") as server:
+        # The harness is one client by design: the per-address connection cap is the attacker's, not its.
+        with start_server(Path(tmp), store, config.secret.decode("utf-8"), shard_id="load",
+                          env={"OMEGA_MAX_CONNECTIONS_PER_IP": "0"}) as server:  # fmt: skip
             report = _run_against(config, Target("127.0.0.1", server.port), server, nofile, progress)
             report["server_nofile_limit"] = proc_nofile_limit(server.pid)
     return report
