@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from omega.constellation.aggregation import AggregationPolicy, Aggregator, Contribution
-from omega.constellation.codebook import DIM, Codebook, build_codebook
+from omega.constellation.codebook import Codebook, build_codebook
 from omega.constellation.store import ConstellationStore, open_store
+from omega.protocol import EMBEDDING_DIM
 
 SALT = b"test-server-salt-0123456789abcdef"
 
@@ -136,9 +137,9 @@ async def store(store_url: str) -> AsyncIterator[ConstellationStore]:
 def codebook() -> Codebook:
     """16 cells over well-separated synthetic clusters, so tests can aim a vector at a cell."""
     rng = np.random.default_rng(42)
-    centres = rng.normal(size=(16, DIM))
+    centres = rng.normal(size=(16, EMBEDDING_DIM))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x = np.repeat(centres, 8, axis=0) + 0.02 * rng.normal(size=(128, DIM))
+    x = np.repeat(centres, 8, axis=0) + 0.02 * rng.normal(size=(128, EMBEDDING_DIM))
     return build_codebook(x.astype(np.float32), k=16, seed=0, iters=10)
 
 
@@ -155,7 +156,7 @@ def device(n: int) -> bytes:
 def near(codebook: Codebook, cell: int, seed: int, spread: float = 0.05) -> np.ndarray:
     """A unit vector close to centroid `cell` (so it is assigned there)."""
     rng = np.random.default_rng(seed)
-    v = codebook.centroids[cell].astype(np.float64) + spread * rng.normal(size=DIM) / np.sqrt(DIM)
+    v = codebook.centroids[cell].astype(np.float64) + spread * rng.normal(size=EMBEDDING_DIM) / np.sqrt(EMBEDDING_DIM)
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 

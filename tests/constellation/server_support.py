@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from omega.constellation.codebook import DIM, Codebook, build_codebook
+from omega.constellation.codebook import Codebook, build_codebook
 from omega.protocol import (
     DOWNLINK,
     EmbeddingPattern,
@@ -24,6 +24,7 @@ from omega.protocol import (
     now_ms,
     quantize,
 )
+from omega.protocol import EMBEDDING_DIM
 from omega.sim.load.server_process import ServerProcess as BaseServerProcess
 
 SECRET = "server-test-secret-0123456789abcdef"
@@ -33,15 +34,15 @@ KEY_ID = 1
 def small_codebook() -> Codebook:
     """16 well-separated cells (as in conftest), so a test can aim a vector at a cell."""
     rng = np.random.default_rng(42)
-    centres = rng.normal(size=(16, DIM))
+    centres = rng.normal(size=(16, EMBEDDING_DIM))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x = np.repeat(centres, 8, axis=0) + 0.02 * rng.normal(size=(128, DIM))
+    x = np.repeat(centres, 8, axis=0) + 0.02 * rng.normal(size=(128, EMBEDDING_DIM))
     return build_codebook(x.astype(np.float32), k=16, seed=0, iters=10, version=3)
 
 
 def near(codebook: Codebook, cell: int, seed: int, spread: float = 0.05) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    v = codebook.centroids[cell].astype(np.float64) + spread * rng.normal(size=DIM) / np.sqrt(DIM)
+    v = codebook.centroids[cell].astype(np.float64) + spread * rng.normal(size=EMBEDDING_DIM) / np.sqrt(EMBEDDING_DIM)
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 

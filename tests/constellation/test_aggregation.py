@@ -17,11 +17,11 @@ from omega.constellation.aggregation import (
     Aggregator,
     Contribution,
 )
-from omega.constellation.codebook import DIM, Codebook, build_codebook
+from omega.constellation.codebook import Codebook, build_codebook
 from omega.constellation.crdt import CellKey, CellState, ConsolidatedEdge, ConsolidatedPattern, FederatedState
 from omega.constellation.store import open_store
 from omega.errors import OmegaError
-from omega.protocol import Keyspace
+from omega.protocol import EMBEDDING_DIM, Keyspace
 
 from .conftest import SALT, device, near, pattern
 
@@ -124,7 +124,7 @@ async def test_attacker_moves_a_consolidated_pattern_by_a_bounded_amount(aggrega
     target = codebook.centroids[3].astype(np.float64)
     # A direction orthogonal to every centroid keeps the vector in cell 3 while far from its centre.
     cents = codebook.centroids.astype(np.float64)
-    away = np.random.default_rng(0).normal(size=DIM)
+    away = np.random.default_rng(0).normal(size=EMBEDDING_DIM)
     away -= cents.T @ np.linalg.lstsq(cents.T, away, rcond=None)[0]
     adversarial = target * 0.35 + away / np.linalg.norm(away) * np.sqrt(1 - 0.35**2)
     adversarial = adversarial.astype(np.float32)
@@ -217,7 +217,7 @@ async def test_store_refuses_another_codebook_or_salt(store_url, codebook) -> No
     store = await open_store(store_url, origin="s1")
     try:
         await Aggregator.open(store, codebook, SALT)
-        other_book = build_codebook(np.random.default_rng(1).normal(size=(40, DIM)), k=4)
+        other_book = build_codebook(np.random.default_rng(1).normal(size=(40, EMBEDDING_DIM)), k=4)
         with pytest.raises(OmegaError, match="codebook"):
             await Aggregator.open(store, other_book, SALT)
         with pytest.raises(OmegaError, match="salt"):
@@ -261,7 +261,7 @@ async def test_federation_export_and_merge_build_the_global_view(tmp_path, codeb
         np.testing.assert_allclose(east_view.embedding, glob.embedding, atol=1e-6)
         # A remote message cannot overwrite the shard's own accumulators.
         forged = FederatedState(codebook.version)
-        forged.put_cell("east", CellKey(0, 6), CellState(1e9, np.ones(DIM), 1000, 0.0, 1.0, 10**9))
+        forged.put_cell("east", CellKey(0, 6), CellState(1e9, np.ones(EMBEDDING_DIM), 1000, 0.0, 1.0, 10**9))
         assert await east.merge_remote(forged) == 0
         # Entries for another codebook version are refused.
         with pytest.raises(OmegaError):

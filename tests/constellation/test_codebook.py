@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omega.constellation.codebook import DIM, Codebook, build_codebook
+from omega.constellation.codebook import Codebook, build_codebook
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 
 def clustered(n_clusters: int, per: int, seed: int, spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_clusters, DIM))
+    centres = rng.normal(size=(n_clusters, EMBEDDING_DIM))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     labels = np.repeat(np.arange(n_clusters), per)
-    x = centres[labels] + spread * rng.normal(size=(len(labels), DIM))
+    x = centres[labels] + spread * rng.normal(size=(len(labels), EMBEDDING_DIM))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), labels
 
@@ -22,7 +23,7 @@ def clustered(n_clusters: int, per: int, seed: int, spread: float = 0.05) -> tup
 def test_build_recovers_well_separated_clusters() -> None:
     x, labels = clustered(8, 40, seed=1)
     book = build_codebook(x, k=8, seed=0, iters=20)
-    assert book.centroids.shape == (8, DIM) and book.centroids.dtype == np.float32
+    assert book.centroids.shape == (8, EMBEDDING_DIM) and book.centroids.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(book.centroids, axis=1), 1.0, atol=1e-5)
     got = book.assign(x)
     # Every true cluster maps to exactly one cell and no two clusters share one.
@@ -34,7 +35,7 @@ def test_build_recovers_well_separated_clusters() -> None:
 def test_assign_is_nearest_by_cosine_and_ignores_scale() -> None:
     x, _ = clustered(4, 30, seed=2)
     book = build_codebook(x, k=4, seed=3)
-    q = np.random.default_rng(9).normal(size=(50, DIM)).astype(np.float32)
+    q = np.random.default_rng(9).normal(size=(50, EMBEDDING_DIM)).astype(np.float32)
     expected = np.argmax((q / np.linalg.norm(q, axis=1, keepdims=True)) @ book.centroids.T, axis=1)
     np.testing.assert_array_equal(book.assign(q), expected)
     np.testing.assert_array_equal(book.assign(q * 7.5), expected)
@@ -95,13 +96,13 @@ def test_bad_inputs_raise_omega_error() -> None:
     with pytest.raises(OmegaError):
         build_codebook(np.zeros((10, 3)), k=2)
     with pytest.raises(OmegaError):
-        build_codebook(np.ones((3, DIM)), k=5)
-    bad = np.ones((10, DIM))
+        build_codebook(np.ones((3, EMBEDDING_DIM)), k=5)
+    bad = np.ones((10, EMBEDDING_DIM))
     bad[0, 0] = np.nan
     with pytest.raises(OmegaError):
         build_codebook(bad, k=2)
     with pytest.raises(OmegaError):
-        Codebook(1, np.zeros((2, DIM)))
+        Codebook(1, np.zeros((2, EMBEDDING_DIM)))
 
 
 def test_save_load_round_trip_keeps_the_fingerprint_for_many_codebooks(tmp_path) -> None:

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omega.constellation.crdt import (
-    DIM,
     CellKey,
     CellState,
     EdgeKey,
@@ -19,6 +18,7 @@ from omega.constellation.crdt import (
     decode_delta,
 )
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 ORIGINS = ["shard-a", "shard-b", "shard-c"]
 
@@ -26,7 +26,7 @@ ORIGINS = ["shard-a", "shard-b", "shard-c"]
 @st.composite
 def cell_states(draw) -> CellState:
     seed = draw(st.integers(0, 2**16))
-    vec = np.random.default_rng(seed).normal(size=DIM)
+    vec = np.random.default_rng(seed).normal(size=EMBEDDING_DIM)
     sum_w = draw(st.floats(0.0, 100.0, allow_nan=False))
     trials = draw(st.floats(0.0, 100.0, allow_nan=False))
     successes = draw(st.floats(0.0, 1.0)) * trials
@@ -107,13 +107,13 @@ def test_shuffled_duplicated_split_sequences_agree(msgs, rnd, data) -> None:
 
 def test_highest_version_wins_and_conflicting_equal_versions_resolve_the_same_way() -> None:
     key = CellKey(0, 1)
-    old = CellState(1.0, np.ones(DIM), 1, 1.0, 1.0, version=1)
-    new = CellState(2.0, np.ones(DIM) * 2, 2, 1.0, 2.0, version=2)
+    old = CellState(1.0, np.ones(EMBEDDING_DIM), 1, 1.0, 1.0, version=1)
+    new = CellState(2.0, np.ones(EMBEDDING_DIM) * 2, 2, 1.0, 2.0, version=2)
     s = FederatedState(1)
     s.put_cell("a", key, new)
     assert not s.put_cell("a", key, old)
     assert s.cells[("a", key)] == new
-    twin = CellState(9.0, np.ones(DIM) * 9, 9, 1.0, 9.0, version=2)
+    twin = CellState(9.0, np.ones(EMBEDDING_DIM) * 9, 9, 1.0, 9.0, version=2)
     x = FederatedState(1, {("a", key): new}, {})
     y = FederatedState(1, {("a", key): twin}, {})
     assert merged(x, y) == merged(y, x)
@@ -125,7 +125,7 @@ def test_global_value_is_sum_over_origins_and_consolidated_is_the_weighted_mean(
     s = FederatedState(1)
     vectors = []
     for i, origin in enumerate(ORIGINS):
-        x = rng.normal(size=DIM)
+        x = rng.normal(size=EMBEDDING_DIM)
         x /= np.linalg.norm(x)
         w = float(i + 1)
         vectors.append((w, x))
@@ -158,7 +158,7 @@ def test_delta_since_watermark_holds_only_newer_entries() -> None:
 
 def test_malformed_bytes_are_rejected() -> None:
     s = FederatedState(1)
-    s.put_cell("a", CellKey(0, 0), CellState(1.0, np.ones(DIM), 1, 1.0, 1.0, 1))
+    s.put_cell("a", CellKey(0, 0), CellState(1.0, np.ones(EMBEDDING_DIM), 1, 1.0, 1.0, 1))
     s.put_edge("a", EdgeKey(0, 1, 2), EdgeState(1.0, 1, 1))
     good = s.to_bytes()
     assert decode_delta(good) == s

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 import pytest
 
-from omega.constellation.crdt import DIM, CellKey, CellState, EdgeKey, EdgeState, FederatedState
+from omega.constellation.crdt import CellKey, CellState, EdgeKey, EdgeState, FederatedState
 from omega.constellation.federation import (
     Bus,
     GlobalHub,
@@ -24,6 +24,7 @@ from omega.constellation.federation import (
 )
 from omega.constellation.federation.messages import encode_chunks, message_id
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 NATS_URL = os.environ.get("OMEGA_NATS_URL", "nats://127.0.0.1:4222")
 
@@ -72,7 +73,7 @@ async def fed(request: pytest.FixtureRequest) -> AsyncIterator[tuple[BusFactory,
 def cell_state(version: int, seed: int, support: int = 1) -> CellState:
     rng = np.random.default_rng(seed)
     w = 1.0 + seed % 5
-    return CellState(w, w * rng.normal(size=DIM), support, 0.8 * w, w, version)
+    return CellState(w, w * rng.normal(size=EMBEDDING_DIM), support, 0.8 * w, w, version)
 
 
 def shard_delta(origin: str, version: int, cells: list[int], support: int = 1) -> FederatedState:

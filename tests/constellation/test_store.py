@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
-from omega.constellation.codebook import DIM
 from omega.constellation.crdt import ConsolidatedEdge, ConsolidatedPattern
 from omega.constellation.store import (
     EDGE_WIRE_BYTES,
@@ -21,6 +20,7 @@ from omega.constellation.store import (
     open_store,
 )
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 from .conftest import SALT, device, near, pattern
 
@@ -248,7 +248,7 @@ async def test_every_backend_refuses_the_same_malformed_pushes(store, codebook) 
     """What one backend cannot store faithfully, none accepts: one clear error, nothing left behind."""
     bad = {
         "short embedding": [_cell(codebook, embedding=np.ones(3, np.float32))],
-        "nan embedding": [_cell(codebook, embedding=np.full(DIM, np.nan, np.float32))],
+        "nan embedding": [_cell(codebook, embedding=np.full(EMBEDDING_DIM, np.nan, np.float32))],
         "infinite weight": [_cell(codebook, weight=float("inf"))],
         "nan successes": [_cell(codebook, successes=float("nan"))],
         "infinite trials": [_cell(codebook, trials=float("-inf"))],

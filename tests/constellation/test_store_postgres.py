@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from omega.constellation.aggregation import Aggregator
-from omega.constellation.codebook import DIM
 from omega.constellation.crdt import CellKey, ConsolidatedPattern, FederatedState
 from omega.constellation.store import open_store
 from omega.constellation.store.pg_schema import SCHEMA_VERSION
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 from .conftest import SALT, device, fresh_database, near, pattern
 
@@ -195,7 +195,7 @@ async def test_nearest_consolidated_ranks_published_cells_by_cosine(aggregator, 
     assert await store.nearest_consolidated(q, 5, 4) == []
     only_task_1 = await store.nearest_consolidated(q, 20, 3, task_type=1)
     assert sorted(k for k, _ in only_task_1) == [CellKey(1, 0), CellKey(1, 1)]
-    for bad in (np.zeros(DIM), np.full(DIM, np.nan), np.ones(10), "text"):
+    for bad in (np.zeros(EMBEDDING_DIM), np.full(EMBEDDING_DIM, np.nan), np.ones(10), "text"):
         with pytest.raises(OmegaError):
             await store.nearest_consolidated(bad, 5, 3)
     with pytest.raises(OmegaError):

@@ -37,12 +37,11 @@ from omega.constellation.crdt import CellKey, CellState, ConsolidatedEdge, Conso
 from omega.constellation.keyring import Keyring
 from omega.constellation.settings import load_settings
 from omega.constellation.store import StoreStats, open_store
-from omega.protocol import Keyspace, Push, Tier, now_ms
+from omega.protocol import EMBEDDING_DIM, Keyspace, Push, Tier, now_ms
 from omega.sim.load.server_process import ServerProcess as BaseServerProcess
 
 SECRET = "e2e-fault-test-secret-0123456789abcdef"
 SHARD = "e2e"
-DIM = 384
 KEYRING = Keyring({1: SECRET.encode()}, 1)
 #: Settings of the server the tests run (what the offline reference must mirror).
 SERVER_DEFAULTS = load_settings(env={"OMEGA_SECRET": SECRET})
@@ -120,7 +119,7 @@ async def read_server_state(db: Path, k_min: int) -> ServerState:
 def shared_catalog(n_items: int, seed: int = 7) -> Catalog:
     """A catalog of random unit vectors: distinct items (cosine ~0), so each item grows its own pattern."""
     rng = np.random.default_rng(seed)
-    matrix = rng.standard_normal((n_items, DIM)).astype(np.float32)
+    matrix = rng.standard_normal((n_items, EMBEDDING_DIM)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     items = [CatalogItem(content_id=i + 1, title=f"item {i + 1}", genres=("drama",)) for i in range(n_items)]
     return Catalog.from_vectors(items, matrix)
@@ -248,7 +247,7 @@ async def try_sync(tv: TV) -> SyncReport | SyncFailed:
 @dataclass
 class _Cell:
     sum_w: float = 0.0
-    sum_wx: np.ndarray = field(default_factory=lambda: np.zeros(DIM))
+    sum_wx: np.ndarray = field(default_factory=lambda: np.zeros(EMBEDDING_DIM))
     support: int = 0
     successes: float = 0.0
     trials: float = 0.0

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from omega.brain.modelcache import (
-    DIM,
     MAX_POSITIONS,
     TOKENIZER_FILE,
     VARIANT_FILES,
@@ -23,6 +22,7 @@ from omega.brain.modelcache import (
     sha256_file,
 )
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 # Titles with genres and viewing contexts are short; 128 tokens keep their meaning.
 DEFAULT_MAX_LENGTH = 128
@@ -31,7 +31,7 @@ DEFAULT_MAX_LENGTH = 128
 class Embedder:
     """Sentence embeddings from a built MiniLM cache (`variant` "int8" or "fp32")."""
 
-    dim: int = DIM
+    dim: int = EMBEDDING_DIM
 
     def __init__(
         self,
@@ -120,7 +120,7 @@ class Embedder:
                 raise OmegaError(f"embed_batch() item {i} is {type(text).__name__}, not str")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise OmegaError(f"batch_size must be a positive integer, got {batch_size!r}")
-        out = np.empty((len(texts), DIM), dtype=np.float32)
+        out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         if not texts:
             return out
         encoded = [e.ids for e in self._tokenizer.encode_batch(texts)]

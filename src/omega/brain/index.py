@@ -42,6 +42,7 @@ import onnxruntime  # noqa: F401,E402  (imported for its side effect on load ord
 from usearch.index import Index  # noqa: E402
 
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 _MAGIC = b"OMEGA-VECTOR-INDEX 1\n"
 DTYPES = ("f32", "f16", "i8")
@@ -57,7 +58,7 @@ class VectorIndex:
 
     def __init__(
         self,
-        dim: int = 384,
+        dim: int = EMBEDDING_DIM,
         *,
         metric: str = "cos",
         dtype: str = "f16",

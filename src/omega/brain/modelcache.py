@@ -22,7 +22,6 @@ MANIFEST_FILE = "manifest.json"
 VARIANT_FILES = {"fp32": FP32_FILE, "int8": INT8_FILE}
 
 # all-MiniLM-L6-v2 (config.json of the weights package): what the embedder needs.
-DIM = 384
 MAX_POSITIONS = 512
 
 

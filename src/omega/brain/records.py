@@ -11,31 +11,18 @@ import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from omega.errors import OmegaError
-
-EMBEDDING_DIM = 384
+from omega.protocol.messages import EMBEDDING_DIM, TaskType
 
 Outcome = Literal["finished", "abandoned", "skipped", "rewatched"]
 OUTCOMES: frozenset[str] = frozenset({"finished", "abandoned", "skipped", "rewatched"})
 
 #: docs/architecture.md §2: an episode counts as a success when more than this fraction was watched.
 SUCCESS_FRACTION = 0.7
-
-
-class TaskType(IntEnum):
-    """What a pattern encodes. The wire enum uses the same numbers."""
-
-    UNSPECIFIED = 0
-    CONTENT_MATCH = 1
-    CONTEXT_MATCH = 2
-    GENRE_AFFINITY = 3
-    TIME_OF_DAY = 4
-    CONTINUATION = 5
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:

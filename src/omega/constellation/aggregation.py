@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from omega.constellation.codebook import DIM, Codebook
+from omega.constellation.codebook import Codebook
 from omega.constellation.crdt import CellKey, ConsolidatedEdge, ConsolidatedPattern, FederatedState
 from omega.constellation.store.base import (
     CellContribution,
@@ -46,6 +46,7 @@ from omega.constellation.store.base import (
     PruneStats,
 )
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 from omega.protocol.messages import Keyspace
 
 if TYPE_CHECKING:
@@ -230,8 +231,8 @@ class Aggregator:
             return [], 0
         # Embedding checks for the whole push at once: shape, then finiteness and norm.
         arrays = [np.asarray(p.embedding) for p in patterns]
-        shaped = [a.shape == (DIM,) and np.issubdtype(a.dtype, np.number) for a in arrays]
-        x = np.zeros((len(arrays), DIM), dtype=np.float64)
+        shaped = [a.shape == (EMBEDDING_DIM,) and np.issubdtype(a.dtype, np.number) for a in arrays]
+        x = np.zeros((len(arrays), EMBEDDING_DIM), dtype=np.float64)
         for row, (a, ok) in enumerate(zip(arrays, shaped, strict=True)):
             if ok:
                 x[row] = a

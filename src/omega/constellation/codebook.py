@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
-DIM = 384
 _FORMAT = "omega-codebook/1"
 
 
@@ -26,8 +26,8 @@ def _unit_rows(vectors: np.ndarray, what: str) -> np.ndarray:
     arr = np.asarray(vectors, dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[1] != DIM:
-        raise OmegaError(f"{what} must have shape (n, {DIM}), got {np.shape(vectors)}")
+    if arr.ndim != 2 or arr.shape[1] != EMBEDDING_DIM:
+        raise OmegaError(f"{what} must have shape (n, {EMBEDDING_DIM}), got {np.shape(vectors)}")
     if not np.isfinite(arr).all():
         raise OmegaError(f"{what} contain NaN or infinite values")
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
@@ -185,4 +185,4 @@ def placeholder_codebook(k: int = PLACEHOLDER_CODEBOOK_K, seed: int = 0) -> Code
     one from the catalog with `omega codebook build`.
     """
     rng = np.random.default_rng(seed)
-    return Codebook(0, rng.standard_normal((k, DIM)).astype(np.float32))
+    return Codebook(0, rng.standard_normal((k, EMBEDDING_DIM)).astype(np.float32))

@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
-DIM = 384
 MAGIC = b"OCRD"
 FORMAT_VERSION = 1
 
@@ -40,7 +40,7 @@ _HEADER = struct.Struct("<4sBII")
 _ENTRY = struct.Struct("<BB")
 _CELL = struct.Struct("<iIQdQdd")
 _EDGE = struct.Struct("<IIIQdQ")
-_VEC_BYTES = DIM * 8
+_VEC_BYTES = EMBEDDING_DIM * 8
 KIND_CELL = 1
 KIND_EDGE = 2
 
@@ -73,8 +73,8 @@ class CellState:
 
     def __post_init__(self) -> None:
         vec = np.ascontiguousarray(self.sum_wx, dtype=np.float64)
-        if vec.shape != (DIM,):
-            raise OmegaError(f"sum_wx must have shape ({DIM},), got {vec.shape}")
+        if vec.shape != (EMBEDDING_DIM,):
+            raise OmegaError(f"sum_wx must have shape ({EMBEDDING_DIM},), got {vec.shape}")
         vec.setflags(write=False)
         object.__setattr__(self, "sum_wx", vec)
 
@@ -144,7 +144,7 @@ def wins(new: CellState | EdgeState, old: CellState | EdgeState | None) -> bool:
 def combine_cells(states: Iterable[CellState]) -> CellState:
     """Sum of accumulators; callers pass them in sorted origin order so the float result is reproducible."""
     parts = list(states)
-    sum_wx = np.zeros(DIM, dtype=np.float64)
+    sum_wx = np.zeros(EMBEDDING_DIM, dtype=np.float64)
     for s in parts:
         sum_wx += s.sum_wx
     # sum() from 0.0 adds left to right: the same float result as a running total.

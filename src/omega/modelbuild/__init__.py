@@ -14,7 +14,6 @@ build-time extras (`onnx`, `safetensors`).
 """
 
 from omega.brain.modelcache import (
-    DIM,
     FP32_FILE,
     INT8_FILE,
     MANIFEST_FILE,
@@ -38,7 +37,6 @@ from omega.modelbuild.graph import build_graph, load_weights, reference_forward,
 
 __all__ = [
     "BUILDER_VERSION",
-    "DIM",
     "FP32_FILE",
     "INT8_FILE",
     "MANIFEST_FILE",

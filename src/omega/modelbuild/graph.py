@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from omega.brain.modelcache import DIM
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
-# all-MiniLM-L6-v2 (config.json of the weights package); DIM lives with the cache (the embedder needs it too).
+# all-MiniLM-L6-v2 (config.json of the weights package); its width is the protocol's EMBEDDING_DIM.
 LAYERS = 6
 HEADS = 12
-HEAD_DIM = DIM // HEADS
+HEAD_DIM = EMBEDDING_DIM // HEADS
 LAYER_NORM_EPS = 1e-12
 OPSET = 17
 # Additive mask value for padded keys, as in the original BERT code.
@@ -82,7 +82,7 @@ def reference_forward(
         scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(HEAD_DIM) + bias
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         probs = scores / scores.sum(-1, keepdims=True)
-        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, DIM)
+        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, EMBEDDING_DIM)
         x = _layer_norm(
             dense(ctx, "attention.output.dense") + x,
             w[p + "attention.output.LayerNorm.weight"],
@@ -176,7 +176,7 @@ def build_graph(weights: Mapping[str, np.ndarray]) -> Any:
     bias = g.op("Mul", [g.op("Sub", [one, mask]), g.const("mask_neg", np.array(MASK_NEG, dtype=f32))])
 
     split_heads = g.const("shape_heads", np.array([0, 0, HEADS, HEAD_DIM], dtype=np.int64))
-    merge_heads = g.const("shape_merged", np.array([0, 0, DIM], dtype=np.int64))
+    merge_heads = g.const("shape_merged", np.array([0, 0, EMBEDDING_DIM], dtype=np.int64))
     scale = g.const("attn_scale", np.array(1.0 / np.sqrt(HEAD_DIM), dtype=f32))
     half = g.const("half", np.array(0.5, dtype=f32))
     inv_sqrt2 = g.const("inv_sqrt2", np.array(1.0 / np.sqrt(2.0), dtype=f32))
@@ -203,7 +203,7 @@ def build_graph(weights: Mapping[str, np.ndarray]) -> Any:
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
         ],
-        outputs=[helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", DIM])],
+        outputs=[helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", EMBEDDING_DIM])],
         initializer=g.inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="omega.modelbuild")

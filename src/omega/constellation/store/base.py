@@ -18,7 +18,6 @@ from typing import NamedTuple
 import numpy as np
 
 from omega.constellation.crdt import (
-    DIM,
     CellKey,
     CellState,
     ConsolidatedEdge,
@@ -28,10 +27,11 @@ from omega.constellation.crdt import (
     FederatedState,
 )
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 # Estimated wire size of one published item (the server computes exact sizes):
 # a pattern is ~24 B of fields + 384 uint8 components, an edge a few varints.
-PATTERN_WIRE_BYTES = 24 + 384
+PATTERN_WIRE_BYTES = 24 + EMBEDDING_DIM
 EDGE_WIRE_BYTES = 8
 
 KIND_CELL = 0
@@ -204,8 +204,8 @@ def check_query(vector: object, k: object, k_min: object) -> np.ndarray:
         q = np.asarray(vector, dtype=np.float64)
     except (TypeError, ValueError):
         raise OmegaError("query vector must be numeric") from None
-    if q.shape != (DIM,) or not np.isfinite(q).all():
-        raise OmegaError(f"query vector must be {DIM} finite numbers")
+    if q.shape != (EMBEDDING_DIM,) or not np.isfinite(q).all():
+        raise OmegaError(f"query vector must be {EMBEDDING_DIM} finite numbers")
     norm = float(np.linalg.norm(q))
     if norm <= 1e-12:
         raise OmegaError("query vector must not be zero")

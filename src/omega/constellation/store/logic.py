@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from omega.constellation import crdt
-from omega.constellation.crdt import DIM, CellKey, CellState, EdgeKey, EdgeState, FederatedState
+from omega.constellation.crdt import CellKey, CellState, EdgeKey, EdgeState, FederatedState
 from omega.constellation.store.base import (
     KIND_CELL,
     KIND_EDGE,
@@ -39,6 +39,7 @@ from omega.constellation.store.base import (
     PushOutcome,
 )
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 CELL_COLUMNS = "origin, task_type, cell, sum_w, sum_wx, support, successes, trials, version"
 EDGE_COLUMNS = "origin, keyspace, src, dst, weight, support, version"
@@ -148,8 +149,8 @@ def check_push(push: PreparedPush) -> None:
     """
     for c in push.cells:
         emb = np.asarray(c.embedding)
-        if emb.shape != (DIM,) or not _finite_vector(emb):
-            raise OmegaError(f"pattern {c.index}: embedding must be {DIM} finite numbers")
+        if emb.shape != (EMBEDDING_DIM,) or not _finite_vector(emb):
+            raise OmegaError(f"pattern {c.index}: embedding must be {EMBEDDING_DIM} finite numbers")
         if not _finite(c.weight, c.successes, c.trials):
             raise OmegaError(f"pattern {c.index}: weight and counts must be finite")
         if not _packs("<iq", c.task_type, c.cell):

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from omega.constellation.crdt import DIM
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 # Arbitrary constant: the advisory lock id that serialises schema migrations.
 MIGRATION_LOCK_ID = 0x4F4D4743_0001
@@ -74,7 +74,7 @@ CREATE TABLE omega_served (
     seq bigint NOT NULL UNIQUE, support bigint NOT NULL,
     PRIMARY KEY (kind, k1, k2, k3));
 CREATE TABLE omega_cell_vectors (
-    task_type int NOT NULL, cell bigint NOT NULL, embedding vector({DIM}) NOT NULL,
+    task_type int NOT NULL, cell bigint NOT NULL, embedding vector({EMBEDDING_DIM}) NOT NULL,
     PRIMARY KEY (task_type, cell));
 CREATE INDEX omega_cell_vectors_embedding ON omega_cell_vectors
     USING hnsw (embedding vector_cosine_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION});

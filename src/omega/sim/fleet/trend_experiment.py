@@ -46,18 +46,18 @@ from omega.brain.records import CatalogItem
 from omega.constellation.codebook import build_codebook
 from omega.constellation.trends import TrendTracker
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 from omega.sim.fleet.simulator import Fleet, FleetConfig
 
-DIM = 384
 _MAX_SYNCS_PER_WINDOW = 5
 
 
 def _clustered_catalog(
     n_cells: int, items_per_cell: int, rng: np.random.Generator
 ) -> tuple[list[CatalogItem], np.ndarray]:
-    centres = rng.standard_normal((n_cells, DIM))
+    centres = rng.standard_normal((n_cells, EMBEDDING_DIM))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    noise = rng.standard_normal((n_cells * items_per_cell, DIM))
+    noise = rng.standard_normal((n_cells * items_per_cell, EMBEDDING_DIM))
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     # cos(item, centre) ≈ 0.8, cos(item, item') ≈ 0.64 within a topic, ≈ 0 across topics.
     matrix = 0.8 * np.repeat(centres, items_per_cell, axis=0) + 0.6 * noise

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from omega.protocol import (
     DOWNLINK,
+    EMBEDDING_DIM,
     Body,
     EmbeddingPattern,
     ErrorReply,
@@ -61,7 +62,7 @@ def pattern_pool(rng: random.Random, n: int = 256) -> list[EmbeddingPattern]:
     gen = np.random.default_rng(rng.randrange(1 << 30))
     pool = []
     for _ in range(n):
-        v = gen.standard_normal(384)
+        v = gen.standard_normal(EMBEDDING_DIM)
         uses = int(gen.integers(10, 200))
         pool.append(EmbeddingPattern(id=secrets.token_bytes(16), version=1, embedding=quantize(v / np.linalg.norm(v), 4),
                                      success_rate=0.8, uses=uses, successes=int(uses * 0.8),
