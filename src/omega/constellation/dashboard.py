@@ -22,10 +22,10 @@ from omega.constellation.aggregation import Aggregator
 from omega.constellation.crdt import CellKey, ConsolidatedPattern
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.trends import TrendTracker
-from omega.protocol import TaskType
+from omega.protocol import SYNC_TIERS, TaskType
 
 SYNC_KINDS = ("push", "pull", "heartbeat")
-TIERS = ("premium", "active", "casual", "unknown")
+TIERS = (*(tier.label for tier in SYNC_TIERS), "unknown")
 RATE_WINDOW_S = 60.0  # sync rates are averaged over this much history
 HISTORY_SAMPLES = 90  # sparkline points (at the 2 s tick: 3 minutes)
 RECENT_FALLBACK_S = 15.0  # Redis counts as degraded when the cache fell back this recently

@@ -8,6 +8,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from omega.protocol import SYNC_TIERS
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -48,8 +50,8 @@ class ServerMetrics:
             self.syncs.labels(kind)
         for direction in ("in", "out"):
             self.bytes.labels(direction)
-        for tier in ("premium", "active", "casual"):
-            self.connections.labels(tier)
+        for tier in SYNC_TIERS:
+            self.connections.labels(tier.label)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

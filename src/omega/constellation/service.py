@@ -279,7 +279,7 @@ class SyncService:
         else:
             assert isinstance(body, Heartbeat)
             out, kind = self._heartbeat(body, now), "heartbeat"
-            tier = body.tier.name.lower() if body.tier is not Tier.UNSPECIFIED else None
+            tier = body.tier.label if body.tier is not Tier.UNSPECIFIED else None
         reply = Frame(device_id=device, seq=frame.seq, timestamp_ms=self.now_ms(), body=out, key_id=frame.key_id)
         return Reply(200, encode_frame(reply, key), device_id=device, kind=kind, tier=tier)
 

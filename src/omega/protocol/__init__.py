@@ -44,6 +44,7 @@ from omega.protocol.messages import (
     EMBEDDING_DIM,
     MAX_PATTERNS_PER_PUSH,
     MAX_TRANSITIONS,
+    SYNC_TIERS,
     UPLINK,
     WEIGHT_SCALE,
     Body,
@@ -69,7 +70,7 @@ from omega.protocol.quantize import QuantizedEmbedding, dequantize, quantize
 __all__ = [
     "BODY_KINDS", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DEFAULT_PULL_BYTES",
     "DEVICE_ID_BYTES", "DEVICE_KEY_BYTES", "DOWNLINK", "EMBEDDING_DIM", "ERROR_CODES",
-    "MAX_PATTERNS_PER_PUSH", "MAX_TRANSITIONS", "PROTOCOL_VERSION", "TAG_BYTES", "UPLINK",
+    "MAX_PATTERNS_PER_PUSH", "MAX_TRANSITIONS", "PROTOCOL_VERSION", "SYNC_TIERS", "TAG_BYTES", "UPLINK",
     "WEIGHT_SCALE",
     "BadSignature", "Body", "ConsolidatedPattern", "EmbeddingPattern", "ErrorReply", "Frame",
     "FrameHeader", "FrameTooLarge", "Heartbeat", "HeartbeatAck", "InvalidPattern", "Keyspace",

@@ -54,6 +54,15 @@ class Tier(IntEnum):
     ACTIVE = 2
     CASUAL = 3
 
+    @property
+    def label(self) -> str:
+        """The lower-case name ("premium", ...) the CLI, the metrics and the capacity figures use."""
+        return self.name.lower()
+
+
+#: The tiers a TV syncs in (UNSPECIFIED only means "not said"), in the seed's order.
+SYNC_TIERS: tuple[Tier, ...] = (Tier.PREMIUM, Tier.ACTIVE, Tier.CASUAL)
+
 
 class Keyspace(IntEnum):
     """What the ids of a transition batch name."""

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from omega.errors import OmegaError
+from omega.protocol import SYNC_TIERS
 
 GB = 1e9
 BASES = ("concurrent", "all_users")
-TIERS = ("premium", "active", "casual")
+TIERS = tuple(tier.label for tier in SYNC_TIERS)
 
 
 @dataclass(frozen=True)

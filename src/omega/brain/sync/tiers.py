@@ -21,7 +21,7 @@ from enum import Enum
 
 from omega.brain.sync.backoff import Backoff
 from omega.errors import OmegaError
-from omega.protocol import Tier
+from omega.protocol import SYNC_TIERS, Tier
 
 #: No server hint makes a TV wait longer than this.
 MAX_HINT_S = 3600.0
@@ -98,7 +98,7 @@ _POLICIES: dict[Tier, TierPolicy] = {
     Tier.ACTIVE: TierPolicy(Tier.ACTIVE, TransportKind.WS_ON_DEMAND, 300.0, 5.0, 300.0),
     Tier.CASUAL: TierPolicy(Tier.CASUAL, TransportKind.HTTP, 900.0, 30.0, 900.0),
 }
-TIER_NAMES: dict[str, Tier] = {"premium": Tier.PREMIUM, "active": Tier.ACTIVE, "casual": Tier.CASUAL}
+TIER_NAMES: dict[str, Tier] = {tier.label: tier for tier in SYNC_TIERS}
 
 
 def policy_for(tier: Tier) -> TierPolicy:

@@ -61,11 +61,10 @@ from omega.constellation.runner import EmbeddedServer
 from omega.constellation.service import SyncService
 from omega.constellation.settings import ServerSettings
 from omega.errors import OmegaError
-from omega.protocol import Tier
+from omega.protocol import SYNC_TIERS, Tier
 
 Progress = Callable[[int, int], None]
 
-TIERS = (Tier.PREMIUM, Tier.ACTIVE, Tier.CASUAL)
 #: Syncs one TV may run back to back while catching up on published deltas.
 _MAX_CATCH_UP_SYNCS = 200
 #: Rate limits of the simulation's server: far above what any simulated TV sends in one simulated second.
@@ -255,7 +254,7 @@ class Fleet:
     def add_tv(self, user: int, *, name: str | None = None, sync: SyncConfig | None = None) -> TV:
         """A new TV with an empty brain for `user` (its device id is random but seeded)."""
         device_id = uuid.UUID(int=self._rng.getrandbits(128), version=4).bytes
-        tier = self._rng.choices(TIERS, weights=self.config.tier_mix)[0]
+        tier = self._rng.choices(SYNC_TIERS, weights=self.config.tier_mix)[0]
         brain = Brain(
             self.workdir / f"{name or f'tv-{user}'}.db", embedder=self.embedder, catalog=self.catalog,
             config=self.config.brain, synchronous="NORMAL",

@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omega.protocol import ProtocolError, Tier
+from omega.brain.sync.tiers import TIER_NAMES, policy_for
+from omega.protocol import SYNC_TIERS, ProtocolError
 from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
 from omega.sim.load.histogram import LatencyHistogram
 
-TIERS = ("premium", "active", "casual")
-#: the tier intervals of docs/architecture.md §4 (seconds) when the server names none
-DEFAULT_INTERVAL_S = {"premium": 60.0, "active": 300.0, "casual": 900.0}
-_TIER_ENUM = {"premium": Tier.PREMIUM, "active": Tier.ACTIVE, "casual": Tier.CASUAL}
+TIERS = tuple(tier.label for tier in SYNC_TIERS)
+#: the tier intervals of docs/architecture.md §4 (seconds), as a TV's policy has them, when the server names none
+DEFAULT_INTERVAL_S = {tier.label: policy_for(tier).interval_s for tier in SYNC_TIERS}
 OPEN_TIMEOUT_S = 30.0
 REPLY_TIMEOUT_S = 30.0
 #: time allowed after the end of the run for sessions in flight and closing handshakes
@@ -210,7 +210,7 @@ class _Worker:
         return ws
 
     async def _ws_session(self, ws, dev: SimDevice, tier: str) -> None:  # noqa: ANN001
-        for kind, body in dev.session(_TIER_ENUM[tier], sync=not self.spec.heartbeat_only):
+        for kind, body in dev.session(TIER_NAMES[tier], sync=not self.spec.heartbeat_only):
             data = dev.frame(body)
             t0 = self.loop.time()
             await ws.send(data)
@@ -220,7 +220,7 @@ class _Worker:
         self.stats.sessions += 1
 
     async def _http_session(self, dev: SimDevice, tier: str) -> None:
-        for kind, body in dev.session(_TIER_ENUM[tier], sync=not self.spec.heartbeat_only):
+        for kind, body in dev.session(TIER_NAMES[tier], sync=not self.spec.heartbeat_only):
             data = dev.frame(body)
             t0 = self.loop.time()
             resp = await self.http.post(self.http_url, content=data, headers={"content-type": "application/octet-stream"})
