@@ -5,10 +5,11 @@ and inside functions included) and every string constant naming one of our modul
 (the lazy faces pass module names to `importlib.import_module`) is an edge. The rules:
 
 - `omega.protocol` imports nothing of ours (only itself);
-- `omega.brain` (the TV's runtime) imports only itself, `omega.protocol` and `omega.errors`:
+- `omega.brain` (the TV's runtime) imports only itself, `omega.protocol` and the shared base
+  (`omega.errors`, `omega.progress`):
   never `omega.constellation`, and never the build-time parts (`omega.datasets`,
   `omega.modelbuild`) or the simulator;
-- `omega.constellation` imports only itself, `omega.protocol` and `omega.errors`;
+- `omega.constellation` imports only itself, `omega.protocol`, `omega.errors` and `omega.progress`;
 - nothing imports `omega.cli` but `omega.cli` itself (the `omega` script entry point is
   declared in pyproject.toml, not imported).
 
@@ -29,8 +30,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: package -> the top-level packages of ours it may import (itself always allowed)
 ALLOWED: dict[str, frozenset[str]] = {
     "protocol": frozenset(),
-    "brain": frozenset({"protocol", "errors"}),
-    "constellation": frozenset({"protocol", "errors"}),
+    "brain": frozenset({"protocol", "errors", "progress"}),
+    "constellation": frozenset({"protocol", "errors", "progress"}),
 }
 #: packages only they themselves may import
 PRIVATE = frozenset({"cli"})

@@ -37,8 +37,8 @@ from omega.brain.records import (
 from omega.brain.recommender import MAX_K, ConsolidatedPrior, Published, Ranking, Recommender
 from omega.brain.store import BrainStore, Synchronous
 from omega.errors import OmegaError
+from omega.progress import Progress
 
-Progress = Callable[[int, int], None]
 
 
 _malloc_trim: Callable[[int], int] | None | bool = False  # False: not looked up yet

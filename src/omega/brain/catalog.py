@@ -18,7 +18,7 @@ copy, which usearch needs to search). For 9,742 items that is 7.5 MB instead of
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,8 @@ from omega.brain.index import VectorIndex
 from omega.brain.records import EMBEDDING_DIM, CatalogItem, require_all
 from omega.brain.store import BrainStore
 from omega.errors import OmegaError
+from omega.progress import Progress
 
-Progress = Callable[[int, int], None]
 _FINGERPRINT_KEY = "catalog_index_fingerprint"
 
 

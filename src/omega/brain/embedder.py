@@ -7,7 +7,7 @@ runs the encoder in onnxruntime, mean-pools over the attention mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from omega.brain.modelcache import (
     sha256_file,
 )
 from omega.errors import OmegaError
+from omega.progress import Progress
 from omega.protocol import EMBEDDING_DIM
 
 # Titles with genres and viewing contexts are short; 128 tokens keep their meaning.
@@ -105,7 +106,7 @@ class Embedder:
         texts: Sequence[str],
         *,
         batch_size: int = 64,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
     ) -> np.ndarray:
         """Many texts → float32 (n, 384), unit rows, in input order.
 

@@ -6,19 +6,16 @@ The benchmarks themselves live in `omega.sim.bench`; this module parses and prin
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from omega.cli.progress import notes
 from omega.errors import OmegaError
 
 app = typer.Typer(help="benchmarks of the edge and sync budgets (JSON on stdout)", no_args_is_help=True)
-
-
-def progress(message: str) -> None:
-    print(f"omega bench: {message}", file=sys.stderr, flush=True)
+progress = notes("bench")
 
 
 def _positive(option: str, lo: int, hi: int):  # noqa: ANN202  (a typer parser)

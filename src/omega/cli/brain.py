@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from omega.cli.progress import bars, notes
 from omega.errors import OmegaError
 
 if TYPE_CHECKING:
@@ -116,22 +117,15 @@ def ingest(
     catalog: Annotated[Path, typer.Option("--catalog", help="MovieLens folder (ml-latest, ml-100k or ml-1m layout)")],
 ) -> None:
     """Load a catalog, embed every item on this device and build its vector index."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from omega.datasets.movielens import load_movielens
 
     data = load_movielens(catalog)
-    err = Console(stderr=True)
     with open_brain(ctx) as brain:
         brain.embedder  # load the model before the bar starts  # noqa: B018
-        with Progress(
-            TextColumn("embedding catalog"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
-        ) as bar:
-            task = bar.add_task("embed", total=len(data.items))
-            count = brain.ingest_catalog(data.items, progress=lambda done, total: bar.update(task, completed=done))
+        with bars() as stage:
+            count = brain.ingest_catalog(data.items, progress=lambda done, total: stage("embedding catalog", done, total))
         stats = brain.stats()
-    err.print(f"ingested {count} items from {catalog} ({data.layout}); catalog holds {stats['catalog']} items")
+    notes("brain")(f"ingested {count} items from {catalog} ({data.layout}); catalog holds {stats['catalog']} items")
     print(json.dumps({"ingested": count, "catalog": stats["catalog"], "layout": data.layout}))
 
 

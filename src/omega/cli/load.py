@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
+from omega.cli.progress import notes
 from omega.errors import OmegaError
 
 
@@ -23,10 +23,6 @@ def _number(option: str, kind: type) -> Callable[[str], float]:
             raise OmegaError(f"{option} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
 
     return parse
-
-
-def _progress(message: str) -> None:
-    print(f"omega load: {message}", file=sys.stderr, flush=True)
 
 
 def load(
@@ -66,7 +62,7 @@ def load(
     config = LoadConfig(connections=connections, devices=devices, duration_s=duration, secret=secret_bytes,
                         target=target, store=store, key_id=key_id, time_scale=time_scale, ramp_rate=ramp_rate,
                         processes=processes, heartbeat_only=heartbeat_only)  # fmt: skip
-    report = run_load(config, _progress)
+    report = run_load(config, notes("load"))
     if as_json:
         print(json.dumps(report))
     else:

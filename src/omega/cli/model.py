@@ -6,11 +6,12 @@ Heavy modules are imported inside the commands so `omega --help` stays fast.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from omega.cli.progress import notes
 
 app = typer.Typer(help="the INT8 MiniLM embedding model: build it into the cache, inspect it", no_args_is_help=True)
 
@@ -18,10 +19,6 @@ CacheDirOption = Annotated[
     Path | None,
     typer.Option("--cache-dir", help="model cache directory (default: $OMEGA_MODEL_DIR or ~/.cache/omega/models/minilm-l6-v2-int8)"),
 ]
-
-
-def _progress(message: str) -> None:
-    print(f"omega model: {message}", file=sys.stderr, flush=True)
 
 
 @app.command("build")
@@ -32,8 +29,9 @@ def build(
     """Build (or verify) the INT8 model from the installed weights; prints the cache path."""
     from omega.modelbuild import ensure_model
 
-    path = ensure_model(cache_dir, progress=_progress, force=force)
-    _progress(f"model ready in {path}")
+    say = notes("model")
+    path = ensure_model(cache_dir, progress=say, force=force)
+    say(f"model ready in {path}")
     print(path)
 
 

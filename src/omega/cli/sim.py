@@ -4,43 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated
 
 import typer
 
+from omega.cli.progress import bars
+
 eval_app = typer.Typer(help="Evaluate recommendation quality on real data.", no_args_is_help=True)
-
-
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A stage callback drawing one rich progress bar per stage on stderr (stdout stays clean for --json).
-
-    The display starts with the first stage, so an early error stays the single line it should be.
-    """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True),
-    )  # fmt: skip
-    tasks: dict[str, Any] = {}
-
-    def stage(name: str, done: int, total: int) -> None:
-        if not tasks:
-            progress.start()
-        if name not in tasks:
-            tasks[name] = progress.add_task(name, total=max(total, 1))
-        progress.update(tasks[name], completed=done, total=max(total, 1))
-
-    try:
-        yield stage
-    finally:
-        if tasks:
-            progress.stop()
 
 
 def _positive(value: int | None, flag: str) -> int | None:
@@ -67,7 +38,7 @@ def eval_movielens(
     _positive(users, "--users")
     _positive(k_min, "--k-min")
     _positive(cold_users, "--cold-users")
-    with _progress() as stage:
+    with bars() as stage:
         result = evaluate_movielens(
             data, users=users, k_min=k_min, cold_users=cold_users, seed=seed, stage=stage, tables=not no_tables
         )
@@ -92,7 +63,7 @@ def demo(
     from omega.sim.demo import render, run_demo
 
     _positive(users, "--users")
-    with _progress() as stage:
+    with bars() as stage:
         result = run_demo(data, quick=quick, stage=stage, users=users)
     if as_json:
         json.dump(result, sys.stdout, default=float)

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from omega.brain.modelcache import (
 )
 from omega.errors import OmegaError
 from omega.modelbuild.graph import OPSET, build_graph, load_weights, quantize_int8, reference_forward, run_graph
+from omega.progress import Notes
 from omega.protocol import EMBEDDING_DIM
 
 # Bump when the graph, the quantisation or the manifest changes: old caches rebuild.
@@ -49,8 +50,6 @@ _CHECK_IDS = np.array(
     dtype=np.int64,
 )
 _CHECK_MASK = (_CHECK_IDS != 0).astype(np.int64)
-
-Progress = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- locations
@@ -181,12 +180,12 @@ def _remove_stale_temps(cache_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _say(progress: Progress | None, message: str) -> None:
+def _say(progress: Notes | None, message: str) -> None:
     if progress is not None:
         progress(message)
 
 
-def _build(cache_dir: Path, source_dir: Path, progress: Progress | None) -> None:
+def _build(cache_dir: Path, source_dir: Path, progress: Notes | None) -> None:
     try:  # fail early, with a clear message, when the build-time extras are missing
         import onnx  # noqa: F401
         import safetensors  # noqa: F401
@@ -255,7 +254,7 @@ def _build(cache_dir: Path, source_dir: Path, progress: Progress | None) -> None
 def ensure_model(
     cache_dir: Path | None = None,
     *,
-    progress: Progress | None = None,
+    progress: Notes | None = None,
     force: bool = False,
     source_dir: Path | None = None,
 ) -> Path:

@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 from omega.errors import OmegaError
+from omega.progress import Notes, quiet
 from omega.sim.bench.index import backend_comparison, ef_sweep, measure_recall
-from omega.sim.bench.timing import Progress, median_ms, no_progress, p90_ms, rss_mb, timed, timed_each
+from omega.sim.bench.timing import median_ms, p90_ms, rss_mb, timed, timed_each
 
 
 def run_brain_bench(
-    folder: Path, *, n_patterns: int = 10_000, repeats: int = 300, max_items: int | None = None, progress: Progress = no_progress
+    folder: Path, *, n_patterns: int = 10_000, repeats: int = 300, max_items: int | None = None, progress: Notes = quiet
 ) -> dict:
     """Measure the brain's budgets (docs/architecture.md §6 keys) on a MovieLens catalog.
 

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omega.progress import Notes, quiet
 from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
-from omega.sim.bench.timing import Progress, no_progress
 from omega.sim.load.server_process import start_server
 
 #: bench clients fire back to back, far above a TV's rate: the server's per-device limit would throttle them
@@ -103,7 +103,7 @@ def _pct(samples: list[float], q: float) -> float:
 
 def run_sync_bench(
     *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
-    progress: Progress = no_progress,
+    progress: Notes = quiet,
 ) -> dict:
     """Start a server, drive it for `duration_s`, stop it; the docs/architecture.md §6 keys plus details."""
     secret = secrets.token_hex(24)

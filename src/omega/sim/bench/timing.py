@@ -1,16 +1,8 @@
-"""Shared by the benchmarks: medians, p90, per-call samples, this process's RSS, the progress callback."""
+"""Shared by the benchmarks: medians, p90, per-call samples, this process's RSS."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-
-#: progress(message): one line of progress (the CLI prints it on stderr)
-Progress = Callable[[str], None]
-
-
-def no_progress(message: str) -> None:
-    """The default progress: say nothing."""
 
 
 def median_ms(samples: list[float]) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +18,8 @@ from omega.brain.catalog import Catalog
 from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
 from omega.brain.records import EMBEDDING_DIM, CatalogItem
+from omega.progress import Progress
 
-Progress = Callable[[int, int], None]
 
 
 def cache_dir() -> Path:

@@ -38,7 +38,7 @@ import contextlib
 import heapq
 import random
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -61,9 +61,9 @@ from omega.constellation.runner import EmbeddedServer
 from omega.constellation.service import SyncService
 from omega.constellation.settings import ServerSettings
 from omega.errors import OmegaError
+from omega.progress import Progress
 from omega.protocol import SYNC_TIERS, Tier
 
-Progress = Callable[[int, int], None]
 
 #: Syncs one TV may run back to back while catching up on published deltas.
 _MAX_CATCH_UP_SYNCS = 200

@@ -21,12 +21,13 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from omega.errors import OmegaError
+from omega.progress import Notes, quiet
 from omega.sim.load.client import KINDS
 from omega.sim.load.histogram import LatencyHistogram
 from omega.sim.load.worker import (
@@ -56,7 +57,6 @@ SERVER_SAMPLE_EVERY_S = 2.0
 PROGRESS_EVERY_S = 5.0
 HARD_CAP_EXTRA_S = 15.0
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ class _Samples:
 # ------------------------------------------------------------------ the run
 
 
-def run_load(config: LoadConfig, progress: Progress = lambda _: None) -> dict:
+def run_load(config: LoadConfig, progress: Notes = quiet) -> dict:
     """Run `config` and return the report (one JSON object; see bench/README.md for the keys)."""
     nofile = raise_nofile_limit()  # before a server child starts: it inherits the limit
     if config.target is not None:
@@ -283,7 +283,7 @@ def run_load(config: LoadConfig, progress: Progress = lambda _: None) -> dict:
     return report
 
 
-def _run_against(config: LoadConfig, target: Target, server, nofile: int, progress: Progress) -> dict:  # noqa: ANN001
+def _run_against(config: LoadConfig, target: Target, server, nofile: int, progress: Notes) -> dict:  # noqa: ANN001
     progress(f"warming up against {target.base_url}")
     asyncio.run(_warm_up(target, config.secret, config.key_id))
     samples = _Samples()
@@ -328,7 +328,7 @@ def _run_against(config: LoadConfig, target: Target, server, nofile: int, progre
 
 
 def _sample_until(end_at: float, start_at: float, target_n: int, target: Target, server, held, answered,  # noqa: ANN001
-                  samples: _Samples, progress: Progress) -> None:  # fmt: skip
+                  samples: _Samples, progress: Notes) -> None:  # fmt: skip
     next_server = next_progress = start_at
     while True:
         now = time.time()
