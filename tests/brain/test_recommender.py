@@ -162,3 +162,12 @@ def test_bad_k_and_context_text(tmp_path, embedder, catalog):
         with pytest.raises(OmegaError, match="k must be"):
             b.recommend(CTX, k=0)
     assert context_text(ViewingContext(21, 4, "kids"), ["Up"]) == "Late night on a Friday, viewer profile kids. Recently watched: Up"
+
+
+def test_after_lists_what_viewers_did_next(tmp_path, embedder, catalog):
+    alien, amelie, up, heat = BY_TITLE["Alien"], BY_TITLE["Amelie"], BY_TITLE["Up"], BY_TITLE["Heat"]
+    with make_brain(tmp_path, embedder, catalog) as brain:
+        assert brain.after(alien) == []  # nothing learned or pulled: no claim
+        brain.apply_consolidated([], [TransitionStat(alien, up, 3.0, 3)], pairs=[TransitionStat(amelie, alien, 9.0, 9)])
+        assert brain.after(alien) == [amelie, up]  # pairs weigh 3x an ordered edge of similar support
+        assert brain.after(heat) == []

@@ -315,6 +315,11 @@ class Brain:
             prior=self._consolidated(),
         )
 
+    def after(self, content_id: int, k: int = 10) -> list[int]:
+        """What this TV would propose right after `content_id` from what viewers did next (its own and the
+        fleet's published edges and pairs), best first."""
+        return self._ranker().after(int(content_id), k)
+
     # ------------------------------------------------------------------ sync results
 
     def apply_consolidated(

@@ -219,6 +219,19 @@ class Recommender:
             frozenset(pool),
         )
 
+    def after(self, content_id: int, k: int) -> list[int]:
+        """The k items this TV's collaborative parts propose right after `content_id` alone (edges, pairs
+        and its own transitions, weighted as in `rank`; no content, no diversity), best first."""
+        cfg = self.config
+        score: dict[int, float] = {}
+        for lookup, weight in ((self._local, cfg.w_local_transition), (self._global, cfg.w_global_transition),
+                               (self._pairs, cfg.w_global_pair)):  # fmt: skip
+            found, _ = self._support([content_id], lookup, {}, {content_id}) if weight > 0 else ({}, {})
+            top = max(found.values(), default=0.0)
+            for dst, x in found.items():
+                score[dst] = score.get(dst, 0.0) + weight * x / top
+        return sorted(score, key=lambda dst: (-score[dst], dst))[:k]
+
     # ------------------------------------------------------------------ pieces
 
     def _query(self, context: ViewingContext, recent: list[int]) -> np.ndarray:

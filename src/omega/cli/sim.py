@@ -31,6 +31,9 @@ def eval_movielens(
     cold_users: Annotated[int, typer.Option("--cold-users", help="cold-start TVs to evaluate")] = 100,
     no_tables: Annotated[bool, typer.Option("--no-tables", help="skip the privacy and ablation tables")] = False,
     seed: Annotated[int, typer.Option("--seed", help="seed for sampling, tiers and device ids")] = 0,
+    validation: Annotated[
+        bool, typer.Option("--validation", help="the validation split (test targets left out) plus the tuning grid")
+    ] = False,
 ) -> None:
     """Edge-only, edge + federation and cold-start TVs against centralised baselines, on one split."""
     from omega.sim.evaluation.evaluate import evaluate_movielens
@@ -40,8 +43,9 @@ def eval_movielens(
     _positive(cold_users, "--cold-users")
     with bars() as stage:
         result = evaluate_movielens(
-            data, users=users, k_min=k_min, cold_users=cold_users, seed=seed, stage=stage, tables=not no_tables
-        )
+            data, users=users, k_min=k_min, cold_users=cold_users, seed=seed, stage=stage, tables=not no_tables,
+            validation=validation,
+        )  # fmt: skip
     if as_json:
         json.dump(result, sys.stdout, default=float)
         sys.stdout.write("\n")

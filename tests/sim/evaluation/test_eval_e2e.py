@@ -9,7 +9,7 @@ import pytest
 
 from omega.brain.config import BrainConfig
 from omega.errors import OmegaError
-from omega.sim.evaluation.evaluate import ablation_configs, evaluate_movielens, score_tvs
+from omega.sim.evaluation.evaluate import ablation_configs, evaluate_movielens, score_tvs, tuning_grid
 from omega.sim.evaluation.split import leave_last_out_arrays
 from omega.sim.evaluation.metrics import ndcg_at_k, summarise, target_rank
 from movielens_fixtures import LAYOUTS, write_fixture
@@ -43,6 +43,8 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
     assert result["dataset"] == layout and result["layout"] == layout
     assert result["ranker"] == "Brain.recommend" and result["config"] == BrainConfig().to_dict()
     assert result["ties"] == "seeded shuffle"
+    overlap = result["after_overlap_with_itemknn"]
+    assert overlap["titles"] > 0 and 0.0 < overlap["mean"] <= 1.0
     assert result["users"] == 30 and result["items"] == 40
     for name in METHODS:
         m = result["methods"][name]
@@ -124,3 +126,16 @@ def test_same_second_ties_get_a_seeded_order_not_file_order():
     assert np.all(np.diff(ts) >= 0)  # still in time order
     assert not np.array_equal(item, np.arange(n))  # but not in file order within a second
     assert np.array_equal(_subsample(data, None, seed=0)[1], item)  # seeded: the same every run
+
+
+def test_validation_leaves_the_test_targets_out_and_scores_the_grid(tmp_path: Path, embedder):
+    data = write_fixture("ml-latest", tmp_path / "v", n_users=20, n_items=30)
+    test = evaluate_movielens(data, embedder=embedder, cold_users=5, tables=False, baselines=False)
+    val = evaluate_movielens(data, embedder=embedder, cold_users=5, tables=False, baselines=False, validation=True)
+    assert val["split"].startswith("validation") and test["split"].startswith("test")
+    assert val["train_viewings"] == test["train_viewings"] - test["users"]  # one target fewer per viewer
+    grid = val["tuning_grid"]
+    assert set(grid) == set(tuning_grid(BrainConfig()))
+    assert grid["shipped"]["ndcg@10"] == val["methods"]["edge_federated"]["ndcg@10"]
+    assert grid["shipped"]["vs_shipped"]["ndcg_diff"] == 0.0
+    assert "tuning_grid" not in test

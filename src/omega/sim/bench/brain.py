@@ -100,6 +100,7 @@ def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int, max_items: in
             [ConsolidatedPattern(i, c, TaskType.CONTENT_MATCH, float(rng.uniform(0.5, 1)), int(rng.integers(3, 500)),
                                  float(rng.normal()), 1) for i, c in enumerate(centres)],  # fmt: skip
             _global_transitions(data, set(ids.tolist())),
+            pairs=_global_pairs(data, set(ids.tolist())),
         )
         # A real viewer's history: the first user's ratings, as viewings.
         r = data.ratings
@@ -119,6 +120,7 @@ def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int, max_items: in
         "patterns": stats["patterns"],
         "consolidated": stats["consolidated"],
         "global_transitions": stats["global_transitions"],
+        "global_pairs": stats["global_pairs"],
         "episodes": stats["episodes"],
         "index_file_mb": round(stats["catalog_index_bytes"] / 1e6, 2),
         "ingest_s": round(ingest_s, 1),
@@ -244,3 +246,24 @@ def _global_transitions(data, known: set[int]) -> list:  # noqa: ANN001
             counts[(prev, item)] += 1
         last[user] = item
     return [TransitionStat(src, dst, float(n), n) for (src, dst), n in counts.items() if n >= 2]
+
+
+def _global_pairs(data, known: set[int], window: int = 5, k_min: int = 3) -> list:  # noqa: ANN001
+    """Unordered pairs of good viewings at most `window` apart, by distinct viewers, published at >= k_min
+    (weight = support, as the constellation publishes them)."""
+    from collections import defaultdict
+
+    from omega.brain.records import TransitionStat
+
+    recent: dict[int, list[int]] = defaultdict(list)
+    viewers: dict[tuple[int, int], set[int]] = defaultdict(set)
+    r = data.ratings
+    for user, item, stars in zip(r.user.tolist(), r.item.tolist(), r.rating.tolist()):
+        if stars < 3.0 or item not in known:
+            continue
+        seen = recent[user]
+        for prev in seen[-window:]:
+            if prev != item:
+                viewers[(min(prev, item), max(prev, item))].add(user)
+        seen.append(item)
+    return [TransitionStat(a, b, float(len(v)), len(v)) for (a, b), v in viewers.items() if len(v) >= k_min]

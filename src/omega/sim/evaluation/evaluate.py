@@ -103,10 +103,34 @@ def ablation_configs(config: BrainConfig) -> dict[str, BrainConfig]:
     }
 
 
+def tuning_grid(config: BrainConfig) -> dict[str, BrainConfig]:
+    """Recommend-time settings varied one at a time around `config` (scored on the validation split only;
+    settings that change what a TV learns would need a replay each and are not in it)."""
+    axes: dict[str, tuple[Any, ...]] = {
+        "w_global_pair": (1.0, 2.0, 3.0, 4.0),
+        "w_content": (0.0, 0.02, 0.05, 0.1),
+        "recent_decay": (0.5, 0.6, 0.7, 0.8),
+        "recent_items": (5, 10, 20),
+        "diversity_lambda": (0.8, 0.9, 1.0),
+        "w_pattern": (0.0, 0.05, 0.2),
+        "w_consolidated": (0.0, 0.05, 0.2),
+        "popular_k": (0, 100, 300),
+        "candidates_k": (20, 50, 100),
+    }
+    grid = {"shipped": config}
+    for name, values in axes.items():
+        for value in values:
+            if value != getattr(config, name):
+                grid[f"{name}={value}"] = replace(config, **{name: value})
+    return grid
+
+
 def _subsample(
-    data: MovieLensData, users: int | None, seed: int
+    data: MovieLensData, users: int | None, seed: int, *, validation: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The ratings of `users` sampled viewers (all by default) in time order, same-second ties shuffled."""
+    """The ratings of `users` sampled viewers (all by default) in time order, same-second ties shuffled;
+    with `validation`, without each viewer's last rating (the test target), so the split's targets are
+    the second-to-last ones."""
     r = data.ratings
     keep = np.ones(r.user.shape[0], bool)
     if users is not None:
@@ -119,6 +143,11 @@ def _subsample(
     idx = np.flatnonzero(keep)
     # Time order with a seeded random tie-break (lexsort: last key is primary).
     order = idx[np.lexsort((np.random.default_rng(seed + 7).random(idx.size), r.timestamp[idx]))]
+    if validation:
+        last: dict[int, int] = {}
+        for i, u in enumerate(r.user[order].tolist()):
+            last[u] = i
+        order = np.delete(order, list(last.values()))
     return r.user[order], r.item[order], r.rating[order], r.timestamp[order]
 
 
@@ -174,6 +203,27 @@ def _versus(mine: dict[int, int], theirs: dict[int, int], name: str, seed: int) 
             "ci95": [result["ci95_low"], result["ci95_high"]]}  # fmt: skip
 
 
+#: titles compared in `after_overlap` (the most watched ones)
+OVERLAP_TITLES = 100
+
+
+def after_overlap(tv: TV, split: Split, k: int = K) -> dict[str, Any]:
+    """Over the most-watched titles X: the share of a TV's k "after X" candidates (`Brain.after`) that are
+    among X's k centralised item-kNN neighbours, so "sensible" is a number."""
+    from omega.sim.evaluation.baselines.itemknn import ItemKNN
+
+    knn = ItemKNN(neighbours=k).fit(split)
+    _, items = split.train_interactions()
+    top = np.argsort(-np.bincount(items, minlength=split.n_items), kind="stable")[:OVERLAP_TITLES]
+    overlaps = []
+    for row in top.tolist():
+        sims = knn.similarity.getrow(row)
+        theirs = {int(split.item_ids[j]) for j in sims.indices[np.argsort(-sims.data, kind="stable")][:k]}
+        mine = tv.brain.after(int(split.item_ids[row]), k)
+        overlaps.append(len(theirs & set(mine)) / k)
+    return {"titles": len(overlaps), "k": k, "mean": float(np.mean(overlaps)) if overlaps else 0.0}
+
+
 def _baseline_ranks(split: Split, name: str, params: dict[str, Any], rows: list[int]) -> dict[int, int]:
     """Per-row target ranks of a centralised baseline refitted with its tuned parameters."""
     factory, _ = BASELINES[name]
@@ -218,12 +268,12 @@ def published_state(edges: list[ConsolidatedEdge], *, with_pairs: bool = True) -
 async def _run(
     data: MovieLensData, *, users: int | None, k_min: int, cold_n: int, cold_users: int, seed: int,
     workdir: Path, stage: Stage, embedder: Embedder, tables: bool, baselines: bool, inspect: Inspect | None,
-    store_dir: Path | None = None, config: BrainConfig | None = None,
+    store_dir: Path | None = None, config: BrainConfig | None = None, validation: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     timings: dict[str, float] = {}
     started = time.perf_counter()
     config = config or BrainConfig()
-    user, item, stars, ts = _subsample(data, users, seed)
+    user, item, stars, ts = _subsample(data, users, seed, validation=validation)
     split = leave_last_out_arrays(user, item, data.item_ids)
     if split.n_users == 0:
         raise OmegaError(f"{data.path}: no user has two or more ratings to evaluate")
@@ -261,6 +311,14 @@ async def _run(
         stage("score TVs", 2, 2)
         timings["edge_eval_s"] = time.perf_counter() - t0
         held = [len(tv.brain.store.consolidated()) for tv in fleet_tvs]
+        overlap = after_overlap(fleet_tvs[0], split) if fleet_tvs else None
+        grid: dict[str, Any] = {}
+        if validation:
+            variants = tuning_grid(config)
+            for i, (name, variant) in enumerate(variants.items()):
+                stage("tuning grid", i, len(variants))
+                scored = federated if variant == config else score_tvs(fleet, split, rows_by_user, when, config=variant)
+                grid[name] = scored.summary() | {"vs_shipped": _versus(scored.ranks, federated.ranks, "shipped", seed)}
 
         t0 = time.perf_counter()
         methods["cold_start"] = await _cold_start(fleet, split, events, rows_by_user, cold_n, cold_users, seed, stage)
@@ -315,6 +373,7 @@ async def _run(
         "ranker": "Brain.recommend",
         "config": config.to_dict(),
         "ties": TIES,
+        "split": "validation (each viewer's second-to-last rating)" if validation else "test (each viewer's last rating)",
         "item_text": "title, year, genres (tags left out: they are dated after the split)",
         "users": split.n_users,
         "items": split.n_items,
@@ -326,6 +385,7 @@ async def _run(
         "edge_federated_matches_best": bool(best and methods["edge_federated"]["ndcg@10"] >= methods[best]["ndcg@10"]),
         "edge_federated_vs_best": versus.get("edge_federated"),
         "versus_best": versus,
+        "after_overlap_with_itemknn": overlap,
         "consolidated_patterns_per_tv": float(np.mean(held)) if held else 0.0,
         "upload_bytes_per_tv": {"mean": float(up.mean()) if up.size else 0.0, "p95": float(np.percentile(up, 95)) if up.size else 0.0},
         "push_bytes_p50": float(np.median(push_sizes)) if push_sizes else 0.0,
@@ -337,6 +397,7 @@ async def _run(
             "violations": audit.violations[:5], "no_raw_episode_left": audit.clean,
         },  # fmt: skip
         "tables": out_tables,
+        **({"tuning_grid": grid} if validation else {}),
         **extra,
         "timings_s": {k: round(v, 2) for k, v in timings.items()} | {"total": round(time.perf_counter() - started, 2)},
     }
@@ -450,10 +511,14 @@ def evaluate_movielens(
     baselines: bool = True,
     inspect: Inspect | None = None,
     config: BrainConfig | None = None,
+    validation: bool = False,
 ) -> dict[str, Any]:
     """Run the whole evaluation (see module docstring); returns the `omega eval movielens` JSON object.
 
-    `config`: the brains' config (default: the shipped `BrainConfig()`; the tuning grid passes others)."""
+    `config`: the brains' config (default: the shipped `BrainConfig()`). `validation`: evaluate on the
+    validation split (each viewer's test target left out entirely) and add `tuning_grid`, the
+    recommend-time settings of `tuning_grid()` scored on the same synced fleet: defaults are tuned there,
+    never on the test split."""
     if k_min < 1:
         raise OmegaError(f"--k-min must be at least 1, got {k_min}")
     if cold_n < 1:
@@ -470,6 +535,6 @@ def evaluate_movielens(
             _run(
                 data, users=users, k_min=k_min, cold_n=cold_n, cold_users=cold_users, seed=seed, workdir=Path(tmp),
                 stage=stage or noop, embedder=embedder, tables=tables, baselines=baselines, inspect=inspect,
-                store_dir=Path(store_tmp), config=config,
+                store_dir=Path(store_tmp), config=config, validation=validation,
             )  # fmt: skip
         )
