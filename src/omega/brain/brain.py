@@ -39,6 +39,8 @@ from omega.brain.store import BrainStore, Synchronous
 from omega.errors import OmegaError
 from omega.progress import Progress
 
+#: context texts whose embeddings a brain keeps (a session asks for the same context again and again)
+_CONTEXT_CACHE = 8
 
 
 _malloc_trim: Callable[[int], int] | None | bool = False  # False: not looked up yet
@@ -115,6 +117,7 @@ class Brain:
         self._prior: ConsolidatedPrior | None = None
         self._history: _History | None = None
         self._popular: list[int] | None = None
+        self._context_vectors: dict[str, np.ndarray] = {}
         self._recommender: Recommender | None = None
 
     # ------------------------------------------------------------------ lazily loaded parts
@@ -154,6 +157,18 @@ class Brain:
             self._history = _History(self.store.episodes())
         return self._history
 
+    def _embed_context(self, text: str) -> np.ndarray:
+        """The context text's embedding; the last few are kept, since the text (daypart, weekday, the last
+        titles) stays the same across the calls of one viewing session."""
+        cache = self._context_vectors
+        vector = cache.pop(text, None)
+        if vector is None:
+            vector = self.embedder.embed(text)
+        cache[text] = vector
+        while len(cache) > _CONTEXT_CACHE:
+            cache.pop(next(iter(cache)))
+        return vector
+
     def _most_followed(self) -> list[int]:
         """The `popular_k` items the pulled global edges lead into most (recomputed after each pull)."""
         if self._popular is None:
@@ -164,7 +179,7 @@ class Brain:
     def _ranker(self) -> Recommender:
         if self._recommender is None or self._recommender.catalog is not self.catalog:
             self._recommender = Recommender(
-                self.catalog, self.config, lambda text: self.embedder.embed(text),
+                self.catalog, self.config, self._embed_context,
                 self.store.transitions_from, self.store.global_transitions_from, self.store.global_pairs_from,
                 self._most_followed,
             )  # fmt: skip
