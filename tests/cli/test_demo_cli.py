@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from omega.brain.config import BrainConfig
 from omega.cli import main
 from movielens_fixtures import write_fixture
 
@@ -30,6 +31,17 @@ def test_eval_movielens_json(tmp_path: Path, capsys, cache, embedder):
     assert set(result) >= {"dataset", "users", "items", "methods", "upload_bytes_per_tv", "push_bytes_p50"}
     assert set(result["methods"]) >= {"edge_only", "edge_federated", "cold_start", "mostpop", "itemknn", "als", "seq_transition"}
     assert set(result["upload_bytes_per_tv"]) == {"mean", "p95"}
+    assert result["ranker"] == "Brain.recommend" and result["config"] == BrainConfig().to_dict()
+
+
+def test_eval_runs_the_brains_with_a_given_config(tmp_path: Path, capsys, cache, embedder):
+    data = write_fixture("ml-100k", tmp_path / "ml-100k", n_users=20, n_items=30)
+    (tmp_path / "brain.json").write_text('{"pattern_match_threshold": 0.6, "w_global_pair": 2.0}')
+    code, out, err = run(capsys, "eval", "movielens", "--data", str(data), "--json", "--no-tables", "--cold-users", "2",
+                         "--config", str(tmp_path / "brain.json"))  # fmt: skip
+    assert code == 0, err
+    config = json.loads(out)["config"]
+    assert config["pattern_match_threshold"] == 0.6 and config["w_global_pair"] == 2.0
 
 
 def test_demo_quick_prints_a_summary(tmp_path: Path, capsys, cache, embedder):
@@ -47,6 +59,7 @@ def test_demo_quick_prints_a_summary(tmp_path: Path, capsys, cache, embedder):
         (["eval", "movielens", "--data", "{tmp}", "--json"], "is not a MovieLens folder"),
         (["eval", "movielens", "--data", "{tmp}", "--k-min", "0"], "--k-min must be a positive integer"),
         (["demo", "--data", "{tmp}/missing"], "MovieLens folder not found"),
+        (["eval", "movielens", "--data", "{tmp}", "--config", "{tmp}/nope.json"], "cannot read brain config"),
     ],
 )
 def test_bad_data_exits_2_with_one_line(tmp_path: Path, capsys, argv, message):

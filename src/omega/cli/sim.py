@@ -34,17 +34,22 @@ def eval_movielens(
     validation: Annotated[
         bool, typer.Option("--validation", help="the validation split (test targets left out) plus the tuning grid")
     ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="the TVs' brain config (.json/.toml; default: the shipped one)")
+    ] = None,
 ) -> None:
     """Edge-only, edge + federation and cold-start TVs against centralised baselines, on one split."""
+    from omega.brain.config import BrainConfig
     from omega.sim.evaluation.evaluate import evaluate_movielens
 
+    brain_config = BrainConfig.load(config) if config is not None else None
     _positive(users, "--users")
     _positive(k_min, "--k-min")
     _positive(cold_users, "--cold-users")
     with bars() as stage:
         result = evaluate_movielens(
             data, users=users, k_min=k_min, cold_users=cold_users, seed=seed, stage=stage, tables=not no_tables,
-            validation=validation,
+            validation=validation, config=brain_config,
         )  # fmt: skip
     if as_json:
         json.dump(result, sys.stdout, default=float)
