@@ -400,6 +400,24 @@ def test_sigkill_mid_stream_loses_nothing_committed(tmp_path: Path):
         assert s.stats()["episodes"] == s.stats()["transitions"]
 
 
+def test_global_edges_beside_a_popular_source_need_the_support_floor(store: BrainStore):
+    store.support_floor_c = 0.6
+    """Issue 14: 3 ids reach k_min, but beside 30+ TVs' edges out of the source they are under
+    0.6·√V(source) (here V = 33 + 3 → 3.6): the edge and the pair are not read; 4 TVs are enough."""
+    honest = [TransitionStat(1, 10 + i, float(n), n) for i, n in enumerate((12, 8, 6, 4, 3))]
+    store.merge_global_transitions([*honest, TransitionStat(1, 99, 3.0, 3), TransitionStat(99, 5, 3.0, 3)])
+    store.merge_global_pairs([TransitionStat(1, 99, 3.0, 3), TransitionStat(1, 10, 12.0, 12), TransitionStat(5, 99, 3.0, 3)])
+    assert [t.dst for t in store.global_transitions_from(1)] == [10, 11, 12, 13]  # 3 < 3.6: 14 and 99 out
+    assert store.global_transitions_from(99) == [TransitionStat(99, 5, 3.0, 3)]  # V(99) = 3: floor 1.04
+    assert [t.dst for t in store.global_pairs_from(1)] == [10]
+    # From 99's side the pair {1, 99} is judged by the larger volume, V(1): still out.
+    assert [t.dst for t in store.global_pairs_from(99)] == [5]
+    store.merge_global_transitions([TransitionStat(1, 99, 4.0, 4)])
+    assert 99 in [t.dst for t in store.global_transitions_from(1)]
+    store.support_floor_c = 0.0  # off: everything published is read
+    assert [t.dst for t in store.global_transitions_from(1)] == [10, 11, 12, 13, 99, 14]
+
+
 def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: BrainStore):
     store.merge_global_pairs([TransitionStat(1, 2, 3.0, 4), TransitionStat(2, 7, 1.0, 3)])
     store.merge_global_pairs([TransitionStat(1, 2, 8.0, 9)])

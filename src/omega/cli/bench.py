@@ -75,6 +75,24 @@ def sync(
     _print_report(report, as_json, 26)
 
 
+@app.command("poisoning")
+def poisoning(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the honest TVs' viewing and the device ids", parser=_positive("--seed", 0, 2**31 - 1))] = 0,
+) -> None:
+    """Sybil ids against honest TVs: the target's rank on a real victim brain and its published weight share."""
+    from omega.sim.bench import run_poisoning_bench
+
+    report = run_poisoning_bench(seed=seed, progress=progress)
+    if as_json:
+        print(json.dumps(report))
+        return
+    for run in report["runs"]:
+        print(f"honest {run['honest']:>3}  sybils {run['sybils']:>2}  target rank {run['target_rank']}  "
+              f"weight share {run['target_weight_share']:.3f}  outranks more-supported {run['outranks_item_with_more_support']}")  # fmt: skip
+    print(f"bar met: {report['bar_met']}")
+
+
 def register(root: typer.Typer) -> None:
     """Attach `omega bench …` to the root app."""
     root.add_typer(app, name="bench")

@@ -73,6 +73,27 @@ _EDGE_COLUMNS = {
     "global_pairs": "src, dst, weight, support",
 }
 _EDGES_FROM = {t: f"SELECT {c} FROM {t} WHERE src = ? ORDER BY weight DESC, dst" for t, c in _EDGE_COLUMNS.items()}
+
+#: Support floor on what the cloud published (issue 14, bounded influence): an edge a→b is used only
+#: with support ≥ c·√V(a), a pair {a, b} with support ≥ c·√max(V(a), V(b)), V(i) = the total support
+#: of the global transitions out of i. A few device ids always reach k_min, but beside a popular
+#: source (many honest TVs) they fall under the floor. c = 0.3 asks 5 TVs beside 100 TVs' 200 edges;
+#: 0.6 asks 5 already beside 30 TVs, but then honest titles with 4 supporters are dropped too and only
+#: content orders them (`omega bench poisoning`: 0.3 meets both of its bars, 0.45 and 0.6 do not).
+#: Applied when reading (both sides squared: SQLite has no sqrt everywhere), so it follows every pull.
+SUPPORT_FLOOR_C = 0.3
+_VOLUME = "(SELECT coalesce(sum(support), 0) FROM global_transitions v WHERE v.src = {item})"
+_FLOORED_FROM = {
+    "global_transitions": (
+        "SELECT src, dst, weight, support FROM global_transitions WHERE src = :src "
+        f"AND CAST(support AS REAL) * support >= :c2 * {_VOLUME.format(item=':src')} ORDER BY weight DESC, dst"
+    ),
+    "global_pairs": (
+        "SELECT p.src, p.dst, p.weight, p.support FROM global_pairs p WHERE p.src = :src "
+        f"AND CAST(p.support AS REAL) * p.support >= :c2 * max({_VOLUME.format(item=':src')}, "
+        f"{_VOLUME.format(item='p.dst')}) ORDER BY p.weight DESC, p.dst"
+    ),
+}
 _ALL_EDGES = {t: f"SELECT {c} FROM {t} ORDER BY src, dst" for t, c in _EDGE_COLUMNS.items()}
 
 
@@ -92,6 +113,8 @@ class BrainStore(Database):
         super().__init__(path, synchronous=synchronous, clock=clock)
         self.max_patterns = max_patterns
         self.outbox = OutboxTable(self)
+        #: c of the support floor on global edges (see SUPPORT_FLOOR_C; 0 turns it off).
+        self.support_floor_c = SUPPORT_FLOOR_C
 
     # ------------------------------------------------------------------ catalog
 
@@ -323,12 +346,18 @@ class BrainStore(Database):
             )
 
     def global_transitions_from(self, src: int) -> list[TransitionStat]:
-        """Global successors of `src`, heaviest first (`count` holds the support)."""
-        return self._edges(_EDGES_FROM["global_transitions"], int(src))
+        """Global successors of `src` that pass the support floor, heaviest first (`count` holds the support)."""
+        return self._floored("global_transitions", src)
 
     def global_pairs_from(self, src: int) -> list[TransitionStat]:
-        """Items published as watched near `src` (either order), heaviest first (`count` holds the support)."""
-        return self._edges(_EDGES_FROM["global_pairs"], int(src))
+        """Items published as watched near `src` (either order) that pass the support floor, heaviest first."""
+        return self._floored("global_pairs", src)
+
+    def _floored(self, table: str, src: int) -> list[TransitionStat]:
+        if self.support_floor_c <= 0:
+            return self._edges(_EDGES_FROM[table], int(src))
+        rows = self._query(_FLOORED_FROM[table], {"src": int(src), "c2": float(self.support_floor_c) ** 2})
+        return [TransitionStat(*r) for r in rows]
 
     def all_global_transitions(self) -> list[TransitionStat]:
         return self._edges(_ALL_EDGES["global_transitions"])
