@@ -120,6 +120,10 @@ def test_bench_sync_reports_the_design_keys() -> None:
     assert report["syncs_per_s"] > 0 and report["connections_held"] == 2
     assert report["heartbeat_bytes"] <= 64 and report["pull_bytes_max"] <= 5000
     assert report["errors"] == {}
+    # the same harness against the echo server of the same stack, in the same run
+    ceiling = report["ceiling"]
+    assert ceiling["frames_per_s"] > 0 and ceiling["errors"] == {} and report["client_processes"] == 2
+    assert report["ratio_to_ceiling"] == round(report["frames_per_s"] / ceiling["frames_per_s"], 3)
 
 
 def test_codebook_build_refuses_bad_input_with_one_line(tmp_path: Path) -> None:

@@ -63,15 +63,21 @@ def sync(
     clients: Annotated[int, typer.Option("--clients", help="concurrent clients (half WebSocket, half HTTP)")] = 64,
     duration: Annotated[float, typer.Option("--duration", help="measured seconds (after a 1 s warm-up)")] = 10.0,
     redis: Annotated[str | None, typer.Option("--redis", help="redis URL for the server's cache")] = None,
+    client_processes: Annotated[int, typer.Option("--client-processes", help="processes the clients run in")] = 2,
+    ceiling: Annotated[bool, typer.Option("--ceiling/--no-ceiling", help="measure the echo ceiling of the stack first")] = True,
 ) -> None:
-    """Sync throughput and latency of one server worker: syncs/s, p50/p99, bytes per message kind."""
+    """Sync throughput and latency of one server worker (syncs/s, p50/p99, bytes per message kind), and in the
+    same run the ceiling of its stack: an echo server on the same uvicorn stack, and the ratio service/ceiling."""
     from omega.sim.bench import run_sync_bench
 
     if not 1 <= clients <= 10_000:
         raise OmegaError(f"--clients must be in 1..10000, got {clients}")
     if not 0.5 <= duration <= 600:
         raise OmegaError(f"--duration must be in 0.5..600 seconds, got {duration}")
-    report = run_sync_bench(store=store, clients=clients, duration_s=duration, redis=redis, progress=progress)
+    if not 1 <= client_processes <= 64:
+        raise OmegaError(f"--client-processes must be in 1..64, got {client_processes}")
+    report = run_sync_bench(store=store, clients=clients, duration_s=duration, redis=redis,
+                            client_processes=client_processes, ceiling=ceiling, progress=progress)  # fmt: skip
     _print_report(report, as_json, 26)
 
 

@@ -3,29 +3,42 @@
 Traffic per client (a TV with its own device id, key and seq): pushes of 1–3
 patterns at 4 bits + ~10 item transitions, delta pulls from the client's own
 committed cursor, heartbeats. Half the clients hold a WebSocket, half poll over
-HTTP. The clients run in this process and share the machine's cores with the
-server, so `syncs_per_server_cpu_s` (syncs per CPU-second the server used) is
-reported beside the wall-clock rate.
+HTTP. The clients run in `client_processes` processes (uvloop each), so the
+client side is not the bottleneck of one server process; they still share the
+machine's cores with the server, so `syncs_per_server_cpu_s` (syncs per
+CPU-second the server used) is reported beside the wall-clock rate.
+
+In the same run, the same harness drives the ceiling of the stack first: an
+echo server on the same uvicorn + httptools + Starlette stack
+(`omega.sim.bench.echo`) that answers every frame with itself. `ceiling` holds
+its figures and `ratio_to_ceiling` is frames/s of the service over frames/s of
+the echo: what the service itself costs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import random
 import secrets
 import statistics
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omega.progress import Notes, quiet
 from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
-from omega.sim.load.server_process import start_server
+from omega.sim.load.server_process import ServerProcess, start_server
 
 #: bench clients fire back to back, far above a TV's rate: the server's per-device limit would throttle them
 _UNTHROTTLED = {"OMEGA_RATE_PER_S": "100000", "OMEGA_RATE_BURST": "100000", "OMEGA_MAX_CONNECTIONS_PER_IP": "0"}
+_ECHO_COMMAND = (sys.executable, "-m", "omega.sim.bench.echo")
+_WARM_UP_S = 1.0
+_START_DELAY_S = 4.0  # client processes start (spawn, imports) before the shared start time
 
 
 # ------------------------------------------------------------------ the clients
@@ -36,32 +49,44 @@ class _Stats(ReplyTally):
     latency: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
     push_bytes: list[int] = field(default_factory=list)
     heartbeat_bytes: list[int] = field(default_factory=list)
+    connections: int = 0
+
+    def merge(self, other: _Stats) -> None:
+        for k in KINDS:
+            self.latency[k] += other.latency[k]
+        self.push_bytes += other.push_bytes
+        self.heartbeat_bytes += other.heartbeat_bytes
+        self.pull_bytes += other.pull_bytes
+        self.accepted += other.accepted
+        self.rejected += other.rejected
+        self.pull_items += other.pull_items
+        self.connections += other.connections
+        for k, v in other.errors.items():
+            self.error(k, v)
 
 
-async def _run_clients(port: int, secret: bytes, n_clients: int, duration_s: float) -> tuple[_Stats, int, float]:
+async def _run_clients(port: int, secret: bytes, ids: range, start_at: float, duration_s: float, echo: bool) -> _Stats:
     import httpx
     from websockets.asyncio.client import connect
 
-    rng = random.Random(7)
-    pool = pattern_pool(rng)
+    pool = pattern_pool(random.Random(7))
     stats = _Stats()
-    warmup_end = time.perf_counter() + 1.0
-    end = warmup_end + duration_s
-    held = [0]
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                             limits=httpx.Limits(max_connections=n_clients, max_keepalive_connections=n_clients))  # fmt: skip
+                             limits=httpx.Limits(max_connections=len(ids), max_keepalive_connections=len(ids)))  # fmt: skip
 
     async def one(i: int) -> None:
         client = SimDevice(secret, pool, random.Random(i))
-        use_ws = i % 2 == 0
         ws = None
-        if use_ws:
+        if i % 2 == 0:
             ws = await connect(f"ws://127.0.0.1:{port}/v1/ws", compression=None, max_size=1 << 16)
-            held[0] += 1
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        warm_end = time.perf_counter() + _WARM_UP_S
+        end = warm_end + duration_s
+        if ws is not None:
+            stats.connections += 1
         try:
             while True:
-                now = time.perf_counter()
-                if now >= end:
+                if time.perf_counter() >= end:
                     break
                 kind, body = client.random_body()
                 data = client.frame(body)
@@ -73,25 +98,62 @@ async def _run_clients(port: int, secret: bytes, n_clients: int, duration_s: flo
                     resp = await http.post("/v1/sync", content=data, headers={"content-type": "application/octet-stream"})
                     reply = resp.content
                 elapsed = time.perf_counter() - t0
-                if t0 >= warmup_end:
+                if t0 >= warm_end:
                     stats.latency[kind].append(elapsed)
                     if kind == "push":
                         stats.push_bytes.append(len(data))
                     elif kind == "heartbeat":
                         stats.heartbeat_bytes.append(len(data))
-                    client.absorb(bytes(reply), stats)
+                    if echo:
+                        if reply != data:
+                            stats.error("echo_mismatch")
+                    else:
+                        client.absorb(bytes(reply), stats)
         finally:
             if ws is not None:
                 await ws.close()
 
     try:
-        tasks = [asyncio.create_task(one(i)) for i in range(n_clients)]
-        await asyncio.sleep(max(0.0, warmup_end + duration_s / 2 - time.perf_counter()))
-        connections_mid = held[0]
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*(one(i) for i in ids))
     finally:
         await http.aclose()
-    return stats, connections_mid, duration_s
+    return stats
+
+
+def _client_process(port: int, secret: bytes, ids: range, start_at: float, duration_s: float, echo: bool) -> _Stats:
+    import uvloop
+
+    return uvloop.run(_run_clients(port, secret, ids, start_at, duration_s, echo))
+
+
+def _drive(port: int, secret: bytes, clients: int, processes: int, duration_s: float, echo: bool) -> _Stats:
+    """Run `clients` clients split over `processes` processes against `port`; their merged stats."""
+    processes = max(1, min(processes, clients))
+    share = [range(p, clients, processes) for p in range(processes)]
+    start_at = time.time() + _START_DELAY_S
+    stats = _Stats()
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_client_process, port, secret, ids, start_at, duration_s, echo) for ids in share]
+        for f in futures:
+            stats.merge(f.result())
+    return stats
+
+
+def _measure_ceiling(folder: Path, clients: int, processes: int, duration_s: float) -> dict:
+    echo = ServerProcess(folder / "echo", secret="unused-by-the-echo-server", command=_ECHO_COMMAND)
+    (folder / "echo").mkdir()
+    echo.start()
+    try:
+        stats = _drive(echo.port, b"ceiling-secret-0123456789abcdef", clients, processes, duration_s, echo=True)
+    finally:
+        echo.stop()
+    lat = stats.latency["push"] + stats.latency["pull"] + stats.latency["heartbeat"]
+    return {
+        "frames_per_s": round(len(lat) / duration_s, 1),
+        "p50_ms": round(_pct(lat, 0.5) * 1000, 2),
+        "p99_ms": round(_pct(lat, 0.99) * 1000, 2),
+        "errors": stats.errors,
+    }
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -103,28 +165,37 @@ def _pct(samples: list[float], q: float) -> float:
 
 def run_sync_bench(
     *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
-    progress: Notes = quiet,
+    client_processes: int = 2, ceiling: bool = True, progress: Notes = quiet,
 ) -> dict:
-    """Start a server, drive it for `duration_s`, stop it; the docs/architecture.md §6 keys plus details."""
+    """The echo ceiling (unless `ceiling` is False), then a server driven for `duration_s`; one report."""
     secret = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="omega-bench-sync-") as tmp:
         folder = Path(tmp)
+        top = None
+        if ceiling:
+            progress(f"ceiling: {clients} clients in {client_processes} processes against an echo server on the same stack")
+            top = _measure_ceiling(folder, clients, client_processes, duration_s)
+            progress(f"ceiling: {top['frames_per_s']:g} frames/s, p99 {top['p99_ms']:g} ms")
         url = store or f"sqlite:{folder / 'constellation.db'}"
         progress(f"starting a server on {url.split('@')[-1]}")
         server = start_server(folder, url, secret, redis=redis, env=_UNTHROTTLED)
         port = server.port
         try:
             cpu0 = server.cpu_seconds()
-            progress(f"{clients} clients ({(clients + 1) // 2} WebSocket, {clients // 2} HTTP) for 1 s warm-up + {duration_s:g} s")
+            progress(f"{clients} clients ({(clients + 1) // 2} WebSocket, {clients // 2} HTTP) in {client_processes} "
+                     f"processes for {_WARM_UP_S:g} s warm-up + {duration_s:g} s")  # fmt: skip
             t0 = time.perf_counter()
-            stats, held, measured = asyncio.run(_run_clients(port, secret.encode(), clients, duration_s))
+            stats = _drive(port, secret.encode(), clients, client_processes, duration_s, echo=False)
             wall = time.perf_counter() - t0
             cpu = server.cpu_seconds() - cpu0
         finally:
             server.stop()
+    measured = duration_s
+    held = stats.connections
     pushes, pulls, beats = (len(stats.latency[k]) for k in ("push", "pull", "heartbeat"))
     all_lat = stats.latency["push"] + stats.latency["pull"] + stats.latency["heartbeat"]
     syncs = pushes + pulls
+    frames_per_s = (syncs + beats) / measured
     progress(f"{syncs + beats} frames in {measured:g} s; server CPU {cpu:.1f} s of {wall:.1f} s wall")
     return {
         "push_bytes_p50": int(statistics.median(stats.push_bytes)) if stats.push_bytes else None,
@@ -134,7 +205,9 @@ def run_sync_bench(
         "p50_ms": round(_pct(all_lat, 0.5) * 1000, 2),
         "p99_ms": round(_pct(all_lat, 0.99) * 1000, 2),
         "connections_held": held,
-        "frames_per_s": round((syncs + beats) / measured, 1),
+        "frames_per_s": round(frames_per_s, 1),
+        "ceiling": top,
+        "ratio_to_ceiling": round(frames_per_s / top["frames_per_s"], 3) if top and top["frames_per_s"] else None,
         "syncs_per_server_cpu_s": round(syncs / cpu, 1) if cpu > 0 else None,
         "latency_ms": {k: {"p50": round(_pct(v, 0.5) * 1000, 2), "p99": round(_pct(v, 0.99) * 1000, 2)}
                        for k, v in stats.latency.items()},  # fmt: skip
@@ -147,6 +220,7 @@ def run_sync_bench(
         "pull_bytes_max": max(stats.pull_bytes) if stats.pull_bytes else None,
         "errors": stats.errors,
         "clients": clients,
+        "client_processes": client_processes,
         "duration_s": duration_s,
         "store": (store or "sqlite").split("://")[0].split(":")[0],
         "workers": 1,
