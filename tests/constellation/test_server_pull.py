@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -108,3 +109,33 @@ def test_an_acked_push_survives_sigkill(server: ServerProcess) -> None:
         again = dev.decode(server.post(dev.push([pattern(near(CODEBOOK, 9, dev.n), task=TaskType.TIME_OF_DAY)],
                                                 batch_id=batches[-1])[1], client).content).body  # fmt: skip
         assert again.duplicate
+
+
+def test_pulls_are_served_from_a_snapshot_of_the_head(tmp_path) -> None:  # noqa: ANN001
+    """With pull_snapshot_s, a TV at the served head costs no store read and every TV from one cursor gets one
+    page; newer pushes show up once the snapshot is older than the interval (a delay, never a skip)."""
+    CODEBOOK.save(tmp_path / "codebook.npz")
+    server = ServerProcess(tmp_path, codebook=tmp_path / "codebook.npz", OMEGA_RATE_BURST="1000",
+                           OMEGA_PULL_SNAPSHOT_S="1.5").start()  # fmt: skip
+    try:
+        devices = [Device(n) for n in range(3)]
+        readers = [Device(90 + n) for n in range(4)]
+        with httpx.Client() as client:
+            _push_round(server, client, devices, 0, range(0, 10))
+            time.sleep(1.6)
+            seen: dict = {}
+            cursor = _drain(server, client, readers[0], 0, 5000, [], seen)
+            assert cursor > 0 and seen
+            _push_round(server, client, devices, 1, range(10, 20))  # the live head moves on
+            reads = server.metric("omega_store_latency_seconds_count", op="changes")
+            for r in readers:  # at the served head: an empty page at their cursor, no store read
+                reply = r.decode(server.post(r.pull(cursor), client).content).body
+                assert reply.cursor == cursor and not reply.patterns and not reply.more
+            assert server.metric("omega_store_latency_seconds_count", op="changes") == reads
+            time.sleep(1.6)
+            pages = [r.decode(server.post(r.pull(cursor), client).content).body for r in readers]
+            assert pages[0].cursor > cursor and pages[0].patterns
+            assert all(p == pages[0] for p in pages)  # one page, shared by every TV at that cursor
+            assert server.metric("omega_store_latency_seconds_count", op="changes") == reads + 1
+    finally:
+        server.kill()

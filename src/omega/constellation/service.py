@@ -32,6 +32,7 @@ a simulation can run the real service on a simulated clock.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -170,6 +171,9 @@ class SyncService:
             settings.rate_per_s, settings.rate_burst, int(settings.replay_window_s * 1000)
         )
         self._body_caps = body_caps(settings.max_push_edges)
+        # The head pulls are served at (see ServerSettings.pull_snapshot_s) and when it was taken.
+        self._served_head = head
+        self._served_at = -math.inf
         self._page_key = page_key  # signs cached pages (they may sit in a shared Redis)
         self._acks: OrderedDict[tuple[bytes, bytes], PushAck] = OrderedDict()
         self._ack_entries = 50_000
@@ -180,7 +184,8 @@ class SyncService:
         }
         # Decoded pull pages by their signed blob: a cache hit on a page this process already
         # built or verified costs a dict lookup, not a tag check and a parse.
-        self._pages: OrderedDict[bytes, PullReply] = OrderedDict()
+        # With each page: whether its frame deflates smaller (decided once per page, not per device).
+        self._pages: OrderedDict[bytes, tuple[PullReply, bool]] = OrderedDict()
         self._page_entries = 1024
         # Wire forms (8-bit quantised) of consolidated patterns by (task type, cell, change seq).
         self._wire: OrderedDict[tuple[int, int, int], tuple] = OrderedDict()
@@ -272,16 +277,18 @@ class SyncService:
         await self.cache.add_device(device, now)
         body = frame.body
         tier = None
+        compress = None
         if isinstance(body, Push):
             out, kind = await self._push(device, body, now), "push"
         elif isinstance(body, Pull):
-            out, kind = await self._pull(body), "pull"
+            (out, compress), kind = await self._pull(body), "pull"
         else:
             assert isinstance(body, Heartbeat)
             out, kind = self._heartbeat(body, now), "heartbeat"
+            compress = False  # three varints: deflating them never pays
             tier = body.tier.label if body.tier is not Tier.UNSPECIFIED else None
         reply = Frame(device_id=device, seq=frame.seq, timestamp_ms=self.now_ms(), body=out, key_id=frame.key_id)
-        return Reply(200, encode_frame(reply, key), device_id=device, kind=kind, tier=tier)
+        return Reply(200, encode_frame(reply, key, compress=compress), device_id=device, kind=kind, tier=tier)
 
     def _error(self, code: str, message: str, sender: _Sender | None = None, *, retry_after: int | None = None) -> Reply:
         if sender is None:
@@ -340,13 +347,15 @@ class SyncService:
         return ack
 
     # ------------------------------------------------------------------ pull
-    async def _pull(self, pull: Pull) -> PullReply:
+    async def _pull(self, pull: Pull) -> tuple[PullReply, bool | None]:
+        """The page for `pull`, and whether to deflate it (None: let the codec decide)."""
         budget = max(MIN_PULL_BYTES, min(pull.max_bytes, self.settings.pull_max_bytes))
-        head = self.head
-        if pull.since == head and head > 0:
-            # Already at the newest change this worker knows of: nothing to read. (Another
-            # worker's newer pushes show up once the shared head moves: a delay, never a skip.)
-            return PullReply(cursor=head, more=False)
+        head = self._pull_head()
+        if pull.since >= head and head > 0:
+            # Already at the newest change this worker serves: nothing to read. (Another worker's
+            # newer pushes, or this one's within the snapshot interval, show up once the served head
+            # moves: a delay, never a skip. A cursor past it came from a page read after it.)
+            return PullReply(cursor=pull.since, more=False), None
         blob = await self.cache.get_page(head, pull.since, budget)
         if blob is not None:
             known = self._pages.get(blob)
@@ -357,8 +366,7 @@ class SyncService:
             except ProtocolError:
                 log.warning("ignoring a corrupt cached pull page")
             else:
-                self._remember_page(blob, cached.body)  # type: ignore[arg-type]
-                return cached.body  # type: ignore[return-value]
+                return self._remember_page(blob, cached.body)  # type: ignore[arg-type]
         started = time.perf_counter()
         items, cursor, more = await self.aggregator.changes_since(pull.since, budget - 64)
         self._m_changes.observe(time.perf_counter() - started)
@@ -366,14 +374,27 @@ class SyncService:
         if cursor > self.head and not more:
             self.head = await self.cache.note_head(cursor)
         await self.cache.put_page(head, pull.since, budget, blob)
-        self._remember_page(blob, reply)
-        return reply
+        return self._remember_page(blob, reply)
 
-    def _remember_page(self, blob: bytes, reply: PullReply) -> None:
+    def _pull_head(self) -> int:
+        """The head pulls are served at: the live head, or a snapshot of it at most pull_snapshot_s old."""
+        interval = self.settings.pull_snapshot_s
+        if interval <= 0:
+            return self.head
+        now = time.monotonic()
+        if now - self._served_at >= interval or self._served_head > self.head:
+            self._served_head, self._served_at = self.head, now
+        return self._served_head
+
+    def _remember_page(self, blob: bytes, reply: PullReply) -> tuple[PullReply, bool]:
+        # The codec's rule (deflate when smaller), decided on the page once: per device only the
+        # header varints differ, so each reply skips a deflate it would not use.
+        packed = encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=True, max_size=1 << 20)
         pages = self._pages
-        pages[blob] = reply
+        pages[blob] = entry = (reply, len(packed) < len(blob))
         if len(pages) > self._page_entries:
             pages.popitem(last=False)
+        return entry
 
     def page(self, items: list, cursor: int, more: bool, budget: int) -> PullReply:
         """A PullReply of `items` whose signed frame fits `budget`; cut (more=True) if it does not.

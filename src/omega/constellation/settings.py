@@ -70,6 +70,9 @@ class ServerSettings:
     min_samples: int = 10
     max_frame_bytes: int = 16 * 1024
     pull_max_bytes: int = 5000
+    #: Pulls see the store head as it was at most this long ago (0: the live head). Every TV pulling from
+    #: the same cursor within it gets the same cached page, and a TV at that head costs no store read.
+    pull_snapshot_s: float = 0.0
     #: Transition edges one push may carry here (a TV sends 48 by default); sizes the push inflate cap.
     max_push_edges: int = 1024
     # hostile load: deadlines and connection caps
@@ -140,6 +143,8 @@ class ServerSettings:
         if self.admin_token is not None:
             _check(isinstance(self.admin_token, str) and len(self.admin_token) >= 16 and self.admin_token.isprintable()
                    and " " not in self.admin_token, "admin token must be at least 16 printable characters, no spaces")  # fmt: skip
+        _check(isinstance(self.pull_snapshot_s, (int, float)) and math.isfinite(self.pull_snapshot_s)
+               and 0 <= self.pull_snapshot_s <= 3600, "pull_snapshot_s must be in 0..3600 seconds")  # fmt: skip
         _check(self.log_level in ("critical", "error", "warning", "info", "debug"), f"unknown log level {self.log_level!r}")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together: give both or neither")
 

@@ -165,7 +165,7 @@ def _pct(samples: list[float], q: float) -> float:
 
 def run_sync_bench(
     *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
-    client_processes: int = 2, ceiling: bool = True, progress: Notes = quiet,
+    client_processes: int = 2, ceiling: bool = True, pull_snapshot_s: float = 0.0, progress: Notes = quiet,
 ) -> dict:
     """The echo ceiling (unless `ceiling` is False), then a server driven for `duration_s`; one report."""
     secret = secrets.token_hex(24)
@@ -178,7 +178,8 @@ def run_sync_bench(
             progress(f"ceiling: {top['frames_per_s']:g} frames/s, p99 {top['p99_ms']:g} ms")
         url = store or f"sqlite:{folder / 'constellation.db'}"
         progress(f"starting a server on {url.split('@')[-1]}")
-        server = start_server(folder, url, secret, redis=redis, env=_UNTHROTTLED)
+        server = start_server(folder, url, secret, redis=redis,
+                              env={**_UNTHROTTLED, "OMEGA_PULL_SNAPSHOT_S": repr(float(pull_snapshot_s))})  # fmt: skip
         port = server.port
         try:
             cpu0 = server.cpu_seconds()
@@ -221,6 +222,7 @@ def run_sync_bench(
         "errors": stats.errors,
         "clients": clients,
         "client_processes": client_processes,
+        "pull_snapshot_s": pull_snapshot_s,
         "duration_s": duration_s,
         "store": (store or "sqlite").split("://")[0].split(":")[0],
         "workers": 1,
