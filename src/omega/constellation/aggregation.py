@@ -26,11 +26,13 @@ instead of silently double-counting support.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -39,6 +41,7 @@ import numpy as np
 from omega.constellation.codebook import Codebook
 from omega.constellation.crdt import CellKey, ConsolidatedEdge, ConsolidatedPattern, FederatedState
 from omega.constellation.store.base import (
+    EDGE_WIRE_BYTES,
     CellContribution,
     ConstellationStore,
     EdgeContribution,
@@ -67,6 +70,11 @@ BAD_TASK_TYPE = "bad_task_type"
 ZERO_WEIGHT = "zero_weight"  # success_rate × uses == 0: nothing to learn from
 BAD_TRANSITION = "bad_transition"  # ids out of range, weight not finite and > 0, a pushed pair or an item self-loop
 DUPLICATE_FLOOD = "duplicate_flood"  # this device already contributed to that cell/edge this epoch
+OVER_DAILY_KEYS = "over_daily_keys"  # (DP) this device already added to dp_max_keys keys this epoch
+
+#: Pull cursors of DP releases: base + (release epoch << 24) + position in the release.
+DP_CURSOR_BASE = 1 << 62
+_DP_POSITION_BITS = 24
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,12 +122,22 @@ class AggregationPolicy:
     epoch_ms: int = DAY_MS  # one contribution per device per cell/edge per epoch
     replay_window_ms: int = DAY_MS  # how long idempotency keys are kept
     norm_tolerance: float = 0.1  # |‖x‖ - 1| allowed (uint8 quantisation error is far below)
+    # Differential privacy at publication (omega.constellation.privacy): None = off (k_min only).
+    # With ε set, each day's release is every key's distinct support with Gaussian noise, published
+    # when the noised support passes the threshold; a device adds to ≤ dp_max_keys keys per day.
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-6
+    dp_max_keys: int = 64
 
     def __post_init__(self) -> None:
         if self.k_min < 1:
             raise OmegaError("k_min must be >= 1")
         if not (self.w_max > 0 and self.edge_w_max > 0 and math.isfinite(self.w_max + self.edge_w_max)):
             raise OmegaError("w_max and edge_w_max must be positive and finite")
+        if self.dp_epsilon is not None and not (math.isfinite(self.dp_epsilon) and 0 < self.dp_epsilon <= 100):
+            raise OmegaError(f"dp_epsilon must be in (0, 100], got {self.dp_epsilon!r}")
+        if not (0 < self.dp_delta < 1e-2) or not (1 <= self.dp_max_keys <= 10_000):
+            raise OmegaError("dp_delta must be in (0, 0.01) and dp_max_keys in 1..10000")
         if self.epoch_ms < 1 or self.replay_window_ms < 0:
             raise OmegaError("epoch_ms must be >= 1 and replay_window_ms >= 0")
 
@@ -143,6 +161,11 @@ class Aggregator:
         self._mac = hmac.new(bytes(salt), digestmod=hashlib.sha256)
         # Optional trend detection: fed the accepted cells' member hashes, read into served patterns.
         self.trends: TrendTracker | None = None
+        # DP mode: the day's release (epoch, items) and per-device keys used this epoch (keyed hashes).
+        self._release: tuple[int, list[ConsolidatedEdge]] | None = None
+        self._release_lock = asyncio.Lock()
+        self._day_keys: tuple[int, dict[bytes, int]] = (-1, {})
+        self._clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
 
     @classmethod
     async def open(
@@ -185,6 +208,8 @@ class Aggregator:
         edges = self._prepare_edges(device, transitions, rejections)
         n_pushed = len(transitions)
         edges += self._derive_pairs(device, edges, first_index=n_pushed)
+        if self.policy.dp_epsilon is not None:
+            cells, edges = self._within_daily_keys(device, int(now_ms), cells, edges, n_pushed, rejections)
         push = PreparedPush(
             push_key=self._keyed(b"omega/push" + device + bytes(batch_id), 16),
             epoch=int(now_ms) // self.policy.epoch_ms,
@@ -204,12 +229,90 @@ class Aggregator:
         rejections += [Rejection("pattern", i, DUPLICATE_FLOOD) for i in outcome.flooded_cells]
         rejections += [Rejection("transition", i, DUPLICATE_FLOOD) for i in outcome.flooded_edges if i < n_pushed]
         rejections.sort(key=lambda r: (r.kind, r.index))
+        cursor = outcome.head
+        if self.policy.dp_epsilon is not None:  # TVs pull the day's release, not the store's changes
+            cursor = self._release_cursor(*await self._current_release(), done=True)
         return ApplyResult(
             accepted=len(outcome.accepted_cells) + sum(i < n_pushed for i in outcome.accepted_edges),
             rejections=rejections,
-            cursor=outcome.head,
+            cursor=cursor,
             hints_ignored=hints_ignored,
         )
+
+    def _within_daily_keys(
+        self, device: bytes, now_ms: int, cells: list[CellContribution], edges: list[EdgeContribution],
+        n_pushed: int, rejections: list[Rejection],
+    ) -> tuple[list[CellContribution], list[EdgeContribution]]:  # fmt: skip
+        """DP mode: a device adds to at most dp_max_keys keys per epoch (the L0 bound of the release).
+
+        Counted in this process (a restart forgets the day's counts: that day's bound doubles)."""
+        epoch = now_ms // self.policy.epoch_ms
+        day, used = self._day_keys
+        if day != epoch:
+            used = {}
+            self._day_keys = (epoch, used)
+        tag = self._keyed(b"omega/day" + struct.pack("<q", epoch) + device, MEMBER_BYTES)
+        budget = self.policy.dp_max_keys - used.get(tag, 0)
+        kept_edges = []
+        for e in edges:  # pushed edges, then their pairs; then cells
+            if budget > 0:
+                kept_edges.append(e)
+                budget -= 1
+            elif e.index < n_pushed:
+                rejections.append(Rejection("transition", e.index, OVER_DAILY_KEYS))
+        kept_cells = []
+        for c in cells:
+            if budget > 0:
+                kept_cells.append(c)
+                budget -= 1
+            else:
+                rejections.append(Rejection("pattern", c.index, OVER_DAILY_KEYS))
+        used[tag] = self.policy.dp_max_keys - budget
+        return kept_cells, kept_edges
+
+    # ---- DP releases ------------------------------------------------------------------
+    async def _current_release(self) -> tuple[int, list[ConsolidatedEdge]]:
+        """The day's DP release (computed at the first push or pull of an epoch, then fixed for it)."""
+        epoch = self._clock_ms() // self.policy.epoch_ms
+        if self._release is not None and self._release[0] == epoch:
+            return self._release
+        async with self._release_lock:
+            if self._release is None or self._release[0] != epoch:
+                self._release = (epoch, await self._make_release(epoch))
+            return self._release
+
+    async def _make_release(self, epoch: int) -> list[ConsolidatedEdge]:
+        from omega.constellation import privacy
+
+        supports: dict[tuple[int, int, int], int] = {}
+        cursor, more = 0, True
+        while more:
+            page = await self.store.changes_since(cursor, 1, 1 << 30)
+            for e in page.items:
+                if isinstance(e, ConsolidatedEdge):
+                    supports[(e.keyspace, e.src, e.dst)] = e.support
+            cursor, more = page.cursor, page.more
+        release = privacy.calibrate(float(self.policy.dp_epsilon), self.policy.dp_delta, self.policy.dp_max_keys)  # type: ignore[arg-type]
+        noised = await asyncio.to_thread(release.release, supports)
+        # Embedding patterns are not released under DP (their weighted means carry no noise yet).
+        return [ConsolidatedEdge(k[0], k[1], k[2], float(n), n, epoch) for k, n in sorted(noised.items())]
+
+    @staticmethod
+    def _release_cursor(epoch: int, items: list[ConsolidatedEdge], position: int = 0, *, done: bool = False) -> int:
+        return DP_CURSOR_BASE + (epoch << _DP_POSITION_BITS) + (len(items) if done else position)
+
+    async def _release_page(
+        self, cursor: int, max_bytes: int
+    ) -> tuple[list[ConsolidatedPattern | ConsolidatedEdge], int, bool]:
+        """A page of the day's release after `cursor` (a cursor of another day or of the store: from its start)."""
+        epoch, items = await self._current_release()
+        start = 0
+        if cursor >= DP_CURSOR_BASE and (cursor - DP_CURSOR_BASE) >> _DP_POSITION_BITS == epoch:
+            start = min((cursor - DP_CURSOR_BASE) & ((1 << _DP_POSITION_BITS) - 1), len(items))
+        count = max(1, max_bytes // EDGE_WIRE_BYTES)
+        page = items[start : start + count]
+        end = start + len(page)
+        return list(page), self._release_cursor(epoch, items, end), end < len(items)
 
     def _check_pattern(self, p: Contribution, embedding_ok: bool) -> str | None:
         if not embedding_ok:
@@ -336,6 +439,8 @@ class Aggregator:
             raise OmegaError("cursor must be a non-negative integer")
         if not _is_int(max_bytes) or max_bytes < 1:
             raise OmegaError("max_bytes must be a positive integer")
+        if self.policy.dp_epsilon is not None:
+            return await self._release_page(int(cursor), int(max_bytes))
         page = await self.store.changes_since(int(cursor), self.policy.k_min, int(max_bytes))
         items = page.items
         if self.trends is not None:

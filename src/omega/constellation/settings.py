@@ -85,6 +85,9 @@ class ServerSettings:
     # aggregation
     k_min: int = 3
     w_max: float = 50.0
+    # differential privacy at publication (ε, δ per TV per day; 0 = off: k_min only). See privacy.py.
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-6
     # tiers: the interval a heartbeat ack asks for (seconds)
     premium_sync_s: int = 60
     active_sync_s: int = 300
@@ -145,6 +148,10 @@ class ServerSettings:
                    and " " not in self.admin_token, "admin token must be at least 16 printable characters, no spaces")  # fmt: skip
         _check(isinstance(self.pull_snapshot_s, (int, float)) and math.isfinite(self.pull_snapshot_s)
                and 0 <= self.pull_snapshot_s <= 3600, "pull_snapshot_s must be in 0..3600 seconds")  # fmt: skip
+        _check(isinstance(self.dp_epsilon, (int, float)) and (self.dp_epsilon == 0 or 0 < self.dp_epsilon <= 100),
+               f"dp_epsilon must be 0 (off) or in (0, 100], got {self.dp_epsilon!r}")  # fmt: skip
+        _check(isinstance(self.dp_delta, (int, float)) and 0 < self.dp_delta < 1e-2,
+               f"dp_delta must be in (0, 0.01), got {self.dp_delta!r}")  # fmt: skip
         _check(self.log_level in ("critical", "error", "warning", "info", "debug"), f"unknown log level {self.log_level!r}")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together: give both or neither")
 

@@ -85,6 +85,12 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
             if row["granularity"] == "item+pair":
                 assert row["published_pairs"] > 0
         assert result["published_pairs"] > 0
+        # ε rows: no noise (k_min 3) first, then OpenDP releases at ε 8..1 — a tiny fleet's supports are far
+        # under their thresholds, so under DP nothing is published and edges carry no NDCG.
+        dp_rows = result["tables"]["privacy_epsilon"]
+        assert [row["epsilon"] for row in dp_rows] == [None, 8.0, 4.0, 2.0, 1.0]
+        assert dp_rows[0]["published_edges"] == published[1] and all(r["published_edges"] == 0 for r in dp_rows[1:])
+        assert [r["threshold"] for r in dp_rows[1:]] == sorted(r["threshold"] for r in dp_rows[1:])
         ablation = result["tables"]["ablation"]
         assert set(ablation) == set(ablation_configs(BrainConfig()))
         assert ablation["shipped"]["ndcg@10"] == result["methods"]["edge_federated"]["ndcg@10"]

@@ -343,6 +343,7 @@ async def _run(
             out_tables["privacy"] = await _privacy_table(
                 fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
             )
+            out_tables["privacy_epsilon"] = await _epsilon_table(fleet, split, rows_by_user, when, seed=seed, stage=stage)
             timings["tables_s"] = time.perf_counter() - t0
         published = await published_edges(fleet, k_min)
         extra = inspect(fleet) if inspect is not None else {}
@@ -493,6 +494,40 @@ async def _privacy_table(
                 "published_cell_edges": len(cg.publish(c["aggregated"], k)), "cell_edges_per_tv": c["edges_per_tv"],
             })  # fmt: skip
     stage("privacy table", len(K_MIN_TABLE), len(K_MIN_TABLE))
+    return out
+
+
+#: ε per TV per day of the privacy table's DP rows (None: no noise, k_min 3 as shipped), and their δ.
+EPSILON_TABLE = (None, 8.0, 4.0, 2.0, 1.0)
+DP_DELTA = 1e-6
+
+
+async def _epsilon_table(
+    fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], *, seed: int, stage: Stage
+) -> list[dict[str, Any]]:  # fmt: skip
+    """NDCG@10 of the shipped ranking when the constellation publishes with differential privacy at ε
+    (`omega.constellation.privacy`: OpenDP Gaussian noise on every key's distinct support and partition
+    selection by its noised support, in place of k_min), from the same constellation's supports."""
+    from omega.constellation import privacy
+
+    everything = await published_edges(fleet, 1)  # every key with its exact distinct support
+    supports = {(e.keyspace, e.src, e.dst): e.support for e in everything}
+    out = []
+    for i, eps in enumerate(EPSILON_TABLE):
+        stage("privacy table (ε)", i, len(EPSILON_TABLE))
+        if eps is None:
+            edges = await published_edges(fleet, 3)
+            extra: dict[str, Any] = {"epsilon": None, "k_min": 3}
+        else:
+            release = privacy.calibrate(eps, DP_DELTA)
+            noised = release.release(supports)
+            edges = [ConsolidatedEdge(k[0], k[1], k[2], float(n), n, 0) for k, n in sorted(noised.items())]
+            extra = {"epsilon": eps, "delta": DP_DELTA, "noise_scale": round(release.scale, 3),
+                     "threshold": release.threshold, "max_keys_per_tv_day": release.max_keys}  # fmt: skip
+        n_pairs = sum(e.keyspace == Keyspace.PAIR for e in edges)
+        scored = score_tvs(fleet, split, rows_by_user, when, published=published_state(edges))
+        out.append({**extra, "published_edges": len(edges) - n_pairs, "published_pairs": n_pairs, **scored.summary()})
+    stage("privacy table (ε)", len(EPSILON_TABLE), len(EPSILON_TABLE))
     return out
 
 
