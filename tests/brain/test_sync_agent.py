@@ -47,6 +47,7 @@ def peer():
 
 def make_agent(store, url: str, tier: Tier, device: bytes | None = None, **cfg) -> SyncAgent:
     device = device or uuid.UUID(int=42).bytes
+    cfg.setdefault("contribution_period_s", 0)  # push at every sync (the schedule has its own tests)
     config = SyncConfig(request_timeout_s=cfg.pop("timeout", 0.5), **cfg)
     policy = policy_for(tier).with_interval(0.05)
     return SyncAgent(store, server_url=url, device_id=device, token=token_for(device), tier=tier,

@@ -15,6 +15,7 @@ from test_sync_outbox import NOW, pattern
 from test_sync_peer import Peer, RunningPeer, token_for
 
 from omega.brain.store import BrainStore
+from omega.brain.sync.schedule import NEXT_KEY
 
 OMEGA = str(Path(sys.executable).parent / "omega")
 
@@ -29,6 +30,7 @@ def db(tmp_path: Path) -> Path:
     with BrainStore(path, clock=lambda: NOW) as s:
         for i in range(2):
             s.put_pattern(pattern(i))
+        s.set_state(NEXT_KEY, "0")  # this window's contribution moment has passed: the first sync pushes
     return path
 
 

@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(
     path, url, device, token = sys.argv[1:5]
     store = BrainStore(path)
     agent = SyncAgent(store, server_url=url, device_id=bytes.fromhex(device), token=token,
-                      tier=Tier.CASUAL, config=SyncConfig(request_timeout_s=120))
+                      tier=Tier.CASUAL, config=SyncConfig(request_timeout_s=120, contribution_period_s=0))
     asyncio.run(agent.sync_once())
     """
 )
@@ -62,7 +62,7 @@ async def test_sigkill_between_seal_and_ack_resends_the_same_batch(tmp_path: Pat
         with BrainStore(path) as s:
             agent = SyncAgent(
                 s, server_url=running.url, device_id=device, token=token_for(device), tier=Tier.CASUAL,
-                config=SyncConfig(request_timeout_s=5), policy=policy_for(Tier.CASUAL),
+                config=SyncConfig(request_timeout_s=5, contribution_period_s=0), policy=policy_for(Tier.CASUAL),
             )  # fmt: skip
             [batch] = agent.outbox.pending()  # the sealed batch survived the kill
             assert batch.batch_id == sent and batch.patterns == 3 and batch.edges == 1

@@ -14,6 +14,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import uvicorn
@@ -67,6 +68,10 @@ class Peer:
     seqs: dict[bytes, int] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
     ws_connections: int = 0
+    #: The peer's clock (ms), e.g. a test's simulated one.
+    clock_ms: Callable[[], int] = now_ms
+    #: (time ms, outbox, patterns) of every heartbeat received.
+    heartbeats: list[tuple[int, int, int]] = field(default_factory=list)
     #: Every signed reply sent, by kind of the uplink frame it answered (and "invalid"), for replaying.
     sent: dict[str, list[bytes]] = field(default_factory=dict)
 
@@ -97,7 +102,7 @@ class Peer:
             self.received_batches.append(frame.body.batch_id)
 
         def signed(body, kind: str | None = None) -> bytes:
-            stamp = now_ms() - 3_600_000 if fault == "stale-ts" else now_ms()
+            stamp = self.clock_ms() - 3_600_000 if fault == "stale-ts" else self.clock_ms()
             out = encode_frame(Frame(frame.device_id, frame.seq, stamp, body, key_id=frame.key_id), key)
             self.sent.setdefault(kind or frame.kind, []).append(out)
             return out
@@ -136,7 +141,8 @@ class Peer:
         if isinstance(body, Pull):
             return 200, signed(self._page(body.since)), 0
         assert isinstance(body, Heartbeat)
-        ack = HeartbeatAck(server_time_ms=now_ms(), next_sync_s=self.next_sync_s, retry_after_s=self.heartbeat_retry_after_s)
+        self.heartbeats.append((frame.timestamp_ms, body.outbox, body.patterns))
+        ack = HeartbeatAck(server_time_ms=self.clock_ms(), next_sync_s=self.next_sync_s, retry_after_s=self.heartbeat_retry_after_s)
         return 200, signed(ack), 0
 
     # ------------------------------------------------------------------ ASGI
@@ -184,6 +190,23 @@ class Peer:
             if fault == "going_away":
                 await send({"type": "websocket.close", "code": 1001})
                 return
+
+
+class InProcessPeer:
+    """The peer without sockets: each frame goes straight to `Peer.answer` (a transport for the agent)."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+
+    async def exchange(self, data: bytes):  # noqa: ANN201  (transport.Reply)
+        from omega.brain.sync.transport import Reply
+
+        fault = self.peer.faults.popleft() if self.peer.faults else None
+        status, reply, retry = self.peer.answer(data, fault)
+        return Reply(reply, status, float(retry))
+
+    async def close(self) -> None:
+        pass
 
 
 class RunningPeer:

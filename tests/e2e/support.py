@@ -176,7 +176,9 @@ class TV:
         record_seals(path)
         agent = SyncAgent(
             brain, server_url=server_url, device_id=device, token=KEYRING.token(device), tier=tier,
-            config=config or SyncConfig(request_timeout_s=5.0), policy=policy or fast_policy(tier),
+            # a push at every sync (contribution_period_s=0): these tests are about the sync path, not the
+            # daily contribution schedule (tests/brain/test_sync_schedule.py)
+            config=config or SyncConfig(request_timeout_s=5.0, contribution_period_s=0), policy=policy or fast_policy(tier),
             rng=random.Random(seed),
         )  # fmt: skip
         return cls(path, brain, agent, device, random.Random(seed))

@@ -48,7 +48,7 @@ class Items:
 
 
 def new_tv(tmp_path: Path, catalog, url: str, name: str = "tv", tier: Tier = Tier.CASUAL, timeout_s: float = 5.0) -> TV:  # noqa: ANN001
-    return TV.create(tmp_path / f"{name}.db", catalog, url, tier=tier, config=SyncConfig(request_timeout_s=timeout_s))
+    return TV.create(tmp_path / f"{name}.db", catalog, url, tier=tier, config=SyncConfig(request_timeout_s=timeout_s, contribution_period_s=0))
 
 
 # ---------------------------------------------------------------------------- 1. server down at start
@@ -274,7 +274,7 @@ CHILD = textwrap.dedent(
     path, url, device, first = sys.argv[2], sys.argv[3], bytes.fromhex(sys.argv[4]), int(sys.argv[5])
 
     async def main():
-        tv = TV.create(path, shared_catalog(48), url, device_id=device, config=SyncConfig(request_timeout_s=30))
+        tv = TV.create(path, shared_catalog(48), url, device_id=device, config=SyncConfig(request_timeout_s=30, contribution_period_s=0))
         for n in range(first, 49, 2):  # keep watching and syncing until killed
             tv.watch([n, n + 1 if n < 48 else 1], rounds=11)
             await try_sync(tv)

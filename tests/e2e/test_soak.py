@@ -74,7 +74,7 @@ async def soak(server_factory, catalog, tmp_path: Path, *, n_tvs: int, duration_
         for i in range(n_tvs):
             tier = TIERS[i % len(TIERS)]
             tv = TV.create(tmp_path / f"tv{i:03}.db", catalog, proxy.url, tier=tier, seed=seed * 1000 + i,
-                           config=SyncConfig(request_timeout_s=2.0), policy=fast_policy(tier))  # fmt: skip
+                           config=SyncConfig(request_timeout_s=2.0, contribution_period_s=0), policy=fast_policy(tier))  # fmt: skip
             tv.favourites = favourites(tv.rng)
             tv.watch(tv.favourites[:2], rounds=10)  # something high-quality to push from the start
             tvs.append(tv)

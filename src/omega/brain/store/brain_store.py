@@ -190,6 +190,10 @@ class BrainStore(Database):
     def episode_count(self) -> int:
         return int(self._scalar("SELECT COUNT(*) FROM episodes"))  # type: ignore[arg-type]
 
+    def last_episode_id(self) -> int:
+        """The id of the newest episode recorded (0: none); ids only grow, so a larger one means a new viewing."""
+        return int(self._scalar("SELECT COALESCE(MAX(id), 0) FROM episodes"))  # type: ignore[arg-type]
+
     def recent_content_ids(self, n: int) -> list[int]:
         """Distinct content ids of the latest episodes, most recent first, at most n."""
         found = self._query(

@@ -1,7 +1,9 @@
 """`SyncAgent`: push sealed patterns, pull consolidated deltas, heartbeat — over the tier's transport.
 
-One sync: (1) re-send unacknowledged outbox batches, then seal and send new
-ones (<= 10 patterns per sync); (2) pull pages since the persisted cursor,
+One sync: (1) when the contribution schedule says so (`omega.brain.sync.schedule`:
+once a day at a random moment, never right after a viewing), seal what was
+learned into new outbox batches (<= 10 patterns); send what waits in the outbox,
+oldest first; (2) pull pages since the persisted cursor,
 merging each page and advancing the cursor in ONE transaction; (3) heartbeat.
 Every frame gets a seq committed to SQLite before it is sent. A reply is
 trusted only when it verifies under the device key AND answers this very frame
@@ -35,6 +37,7 @@ from omega.brain.store import BrainStore, is_bad_data
 from omega.brain.sync import state
 from omega.brain.sync.config import SyncConfig
 from omega.brain.sync.outbox import Outbox, SealedBatch
+from omega.brain.sync.schedule import ContributionSchedule
 from omega.brain.sync.tiers import TierPolicy, TransportKind, policy_for
 from omega.brain.sync.transport import (
     HttpTransport,
@@ -111,6 +114,10 @@ class SyncReport:
     duration_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     batches_acked: int = 0
+    #: This sync sealed the window's contribution (new batches may be 0 if nothing was learned).
+    contributed: bool = False
+    #: When the next contribution may be sealed (epoch seconds; 0: the schedule is off, every sync).
+    next_contribution_at: float = 0.0
     #: Outbox batches retired before the cloud's idempotency window ends: re-sealed under a new id / dropped.
     batches_renewed: int = 0
     batches_expired: int = 0
@@ -214,6 +221,9 @@ class SyncAgent:
             clock=clock,
         )
         check_server_url(server_url, insecure=insecure)  # also when a transport is given: one rule for the URL
+        self.schedule = ContributionSchedule(
+            self.store, self.config.contribution_period_s, clock=clock, rng=self._rng
+        )
         self.transport: Transport = transport or open_transport(
             self.policy, server_url, timeout_s=self.config.request_timeout_s, ca_file=ca_file, insecure=insecure
         )
@@ -314,24 +324,28 @@ class SyncAgent:
             log.warning("push %s: rejected %s", batch.batch_id.hex(), reasons)
 
     async def _push(self, report: SyncReport) -> None:
-        """Re-send what waits in the outbox, then seal and send new pushes while the sync's budgets allow."""
-        budget = self.config.max_patterns_per_sync
+        """Seal this window's contribution when it is due, then send what waits in the outbox, oldest first."""
         renewed, expired = self.outbox.expire()
         report.batches_renewed += renewed
         report.batches_expired += expired
         if expired:
             report.errors.append(f"{expired} outbox batch(es) expired unacknowledged before the cloud's idempotency window ended")
-        pending = self.outbox.pending()
-        for sent in range(self.config.max_batches_per_sync):
-            fresh = sent >= len(pending)
-            if not fresh:
-                batch = pending[sent]
-            elif budget <= 0 or (batch := self.outbox.seal(max_patterns=budget)) is None:
-                return
+        if self.schedule.due():
+            self._seal_contribution()
+            report.contributed = True
+        for batch in self.outbox.pending()[: self.config.max_batches_per_sync]:
             await self._send_batch(batch, report)
+
+    def _seal_contribution(self) -> None:
+        """Seal what was learned, all at this one moment: up to max_batches_per_sync pushes of <= 10 patterns."""
+        budget = self.config.max_patterns_per_sync
+        for _ in range(self.config.max_batches_per_sync):
+            if budget <= 0 or (batch := self.outbox.seal(max_patterns=budget)) is None:
+                break
             budget -= batch.patterns
-            if fresh and batch.patterns == 0:  # transitions only: what remains waits for the next sync
-                return
+            if batch.patterns == 0:  # transitions only: what remains waits for the next contribution
+                break
+        self.schedule.contributed()
 
     # ------------------------------------------------------------------ pull
 
@@ -403,10 +417,12 @@ class SyncAgent:
     # ------------------------------------------------------------------ heartbeat
 
     async def _heartbeat(self, report: SyncReport) -> None:
+        # Both counters move only with contributions (sealed batches waiting, patterns at the last one),
+        # never with a viewing: a live count would date each viewing to the sync after it.
         body = Heartbeat(
             tier=self.tier,
-            outbox=min(self.outbox.queued_patterns() + self.outbox.pending_count(), _U32),
-            patterns=min(self.store.pattern_count(), _U32),
+            outbox=min(self.outbox.pending_count(), _U32),
+            patterns=min(self.schedule.reported_patterns(), _U32),
         )
         answer, up, _ = await self._exchange(body, report)
         if not isinstance(answer.body, HeartbeatAck):
@@ -423,9 +439,12 @@ class SyncAgent:
         report = SyncReport()
         started = time.monotonic()
         try:
+            newest_episode = self.store.last_episode_id()  # a viewing after this is "since this sync"
             await self._push(report)
             await self._pull(report)
             await self._heartbeat(report)
+            self.schedule.mark(newest_episode)
+            report.next_contribution_at = self.schedule.next_at()
         except SyncFailed:
             await self.transport.close()  # a half-finished exchange leaves the connection out of step
             raise

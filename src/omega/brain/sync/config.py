@@ -44,6 +44,9 @@ class SyncConfig:
     #: Outbox batches older than this are retired (`Outbox.expire`): under the cloud's one-day
     #: idempotency window (`omega.constellation.aggregation`, replay_window_ms), with margin for clock skew.
     batch_ttl_s: float = 20 * 3600.0
+    #: Contribution window (`omega.brain.sync.schedule`): what the TV learned is sealed at most once per
+    #: window, at a random moment, never in the sync right after a viewing. 0: at every sync (tests, benchmarks).
+    contribution_period_s: float = 86_400.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -71,6 +74,8 @@ class SyncConfig:
         need(256 <= self.pull_max_bytes <= 16 * 1024, "pull_max_bytes must be in 256..16384")
         need(0.0 < self.request_timeout_s <= 600.0, "request_timeout_s must be in (0, 600]")
         need(1.0 <= self.reply_skew_s <= 86_400.0, "reply_skew_s must be in [1, 86400]")
+        need(self.contribution_period_s == 0 or 60.0 <= self.contribution_period_s <= 7 * 86_400.0,
+             "contribution_period_s must be 0 (every sync) or in [60, 604800]")  # fmt: skip
         need(60.0 <= self.batch_ttl_s <= 22 * 3600.0, "batch_ttl_s must be in [60, 79200] (under the cloud's one-day window)")
 
     @property

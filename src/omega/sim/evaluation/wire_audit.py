@@ -8,6 +8,12 @@ decodes each frame with the device's key and checks field by field that
 nothing else is set: no episode fields exist in the schema, and the frame's own
 timestamp is the send time of the sync, not of a viewing.
 
+Given the viewings (device → times), it also checks timing (issue 14): what a
+TV learned leaves it only on its contribution schedule, never in the sync right
+after a viewing. A contribution is a push of a batch id not seen before, or a
+heartbeat whose pattern count changed or whose outbox count grew; before each,
+the device must have completed a sync (a heartbeat) after its last viewing.
+
 What does leave, precisely: per TV, item ids of pairs (a → b) it watched
 within 5 steps with a weight. The constellation publishes an edge only with
 ≥ k_min distinct TVs behind it, clips one TV's weight per edge (edge_w_max)
@@ -16,8 +22,9 @@ and once per epoch, and stores no device id beside it.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable
+import bisect
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from omega.protocol import UPLINK, Frame, Heartbeat, Pull, Push, decode_frame
@@ -50,6 +57,8 @@ class AuditReport:
     patterns: int = 0
     edges: int = 0
     violations: list[str] = field(default_factory=list)
+    #: Frames that carried something newly learned (checked against the viewings when given).
+    contributions: int = 0
 
     @property
     def clean(self) -> bool:
@@ -93,16 +102,59 @@ def _walk(message, path: str, out: list[str]) -> None:  # noqa: ANN001  (a proto
                 _walk(item, f"{path}.{fd.name}[{i}]", out)
 
 
-def audit_uplink(frames: Iterable[tuple[bytes, bytes]], key_for: Callable[[bytes], bytes]) -> AuditReport:
-    """Decode every (device id, frame) with the device's key and check what it carries."""
-    return audit_frames(decode_uplink(frames, key_for))
+def audit_uplink(
+    frames: Iterable[tuple[bytes, bytes]],
+    key_for: Callable[[bytes], bytes],
+    viewings: Mapping[bytes, Sequence[float]] | None = None,
+) -> AuditReport:
+    """Decode every (device id, frame) with the device's key and check what it carries (and when, given viewings)."""
+    return audit_frames(decode_uplink(frames, key_for), viewings)
 
 
-def audit_frames(frames: Iterable[TappedFrame]) -> AuditReport:
-    """Check what every decoded uplink frame carries, down to the protobuf fields set."""
+def audit_timing(frames: Sequence[TappedFrame], viewings: Mapping[bytes, Sequence[float]], report: AuditReport) -> None:
+    """No contribution in the sync right after a viewing (see the module docstring); frames in send order."""
+    by_device: dict[bytes, list[TappedFrame]] = defaultdict(list)
+    for tapped in frames:
+        by_device[tapped.device_id].append(tapped)
+    for device, sent in by_device.items():
+        seen_views = sorted(int(round(v * 1000)) for v in viewings.get(device, ()))
+        beats: list[int] = []  # heartbeat times so far (each ends a sync)
+        batches: set[bytes] = set()
+        last: tuple[int, int] | None = None
+        for tapped in sent:
+            frame, body = tapped.frame, tapped.frame.body
+            t = frame.timestamp_ms
+            new = False
+            if isinstance(body, Push) and body.batch_id not in batches:
+                batches.add(body.batch_id)
+                new = True
+            elif isinstance(body, Heartbeat):
+                now = (body.outbox, body.patterns)
+                new = last is not None and (now[1] != last[1] or now[0] > last[0])
+                last = now
+            if new:
+                report.contributions += 1
+                i = bisect.bisect_left(seen_views, t)
+                if i:  # the last viewing before this frame: a complete sync must lie between them
+                    viewed = seen_views[i - 1]
+                    j = bisect.bisect_right(beats, viewed)
+                    if j == len(beats) or beats[j] >= t:
+                        report.violations.append(
+                            f"device {device.hex()[:8]}: {frame.kind} at {t} ms carries what was learned in the "
+                            f"viewing at {viewed} ms, in the sync right after it"
+                        )
+            if isinstance(body, Heartbeat):
+                beats.append(t)
+
+
+def audit_frames(frames: Iterable[TappedFrame], viewings: Mapping[bytes, Sequence[float]] | None = None) -> AuditReport:
+    """Check what every decoded uplink frame carries, down to the protobuf fields set (and when, given viewings)."""
     from omega.protocol.codec import _parse, _split  # the raw protobuf, to see every field set
 
     report = AuditReport()
+    frames = list(frames)
+    if viewings is not None:
+        audit_timing(frames, viewings, report)
     for tapped in frames:
         report.frames += 1
         frame, data = tapped.frame, tapped.data

@@ -26,8 +26,11 @@ Clock and schedules: ratings are replayed in global time order; the clock is
 the rating's timestamp. A TV is given a tier (premium 1 min, active 5 min,
 casual 15 min; seeded mix) and a random phase, and syncs at the tier's ticks
 while it has something queued — a viewing makes it dirty, a sync that leaves
-nothing queued makes it clean. Syncs of a clean TV would only pull and
-heartbeat; they are elided (the simulated fleet would otherwise be millions of
+nothing queued makes it clean. What a TV learned leaves it on its contribution
+schedule (`omega.brain.sync.schedule`: once a simulated day at a random moment,
+not in the sync right after a viewing), so a TV whose only work is a queue
+waiting for that moment sleeps until the first tick at or after it. Syncs of
+a clean TV would only pull and heartbeat; they are elided (the simulated fleet would otherwise be millions of
 idle syncs over the years MovieLens spans) and `catch_up` pulls everything
 published before evaluation instead. By default (`FleetConfig.defer_pulls`) the
 replay's syncs push and heartbeat but skip their pulls forward, and catch-up
@@ -158,6 +161,8 @@ class TV:
     dirty: bool = False
     #: its replay pulls were skipped forward (`FleetConfig.defer_pulls`): catch-up starts from cursor 0
     deferred: bool = False
+    #: No sync is useful before this (its next contribution moment) unless something is in flight.
+    not_before: float = 0.0
     syncs: int = 0
     failures: int = 0
     bytes_up: int = 0
@@ -300,7 +305,13 @@ class Fleet:
         tv.syncs += 1
         tv.bytes_up += report.bytes_up
         tv.bytes_down += report.bytes_down
-        return report.outbox_pending > 0 or report.pull_more or self._queued(tv)
+        in_flight = report.outbox_pending > 0 or report.pull_more
+        tv.not_before = 0.0 if in_flight else report.next_contribution_at
+        return in_flight or self._queued(tv)
+
+    def _next_sync(self, tv: TV) -> float:
+        """The TV's next useful tick: the next one, or the first at/after its contribution moment."""
+        return tv.next_tick(max(self.now, tv.not_before - 1e-6))
 
     @staticmethod
     def _queued(tv: TV) -> bool:
@@ -332,7 +343,7 @@ class Fleet:
                 tv.dirty = still
                 if still:
                     counter += 1
-                    heapq.heappush(syncs, (tv.next_tick(self.now), counter, user))
+                    heapq.heappush(syncs, (self._next_sync(tv), counter, user))
                     scheduled.add(user)
 
         for done, ev in enumerate(events, 1):
@@ -342,7 +353,7 @@ class Fleet:
             self.watch(tv, ev.content_id, ev.stars, float(ev.timestamp))
             if ev.user not in scheduled:
                 counter += 1
-                heapq.heappush(syncs, (tv.next_tick(self.now), counter, ev.user))
+                heapq.heappush(syncs, (self._next_sync(tv), counter, ev.user))
                 scheduled.add(ev.user)
             if progress is not None and (done % 500 == 0 or done == total):
                 progress(done, total)

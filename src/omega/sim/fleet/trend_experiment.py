@@ -43,6 +43,7 @@ import numpy as np
 from omega.brain.catalog import Catalog
 from omega.brain.config import BrainConfig
 from omega.brain.records import CatalogItem
+from omega.brain.sync import SyncConfig
 from omega.constellation.codebook import build_codebook
 from omega.constellation.trends import TrendTracker
 from omega.errors import OmegaError
@@ -100,7 +101,10 @@ async def _run(
     if len(cells) < max(favorites_per_tv, n_burst_cells) + 1:
         raise OmegaError("the codebook did not separate the topics; use more distinct cells")
 
-    fleet = await Fleet.open(workdir, catalog, codebook, config=FleetConfig(seed=seed, brain=brain_config))
+    # Trends need pushes in the window of the viewings: this experiment turns the TVs' daily contribution
+    # schedule off (contribution_period_s=0, a push at every sync); the shipped TV batches per day.
+    config = FleetConfig(seed=seed, brain=brain_config, sync=SyncConfig(contribution_period_s=0))
+    fleet = await Fleet.open(workdir, catalog, codebook, config=config)
     window_ms = int(window_s * 1000)
     # One contribution per device per cell per *window*: what the tracker counts is then who was there.
     fleet.aggregator.policy = replace(fleet.aggregator.policy, epoch_ms=window_ms)
