@@ -54,6 +54,9 @@ async def test_release_pages_and_cursors(dp_aggregator) -> None:
         page, cursor, more = await agg.changes_since(cursor, max_bytes=8)
         seen += page
     assert len(seen) == 4  # two edges, two pairs
+    # Each item's version is the cursor right after it (the server cuts an oversized page there).
+    for before, after in zip(seen, seen[1:]):
+        assert (await agg.changes_since(before.version, max_bytes=8))[0] == [after]
     assert await agg.changes_since(cursor, max_bytes=5000) == ([], cursor, False)
     # A push answers with the release's end cursor: a TV there has nothing new until tomorrow.
     res = await agg.apply(device(500), b"b", [], [(1, 1, 2, 1.0)], NOW + DAY)

@@ -292,10 +292,14 @@ class Aggregator:
                 if isinstance(e, ConsolidatedEdge):
                     supports[(e.keyspace, e.src, e.dst)] = e.support
             cursor, more = page.cursor, page.more
-        release = privacy.calibrate(float(self.policy.dp_epsilon), self.policy.dp_delta, self.policy.dp_max_keys)  # type: ignore[arg-type]
+        policy = self.policy
+        release = privacy.calibrate(float(policy.dp_epsilon or 0.0), policy.dp_delta, policy.dp_max_keys)
         noised = await asyncio.to_thread(release.release, supports)
         # Embedding patterns are not released under DP (their weighted means carry no noise yet).
-        return [ConsolidatedEdge(k[0], k[1], k[2], float(n), n, epoch) for k, n in sorted(noised.items())]
+        # An item's version is the cursor right after it: a page the server cuts resumes there.
+        base = DP_CURSOR_BASE + (epoch << _DP_POSITION_BITS)
+        ranked = enumerate(sorted(noised.items()))
+        return [ConsolidatedEdge(k[0], k[1], k[2], float(n), n, base + i + 1) for i, (k, n) in ranked]
 
     @staticmethod
     def _release_cursor(epoch: int, items: list[ConsolidatedEdge], position: int = 0, *, done: bool = False) -> int:
