@@ -90,6 +90,12 @@ def test_the_audit_catches_a_field_a_tv_must_not_send(tmp_path: Path):
     violations: list[str] = []
     _walk(msg, "frame", violations)  # ... and the field-level audit names it
     assert any("support" in v for v in violations)
+    # A field the schema does not know (number 1023, a varint) is carried as unknown bytes: named too.
+    hidden = pb.Frame()
+    hidden.ParseFromString(pb.Frame(device_id=device, seq=2).SerializeToString() + bytes([0xF8, 0x3F, 0x05]))
+    violations = []
+    _walk(hidden, "frame", violations)
+    assert violations == ["frame: unknown protobuf field 1023"]
 
 
 def test_published_edges_have_k_min_tvs_and_reach_every_tv(tmp_path: Path):
@@ -137,7 +143,7 @@ def test_frames_cross_a_real_socket_to_the_real_server_on_loopback(tmp_path: Pat
             async with httpx.AsyncClient() as client:
                 text = (await client.get(fleet.url + "/metrics")).text
             assert _metric(text, "omega_bytes_total", '{direction="in"}') == sum(len(d) for _, d in fleet.tap.uplink)
-            assert _metric(text, "omega_bytes_total", '{direction="out"}') == sum(len(d) for _, d in fleet.tap.downlink)
+            assert _metric(text, "omega_bytes_total", '{direction="out"}') == fleet.tap.downlink_bytes
             # uvicorn parsed an HTTP request per polled frame (and per WebSocket handshake) ...
             polled = sum(1 for dev, _ in fleet.tap.uplink
                          if policy_for(next(t.tier for t in fleet.tvs.values() if t.device_id == dev)).transport

@@ -92,6 +92,10 @@ def _walk(message, path: str, out: list[str]) -> None:  # noqa: ANN001  (a proto
     if name not in _ALLOWED:
         out.append(f"{path}: unexpected message type {name}")
         return
+    from google.protobuf import unknown_fields
+
+    for unknown in unknown_fields.UnknownFieldSet(message):  # bytes no field of the schema names
+        out.append(f"{path}: unknown protobuf field {unknown.field_number}")
     for fd, value in message.ListFields():
         if allowed is not None and fd.name not in allowed:
             out.append(f"{path}.{fd.name}: field not allowed uplink")

@@ -110,10 +110,11 @@ class FleetConfig:
 
 @dataclass
 class WireTap:
-    """Every frame that crossed the wire, as bytes, per direction."""
+    """Every uplink frame that crossed the wire, as bytes, and how many bytes came down."""
 
     uplink: list[tuple[bytes, bytes]] = field(default_factory=list)  # (device id, frame)
-    downlink: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: downlink bytes only (the audit reads the uplink; a full run's pull pages would be ~200 MB held)
+    downlink_bytes: int = 0
 
 
 class TappedTransport:
@@ -127,7 +128,7 @@ class TappedTransport:
     async def exchange(self, data: bytes) -> Reply:
         self.tap.uplink.append((self.device_id, data))
         reply = await self.inner.exchange(data)
-        self.tap.downlink.append((self.device_id, reply.data))
+        self.tap.downlink_bytes += len(reply.data)
         return reply
 
     async def close(self) -> None:
