@@ -49,7 +49,8 @@ def test_a_small_mixed_run_holds_its_premium_sockets_without_errors() -> None:
     assert report["devices"] == {"premium": 20, "active": 10, "casual": 10}
     # premium TVs hold their WebSockets, seen from both ends
     assert report["connections_held"] == report["connections_held_at_end"] == 20
-    assert report["connections_held_server"] == 20
+    # the server's peak also counts an active TV whose session WebSocket happened to be open at a sample
+    assert 20 <= report["connections_held_server"] <= 20 + 10
     # every tier synced: active TVs reconnect, casual TVs poll over HTTP, premium TVs sync every 3 s
     assert report["ws_connects"] >= 30 and report["sessions"] >= 40 + 20
     assert report["syncs_per_s"] > 0 and report["bytes_in"] > 0 and report["bytes_out"] > 0
