@@ -9,7 +9,7 @@ import pytest
 
 from omega.brain.brain import Brain
 from omega.brain.catalog import Catalog, index_path_for
-from omega.brain.records import CatalogItem, ConsolidatedPattern, TaskType, TransitionStat, ViewingContext
+from omega.brain.records import CatalogItem, ConsolidatedRecord, TaskType, TransitionStat, ViewingContext
 from omega.errors import OmegaError
 
 ITEMS = [
@@ -134,10 +134,10 @@ def test_feedback_changes_reward_of_latest_viewing_and_its_pattern(brain: Brain)
 
 
 def test_apply_consolidated_stores_and_newer_versions_win(brain: Brain, catalog: Catalog):
-    c1 = ConsolidatedPattern(7, catalog.vector(4), TaskType.CONTENT_MATCH, 0.9, 12, 1.0, 2)
+    c1 = ConsolidatedRecord(7, catalog.vector(4), TaskType.CONTENT_MATCH, 0.9, 12, 1.0, 2)
     changed, stored = brain.apply_consolidated([c1], [TransitionStat(1, 2, 5.0, 4)])
     assert (changed, stored) == (1, 1)
-    stale = ConsolidatedPattern(7, catalog.vector(1), TaskType.CONTENT_MATCH, 0.1, 1, 0.0, 1)
+    stale = ConsolidatedRecord(7, catalog.vector(1), TaskType.CONTENT_MATCH, 0.1, 1, 0.0, 1)
     assert brain.apply_consolidated([stale], [])[0] == 0
     assert brain.store.consolidated() == [c1]
     assert brain.store.global_transitions_from(1) == [TransitionStat(1, 2, 5.0, 4)]

@@ -12,7 +12,7 @@ from omega.brain.brain import Brain
 from omega.brain.catalog import Catalog
 from omega.brain.config import BrainConfig
 from omega.brain.recommender import context_text
-from omega.brain.records import CatalogItem, ConsolidatedPattern, TaskType, TransitionStat, ViewingContext
+from omega.brain.records import CatalogItem, ConsolidatedRecord, TaskType, TransitionStat, ViewingContext
 from omega.errors import OmegaError
 
 GENRES = {
@@ -130,7 +130,7 @@ def test_cold_start_uses_the_consolidated_prior(tmp_path, embedder, catalog):
     with make_brain(tmp_path, embedder, catalog) as b:
         plain = b.recommend(CTX, k=5)  # works with no history and no prior: context only
         assert len(plain) == 5 and all(r.reasons for r in plain)
-        b.apply_consolidated([ConsolidatedPattern(1, catalog.vector(nemo), TaskType.CONTENT_MATCH, 0.95, 200, 2.0, 1)], [])
+        b.apply_consolidated([ConsolidatedRecord(1, catalog.vector(nemo), TaskType.CONTENT_MATCH, 0.95, 200, 2.0, 1)], [])
         recs = b.recommend(CTX, k=5)
     assert recs[0].content_id == nemo
     assert "trending with viewers of your taste" in recs[0].reasons

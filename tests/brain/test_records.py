@@ -8,7 +8,7 @@ import pytest
 
 from omega.brain.records import (
     CatalogItem,
-    ConsolidatedPattern,
+    ConsolidatedRecord,
     Episode,
     Pattern,
     Recommendation,
@@ -111,10 +111,10 @@ def test_pattern_rejects_bad_fields(changes):
 
 
 def test_consolidated_transition_recommendation():
-    c = ConsolidatedPattern(7, np.ones(384), TaskType.CONTENT_MATCH, 0.9, 5, 1.5, 3)
-    assert c == ConsolidatedPattern(7, np.ones(384, np.float32), 1, 0.9, 5, 1.5, 3)
+    c = ConsolidatedRecord(7, np.ones(384), TaskType.CONTENT_MATCH, 0.9, 5, 1.5, 3)
+    assert c == ConsolidatedRecord(7, np.ones(384, np.float32), 1, 0.9, 5, 1.5, 3)
     with pytest.raises(OmegaError):
-        ConsolidatedPattern(7, np.ones(384), 1, 0.9, -5, 1.5, 3)
+        ConsolidatedRecord(7, np.ones(384), 1, 0.9, -5, 1.5, 3)
     assert TransitionStat(1, 2, 0.5, 1).dst == 2
     with pytest.raises(OmegaError):
         TransitionStat(1, 2, math.nan, 1)

@@ -16,7 +16,7 @@ import pytest
 
 from omega.brain.records import (
     CatalogItem,
-    ConsolidatedPattern,
+    ConsolidatedRecord,
     Episode,
     Pattern,
     TaskType,
@@ -301,8 +301,8 @@ def test_transitions(store: BrainStore):
 
 
 def test_consolidated_keeps_newest_version(store: BrainStore):
-    c = ConsolidatedPattern(7, unit(1), TaskType.CONTENT_MATCH, 0.9, 5, 1.5, 3)
-    assert store.put_consolidated([c, ConsolidatedPattern(2, unit(2), 1, 0.8, 3, 0.0, 1)]) == 2
+    c = ConsolidatedRecord(7, unit(1), TaskType.CONTENT_MATCH, 0.9, 5, 1.5, 3)
+    assert store.put_consolidated([c, ConsolidatedRecord(2, unit(2), 1, 0.8, 3, 0.0, 1)]) == 2
     assert store.put_consolidated([replace(c, version=2, support=1)]) == 0  # stale delta ignored
     assert store.put_consolidated([replace(c, version=4, support=9)]) == 1
     assert [(x.cluster_id, x.support) for x in store.consolidated()] == [(2, 3), (7, 9)]

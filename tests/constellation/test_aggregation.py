@@ -18,7 +18,7 @@ from omega.constellation.aggregation import (
     Contribution,
 )
 from omega.constellation.codebook import Codebook, build_codebook
-from omega.constellation.crdt import CellKey, CellState, ConsolidatedEdge, ConsolidatedPattern, FederatedState
+from omega.constellation.crdt import CellKey, CellState, ConsolidatedCell, ConsolidatedEdge, FederatedState
 from omega.constellation.store import open_store
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM, Keyspace
@@ -29,8 +29,8 @@ NOW = 1_700_000_000_000
 DAY = 86_400_000
 
 
-async def cells_of(agg: Aggregator) -> dict[tuple[int, int], ConsolidatedPattern]:
-    return {(p.task_type, p.cluster_id): p for p in await agg.published() if isinstance(p, ConsolidatedPattern)}
+async def cells_of(agg: Aggregator) -> dict[tuple[int, int], ConsolidatedCell]:
+    return {(p.task_type, p.cluster_id): p for p in await agg.published() if isinstance(p, ConsolidatedCell)}
 
 
 async def test_patterns_map_to_nearest_cell_and_wrong_hints_are_ignored(aggregator, codebook) -> None:
@@ -159,7 +159,7 @@ async def test_k_min_gates_publication(aggregator, codebook) -> None:
     assert await aggregator.published() == []
     await aggregator.apply(device(2), b"x", [pattern(near(codebook, 4, 2))], [(0, 10, 11, 2.5)], NOW)
     items = await aggregator.published()
-    assert {type(i) for i in items} == {ConsolidatedPattern, ConsolidatedEdge}
+    assert {type(i) for i in items} == {ConsolidatedCell, ConsolidatedEdge}
     edge = next(i for i in items if isinstance(i, ConsolidatedEdge))
     assert (edge.keyspace, edge.src, edge.dst, edge.support) == (0, 10, 11, 3)
     assert edge.weight == 3.0  # published weight is the distinct support, not the summed weight

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
-from omega.constellation.crdt import ConsolidatedPattern
+from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.federation import (
     GlobalHub,
     RegionAggregator,
@@ -41,8 +41,8 @@ async def shards(tmp_path, codebook):
         await agg.store.close()
 
 
-async def served(agg: Aggregator) -> dict[tuple[int, int], ConsolidatedPattern]:
-    return {(p.task_type, p.cluster_id): p for p in await agg.published() if isinstance(p, ConsolidatedPattern)}
+async def served(agg: Aggregator) -> dict[tuple[int, int], ConsolidatedCell]:
+    return {(p.task_type, p.cluster_id): p for p in await agg.published() if isinstance(p, ConsolidatedCell)}
 
 
 async def test_only_the_federated_union_reaches_k_min_and_both_shards_serve_it(fed, shards) -> None:
@@ -65,7 +65,7 @@ async def test_only_the_federated_union_reaches_k_min_and_both_shards_serve_it(f
     assert one[CELL].support == two[CELL].support == 3
     assert one[CELL].embedding.tolist() == two[CELL].embedding.tolist()  # same sums, same order → same floats
     for agg in (s1, s2):
-        edges = [(e.key, e.weight, e.support) for e in await agg.published() if not isinstance(e, ConsolidatedPattern)]
+        edges = [(e.key, e.weight, e.support) for e in await agg.published() if not isinstance(e, ConsolidatedCell)]
         assert edges == [((0, 1, 2), 3.0, 3)]  # the transition, too, only clears k_min as a union
     for svc in (fed1, fed2, *regions, hub):
         await svc.close()

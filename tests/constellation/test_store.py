@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
-from omega.constellation.crdt import ConsolidatedEdge, ConsolidatedPattern
+from omega.constellation.crdt import ConsolidatedCell, ConsolidatedEdge
 from omega.constellation.store import (
     EDGE_WIRE_BYTES,
     PATTERN_WIRE_BYTES,
@@ -29,7 +29,7 @@ DAY = 86_400_000
 
 
 def ident(item) -> tuple:
-    if isinstance(item, ConsolidatedPattern):
+    if isinstance(item, ConsolidatedCell):
         return ("p", item.task_type, item.cluster_id)
     return ("e", item.keyspace, item.src, item.dst)
 
@@ -83,7 +83,7 @@ async def test_cursor_pagination_never_misses_a_change(aggregator, codebook) -> 
         while more:
             items, new_cursor, more = await aggregator.changes_since(cursor, max_bytes=1000)
             pages += 1
-            size = sum(PATTERN_WIRE_BYTES if isinstance(i, ConsolidatedPattern) else EDGE_WIRE_BYTES for i in items)
+            size = sum(PATTERN_WIRE_BYTES if isinstance(i, ConsolidatedCell) else EDGE_WIRE_BYTES for i in items)
             assert size <= 1000 or len(items) == 1
             versions = [i.version for i in items]
             assert versions == sorted(versions) and all(cursor < v <= new_cursor for v in versions)
@@ -285,7 +285,7 @@ async def test_a_key_twice_in_one_push_counts_both_members(store, codebook) -> N
     outcome = await store.apply_push(push)
     assert (outcome.accepted_cells, outcome.accepted_edges) == ([0, 1], [0, 1])
     page = await store.changes_since(0, 1, 1 << 20)
-    cell = next(i for i in page.items if isinstance(i, ConsolidatedPattern))
+    cell = next(i for i in page.items if isinstance(i, ConsolidatedCell))
     edge = next(i for i in page.items if isinstance(i, ConsolidatedEdge))
     assert (cell.support, edge.support, edge.weight) == (2, 2, 2.0)  # published weight = support
     assert page.cursor == outcome.head == 4 and {cell.version, edge.version} == {2, 4}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
-from omega.constellation.crdt import ConsolidatedPattern
+from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.store import CellContribution, PreparedPush, open_store
 
 from .conftest import SALT, device, near, pattern
@@ -26,14 +26,14 @@ DAY = 86_400_000
 
 
 def ident(item) -> tuple:
-    if isinstance(item, ConsolidatedPattern):
+    if isinstance(item, ConsolidatedCell):
         return ("p", item.task_type, item.cluster_id)
     return ("e", item.keyspace, item.src, item.dst)
 
 
 def fingerprint(item) -> tuple:
     """What a TV would hold for an item: identity, change position, support, payload."""
-    if isinstance(item, ConsolidatedPattern):
+    if isinstance(item, ConsolidatedCell):
         return (ident(item), item.version, item.support, round(item.success_rate, 9),
                 tuple(np.round(item.embedding, 6)))  # fmt: skip
     return (ident(item), item.version, item.support, item.weight)
@@ -124,7 +124,7 @@ async def test_failing_pushes_roll_back_alone_amid_pulls(store, codebook) -> Non
     stats = await store.stats()
     assert stats.push_keys == 60 - len(failed) and stats.contributions == 60 - len(failed)
     items, _, _ = await agg.changes_since(0, max_bytes=1 << 20)
-    assert [i.support for i in items if isinstance(i, ConsolidatedPattern)] == [60 - len(failed)]
+    assert [i.support for i in items if isinstance(i, ConsolidatedCell)] == [60 - len(failed)]
     for i in range(60):  # nothing of a failed push was left behind: its key is fresh
         if i % 7 == 3:
             assert not (await store.apply_push(PreparedPush(bad(i).push_key, 0, NOW, []))).duplicate

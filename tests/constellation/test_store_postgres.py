@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from omega.constellation.aggregation import Aggregator
-from omega.constellation.crdt import CellKey, ConsolidatedPattern, FederatedState
+from omega.constellation.crdt import CellKey, ConsolidatedCell, FederatedState
 from omega.constellation.store import open_store
 from omega.constellation.store.pg_schema import SCHEMA_VERSION
 from omega.errors import OmegaError
@@ -28,7 +28,7 @@ def snapshot(items: list) -> dict[tuple, tuple]:
     """Published items by key, without versions (those are change-order numbers, not state)."""
     out = {}
     for i in items:
-        if isinstance(i, ConsolidatedPattern):
+        if isinstance(i, ConsolidatedCell):
             out[("p", i.task_type, i.cluster_id)] = (i.support, round(i.success_rate, 9), i.embedding.round(5).tobytes())
         else:
             out[("e", i.keyspace, i.src, i.dst)] = (i.support, round(i.weight, 9))
@@ -146,11 +146,11 @@ async def test_federation_between_postgres_shards(pg_dsn, codebook) -> None:
             (expected,) = offline.consolidated(k_min=3)
             (expected_edge,) = offline.consolidated_edges(k_min=3)
             by_kind = {type(i): i for i in await hub.published()}
-            glob = by_kind[ConsolidatedPattern]
+            glob = by_kind[ConsolidatedCell]
             assert glob.support == 4
             np.testing.assert_allclose(glob.embedding, expected.embedding, atol=1e-6)
             assert glob.success_rate == pytest.approx(expected.success_rate)
-            edge = next(i for t, i in by_kind.items() if t is not ConsolidatedPattern)
+            edge = next(i for t, i in by_kind.items() if t is not ConsolidatedCell)
             assert (edge.support, edge.weight) == (4, pytest.approx(expected_edge.weight))
             # The hub's export round-trips both origins exactly; its ANN view holds the global mean.
             assert (await hub.export_state()).to_bytes() == offline.to_bytes()
@@ -171,7 +171,7 @@ async def seed_cells(agg: Aggregator, codebook) -> dict[CellKey, np.ndarray]:
             pats.append(pattern(near(codebook, 6, d)))
         await agg.apply(device(d), b"seed", pats, [(0, 1, 2, 1.0)], NOW)
     return {CellKey(p.task_type, p.cluster_id): p.embedding.astype(np.float64) for p in await agg.published()
-            if isinstance(p, ConsolidatedPattern)}
+            if isinstance(p, ConsolidatedCell)}
 
 
 async def test_nearest_consolidated_ranks_published_cells_by_cosine(aggregator, codebook) -> None:

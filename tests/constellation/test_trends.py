@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
-from omega.constellation.crdt import CellKey, ConsolidatedPattern
+from omega.constellation.crdt import CellKey, ConsolidatedCell
 from omega.constellation.store import open_store
 from omega.constellation.trends import ExactCounter, RedisHLLCounter, TrendTracker
 from omega.errors import OmegaError
@@ -141,7 +141,7 @@ async def test_trend_scores_ride_in_the_patterns_the_aggregator_serves(tmp_path,
                 await agg.apply(device(dev), b"b", [pattern(near(codebook, 2, dev))], [], T0 + w * HOUR_MS)
                 dev += 1
         await agg.trends.advance(T0 + 5 * HOUR_MS)
-        (item,) = [p for p in await agg.published() if isinstance(p, ConsolidatedPattern)]
+        (item,) = [p for p in await agg.published() if isinstance(p, ConsolidatedCell)]
         assert item.trend_score == agg.trends.trend_score(CellKey(0, 2)) > 3.0
         assert agg.trends.bursting() == [CellKey(0, 2)]
     finally:

@@ -33,7 +33,7 @@ from omega.brain.sync import SyncAgent, SyncConfig, SyncFailed, SyncReport, Tier
 from omega.brain.sync.outbox import _read_local_frame
 from omega.constellation.aggregation import DAY_MS, AggregationPolicy, Aggregator
 from omega.constellation.codebook import Codebook, placeholder_codebook
-from omega.constellation.crdt import CellKey, CellState, ConsolidatedEdge, ConsolidatedPattern, EdgeKey, EdgeState
+from omega.constellation.crdt import CellKey, CellState, ConsolidatedCell, ConsolidatedEdge, EdgeKey, EdgeState
 from omega.constellation.keyring import Keyring
 from omega.constellation.settings import load_settings
 from omega.constellation.store import StoreStats, open_store
@@ -94,7 +94,7 @@ class ServerState:
 
     cells: dict[CellKey, CellState]
     edges: dict[EdgeKey, EdgeState]
-    published: list[ConsolidatedPattern | ConsolidatedEdge]
+    published: list[ConsolidatedCell | ConsolidatedEdge]
     stats: StoreStats
 
 
@@ -362,7 +362,7 @@ def assert_server_matches(state: ServerState, ref: Reference, *, rel: float = 1e
         assert state.edges[key].support == n, key
         assert np.isclose(state.edges[key].weight, w, rtol=rel), (key, state.edges[key].weight, w)
 
-    cells = {it.key: it for it in state.published if isinstance(it, ConsolidatedPattern)}
+    cells = {it.key: it for it in state.published if isinstance(it, ConsolidatedCell)}
     edges = {it.key: it for it in state.published if isinstance(it, ConsolidatedEdge)}
     want_cells, want_edges = ref.published_cells(), ref.published_edges()
     assert set(cells) == set(want_cells)

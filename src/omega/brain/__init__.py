@@ -16,7 +16,7 @@ from omega.brain.config import BrainConfig
 from omega.brain.records import (
     EMBEDDING_DIM,
     CatalogItem,
-    ConsolidatedPattern,
+    ConsolidatedRecord,
     Episode,
     Pattern,
     Recommendation,
@@ -44,7 +44,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "EMBEDDING_DIM", "Brain", "BrainConfig", "BrainStore", "Catalog", "CatalogItem", "ConsolidatedPattern",
+    "EMBEDDING_DIM", "Brain", "BrainConfig", "BrainStore", "Catalog", "CatalogItem", "ConsolidatedRecord",
     "Embedder", "Episode", "Pattern", "Recommendation", "Recommender", "TaskType", "TransitionStat",
     "VectorIndex", "ViewingContext", "context_at",
 ]

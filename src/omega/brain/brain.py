@@ -26,7 +26,7 @@ from omega.brain.embedder import Embedder
 from omega.brain.learning import PatternMemory
 from omega.brain.records import (
     CatalogItem,
-    ConsolidatedPattern,
+    ConsolidatedRecord,
     Episode,
     Recommendation,
     TaskType,
@@ -338,7 +338,7 @@ class Brain:
     # ------------------------------------------------------------------ sync results
 
     def apply_consolidated(
-        self, patterns: Sequence[ConsolidatedPattern], transitions: Sequence[TransitionStat], *,
+        self, patterns: Sequence[ConsolidatedRecord], transitions: Sequence[TransitionStat], *,
         replace_transitions: bool = False, pairs: Sequence[TransitionStat] = (),
     ) -> tuple[int, int]:
         """Merge what sync pulled (one transaction); returns (consolidated rows changed, transitions + pairs stored)."""

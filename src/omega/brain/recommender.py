@@ -33,7 +33,7 @@ import numpy as np
 from omega.brain.catalog import Catalog
 from omega.brain.config import BrainConfig
 from omega.brain.learning import PatternMemory, pattern_scores
-from omega.brain.records import ConsolidatedPattern, Recommendation, TransitionStat, ViewingContext
+from omega.brain.records import ConsolidatedRecord, Recommendation, TransitionStat, ViewingContext
 from omega.errors import OmegaError
 
 MAX_K = 1000
@@ -87,12 +87,12 @@ def _gate(sims: np.ndarray) -> np.ndarray:
 class ConsolidatedPrior:
     """The ReasoningBank as arrays: unit embeddings and a quality per consolidated pattern."""
 
-    patterns: list[ConsolidatedPattern]
+    patterns: list[ConsolidatedRecord]
     matrix: np.ndarray
     quality: np.ndarray
 
     @classmethod
-    def of(cls, patterns: list[ConsolidatedPattern]) -> ConsolidatedPrior:
+    def of(cls, patterns: list[ConsolidatedRecord]) -> ConsolidatedPrior:
         if not patterns:
             return cls([], np.empty((0, 384), np.float32), np.empty(0, np.float32))
         matrix = np.stack([_unit(np.asarray(p.embedding, np.float32)) for p in patterns])

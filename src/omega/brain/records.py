@@ -183,7 +183,7 @@ class Pattern(_HoldsEmbedding):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class ConsolidatedPattern(_HoldsEmbedding):
+class ConsolidatedRecord(_HoldsEmbedding):
     """A global pattern received from the cloud (ReasoningBank)."""
 
     cluster_id: int

@@ -36,7 +36,7 @@ _EXPORTS: dict[str, str] = {
     "CellKey": "crdt",
     "EdgeKey": "crdt",
     "ConsolidatedEdge": "crdt",
-    "ConsolidatedPattern": "crdt",
+    "ConsolidatedCell": "crdt",
     "FederatedState": "crdt",
 }
 
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from omega.constellation.aggregation import AggregationPolicy, Aggregator, ApplyResult, Contribution, Transition
     from omega.constellation.app import create_app
     from omega.constellation.codebook import Codebook, build_codebook
-    from omega.constellation.crdt import CellKey, ConsolidatedEdge, ConsolidatedPattern, EdgeKey, FederatedState
+    from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, EdgeKey, FederatedState
     from omega.constellation.keyring import Keyring
     from omega.constellation.runner import EmbeddedServer, serve
     from omega.constellation.server_state import ServerState

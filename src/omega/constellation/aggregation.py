@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from omega.constellation.codebook import Codebook
-from omega.constellation.crdt import CellKey, ConsolidatedEdge, ConsolidatedPattern, FederatedState
+from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, FederatedState
 from omega.constellation.store.base import (
     EDGE_WIRE_BYTES,
     CellContribution,
@@ -433,7 +433,7 @@ class Aggregator:
     # ---- delta pull ----------------------------------------------------------------
     async def changes_since(
         self, cursor: int, max_bytes: int = 5000
-    ) -> tuple[list[ConsolidatedPattern | ConsolidatedEdge], int, bool]:
+    ) -> tuple[list[ConsolidatedCell | ConsolidatedEdge], int, bool]:
         """Published patterns/edges changed after `cursor`, in change order, within ~max_bytes.
 
         Returns (items, new_cursor, more). Pulling again with new_cursor never skips a change:
@@ -451,7 +451,7 @@ class Aggregator:
             score = self.trends.trend_score
             out = []
             for p in items:
-                if isinstance(p, ConsolidatedPattern):
+                if isinstance(p, ConsolidatedCell):
                     s = score(p.key)
                     if s != p.trend_score:  # most cells are not trending: keep the (cached) item as is
                         p = replace(p, trend_score=s)
@@ -459,7 +459,7 @@ class Aggregator:
             items = out
         return items, page.cursor, page.more
 
-    async def published(self) -> list[ConsolidatedPattern | ConsolidatedEdge]:
+    async def published(self) -> list[ConsolidatedCell | ConsolidatedEdge]:
         """Every currently published item (a full pull from cursor 0)."""
         items, cursor, more = await self.changes_since(0, max_bytes=1 << 30)
         while more:

@@ -100,7 +100,7 @@ class EdgeState:
 
 
 @dataclass(frozen=True, eq=False)
-class ConsolidatedPattern:
+class ConsolidatedCell:
     """The global pattern of one cell, as published to TVs (the ReasoningBank record of docs/architecture.md §2)."""
 
     cluster_id: int
@@ -158,7 +158,7 @@ def combine_edges(states: Iterable[EdgeState]) -> EdgeState:
     return EdgeState(sum((s.weight for s in parts), 0.0), sum(s.support for s in parts), sum(s.version for s in parts))
 
 
-def consolidate_cell(key: CellKey, total: CellState, version: int | None = None) -> ConsolidatedPattern | None:
+def consolidate_cell(key: CellKey, total: CellState, version: int | None = None) -> ConsolidatedCell | None:
     """Weighted mean direction of a cell (None when it has no usable weight)."""
     if total.sum_w <= 0.0:
         return None
@@ -167,7 +167,7 @@ def consolidate_cell(key: CellKey, total: CellState, version: int | None = None)
     if not np.isfinite(norm) or norm <= 1e-12:
         return None
     rate = total.successes / total.trials if total.trials > 0 else 0.0
-    return ConsolidatedPattern(
+    return ConsolidatedCell(
         cluster_id=key.cell,
         embedding=(mean / norm).astype(np.float32),
         task_type=key.task_type,
@@ -242,7 +242,7 @@ class FederatedState:
     def global_edge(self, key: EdgeKey) -> EdgeState | None:
         return next((total for _, total in _totals(self.edges, combine_edges, only=EdgeKey(*key))), None)
 
-    def consolidated(self, k_min: int = 3) -> list[ConsolidatedPattern]:
+    def consolidated(self, k_min: int = 3) -> list[ConsolidatedCell]:
         """Published global patterns: weighted mean per cell where distinct support ≥ k_min, sorted by key."""
         patterns = (consolidate_cell(key, total) for key, total in _totals(self.cells, combine_cells)
                     if total.support >= k_min)  # fmt: skip

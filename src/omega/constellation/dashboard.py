@@ -19,7 +19,7 @@ from functools import cache
 from importlib import resources
 
 from omega.constellation.aggregation import Aggregator
-from omega.constellation.crdt import CellKey, ConsolidatedPattern
+from omega.constellation.crdt import CellKey, ConsolidatedCell
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.trends import TrendTracker
 from omega.protocol import SYNC_TIERS, TaskType
@@ -145,7 +145,7 @@ class PatternBoard:
             for _ in range(_MAX_PAGES_PER_REFRESH):
                 items, cursor, more = await aggregator.changes_since(self.cursor, _PAGE_BYTES)
                 for item in items:
-                    if isinstance(item, ConsolidatedPattern):
+                    if isinstance(item, ConsolidatedCell):
                         key = item.key
                         self.rows[key] = _PatternRow(key.task_type, key.cell, int(item.support),
                                                      float(item.success_rate), int(item.version))  # fmt: skip

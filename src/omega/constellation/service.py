@@ -45,7 +45,7 @@ from omega.constellation.aggregation import Aggregator, Contribution
 from omega.constellation.aggregation import Transition as EdgeIn
 from omega.constellation.cache import PullCache
 from omega.constellation.crdt import ConsolidatedEdge
-from omega.constellation.crdt import ConsolidatedPattern as Consolidated
+from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.keyring import Keyring
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.settings import ServerSettings
@@ -435,7 +435,7 @@ class SyncService:
     def _page_blob(self, reply: PullReply) -> bytes:
         return encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=False, max_size=1 << 20)
 
-    def _wire_pattern(self, item: Consolidated) -> ConsolidatedPattern:
+    def _wire_pattern(self, item: ConsolidatedCell) -> ConsolidatedPattern:
         """The wire form of a consolidated pattern; memoised, since many devices pull the same change."""
         memo = self._wire
         key = (int(item.task_type), int(item.cluster_id), int(item.version))
@@ -464,7 +464,7 @@ class SyncService:
         pairs = []
         keyspace = None
         for item in items:
-            if isinstance(item, Consolidated):
+            if isinstance(item, ConsolidatedCell):
                 patterns.append(self._wire_pattern(item))
                 continue
             weight = min(float(item.weight), _U32 / WEIGHT_SCALE)

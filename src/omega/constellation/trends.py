@@ -19,7 +19,7 @@ exploding. A cell is *bursting*
 when score ≥ burst_z, it has at least `min_count` devices in the window and its
 baseline has seen `warmup_windows` windows. Scores are those of the last closed
 window (a window in progress has partial counts). `trend_score(cell)` is what
-the aggregator puts in consolidated patterns (`ConsolidatedPattern.trend_score`).
+the aggregator puts in consolidated patterns (`ConsolidatedCell.trend_score`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import numpy as np
 from omega.brain.records import (
     EMBEDDING_DIM,
     CatalogItem,
-    ConsolidatedPattern,
+    ConsolidatedRecord,
     Episode,
     Pattern,
     TransitionStat,
@@ -288,7 +288,7 @@ class BrainStore(Database):
     # ------------------------------------------------------------------ what sync pulled from the cloud
 
     def merge_pulled(
-        self, patterns: Iterable[ConsolidatedPattern], transitions: Iterable[TransitionStat],
+        self, patterns: Iterable[ConsolidatedRecord], transitions: Iterable[TransitionStat],
         pairs: Iterable[TransitionStat] = (), *, replace_transitions: bool = False,
     ) -> tuple[int, int]:  # fmt: skip
         """Merge one pulled page in one transaction; returns (consolidated rows changed, transitions + pairs stored)."""
@@ -298,9 +298,9 @@ class BrainStore(Database):
             stored += self.merge_global_pairs(pairs)
         return changed, stored
 
-    def put_consolidated(self, patterns: Iterable[ConsolidatedPattern]) -> int:
+    def put_consolidated(self, patterns: Iterable[ConsolidatedRecord]) -> int:
         """Upsert consolidated patterns; an older version never overwrites a newer one. Returns rows changed."""
-        batch = require_all(patterns, ConsolidatedPattern)
+        batch = require_all(patterns, ConsolidatedRecord)
         now = self._clock()
         with self.transaction() as db:
             before = db.total_changes
@@ -314,7 +314,7 @@ class BrainStore(Database):
             )
             return db.total_changes - before
 
-    def consolidated(self) -> list[ConsolidatedPattern]:
+    def consolidated(self) -> list[ConsolidatedRecord]:
         found = self._query(f"SELECT {rows.CONSOLIDATED_COLUMNS} FROM consolidated ORDER BY cluster_id")
         return [rows.row_consolidated(r) for r in found]
 

@@ -10,7 +10,7 @@ import numpy as np
 from omega.brain.records import (
     EMBEDDING_DIM,
     CatalogItem,
-    ConsolidatedPattern,
+    ConsolidatedRecord,
     Episode,
     Pattern,
     ViewingContext,
@@ -70,16 +70,16 @@ def row_pattern(row: tuple) -> Pattern:
     return Pattern(uuid.UUID(bytes=bytes(id_)), blob_vector(blob), *rest)
 
 
-def consolidated_row(c: ConsolidatedPattern, received_at: float) -> tuple:
+def consolidated_row(c: ConsolidatedRecord, received_at: float) -> tuple:
     return (
         int(c.cluster_id), vector_blob(c.embedding), int(c.task_type), float(c.success_rate), int(c.support),
         float(c.trend_score), int(c.version), received_at,
     )  # fmt: skip
 
 
-def row_consolidated(row: tuple) -> ConsolidatedPattern:
+def row_consolidated(row: tuple) -> ConsolidatedRecord:
     cluster_id, blob, *rest = row
-    return ConsolidatedPattern(cluster_id, blob_vector(blob), *rest)
+    return ConsolidatedRecord(cluster_id, blob_vector(blob), *rest)
 
 
 def catalog_row(item: CatalogItem, embedding: np.ndarray) -> tuple:

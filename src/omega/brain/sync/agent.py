@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import httpx
 
 from omega.brain.config import BrainConfig
-from omega.brain.records import ConsolidatedPattern as ConsolidatedRecord
+from omega.brain.records import ConsolidatedRecord
 from omega.brain.records import TransitionStat
 from omega.brain.store import BrainStore, is_bad_data
 from omega.brain.sync import state

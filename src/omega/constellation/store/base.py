@@ -21,7 +21,7 @@ from omega.constellation.crdt import (
     CellKey,
     CellState,
     ConsolidatedEdge,
-    ConsolidatedPattern,
+    ConsolidatedCell,
     EdgeKey,
     EdgeState,
     FederatedState,
@@ -93,7 +93,7 @@ class PageBudget(NamedTuple):
 
 @dataclass(frozen=True)
 class ChangePage:
-    items: list[ConsolidatedPattern | ConsolidatedEdge]
+    items: list[ConsolidatedCell | ConsolidatedEdge]
     cursor: int  # pass back as `cursor` to get the next page
     more: bool  # published changes remain after `cursor`
 

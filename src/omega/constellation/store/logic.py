@@ -365,9 +365,9 @@ class Page:
 
 def consolidate_rows(
     chosen: Sequence[Sequence[int]], cells: CellTable, edges: EdgeTable
-) -> list[crdt.ConsolidatedPattern | crdt.ConsolidatedEdge | None]:
+) -> list[crdt.ConsolidatedCell | crdt.ConsolidatedEdge | None]:
     """The global item of each chosen served row (None for a cell without usable weight)."""
-    items: list[crdt.ConsolidatedPattern | crdt.ConsolidatedEdge | None] = []
+    items: list[crdt.ConsolidatedCell | crdt.ConsolidatedEdge | None] = []
     for kind, k1, k2, k3, seq in chosen:
         if kind == KIND_CELL:
             key = CellKey(k1, k2)

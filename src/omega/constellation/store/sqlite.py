@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from omega.constellation.crdt import CellKey, ConsolidatedEdge, ConsolidatedPattern, EdgeKey, FederatedState
+from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, EdgeKey, FederatedState
 from omega.constellation.store import logic
 from omega.constellation.store.base import (
     KIND_CELL,
@@ -230,7 +230,7 @@ class SqliteStore(ConstellationStore):
 
         return await self._read(run)
 
-    def _load_items(self, conn: sqlite3.Connection, chosen: list) -> list[ConsolidatedPattern | ConsolidatedEdge]:
+    def _load_items(self, conn: sqlite3.Connection, chosen: list) -> list[ConsolidatedCell | ConsolidatedEdge]:
         # A served key's item at a given change seq never changes (every write to a key's state
         # gives it a new seq), so consolidated items are cached by (kind, key, seq).
         known = self._items.get_many(chosen)
@@ -240,7 +240,7 @@ class SqliteStore(ConstellationStore):
             edges = logic.table_of(_edges(conn, [EdgeKey(*r[1:4]) for r in missing if r[0] == KIND_EDGE]))
             loaded = logic.consolidate_rows(missing, cells, edges)
             for item in loaded:
-                if isinstance(item, ConsolidatedPattern):
+                if isinstance(item, ConsolidatedCell):
                     item.embedding.setflags(write=False)  # shared through the item cache
             self._items.put_many(missing, loaded)
             fill = iter(loaded)

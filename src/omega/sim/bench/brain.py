@@ -60,7 +60,7 @@ def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int, max_items: in
 
     from omega.brain.brain import Brain
     from omega.brain.learning import episode_from_rating
-    from omega.brain.records import ConsolidatedPattern, Pattern, TaskType
+    from omega.brain.records import ConsolidatedRecord, Pattern, TaskType
     from omega.datasets.movielens import load_movielens
 
     rng = np.random.default_rng(7)
@@ -97,7 +97,7 @@ def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int, max_items: in
         # Consolidated patterns and global transitions, as a sync would leave them.
         centres = matrix[rng.choice(len(matrix), size=min(256, len(matrix)), replace=False)]
         brain.apply_consolidated(
-            [ConsolidatedPattern(i, c, TaskType.CONTENT_MATCH, float(rng.uniform(0.5, 1)), int(rng.integers(3, 500)),
+            [ConsolidatedRecord(i, c, TaskType.CONTENT_MATCH, float(rng.uniform(0.5, 1)), int(rng.integers(3, 500)),
                                  float(rng.normal()), 1) for i, c in enumerate(centres)],  # fmt: skip
             _global_transitions(data, set(ids.tolist())),
             pairs=_global_pairs(data, set(ids.tolist())),
