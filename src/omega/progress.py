@@ -13,7 +13,9 @@ from collections.abc import Callable
 Progress = Callable[[int, int], None]
 #: One short message per step: `notes("verifying weights in ...")`.
 Notes = Callable[[str], None]
+#: Items done out of a total in a named stage: `stage("embedding catalog", done, total)`.
+Stage = Callable[[str, int, int], None]
 
 
 def quiet(*_: object) -> None:
-    """The default callback of either kind: report nothing."""
+    """The default callback of any kind: report nothing."""

@@ -6,11 +6,11 @@ The work reports through the callbacks of `omega.progress`; these are the CLI's 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from omega.progress import Notes
+from omega.progress import Notes, Stage
 
 
 def notes(command: str) -> Notes:
@@ -23,7 +23,7 @@ def notes(command: str) -> Notes:
 
 
 @contextmanager
-def bars() -> Iterator[Callable[[str, int, int], None]]:
+def bars() -> Iterator[Stage]:
     """A stage callback `stage(name, done, total)` drawing one rich progress bar per stage on stderr.
 
     The display starts with the first stage, so an early error stays the single line it should be.

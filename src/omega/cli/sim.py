@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from omega.cli.progress import bars
+from omega.constellation.privacy import DEFAULT_K_MIN
 
 eval_app = typer.Typer(help="Evaluate recommendation quality on real data.", no_args_is_help=True)
 
@@ -27,7 +28,7 @@ def eval_movielens(
     data: Annotated[Path, typer.Option("--data", help="MovieLens folder (ml-latest(-small), ml-100k or ml-1m layout)")],
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
     users: Annotated[int | None, typer.Option("--users", help="evaluate a seeded sample of this many viewers")] = None,
-    k_min: Annotated[int, typer.Option("--k-min", help="distinct TVs before an edge/pattern is published")] = 3,
+    k_min: Annotated[int, typer.Option("--k-min", help="distinct TVs before an edge/pattern is published")] = DEFAULT_K_MIN,
     cold_users: Annotated[int, typer.Option("--cold-users", help="cold-start TVs to evaluate")] = 100,
     no_tables: Annotated[bool, typer.Option("--no-tables", help="skip the privacy and ablation tables")] = False,
     seed: Annotated[int, typer.Option("--seed", help="seed for sampling, tiers and device ids")] = 0,
@@ -44,7 +45,6 @@ def eval_movielens(
 
     brain_config = BrainConfig.load(config) if config is not None else None
     _positive(users, "--users")
-    _positive(k_min, "--k-min")
     _positive(cold_users, "--cold-users")
     with bars() as stage:
         result = evaluate_movielens(

@@ -40,6 +40,7 @@ import numpy as np
 
 from omega.constellation.codebook import Codebook
 from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, FederatedState
+from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
 from omega.constellation.store.base import (
     EDGE_WIRE_BYTES,
     CellContribution,
@@ -114,7 +115,7 @@ class ApplyResult:
 
 @dataclass(frozen=True)
 class AggregationPolicy:
-    k_min: int = 3  # distinct devices before a pattern/edge is published
+    k_min: int = DEFAULT_K_MIN  # distinct devices before a pattern/edge is published
     w_max: float = 50.0  # cap on one contribution's quality weight and trial count
     # Cap on one transition's weight: one honest viewing's (reward <= 1). Published edges carry
     # distinct support, so this only bounds the diagnostic summed weight of the state.
@@ -130,8 +131,7 @@ class AggregationPolicy:
     dp_max_keys: int = 64
 
     def __post_init__(self) -> None:
-        if self.k_min < 1:
-            raise OmegaError("k_min must be >= 1")
+        check_k_min(self.k_min)
         if not (self.w_max > 0 and self.edge_w_max > 0 and math.isfinite(self.w_max + self.edge_w_max)):
             raise OmegaError("w_max and edge_w_max must be positive and finite")
         if self.dp_epsilon is not None and not (math.isfinite(self.dp_epsilon) and 0 < self.dp_epsilon <= 100):

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from omega.constellation.privacy import DEFAULT_K_MIN
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM
 
@@ -41,8 +42,9 @@ _ENTRY = struct.Struct("<BB")
 _CELL = struct.Struct("<iIQdQdd")
 _EDGE = struct.Struct("<IIIQdQ")
 _VEC_BYTES = EMBEDDING_DIM * 8
-KIND_CELL = 1
-KIND_EDGE = 2
+#: Entry kinds of the delta format above (the store's `kind` column is another thing: store.base.KIND_CELL).
+ENTRY_CELL = 1
+ENTRY_EDGE = 2
 
 
 class CellKey(NamedTuple):
@@ -242,13 +244,13 @@ class FederatedState:
     def global_edge(self, key: EdgeKey) -> EdgeState | None:
         return next((total for _, total in _totals(self.edges, combine_edges, only=EdgeKey(*key))), None)
 
-    def consolidated(self, k_min: int = 3) -> list[ConsolidatedCell]:
+    def consolidated(self, k_min: int = DEFAULT_K_MIN) -> list[ConsolidatedCell]:
         """Published global patterns: weighted mean per cell where distinct support ≥ k_min, sorted by key."""
         patterns = (consolidate_cell(key, total) for key, total in _totals(self.cells, combine_cells)
                     if total.support >= k_min)  # fmt: skip
         return [p for p in patterns if p is not None]
 
-    def consolidated_edges(self, k_min: int = 3) -> list[ConsolidatedEdge]:
+    def consolidated_edges(self, k_min: int = DEFAULT_K_MIN) -> list[ConsolidatedEdge]:
         totals = _totals(self.edges, combine_edges)
         return [consolidate_edge(key, total) for key, total in totals if total.support >= k_min]
 
@@ -315,13 +317,13 @@ def encode_entries(
     count = 0
     for (origin, key), s in cells:
         raw = _origin_bytes(origin)
-        parts.append(_ENTRY.pack(KIND_CELL, len(raw)) + raw)
+        parts.append(_ENTRY.pack(ENTRY_CELL, len(raw)) + raw)
         parts.append(_CELL.pack(key.task_type, key.cell, s.version, s.sum_w, s.support, s.successes, s.trials))
         parts.append(s.sum_wx.astype("<f8").tobytes())
         count += 1
     for (origin, key), e in edges:
         raw = _origin_bytes(origin)
-        parts.append(_ENTRY.pack(KIND_EDGE, len(raw)) + raw)
+        parts.append(_ENTRY.pack(ENTRY_EDGE, len(raw)) + raw)
         parts.append(_EDGE.pack(key.keyspace, key.src, key.dst, e.version, e.weight, e.support))
         count += 1
     try:
@@ -353,7 +355,7 @@ def _iter_entries(data: bytes) -> Iterator[tuple[int, str, tuple, object]]:
         except UnicodeDecodeError:
             raise OmegaError("malformed federation delta: origin is not UTF-8") from None
         pos += olen
-        if kind == KIND_CELL:
+        if kind == ENTRY_CELL:
             _check(len(view) >= pos + _CELL.size + _VEC_BYTES, "truncated cell entry")
             task_type, cell, version, sum_w, support, successes, trials = _CELL.unpack_from(view, pos)
             pos += _CELL.size
@@ -365,7 +367,7 @@ def _iter_entries(data: bytes) -> Iterator[tuple[int, str, tuple, object]]:
             )
             _check(sum_w >= 0 and trials >= 0 and 0 <= successes <= trials * (1 + 1e-9) + 1e-9, "cell sums out of range")
             yield kind, origin, (task_type, cell), CellState(sum_w, vec, support, successes, trials, version)
-        elif kind == KIND_EDGE:
+        elif kind == ENTRY_EDGE:
             _check(len(view) >= pos + _EDGE.size, "truncated edge entry")
             keyspace, src, dst, version, weight, support = _EDGE.unpack_from(view, pos)
             pos += _EDGE.size
@@ -383,7 +385,7 @@ def decode_delta(data: bytes) -> FederatedState:
     codebook_version = _HEADER.unpack_from(data, 0)[2] if len(data) >= _HEADER.size else 0
     state = FederatedState(codebook_version)
     for kind, origin, key, entry in _iter_entries(bytes(data)):
-        if kind == KIND_CELL:
+        if kind == ENTRY_CELL:
             state.put_cell(origin, CellKey(*key), entry)  # type: ignore[arg-type]
         else:
             state.put_edge(origin, EdgeKey(*key), entry)  # type: ignore[arg-type]

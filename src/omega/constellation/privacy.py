@@ -17,19 +17,33 @@ Noise cost and fleet size: σ depends on ε, δ and max_keys only, not on how ma
 are. A key's support grows with the fleet, so the relative error σ/support shrinks as 1/N:
 at 610 TVs (the evaluation) most published supports are 3-30 and σ ≈ 10-40 drowns them; at
 400M TVs the same σ is noise on supports in the thousands to millions.
+
+The privacy floor's other knob is declared and checked here too: k_min, the distinct TVs a key
+needs before it is published (docs/architecture.md §4), for the aggregator, the server settings,
+the store's queries, the simulator and the evaluation.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 from omega.errors import OmegaError
 
+#: Distinct TVs (device ids) a consolidated pattern or edge needs before it is published.
+DEFAULT_K_MIN = 3
 #: Keys (edges + derived pairs + cells) one device may add support to per epoch under DP.
 DEFAULT_MAX_KEYS = 64
+
+
+def check_k_min(value: object, name: str = "k_min") -> int:
+    """`value` as a k_min (a positive integer), else OmegaError naming `name` (e.g. the CLI's "--k-min")."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise OmegaError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _dp():  # noqa: ANN202 — the optional server dependency, imported on first use

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
 from omega.errors import OmegaError
 
 log = logging.getLogger("omega.serve")
@@ -83,7 +84,7 @@ class ServerSettings:
     #: Bearer token for /metrics, /dashboard and the read-only /v1/* JSON; None: loopback peers only.
     admin_token: str | None = field(default=None, repr=False)
     # aggregation
-    k_min: int = 3
+    k_min: int = DEFAULT_K_MIN
     w_max: float = 50.0
     # differential privacy at publication (ε, δ per TV per day; 0 = off: k_min only). See privacy.py.
     dp_epsilon: float = 0.0
@@ -137,7 +138,7 @@ class ServerSettings:
                      "trend_window_s", "request_timeout_s", "ws_auth_timeout_s"):  # fmt: skip
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{name} must be a positive number")
-        for name, lo in (("rate_burst", 1), ("min_samples", 1), ("k_min", 1), ("max_frame_bytes", 64),
+        for name, lo in (("rate_burst", 1), ("min_samples", 1), ("max_frame_bytes", 64),
                          ("pull_max_bytes", 600), ("cache_entries", 1), ("premium_sync_s", 1),
                          ("active_sync_s", 1), ("casual_sync_s", 1), ("federation_replicas", 1), ("max_push_edges", 1), ("max_connections", 1),
                          ("max_connections_per_ip", 0)):  # fmt: skip
@@ -152,6 +153,7 @@ class ServerSettings:
                f"dp_epsilon must be 0 (off) or in (0, 100], got {self.dp_epsilon!r}")  # fmt: skip
         _check(isinstance(self.dp_delta, (int, float)) and 0 < self.dp_delta < 1e-2,
                f"dp_delta must be in (0, 0.01), got {self.dp_delta!r}")  # fmt: skip
+        check_k_min(self.k_min)
         _check(self.log_level in ("critical", "error", "warning", "info", "debug"), f"unknown log level {self.log_level!r}")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together: give both or neither")
 

@@ -26,6 +26,7 @@ from omega.constellation.crdt import (
     EdgeState,
     FederatedState,
 )
+from omega.constellation.privacy import check_k_min
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM
 
@@ -34,6 +35,7 @@ from omega.protocol import EMBEDDING_DIM
 PATTERN_WIRE_BYTES = 24 + EMBEDDING_DIM
 EDGE_WIRE_BYTES = 8
 
+#: The `kind` column of the store's keyed rows (served, members, contributions). Stored: never renumber.
 KIND_CELL = 0
 KIND_EDGE = 1
 
@@ -198,8 +200,7 @@ def check_query(vector: object, k: object, k_min: object) -> np.ndarray:
     """Validate a `nearest_consolidated` query; returns the unit-norm float32 query vector."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise OmegaError("k must be a positive integer")
-    if isinstance(k_min, bool) or not isinstance(k_min, (int, np.integer)) or k_min < 1:
-        raise OmegaError("k_min must be a positive integer")
+    check_k_min(k_min)
     try:
         q = np.asarray(vector, dtype=np.float64)
     except (TypeError, ValueError):

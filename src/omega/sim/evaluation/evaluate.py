@@ -48,8 +48,10 @@ from omega.brain.recommender import Published
 from omega.brain.sync import SyncConfig
 from omega.constellation.codebook import build_codebook
 from omega.constellation.crdt import ConsolidatedEdge
+from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
 from omega.datasets.movielens import MovieLensData, load_movielens
 from omega.errors import OmegaError
+from omega.progress import Stage, quiet
 from omega.protocol import Keyspace, derive_device_key, peek_frame
 from omega.sim.evaluation import cell_granularity as cg
 from omega.sim.evaluation.baselines import BASELINES, tune_and_evaluate
@@ -61,7 +63,6 @@ from omega.sim.evaluation.wire_audit import TappedFrame, audit_frames, decode_up
 from omega.sim.fleet.catalog_cache import build_catalog
 from omega.sim.fleet.simulator import TV, Fleet, FleetConfig, ViewingEvent
 
-Stage = Callable[[str, int, int], None]  # (stage name, done, total)
 Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before it is closed; adds keys
 BASELINE_NAMES = ("mostpop", "itemknn", "als", "seq_transition")
 #: the list length scored (HR@10, NDCG@10): a target outside the TV's top 10 is a miss
@@ -535,7 +536,7 @@ def evaluate_movielens(
     data_dir: Path | str,
     *,
     users: int | None = None,
-    k_min: int = 3,
+    k_min: int = DEFAULT_K_MIN,
     cold_n: int = 3,
     cold_users: int = 100,
     seed: int = 0,
@@ -554,13 +555,11 @@ def evaluate_movielens(
     validation split (each viewer's test target left out entirely) and add `tuning_grid`, the
     recommend-time settings of `tuning_grid()` scored on the same synced fleet: defaults are tuned there,
     never on the test split."""
-    if k_min < 1:
-        raise OmegaError(f"--k-min must be at least 1, got {k_min}")
+    check_k_min(k_min, "--k-min")
     if cold_n < 1:
         raise OmegaError(f"cold-start episodes must be at least 1, got {cold_n}")
     data = load_movielens(data_dir, max_tags=0)  # tags are dated after the split: no text from the future
     embedder = embedder or Embedder()
-    noop: Stage = lambda name, done, total: None  # noqa: E731
     shm = Path("/dev/shm")
     with (
         tempfile.TemporaryDirectory(prefix="omega-eval-", dir=workdir) as tmp,
@@ -569,7 +568,7 @@ def evaluate_movielens(
         return asyncio.run(
             _run(
                 data, users=users, k_min=k_min, cold_n=cold_n, cold_users=cold_users, seed=seed, workdir=Path(tmp),
-                stage=stage or noop, embedder=embedder, tables=tables, baselines=baselines, inspect=inspect,
+                stage=stage or quiet, embedder=embedder, tables=tables, baselines=baselines, inspect=inspect,
                 store_dir=Path(store_tmp), config=config, validation=validation,
             )  # fmt: skip
         )

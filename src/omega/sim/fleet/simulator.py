@@ -63,6 +63,7 @@ from omega.brain.sync.transport import Reply, Transport
 from omega.constellation.aggregation import Aggregator
 from omega.constellation.app import ServerState, create_app
 from omega.constellation.codebook import Codebook
+from omega.constellation.privacy import DEFAULT_K_MIN
 from omega.constellation.runner import EmbeddedServer
 from omega.constellation.service import SyncService
 from omega.constellation.settings import ServerSettings
@@ -83,7 +84,7 @@ SHARD_ID = "sim-shard-0"
 class FleetConfig:
     """How the simulated fleet is built and synced."""
 
-    k_min: int = 3
+    k_min: int = DEFAULT_K_MIN
     #: share of premium, active and casual TVs
     tier_mix: tuple[float, float, float] = (0.2, 0.5, 0.3)
     #: the shipped TV defaults: the fleet measures the brain a TV runs
