@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sync_outbox import NOW, pattern, unit
-from test_sync_peer import Peer, RunningPeer, token_for
+from sync_peer import Peer, RunningPeer
+from sync_support import NOW, consolidated, make_agent, pattern, unit
 
 from omega.brain.store import BrainStore
-from omega.brain.sync import SyncAgent, SyncConfig, SyncFailed, policy_for
+from omega.brain.sync import SyncAgent, SyncFailed, policy_for
 from omega.brain.sync import state
-from omega.protocol import ConsolidatedPattern, TaskType, Tier, Transition, quantize
+from omega.protocol import Tier, Transition
 
 TIERS = [Tier.CASUAL, Tier.ACTIVE, Tier.PREMIUM]
-
-
-def consolidated(cluster_id: int, version: int = 1) -> ConsolidatedPattern:
-    return ConsolidatedPattern(
-        cluster_id=cluster_id, version=version, embedding=quantize(unit(100 + cluster_id), 8),
-        task_type=TaskType.CONTENT_MATCH, success_rate=0.85, support=5, trend_score=0.5,
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -43,15 +34,6 @@ def peer():
     p = Peer(changes=[consolidated(i) for i in range(5)], edges=[Transition(7, 8, 2.5, support=4)])
     with RunningPeer(p) as running:
         yield running
-
-
-def make_agent(store, url: str, tier: Tier, device: bytes | None = None, **cfg) -> SyncAgent:
-    device = device or uuid.UUID(int=42).bytes
-    cfg.setdefault("contribution_period_s", 0)  # push at every sync (the schedule has its own tests)
-    config = SyncConfig(request_timeout_s=cfg.pop("timeout", 0.5), **cfg)
-    policy = policy_for(tier).with_interval(0.05)
-    return SyncAgent(store, server_url=url, device_id=device, token=token_for(device), tier=tier,
-                     config=config, policy=policy, rng=random.Random(1))  # fmt: skip
 
 
 @pytest.mark.parametrize("tier", TIERS)

@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_sync_outbox import NOW, pattern
-from test_sync_peer import Peer, RunningPeer, token_for
+from sync_support import NOW, pattern
+from sync_peer import Peer, RunningPeer, token_for
 
 from omega.brain.store import BrainStore
 from omega.brain.sync.schedule import NEXT_KEY

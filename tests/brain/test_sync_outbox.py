@@ -8,27 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sync_support import NOW, pattern, unit
 
-from omega.brain.records import Pattern, TaskType
 from omega.brain.store import BrainStore
 from omega.brain.sync import Outbox, SyncConfig, push_frame_size
 from omega.brain.sync import state
 from omega.errors import OmegaError
-
-NOW = 1_700_000_000.0
-
-
-def unit(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=384).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def pattern(seed: int, success_rate: float = 0.9, uses: int = 20, version: int = 1) -> Pattern:
-    return Pattern(
-        uuid.UUID(int=seed + 1), unit(seed), TaskType.CONTENT_MATCH, success_rate, uses, round(success_rate * uses),
-        NOW - 100, NOW - 50, NOW, 0.5 * uses, version,
-    )  # fmt: skip
-
 
 @pytest.fixture
 def store(tmp_path: Path):
@@ -157,7 +142,7 @@ def test_seq_is_persisted_and_never_reused_across_reopen(tmp_path: Path):
 
 
 def test_identity_and_cursor_state(store: BrainStore):
-    from test_sync_peer import token_for
+    from sync_peer import token_for
 
     device = uuid.uuid4().bytes
     assert state.load_identity(store) is None

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import trustme
-from test_sync_agent import consolidated, make_agent
-from test_sync_outbox import NOW, pattern
-from test_sync_peer import Peer, RunningPeer, token_for
+from sync_peer import Peer, RunningPeer, token_for
+from sync_support import NOW, consolidated, make_agent, pattern
 
 from omega.brain.store import BrainStore
 from omega.brain.sync import SyncAgent, SyncFailed, open_transport, policy_for
