@@ -35,6 +35,7 @@ from omega.constellation.aggregation import DAY_MS, AggregationPolicy, Aggregato
 from omega.constellation.codebook import Codebook, placeholder_codebook
 from omega.constellation.crdt import CellKey, CellState, ConsolidatedCell, ConsolidatedEdge, EdgeKey, EdgeState
 from omega.constellation.keyring import Keyring
+from omega.constellation.privacy import DEFAULT_K_MIN
 from omega.constellation.settings import load_settings
 from omega.constellation.store import StoreStats, open_store
 from omega.protocol import EMBEDDING_DIM, Keyspace, Push, Tier, now_ms
@@ -266,7 +267,7 @@ class Reference:
     each device's pushes are replayed in the order it sealed them (= sent them).
     """
 
-    def __init__(self, codebook: Codebook | None = None, *, k_min: int = 3) -> None:
+    def __init__(self, codebook: Codebook | None = None, *, k_min: int = DEFAULT_K_MIN) -> None:
         self.codebook = codebook or placeholder_codebook()
         self.k_min = k_min
         self.policy = AggregationPolicy(k_min=k_min, w_max=SERVER_DEFAULTS.w_max)
