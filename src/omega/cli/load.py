@@ -42,7 +42,8 @@ def load(
 ) -> None:
     """Hold many device connections against one sync server: connections held, syncs/s, p50/p99, bytes, errors."""
     from omega.protocol.auth import MAX_KEY_ID, MIN_SECRET_BYTES
-    from omega.sim.load.runner import LoadConfig, check_numbers, loopback_target, new_secret, parse_mix, run_load, split_mix
+    from omega.sim.load.config import LoadConfig, check_numbers, loopback_target, parse_mix, split_mix
+    from omega.sim.load.runner import new_secret, run_load
 
     check_numbers(connections, duration, time_scale, ramp_rate, processes)
     devices = split_mix(connections, parse_mix(mix))

@@ -12,7 +12,7 @@ import pytest
 
 from omega.errors import OmegaError
 from omega.sim.load.histogram import LatencyHistogram
-from omega.sim.load.runner import loopback_target, parse_mix, split_mix
+from omega.sim.load.config import loopback_target, parse_mix, split_mix
 from omega.sim.load.server_process import start_server
 from omega.sim.load.worker import devices_per_worker, interleave
 
