@@ -20,7 +20,7 @@ import errno
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,25 +273,20 @@ class _Worker:
                 await self._sleep_until(self.loop.time() + self._backoff(attempt))
 
     async def active(self, n: int, dev: SimDevice) -> None:
-        first = True
-        next_at = self.loop.time()
-        while next_at < self.end:
-            await self._sleep_until(next_at)
-            if self.loop.time() >= self.end:
-                break
+        async def session() -> None:
+            ws = await self._connect(n)
             try:
-                ws = await self._connect(n)
-                try:
-                    await self._ws_session(ws, dev, "active")
-                finally:
-                    await ws.close()
-            except Exception as exc:
-                self.stats.tally.error(error_kind(exc))
-            interval = self._interval(dev, "active")
-            next_at += self.rng.uniform(0, interval) if first else interval
-            first = False
+                await self._ws_session(ws, dev, "active")
+            finally:
+                await ws.close()
+
+        await self._every_interval(dev, "active", session)
 
     async def casual(self, n: int, dev: SimDevice) -> None:
+        await self._every_interval(dev, "casual", lambda: self._http_session(dev, "casual"))
+
+    async def _every_interval(self, dev: SimDevice, tier: str, session: Callable[[], Awaitable[None]]) -> None:
+        """One session per tier interval until the end (the first at a random point of the first interval)."""
         first = True
         next_at = self.loop.time()
         while next_at < self.end:
@@ -299,10 +294,10 @@ class _Worker:
             if self.loop.time() >= self.end:
                 break
             try:
-                await self._http_session(dev, "casual")
+                await session()
             except Exception as exc:
                 self.stats.tally.error(error_kind(exc))
-            interval = self._interval(dev, "casual")
+            interval = self._interval(dev, tier)
             next_at += self.rng.uniform(0, interval) if first else interval
             first = False
 
