@@ -63,6 +63,32 @@ def test_latest_without_tags_file(tmp_path: Path) -> None:
     assert all(it.tags == () for it in data.items)
 
 
+def test_10m_tags_dat_is_read_like_latest_tags_csv(tmp_path: Path) -> None:
+    folder = write_1m(tmp_path)
+    (folder / "tags.dat").write_text("1::1::Pixar::5\n2::1::pixar::6\n1::2::politics::7\n", encoding="latin-1")
+    by_id = load_movielens(folder).item_by_id()
+    assert by_id[1].tags == ("pixar",)
+    assert by_id[2].tags == ("politics",)
+
+
+@pytest.mark.parametrize(
+    ("layout", "file", "line", "expected"),
+    [
+        ("ml-latest", "tags.csv", "1,2,three,fields,five\n", "expected 4 fields, got 5"),
+        ("ml-1m", "movies.dat", "9::No genres\n", "expected 3 '::'-separated fields, got 2"),
+        ("ml-1m", "tags.dat", "1::2::tag\n", "expected 4 '::'-separated fields, got 3"),
+    ],
+)
+def test_a_line_with_the_wrong_field_count_is_named(tmp_path: Path, layout: str, file: str, line: str, expected: str) -> None:
+    folder = WRITE[layout](tmp_path)
+    path = folder / file
+    text = (path.read_text(encoding="latin-1") if path.exists() else "") + line
+    path.write_text(text, encoding="latin-1")
+    with pytest.raises(OmegaError) as err:
+        load_movielens(folder)
+    assert f"{file}, line {text.count(chr(10))}: {expected}" in str(err.value)
+
+
 def test_half_star_ratings_in_latest(tmp_path: Path) -> None:
     data = load_movielens(write_latest(tmp_path, ratings=[(1, 1, 3.5, 5), (1, 2, 0.5, 6)]))
     np.testing.assert_allclose(data.ratings.rating, [3.5, 0.5])

@@ -130,23 +130,7 @@ def load_movielens(path: str | Path, *, max_tags: int = MAX_TAGS_PER_ITEM) -> Mo
 
 
 def _load_latest(folder: Path, max_tags: int) -> tuple[tuple[CatalogItem, ...], Ratings]:
-    movies_file = folder / "movies.csv"
-    movies: dict[int, tuple[str, tuple[str, ...]]] = {}
-    for lineno, row in _csv_rows(movies_file, ("movieId", "title", "genres")):
-        if len(row) != 3:
-            raise _bad_line(movies_file, lineno, f"expected 3 fields, got {len(row)}")
-        content_id = _parse_id(row[0], movies_file, lineno)
-        genres = tuple(g for g in row[2].split("|") if g not in _NO_GENRE)
-        _add_movie(movies, content_id, row[1], genres, movies_file, lineno)
-
-    tags: dict[int, Counter[str]] = {}
-    tags_file = folder / "tags.csv"
-    if tags_file.is_file():
-        for lineno, row in _csv_rows(tags_file, ("userId", "movieId", "tag", "timestamp")):
-            if len(row) != 4:
-                raise _bad_line(tags_file, lineno, f"expected 4 fields, got {len(row)}")
-            _count_tag(tags, movies, _parse_id(row[1], tags_file, lineno), row[2], tags_file, lineno)
-
+    movies, tags = _movies_and_tags(folder, "csv")
     ratings_file = folder / "ratings.csv"
     text = _read_text(ratings_file, "utf-8")
     ratings = _parse_ratings(text, ratings_file, ",", header=("userId", "movieId", "rating", "timestamp"))
@@ -187,32 +171,43 @@ def _load_100k(folder: Path) -> tuple[tuple[CatalogItem, ...], Ratings]:
 
 
 def _load_1m(folder: Path, max_tags: int) -> tuple[tuple[CatalogItem, ...], Ratings]:
-    movies_file = folder / "movies.dat"
-    movies: dict[int, tuple[str, tuple[str, ...]]] = {}
-    for lineno, line in _lines(movies_file, "latin-1"):
-        fields = line.split("::")
-        if len(fields) != 3:
-            raise _bad_line(movies_file, lineno, f"expected 3 '::'-separated fields, got {len(fields)}")
-        content_id = _parse_id(fields[0], movies_file, lineno)
-        genres = tuple(g for g in fields[2].split("|") if g not in _NO_GENRE)
-        _add_movie(movies, content_id, fields[1], genres, movies_file, lineno)
-
-    tags: dict[int, Counter[str]] = {}
-    tags_file = folder / "tags.dat"  # ml-10m has one; ml-1m does not
-    if tags_file.is_file():
-        for lineno, line in _lines(tags_file, "latin-1"):
-            fields = line.split("::")
-            if len(fields) != 4:
-                raise _bad_line(tags_file, lineno, f"expected 4 '::'-separated fields, got {len(fields)}")
-            _count_tag(tags, movies, _parse_id(fields[1], tags_file, lineno), fields[2], tags_file, lineno)
-
+    movies, tags = _movies_and_tags(folder, "dat")
     ratings_file = folder / "ratings.dat"
     ratings = _parse_ratings(_read_text(ratings_file, "latin-1"), ratings_file, "::", header=None)
     _check_rated_items_known(ratings, movies, ratings_file)
     return _catalog(movies, {}, tags, max_tags), ratings
 
 
+def _movies_and_tags(folder: Path, ext: str) -> tuple[dict[int, tuple[str, tuple[str, ...]]], dict[int, Counter[str]]]:
+    """movies.EXT and tags.EXT (if any) of the ml-latest ("csv") and ml-1m/ml-10m ("dat") layouts."""
+    movies_file = folder / f"movies.{ext}"
+    movies: dict[int, tuple[str, tuple[str, ...]]] = {}
+    for lineno, row in _rows(movies_file, ("movieId", "title", "genres")):
+        content_id = _parse_id(row[0], movies_file, lineno)
+        genres = tuple(g for g in row[2].split("|") if g not in _NO_GENRE)
+        _add_movie(movies, content_id, row[1], genres, movies_file, lineno)
+
+    tags: dict[int, Counter[str]] = {}
+    tags_file = folder / f"tags.{ext}"  # ml-latest and ml-10m have one; ml-1m does not
+    if tags_file.is_file():
+        for lineno, row in _rows(tags_file, ("userId", "movieId", "tag", "timestamp")):
+            _count_tag(tags, movies, _parse_id(row[1], tags_file, lineno), row[2], tags_file, lineno)
+    return movies, tags
+
+
 # ---------------------------------------------------------------- helpers
+
+
+def _rows(file: Path, header: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
+    """Rows of exactly len(header) fields: a UTF-8 CSV with that header (.csv) or '::'-separated latin-1 lines (.dat)."""
+    if file.suffix == ".csv":
+        rows, what = _csv_rows(file, header), "fields"
+    else:
+        rows, what = ((lineno, line.split("::")) for lineno, line in _lines(file, "latin-1")), "'::'-separated fields"
+    for lineno, row in rows:
+        if len(row) != len(header):
+            raise _bad_line(file, lineno, f"expected {len(header)} {what}, got {len(row)}")
+        yield lineno, row
 
 
 def _read_text(file: Path, encoding: str) -> str:
