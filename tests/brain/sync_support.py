@@ -9,10 +9,13 @@ import numpy as np
 from sync_peer import token_for
 
 from omega.brain.records import Pattern
+from omega.brain.store import BrainStore
 from omega.brain.sync import SyncAgent, SyncConfig, policy_for
 from omega.protocol import EMBEDDING_DIM, ConsolidatedPattern, TaskType, Tier, quantize
 
 NOW = 1_700_000_000.0
+#: every tier, the transport that is easiest to get right first
+TIERS = [Tier.CASUAL, Tier.ACTIVE, Tier.PREMIUM]
 
 
 def unit(seed: int) -> np.ndarray:
@@ -25,6 +28,14 @@ def pattern(seed: int, success_rate: float = 0.9, uses: int = 20, version: int =
         uuid.UUID(int=seed + 1), unit(seed), TaskType.CONTENT_MATCH, success_rate, uses, round(success_rate * uses),
         NOW - 100, NOW - 50, NOW, 0.5 * uses, version,
     )  # fmt: skip
+
+
+def with_patterns_and_an_edge(store: BrainStore) -> BrainStore:
+    """`store` holding three high-quality patterns and one transition: one push's worth of changes."""
+    for i in range(3):
+        store.put_pattern(pattern(i))
+    store.bump_transition(1, 2, 1.0)
+    return store
 
 
 def consolidated(cluster_id: int, version: int = 1) -> ConsolidatedPattern:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sync_support import NOW
 
 from omega.brain.records import (
     CatalogItem,
@@ -26,7 +27,6 @@ from omega.brain.records import (
 from omega.brain.store import BrainStore, latest_version, migrations, pattern_utility
 from omega.errors import OmegaError
 
-NOW = 1_700_000_000.0
 
 
 def unit(seed: int) -> np.ndarray:
@@ -46,12 +46,6 @@ def pattern(success_rate=0.9, uses=20, reward_sum=10.0, last_used_at=NOW, versio
         uuid.uuid4(), unit(seed), TaskType.CONTEXT_MATCH, success_rate, uses, round(success_rate * uses),
         NOW - 100, NOW - 50, last_used_at, reward_sum, version,
     )  # fmt: skip
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with BrainStore(tmp_path / "tv.db", clock=lambda: NOW) as s:
-        yield s
 
 
 # ---------------------------------------------------------------- opening and safety

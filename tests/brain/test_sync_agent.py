@@ -5,28 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sync_peer import Peer, RunningPeer
-from sync_support import NOW, consolidated, make_agent, pattern, unit
+from sync_support import TIERS, consolidated, make_agent, unit, with_patterns_and_an_edge
 
 from omega.brain.store import BrainStore
 from omega.brain.sync import SyncAgent, SyncFailed, policy_for
 from omega.brain.sync import state
 from omega.protocol import Tier, Transition
 
-TIERS = [Tier.CASUAL, Tier.ACTIVE, Tier.PREMIUM]
-
-
 @pytest.fixture
-def store(tmp_path: Path):
-    with BrainStore(tmp_path / "tv.db", clock=lambda: NOW) as s:
-        for i in range(3):
-            s.put_pattern(pattern(i))
-        s.bump_transition(1, 2, 1.0)
-        yield s
+def store(store: BrainStore) -> BrainStore:
+    return with_patterns_and_an_edge(store)
 
 
 @pytest.fixture

@@ -8,15 +8,20 @@ import asyncio
 import time
 
 import pytest
-from test_sync_agent import TIERS, consolidated, make_agent, store  # noqa: F401  (store: a fixture)
-from test_sync_outbox import pattern
-from test_sync_peer import Peer, RunningPeer
+from sync_peer import Peer, RunningPeer
+from sync_support import TIERS, consolidated, make_agent, pattern, with_patterns_and_an_edge
 
+from omega.brain.store import BrainStore
 from omega.brain.sync import Outbox, SyncConfig, SyncFailed, policy_for
 from omega.brain.sync import state
 from omega.brain.sync.tiers import MAX_HINT_S
 from omega.constellation.aggregation import AggregationPolicy
 from omega.protocol import Tier
+
+
+@pytest.fixture
+def store(store: BrainStore) -> BrainStore:
+    return with_patterns_and_an_edge(store)
 
 
 @pytest.fixture

@@ -15,12 +15,6 @@ from omega.brain.sync import Outbox, SyncConfig, push_frame_size
 from omega.brain.sync import state
 from omega.errors import OmegaError
 
-@pytest.fixture
-def store(tmp_path: Path):
-    with BrainStore(tmp_path / "tv.db", clock=lambda: NOW) as s:
-        yield s
-
-
 def test_seal_takes_only_high_quality_queued_patterns_once(store: BrainStore):
     good = [pattern(i) for i in range(3)]
     for p in good:
