@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from omega.constellation.privacy import DEFAULT_K_MIN
 from omega.errors import OmegaError
 from omega.progress import Notes, quiet
 from omega.sim.bench.index import backend_comparison, ef_sweep, measure_recall
@@ -249,7 +250,7 @@ def _global_transitions(data, known: set[int]) -> list:  # noqa: ANN001
     return [TransitionStat(src, dst, float(n), n) for (src, dst), n in counts.items() if n >= 2]
 
 
-def _global_pairs(data, known: set[int], window: int = 5, k_min: int = 3) -> list:  # noqa: ANN001
+def _global_pairs(data, known: set[int], window: int = 5, k_min: int = DEFAULT_K_MIN) -> list:  # noqa: ANN001
     """Unordered pairs of good viewings at most `window` apart, by distinct viewers, published at >= k_min
     (weight = support, as the constellation publishes them)."""
     from collections import defaultdict
