@@ -51,13 +51,18 @@ def _transitions_to_pb(batch: TransitionBatch, out: pb.TransitionBatch) -> None:
         out.support.extend(e.support for e in batch.edges)
 
 
+def _embedding_to_pb(e: QuantizedEmbedding, out: pb.EmbeddingPattern | pb.ConsolidatedPattern) -> None:
+    out.q, out.bits, out.scale, out.offset = e.q, e.bits, e.scale, e.offset
+
+
+def _embedding_from_pb(m: pb.EmbeddingPattern | pb.ConsolidatedPattern) -> QuantizedEmbedding:
+    return QuantizedEmbedding(q=m.q, bits=m.bits, scale=m.scale, offset=m.offset)
+
+
 def _pattern_to_pb(p: EmbeddingPattern, out: pb.EmbeddingPattern) -> None:
     out.id = p.id
     out.version = p.version
-    out.q = p.embedding.q
-    out.bits = p.embedding.bits
-    out.scale = p.embedding.scale
-    out.offset = p.embedding.offset
+    _embedding_to_pb(p.embedding, out)
     out.success_rate = p.success_rate
     out.uses = p.uses
     out.successes = p.successes
@@ -69,10 +74,7 @@ def _pattern_to_pb(p: EmbeddingPattern, out: pb.EmbeddingPattern) -> None:
 def _consolidated_to_pb(p: ConsolidatedPattern, out: pb.ConsolidatedPattern) -> None:
     out.cluster_id = p.cluster_id
     out.version = p.version
-    out.q = p.embedding.q
-    out.bits = p.embedding.bits
-    out.scale = p.embedding.scale
-    out.offset = p.embedding.offset
+    _embedding_to_pb(p.embedding, out)
     out.task_type = int(p.task_type)
     out.success_rate = p.success_rate
     out.support = p.support
@@ -158,7 +160,7 @@ def _pattern_from_pb(m: pb.EmbeddingPattern) -> EmbeddingPattern:
     return EmbeddingPattern(
         id=m.id,
         version=m.version,
-        embedding=QuantizedEmbedding(q=m.q, bits=m.bits, scale=m.scale, offset=m.offset),
+        embedding=_embedding_from_pb(m),
         success_rate=m.success_rate,
         uses=m.uses,
         successes=m.successes,
@@ -172,7 +174,7 @@ def _consolidated_from_pb(m: pb.ConsolidatedPattern) -> ConsolidatedPattern:
     return ConsolidatedPattern(
         cluster_id=m.cluster_id,
         version=m.version,
-        embedding=QuantizedEmbedding(q=m.q, bits=m.bits, scale=m.scale, offset=m.offset),
+        embedding=_embedding_from_pb(m),
         task_type=m.task_type,
         success_rate=m.success_rate,
         support=m.support,
