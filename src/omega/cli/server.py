@@ -91,7 +91,7 @@ def codebook_build(
     version: Annotated[int, typer.Option("--version", help="codebook version (bump on every rebuild)")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="k-means seed")] = 0,
 ) -> None:
-    """Embed a catalog with the TV's model and cluster it (spherical k-means) into a codebook."""
+    """Embed a catalog with the TV's model and find the cells of a codebook in it (spherical k-means)."""
     from omega.brain.embedder import Embedder
     from omega.constellation.codebook import Codebook, build_codebook
     from omega.datasets.movielens import load_movielens

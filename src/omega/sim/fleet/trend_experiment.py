@@ -53,7 +53,7 @@ from omega.sim.fleet.simulator import Fleet, FleetConfig
 _MAX_SYNCS_PER_WINDOW = 5
 
 
-def _clustered_catalog(
+def _catalog_around_cells(
     n_cells: int, items_per_cell: int, rng: np.random.Generator
 ) -> tuple[list[CatalogItem], np.ndarray]:
     centres = rng.standard_normal((n_cells, EMBEDDING_DIM))
@@ -89,7 +89,7 @@ async def _run(
     seed: int,
 ) -> dict[str, object]:
     rng = np.random.default_rng(seed)
-    items, matrix = _clustered_catalog(n_cells, items_per_cell, rng)
+    items, matrix = _catalog_around_cells(n_cells, items_per_cell, rng)
     brain_config = BrainConfig(high_quality_min_uses=1)
     catalog = Catalog.from_vectors(items, matrix, brain_config)
     codebook = build_codebook(matrix, k=n_cells, seed=seed)
