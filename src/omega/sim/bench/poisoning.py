@@ -31,7 +31,7 @@ from omega.constellation.aggregation import DAY_MS, AggregationPolicy, Aggregato
 from omega.constellation.codebook import placeholder_codebook
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.constellation.store import open_store
-from omega.protocol import Keyspace
+from omega.protocol import EMBEDDING_DIM, Keyspace
 
 HONEST = (30, 100)
 SYBILS = (1, 3, 5, 10)
@@ -41,7 +41,6 @@ N_ITEMS = 200
 SYBIL_DAYS = 5
 SYBIL_WEIGHT = 10.0  # what a sybil asks for; the server caps it
 RANKED = 100
-DIM = 384
 START_MS = 1_750_000_000_000
 
 
@@ -56,7 +55,7 @@ def poisoning_catalog(seed: int = 0) -> Catalog:
     from omega.brain.recommender import context_text
 
     rng = np.random.default_rng(seed)
-    matrix = rng.standard_normal((N_ITEMS, DIM))
+    matrix = rng.standard_normal((N_ITEMS, EMBEDDING_DIM))
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     source = matrix[SOURCE - 1]
     context = np.asarray(Embedder(threads=1).embed(context_text(VICTIM_CONTEXT, [f"title {SOURCE}"])), np.float64)
