@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_sync_outbox import pattern
-from test_sync_peer import InProcessPeer, Peer, token_for
+from sync_peer import InProcessPeer, Peer, token_for
+from sync_support import pattern
 
 from omega.brain.records import Episode, ViewingContext
 from omega.brain.store import BrainStore
