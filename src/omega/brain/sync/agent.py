@@ -26,9 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
-import httpx
 
 from omega.brain.config import BrainConfig
 from omega.brain.records import ConsolidatedRecord
@@ -37,16 +35,10 @@ from omega.brain.store import BrainStore, is_bad_data
 from omega.brain.sync import state
 from omega.brain.sync.config import SyncConfig
 from omega.brain.sync.outbox import Outbox, SealedBatch
+from omega.brain.sync.report import SyncFailed, SyncReport
 from omega.brain.sync.schedule import ContributionSchedule
 from omega.brain.sync.tiers import TierPolicy, TransportKind, policy_for
-from omega.brain.sync.transport import (
-    HttpTransport,
-    Transport,
-    TransportError,
-    WebSocketTransport,
-    check_server_url,
-    client_tls,
-)
+from omega.brain.sync.transport import Transport, TransportError, WebSocketTransport, check_server_url, open_transport
 from omega.errors import OmegaError
 from omega.protocol import (
     DOWNLINK,
@@ -71,97 +63,6 @@ log = logging.getLogger("omega.brain.sync")
 _U32 = (1 << 32) - 1
 #: The largest id the TV's SQLite (int64) can store.
 _MAX_STORABLE_ID = (1 << 63) - 1
-#: Error codes after which retrying with the same credentials is pointless.
-AUTH_CODES = frozenset({"bad_signature", "unauthorized"})
-
-
-class SyncFailed(OmegaError):
-    """A sync stopped early. The outbox and cursor keep everything not acknowledged/committed."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str = "transport",
-        retry_after_s: float = 0.0,
-        report: SyncReport | None = None,
-        signed: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retry_after_s = retry_after_s
-        self.report = report
-        #: retry_after_s came in a reply verified under the device key (else anyone on the path could forge it).
-        self.signed = signed
-
-    @property
-    def auth(self) -> bool:
-        """The server refused our credentials: fix the token, don't hammer the server."""
-        return self.code in AUTH_CODES
-
-
-@dataclass
-class SyncReport:
-    """What one sync did. Byte counts are frames on the wire (uplink for push/heartbeat, downlink for pull)."""
-
-    pushed_patterns: int = 0
-    pushed_edges: int = 0
-    push_bytes: int = 0
-    pulled_patterns: int = 0
-    pulled_edges: int = 0
-    pull_bytes: int = 0
-    heartbeat_bytes: int = 0
-    duration_s: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    batches_acked: int = 0
-    #: This sync sealed the window's contribution (new batches may be 0 if nothing was learned).
-    contributed: bool = False
-    #: When the next contribution may be sealed (epoch seconds; 0: the schedule is off, every sync).
-    next_contribution_at: float = 0.0
-    #: Outbox batches retired before the cloud's idempotency window ends: re-sealed under a new id / dropped.
-    batches_renewed: int = 0
-    batches_expired: int = 0
-    duplicates: int = 0
-    rejected_patterns: int = 0
-    pull_pages: int = 0
-    #: The last page said more was waiting: the pull stopped at `max_pull_pages` and resumes next sync.
-    pull_more: bool = False
-    #: Pulled items skipped because this TV cannot store them (e.g. a cluster id beyond int64).
-    skipped_items: int = 0
-    cursor: int = 0
-    outbox_pending: int = 0
-    #: The server's HeartbeatAck hints (0: none).
-    next_sync_s: float = 0.0
-    retry_after_s: float = 0.0
-    bytes_up: int = 0
-    bytes_down: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def open_transport(
-    policy: TierPolicy,
-    server_url: str,
-    *,
-    timeout_s: float,
-    http_client: httpx.AsyncClient | None = None,
-    ca_file: str | None = None,
-    insecure: bool = False,
-) -> Transport:
-    """The transport a tier syncs over by default: HTTP polling, or a WebSocket (persistent or on demand).
-
-    `http_client` lets many agents in one process share one connection pool (it is not closed with the transport).
-    Plain http:// / ws:// is refused for anything but loopback unless `insecure`; https:// / wss:// verify
-    the server's certificate against the system's CAs, or only those in `ca_file`.
-    """
-    check_server_url(server_url, insecure=insecure)
-    tls = client_tls(ca_file) if ca_file is not None else None
-    if policy.transport is TransportKind.HTTP:
-        return HttpTransport(server_url, timeout_s=timeout_s, client=http_client, tls=tls)
-    return WebSocketTransport(server_url, timeout_s=timeout_s, tls=tls)
-
-
 def _to_record(p) -> ConsolidatedRecord:  # protocol ConsolidatedPattern -> ReasoningBank record
     return ConsolidatedRecord(
         cluster_id=p.cluster_id,

@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 from websockets.protocol import State
 
+from omega.brain.sync.tiers import TierPolicy, TransportKind
 from omega.errors import OmegaError
 from omega.protocol import DEFAULT_MAX_FRAME_BYTES
 
@@ -280,3 +281,25 @@ class WebSocketTransport:
                 await conn.close()
             except (OSError, WebSocketException, asyncio.TimeoutError):
                 pass  # already broken; nothing to save
+
+
+def open_transport(
+    policy: TierPolicy,
+    server_url: str,
+    *,
+    timeout_s: float,
+    http_client: httpx.AsyncClient | None = None,
+    ca_file: str | None = None,
+    insecure: bool = False,
+) -> Transport:
+    """The transport a tier syncs over by default: HTTP polling, or a WebSocket (persistent or on demand).
+
+    `http_client` lets many agents in one process share one connection pool (it is not closed with the transport).
+    Plain http:// / ws:// is refused for anything but loopback unless `insecure`; https:// / wss:// verify
+    the server's certificate against the system's CAs, or only those in `ca_file`.
+    """
+    check_server_url(server_url, insecure=insecure)
+    tls = client_tls(ca_file) if ca_file is not None else None
+    if policy.transport is TransportKind.HTTP:
+        return HttpTransport(server_url, timeout_s=timeout_s, client=http_client, tls=tls)
+    return WebSocketTransport(server_url, timeout_s=timeout_s, tls=tls)
