@@ -38,24 +38,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import numpy as np
 
 from omega.constellation.admission import Admission, LocalAdmission
 from omega.constellation.aggregation import Aggregator, Contribution
 from omega.constellation.aggregation import Transition as EdgeIn
 from omega.constellation.cache import PullCache
-from omega.constellation.crdt import ConsolidatedEdge
-from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.keyring import Keyring
 from omega.constellation.metrics import ServerMetrics
+from omega.constellation.pull_pages import PageBuilder
 from omega.constellation.settings import ServerSettings
 from omega.constellation.validation import STALE_CODEBOOK, TOO_FEW_SAMPLES
 from omega.protocol import (
     UPLINK,
-    WEIGHT_SCALE,
     EMBEDDING_DIM,
     MAX_PATTERNS_PER_PUSH,
-    ConsolidatedPattern,
     Frame,
     Heartbeat,
     HeartbeatAck,
@@ -66,15 +62,11 @@ from omega.protocol import (
     Push,
     PushAck,
     Rejection,
-    TaskType,
     Tier,
-    Transition,
-    TransitionBatch,
     decode_frame,
     encode_error_reply,
     encode_frame,
     peek_header,
-    quantize,
     verify_frame,
 )
 from omega.protocol import ErrorReply as ErrorBody
@@ -96,10 +88,7 @@ STATUS = {
 }
 #: Smallest pull page honoured (one 8-bit pattern plus the frame must fit).
 MIN_PULL_BYTES = 600
-#: Room kept in a page budget for what varies per device: seq and timestamp varints.
-_REPLY_SLACK = 24
 _U32 = (1 << 32) - 1
-_U64_MAX = (1 << 64) - 1
 _ZERO_ID = bytes(16)
 DRAIN_RETRY_S = 5
 #: Inflated bytes of the frame header (device id, timestamp, seq, key id) and a body's tag and length.
@@ -187,14 +176,7 @@ class SyncService:
         # With each page: whether its frame deflates smaller (decided once per page, not per device).
         self._pages: OrderedDict[bytes, tuple[PullReply, bool]] = OrderedDict()
         self._page_entries = 1024
-        # Wire forms (8-bit quantised) of consolidated patterns by (task type, cell, change seq).
-        self._wire: OrderedDict[tuple[int, int, int], tuple] = OrderedDict()
-        self._wire_entries = 4096
-        # Bytes a device's reply frame may add to a cached page blob (seq, timestamp, key id varints).
-        probe = PullReply(cursor=0)
-        self._frame_extra = len(encode_frame(Frame(_ZERO_ID, _U32, _U64_MAX, probe, key_id=_U32), self._page_key,
-                                             compress=False)) - len(
-            encode_frame(Frame(_ZERO_ID, 0, 0, probe), self._page_key, compress=False))  # fmt: skip
+        self.pages = PageBuilder(page_key, lambda: self.codebook_version, self.now_ms)
         # Labelled metric children, resolved once (labels() takes a lock and builds a tuple per call).
         self._m_bytes_in = metrics.bytes.labels("in")
         self._m_bytes_out = metrics.bytes.labels("out")
@@ -370,7 +352,7 @@ class SyncService:
         started = time.perf_counter()
         items, cursor, more = await self.aggregator.changes_since(pull.since, budget - 64)
         self._m_changes.observe(time.perf_counter() - started)
-        reply, blob = self._page(items, cursor, more, budget)
+        reply, blob = self.pages.build(items, cursor, more, budget)
         if cursor > self.head and not more:
             self.head = await self.cache.note_head(cursor)
         await self.cache.put_page(head, pull.since, budget, blob)
@@ -397,94 +379,8 @@ class SyncService:
         return entry
 
     def page(self, items: list, cursor: int, more: bool, budget: int) -> PullReply:
-        """A PullReply of `items` whose signed frame fits `budget`; cut (more=True) if it does not.
-
-        A cut page ends at the last item kept and its cursor is that item's
-        change position (`version`), so the next pull resumes right after it.
-        """
-        return self._page(items, cursor, more, budget)[0]
-
-    def _page(self, items: list, cursor: int, more: bool, budget: int) -> tuple[PullReply, bytes]:
-        """`page` plus the page as a frame signed with the page key (what the pull cache holds)."""
-        cut = len(items)
-        keyspace = None
-        for n, item in enumerate(items):  # one reply carries one ordered keyspace (item or cell) besides pairs
-            if isinstance(item, ConsolidatedEdge) and item.keyspace != Keyspace.PAIR:
-                if keyspace is None:
-                    keyspace = item.keyspace
-                elif item.keyspace != keyspace:
-                    cut = n
-                    break
-        first = True
-        while True:
-            reply = self._reply(items[:cut], cursor if cut == len(items) else items[cut - 1].version,
-                                more or cut < len(items))  # fmt: skip
-            blob = None
-            if first:
-                first = False
-                blob = self._page_blob(reply)
-                if len(blob) + self._frame_extra + _REPLY_SLACK <= budget:
-                    # Fits uncompressed, so it fits as sent too (a reply is deflated only when that
-                    # is smaller): no need to deflate it just to measure it.
-                    return reply, blob
-            size = len(encode_frame(Frame(_ZERO_ID, _U32, self.now_ms(), reply), self._page_key)) + _REPLY_SLACK
-            if size <= budget or cut <= 1:
-                return reply, blob if blob is not None else self._page_blob(reply)
-            cut = max(1, min(cut - 1, int(cut * budget / size)))
-
-    def _page_blob(self, reply: PullReply) -> bytes:
-        return encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=False, max_size=1 << 20)
-
-    def _wire_pattern(self, item: ConsolidatedCell) -> ConsolidatedPattern:
-        """The wire form of a consolidated pattern; memoised, since many devices pull the same change."""
-        memo = self._wire
-        key = (int(item.task_type), int(item.cluster_id), int(item.version))
-        fields = (float(item.success_rate), int(item.support), float(item.trend_score))
-        hit = memo.get(key)
-        if hit is not None and hit[1] == fields and (hit[0] is item.embedding or np.array_equal(hit[0], item.embedding)):
-            memo.move_to_end(key)
-            return hit[2]
-        wire = ConsolidatedPattern(
-            cluster_id=key[1],
-            version=min(key[2], _U32),
-            embedding=quantize(item.embedding, 8),
-            task_type=TaskType(key[0]),
-            success_rate=min(1.0, max(0.0, fields[0])),
-            support=min(fields[1], _U32),
-            trend_score=fields[2],
-        )
-        memo[key] = (item.embedding, fields, wire)
-        if len(memo) > self._wire_entries:
-            memo.popitem(last=False)
-        return wire
-
-    def _reply(self, items: list, cursor: int, more: bool) -> PullReply:
-        patterns = []
-        edges = []
-        pairs = []
-        keyspace = None
-        for item in items:
-            if isinstance(item, ConsolidatedCell):
-                patterns.append(self._wire_pattern(item))
-                continue
-            weight = min(float(item.weight), _U32 / WEIGHT_SCALE)
-            edge = Transition(int(item.src), int(item.dst), weight, min(int(item.support), _U32))
-            if item.keyspace == Keyspace.PAIR:
-                pairs.append(edge)
-            else:
-                keyspace = item.keyspace
-                edges.append(edge)
-        transitions = None
-        if edges:
-            ks = Keyspace(int(keyspace))
-            transitions = TransitionBatch(ks, tuple(edges), self.codebook_version if ks is Keyspace.CELL else 0)
-        return PullReply(
-            cursor=int(cursor),
-            more=bool(more),
-            patterns=tuple(patterns),
-            transitions=transitions,
-            pairs=TransitionBatch(Keyspace.PAIR, tuple(pairs)) if pairs else None,
-        )
+        """A PullReply of `items` whose signed frame fits `budget` (see `PageBuilder.page`)."""
+        return self.pages.build(items, cursor, more, budget)[0]
 
     # ------------------------------------------------------------------ heartbeat
     def _heartbeat(self, hb: Heartbeat, now: int) -> HeartbeatAck:
