@@ -9,7 +9,8 @@ import pytest
 
 from omega.brain.config import BrainConfig
 from omega.errors import OmegaError
-from omega.sim.evaluation.evaluate import ablation_configs, evaluate_movielens, score_tvs, tuning_grid
+from omega.sim.evaluation.evaluate import ablation_configs, evaluate_movielens, tuning_grid
+from omega.sim.evaluation.scoring import score_tvs
 from omega.sim.evaluation.split import leave_last_out_arrays
 from omega.sim.evaluation.metrics import ndcg_at_k, summarise, target_rank
 from movielens_fixtures import LAYOUTS, write_fixture

@@ -18,7 +18,7 @@ from omega.datasets.movielens import load_movielens
 from omega.errors import OmegaError
 from omega.protocol import Keyspace, Tier, compute_tag, decode_frame, derive_device_key, peek_frame
 from omega.protocol import omega_pb2 as pb
-from omega.sim.evaluation.evaluate import published_edges
+from omega.sim.evaluation.scoring import published_edges
 from omega.sim.evaluation.wire_audit import audit_uplink
 from omega.brain.config import BrainConfig
 from omega.sim.fleet.simulator import Fleet, FleetConfig, ViewingEvent

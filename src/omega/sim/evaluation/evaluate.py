@@ -43,35 +43,28 @@ import numpy as np
 from omega.brain.brain import context_at
 from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
-from omega.brain.records import TransitionStat
-from omega.brain.recommender import Published
 from omega.brain.sync import SyncConfig
 from omega.constellation.codebook import build_codebook
-from omega.constellation.crdt import ConsolidatedEdge
 from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
 from omega.datasets.movielens import MovieLensData, load_movielens
 from omega.errors import OmegaError
 from omega.progress import Stage, quiet
 from omega.protocol import Keyspace, derive_device_key, peek_frame
-from omega.sim.evaluation import cell_granularity as cg
 from omega.sim.evaluation.baselines import BASELINES, tune_and_evaluate
 from omega.sim.evaluation.baselines.mostpop import MostPop
 from omega.sim.evaluation.baselines.seq_transition import SeqTransition
-from omega.sim.evaluation.metrics import ndcg_values, paired_bootstrap, summarise, target_rank
+from omega.sim.evaluation.metrics import summarise, target_rank
+from omega.sim.evaluation.privacy_tables import epsilon_table, privacy_table
+from omega.sim.evaluation.scoring import K, published_edges, score_tvs, versus
 from omega.sim.evaluation.split import Split, leave_last_out_arrays
-from omega.sim.evaluation.wire_audit import TappedFrame, audit_frames, decode_uplink
+from omega.sim.evaluation.wire_audit import audit_frames, decode_uplink
 from omega.sim.fleet.catalog_cache import build_catalog
 from omega.sim.fleet.simulator import TV, Fleet, FleetConfig, ViewingEvent
 
 Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before it is closed; adds keys
 BASELINE_NAMES = ("mostpop", "itemknn", "als", "seq_transition")
-#: the list length scored (HR@10, NDCG@10): a target outside the TV's top 10 is a miss
-K = 10
 #: how the evaluation orders ratings that share a timestamp
 TIES = "seeded shuffle"
-K_MIN_TABLE = (1, 3, 5, 10)
-#: codebook sizes of the privacy table's cell rows (capped at a quarter of the catalog for tiny fixtures)
-CELL_SIZES = (64, 256, 1024)
 
 
 def _without(config: BrainConfig, *parts: str, **changes: Any) -> BrainConfig:
@@ -166,44 +159,6 @@ def _train_events(user: np.ndarray, item: np.ndarray, stars: np.ndarray, ts: np.
     return events, {int(u): float(ts[i]) for u, i in last.items()}
 
 
-class Scored:
-    """Per split row: the target's rank in the TV's top K (K = missed) and whether it was in the pool."""
-
-    def __init__(self) -> None:
-        self.ranks: dict[int, int] = {}
-        self.in_pool: dict[int, bool] = {}
-
-    def summary(self) -> dict[str, float]:
-        pooled = list(self.in_pool.values())
-        return summarise(self.ranks.values(), K) | {"pool_recall": float(np.mean(pooled)) if pooled else 0.0}
-
-
-def score_tvs(
-    fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], *,
-    config: BrainConfig | None = None, published: Published | None = None,
-) -> Scored:  # fmt: skip
-    """Each evaluated viewer's TV ranks its top K with `Brain.rank` at the target's time."""
-    scored = Scored()
-    for user, row in rows_by_user.items():
-        tv = fleet.tvs.get(user)
-        if tv is None:
-            raise OmegaError(f"viewer {user} has no TV in the fleet: every evaluated viewer must be scored")
-        ranking = tv.brain.rank(context_at(when[user]), K, config=config, published=published)
-        target = int(split.item_ids[split.targets[row]])
-        ids = [r.content_id for r in ranking.recommendations]
-        scored.ranks[row] = ids.index(target) if target in ids else K
-        scored.in_pool[row] = target in ranking.pool
-    return scored
-
-
-def _versus(mine: dict[int, int], theirs: dict[int, int], name: str, seed: int) -> dict[str, Any]:
-    """NDCG@10 of `mine` minus `theirs`, paired per viewer, with a bootstrap 95 % interval."""
-    rows = sorted(mine)
-    result = paired_bootstrap(ndcg_values(mine[r] for r in rows), ndcg_values(theirs[r] for r in rows), seed=seed)
-    return {"baseline": name, "users": len(rows), "ndcg_diff": result["diff"],
-            "ci95": [result["ci95_low"], result["ci95_high"]]}  # fmt: skip
-
-
 #: titles compared in `after_overlap` (the most watched ones)
 OVERLAP_TITLES = 100
 
@@ -230,40 +185,6 @@ def _baseline_ranks(split: Split, name: str, params: dict[str, Any], rows: list[
     factory, _ = BASELINES[name]
     model = factory(**params).fit(split)
     return {r: target_rank(model.scores(r, split.histories[r]), int(split.targets[r]), split.histories[r]) for r in rows}
-
-
-async def published_edges(fleet: Fleet, k_min: int) -> list[ConsolidatedEdge]:
-    """Every edge the constellation publishes at `k_min`, read page by page (a full read in one query
-    would exceed SQLite's variable limit)."""
-    edges: list[ConsolidatedEdge] = []
-    cursor, more = 0, True
-    while more:
-        page = await fleet.aggregator.store.changes_since(cursor, k_min, 100_000)
-        edges += [e for e in page.items if isinstance(e, ConsolidatedEdge)]
-        cursor, more = page.cursor, page.more
-    return edges
-
-
-Lookup = Callable[[int], list[TransitionStat]]
-
-
-def published_state(edges: list[ConsolidatedEdge], *, with_pairs: bool = True) -> Published:
-    """What a TV would hold after pulling `edges`: successors by source, pairs by either end (heaviest first),
-    and the most-followed items."""
-    rows: dict[int, list[TransitionStat]] = {}
-    pairs: dict[int, list[TransitionStat]] = {}
-    into: dict[int, float] = {}
-    for e in edges:
-        if e.keyspace == Keyspace.ITEM:
-            rows.setdefault(e.src, []).append(TransitionStat(e.src, e.dst, float(e.weight), e.support))
-            into[e.dst] = into.get(e.dst, 0.0) + float(e.weight)
-        elif e.keyspace == Keyspace.PAIR and with_pairs:
-            pairs.setdefault(e.src, []).append(TransitionStat(e.src, e.dst, float(e.weight), e.support))
-            pairs.setdefault(e.dst, []).append(TransitionStat(e.dst, e.src, float(e.weight), e.support))
-    for found in (*rows.values(), *pairs.values()):
-        found.sort(key=lambda t: (-t.weight, t.dst))
-    popular = [dst for dst, _ in sorted(into.items(), key=lambda kv: (-kv[1], kv[0]))]
-    return (lambda src: rows.get(src, [])), (lambda src: pairs.get(src, [])), (lambda: popular)
 
 
 async def _run(
@@ -319,7 +240,7 @@ async def _run(
             for i, (name, variant) in enumerate(variants.items()):
                 stage("tuning grid", i, len(variants))
                 scored = federated if variant == config else score_tvs(fleet, split, rows_by_user, when, config=variant)
-                grid[name] = scored.summary() | {"vs_shipped": _versus(scored.ranks, federated.ranks, "shipped", seed)}
+                grid[name] = scored.summary() | {"vs_shipped": versus(scored.ranks, federated.ranks, "shipped", seed)}
 
         t0 = time.perf_counter()
         methods["cold_start"] = await _cold_start(fleet, split, events, rows_by_user, cold_n, cold_users, seed, stage)
@@ -327,7 +248,12 @@ async def _run(
         # Every uplink frame, the catch-up's and the cold-start TVs' included, decoded for the wire audit;
         # the privacy table's cell rows re-key the fleet TVs' pushes.
         uplink = decode_uplink(fleet.tap.uplink, lambda dev: derive_device_key(fleet.config.secret, dev, 1))
-        audit = audit_frames(uplink)
+        # With each fleet TV's viewing times, the audit also checks that no contribution went out in the
+        # sync right after a viewing (the cold-start TVs push no edges).
+        viewings: dict[bytes, list[float]] = {}
+        for ev in events:
+            viewings.setdefault(fleet.tvs[ev.user].device_id, []).append(ev.timestamp)
+        audit = audit_frames(uplink, viewings)
 
         out_tables: dict[str, Any] = {}
         ranks_by_method: dict[str, dict[int, int]] = {"edge_only": edge_only.ranks, "edge_federated": federated.ranks}
@@ -341,10 +267,10 @@ async def _run(
                 ablation[name] = scored.summary()
                 ranks_by_method[f"ablation: {name}"] = scored.ranks
             out_tables["ablation"] = ablation
-            out_tables["privacy"] = await _privacy_table(
+            out_tables["privacy"] = await privacy_table(
                 fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
             )
-            out_tables["privacy_epsilon"] = await _epsilon_table(fleet, split, rows_by_user, when, seed=seed, stage=stage)
+            out_tables["privacy_epsilon"] = await epsilon_table(fleet, split, rows_by_user, when, seed=seed, stage=stage)
             timings["tables_s"] = time.perf_counter() - t0
         published = await published_edges(fleet, k_min)
         extra = inspect(fleet) if inspect is not None else {}
@@ -361,14 +287,14 @@ async def _run(
         stage("centralised baselines", len(BASELINE_NAMES), len(BASELINE_NAMES))
 
     best = max((n for n in BASELINE_NAMES if n in methods), key=lambda n: methods[n]["ndcg@10"], default=None)
-    versus: dict[str, Any] = {}
+    against_best: dict[str, Any] = {}
     if best:
         rows = sorted(federated.ranks)
         best_ranks = _baseline_ranks(split, best, methods[best]["params"], rows)
         for name in BASELINE_NAMES:
             if name != best and name in methods:
                 ranks_by_method[name] = _baseline_ranks(split, name, methods[name]["params"], rows)
-        versus = {name: _versus(r, best_ranks, best, seed) for name, r in ranks_by_method.items()}
+        against_best = {name: versus(r, best_ranks, best, seed) for name, r in ranks_by_method.items()}
     return {
         "dataset": data.path.name,
         "layout": data.layout,
@@ -385,8 +311,8 @@ async def _run(
         "methods": methods,
         "best_centralised": best,
         "edge_federated_matches_best": bool(best and methods["edge_federated"]["ndcg@10"] >= methods[best]["ndcg@10"]),
-        "edge_federated_vs_best": versus.get("edge_federated"),
-        "versus_best": versus,
+        "edge_federated_vs_best": against_best.get("edge_federated"),
+        "versus_best": against_best,
         "after_overlap_with_itemknn": overlap,
         "consolidated_patterns_per_tv": float(np.mean(held)) if held else 0.0,
         "upload_bytes_per_tv": {"mean": float(up.mean()) if up.size else 0.0, "p95": float(np.percentile(up, 95)) if up.size else 0.0},
@@ -445,91 +371,6 @@ async def _cold_start(
         "tvs": len(chosen), "episodes": cold_n, "target": f"episode {cold_n + 1}",
         "reference": {name: summarise(r) for name, r in ref_ranks.items()},
     }  # fmt: skip
-
-
-async def _privacy_table(
-    fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], up: np.ndarray, stage: Stage, *,
-    uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """NDCG@10 of the shipped ranking (`Brain.rank` over another published set) for each k_min, from the
-    same constellation's published sets: "item" (ordered item edges alone) and "item+pair" (with the
-    unordered pairs; derived by the constellation, so both cost a TV the same upload). "item+cell<N>"
-    rows give what cell-keyed edges (codebook cells of N centroids) would cost and publish: an offline
-    re-keying of the tapped pushes with the constellation's rule (`omega.sim.evaluation.cell_granularity`),
-    their upload those pushes re-encoded; a TV has no cell ranking path, so they carry no NDCG."""
-    key_for = lambda dev: derive_device_key(fleet.config.secret, dev, 1)  # noqa: E731
-    pushes = cg.item_pushes(uplink)
-    policy = fleet.aggregator.policy
-    n_items = len(fleet.catalog)
-    cells_by_size: dict[int, dict[str, Any]] = {}
-    for n in sorted({min(size, max(1, n_items // 4)) for size in CELL_SIZES}):
-        cells = build_codebook(matrix, k=n, seed=seed, iters=10).assign(matrix)
-        cell_of = dict(zip(fleet.catalog.ids.tolist(), cells.tolist()))
-        per_device = cg.cell_upload_bytes(uplink, cell_of, key_for, codebook_version=1)
-        cell_up = np.array([per_device.get(tv.device_id, 0) for tv in tvs], np.float64)
-        edges_per_tv: dict[bytes, set[cg.CellKey]] = {}
-        for p in pushes:
-            edges_per_tv.setdefault(p.device_id, set()).update(cg.rekey(p.edges, cell_of))
-        aggregated = cg.aggregate_cells(pushes, cell_of, edge_w_max=policy.edge_w_max, epoch_ms=policy.epoch_ms)
-        cells_by_size[n] = {
-            "cells": cells, "aggregated": aggregated,
-            "up": float(cell_up.mean()) if cell_up.size else 0.0,
-            "edges_per_tv": float(np.mean([len(edges_per_tv.get(tv.device_id, ())) for tv in tvs])) if tvs else 0.0,
-        }  # fmt: skip
-    out = []
-    for i, k in enumerate(K_MIN_TABLE):
-        stage("privacy table", i, len(K_MIN_TABLE))
-        edges = await published_edges(fleet, k)
-        n_pairs = sum(e.keyspace == Keyspace.PAIR for e in edges)
-        common = {"k_min": k, "published_edges": len(edges) - n_pairs}
-        base = {"upload_bytes_per_tv_mean": float(up.mean()) if up.size else 0.0}
-        for name, with_pairs in (("item", False), ("item+pair", True)):
-            state = published_state(edges, with_pairs=with_pairs)
-            scored = score_tvs(fleet, split, rows_by_user, when, published=state)
-            out.append({"granularity": name, **common, "published_pairs": n_pairs if with_pairs else 0,
-                        **scored.summary(), **base})  # fmt: skip
-        for n, c in cells_by_size.items():
-            out.append({
-                "granularity": f"item+cell{n}", **common, "published_pairs": 0, "hr@10": None, "ndcg@10": None,
-                "upload_bytes_per_tv_mean": c["up"], "cells": n,
-                "published_cell_edges": len(cg.publish(c["aggregated"], k)), "cell_edges_per_tv": c["edges_per_tv"],
-            })  # fmt: skip
-    stage("privacy table", len(K_MIN_TABLE), len(K_MIN_TABLE))
-    return out
-
-
-#: ε per TV per day of the privacy table's DP rows (None: no noise, k_min 3 as shipped), and their δ.
-EPSILON_TABLE = (None, 8.0, 4.0, 2.0, 1.0)
-DP_DELTA = 1e-6
-
-
-async def _epsilon_table(
-    fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], *, seed: int, stage: Stage
-) -> list[dict[str, Any]]:  # fmt: skip
-    """NDCG@10 of the shipped ranking when the constellation publishes with differential privacy at ε
-    (`omega.constellation.privacy`: OpenDP Gaussian noise on every key's distinct support and partition
-    selection by its noised support, in place of k_min), from the same constellation's supports."""
-    from omega.constellation import privacy
-
-    everything = await published_edges(fleet, 1)  # every key with its exact distinct support
-    supports = {(e.keyspace, e.src, e.dst): e.support for e in everything}
-    out = []
-    for i, eps in enumerate(EPSILON_TABLE):
-        stage("privacy table (ε)", i, len(EPSILON_TABLE))
-        if eps is None:
-            edges = await published_edges(fleet, 3)
-            extra: dict[str, Any] = {"epsilon": None, "k_min": 3}
-        else:
-            release = privacy.calibrate(eps, DP_DELTA)
-            noised = release.release(supports)
-            edges = [ConsolidatedEdge(k[0], k[1], k[2], float(n), n, 0) for k, n in sorted(noised.items())]
-            extra = {"epsilon": eps, "delta": DP_DELTA, "noise_scale": round(release.scale, 3),
-                     "threshold": release.threshold, "max_keys_per_tv_day": release.max_keys}  # fmt: skip
-        n_pairs = sum(e.keyspace == Keyspace.PAIR for e in edges)
-        scored = score_tvs(fleet, split, rows_by_user, when, published=published_state(edges))
-        out.append({**extra, "published_edges": len(edges) - n_pairs, "published_pairs": n_pairs, **scored.summary()})
-    stage("privacy table (ε)", len(EPSILON_TABLE), len(EPSILON_TABLE))
-    return out
 
 
 def evaluate_movielens(
