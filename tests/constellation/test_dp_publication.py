@@ -6,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from omega.cli import app
-from omega.constellation.aggregation import DP_CURSOR_BASE, OVER_DAILY_KEYS, AggregationPolicy, Aggregator
+from omega.constellation.aggregation import OVER_DAILY_KEYS, AggregationPolicy, Aggregator
+from omega.constellation.dp_release import DP_CURSOR_BASE
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.constellation.settings import load_settings
 from omega.errors import OmegaError

@@ -26,7 +26,6 @@ instead of silently double-counting support.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import math
@@ -40,9 +39,9 @@ import numpy as np
 
 from omega.constellation.codebook import Codebook
 from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, FederatedState
+from omega.constellation.dp_release import DailyRelease
 from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
 from omega.constellation.store.base import (
-    EDGE_WIRE_BYTES,
     CellContribution,
     ConstellationStore,
     EdgeContribution,
@@ -73,9 +72,6 @@ BAD_TRANSITION = "bad_transition"  # ids out of range, weight not finite and > 0
 DUPLICATE_FLOOD = "duplicate_flood"  # this device already contributed to that cell/edge this epoch
 OVER_DAILY_KEYS = "over_daily_keys"  # (DP) this device already added to dp_max_keys keys this epoch
 
-#: Pull cursors of DP releases: base + (release epoch << 24) + position in the release.
-DP_CURSOR_BASE = 1 << 62
-_DP_POSITION_BITS = 24
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,9 +157,9 @@ class Aggregator:
         self._mac = hmac.new(bytes(salt), digestmod=hashlib.sha256)
         # Optional trend detection: fed the accepted cells' member hashes, read into served patterns.
         self.trends: TrendTracker | None = None
-        # DP mode: the day's release (epoch, items) and per-device keys used this epoch (keyed hashes).
-        self._release: tuple[int, list[ConsolidatedEdge]] | None = None
-        self._release_lock = asyncio.Lock()
+        # DP mode: the day's release (its clock is this aggregator's `_clock_ms`), and per-device keys
+        # used this epoch (keyed hashes).
+        self._release = DailyRelease(store, self.policy, lambda: self._clock_ms())
         self._day_keys: tuple[int, dict[bytes, int]] = (-1, {})
         self._clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
 
@@ -231,7 +227,7 @@ class Aggregator:
         rejections.sort(key=lambda r: (r.kind, r.index))
         cursor = outcome.head
         if self.policy.dp_epsilon is not None:  # TVs pull the day's release, not the store's changes
-            cursor = self._release_cursor(*await self._current_release(), done=True)
+            cursor = await self._release.head()
         return ApplyResult(
             accepted=len(outcome.accepted_cells) + sum(i < n_pushed for i in outcome.accepted_edges),
             rejections=rejections,
@@ -269,54 +265,6 @@ class Aggregator:
                 rejections.append(Rejection("pattern", c.index, OVER_DAILY_KEYS))
         used[tag] = self.policy.dp_max_keys - budget
         return kept_cells, kept_edges
-
-    # ---- DP releases ------------------------------------------------------------------
-    async def _current_release(self) -> tuple[int, list[ConsolidatedEdge]]:
-        """The day's DP release (computed at the first push or pull of an epoch, then fixed for it)."""
-        epoch = self._clock_ms() // self.policy.epoch_ms
-        if self._release is not None and self._release[0] == epoch:
-            return self._release
-        async with self._release_lock:
-            if self._release is None or self._release[0] != epoch:
-                self._release = (epoch, await self._make_release(epoch))
-            return self._release
-
-    async def _make_release(self, epoch: int) -> list[ConsolidatedEdge]:
-        from omega.constellation import privacy
-
-        supports: dict[tuple[int, int, int], int] = {}
-        cursor, more = 0, True
-        while more:
-            page = await self.store.changes_since(cursor, 1, 1 << 30)
-            for e in page.items:
-                if isinstance(e, ConsolidatedEdge):
-                    supports[(e.keyspace, e.src, e.dst)] = e.support
-            cursor, more = page.cursor, page.more
-        policy = self.policy
-        release = privacy.calibrate(float(policy.dp_epsilon or 0.0), policy.dp_delta, policy.dp_max_keys)
-        noised = await asyncio.to_thread(release.release, supports)
-        # Embedding patterns are not released under DP (their weighted means carry no noise yet).
-        # An item's version is the cursor right after it: a page the server cuts resumes there.
-        base = DP_CURSOR_BASE + (epoch << _DP_POSITION_BITS)
-        ranked = enumerate(sorted(noised.items()))
-        return [ConsolidatedEdge(k[0], k[1], k[2], float(n), n, base + i + 1) for i, (k, n) in ranked]
-
-    @staticmethod
-    def _release_cursor(epoch: int, items: list[ConsolidatedEdge], position: int = 0, *, done: bool = False) -> int:
-        return DP_CURSOR_BASE + (epoch << _DP_POSITION_BITS) + (len(items) if done else position)
-
-    async def _release_page(
-        self, cursor: int, max_bytes: int
-    ) -> tuple[list[ConsolidatedPattern | ConsolidatedEdge], int, bool]:
-        """A page of the day's release after `cursor` (a cursor of another day or of the store: from its start)."""
-        epoch, items = await self._current_release()
-        start = 0
-        if cursor >= DP_CURSOR_BASE and (cursor - DP_CURSOR_BASE) >> _DP_POSITION_BITS == epoch:
-            start = min((cursor - DP_CURSOR_BASE) & ((1 << _DP_POSITION_BITS) - 1), len(items))
-        count = max(1, max_bytes // EDGE_WIRE_BYTES)
-        page = items[start : start + count]
-        end = start + len(page)
-        return list(page), self._release_cursor(epoch, items, end), end < len(items)
 
     def _check_pattern(self, p: Contribution, embedding_ok: bool) -> str | None:
         if not embedding_ok:
@@ -444,7 +392,7 @@ class Aggregator:
         if not _is_int(max_bytes) or max_bytes < 1:
             raise OmegaError("max_bytes must be a positive integer")
         if self.policy.dp_epsilon is not None:
-            return await self._release_page(int(cursor), int(max_bytes))
+            return await self._release.page(int(cursor), int(max_bytes))
         page = await self.store.changes_since(int(cursor), self.policy.k_min, int(max_bytes))
         items = page.items
         if self.trends is not None:
