@@ -38,7 +38,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-
 from omega.constellation.admission import Admission, LocalAdmission
 from omega.constellation.aggregation import Aggregator, Contribution
 from omega.constellation.aggregation import Transition as EdgeIn
@@ -176,7 +175,7 @@ class SyncService:
         # With each page: whether its frame deflates smaller (decided once per page, not per device).
         self._pages: OrderedDict[bytes, tuple[PullReply, bool]] = OrderedDict()
         self._page_entries = 1024
-        self.pages = PageBuilder(page_key, lambda: self.codebook_version, self.now_ms)
+        self.page_builder = PageBuilder(page_key, lambda: self.codebook_version, self.now_ms)
         # Labelled metric children, resolved once (labels() takes a lock and builds a tuple per call).
         self._m_bytes_in = metrics.bytes.labels("in")
         self._m_bytes_out = metrics.bytes.labels("out")
@@ -352,7 +351,7 @@ class SyncService:
         started = time.perf_counter()
         items, cursor, more = await self.aggregator.changes_since(pull.since, budget - 64)
         self._m_changes.observe(time.perf_counter() - started)
-        reply, blob = self.pages.build(items, cursor, more, budget)
+        reply, blob = self.page_builder.build(items, cursor, more, budget)
         if cursor > self.head and not more:
             self.head = await self.cache.note_head(cursor)
         await self.cache.put_page(head, pull.since, budget, blob)
@@ -380,7 +379,7 @@ class SyncService:
 
     def page(self, items: list, cursor: int, more: bool, budget: int) -> PullReply:
         """A PullReply of `items` whose signed frame fits `budget` (see `PageBuilder.page`)."""
-        return self.pages.build(items, cursor, more, budget)[0]
+        return self.page_builder.build(items, cursor, more, budget)[0]
 
     # ------------------------------------------------------------------ heartbeat
     def _heartbeat(self, hb: Heartbeat, now: int) -> HeartbeatAck:

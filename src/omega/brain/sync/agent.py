@@ -27,10 +27,8 @@ import random
 import time
 from collections.abc import Callable
 
-
 from omega.brain.config import BrainConfig
-from omega.brain.records import ConsolidatedRecord
-from omega.brain.records import TransitionStat
+from omega.brain.records import ConsolidatedRecord, TransitionStat
 from omega.brain.store import BrainStore, is_bad_data
 from omega.brain.sync import state
 from omega.brain.sync.config import SyncConfig
