@@ -14,15 +14,12 @@ outage, counted in `omega_cache_fallbacks_total`), like the pull cache.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from omega.constellation.redis_link import RedisLink
 from omega.constellation.validation import RateLimiter, ReplayGuard
-
-log = logging.getLogger("omega.serve")
 
 #: Width of a seq in Redis: zero-padded decimal, so Lua compares the full uint64 as a string.
 _SEQ_DIGITS = 20
@@ -124,20 +121,12 @@ class RedisAdmission:
         timeout_s: float = 0.25,
         cooldown_s: float = 5.0,
     ) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )  # fmt: skip
+        self._link = RedisLink(url, role="admission", fallback="in-process replay and rate state",
+                               up_note="admission state is shared again", timeout_s=timeout_s, cooldown_s=cooldown_s)
+        self._redis = self._link.redis
         self._ns = namespace
         self.fallback = fallback
         self._on_fallback = on_fallback
-        self._cooldown = cooldown_s
-        self._down_until = 0.0
-        self._outage = False
         self._script = self._redis.register_script(_ADMIT_LUA)
         self._rate = repr(float(fallback.limiter.rate))
         self._burst = str(fallback.limiter.burst)
@@ -147,7 +136,7 @@ class RedisAdmission:
         too_far = _window_refusal(self._window_ms, timestamp_ms, now_ms)
         if too_far is not None:
             return too_far
-        if time.monotonic() >= self._down_until:
+        if self._link.available():
             dev = device_id.hex()
             try:
                 code, value = await self._script(
@@ -155,15 +144,9 @@ class RedisAdmission:
                     args=[now_ms, self._rate, self._burst, str(seq).zfill(_SEQ_DIGITS), self._window_ms],
                 )
             except Exception as exc:  # any Redis/socket/timeout failure: this worker's own state
-                self._down_until = time.monotonic() + self._cooldown
-                if not self._outage:
-                    self._outage = True
-                    log.warning("redis unavailable for admission (%s: %s); using in-process replay and rate "
-                                "state, retrying every %.0f s", type(exc).__name__, exc, self._cooldown)  # fmt: skip
+                self._link.failed(exc)
             else:
-                if self._outage:
-                    self._outage = False
-                    log.warning("redis is back; admission state is shared again")
+                self._link.ok()
                 code = int(code)
                 if code == 1:
                     wait = int(value)
@@ -182,7 +165,4 @@ class RedisAdmission:
         self.fallback.sweep(now_ms, bucket_s)
 
     async def close(self) -> None:
-        try:
-            await self._redis.aclose()
-        except Exception:  # closing a dead connection must not fail shutdown
-            pass
+        await self._link.close()

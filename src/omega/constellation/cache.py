@@ -14,12 +14,11 @@ the fallback, and tries Redis again after a cool-down.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from typing import Protocol
 
-log = logging.getLogger("omega.serve")
+from omega.constellation.redis_link import RedisLink
 
 HOUR_MS = 3_600_000
 
@@ -108,22 +107,13 @@ class RedisCache:
         timeout_s: float = 0.25,
         cooldown_s: float = 5.0,
     ) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # No client-side retries: a dead Redis must cost one short timeout, then the cool-down.
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )  # fmt: skip
+        self._link = RedisLink(url, role="the pull cache", fallback="the in-process cache", up_note="using it again",
+                               timeout_s=timeout_s, cooldown_s=cooldown_s)  # fmt: skip
+        self._redis = self._link.redis
         self._ns = namespace
         self.fallback = fallback
         self._on_fallback = on_fallback
         self._ttl_ms = max(1, int(ttl_s * 1000))
-        self._cooldown = cooldown_s
-        self._down_until = 0.0
-        self._outage = False
         self.redis_ops = 0  # operations Redis answered (tests and stats)
         self.fallback_ops = 0
         self._raise_head = self._redis.register_script(
@@ -132,21 +122,9 @@ class RedisCache:
             "if n > c then redis.call('SET', KEYS[1], ARGV[1]) return n end return c"
         )
 
-    def _available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def _failed(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + self._cooldown
-        if not self._outage:
-            self._outage = True
-            log.warning("redis unavailable (%s: %s); using the in-process cache, retrying every %.0f s",
-                        type(exc).__name__, exc, self._cooldown)  # fmt: skip
-
     def _ok(self) -> None:
         self.redis_ops += 1
-        if self._outage:
-            self._outage = False
-            log.warning("redis is back; using it again")
+        self._link.ok()
 
     def _fell_back(self) -> None:
         self.fallback_ops += 1
@@ -154,11 +132,11 @@ class RedisCache:
             self._on_fallback()
 
     async def _call(self, op, fallback):  # noqa: ANN001, ANN202
-        if self._available():
+        if self._link.available():
             try:
                 result = await op()
             except Exception as exc:  # any Redis/socket/timeout failure: serve from the fallback
-                self._failed(exc)
+                self._link.failed(exc)
             else:
                 self._ok()
                 return result
@@ -210,8 +188,5 @@ class RedisCache:
         return await self._call(op, lambda: self.fallback.distinct_devices(now_ms))
 
     async def close(self) -> None:
-        try:
-            await self._redis.aclose()
-        except Exception:  # closing a dead connection must not fail shutdown
-            pass
+        await self._link.close()
         await self.fallback.close()
