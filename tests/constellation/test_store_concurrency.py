@@ -96,7 +96,7 @@ async def test_each_push_is_visible_to_every_reader_once_acknowledged(aggregator
 
     await asyncio.gather(*(one(d) for d in range(48)))
     stats = await store.stats()
-    assert stats.push_keys == 48 and stats.contributions == 48
+    assert stats.push_keys == 48 and stats.contributions == 48 * 2  # a pattern and an edge each
 
 
 async def test_failing_pushes_roll_back_alone_amid_pulls(store, codebook) -> None:
@@ -238,8 +238,10 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
     await agg.apply(device(1), b"a", [pattern(near(codebook, 4, 1))], [(0, 1, 2, 1.0)], NOW)
     before = [fingerprint(i) for i in await agg.published()]
     await s.close()
-    con = sqlite3.connect(path)  # turn it back into a schema-v1 file
-    con.execute("DROP INDEX served_seq_support")
+    con = sqlite3.connect(path)  # turn it back into a schema-v1 file, its member marks cleared as v1 pruned them
+    for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
+        con.execute(f"DROP INDEX {index}")
+    con.execute("UPDATE members SET epoch = NULL")
     con.execute("PRAGMA user_version=1")
     con.commit()
     con.close()
@@ -251,7 +253,10 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
         await s.close()
     con = sqlite3.connect(path)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
-        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'served_seq_support'").fetchone()[0] == 1
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
+            assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0] == 1
+        # v3: a cleared mark becomes the last logged epoch minus one (a full window from there, no flood).
+        assert con.execute("SELECT DISTINCT epoch FROM members").fetchall() == [(NOW // DAY - 1,)]
     finally:
         con.close()

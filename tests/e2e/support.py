@@ -276,6 +276,7 @@ class Reference:
         self.edges: dict[EdgeKey, list] = {}  # key -> [weight, support]
         self.batches = 0
         self.accepted_cells = 0
+        self.accepted_edges = 0  # edges and derived pairs
         self._members: set[tuple] = set()
 
     def add_device(self, device: bytes, pushes: Iterable[Push]) -> None:
@@ -289,7 +290,7 @@ class Reference:
             if p.uses < self.min_samples:
                 continue
             x = p.embedding.dequantize().astype(np.float64)
-            emb = (x / np.linalg.norm(x)).astype(np.float32)
+            emb = (x / np.linalg.norm(x)).astype(np.float32).astype(np.float16).astype(np.float32)  # as logged
             key = CellKey(int(p.task_type), int(self.codebook.assign(emb[None, :])[0]))
             member = ("cell", key, device)
             if member in self._members:
@@ -317,6 +318,7 @@ class Reference:
                 acc = self.edges.setdefault(key, [0.0, 0])
                 acc[0] += min(float(e.weight), self.policy.edge_w_max)
                 acc[1] += 1
+                self.accepted_edges += 1
             # The server derives one unordered pair per item pair of the push (both orders summed).
             pairs: dict[EdgeKey, float] = {}
             if ks == Keyspace.ITEM:
@@ -332,6 +334,7 @@ class Reference:
                 acc = self.edges.setdefault(key, [0.0, 0])
                 acc[0] += min(weight, self.policy.edge_w_max)
                 acc[1] += 1
+                self.accepted_edges += 1
 
     def published_cells(self) -> dict[CellKey, tuple[np.ndarray, float, int]]:
         """Cells published (support >= k_min): (unit weighted-mean embedding, success rate, support)."""
@@ -350,7 +353,7 @@ class Reference:
 def assert_server_matches(state: ServerState, ref: Reference, *, rel: float = 1e-9) -> None:
     """The server applied exactly what the TVs sealed, once each: accumulators, publication, counts."""
     assert state.stats.push_keys == ref.batches, "every sealed batch applied exactly once (one idempotency key each)"
-    assert state.stats.contributions == ref.accepted_cells
+    assert state.stats.contributions == ref.accepted_cells + ref.accepted_edges  # the window's log
     assert set(state.cells) == set(ref.cells)
     for key, c in ref.cells.items():
         s = state.cells[key]

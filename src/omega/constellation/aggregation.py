@@ -6,18 +6,23 @@ alike). A device contributes to a given cell or edge at most once per epoch
 (default one day); more are rejected as `duplicate_flood`. So within an epoch
 one device moves a consolidated pattern by at most w_max / (W + w_max) of the
 distance between the honest mean and its vector (W: the honest weight), and its
-success rate by at most w_max / (T + w_max). (Many fake devices are the job of
-device authentication — signed device tokens — not of aggregation.)
+success rate by at most w_max / (T + w_max). Contributions count only inside the
+window (`window_epochs`, default 30 days; store/window.py): a device holds at most
+1 of a key's support and `window_epochs` capped contributions, however long it
+keeps pushing, and a key whose supporters went silent leaves the published state.
+(Many fake devices are the job of device authentication — signed device tokens —
+not of aggregation.)
 
 Privacy floor (docs/architecture.md §4). Raw device ids never reach the store. What is kept:
 - idempotency keys HMAC(salt, device ‖ batch_id) with the push time — deleted by
   `prune` after the replay window;
-- per key (cell or edge) the set of member hashes HMAC(salt, key ‖ device)[:8],
-  for exact distinct support. The hash differs per key, so the sets of two cells
-  cannot be joined to build a device profile without the server salt, and the
-  "contributed in epoch E" mark on a member is cleared by `prune` once E is over;
-- the contributions log: key, weight, counts, float16 embedding and epoch — no
-  device id, no pseudonym, no finer time.
+- per key (cell or edge) the set of member hashes HMAC(salt, key ‖ device)[:8]
+  with the epoch of the member's last contribution, for exact distinct support in
+  the window. The hash differs per key, so the sets of two cells cannot be joined
+  to build a device profile without the server salt; `prune` deletes a member
+  once its last contribution leaves the window;
+- the contributions log of the window: key, weight, (cells) counts and float16
+  embedding, and epoch — no device id, no pseudonym, no finer time.
 A consolidated pattern or edge is published only with distinct support ≥ k_min.
 The salt is the server's secret (e.g. derived from OMEGA_SECRET); the store only
 keeps a check value HMAC(salt, …) so a restart with another salt is refused
@@ -117,6 +122,9 @@ class AggregationPolicy:
     # distinct support, so this only bounds the diagnostic summed weight of the state.
     edge_w_max: float = 1.0
     epoch_ms: int = DAY_MS  # one contribution per device per cell/edge per epoch
+    # The contribution window (store/window.py): a key holds only the contributions of the last
+    # window_epochs epochs, and its support only the devices that contributed in them.
+    window_epochs: int = 30
     replay_window_ms: int = DAY_MS  # how long idempotency keys are kept
     norm_tolerance: float = 0.1  # |‖x‖ - 1| allowed (uint8 quantisation error is far below)
     # Differential privacy at publication (omega.constellation.privacy): None = off (k_min only).
@@ -136,6 +144,10 @@ class AggregationPolicy:
             raise OmegaError("dp_delta must be in (0, 0.01) and dp_max_keys in 1..10000")
         if self.epoch_ms < 1 or self.replay_window_ms < 0:
             raise OmegaError("epoch_ms must be >= 1 and replay_window_ms >= 0")
+        if isinstance(self.window_epochs, bool) or not isinstance(self.window_epochs, int) or not (
+            1 <= self.window_epochs <= 3650
+        ):
+            raise OmegaError(f"window_epochs must be an integer in 1..3650, got {self.window_epochs!r}")
 
 
 def _is_int(value: object) -> bool:
@@ -304,7 +316,9 @@ class Aggregator:
         if not valid:
             return [], 0
         rows = [i for i, _ in valid]
-        x32 = (x[rows] / norms[rows, None]).astype(np.float32)
+        # Rounded to float16, as the contributions log keeps it, so that what leaves the window
+        # subtracts exactly what was added (far finer than the wire's uint8 quantisation anyway).
+        x32 = (x[rows] / norms[rows, None]).astype(np.float16).astype(np.float32)
         assigned = self.codebook.assign(x32)
         w_max = self.policy.w_max
         out = []
@@ -417,10 +431,12 @@ class Aggregator:
 
     # ---- housekeeping and federation -----------------------------------------------
     async def prune(self, now_ms: int) -> PruneStats:
-        """Drop idempotency keys older than the replay window and per-epoch marks of past epochs."""
+        """Drop idempotency keys older than the replay window, and members and contributions older
+        than the contribution window (their keys' accumulators and supports shrink: store/window.py)."""
         if not _is_int(now_ms) or now_ms < 0:
             raise OmegaError("now_ms must be a non-negative integer")
-        return await self.store.prune(now_ms - self.policy.replay_window_ms, now_ms // self.policy.epoch_ms)
+        first_kept = int(now_ms) // self.policy.epoch_ms - self.policy.window_epochs + 1
+        return await self.store.prune(now_ms - self.policy.replay_window_ms, first_kept)
 
     async def export_state(self, since_version: int = 0, origins: list[str] | None = None) -> FederatedState:
         """CRDT entries for federation (default: this shard's own and every origin it holds)."""

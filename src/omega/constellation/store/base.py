@@ -103,7 +103,9 @@ class ChangePage:
 @dataclass(frozen=True)
 class PruneStats:
     push_keys: int  # idempotency keys deleted
-    epoch_marks: int  # per-epoch contribution marks cleared
+    members: int  # member rows whose last contribution left the window (store/window.py)
+    contributions: int  # contributions-log rows that left the window
+    keys: int  # keys whose own accumulator and support were reduced
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ class ConstellationStore(ABC):
 
     @abstractmethod
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:
-        """Forget idempotency keys older than a time and per-epoch marks older than an epoch."""
+        """Forget idempotency keys older than a time, and members and contributions of epochs before
+        `epoch_before` (the contribution window, store/window.py), in one transaction."""
 
     async def export_entries(self, since_version: int = 0, origins: list[str] | None = None) -> FederatedState:
         """CRDT entries (own and remote) with version > since_version, optionally of some origins only."""

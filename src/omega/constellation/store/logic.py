@@ -225,7 +225,7 @@ class PushWrites:
     # Served rows, applied in order: seq replaces, support is ADDED.
     served: list[tuple] = field(default_factory=list)
     members: list[tuple] = field(default_factory=list)  # member rows: the epoch mark replaces
-    log: list[tuple] = field(default_factory=list)  # contribution log rows (embedding patterns)
+    log: list[tuple] = field(default_factory=list)  # contribution log rows (patterns and edges)
 
 
 def accumulate(
@@ -275,6 +275,8 @@ def accumulate(
         increments.append((origin, e.keyspace, e.src, e.dst, e.weight, n, head))
         served.append((KIND_EDGE, e.keyspace, e.src, e.dst, head, n))
         members.append((KIND_EDGE, e.keyspace, e.src, e.dst, e.member, epoch))
+        # Logged so the weight can leave the window again (store/window.py).
+        out.log.append((epoch, KIND_EDGE, e.keyspace, e.src, e.dst, e.weight, None, None, None))
     out.outcome = _with_head(classified.outcome, head)
     return out
 

@@ -28,7 +28,7 @@ Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of 
   every acknowledged push). A cell pushed to 100 times in a second costs one
   insert, and only when its direction moved enough to matter
   (postgres.VECTOR_REFRESH).
-- `omega_contributions`: append-only log of accepted embedding-pattern contributions.
+- `omega_contributions`: log of accepted contributions within the window (v2: edges too, an epoch index).
 """
 
 from __future__ import annotations
@@ -86,7 +86,13 @@ CREATE TABLE omega_contributions (
     weight float8 NOT NULL, successes float8, trials float8, embedding bytea)
 """
 
-MIGRATIONS: list[str] = [_SCHEMA_V1]
+# v2: the contribution window (store/window.py; the SQLite store's v3 says why).
+_SCHEMA_V2 = """
+UPDATE omega_members SET epoch = (SELECT coalesce(max(epoch), 0) - 1 FROM omega_contributions) WHERE epoch IS NULL;
+CREATE INDEX omega_contributions_epoch ON omega_contributions (epoch)
+"""
+
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

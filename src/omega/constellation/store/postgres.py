@@ -22,7 +22,7 @@ import asyncpg
 import numpy as np
 
 from omega.constellation.crdt import CellKey, EdgeKey, FederatedState
-from omega.constellation.store import logic
+from omega.constellation.store import logic, window
 from omega.constellation.store.base import (
     KIND_CELL,
     KIND_EDGE,
@@ -316,12 +316,38 @@ class PostgresStore(ConstellationStore):
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:
         async def run(conn: asyncpg.Connection, head: int) -> tuple[PruneStats, int]:
             keys = await conn.execute("DELETE FROM omega_push_keys WHERE at_ms < $1", int(push_keys_before_ms))
-            marks = await conn.execute(
-                "UPDATE omega_members SET epoch = NULL WHERE epoch IS NOT NULL AND epoch < $1", int(epoch_before)
-            )
-            return PruneStats(int(keys.split()[-1]), int(marks.split()[-1])), head
+            w = await self._expire(conn, int(epoch_before), head)
+            members = await conn.execute("DELETE FROM omega_members WHERE epoch < $1", int(epoch_before))
+            log = await conn.execute("DELETE FROM omega_contributions WHERE epoch < $1", int(epoch_before))
+            counts = (int(status.split()[-1]) for status in (keys, members, log))
+            return PruneStats(*counts, w.keys), w.head
 
         return await self._engine.write(run)
+
+    async def _expire(self, conn: asyncpg.Connection, epoch_before: int, head: int) -> window.ExpiryWrites:
+        """Own accumulators and supports without what leaves the window (store/window.py)."""
+        log = await conn.fetch(
+            "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM omega_contributions WHERE epoch < $1",
+            epoch_before,
+        )
+        members = await conn.fetch(
+            "SELECT kind, k1, k2, k3, count(*) FROM omega_members WHERE epoch < $1 GROUP BY kind, k1, k2, k3",
+            epoch_before,
+        )
+        touched = {tuple(r[:4]) for r in log} | {tuple(r[:4]) for r in members}
+        cells = sorted((k1, k2) for kind, k1, k2, _ in touched if kind == KIND_CELL)
+        edges = sorted((k1, k2, k3) for kind, k1, k2, k3 in touched if kind == KIND_EDGE)
+        own_cells = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(cells), self.origin) if cells else []
+        own_edges = await conn.fetch(_EDGES_OF_KEYS + " WHERE e.origin = $4", *_columns(edges), self.origin) if edges else []
+        w = window.plan_expiry(self.origin, own_cells, own_edges, log, members, head)
+        await _write_rows(
+            conn,
+            (_PUT_CELL, w.cell_states),
+            (_PUT_EDGE, w.edge_states),
+            (_ADD_SERVED, w.served),
+            (_MARK_DIRTY, _dirty_marks(w.served)),
+        )
+        return w
 
     async def stats(self) -> StoreStats:
         async def run(conn: asyncpg.Connection) -> StoreStats:

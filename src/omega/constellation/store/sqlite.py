@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, EdgeKey, FederatedState
-from omega.constellation.store import logic
+from omega.constellation.store import logic, window
 from omega.constellation.store.base import (
     KIND_CELL,
     KIND_EDGE,
@@ -61,6 +61,11 @@ ITEM_CACHE_ENTRIES = 8192
 _KEYS_PER_QUERY = 4096
 
 _PUT_CELL = "INSERT OR REPLACE INTO cell_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# A served row's change: seq replaces, support is added (a push's new members, an expiry's leavers).
+_ADD_SERVED = (
+    "INSERT INTO served VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+    "seq = excluded.seq, support = support + excluded.support"
+)
 
 
 def _values(rows: Sequence[tuple], width: int) -> str:
@@ -203,11 +208,7 @@ class SqliteStore(ConstellationStore):
             "weight = weight + excluded.weight, support = support + excluded.support, version = excluded.version",
             w.edge_increments,
         )
-        conn.executemany(
-            "INSERT INTO served VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-            "seq = excluded.seq, support = support + excluded.support",
-            w.served,
-        )
+        conn.executemany(_ADD_SERVED, w.served)
         conn.executemany(
             "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET epoch = excluded.epoch",
             w.members,
@@ -276,12 +277,33 @@ class SqliteStore(ConstellationStore):
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:
         def run(conn: sqlite3.Connection) -> PruneStats:
             keys = conn.execute("DELETE FROM push_keys WHERE at_ms < ?", (push_keys_before_ms,)).rowcount
-            marks = conn.execute(
-                "UPDATE members SET epoch = NULL WHERE epoch IS NOT NULL AND epoch < ?", (epoch_before,)
-            ).rowcount
-            return PruneStats(keys, marks)
+            w = self._expire(conn, int(epoch_before))
+            members = conn.execute("DELETE FROM members WHERE epoch < ?", (epoch_before,)).rowcount
+            log = conn.execute("DELETE FROM contributions WHERE epoch < ?", (epoch_before,)).rowcount
+            return PruneStats(keys, members, log, w.keys)
 
         return await self._writer.submit(run)
+
+    def _expire(self, conn: sqlite3.Connection, epoch_before: int) -> window.ExpiryWrites:
+        """Own accumulators and supports without what leaves the window (store/window.py)."""
+        log = conn.execute(
+            "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM contributions WHERE epoch < ?",
+            (epoch_before,),
+        ).fetchall()
+        members = conn.execute(
+            "SELECT kind, k1, k2, k3, count(*) FROM members WHERE epoch < ? GROUP BY kind, k1, k2, k3",
+            (epoch_before,),
+        ).fetchall()
+        touched = {tuple(r[:4]) for r in log} | {tuple(r[:4]) for r in members}
+        cells = sorted((k1, k2) for kind, k1, k2, _ in touched if kind == KIND_CELL)
+        edges = sorted((k1, k2, k3) for kind, k1, k2, k3 in touched if kind == KIND_EDGE)
+        own_cells = _of_keys(conn, _CELLS_OF_KEYS + " AND s.origin = ?", cells, self.origin)
+        own_edges = _of_keys(conn, _EDGES_OF_KEYS + " AND e.origin = ?", edges, self.origin)
+        w = window.plan_expiry(self.origin, own_cells, own_edges, log, members, _head(conn))
+        conn.executemany(_PUT_CELL, w.cell_states)
+        conn.executemany("INSERT OR REPLACE INTO edge_state VALUES (?, ?, ?, ?, ?, ?, ?)", w.edge_states)
+        conn.executemany(_ADD_SERVED, w.served)
+        return w
 
     async def stats(self) -> StoreStats:
         def run(conn: sqlite3.Connection) -> StoreStats:

@@ -5,16 +5,17 @@ i + 1; v2 adds the covering index `served (seq, support)` for the pull scan) and
 `PRAGMA application_id` marks the file as ours. Tables:
 - `meta`: origin name, codebook fingerprint/version, salt check value.
 - `push_keys`: keyed hash of (device, batch_id) + time — idempotency, pruned after the replay window.
-- `members`: per-key keyed hashes of (key, device) — exact distinct support; `epoch` is the
-  "contributed this epoch" mark, cleared by `prune`. A member hash differs per key, so
-  rows of one device in different cells cannot be linked without the server salt.
+- `members`: per-key keyed hashes of (key, device) — exact distinct support within the
+  contribution window; `epoch` is the epoch of the member's last contribution (the flood check
+  and the window), and `prune` deletes the member once it leaves the window. A member hash
+  differs per key, so rows of one device in different cells cannot be linked without the salt.
 - `cell_state` / `edge_state`: CRDT entries per (origin, key); this shard's own rows are
   its accumulators (version = change seq of their last change).
 - `served`: the global view's change index: per key, global support and the change
   sequence `seq` (unique, store-wide monotonic) of its last change.
-- `contributions`: append-only log of accepted embedding-pattern contributions (cell, weight,
-  counts, float16 embedding, epoch) — no device id or pseudonym, and time only to the epoch.
-  (Edges are plain counts; their state rows are the whole story.)
+- `contributions`: log of accepted contributions within the window (key, weight; for a cell
+  also counts and the float16 embedding; epoch) — no device id or pseudonym, time only to the
+  epoch; `prune` subtracts and deletes the rows that leave the window (store/window.py).
 """
 
 from __future__ import annotations
@@ -59,8 +60,18 @@ _SCHEMA_V2 = """
 CREATE INDEX served_seq_support ON served (seq, support)
 """
 
+# v3: the contribution window (store/window.py). A member's `epoch` is kept as its last
+# contribution's epoch until it leaves the window (v2 cleared it after the day), and edges are
+# logged too; `prune` finds what left the window by these epoch indexes. Marks cleared by v2 get
+# the last logged epoch minus one: a full window from the last activity the file knows of.
+_SCHEMA_V3 = """
+UPDATE members SET epoch = (SELECT coalesce(max(epoch), 0) - 1 FROM contributions) WHERE epoch IS NULL;
+CREATE INDEX members_epoch ON members (epoch);
+CREATE INDEX contributions_epoch ON contributions (epoch)
+"""
+
 # Index i holds the script that migrates schema version i to i + 1.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,139 @@
+"""The contribution window (store/window.py), on every backend: support and sums follow the fleet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omega.constellation.aggregation import AggregationPolicy, Aggregator
+from omega.constellation.crdt import CellKey, ConsolidatedCell, EdgeKey, FederatedState
+from omega.constellation.store import open_store
+from omega.errors import OmegaError
+
+from .conftest import SALT, device, near, pattern
+
+NOW = 1_700_000_000_000 // 86_400_000 * 86_400_000  # midnight: day d is NOW + d * DAY
+DAY = 86_400_000
+WINDOW = 30
+
+
+def ident(item) -> tuple:
+    if isinstance(item, ConsolidatedCell):
+        return ("p", item.task_type, item.cluster_id)
+    return ("e", item.keyspace, item.src, item.dst)
+
+
+async def _published(agg: Aggregator) -> dict[tuple, object]:
+    return {ident(i): i for i in await agg.published()}
+
+
+async def test_a_device_pushing_every_day_holds_support_one_and_a_window_of_weight(aggregator, codebook) -> None:
+    assert aggregator.policy.window_epochs == WINDOW
+    honest = [device(d) for d in range(2)]
+    for d in honest:
+        await aggregator.apply(d, b"h", [pattern(near(codebook, 4, 1))], [(0, 5, 6, 1.0)], NOW)
+    for day in range(3 * WINDOW):
+        res = await aggregator.apply(device(99), b"s%d" % day, [pattern(near(codebook, 4, 2), uses=500)],
+                                     [(0, 5, 6, 10.0)], NOW + day * DAY)  # fmt: skip
+        assert res.accepted == 2
+        await aggregator.prune(NOW + day * DAY)
+        state = await aggregator.export_state()
+        edge = state.global_edge(EdgeKey(0, 5, 6))
+        cell = state.global_cell(CellKey(0, 4))
+        honest_left = 2 if day < WINDOW else 0
+        # The sybil is one member however often it pushes; its weight is one capped contribution a day,
+        # only for the days inside the window.
+        assert edge.support == cell.support == honest_left + 1
+        in_window = min(day + 1, WINDOW)
+        assert edge.weight == pytest.approx(honest_left * 1.0 + in_window * aggregator.policy.edge_w_max)
+        assert cell.sum_w == pytest.approx((honest_left * 0.9 * 20) + in_window * aggregator.policy.w_max)
+    assert await _published(aggregator) == {}  # support 1 < k_min: never published
+
+
+async def test_a_key_leaves_the_published_state_when_its_supporters_go_silent(aggregator, codebook) -> None:
+    for d in range(3):
+        await aggregator.apply(device(d), b"a", [pattern(near(codebook, 2, d))], [(0, 1, 2, 1.0)], NOW)
+    await aggregator.apply(device(3), b"a", [], [(0, 1, 2, 1.0)], NOW + 10 * DAY)
+    assert set(await _published(aggregator)) == {("p", 0, 2), ("e", 0, 1, 2)}
+
+    stats = await aggregator.prune(NOW + (WINDOW - 1) * DAY)  # day 0 is still inside the window
+    assert (stats.members, stats.contributions, stats.keys) == (0, 0, 0)
+    assert (await _published(aggregator))[("e", 0, 1, 2)].support == 4
+
+    stats = await aggregator.prune(NOW + WINDOW * DAY)  # day 0 has left it
+    assert stats.members == 3 * 2 and stats.keys == 2
+    published = await _published(aggregator)
+    assert published == {}  # the edge keeps 1 supporter (day 10), below k_min; the cell is empty
+    edge = (await aggregator.export_state()).global_edge(EdgeKey(0, 1, 2))
+    assert (edge.support, edge.weight) == (1, 1.0)
+    assert (await aggregator.store.stats()).contributions == 1  # device 3's edge
+
+    # Returning supporters count again, from scratch.
+    for d in range(2):
+        await aggregator.apply(device(d), b"b", [], [(0, 1, 2, 1.0)], NOW + (WINDOW + 1) * DAY)
+    assert (await _published(aggregator))[("e", 0, 1, 2)].support == 3
+
+
+async def test_what_leaves_the_window_is_subtracted_exactly(store_url, tmp_path, codebook) -> None:
+    """After expiry a cell equals the cell of a store that only ever saw the contributions still inside."""
+    rng = np.random.default_rng(3)
+    pushes = [(d, int(day), float(rng.uniform(0.5, 1.0)), int(rng.integers(3, 80)))
+              for d, day in enumerate(rng.choice([0, 0, 5, 12, 20], size=14))]  # fmt: skip
+    late = [p for p in pushes if p[1] > 0]
+    assert 3 <= len(late) < len(pushes)
+
+    async def run(url: str, which: list) -> dict:
+        store = await open_store(url, origin="shard-test")
+        try:
+            agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(window_epochs=WINDOW))
+            for d, day, rate, uses in which:
+                v = near(codebook, 6, 100 + d, spread=0.4)
+                await agg.apply(device(d), b"x", [pattern(v, rate=rate, uses=uses)], [], NOW + day * DAY)
+            await agg.prune(NOW + WINDOW * DAY)  # day 0 leaves, days 5.. stay
+            return await _published(agg)
+        finally:
+            await store.close()
+
+    got = await run(store_url, pushes)
+    want = await run(f"sqlite:{tmp_path / 'only-late.db'}", late)
+    assert set(got) == set(want) == {("p", 0, 6)}
+    a, b = got[("p", 0, 6)], want[("p", 0, 6)]
+    assert a.support == b.support == len(late)
+    assert a.success_rate == pytest.approx(b.success_rate, abs=1e-12)
+    np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-6)
+
+
+async def test_expiry_reaches_other_shards_as_a_newer_crdt_entry(tmp_path, codebook) -> None:
+    """The shard writes its shrunken accumulator at a new version: a hub takes it, in any merge order."""
+    shard = await open_store(f"sqlite:{tmp_path / 'shard.db'}", origin="shard-a")
+    hub = await open_store(f"sqlite:{tmp_path / 'hub.db'}", origin="hub")
+    try:
+        agg = await Aggregator.open(shard, codebook, SALT)
+        hub_agg = await Aggregator.open(hub, codebook, SALT)
+        for d in range(3):
+            await agg.apply(device(d), b"a", [pattern(near(codebook, 1, d))], [(0, 8, 9, 1.0)], NOW)
+        before = await agg.export_state()
+        await hub_agg.merge_remote(before)
+        assert set(await _published(hub_agg)) == {("p", 0, 1), ("e", 0, 8, 9)}
+        await agg.prune(NOW + WINDOW * DAY)
+        after = await agg.export_state()
+        assert after.max_version("shard-a") > before.max_version("shard-a")
+        for order in ((before, after), (after, before), (after, after, before)):
+            merged = FederatedState(before.codebook_version)
+            for s in order:
+                merged.merge(s.copy())
+            assert merged == after
+        await hub_agg.merge_remote(before)  # a replayed old delta changes nothing
+        await hub_agg.merge_remote(after)
+        await hub_agg.merge_remote(before)
+        assert await _published(hub_agg) == {}
+        assert (await hub_agg.export_state()).global_edge(EdgeKey(0, 8, 9)).support == 0
+    finally:
+        await shard.close()
+        await hub.close()
+
+
+def test_the_window_is_validated() -> None:
+    for bad in (0, -1, 3651, 1.5, True, None):
+        with pytest.raises(OmegaError, match="window_epochs"):
+            AggregationPolicy(window_epochs=bad)  # type: ignore[arg-type]
