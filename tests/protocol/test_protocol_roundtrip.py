@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from protocol_strategies import bodies, downlink_bodies, error_replies, frames, keys, uplink_bodies
@@ -9,14 +10,18 @@ from protocol_strategies import bodies, downlink_bodies, error_replies, frames, 
 from omega.protocol import (
     DOWNLINK,
     UPLINK,
+    BadSignature,
     ErrorReply,
     Frame,
     Pull,
     decode_frame,
     encode_error_reply,
     encode_frame,
+    encode_prepared,
     omega_pb2,
     peek_frame,
+    peek_header,
+    prepare_body,
 )
 from omega.protocol.convert import frame_from_pb, frame_to_pb
 
@@ -111,3 +116,24 @@ def test_pull_max_bytes_zero_means_default() -> None:
 def test_kind_names_match_the_protobuf_oneof(body: object) -> None:
     frame = Frame(b"d" * 16, 0, 0, body)  # type: ignore[arg-type]
     assert frame_to_pb(frame).WhichOneof("body") == frame.kind
+
+
+@FAST
+@given(frame=frames(downlink_bodies), key=keys, compress=st.sampled_from([None, True, False]))
+def test_a_prepared_body_frames_like_encode_frame(frame: Frame, key: bytes, compress: bool | None) -> None:
+    """A body serialised (and deflated) once, framed per device, is the frame `encode_frame` makes."""
+    prepared = prepare_body(frame.body, compress=compress)
+    data = encode_prepared(frame.device_id, frame.seq, frame.timestamp_ms, frame.key_id, prepared, key)
+    assert decode_frame(data, key) == frame
+    assert peek_header(data).kind == frame.kind
+    if prepared.packed is None:
+        assert compress is not True
+        assert data == encode_frame(frame, key, compress=False)  # byte for byte
+    else:
+        assert compress is not False
+        assert data[2] == 0x01  # the compressed flag
+        if compress is None:  # deflated only because that is smaller
+            assert len(data) < len(encode_frame(frame, key, compress=False))
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(BadSignature):
+        decode_frame(tampered, key)

@@ -55,6 +55,7 @@ from omega.protocol import (
     Heartbeat,
     HeartbeatAck,
     Keyspace,
+    PreparedBody,
     ProtocolError,
     Pull,
     PullReply,
@@ -65,7 +66,9 @@ from omega.protocol import (
     decode_frame,
     encode_error_reply,
     encode_frame,
+    encode_prepared,
     peek_header,
+    prepare_body,
     verify_frame,
 )
 from omega.protocol import ErrorReply as ErrorBody
@@ -88,7 +91,6 @@ STATUS = {
 #: Smallest pull page honoured (one 8-bit pattern plus the frame must fit).
 MIN_PULL_BYTES = 600
 _U32 = (1 << 32) - 1
-_ZERO_ID = bytes(16)
 DRAIN_RETRY_S = 5
 #: Inflated bytes of the frame header (device id, timestamp, seq, key id) and a body's tag and length.
 _HEADER_BODY_BYTES = 64
@@ -170,10 +172,9 @@ class SyncService:
             Tier.ACTIVE: settings.active_sync_s,
             Tier.CASUAL: settings.casual_sync_s,
         }
-        # Decoded pull pages by their signed blob: a cache hit on a page this process already
-        # built or verified costs a dict lookup, not a tag check and a parse.
-        # With each page: whether its frame deflates smaller (decided once per page, not per device).
-        self._pages: OrderedDict[bytes, tuple[PullReply, bool]] = OrderedDict()
+        # Prepared pull pages by their signed blob: a cache hit on a page this process already
+        # built or verified costs a dict lookup, not a tag check, a parse, a serialisation and a deflate.
+        self._pages: OrderedDict[bytes, PreparedBody] = OrderedDict()
         self._page_entries = 1024
         self.page_builder = PageBuilder(page_key, lambda: self.codebook_version, self.now_ms)
         # Labelled metric children, resolved once (labels() takes a lock and builds a tuple per call).
@@ -259,10 +260,13 @@ class SyncService:
         body = frame.body
         tier = None
         compress = None
+        if isinstance(body, Pull):
+            # The page's body was serialised (and deflated) once for every device: only the header is ours.
+            page = await self._pull(body)
+            data = encode_prepared(device, frame.seq, self.now_ms(), frame.key_id, page, key)
+            return Reply(200, data, device_id=device, kind="pull")
         if isinstance(body, Push):
             out, kind = await self._push(device, body, now), "push"
-        elif isinstance(body, Pull):
-            (out, compress), kind = await self._pull(body), "pull"
         else:
             assert isinstance(body, Heartbeat)
             out, kind = self._heartbeat(body, now), "heartbeat"
@@ -328,15 +332,15 @@ class SyncService:
         return ack
 
     # ------------------------------------------------------------------ pull
-    async def _pull(self, pull: Pull) -> tuple[PullReply, bool | None]:
-        """The page for `pull`, and whether to deflate it (None: let the codec decide)."""
+    async def _pull(self, pull: Pull) -> PreparedBody:
+        """The page for `pull`, serialised (and deflated when that is smaller) once, shared by every device."""
         budget = max(MIN_PULL_BYTES, min(pull.max_bytes, self.settings.pull_max_bytes))
         head = self._pull_head()
         if pull.since >= head and head > 0:
             # Already at the newest change this worker serves: nothing to read. (Another worker's
             # newer pushes, or this one's within the snapshot interval, show up once the served head
             # moves: a delay, never a skip. A cursor past it came from a page read after it.)
-            return PullReply(cursor=pull.since, more=False), None
+            return prepare_body(PullReply(cursor=pull.since, more=False), compress=False)
         blob = await self.cache.get_page(head, pull.since, budget)
         if blob is not None:
             known = self._pages.get(blob)
@@ -367,15 +371,14 @@ class SyncService:
             self._served_head, self._served_at = self.head, now
         return self._served_head
 
-    def _remember_page(self, blob: bytes, reply: PullReply) -> tuple[PullReply, bool]:
-        # The codec's rule (deflate when smaller), decided on the page once: per device only the
-        # header varints differ, so each reply skips a deflate it would not use.
-        packed = encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=True, max_size=1 << 20)
+    def _remember_page(self, blob: bytes, reply: PullReply) -> PreparedBody:
+        # Serialised and deflated (when smaller: the codec's rule) once per page; per device only the
+        # header fields are encoded and the frame signed.
         pages = self._pages
-        pages[blob] = entry = (reply, len(packed) < len(blob))
+        pages[blob] = prepared = prepare_body(reply)
         if len(pages) > self._page_entries:
             pages.popitem(last=False)
-        return entry
+        return prepared
 
     def page(self, items: list, cursor: int, more: bool, budget: int) -> PullReply:
         """A PullReply of `items` whose signed frame fits `budget` (see `PageBuilder.page`)."""

@@ -19,12 +19,15 @@ from omega.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     FrameHeader,
+    PreparedBody,
     decode_frame,
     encode_error_reply,
     encode_frame,
+    encode_prepared,
     now_ms,
     peek_frame,
     peek_header,
+    prepare_body,
     verify_frame,
 )
 from omega.protocol.errors import (
@@ -74,10 +77,10 @@ __all__ = [
     "WEIGHT_SCALE",
     "BadSignature", "Body", "ConsolidatedPattern", "EmbeddingPattern", "ErrorReply", "Frame",
     "FrameHeader", "FrameTooLarge", "Heartbeat", "HeartbeatAck", "InvalidPattern", "Keyspace",
-    "MalformedFrame", "ProtocolError", "Pull", "PullReply", "Push", "PushAck", "QuantizedEmbedding",
+    "MalformedFrame", "PreparedBody", "ProtocolError", "Pull", "PullReply", "Push", "PushAck", "QuantizedEmbedding",
     "Rejection", "TaskType", "Tier", "Transition", "TransitionBatch", "Unauthorized",
     "UnsupportedVersion",
     "compute_tag", "decode_frame", "dequantize", "derive_device_key", "encode_error_reply",
-    "encode_frame", "format_token", "now_ms", "parse_token", "peek_frame", "peek_header", "quantize",
+    "encode_frame", "encode_prepared", "format_token", "now_ms", "parse_token", "peek_frame", "peek_header", "prepare_body", "quantize",
     "verify_frame", "verify_tag",
 ]

@@ -21,7 +21,7 @@ from omega.protocol import omega_pb2 as pb
 from omega.protocol.auth import TAG_BYTES, compute_tag, verify_tag
 from omega.protocol.convert import frame_from_pb, frame_to_pb
 from omega.protocol.errors import BadSignature, FrameTooLarge, MalformedFrame, UnsupportedVersion
-from omega.protocol.messages import UUID_BYTES, ErrorReply, Frame
+from omega.protocol.messages import UUID_BYTES, Body, ErrorReply, Frame
 
 MAGIC = 0xCE
 PROTOCOL_VERSION = 1
@@ -123,6 +123,61 @@ def encode_frame(
     data = bytes((MAGIC, PROTOCOL_VERSION, flags)) + body
     if key is not None:
         data += compute_tag(_check_key(key), data)
+    if len(data) > max_size:
+        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds {max_size} bytes")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBody:
+    """A frame body serialised (and deflated) once, to be framed for many devices by `encode_prepared`.
+
+    `field` is the body as its field of `omega.v1.Frame`; `packed`, when not None, is `field` as a
+    final raw-DEFLATE stream: `encode_prepared` puts the per-device header fields before it in a
+    stored (uncompressed) DEFLATE block, so one deflate serves every device.
+    """
+
+    field: bytes
+    packed: bytes | None
+
+
+#: A stored DEFLATE block of up to 65,535 bytes: header byte (BFINAL 0, BTYPE 00), LEN, NLEN.
+_STORED_BLOCK_BYTES = 5
+
+
+def prepare_body(body: Body, *, compress: bool | None = None) -> PreparedBody:
+    """`body` serialised once; deflated when that makes it smaller (compress=None), always (True) or never."""
+    pb_frame = frame_to_pb(Frame(_ZERO_DEVICE, 0, 0, body))
+    pb_frame.ClearField("device_id")
+    field = pb_frame.SerializeToString()
+    if len(field) > DEFAULT_MAX_BODY_BYTES:
+        raise FrameTooLarge(f"body of {len(field)} bytes exceeds {DEFAULT_MAX_BODY_BYTES} bytes")
+    packed = None
+    if compress is not False:
+        packed = _deflate(field)
+        if not compress and len(packed) + _STORED_BLOCK_BYTES >= len(field):
+            packed = None
+    return PreparedBody(field, packed)
+
+
+def encode_prepared(
+    device_id: bytes, seq: int, timestamp_ms: int, key_id: int, body: PreparedBody, key: bytes,
+    *, max_size: int = DEFAULT_MAX_FRAME_BYTES,
+) -> bytes:  # fmt: skip
+    """The same frame `encode_frame` makes of these header fields and `body`, signed with `key`.
+
+    Uncompressed, byte for byte what `encode_frame(..., compress=False)` returns (our encoder writes
+    the header fields first); compressed, an equally valid raw-DEFLATE body that a decoder inflates to
+    the same bytes.
+    """
+    header = pb.Frame(device_id=device_id, timestamp_ms=timestamp_ms, seq=seq, key_id=key_id).SerializeToString()
+    if body.packed is None:
+        data = bytes((MAGIC, PROTOCOL_VERSION, 0)) + header + body.field
+    else:
+        n = len(header)  # < 64 bytes: one stored block
+        stored = bytes((0, n & 0xFF, n >> 8, ~n & 0xFF, (~n >> 8) & 0xFF)) + header
+        data = bytes((MAGIC, PROTOCOL_VERSION, FLAG_COMPRESSED)) + stored + body.packed
+    data += compute_tag(_check_key(key), data)
     if len(data) > max_size:
         raise FrameTooLarge(f"frame of {len(data)} bytes exceeds {max_size} bytes")
     return data
