@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
+import redis
 
 from omega.constellation.codebook import Codebook, build_codebook
 from omega.protocol import (
@@ -26,6 +29,7 @@ from omega.protocol import (
 )
 from omega.protocol import EMBEDDING_DIM
 from omega.sim.load.server_process import ServerProcess as BaseServerProcess
+from omega.sim.load.server_process import free_port
 
 SECRET = "server-test-secret-0123456789abcdef"
 KEY_ID = 1
@@ -117,3 +121,36 @@ class ServerProcess(BaseServerProcess):
 
     def stats(self) -> dict:
         return httpx.get(self.url + "/v1/stats").json()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port (no persistence)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL
+            self.proc.wait(5)
+
+    def page_keys(self) -> list[bytes]:
+        return redis.Redis(port=self.port).keys("omega:*:pull:*")

@@ -3,54 +3,19 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from omega.protocol import ErrorReply, Heartbeat, HeartbeatAck, PullReply, TaskType, Tier
 
-from omega.sim.load.server_process import free_port
-
-from .server_support import Device, ServerProcess, near, pattern, small_codebook
+from .server_support import Device, PrivateRedis, ServerProcess, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-
-
-class PrivateRedis:
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL
-            self.proc.wait(5)
-
-    def page_keys(self) -> list[bytes]:
-        return redis.Redis(port=self.port).keys("omega:*:pull:*")
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ def serve(
              "non-loopback peers; without it they answer 127.0.0.1/::1 only")] = None,  # fmt: skip
     dp_epsilon: Annotated[float | None, typer.Option("--dp-epsilon", help="differential privacy: ε per TV per day of what is published (default 0 = off, k_min only)")] = None,
     dp_delta: Annotated[float | None, typer.Option("--dp-delta", help="δ per TV per day with --dp-epsilon (default 1e-6)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="worker processes on the port (SO_REUSEPORT; default 1; more need --redis and a postgresql:// store)")] = None,
 ) -> None:
     """Run the constellation's sync server for one shard (until SIGTERM/SIGINT, which drain first).
 
@@ -58,11 +59,13 @@ def serve(
     support passes a threshold (OpenDP), (E, D)-differentially private per TV per day, with
     at most 64 keys per TV per day; embedding patterns are not published then. At ε 8 the
     threshold is ~33 TVs, at ε 1 ~210: fine for a fleet of millions, most of the signal at 610.
+    With --workers N, N processes share the port (the kernel spreads connections); they must share
+    the store (postgresql://) and the rate-limit and replay state (--redis), else N > 1 is refused.
     """
     settings = _settings(config, True, host=host, port=port, store=store, redis=redis, nats=nats,
                          shard_id=shard_id, region=region, codebook=codebook, log_level=log_level,
                          tls_cert=tls_cert, tls_key=tls_key, admin_token=admin_token,
-                         dp_epsilon=dp_epsilon, dp_delta=dp_delta)  # fmt: skip
+                         dp_epsilon=dp_epsilon, dp_delta=dp_delta, workers=workers)  # fmt: skip
     from omega.constellation.__main__ import run  # the same start-up as `python -m omega.constellation`
 
     run(settings)

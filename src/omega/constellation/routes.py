@@ -3,7 +3,7 @@
 `POST /v1/sync` (HTTP polling), `/v1/ws` (WebSocket, one frame per binary
 message, answered in order), `GET /healthz` (process alive), `GET /readyz`
 (store open and not draining), `GET /metrics` (Prometheus), `GET /v1/stats`
-(JSON: head, distinct devices this hour, cache backend), `GET /v1/trends` (JSON:
+(JSON: head, distinct devices this hour, cache backend, the answering worker's pid), `GET /v1/trends` (JSON:
 per-cell burst scores of the last closed trend window), `GET /dashboard` (the
 operator page) polling `GET /v1/dashboard.json`.
 
@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
@@ -157,6 +158,7 @@ async def stats(request: Request) -> Response:
         "cache": service.cache.backend,
         "connections": len(state.connections),
         "client_disconnects": state.client_disconnects,
+        "pid": os.getpid(),  # which worker answered (omega serve --workers N)
     })  # fmt: skip
 
 

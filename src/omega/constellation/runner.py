@@ -157,7 +157,15 @@ def uvicorn_config(settings: ServerSettings, app=None) -> uvicorn.Config:  # noq
 
 
 def serve(settings: ServerSettings) -> None:
-    """Run until SIGTERM/SIGINT; prints `listening on http(s)://HOST:PORT` to stderr once ready."""
+    """Run until SIGTERM/SIGINT; prints `listening on http(s)://HOST:PORT` to stderr once ready.
+
+    With settings.workers > 1, that many worker processes share the port (see workers.py).
+    """
+    if settings.workers > 1:
+        from omega.constellation.workers import serve_workers
+
+        serve_workers(settings)
+        return
 
     def ready(server: DrainingServer) -> None:
         print(f"listening on {settings.scheme}://{settings.host}:{server.bound_port()}", file=sys.stderr, flush=True)

@@ -101,6 +101,8 @@ class ServerSettings:
     redis_cooldown_s: float = 5.0
     redis_timeout_s: float = 0.25
     log_level: str = "info"
+    #: Worker processes serving one port (SO_REUSEPORT); more than one needs Redis and PostgreSQL.
+    workers: int = 1
     # transport: serve https/wss with this certificate chain and private key (PEM files); both or neither
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -156,6 +158,15 @@ class ServerSettings:
         check_k_min(self.k_min)
         _check(self.log_level in ("critical", "error", "warning", "info", "debug"), f"unknown log level {self.log_level!r}")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together: give both or neither")
+        _check(isinstance(self.workers, int) and not isinstance(self.workers, bool) and 1 <= self.workers <= 64,
+               f"workers must be an integer in 1..64, got {self.workers!r}")  # fmt: skip
+        if self.workers > 1:
+            # Every worker must see the same replay window and token buckets (else a captured frame is
+            # accepted once per worker) and write the same store.
+            _check(self.redis is not None, "workers > 1 needs --redis: the rate limit and replay window must be "
+                   "shared by every worker")  # fmt: skip
+            _check(not self.store.startswith("sqlite:"), "workers > 1 needs a postgresql:// store: a SQLite file "
+                   "has one writer")  # fmt: skip
 
     @property
     def scheme(self) -> str:

@@ -165,9 +165,13 @@ def _pct(samples: list[float], q: float) -> float:
 
 def run_sync_bench(
     *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
-    client_processes: int = 2, ceiling: bool = True, pull_snapshot_s: float = 0.0, progress: Notes = quiet,
+    client_processes: int = 2, ceiling: bool = True, pull_snapshot_s: float = 0.0, workers: int = 1,
+    progress: Notes = quiet,
 ) -> dict:
-    """The echo ceiling (unless `ceiling` is False), then a server driven for `duration_s`; one report."""
+    """The echo ceiling (unless `ceiling` is False), then a server driven for `duration_s`; one report.
+
+    workers > 1: `omega serve --workers N` (needs a postgresql:// store and redis); CPU is the workers' sum.
+    """
     secret = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="omega-bench-sync-") as tmp:
         folder = Path(tmp)
@@ -177,9 +181,10 @@ def run_sync_bench(
             top = _measure_ceiling(folder, clients, client_processes, duration_s)
             progress(f"ceiling: {top['frames_per_s']:g} frames/s, p99 {top['p99_ms']:g} ms")
         url = store or f"sqlite:{folder / 'constellation.db'}"
-        progress(f"starting a server on {url.split('@')[-1]}")
+        progress(f"starting a server ({workers} worker{'s' if workers > 1 else ''}) on {url.split('@')[-1]}")
         server = start_server(folder, url, secret, redis=redis,
-                              env={**_UNTHROTTLED, "OMEGA_PULL_SNAPSHOT_S": repr(float(pull_snapshot_s))})  # fmt: skip
+                              env={**_UNTHROTTLED, "OMEGA_PULL_SNAPSHOT_S": repr(float(pull_snapshot_s)),
+                                   "OMEGA_WORKERS": str(workers)})  # fmt: skip
         port = server.port
         try:
             cpu0 = server.cpu_seconds()
@@ -225,6 +230,6 @@ def run_sync_bench(
         "pull_snapshot_s": pull_snapshot_s,
         "duration_s": duration_s,
         "store": (store or "sqlite").split("://")[0].split(":")[0],
-        "workers": 1,
+        "workers": workers,
         "cpu_cores": os.cpu_count(),
     }

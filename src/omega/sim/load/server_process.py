@@ -138,10 +138,13 @@ class ServerProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def rss_kib(self) -> int | None:
-        return proc_rss_kib(self.pid)
+        """RSS of the server: the process and its workers (`omega serve --workers N`)."""
+        sizes = [proc_rss_kib(pid) for pid in proc_tree(self.pid)]
+        return sum(s for s in sizes if s is not None) if sizes and sizes[0] is not None else None
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        """CPU seconds of the server so far: the process and its workers."""
+        return sum(proc_cpu_seconds(pid) for pid in proc_tree(self.pid))
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -179,6 +182,20 @@ def start_server(
     """
     settings = {"OMEGA_LOG_LEVEL": "warning", "OMEGA_SHARD_ID": shard_id, **({"OMEGA_REDIS": redis} if redis else {})}
     return ServerProcess(folder, secret=secret, store=store, env={**settings, **(env or {})}).start()
+
+
+def proc_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (from /proc/PID/task/TID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def proc_rss_kib(pid: int) -> int | None:
