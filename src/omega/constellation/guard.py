@@ -27,6 +27,7 @@ import resource
 import time
 from typing import Any
 
+from omega.constellation.lean_ws import lean_protocol
 from omega.constellation.metrics import ServerMetrics
 
 log = logging.getLogger("omega.serve")
@@ -180,7 +181,7 @@ def guarded_protocols(guard: ConnectionGuard) -> tuple[type, type]:
                 guard.release(self.transport)
             super().connection_lost(exc)
 
-    class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    class GuardedWebSocketProtocol(lean_protocol(WebSocketsSansIOProtocol)):  # type: ignore[misc]
         def connection_lost(self, exc: Exception | None) -> None:
             if self.transport is not None:
                 guard.release(self.transport)

@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
+from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -232,6 +233,26 @@ def routes() -> list[BaseRoute]:
         Route("/v1/dashboard.json", _admin(dashboard_json)),
         Route("/dashboard", _admin(dashboard_page)),
     ]
+
+
+class SyncSocketFront:
+    """The ASGI app uvicorn runs: `/v1/ws` straight to `websocket`, everything else through Starlette.
+
+    A held WebSocket's handler task lives as long as the connection; through Starlette's middleware
+    and router its stack holds about ten more coroutine frames, for routing decided once per
+    handshake. (The route stays in `routes()` too, for an app served without this front.)
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state  # what the runner reads (app.state.omega)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
+            scope["app"] = self.app  # as Starlette sets it: the handler finds the shared state there
+            await websocket(WebSocket(scope, receive, send))
+        else:
+            await self.app(scope, receive, send)
 
 
 def _frame_response(status: int, body: bytes, retry_after: int | None = None) -> Response:

@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 
 from omega.constellation.app import create_app
 from omega.constellation.guard import guarded_protocols, raise_fd_limit
+from omega.constellation.routes import SyncSocketFront
 from omega.constellation.settings import ServerSettings
 from omega.errors import OmegaError
 
@@ -136,7 +137,7 @@ def uvicorn_config(settings: ServerSettings, app=None) -> uvicorn.Config:  # noq
     app = app if app is not None else create_app(settings)
     http, ws = guarded_protocols(app.state.omega.guard)  # httptools and websockets-sansio, with deadlines and caps
     return uvicorn.Config(
-        app,
+        SyncSocketFront(app),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

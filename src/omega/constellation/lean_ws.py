@@ -1,0 +1,104 @@
+"""What a held WebSocket costs the worker: uvicorn's per-connection asyncio objects, made lean.
+
+uvicorn's websockets-sansio protocol gives every connection an `asyncio.Queue`
+(four deques and an Event: ~3 KiB) for the frames its one ASGI reader awaits,
+an `asyncio.Event` (~0.7 KiB) for write flow control, and keeps the parsed
+handshake request and response (their header tables, ~2 KiB) for the
+connection's lifetime (and a copy of the headers in the ASGI scope). A shard holds tens of thousands of mostly idle
+connections, so `lean_protocol` swaps the first two for the few operations
+uvicorn uses, in a list and one future, and drops the handshake once the
+accept is sent (see `omega load --heartbeat-only`, `memory_per_connection_kib`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class Inbox:
+    """The part of asyncio.Queue uvicorn's WebSocket protocol uses (put_nowait, get, empty); one reader."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class Flag:
+    """The part of asyncio.Event uvicorn's WebSocket protocol uses (set, clear, is_set, wait)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self, value: bool = False) -> None:
+        self._set = value
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
+def lean_protocol(base: type) -> type:
+    """`base` (uvicorn's WebSocketsSansIOProtocol or a subclass) with the lean per-connection objects."""
+
+    class LeanWebSocketProtocol(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.queue = Inbox()
+            self.writable = Flag(True)
+
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if self.handshake_complete and self.request is not None:
+                # The handshake's request, response and header list are never read again.
+                self.request = self.response = None
+                self.scope["headers"] = []
+
+    LeanWebSocketProtocol.__name__ = f"Lean{base.__name__}"
+    return LeanWebSocketProtocol
