@@ -56,6 +56,8 @@ def test_a_small_mixed_run_holds_its_premium_sockets_without_errors() -> None:
     assert report["syncs_per_s"] > 0 and report["bytes_in"] > 0 and report["bytes_out"] > 0
     assert 0 < report["p50_ms"] <= report["p99_ms"]
     assert report["patterns_accepted"] > 0
+    # Pull traffic at the seed's schedule: something per TV per day, each reply within the 5 KB page budget.
+    assert report["pull_bytes_per_tv_day"] > 0 and 0 < report["pull_reply_bytes_max"] <= 5000
     assert report["client_processes"] == 2 and report["source_addresses"] == 2
     assert report["client_nofile_limit"] >= 1024
     assert report["server_rss_after_kib"] >= report["server_rss_before_kib"] > 0

@@ -257,6 +257,12 @@ def _report(config: LoadConfig, plan: Plan, target: Target, nofile: int, stats: 
     frames = sum(h.total for kinds in total.latency.values() for h in kinds.values())
     span = hold_s if phase == "hold" else config.duration_s
     syncs = latency["push"].total + latency["pull"].total
+    tvs = sum(config.devices.values())
+    # Each TV runs the seed's tier schedule sped up by time_scale (pushes too, so a pull sees as many
+    # changes as at the seed's rates): hold_s seconds of the run are hold_s / time_scale seconds of it.
+    pull_day = None
+    if phase == "hold" and tvs and not config.heartbeat_only:
+        pull_day = total.pull_bytes_hold / tvs * 86_400 * config.time_scale / hold_s
     memory = None
     if samples.memory_point is not None and samples.rss_before_kib is not None and samples.memory_point[0] > 0:
         conns, rss = samples.memory_point
@@ -285,6 +291,8 @@ def _report(config: LoadConfig, plan: Plan, target: Target, nofile: int, stats: 
         "ws_connects": total.connects,
         "bytes_in": total.bytes_in,
         "bytes_out": total.bytes_out,
+        "pull_bytes_per_tv_day": _round(pull_day, 0),
+        "pull_reply_bytes_max": max(total.tally.pull_bytes, default=None),
         "patterns_accepted": total.tally.accepted,
         "items_rejected": total.tally.rejected,
         "errors": errors,

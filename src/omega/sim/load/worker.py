@@ -70,6 +70,8 @@ class WorkerStats:
     )
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Bytes of pull replies answered in the steady (hold) phase: the fleet's pull traffic.
+    pull_bytes_hold: int = 0
     tally: ReplyTally = field(default_factory=ReplyTally)
     sessions: int = 0
     connects: int = 0
@@ -85,6 +87,7 @@ class WorkerStats:
                 self.latency[phase][kind].merge(hist)
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
+        self.pull_bytes_hold += other.pull_bytes_hold
         for kind, n in other.tally.errors.items():
             self.tally.error(kind, n)
         self.tally.accepted += other.tally.accepted
@@ -172,6 +175,8 @@ class _Worker:
         phase = "hold" if self.loop.time() >= self.hold_from else "ramp"
         self.stats.bytes_out += n_out
         self.stats.bytes_in += n_in
+        if kind == "pull" and phase == "hold":
+            self.stats.pull_bytes_hold += n_in
         if ok:
             self.stats.latency[phase][kind].add(elapsed)
             self.answered += 1
