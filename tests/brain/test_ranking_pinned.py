@@ -1,0 +1,593 @@
+"""The ranking of a fixed brain, pinned: a speed-up of `Brain.recommend` must not change what it returns.
+
+The brain holds every part the ranker reads (an HNSW-indexed catalog, a SkillLibrary, consolidated
+patterns, published edges and pairs above and below the support floor, its own transitions and a
+history), all from a seeded generator, so the lists below are what the shipped code ranks for it. If a
+change to the ranker is meant to change the ranking, re-pin (run this file with OMEGA_PIN=1 to print
+the new lists) and say why in the commit.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omega.brain.brain import Brain
+from omega.brain.catalog import Catalog
+from omega.brain.config import BrainConfig
+from omega.brain.records import (
+    EMBEDDING_DIM,
+    CatalogItem,
+    ConsolidatedRecord,
+    Pattern,
+    TaskType,
+    TransitionStat,
+)
+from omega.brain.records import ViewingContext as Ctx
+
+N_ITEMS, N_CLUSTERS, N_PATTERNS = 1500, 30, 600
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    return (m / np.linalg.norm(m, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _fill(
+    brain: Brain, rng: np.random.Generator, matrix: np.ndarray, *, history: bool
+) -> None:
+    now = 1_700_000_000.0
+    with brain.store.transaction():
+        for _ in range(N_PATTERNS):
+            vector = _unit(
+                matrix[rng.integers(N_ITEMS)] + rng.normal(0, 0.015, EMBEDDING_DIM)
+            )
+            uses = int(rng.integers(1, 60))
+            successes = int(rng.binomial(uses, rng.uniform(0.2, 1.0)))
+            brain.store.put_pattern(Pattern(
+                uuid.UUID(int=int(rng.integers(1 << 62))), vector, TaskType.CONTENT_MATCH, successes / uses, uses,
+                successes, now - 86_400, now - 3_600, now - float(rng.uniform(0, 86_400 * 30)),
+                float(uses * rng.uniform(-0.2, 0.9)), 1,
+            ))  # fmt: skip
+    ids = np.arange(1, N_ITEMS + 1)
+    edges = {
+        (int(a), int(b))
+        for a, b in rng.integers(1, N_ITEMS + 1, size=(6000, 2))
+        if a != b
+    }
+    transitions = [
+        TransitionStat(a, b, float(s), int(s))
+        for (a, b), s in zip(sorted(edges), rng.zipf(1.6, len(edges)))
+    ]
+    pairs = {
+        (min(a, b), max(a, b))
+        for a, b in rng.integers(1, N_ITEMS + 1, size=(12000, 2))
+        if a != b
+    }
+    pair_stats = [
+        TransitionStat(a, b, float(s), int(s))
+        for (a, b), s in zip(sorted(pairs), rng.zipf(1.5, len(pairs)) + 2)
+    ]
+    centres = _unit(
+        matrix[rng.choice(N_ITEMS, 24, replace=False)]
+        + rng.normal(0, 0.015, (24, EMBEDDING_DIM))
+    )
+    brain.apply_consolidated(
+        [
+            ConsolidatedRecord(
+                i,
+                c,
+                TaskType.CONTENT_MATCH,
+                float(rng.uniform(0.4, 1)),
+                int(rng.integers(3, 300)),
+                float(rng.normal()),
+                1,
+            )
+            for i, c in enumerate(centres)
+        ],
+        transitions,
+        pairs=pair_stats,
+    )
+    if history:
+        watched = rng.choice(
+            ids[:400], 16, replace=False
+        )  # a dense corner: its edges and pairs meet
+        for step, cid in enumerate(watched.tolist()):
+            fraction = float(rng.choice([0.95, 1.0, 0.8, 0.4]))
+            brain.on_user_action(
+                cid,
+                watch_fraction=fraction,
+                engagement=float(rng.uniform(-0.5, 1)),
+                started_at=now + 60 * step,
+            )
+
+
+@pytest.fixture(scope="module")
+def brains(tmp_path_factory, embedder) -> Iterator[dict[str, Brain]]:
+    rng = np.random.default_rng(2026)
+    centres = _unit(rng.normal(size=(N_CLUSTERS, EMBEDDING_DIM)))
+    matrix = _unit(
+        centres[rng.integers(N_CLUSTERS, size=N_ITEMS)]
+        + rng.normal(0, 0.03, (N_ITEMS, EMBEDDING_DIM))
+    )
+    items = [
+        CatalogItem(i + 1, f"Title {i + 1}", ("Drama",), 1950 + i % 70)
+        for i in range(N_ITEMS)
+    ]
+    catalog = Catalog.from_vectors(items, matrix)
+    folder: Path = tmp_path_factory.mktemp("pinned")
+    made = {}
+    for name, history in (("viewer", True), ("cold", False)):
+        brain = Brain(
+            folder / f"{name}.db",
+            embedder=embedder,
+            catalog=catalog,
+            synchronous="NORMAL",
+        )
+        _fill(brain, np.random.default_rng(7), matrix, history=history)
+        made[name] = brain
+    yield made
+    for brain in made.values():
+        brain.close()
+
+
+#: case -> (brain, context, k, config overrides: without the published parts, content and patterns decide)
+CASES = {
+    "viewer evening k10": ("viewer", Ctx(20, 4), 10, {}),
+    "viewer late k40": ("viewer", Ctx(23, 6), 40, {}),
+    "viewer no edges k10": (
+        "viewer",
+        Ctx(8, 0),
+        10,
+        {"w_global_pair": 0.0, "w_global_transition": 0.0},
+    ),
+    "viewer no edges k30": (
+        "viewer",
+        Ctx(14, 2),
+        30,
+        {"w_global_pair": 0.0, "w_global_transition": 0.0},
+    ),
+    "cold evening k10": ("cold", Ctx(20, 4), 10, {}),
+    "cold afternoon k25": ("cold", Ctx(14, 2), 25, {}),
+}
+
+PINNED: dict[str, list[int]] = {
+    "viewer evening k10": [1148, 365, 208, 1383, 1059, 324, 864, 1012, 1125, 370],
+    "viewer late k40": [
+        1148,
+        365,
+        208,
+        1383,
+        1059,
+        324,
+        864,
+        1012,
+        1125,
+        370,
+        603,
+        1040,
+        1068,
+        525,
+        623,
+        931,
+        1011,
+        1494,
+        528,
+        34,
+        499,
+        42,
+        90,
+        86,
+        611,
+        1237,
+        491,
+        450,
+        542,
+        1211,
+        663,
+        617,
+        1015,
+        1017,
+        641,
+        1424,
+        654,
+        698,
+        178,
+        729,
+    ],
+    "viewer no edges k10": [1180, 687, 1289, 1044, 1284, 1088, 698, 244, 500, 1326],
+    "viewer no edges k30": [
+        1180,
+        687,
+        1289,
+        1088,
+        1044,
+        1284,
+        698,
+        244,
+        500,
+        730,
+        1326,
+        176,
+        1283,
+        431,
+        459,
+        1385,
+        1466,
+        717,
+        23,
+        856,
+        464,
+        677,
+        619,
+        644,
+        211,
+        164,
+        422,
+        575,
+        80,
+        1093,
+    ],
+    "cold evening k10": [518, 1489, 27, 32, 130, 1374, 1092, 533, 675, 432],
+    "cold afternoon k25": [
+        518,
+        1489,
+        44,
+        130,
+        32,
+        1374,
+        675,
+        1246,
+        1299,
+        533,
+        758,
+        432,
+        197,
+        1092,
+        1183,
+        1478,
+        1296,
+        287,
+        1108,
+        1332,
+        814,
+        1009,
+        437,
+        1276,
+        1482,
+    ],
+}
+
+PINNED_REASONS: dict[str, list[tuple[str, ...]]] = {
+    "viewer evening k10": [
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 55 also watched it",),
+        ("viewers who watched Title 193 watched it next",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+    ],
+    "viewer late k40": [
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 55 also watched it",),
+        ("viewers who watched Title 193 watched it next",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+        ("viewers who watched Title 12 watched it next",),
+        ("viewers who watched Title 259 watched it next",),
+        ("viewers who watched Title 295 watched it next",),
+        ("viewers who watched Title 259 also watched it",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 55 also watched it",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 55 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+        ("viewers who watched Title 55 watched it next",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 298 watched it next",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 55 also watched it",),
+        ("viewers who watched Title 12 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+        ("viewers who watched Title 201 also watched it",),
+        ("viewers who watched Title 55 watched it next",),
+        ("viewers who watched Title 295 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+        ("viewers who watched Title 111 watched it next",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 201 watched it next",),
+        ("viewers who watched Title 193 also watched it",),
+        ("viewers who watched Title 295 also watched it",),
+    ],
+    "viewer no edges k10": [
+        ("popular with viewers of your taste",),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("close to what you usually enjoy", "popular with viewers of your taste"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("close to what you usually enjoy", "popular with viewers of your taste"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+    ],
+    "viewer no edges k30": [
+        ("popular with viewers of your taste",),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("close to what you usually enjoy", "popular with viewers of your taste"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("close to what you usually enjoy", "popular with viewers of your taste"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+        ("popular with viewers of your taste", "close to what you usually enjoy"),
+    ],
+    "cold evening k10": [
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste", "close to what you usually enjoy"),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+    ],
+    "cold afternoon k25": [
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste", "close to what you usually enjoy"),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("popular with viewers of your taste",),
+        ("popular with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+        ("trending with viewers of your taste",),
+    ],
+}
+
+PINNED_POOL: dict[str, int] = {
+    "viewer evening k10": 256,
+    "viewer late k40": 256,
+    "viewer no edges k10": 158,
+    "viewer no edges k30": 158,
+    "cold evening k10": 216,
+    "cold afternoon k25": 222,
+}
+
+PINNED_SCORES: dict[str, list[float]] = {
+    "viewer evening k10": [
+        3.0,
+        2.369652,
+        2.226412,
+        2.158018,
+        1.79317,
+        1.219808,
+        1.080913,
+        1.0,
+        1.012028,
+        0.92245,
+    ],
+    "viewer late k40": [
+        3.0,
+        2.369657,
+        2.226465,
+        2.158016,
+        1.79317,
+        1.219808,
+        1.080911,
+        1.0,
+        1.012028,
+        0.922449,
+        0.921444,
+        0.71361,
+        0.644876,
+        0.590823,
+        0.783914,
+        0.558415,
+        0.547921,
+        0.521474,
+        0.467276,
+        0.454207,
+        0.422336,
+        0.391646,
+        0.359082,
+        0.356527,
+        0.321196,
+        0.294924,
+        0.504864,
+        0.421372,
+        0.190416,
+        0.175301,
+        0.374897,
+        0.159763,
+        0.352466,
+        0.357982,
+        0.138801,
+        0.337898,
+        0.298032,
+        0.28323,
+        0.299329,
+        0.284705,
+    ],
+    "viewer no edges k10": [
+        0.084028,
+        0.070634,
+        0.068037,
+        0.066337,
+        0.066214,
+        0.066069,
+        0.064493,
+        0.063081,
+        0.061515,
+        0.061023,
+    ],
+    "viewer no edges k30": [
+        0.084117,
+        0.07032,
+        0.067887,
+        0.066314,
+        0.066246,
+        0.06618,
+        0.064667,
+        0.063124,
+        0.061428,
+        0.06088,
+        0.060914,
+        0.06049,
+        0.060073,
+        0.059535,
+        0.059308,
+        0.058783,
+        0.058736,
+        0.058533,
+        0.058445,
+        0.058295,
+        0.058329,
+        0.058097,
+        0.057772,
+        0.057748,
+        0.057489,
+        0.057398,
+        0.057361,
+        0.057126,
+        0.057215,
+        0.056876,
+    ],
+    "cold evening k10": [
+        0.096865,
+        0.070172,
+        0.06181,
+        0.05952,
+        0.058991,
+        0.058691,
+        0.057716,
+        0.057623,
+        0.057354,
+        0.05619,
+    ],
+    "cold afternoon k25": [
+        0.095386,
+        0.07267,
+        0.058604,
+        0.058244,
+        0.057465,
+        0.057202,
+        0.056909,
+        0.056108,
+        0.048144,
+        0.055835,
+        0.054775,
+        0.054635,
+        0.054608,
+        0.05437,
+        0.053614,
+        0.052807,
+        0.052745,
+        0.052579,
+        0.052712,
+        0.052192,
+        0.052355,
+        0.044313,
+        0.052074,
+        0.051692,
+        0.051543,
+    ],
+}
+
+PINNED_AFTER = [1148, 1383, 1059, 1012, 1011, 34, 90, 611, 178, 450, 654]
+
+
+def _ranked(brains: dict[str, Brain], case: str):
+    name, ctx, k, overrides = CASES[case]
+    return brains[name].rank(
+        ctx, k, config=BrainConfig(**overrides) if overrides else None
+    )
+
+
+def test_print_pins_on_request(brains):
+    """With OMEGA_PIN=1, print the current lists in the form of the PINNED tables (for a deliberate re-pin)."""
+    if not os.environ.get("OMEGA_PIN"):
+        pytest.skip("set OMEGA_PIN=1 to print the pins")
+    for case in CASES:
+        ranking = _ranked(brains, case)
+        print(f"{case!r}: {[r.content_id for r in ranking.recommendations]},")
+        print(f"  reasons {case!r}: {[r.reasons for r in ranking.recommendations]},")
+        print(f"  pool {case!r}: {len(ranking.pool)},")
+        print(
+            f"  scores {case!r}: {[round(r.score, 6) for r in ranking.recommendations]},"
+        )
+    viewer = brains["viewer"]
+    print("after:", viewer.after(viewer._hist().recent(1)[0], 15))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ranking_is_the_pinned_one(brains, case):
+    ranking = _ranked(brains, case)
+    assert [r.content_id for r in ranking.recommendations] == PINNED[case]
+    assert [r.reasons for r in ranking.recommendations] == PINNED_REASONS[case]
+    assert len(ranking.pool) == PINNED_POOL[case]
+    assert [r.score for r in ranking.recommendations] == pytest.approx(
+        PINNED_SCORES[case], abs=2e-6
+    )
+
+
+def test_after_is_the_pinned_one(brains):
+    viewer = brains["viewer"]
+    assert viewer.after(viewer._hist().recent(1)[0], 15) == PINNED_AFTER
