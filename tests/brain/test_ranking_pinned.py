@@ -37,15 +37,11 @@ def _unit(m: np.ndarray) -> np.ndarray:
     return (m / np.linalg.norm(m, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _fill(
-    brain: Brain, rng: np.random.Generator, matrix: np.ndarray, *, history: bool
-) -> None:
+def _fill(brain: Brain, rng: np.random.Generator, matrix: np.ndarray, *, history: bool) -> None:
     now = 1_700_000_000.0
     with brain.store.transaction():
         for _ in range(N_PATTERNS):
-            vector = _unit(
-                matrix[rng.integers(N_ITEMS)] + rng.normal(0, 0.015, EMBEDDING_DIM)
-            )
+            vector = _unit(matrix[rng.integers(N_ITEMS)] + rng.normal(0, 0.015, EMBEDDING_DIM))
             uses = int(rng.integers(1, 60))
             successes = int(rng.binomial(uses, rng.uniform(0.2, 1.0)))
             brain.store.put_pattern(Pattern(
@@ -54,28 +50,15 @@ def _fill(
                 float(uses * rng.uniform(-0.2, 0.9)), 1,
             ))  # fmt: skip
     ids = np.arange(1, N_ITEMS + 1)
-    edges = {
-        (int(a), int(b))
-        for a, b in rng.integers(1, N_ITEMS + 1, size=(6000, 2))
-        if a != b
-    }
+    edges = {(int(a), int(b)) for a, b in rng.integers(1, N_ITEMS + 1, size=(6000, 2)) if a != b}
     transitions = [
-        TransitionStat(a, b, float(s), int(s))
-        for (a, b), s in zip(sorted(edges), rng.zipf(1.6, len(edges)))
+        TransitionStat(a, b, float(s), int(s)) for (a, b), s in zip(sorted(edges), rng.zipf(1.6, len(edges)))
     ]
-    pairs = {
-        (min(a, b), max(a, b))
-        for a, b in rng.integers(1, N_ITEMS + 1, size=(12000, 2))
-        if a != b
-    }
+    pairs = {(min(a, b), max(a, b)) for a, b in rng.integers(1, N_ITEMS + 1, size=(12000, 2)) if a != b}
     pair_stats = [
-        TransitionStat(a, b, float(s), int(s))
-        for (a, b), s in zip(sorted(pairs), rng.zipf(1.5, len(pairs)) + 2)
+        TransitionStat(a, b, float(s), int(s)) for (a, b), s in zip(sorted(pairs), rng.zipf(1.5, len(pairs)) + 2)
     ]
-    centres = _unit(
-        matrix[rng.choice(N_ITEMS, 24, replace=False)]
-        + rng.normal(0, 0.015, (24, EMBEDDING_DIM))
-    )
+    centres = _unit(matrix[rng.choice(N_ITEMS, 24, replace=False)] + rng.normal(0, 0.015, (24, EMBEDDING_DIM)))
     brain.apply_consolidated(
         [
             ConsolidatedRecord(
@@ -93,9 +76,7 @@ def _fill(
         pairs=pair_stats,
     )
     if history:
-        watched = rng.choice(
-            ids[:400], 16, replace=False
-        )  # a dense corner: its edges and pairs meet
+        watched = rng.choice(ids[:400], 16, replace=False)  # a dense corner: its edges and pairs meet
         for step, cid in enumerate(watched.tolist()):
             fraction = float(rng.choice([0.95, 1.0, 0.8, 0.4]))
             brain.on_user_action(
@@ -110,14 +91,8 @@ def _fill(
 def brains(tmp_path_factory, embedder) -> Iterator[dict[str, Brain]]:
     rng = np.random.default_rng(2026)
     centres = _unit(rng.normal(size=(N_CLUSTERS, EMBEDDING_DIM)))
-    matrix = _unit(
-        centres[rng.integers(N_CLUSTERS, size=N_ITEMS)]
-        + rng.normal(0, 0.03, (N_ITEMS, EMBEDDING_DIM))
-    )
-    items = [
-        CatalogItem(i + 1, f"Title {i + 1}", ("Drama",), 1950 + i % 70)
-        for i in range(N_ITEMS)
-    ]
+    matrix = _unit(centres[rng.integers(N_CLUSTERS, size=N_ITEMS)] + rng.normal(0, 0.03, (N_ITEMS, EMBEDDING_DIM)))
+    items = [CatalogItem(i + 1, f"Title {i + 1}", ("Drama",), 1950 + i % 70) for i in range(N_ITEMS)]
     catalog = Catalog.from_vectors(items, matrix)
     folder: Path = tmp_path_factory.mktemp("pinned")
     made = {}
@@ -556,9 +531,7 @@ PINNED_AFTER = [1148, 1383, 1059, 1012, 1011, 34, 90, 611, 178, 450, 654]
 
 def _ranked(brains: dict[str, Brain], case: str):
     name, ctx, k, overrides = CASES[case]
-    return brains[name].rank(
-        ctx, k, config=BrainConfig(**overrides) if overrides else None
-    )
+    return brains[name].rank(ctx, k, config=BrainConfig(**overrides) if overrides else None)
 
 
 def test_print_pins_on_request(brains):
@@ -570,9 +543,7 @@ def test_print_pins_on_request(brains):
         print(f"{case!r}: {[r.content_id for r in ranking.recommendations]},")
         print(f"  reasons {case!r}: {[r.reasons for r in ranking.recommendations]},")
         print(f"  pool {case!r}: {len(ranking.pool)},")
-        print(
-            f"  scores {case!r}: {[round(r.score, 6) for r in ranking.recommendations]},"
-        )
+        print(f"  scores {case!r}: {[round(r.score, 6) for r in ranking.recommendations]},")
     viewer = brains["viewer"]
     print("after:", viewer.after(viewer._hist().recent(1)[0], 15))
 
@@ -583,9 +554,7 @@ def test_ranking_is_the_pinned_one(brains, case):
     assert [r.content_id for r in ranking.recommendations] == PINNED[case]
     assert [r.reasons for r in ranking.recommendations] == PINNED_REASONS[case]
     assert len(ranking.pool) == PINNED_POOL[case]
-    assert [r.score for r in ranking.recommendations] == pytest.approx(
-        PINNED_SCORES[case], abs=2e-6
-    )
+    assert [r.score for r in ranking.recommendations] == pytest.approx(PINNED_SCORES[case], abs=2e-6)
 
 
 def test_after_is_the_pinned_one(brains):

@@ -412,6 +412,42 @@ def test_global_edges_beside_a_popular_source_need_the_support_floor(store: Brai
     assert [t.dst for t in store.global_transitions_from(1)] == [10, 11, 12, 13, 99, 14]
 
 
+def test_successors_of_many_sources_in_one_read_match_the_reads_by_source(store: BrainStore):
+    store.merge_global_transitions([TransitionStat(1, 10 + i, float(n), n) for i, n in enumerate((12, 8, 6, 3))])
+    store.merge_global_transitions([TransitionStat(2, 5, 4.0, 4), TransitionStat(2, 6, 4.0, 4)])
+    store.merge_global_pairs([TransitionStat(1, 2, 5.0, 5), TransitionStat(2, 9, 2.0, 2)])
+    store.bump_transition(2, 1, 0.5)
+    store.bump_transition(2, 3, 0.9)
+    for table, by_source in (
+        ("global_transitions", store.global_transitions_from),
+        ("global_pairs", store.global_pairs_from),
+        ("transitions", store.transitions_from),
+    ):
+        found = store.edges.successors(table, [2, 1, 77])
+        assert list(found) == [s for s in (2, 1) if by_source(s)]  # in the order asked, sources with edges only
+        for src, edges in found.items():
+            assert edges == [(t.dst, t.weight) for t in by_source(src)]
+    assert store.edges.successors("global_transitions", []) == {}
+
+
+def test_the_support_floor_follows_every_write_to_the_published_edges(tmp_path: Path):
+    """The floor's volumes are kept between reads; a write by this store, by another connection to the same
+    file, or one rolled back must never leave a stale floor behind."""
+    path = tmp_path / "tv.db"
+    with BrainStore(path) as store, BrainStore(path) as other:
+        store.merge_global_transitions([TransitionStat(1, 10, 4.0, 4), TransitionStat(1, 11, 3.0, 3)])
+        assert [d for d, _ in store.edges.successors("global_transitions", [1])[1]] == [10, 11]  # V = 7
+        other.merge_global_transitions([TransitionStat(1, 12, 40.0, 40)])  # V = 47: 3 < 0.45·√47 ≈ 3.09
+        assert [d for d, _ in store.edges.successors("global_transitions", [1])[1]] == [12, 10]
+        store.merge_global_transitions([TransitionStat(1, 12, 2.0, 2)])  # V = 9: 2 >= 0.45·√9
+        assert [d for d, _ in store.edges.successors("global_transitions", [1])[1]] == [10, 11, 12]
+        with pytest.raises(RuntimeError), store.transaction():
+            store.merge_global_transitions([TransitionStat(1, 13, 90.0, 90)])
+            assert [d for d, _ in store.edges.successors("global_transitions", [1])[1]] == [13]  # V = 99
+            raise RuntimeError("roll back")
+        assert [d for d, _ in store.edges.successors("global_transitions", [1])[1]] == [10, 11, 12]
+
+
 def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: BrainStore):
     store.merge_global_pairs([TransitionStat(1, 2, 3.0, 4), TransitionStat(2, 7, 1.0, 3)])
     store.merge_global_pairs([TransitionStat(1, 2, 8.0, 9)])

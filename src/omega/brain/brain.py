@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -178,12 +179,15 @@ class Brain:
 
     def _ranker(self) -> Recommender:
         if self._recommender is None or self._recommender.catalog is not self.catalog:
-            self._recommender = Recommender(
-                self.catalog, self.config, self._embed_context,
-                self.store.transitions_from, self.store.global_transitions_from, self.store.global_pairs_from,
-                self._most_followed,
-            )  # fmt: skip
+            own = partial(self.store.edges.successors, "transitions")
+            self._recommender = Recommender(self.catalog, self.config, self._embed_context, own, *self._published())
         return self._recommender
+
+    def _published(self) -> Published:
+        """What this TV pulled, as the ranker reads it: edges and pairs by source (one read for all the recent
+        items, support floor applied) and the most-followed items."""
+        successors = self.store.edges.successors
+        return partial(successors, "global_transitions"), partial(successors, "global_pairs"), self._most_followed
 
     # ------------------------------------------------------------------ catalog
 
@@ -315,11 +319,9 @@ class Brain:
         exclude = history.watched if self.config.exclude_watched else history.finished
         ranker = self._ranker()
         if config is not None or published is not None:
-            store = self.store
-            edges, pairs, popular = published or (store.global_transitions_from, store.global_pairs_from, self._most_followed)
-            ranker = Recommender(
-                self.catalog, config or self.config, ranker.embed, store.transitions_from, edges, pairs, popular
-            )
+            own = partial(self.store.edges.successors, "transitions")
+            published = published or self._published()
+            ranker = Recommender(self.catalog, config or self.config, ranker.embed, own, *published)
             config = config or self.config
         return ranker.rank(
             context or context_at(),

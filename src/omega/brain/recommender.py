@@ -25,7 +25,7 @@ for variety (`diversity_lambda`, 1 = off).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +33,7 @@ import numpy as np
 from omega.brain.catalog import Catalog
 from omega.brain.config import BrainConfig
 from omega.brain.learning import PatternMemory, pattern_scores
-from omega.brain.records import ConsolidatedRecord, Recommendation, TransitionStat, ViewingContext
+from omega.brain.records import ConsolidatedRecord, Recommendation, ViewingContext
 from omega.errors import OmegaError
 
 MAX_K = 1000
@@ -47,7 +47,8 @@ _REASON_SHARE = 0.25
 #: support that makes a consolidated pattern half-trusted
 _SUPPORT_HALF = 3.0
 
-TransitionLookup = Callable[[int], list[TransitionStat]]
+#: src → [(dst, weight), ...] heaviest first, for each of the sources asked (one read for all the recent items)
+TransitionLookup = Callable[[Sequence[int]], Mapping[int, Sequence[tuple[int, float]]]]
 #: (ordered edges by source, pairs by either end, most-followed items): what a TV pulled, or a stand-in
 Published = tuple[TransitionLookup, TransitionLookup, Callable[[], Sequence[int]]]
 
@@ -137,7 +138,7 @@ class Recommender:
         self.embed = embed
         self._local = local_transitions
         self._global = global_transitions
-        self._pairs = global_pairs or (lambda src: [])
+        self._pairs = global_pairs or (lambda srcs: {})
         self._popular = popular or (lambda: ())
 
     def recommend(
@@ -259,19 +260,21 @@ class Recommender:
         scores: dict[int, float] = {}
         best: dict[int, tuple[float, int]] = {}
         decay = self.config.recent_decay
+        found = lookup(recent) if recent else {}
+        catalog = self.catalog
         for step, src in enumerate(recent):
-            stats = [s for s in lookup(src)[:_PER_SOURCE] if s.weight > 0]
-            if not stats:
+            edges = [(dst, weight) for dst, weight in found.get(src, ())[:_PER_SOURCE] if weight > 0]
+            if not edges:
                 continue
-            roots = [s.weight**0.5 for s in stats]
+            roots = [weight**0.5 for _, weight in edges]
             scale = decay**step / sum(roots) ** 0.5
-            for s, root in zip(stats, roots):
-                if s.dst in exclude or s.dst not in self.catalog:
+            for (dst, _), root in zip(edges, roots):
+                if dst in exclude or dst not in catalog:
                     continue
                 gain = root * scale
-                scores[s.dst] = scores.get(s.dst, 0.0) + gain
-                if gain > best.get(s.dst, (0.0, 0))[0]:
-                    best[s.dst] = (gain, src)
+                scores[dst] = scores.get(dst, 0.0) + gain
+                if gain > best.get(dst, (0.0, 0))[0]:
+                    best[dst] = (gain, src)
         self._add(pool, list(scores), exclude)
         return scores, {dst: src for dst, (_, src) in best.items()}
 

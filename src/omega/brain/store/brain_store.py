@@ -32,6 +32,7 @@ from omega.brain.records import (
 )
 from omega.brain.store import rows
 from omega.brain.store.database import Database
+from omega.brain.store.edges import EdgeReader
 from omega.brain.store.opening import Synchronous
 from omega.brain.store.outbox import OutboxTable
 from omega.errors import OmegaError
@@ -66,33 +67,11 @@ def pattern_utility(p: Pattern, now: float) -> float:
 
 
 # Edge tables: the TV's own transitions (`count`: viewings) and the cloud's totals (`support`: distinct TVs),
-# read as TransitionStat with that number in `count`.
+# read as TransitionStat with that number in `count`. Reads by source go through `EdgeReader` (edges.py).
 _EDGE_COLUMNS = {
     "transitions": "src, dst, weight, count",
     "global_transitions": "src, dst, weight, support",
     "global_pairs": "src, dst, weight, support",
-}
-_EDGES_FROM = {t: f"SELECT {c} FROM {t} WHERE src = ? ORDER BY weight DESC, dst" for t, c in _EDGE_COLUMNS.items()}
-
-#: Support floor on what the cloud published (issue 14, bounded influence): an edge a→b is used only
-#: with support ≥ c·√V(a), a pair {a, b} with support ≥ c·√max(V(a), V(b)), V(i) = the total support
-#: of the global transitions out of i. A few device ids always reach k_min, but beside a popular
-#: source (many honest TVs) they fall under the floor: c = 0.45 asks 4 TVs beside 30 TVs' 60 edges,
-#: 7 beside 100 TVs' 200. `omega bench poisoning` with the shipped ranker: at 0.3 three ids reach rank 6
-#: beside 30 honest TVs; at 0.6 honest titles with 4-5 supporters are dropped too (only content orders
-#: them). Applied when reading (both sides squared: SQLite has no sqrt everywhere), so it follows every pull.
-SUPPORT_FLOOR_C = 0.45
-_VOLUME = "(SELECT coalesce(sum(support), 0) FROM global_transitions v WHERE v.src = {item})"
-_FLOORED_FROM = {
-    "global_transitions": (
-        "SELECT src, dst, weight, support FROM global_transitions WHERE src = :src "
-        f"AND CAST(support AS REAL) * support >= :c2 * {_VOLUME.format(item=':src')} ORDER BY weight DESC, dst"
-    ),
-    "global_pairs": (
-        "SELECT p.src, p.dst, p.weight, p.support FROM global_pairs p WHERE p.src = :src "
-        f"AND CAST(p.support AS REAL) * p.support >= :c2 * max({_VOLUME.format(item=':src')}, "
-        f"{_VOLUME.format(item='p.dst')}) ORDER BY p.weight DESC, p.dst"
-    ),
 }
 _ALL_EDGES = {t: f"SELECT {c} FROM {t} ORDER BY src, dst" for t, c in _EDGE_COLUMNS.items()}
 
@@ -113,8 +92,17 @@ class BrainStore(Database):
         super().__init__(path, synchronous=synchronous, clock=clock)
         self.max_patterns = max_patterns
         self.outbox = OutboxTable(self)
-        #: c of the support floor on global edges (see SUPPORT_FLOOR_C; 0 turns it off).
-        self.support_floor_c = SUPPORT_FLOOR_C
+        #: the edge tables read by source, with the support floor on published edges (edges.py)
+        self.edges = EdgeReader(self)
+
+    @property
+    def support_floor_c(self) -> float:
+        """c of the support floor on global edges (see edges.SUPPORT_FLOOR_C; 0 turns it off)."""
+        return self.edges.floor_c
+
+    @support_floor_c.setter
+    def support_floor_c(self, value: float) -> None:
+        self.edges.floor_c = float(value)
 
     # ------------------------------------------------------------------ catalog
 
@@ -280,7 +268,7 @@ class BrainStore(Database):
 
     def transitions_from(self, src: int) -> list[TransitionStat]:
         """Successors of `src`, heaviest first."""
-        return self._edges(_EDGES_FROM["transitions"], int(src))
+        return [TransitionStat(*r) for r in self.edges.rows_from("transitions", [src])]
 
     def all_transitions(self) -> list[TransitionStat]:
         return self._edges(_ALL_EDGES["transitions"])
@@ -351,17 +339,11 @@ class BrainStore(Database):
 
     def global_transitions_from(self, src: int) -> list[TransitionStat]:
         """Global successors of `src` that pass the support floor, heaviest first (`count` holds the support)."""
-        return self._floored("global_transitions", src)
+        return [TransitionStat(*r) for r in self.edges.rows_from("global_transitions", [src])]
 
     def global_pairs_from(self, src: int) -> list[TransitionStat]:
         """Items published as watched near `src` (either order) that pass the support floor, heaviest first."""
-        return self._floored("global_pairs", src)
-
-    def _floored(self, table: str, src: int) -> list[TransitionStat]:
-        if self.support_floor_c <= 0:
-            return self._edges(_EDGES_FROM[table], int(src))
-        rows = self._query(_FLOORED_FROM[table], {"src": int(src), "c2": float(self.support_floor_c) ** 2})
-        return [TransitionStat(*r) for r in rows]
+        return [TransitionStat(*r) for r in self.edges.rows_from("global_pairs", [src])]
 
     def all_global_transitions(self) -> list[TransitionStat]:
         return self._edges(_ALL_EDGES["global_transitions"])

@@ -3,15 +3,13 @@ published state a TV would hold (for the evaluation's what-if tables)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from omega.brain.brain import context_at
 from omega.brain.config import BrainConfig
-from omega.brain.records import TransitionStat
-from omega.brain.recommender import Published
+from omega.brain.recommender import Published, TransitionLookup
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.errors import OmegaError
 from omega.protocol import Keyspace
@@ -73,23 +71,24 @@ async def published_edges(fleet: Fleet, k_min: int) -> list[ConsolidatedEdge]:
     return edges
 
 
-Lookup = Callable[[int], list[TransitionStat]]
-
-
 def published_state(edges: list[ConsolidatedEdge], *, with_pairs: bool = True) -> Published:
     """What a TV would hold after pulling `edges`: successors by source, pairs by either end (heaviest first),
     and the most-followed items."""
-    rows: dict[int, list[TransitionStat]] = {}
-    pairs: dict[int, list[TransitionStat]] = {}
+    rows: dict[int, list[tuple[int, float]]] = {}
+    pairs: dict[int, list[tuple[int, float]]] = {}
     into: dict[int, float] = {}
     for e in edges:
         if e.keyspace == Keyspace.ITEM:
-            rows.setdefault(e.src, []).append(TransitionStat(e.src, e.dst, float(e.weight), e.support))
+            rows.setdefault(e.src, []).append((e.dst, float(e.weight)))
             into[e.dst] = into.get(e.dst, 0.0) + float(e.weight)
         elif e.keyspace == Keyspace.PAIR and with_pairs:
-            pairs.setdefault(e.src, []).append(TransitionStat(e.src, e.dst, float(e.weight), e.support))
-            pairs.setdefault(e.dst, []).append(TransitionStat(e.dst, e.src, float(e.weight), e.support))
+            pairs.setdefault(e.src, []).append((e.dst, float(e.weight)))
+            pairs.setdefault(e.dst, []).append((e.src, float(e.weight)))
     for found in (*rows.values(), *pairs.values()):
-        found.sort(key=lambda t: (-t.weight, t.dst))
+        found.sort(key=lambda t: (-t[1], t[0]))
     popular = [dst for dst, _ in sorted(into.items(), key=lambda kv: (-kv[1], kv[0]))]
-    return (lambda src: rows.get(src, [])), (lambda src: pairs.get(src, [])), (lambda: popular)
+
+    def lookup(table: dict[int, list[tuple[int, float]]]) -> TransitionLookup:
+        return lambda srcs: {s: table[s] for s in srcs if s in table}
+
+    return lookup(rows), lookup(pairs), (lambda: popular)

@@ -1,0 +1,91 @@
+"""Reading the edge tables: the TV's own transitions and the published edges and pairs it pulled.
+
+Ranking reads the successors of all its recent items at once, so `EdgeReader`
+answers a list of sources with one query per table, as plain `(dst, weight)`
+tuples: the rows were validated when they were written (the store is the TV's
+own), and a record per row cost more than the query.
+
+The support floor on published edges (issue 14, bounded influence) is applied
+here, in Python, with each item's volume V(i) (the total support of the global
+transitions out of i) computed once and kept while the database is unchanged:
+an edge a→b is read only with support ≥ c·√V(a), a pair {a, b} only with
+support ≥ c·√max(V(a), V(b)). c = 0.45 asks 4 TVs beside 30 TVs' 60 edges, 7
+beside 100 TVs' 200. `omega bench poisoning` with the shipped ranker: at 0.3
+three ids reach rank 6 beside 30 honest TVs; at 0.6 honest titles with 4-5
+supporters are dropped too (only content orders them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from omega.brain.store.database import Database
+
+SUPPORT_FLOOR_C = 0.45
+
+EdgeTable = Literal["transitions", "global_transitions", "global_pairs"]
+#: (src, dst, weight, count): `count` is viewings for the TV's own transitions, distinct TVs for the published ones
+EdgeRow = tuple[int, int, float, int]
+
+_COUNT = {"transitions": "count", "global_transitions": "support", "global_pairs": "support"}
+
+
+class EdgeReader:
+    """The edge tables of one brain store, read for ranking (`BrainStore.edges`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        #: c of the support floor on published edges (0 turns it off)
+        self.floor_c = SUPPORT_FLOOR_C
+        self._volumes: dict[int, int] | None = None
+        self._volumes_key: tuple[int, int] | None = None
+
+    def rows_from(self, table: EdgeTable, srcs: Iterable[int]) -> list[EdgeRow]:
+        """The sources' edges, grouped by source in the order given, each heaviest first (ties by dst); the
+        published tables' edges only where they pass the support floor."""
+        order = list(dict.fromkeys(int(s) for s in srcs))
+        if not order:
+            return []
+        marks = ", ".join("?" * len(order))
+        sql = f"SELECT src, dst, weight, {_COUNT[table]} FROM {table} WHERE src IN ({marks})"
+        found = self._db._query(sql + " ORDER BY src, weight DESC, dst", order)
+        if table != "transitions" and self.floor_c > 0:
+            found = self._floored(table, found)
+        if len(order) > 1:
+            rank = {src: i for i, src in enumerate(order)}
+            found.sort(key=lambda r: rank[r[0]])  # stable: each source keeps its heaviest-first order
+        return found
+
+    def successors(self, table: EdgeTable, srcs: Iterable[int]) -> dict[int, list[tuple[int, float]]]:
+        """src → [(dst, weight), ...] heaviest first, for each source that has edges (see `rows_from`)."""
+        out: dict[int, list[tuple[int, float]]] = {}
+        for src, dst, weight, _ in self.rows_from(table, srcs):
+            out.setdefault(src, []).append((dst, weight))
+        return out
+
+    def _floored(self, table: EdgeTable, found: list[EdgeRow]) -> list[EdgeRow]:
+        # Squared on both sides, in doubles, as the comparison support ≥ c·√V needs no square root.
+        c2 = float(self.floor_c) ** 2
+        volume = self.volumes().get
+        if table == "global_transitions":
+            return [r for r in found if float(r[3]) * r[3] >= c2 * volume(r[0], 0)]
+        return [r for r in found if float(r[3]) * r[3] >= c2 * max(volume(r[0], 0), volume(r[1], 0))]
+
+    def volumes(self) -> dict[int, int]:
+        """item → total support of the global transitions out of it.
+
+        Kept while the file is unchanged: SQLite's data_version moves when another connection commits,
+        this connection's total_changes when it writes. Never kept from inside a transaction (it may roll
+        back)."""
+        with self._db._lock:
+            db = self._db._conn()
+            key = (int(db.execute("PRAGMA data_version").fetchone()[0]), db.total_changes)
+            if self._volumes is not None and key == self._volumes_key:
+                return self._volumes
+            volumes = {int(src): int(v) for src, v in self._db._query(
+                "SELECT src, sum(support) FROM global_transitions GROUP BY src"
+            )}  # fmt: skip
+            if not db.in_transaction:
+                self._volumes, self._volumes_key = volumes, key
+            return volumes
