@@ -172,3 +172,17 @@ def test_empty_catalog_gives_a_clear_error(tmp_path: Path, embedder):
         with pytest.raises(OmegaError, match="unknown content id"):
             b.on_user_action(1, watch_fraction=0.5)
         assert b.stats()["catalog"] == 0
+
+
+def test_catalog_neighbours_are_the_index_search_remembered():
+    """`neighbours` answers as `search` does (an HNSW catalog, above the exact-search size), and a repeat
+    is the remembered, read-only answer."""
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(600, 384)).astype(np.float32)
+    catalog = Catalog.from_vectors([CatalogItem(i + 1, f"T{i}", ("Drama",)) for i in range(600)], matrix)
+    for row in (0, 17, 599):
+        query = matrix[row] / np.linalg.norm(matrix[row])
+        found = catalog.neighbours(query, 20)
+        assert found.tolist() == catalog.search(query, 20)[0].tolist() and found[0] == row + 1
+        assert catalog.neighbours(query.copy(), 20) is found and not found.flags.writeable
+    assert catalog.neighbours(matrix[5], 7).tolist() == catalog.search(matrix[5], 7)[0].tolist()

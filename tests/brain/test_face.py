@@ -37,6 +37,19 @@ def test_the_brain_itself_loads_them_on_first_use():
     assert "onnxruntime" in loaded_after("omega.brain.brain")
 
 
+def test_a_brain_on_the_default_index_backend_never_loads_usearch():
+    """usearch (+ its tqdm and numkong imports, ~17 MB of a TV's RSS) is loaded only by the usearch backend."""
+    assert "usearch" not in loaded_after("omega.brain.brain", "omega.brain.catalog", "omega.brain.index")
+
+
+def test_the_brain_bench_child_imports_nothing_a_tv_does_not():
+    """The bench measures a TV's RSS in a process that imports omega.sim.bench.brain: not the sync bench's stack."""
+    probe = "import json, sys, omega.sim.bench.brain; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    bench_only = ("omega.sim.bench.sync", "omega.sim.bench.poisoning", "omega.protocol", "usearch")
+    assert [m for m in json.loads(out) if m.startswith(bench_only)] == []
+
+
 def test_main_types_come_from_the_package_and_are_the_modules_own():
     from omega.brain import Brain, BrainConfig, BrainStore, Catalog, Embedder, Pattern, Recommender, VectorIndex
     from omega.brain.brain import Brain as DefinedBrain

@@ -446,6 +446,9 @@ def test_the_support_floor_follows_every_write_to_the_published_edges(tmp_path: 
             assert [d for d, _ in store.edges.successors("global_transitions", [1])[1]] == [13]  # V = 99
             raise RuntimeError("roll back")
         assert [d for d, _ in store.edges.successors("global_transitions", [1])[1]] == [10, 11, 12]
+        kept = store.edges.volumes()
+        store.bump_transition(1, 2, 0.9)  # a viewing writes only the TV's own tables: the volumes stay
+        assert store.edges.volumes() is kept and kept == {1: 9}
 
 
 def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: BrainStore):

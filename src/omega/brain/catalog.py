@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from omega.errors import OmegaError
 from omega.progress import Progress
 
 _FINGERPRINT_KEY = "catalog_index_fingerprint"
+#: neighbourhoods `Catalog.neighbours` keeps: a brain asks for those of its best few patterns on every call
+_NEIGHBOURS_KEPT = 256
 
 
 def index_path_for(db_path: Path | str) -> Path | None:
@@ -84,6 +87,7 @@ class Catalog:
         del unit
         self.matrix.setflags(write=False)  # shared between brains: nobody may change it
         self.index = index
+        self._neighbours = lru_cache(maxsize=_NEIGHBOURS_KEPT)(self._search_ids)
 
     # ------------------------------------------------------------------ building
 
@@ -186,6 +190,18 @@ class Catalog:
         if not len(self):
             return np.empty(0, np.int64), np.empty(0, np.float32)
         return self.index.search(vector, k)
+
+
+    def neighbours(self, vector: np.ndarray, k: int) -> np.ndarray:
+        """Content ids of the k nearest items to a vector that recurs from call to call (a pattern's centre),
+        best first; the last few answers are kept, keyed by the vector's exact bytes, since the catalog and
+        its index never change."""
+        return self._neighbours(np.ascontiguousarray(vector, dtype=np.float32).tobytes(), int(k))
+
+    def _search_ids(self, key: bytes, k: int) -> np.ndarray:
+        ids = self.search(np.frombuffer(key, dtype=np.float32), k)[0]
+        ids.setflags(write=False)  # shared by every caller that asks again
+        return ids
 
 
 def _normalised(matrix: np.ndarray) -> np.ndarray:

@@ -16,15 +16,18 @@ import numpy as np
 # Order matters: with usearch 2.26.6 and onnxruntime 1.32 on x86-64, loading
 # onnxruntime's extension *after* usearch's segfaults the interpreter (seen
 # here with a bare `import usearch.compiled; import onnxruntime`). The reverse
-# order is fine, and every brain process loads both, so load ORT first.
+# order is fine, so ORT is loaded here, before either backend can load usearch.
 import onnxruntime  # noqa: F401,E402  (imported for its side effect on load order)
-from usearch.index import Index  # noqa: E402
 
 
 class UsearchBackend:
     """usearch's HNSW (f32/f16/i8 storage); replacing a key is remove + add (its API refuses duplicates)."""
 
     def __init__(self, dim: int, dtype: str, m: int, ef_add: int, ef_search: int, threads: int) -> None:
+        # Imported here: only brains that use this backend pay for usearch (+17 MB RSS with its tqdm and
+        # numkong imports, measured on the bench brain's process).
+        from usearch.index import Index
+
         self.threads = threads
         self.index = Index(
             ndim=dim, metric="cos", dtype=dtype, connectivity=m, expansion_add=ef_add, expansion_search=ef_search

@@ -291,7 +291,7 @@ class Recommender:
         top = _top(scores, cfg.top_patterns)
         # The two best patterns that worked (success ≥ 0.5) also propose their own neighbourhood.
         for row in [r for r in top if stats[r, 0] >= 0.5][:2]:
-            self._add(pool, self.catalog.search(patterns.matrix[row], 20)[0], exclude)
+            self._add(pool, self.catalog.neighbours(patterns.matrix[row], 20), exclude)
         return top, scores[top]
 
     def _top_consolidated(
@@ -307,7 +307,7 @@ class Recommender:
         top = np.unique(np.concatenate([by_relevance, by_quality]))
         # Without history the prior is all there is: let more of it propose items.
         for row in by_relevance[: 3 if cold else 1]:
-            self._add(pool, self.catalog.search(prior.matrix[row], 20)[0], exclude)
+            self._add(pool, self.catalog.neighbours(prior.matrix[row], 20), exclude)
         return top, relevance[top]
 
     @staticmethod

@@ -10,7 +10,9 @@ from pathlib import Path
 from movielens_fixtures import write_fixture
 from omega.sim.bench import run_brain_bench
 
-DESIGN_KEYS = ("embed_ms_p50", "search_us_p50", "recommend_ms_p50", "rss_mb", "recall_at_50")
+DESIGN_KEYS = (
+    "embed_ms_p50", "search_us_p50", "recommend_ms_p50", "recommend_same_context_ms_p50", "rss_mb", "recall_at_50",
+)
 
 
 def test_a_tiny_brain_is_built_and_measured_in_a_child(tmp_path: Path, embedder, monkeypatch) -> None:

@@ -314,6 +314,7 @@ class BrainStore(Database):
         snapshot and drops every pair it does not mention.
         """
         batch = require_all(stats, TransitionStat)
+        self.edges.published_changed()
         with self.transaction() as db:
             if replace:
                 db.execute("DELETE FROM global_transitions")

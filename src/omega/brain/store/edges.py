@@ -40,6 +40,7 @@ class EdgeReader:
         self.floor_c = SUPPORT_FLOOR_C
         self._volumes: dict[int, int] | None = None
         self._volumes_key: tuple[int, int] | None = None
+        self._published_writes = 0  # bumped by `published_changed`: this connection wrote the published edges
 
     def rows_from(self, table: EdgeTable, srcs: Iterable[int]) -> list[EdgeRow]:
         """The sources' edges, grouped by source in the order given, each heaviest first (ties by dst); the
@@ -72,15 +73,19 @@ class EdgeReader:
             return [r for r in found if float(r[3]) * r[3] >= c2 * volume(r[0], 0)]
         return [r for r in found if float(r[3]) * r[3] >= c2 * max(volume(r[0], 0), volume(r[1], 0))]
 
+    def published_changed(self) -> None:
+        """Called by the store before it writes the published edges: the volumes must be read again."""
+        self._published_writes += 1
+
     def volumes(self) -> dict[int, int]:
         """item → total support of the global transitions out of it.
 
-        Kept while the file is unchanged: SQLite's data_version moves when another connection commits,
-        this connection's total_changes when it writes. Never kept from inside a transaction (it may roll
-        back)."""
+        Kept while the published edges are unchanged: SQLite's data_version moves when another connection
+        commits, `published_changed` when this one writes them (a viewing, which writes other tables, keeps
+        them). Never kept from inside a transaction (it may roll back)."""
         with self._db._lock:
             db = self._db._conn()
-            key = (int(db.execute("PRAGMA data_version").fetchone()[0]), db.total_changes)
+            key = (int(db.execute("PRAGMA data_version").fetchone()[0]), self._published_writes)
             if self._volumes is not None and key == self._volumes_key:
                 return self._volumes
             volumes = {int(src): int(v) for src, v in self._db._query(
