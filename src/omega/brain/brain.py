@@ -349,6 +349,14 @@ class Brain:
         self._popular = None
         return changed, stored
 
+    def copy_pulled(self, source: Brain) -> int:
+        """Hold what `source` pulled (see `BrainStore.copy_pulled`: the fleet simulator's shortcut for pulling
+        the same published pages again); returns the rows copied."""
+        copied = self.store.copy_pulled(source.store)
+        self._prior = None  # reload on the next recommend
+        self._popular = None
+        return copied
+
     # ------------------------------------------------------------------ inspection and lifetime
 
     def stats(self) -> dict[str, Any]:

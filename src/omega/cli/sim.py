@@ -32,6 +32,9 @@ def eval_movielens(
     cold_users: Annotated[int, typer.Option("--cold-users", help="cold-start TVs to evaluate")] = 100,
     no_tables: Annotated[bool, typer.Option("--no-tables", help="skip the privacy and ablation tables")] = False,
     seed: Annotated[int, typer.Option("--seed", help="seed for sampling, tiers and device ids")] = 0,
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="run seeds SEED..SEED+N-1 (a fleet each): per-seed NDCG@10, mean, paired interval")
+    ] = 1,
     validation: Annotated[
         bool, typer.Option("--validation", help="the validation split (test targets left out) plus the tuning grid")
     ] = False,
@@ -49,7 +52,7 @@ def eval_movielens(
     with bars() as stage:
         result = evaluate_movielens(
             data, users=users, k_min=k_min, cold_users=cold_users, seed=seed, stage=stage, tables=not no_tables,
-            validation=validation, config=brain_config,
+            validation=validation, config=brain_config, seeds=seeds,
         )  # fmt: skip
     if as_json:
         json.dump(result, sys.stdout, default=float)

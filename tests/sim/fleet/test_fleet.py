@@ -184,3 +184,38 @@ def test_a_fleet_config_with_an_unknown_transport_is_one_clear_error():
         FleetConfig(transport="udp")  # type: ignore[arg-type]
     with pytest.raises(OmegaError, match="tier_mix"):
         FleetConfig(tier_mix=(1.0, -1.0, 1.0))
+
+
+def test_catch_up_by_copy_leaves_every_tv_as_pulling_every_page_would(tmp_path: Path):
+    """`FleetConfig.copy_catch_up`: a TV that would pull the same pages from cursor 0 holds the same tables
+    and ranks the same lists as one that decoded them; only the first TV's pulls cross the wire."""
+    from omega.brain.brain import context_at
+    from omega.brain.sync import state
+
+    async def caught_up(copy: bool):
+        data = load_movielens(write_fixture("ml-latest", tmp_path / "data", n_users=20, n_items=30))
+        catalog, matrix = _catalog(data.items)
+        config = FleetConfig(k_min=2, transport="direct", copy_catch_up=copy)
+        fleet = await Fleet.open(tmp_path / f"fleet-{copy}", catalog, build_codebook(matrix, k=8), config=config)
+        try:
+            await fleet.replay(_events(data))
+            before = len(fleet.tap.uplink)
+            await fleet.catch_up()
+            pullers = {dev for dev, d in fleet.tap.uplink[before:] if peek_frame(d).kind == "pull"}
+            held = {}
+            for user, tv in sorted(fleet.tvs.items()):
+                store = tv.brain.store
+                ranked = [r.content_id for r in tv.brain.rank(context_at(2e9), 10).recommendations]
+                held[user] = (store.all_global_transitions(), store.all_global_pairs(), store.consolidated(),
+                              state.cursor(store), ranked)  # fmt: skip
+            return held, pullers
+        finally:
+            await fleet.aclose()
+
+    async def main():
+        (copied, copy_pullers), (pulled, all_pullers) = await caught_up(True), await caught_up(False)
+        assert copied == pulled
+        assert any(edges for edges, *_ in pulled.values())  # something was published and held
+        assert len(all_pullers) == 20 and len(copy_pullers) == 1
+
+    asyncio.run(main())

@@ -73,6 +73,8 @@ _EDGE_COLUMNS = {
     "global_transitions": "src, dst, weight, support",
     "global_pairs": "src, dst, weight, support",
 }
+#: what a TV holds from the cloud (written only by pulls)
+_PULLED_TABLES = ("consolidated", "global_transitions", "global_pairs")
 _ALL_EDGES = {t: f"SELECT {c} FROM {t} ORDER BY src, dst" for t, c in _EDGE_COLUMNS.items()}
 
 
@@ -328,6 +330,33 @@ class BrainStore(Database):
         both = ((a, b, s.weight, s.count) for s in batch for a, b in ((s.src, s.dst), (s.dst, s.src)))
         self._put_totals("global_pairs", (r for r in both if r[0] != r[1]))
         return len(batch)
+
+    def copy_pulled(self, source: BrainStore) -> int:
+        """Replace what this store holds from the cloud (consolidated patterns, global transitions and pairs)
+        by `source`'s, in one transaction; returns the rows copied.
+
+        The fleet simulator's shortcut for a TV that would pull the very pages another TV merged (same
+        server head, from cursor 0): merging is deterministic, so the tables come out the same, without
+        decoding ~30K edges once per TV. Both stores must be files; `source`'s committed state is read."""
+        if str(self.path) == ":memory:" or str(source.path) == ":memory:":
+            raise OmegaError("copy_pulled needs two brain files")
+        with self._lock:
+            db = self._conn()
+            try:
+                db.execute("ATTACH DATABASE ? AS pulled_src", (str(source.path),))
+            except sqlite3.Error as exc:
+                raise OmegaError(f"brain store {self.path}: cannot read {source.path}: {exc}") from None
+            try:
+                copied = 0
+                self.edges.published_changed()
+                with self.transaction():
+                    for table in _PULLED_TABLES:
+                        db.execute(f"DELETE FROM {table}")
+                        copied += db.execute(f"INSERT INTO {table} SELECT * FROM pulled_src.{table}").rowcount
+                return copied
+            finally:
+                db.execute("DETACH DATABASE pulled_src")
+                db.execute("PRAGMA shrink_memory")  # the copied pages need not stay in this connection's cache
 
     def _put_totals(self, table: str, totals: Iterable[tuple[int, int, float, int]]) -> None:
         """Upsert (src, dst, weight, support) totals of a global edge table: a total replaces the stored one."""

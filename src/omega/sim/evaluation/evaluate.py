@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from omega.brain.brain import context_at
+from omega.brain.brain import context_at, release_freed_memory
 from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
 from omega.brain.sync import SyncConfig
@@ -53,8 +53,10 @@ from omega.protocol import Keyspace, derive_device_key, peek_frame
 from omega.sim.evaluation.baselines import BASELINES, tune_and_evaluate
 from omega.sim.evaluation.baselines.mostpop import MostPop
 from omega.sim.evaluation.baselines.seq_transition import SeqTransition
-from omega.sim.evaluation.metrics import summarise, target_rank
+from omega.sim.evaluation.metrics import ndcg_values, summarise, target_rank
+from omega.sim.evaluation.resources import StageMeter
 from omega.sim.evaluation.privacy_tables import epsilon_table, privacy_table
+from omega.sim.evaluation.seeds import PER_VIEWER, combine_seeds, per_viewer
 from omega.sim.evaluation.scoring import K, published_edges, score_tvs, versus
 from omega.sim.evaluation.split import Split, leave_last_out_arrays
 from omega.sim.evaluation.wire_audit import audit_frames, decode_uplink
@@ -63,6 +65,8 @@ from omega.sim.fleet.simulator import TV, Fleet, FleetConfig, ViewingEvent
 
 Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before it is closed; adds keys
 BASELINE_NAMES = ("mostpop", "itemknn", "als", "seq_transition")
+#: most seeds one `omega eval movielens --seeds` runs (each is a whole fleet)
+MAX_SEEDS = 10
 #: how the evaluation orders ratings that share a timestamp
 TIES = "seeded shuffle"
 
@@ -192,8 +196,8 @@ async def _run(
     workdir: Path, stage: Stage, embedder: Embedder, tables: bool, baselines: bool, inspect: Inspect | None,
     store_dir: Path | None = None, config: BrainConfig | None = None, validation: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    meter = StageMeter()
+    started = meter.started
     config = config or BrainConfig()
     user, item, stars, ts = _subsample(data, users, seed, validation=validation)
     split = leave_last_out_arrays(user, item, data.item_ids)
@@ -205,7 +209,7 @@ async def _run(
     if not np.array_equal(catalog.ids, split.item_ids.astype(np.int64)):
         raise OmegaError("catalog order differs from the split's item order")
     codebook = build_codebook(matrix, k=min(256, len(data.items)), seed=seed, iters=10)
-    timings["catalog_s"] = time.perf_counter() - started
+    meter.mark("catalog_s", started)
 
     t0 = time.perf_counter()
     events, when = _train_events(user, item, stars, ts)
@@ -216,11 +220,13 @@ async def _run(
     )  # fmt: skip
     try:
         await fleet.replay(events, lambda d, t: stage("replay viewings", d, t))
+        t1 = meter.mark("replay_s", t0)
         fleet_tvs = list(fleet.tvs.values())
         up = np.array([tv.bytes_up for tv in fleet_tvs], np.float64)
         push_sizes = [len(d) for _, d in fleet.tap.uplink if peek_frame(d).kind == "push"]
         await fleet.catch_up(progress=lambda d, t: stage("pull published patterns", d, t))
-        timings["fleet_s"] = time.perf_counter() - t0
+        meter.mark("catch_up_s", t1)
+        meter.mark("fleet_s", t0)
 
         t0 = time.perf_counter()
         methods: dict[str, dict[str, Any]] = {}
@@ -231,7 +237,7 @@ async def _run(
         federated = score_tvs(fleet, split, rows_by_user, when)
         methods["edge_federated"] = federated.summary()
         stage("score TVs", 2, 2)
-        timings["edge_eval_s"] = time.perf_counter() - t0
+        meter.mark("edge_eval_s", t0)
         held = [len(tv.brain.store.consolidated()) for tv in fleet_tvs]
         overlap = after_overlap(fleet_tvs[0], split) if fleet_tvs else None
         grid: dict[str, Any] = {}
@@ -244,7 +250,7 @@ async def _run(
 
         t0 = time.perf_counter()
         methods["cold_start"] = await _cold_start(fleet, split, events, rows_by_user, cold_n, cold_users, seed, stage)
-        timings["cold_start_s"] = time.perf_counter() - t0
+        meter.mark("cold_start_s", t0)
         # Every uplink frame, the catch-up's and the cold-start TVs' included, decoded for the wire audit;
         # the privacy table's cell rows re-key the fleet TVs' pushes.
         uplink = decode_uplink(fleet.tap.uplink, lambda dev: derive_device_key(fleet.config.secret, dev, 1))
@@ -271,11 +277,12 @@ async def _run(
                 fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
             )
             out_tables["privacy_epsilon"] = await epsilon_table(fleet, split, rows_by_user, when, seed=seed, stage=stage)
-            timings["tables_s"] = time.perf_counter() - t0
+            meter.mark("tables_s", t0)
         published = await published_edges(fleet, k_min)
         extra = inspect(fleet) if inspect is not None else {}
     finally:
         await fleet.aclose()
+        release_freed_memory()  # the closed fleet's heap holes, before the baselines allocate theirs
 
     if baselines:
         for i, name in enumerate(BASELINE_NAMES):
@@ -283,7 +290,7 @@ async def _run(
             t0 = time.perf_counter()
             result = tune_and_evaluate(name, split)
             methods[name] = {"hr@10": result["hr@10"], "ndcg@10": result["ndcg@10"], "params": result["params"]}
-            timings[f"{name}_s"] = time.perf_counter() - t0
+            meter.mark(f"{name}_s", t0)
         stage("centralised baselines", len(BASELINE_NAMES), len(BASELINE_NAMES))
 
     best = max((n for n in BASELINE_NAMES if n in methods), key=lambda n: methods[n]["ndcg@10"], default=None)
@@ -295,6 +302,10 @@ async def _run(
             if name != best and name in methods:
                 ranks_by_method[name] = _baseline_ranks(split, name, methods[name]["params"], rows)
         against_best = {name: versus(r, best_ranks, best, seed) for name, r in ranks_by_method.items()}
+        ranks_by_method[best] = best_ranks
+    rows = sorted(federated.ranks)
+    viewers = per_viewer([int(split.users[r]) for r in rows],
+                         {name: ndcg_values(ranks[r] for r in rows) for name, ranks in ranks_by_method.items()})  # fmt: skip
     return {
         "dataset": data.path.name,
         "layout": data.layout,
@@ -327,7 +338,9 @@ async def _run(
         "tables": out_tables,
         **({"tuning_grid": grid} if validation else {}),
         **extra,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()} | {"total": round(time.perf_counter() - started, 2)},
+        PER_VIEWER: viewers,
+        "timings_s": meter.timings(),
+        "rss_mb": meter.rss(),
     }
 
 
@@ -389,27 +402,38 @@ def evaluate_movielens(
     inspect: Inspect | None = None,
     config: BrainConfig | None = None,
     validation: bool = False,
+    seeds: int = 1,
 ) -> dict[str, Any]:
     """Run the whole evaluation (see module docstring); returns the `omega eval movielens` JSON object.
+
+    `seeds`: run it for seeds `seed`, `seed + 1`, ... (each a whole fleet) and add the `seeds` block
+    (`omega.sim.evaluation.seeds.combine_seeds`); the top level is the first seed's run.
 
     `config`: the brains' config (default: the shipped `BrainConfig()`). `validation`: evaluate on the
     validation split (each viewer's test target left out entirely) and add `tuning_grid`, the
     recommend-time settings of `tuning_grid()` scored on the same synced fleet: defaults are tuned there,
     never on the test split."""
     check_k_min(k_min, "--k-min")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise OmegaError(f"--seeds must be an integer in 1..{MAX_SEEDS}, got {seeds!r}")
     if cold_n < 1:
         raise OmegaError(f"cold-start episodes must be at least 1, got {cold_n}")
     data = load_movielens(data_dir, max_tags=0)  # tags are dated after the split: no text from the future
     embedder = embedder or Embedder()
     shm = Path("/dev/shm")
-    with (
-        tempfile.TemporaryDirectory(prefix="omega-eval-", dir=workdir) as tmp,
-        tempfile.TemporaryDirectory(prefix="omega-eval-store-", dir=shm if shm.is_dir() else tmp) as store_tmp,
-    ):
-        return asyncio.run(
-            _run(
-                data, users=users, k_min=k_min, cold_n=cold_n, cold_users=cold_users, seed=seed, workdir=Path(tmp),
-                stage=stage or quiet, embedder=embedder, tables=tables, baselines=baselines, inspect=inspect,
-                store_dir=Path(store_tmp), config=config, validation=validation,
-            )  # fmt: skip
-        )
+    runs = []
+    for one_seed in range(seed, seed + seeds):
+        with (
+            tempfile.TemporaryDirectory(prefix="omega-eval-", dir=workdir) as tmp,
+            tempfile.TemporaryDirectory(prefix="omega-eval-store-", dir=shm if shm.is_dir() else tmp) as store_tmp,
+        ):
+            runs.append(asyncio.run(
+                _run(
+                    data, users=users, k_min=k_min, cold_n=cold_n, cold_users=cold_users, seed=one_seed,
+                    workdir=Path(tmp), stage=stage or quiet, embedder=embedder, tables=tables, baselines=baselines,
+                    inspect=inspect, store_dir=Path(store_tmp), config=config, validation=validation,
+                )
+            ))  # fmt: skip
+    if seeds == 1:
+        return {k: v for k, v in runs[0].items() if k != PER_VIEWER}
+    return combine_seeds(runs, BASELINE_NAMES)

@@ -101,6 +101,10 @@ class FleetConfig:
     #: is ranked with (scoring happens after catch-up), but pulling every change as it happens made the
     #: replay superlinear (every TV re-pulled every edge each time its support grew: 33 of 38 minutes).
     defer_pulls: bool = True
+    #: In `catch_up`, a TV with nothing to send copies what the previous TV pulled from cursor 0 instead of
+    #: decoding the same pages again (identical tables, tested); the per-TV decode was O(TVs x published
+    #: edges): at 610 TVs ~18M edges decoded and merged, most of the fleet's time and its RSS.
+    copy_catch_up: bool = True
 
     def __post_init__(self) -> None:
         if len(self.tier_mix) != 3 or min(self.tier_mix) < 0 or sum(self.tier_mix) <= 0:
@@ -362,20 +366,42 @@ class Fleet:
         await run_syncs_until(float("inf"))
 
     async def catch_up(self, tvs: Iterable[TV] | None = None, progress: Progress | None = None) -> None:
-        """Sync each TV until it holds everything published (what its idle syncs would have pulled)."""
+        """Sync each TV until it holds everything published (what its idle syncs would have pulled).
+
+        With `FleetConfig.copy_catch_up`, a TV whose replay pulls were deferred and that has nothing to send
+        holds what the TV caught up before it pulled (`Brain.copy_pulled`) when the server's head has not
+        moved since: it would pull the same pages from cursor 0 (the server serves them from its page cache)
+        and merge them into the same tables. The first such TV, and the first after a push, pull for real.
+        """
         chosen = list(self.tvs.values() if tvs is None else tvs)
+        reference: tuple[TV, int] | None = None  # a TV that pulled everything from cursor 0, and the head then
         for done, tv in enumerate(chosen, 1):
-            if tv.deferred:
+            head = self.service.head
+            if tv.deferred and reference is not None and reference[1] == head and self._idle(tv):
+                source = reference[0]
+                tv.brain.copy_pulled(source.brain)  # its own transaction (SQLite attaches outside one)
                 with tv.brain.store.transaction():
-                    state.set_cursor(tv.brain.store, 0)
+                    state.set_cursor(tv.brain.store, state.cursor(source.brain.store))
                 tv.deferred = False
-            head = (await self.aggregator.store.stats()).head
-            for _ in range(_MAX_CATCH_UP_SYNCS):
-                await self.sync(tv)
-                if state.cursor(tv.brain.store) >= head:
-                    break
+            else:
+                from_zero = tv.deferred
+                if tv.deferred:
+                    with tv.brain.store.transaction():
+                        state.set_cursor(tv.brain.store, 0)
+                    tv.deferred = False
+                for _ in range(_MAX_CATCH_UP_SYNCS):
+                    await self.sync(tv)
+                    head = self.service.head
+                    if state.cursor(tv.brain.store) >= head:
+                        break
+                if from_zero and self.config.copy_catch_up and state.cursor(tv.brain.store) >= head:
+                    reference = (tv, head)
             if progress is not None:
                 progress(done, len(chosen))
+
+    def _idle(self, tv: TV) -> bool:
+        """Nothing waits to be sent: a sync of this TV would only pull and heartbeat."""
+        return tv.agent.outbox.pending_count() == 0 and not self._queued(tv)
 
     def close(self) -> None:
         for tv in self.tvs.values():
