@@ -6,10 +6,12 @@ import pytest
 from typer.testing import CliRunner
 
 from omega.cli import app
+from omega.constellation import privacy
 from omega.constellation.aggregation import OVER_DAILY_KEYS, AggregationPolicy, Aggregator
 from omega.constellation.dp_release import DP_CURSOR_BASE
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.constellation.settings import load_settings
+from omega.constellation.store import open_store
 from omega.errors import OmegaError
 from omega.protocol import Keyspace
 
@@ -108,3 +110,44 @@ def test_omega_serve_with_dp_answers_from_the_days_release(tmp_path) -> None:
         assert reply.cursor >= DP_CURSOR_BASE and not reply.more and not reply.patterns
     finally:
         server.kill()
+
+
+async def test_the_days_release_and_key_counts_survive_a_restart(store_url, codebook) -> None:
+    """A restart or a second worker serves the stored draw (a fresh one would average the noise out),
+    and a device's keys of the day stay counted."""
+    policy = AggregationPolicy(dp_epsilon=8.0, dp_max_keys=4)
+
+    async def open_aggregator(day: int) -> tuple:
+        store = await open_store(store_url, origin="shard-test")
+        agg = await Aggregator.open(store, codebook, SALT, policy)
+        agg._clock_ms = lambda: NOW + day * DAY  # noqa: SLF001
+        return store, agg
+
+    store, agg = await open_aggregator(0)
+    try:
+        edges = [(1, 10 * k, 10 * k + 1, 1.0) for k in range(1, 5)]
+        for d in range(100):  # 2 pushes of 2 edges (+ 2 pairs each): 4 keys, the whole budget
+            await agg.apply(device(d), b"a", [], edges[:2], NOW)
+            await agg.apply(device(d), b"b", [], edges[2:], NOW + 1)
+        refused = await agg.apply(device(0), b"c", [], [(1, 7, 8, 1.0)], NOW + 2)
+        assert [r.reason for r in refused.rejections] == [OVER_DAILY_KEYS]
+        agg._clock_ms = lambda: NOW + DAY  # noqa: SLF001
+        first = await agg.published()
+        assert len(first) == 4  # the first push's 2 edges and 2 pairs (the second ran out of budget)
+        spent = await agg._release.budget()  # noqa: SLF001
+    finally:
+        await store.close()
+
+    store, agg = await open_aggregator(1)
+    try:
+        assert await agg.published() == first
+        other = await Aggregator.open(store, codebook, SALT, policy)  # another worker on the same store
+        other._clock_ms = lambda: NOW + DAY  # noqa: SLF001
+        assert await other.published() == first
+        still = await agg.apply(device(1), b"c", [], [(1, 7, 8, 1.0)], NOW + 3)  # day 0's budget was used
+        assert [r.reason for r in still.rejections] == [OVER_DAILY_KEYS]
+        # The accountant: the window's stored releases (day 0's, drawn at its first push, and day 1's).
+        assert await agg._release.budget() == spent  # noqa: SLF001
+        assert spent == pytest.approx(privacy.budget_over(privacy.calibrate(8.0, 1e-6, 4), 2))
+    finally:
+        await store.close()

@@ -253,7 +253,7 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
         await s.close()
     con = sqlite3.connect(path)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 4
         for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
             assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0] == 1
         # v3: a cleared mark becomes the last logged epoch minus one (a full window from there, no flood).

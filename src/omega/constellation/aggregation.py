@@ -169,10 +169,8 @@ class Aggregator:
         self._mac = hmac.new(bytes(salt), digestmod=hashlib.sha256)
         # Optional trend detection: fed the accepted cells' member hashes, read into served patterns.
         self.trends: TrendTracker | None = None
-        # DP mode: the day's release (its clock is this aggregator's `_clock_ms`), and per-device keys
-        # used this epoch (keyed hashes).
+        # DP mode: the day's release (its clock is this aggregator's `_clock_ms`; kept in the store).
         self._release = DailyRelease(store, self.policy, lambda: self._clock_ms())
-        self._day_keys: tuple[int, dict[bytes, int]] = (-1, {})
         self._clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
 
     @classmethod
@@ -217,7 +215,7 @@ class Aggregator:
         n_pushed = len(transitions)
         edges += self._derive_pairs(device, edges, first_index=n_pushed)
         if self.policy.dp_epsilon is not None:
-            cells, edges = self._within_daily_keys(device, int(now_ms), cells, edges, n_pushed, rejections)
+            cells, edges = await self._within_daily_keys(device, int(now_ms), cells, edges, n_pushed, rejections)
         push = PreparedPush(
             push_key=self._keyed(b"omega/push" + device + bytes(batch_id), 16),
             epoch=int(now_ms) // self.policy.epoch_ms,
@@ -247,20 +245,16 @@ class Aggregator:
             hints_ignored=hints_ignored,
         )
 
-    def _within_daily_keys(
+    async def _within_daily_keys(
         self, device: bytes, now_ms: int, cells: list[CellContribution], edges: list[EdgeContribution],
         n_pushed: int, rejections: list[Rejection],
     ) -> tuple[list[CellContribution], list[EdgeContribution]]:  # fmt: skip
         """DP mode: a device adds to at most dp_max_keys keys per epoch (the L0 bound of the release).
 
-        Counted in this process (a restart forgets the day's counts: that day's bound doubles)."""
+        Counted in the store, so a restart or another worker on the same store keeps the bound."""
         epoch = now_ms // self.policy.epoch_ms
-        day, used = self._day_keys
-        if day != epoch:
-            used = {}
-            self._day_keys = (epoch, used)
         tag = self._keyed(b"omega/day" + struct.pack("<q", epoch) + device, MEMBER_BYTES)
-        budget = self.policy.dp_max_keys - used.get(tag, 0)
+        budget = await self.store.use_day_keys(epoch, tag, len(edges) + len(cells), self.policy.dp_max_keys)
         kept_edges = []
         for e in edges:  # pushed edges, then their pairs; then cells
             if budget > 0:
@@ -275,7 +269,6 @@ class Aggregator:
                 budget -= 1
             else:
                 rejections.append(Rejection("pattern", c.index, OVER_DAILY_KEYS))
-        used[tag] = self.policy.dp_max_keys - budget
         return kept_cells, kept_edges
 
     def _check_pattern(self, p: Contribution, embedding_ok: bool) -> str | None:

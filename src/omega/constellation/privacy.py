@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -150,10 +150,19 @@ def calibrate(epsilon: float, delta: float, max_keys: int = DEFAULT_MAX_KEYS) ->
 
 def budget_over(release: DPRelease, days: int) -> float:
     """ε over `days` daily releases at the same δ (dp-accounting RDP accountant; Gaussian part)."""
+    return budget_of([release] * int(days))
+
+
+def budget_of(releases: Sequence[DPRelease]) -> float:
+    """ε at the largest δ of `releases` after composing them all (dp-accounting RDP accountant).
+
+    Each release is a Gaussian mechanism of noise multiplier σ / √max_keys (σ over the L2 sensitivity)."""
     import dp_accounting
     from dp_accounting.rdp import RdpAccountant
 
+    if not releases:
+        return 0.0
     accountant = RdpAccountant()
-    multiplier = release.scale / math.sqrt(release.max_keys)  # σ over the L2 sensitivity
-    accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier=multiplier), int(days))
-    return float(accountant.get_epsilon(release.delta))
+    for release in releases:
+        accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier=release.scale / math.sqrt(release.max_keys)))
+    return float(accountant.get_epsilon(max(r.delta for r in releases)))

@@ -157,10 +157,27 @@ class ConstellationStore(ABC):
         """The k published cells (global support ≥ k_min) whose consolidated embedding is most cosine-similar
         to `vector`, best first, as (cell key, cosine similarity); optionally of one task type only."""
 
+    # ---- DP mode's state (omega.constellation.dp_release), shared by restarts and workers ----
+    @abstractmethod
+    async def dp_releases(self, first_epoch: int, last_epoch: int) -> dict[int, bytes]:
+        """The stored daily DP releases of epochs first..last (encoded by dp_release), by epoch."""
+
+    @abstractmethod
+    async def keep_dp_release(self, epoch: int, release: bytes) -> bytes:
+        """Store `release` as the epoch's unless one is stored already; returns the stored one.
+
+        So a restart or a second worker serves the release drawn first, never a fresh draw
+        (averaging two draws of the same supports would cancel the noise)."""
+
+    @abstractmethod
+    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
+        """Grant up to `wanted` of the `limit` keys a device (`tag`: keyed hash of epoch ‖ device)
+        may add to in an epoch; returns how many were granted (atomically, across workers)."""
+
     @abstractmethod
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:
-        """Forget idempotency keys older than a time, and members and contributions of epochs before
-        `epoch_before` (the contribution window, store/window.py), in one transaction."""
+        """Forget idempotency keys older than a time, and members, contributions and DP state of epochs
+        before `epoch_before` (the contribution window, store/window.py), in one transaction."""
 
     async def export_entries(self, since_version: int = 0, origins: list[str] | None = None) -> FederatedState:
         """CRDT entries (own and remote) with version > since_version, optionally of some origins only."""

@@ -28,6 +28,7 @@ Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of 
   every acknowledged push). A cell pushed to 100 times in a second costs one
   insert, and only when its direction moved enough to matter
   (postgres.VECTOR_REFRESH).
+- `omega_dp_releases`, `omega_dp_day_keys`: DP mode's state (v3).
 - `omega_contributions`: log of accepted contributions within the window (v2: edges too, an epoch index).
 """
 
@@ -92,7 +93,14 @@ UPDATE omega_members SET epoch = (SELECT coalesce(max(epoch), 0) - 1 FROM omega_
 CREATE INDEX omega_contributions_epoch ON omega_contributions (epoch)
 """
 
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2]
+# v3: DP mode's state (the SQLite store's v4 says why).
+_SCHEMA_V3 = """
+CREATE TABLE omega_dp_releases (epoch bigint PRIMARY KEY, release bytea NOT NULL);
+CREATE TABLE omega_dp_day_keys (
+    epoch bigint NOT NULL, tag bytea NOT NULL, used bigint NOT NULL, PRIMARY KEY (epoch, tag))
+"""
+
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

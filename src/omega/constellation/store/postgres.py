@@ -319,8 +319,44 @@ class PostgresStore(ConstellationStore):
             w = await self._expire(conn, int(epoch_before), head)
             members = await conn.execute("DELETE FROM omega_members WHERE epoch < $1", int(epoch_before))
             log = await conn.execute("DELETE FROM omega_contributions WHERE epoch < $1", int(epoch_before))
+            await conn.execute("DELETE FROM omega_dp_releases WHERE epoch < $1", int(epoch_before))
+            await conn.execute("DELETE FROM omega_dp_day_keys WHERE epoch < $1", int(epoch_before))
             counts = (int(status.split()[-1]) for status in (keys, members, log))
             return PruneStats(*counts, w.keys), w.head
+
+        return await self._engine.write(run)
+
+    # ---- DP state ------------------------------------------------------------------
+    async def dp_releases(self, first_epoch: int, last_epoch: int) -> dict[int, bytes]:
+        async def run(conn: asyncpg.Connection) -> dict[int, bytes]:
+            sql = "SELECT epoch, release FROM omega_dp_releases WHERE epoch BETWEEN $1 AND $2"
+            return {int(r[0]): bytes(r[1]) for r in await conn.fetch(sql, int(first_epoch), int(last_epoch))}
+
+        return await self._engine.read(run)
+
+    async def keep_dp_release(self, epoch: int, release: bytes) -> bytes:
+        async def run(conn: asyncpg.Connection, head: int) -> tuple[bytes, int]:
+            await conn.execute(
+                "INSERT INTO omega_dp_releases VALUES ($1, $2) ON CONFLICT DO NOTHING", int(epoch), bytes(release)
+            )
+            return bytes(await conn.fetchval("SELECT release FROM omega_dp_releases WHERE epoch = $1", int(epoch))), head
+
+        return await self._engine.write(run)
+
+    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
+        async def run(conn: asyncpg.Connection, head: int) -> tuple[int, int]:
+            # Writers hold the head lock (pg_engine.write): this read-then-add is atomic across workers.
+            used = await conn.fetchval(
+                "SELECT used FROM omega_dp_day_keys WHERE epoch = $1 AND tag = $2", int(epoch), bytes(tag)
+            )
+            granted = max(0, min(int(wanted), int(limit) - int(used or 0)))
+            if granted:
+                await conn.execute(
+                    "INSERT INTO omega_dp_day_keys VALUES ($1, $2, $3) "
+                    "ON CONFLICT (epoch, tag) DO UPDATE SET used = omega_dp_day_keys.used + excluded.used",
+                    int(epoch), bytes(tag), granted,
+                )  # fmt: skip
+            return granted, head
 
         return await self._engine.write(run)
 

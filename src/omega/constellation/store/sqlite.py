@@ -280,7 +280,37 @@ class SqliteStore(ConstellationStore):
             w = self._expire(conn, int(epoch_before))
             members = conn.execute("DELETE FROM members WHERE epoch < ?", (epoch_before,)).rowcount
             log = conn.execute("DELETE FROM contributions WHERE epoch < ?", (epoch_before,)).rowcount
+            conn.execute("DELETE FROM dp_releases WHERE epoch < ?", (epoch_before,))
+            conn.execute("DELETE FROM dp_day_keys WHERE epoch < ?", (epoch_before,))
             return PruneStats(keys, members, log, w.keys)
+
+        return await self._writer.submit(run)
+
+    # ---- DP state ------------------------------------------------------------------
+    async def dp_releases(self, first_epoch: int, last_epoch: int) -> dict[int, bytes]:
+        def run(conn: sqlite3.Connection) -> dict[int, bytes]:
+            sql = "SELECT epoch, release FROM dp_releases WHERE epoch BETWEEN ? AND ?"
+            return {int(e): bytes(r) for e, r in conn.execute(sql, (int(first_epoch), int(last_epoch)))}
+
+        return await self._read(run)
+
+    async def keep_dp_release(self, epoch: int, release: bytes) -> bytes:
+        def run(conn: sqlite3.Connection) -> bytes:
+            conn.execute("INSERT OR IGNORE INTO dp_releases VALUES (?, ?)", (int(epoch), bytes(release)))
+            return bytes(conn.execute("SELECT release FROM dp_releases WHERE epoch = ?", (int(epoch),)).fetchone()[0])
+
+        return await self._writer.submit(run)
+
+    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT used FROM dp_day_keys WHERE epoch = ? AND tag = ?", (epoch, tag)).fetchone()
+            granted = max(0, min(int(wanted), int(limit) - (row[0] if row else 0)))
+            if granted:
+                conn.execute(
+                    "INSERT INTO dp_day_keys VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET used = used + excluded.used",
+                    (int(epoch), bytes(tag), granted),
+                )
+            return granted
 
         return await self._writer.submit(run)
 

@@ -13,6 +13,8 @@ i + 1; v2 adds the covering index `served (seq, support)` for the pull scan) and
   its accumulators (version = change seq of their last change).
 - `served`: the global view's change index: per key, global support and the change
   sequence `seq` (unique, store-wide monotonic) of its last change.
+- `dp_releases`, `dp_day_keys` (DP mode): the day's noised release as first drawn, and the
+  keys each device-day added to (keyed hash of epoch ‖ device); pruned with the window.
 - `contributions`: log of accepted contributions within the window (key, weight; for a cell
   also counts and the float16 embedding; epoch) — no device id or pseudonym, time only to the
   epoch; `prune` subtracts and deletes the rows that leave the window (store/window.py).
@@ -70,8 +72,17 @@ CREATE INDEX members_epoch ON members (epoch);
 CREATE INDEX contributions_epoch ON contributions (epoch)
 """
 
+# v4: DP mode's state (omega.constellation.dp_release): each day's release as first drawn, and
+# per device-day (a keyed hash of epoch ‖ device, unlinkable across days) the keys it added to.
+_SCHEMA_V4 = """
+CREATE TABLE dp_releases (epoch INTEGER PRIMARY KEY, release BLOB NOT NULL);
+CREATE TABLE dp_day_keys (
+    epoch INTEGER NOT NULL, tag BLOB NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (epoch, tag)) WITHOUT ROWID
+"""
+
 # Index i holds the script that migrates schema version i to i + 1.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
