@@ -84,7 +84,9 @@ class DailyRelease:
             blob = await self._store.keep_dp_release(epoch, await self._draw())  # another worker's may win
         _, noised = decode_release(blob)
         # An item's version is the cursor right after it: a page the server cuts resumes there.
-        return [ConsolidatedEdge(k[0], k[1], k[2], float(n), n, _cursor(epoch, i + 1)) for i, (k, n) in enumerate(noised)]
+        return [
+            ConsolidatedEdge(k[0], k[1], k[2], float(n), n, _cursor(epoch, i + 1)) for i, (k, n) in enumerate(noised)
+        ]
 
     async def _draw(self) -> bytes:
         """A fresh release of the store's exact supports, encoded."""

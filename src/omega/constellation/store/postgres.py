@@ -87,6 +87,7 @@ _EDGES_OF_KEYS = (
     "JOIN unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(ks, s, d) "
     "ON e.keyspace = v.ks AND e.src = v.s AND e.dst = v.d"
 )
+_OWN_EDGES_OF_KEYS = _EDGES_OF_KEYS + " WHERE e.origin = $4"
 _MEMBER_EPOCHS = (
     "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM omega_members m "
     "JOIN unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[]) "
@@ -339,7 +340,8 @@ class PostgresStore(ConstellationStore):
             await conn.execute(
                 "INSERT INTO omega_dp_releases VALUES ($1, $2) ON CONFLICT DO NOTHING", int(epoch), bytes(release)
             )
-            return bytes(await conn.fetchval("SELECT release FROM omega_dp_releases WHERE epoch = $1", int(epoch))), head
+            stored = await conn.fetchval("SELECT release FROM omega_dp_releases WHERE epoch = $1", int(epoch))
+            return bytes(stored), head
 
         return await self._engine.write(run)
 
@@ -374,7 +376,7 @@ class PostgresStore(ConstellationStore):
         cells = sorted((k1, k2) for kind, k1, k2, _ in touched if kind == KIND_CELL)
         edges = sorted((k1, k2, k3) for kind, k1, k2, k3 in touched if kind == KIND_EDGE)
         own_cells = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(cells), self.origin) if cells else []
-        own_edges = await conn.fetch(_EDGES_OF_KEYS + " WHERE e.origin = $4", *_columns(edges), self.origin) if edges else []
+        own_edges = await conn.fetch(_OWN_EDGES_OF_KEYS, *_columns(edges), self.origin) if edges else []
         w = window.plan_expiry(self.origin, own_cells, own_edges, log, members, head)
         await _write_rows(
             conn,
