@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -9,7 +10,7 @@ from omega.cli import app
 from omega.constellation import privacy
 from omega.constellation.aggregation import OVER_DAILY_KEYS, AggregationPolicy, Aggregator
 from omega.constellation.dp_release import DP_CURSOR_BASE
-from omega.constellation.crdt import ConsolidatedEdge
+from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.settings import load_settings
 from omega.constellation.store import open_store
 from omega.errors import OmegaError
@@ -30,20 +31,26 @@ async def dp_aggregator(store, codebook) -> Aggregator:
 
 async def test_a_day_is_released_once_noised_and_weak_keys_stay_out(dp_aggregator, codebook) -> None:
     agg = dp_aggregator
-    for d in range(150):
-        await agg.apply(device(d), b"a", [pattern(near(codebook, 3, d))], [(1, 5, 6, 1.0)], NOW)
-    for d in range(150, 155):  # 5 TVs: far under the threshold (~33 at ε 8)
-        await agg.apply(device(d), b"a", [], [(1, 7, 8, 1.0)], NOW)
+    vectors = [near(codebook, 3, d) for d in range(300)]
+    for d, v in enumerate(vectors):
+        await agg.apply(device(d), b"a", [pattern(v)], [(1, 5, 6, 1.0)], NOW)
+    for d in range(300, 305):  # 5 TVs: far under the threshold (~57 at ε 8)
+        await agg.apply(device(d), b"a", [pattern(near(codebook, 9, d))], [(1, 7, 8, 1.0)], NOW)
     # Today's release was drawn at the day's first push: tomorrow's holds what was pushed today.
     agg._clock_ms = lambda: NOW + DAY  # noqa: SLF001
     items = await agg.published()
-    assert all(isinstance(i, ConsolidatedEdge) for i in items)  # no embedding patterns under DP
-    keys = {(i.keyspace, i.src, i.dst): i for i in items}
-    assert set(keys) == {(Keyspace.ITEM, 5, 6), (Keyspace.PAIR, 5, 6)}
+    keys = {(i.task_type, i.cluster_id) if isinstance(i, ConsolidatedCell) else (i.keyspace, i.src, i.dst): i
+            for i in items}  # fmt: skip
+    assert set(keys) == {(Keyspace.ITEM, 5, 6), (Keyspace.PAIR, 5, 6), (0, 3)}
     edge = keys[(Keyspace.ITEM, 5, 6)]
-    assert edge.weight == edge.support and abs(edge.support - 150) < 60
+    assert edge.weight == edge.support and abs(edge.support - 300) < 60
+    # The pattern: the direction of a noised sum of the day's unit vectors, a noised mean success rate.
+    cell = keys[(0, 3)]
+    truth = np.sum(vectors, axis=0)
+    truth /= np.linalg.norm(truth)
+    assert abs(cell.support - 300) < 60 and abs(cell.success_rate - 0.9) < 0.2
+    assert 0.6 < float(cell.embedding @ truth) < 0.9999  # noised (σ·√384 ≈ 190 against a sum of ~300)
     assert await agg.published() == items  # fixed for the day: pulling again averages nothing out
-
 
 async def test_release_pages_and_cursors(dp_aggregator) -> None:
     agg = dp_aggregator

@@ -57,10 +57,11 @@ def serve(
     With --dp-epsilon E (and --dp-delta D) what TVs pull is one release per day: every
     edge's and pair's distinct support plus Gaussian noise, published only when the noised
     support passes a threshold (OpenDP), (E, D)-differentially private per TV per day, with
-    at most 64 keys per TV per day; embedding patterns are not published then. At ε 8 the
-    threshold is ~33 TVs, at ε 1 ~210: fine for a fleet of millions, most of the signal at 610.
+    at most 64 keys per TV per day; embedding patterns are released in the same budget, as
+    the noised direction and success rate of the previous day's contributions. At ε 8 the
+    threshold is ~57 TVs, at ε 1 ~370: fine for a fleet of millions, most of the signal at 610.
     A day's viewing stays in the 30 daily releases of the contribution window: over them
-    ε 8 → 70, 4 → 30, 2 → 13.4, 1 → 6.2 (δ 1e-6). Each day's release and the keys each
+    ε 8 → 69, 4 → 30, 2 → 13.5, 1 → 6.3 (δ 1e-6). Each day's release and the keys each
     TV used are kept in the store: a restart or another worker serves the same draw.
     With --workers N, N processes share the port (the kernel spreads connections); they must share
     the store (postgresql://) and the rate-limit and replay state (--redis), else N > 1 is refused.

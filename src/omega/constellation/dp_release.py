@@ -2,7 +2,12 @@
 
 With `AggregationPolicy.dp_epsilon` set, TVs pull the day's release instead of the
 store's changes: computed at the first push or pull of an epoch (OpenDP, through
-`omega.constellation.privacy`), then fixed for that epoch. The release is kept in
+`omega.constellation.privacy`), then fixed for that epoch. It holds every edge and
+pair whose noised distinct support passes the threshold, and every embedding pattern
+(codebook cell) whose noised count of the previous day's contributions passes it,
+published as the direction of its noised sum of unit vectors (each clipped to norm 1)
+with the noised mean of their success rates — one day's contributions, so one TV-day
+moves each of these by at most 1 (`privacy.PARTS_PER_KEY`). The release is kept in
 the store (`keep_dp_release`: the first one drawn for an epoch wins), so a restarted
 server or a second worker on the same store serves the same noised values instead of
 a fresh draw — averaging draws of one day's supports would cancel the noise. The
@@ -17,13 +22,18 @@ cursor of another day (or of the store) starts the day's release from its beginn
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from omega.constellation.crdt import ConsolidatedEdge
-from omega.constellation.store.base import EDGE_WIRE_BYTES, ConstellationStore
+import numpy as np
+
+from omega.constellation.crdt import ConsolidatedCell, ConsolidatedEdge
+from omega.constellation.store.base import EDGE_WIRE_BYTES, PATTERN_WIRE_BYTES, ConstellationStore
+from omega.constellation.store.window import log_embedding
 from omega.errors import OmegaError
+from omega.protocol import EMBEDDING_DIM
 
 if TYPE_CHECKING:
     from omega.constellation.aggregation import AggregationPolicy
@@ -34,17 +44,22 @@ DP_CURSOR_BASE = 1 << 62
 _DP_POSITION_BITS = 24
 
 
+Item = ConsolidatedCell | ConsolidatedEdge
+#: (task_type, cell) -> (contributions, sum of clipped unit vectors, sum of success rates)
+CellSums = dict[tuple[int, int], tuple[int, np.ndarray, float]]
+
+
 class DailyRelease:
-    """The day's DP release over a store's exact distinct supports."""
+    """The day's DP release over a store's exact distinct supports and the previous day's patterns."""
 
     def __init__(self, store: ConstellationStore, policy: AggregationPolicy, clock_ms: Callable[[], int]) -> None:
         self._store = store
         self._policy = policy
         self._clock_ms = clock_ms
-        self._current: tuple[int, list[ConsolidatedEdge]] | None = None
+        self._current: tuple[int, list[Item]] | None = None
         self._lock = asyncio.Lock()
 
-    async def current(self) -> tuple[int, list[ConsolidatedEdge]]:
+    async def current(self) -> tuple[int, list[Item]]:
         """(epoch, items) of the day's release (computed at its first use in an epoch, then fixed)."""
         epoch = self._clock_ms() // self._policy.epoch_ms
         if self._current is not None and self._current[0] == epoch:
@@ -59,16 +74,20 @@ class DailyRelease:
         epoch, items = await self.current()
         return _cursor(epoch, len(items))
 
-    async def page(self, cursor: int, max_bytes: int) -> tuple[list[ConsolidatedEdge], int, bool]:
+    async def page(self, cursor: int, max_bytes: int) -> tuple[list[Item], int, bool]:
         """A page of the day's release after `cursor` (a cursor of another day or of the store: from its start)."""
         epoch, items = await self.current()
         start = 0
         if cursor >= DP_CURSOR_BASE and (cursor - DP_CURSOR_BASE) >> _DP_POSITION_BITS == epoch:
             start = min((cursor - DP_CURSOR_BASE) & ((1 << _DP_POSITION_BITS) - 1), len(items))
-        count = max(1, max_bytes // EDGE_WIRE_BYTES)
-        page = items[start : start + count]
-        end = start + len(page)
-        return list(page), _cursor(epoch, end), end < len(items)
+        end, used = start, 0
+        while end < len(items):  # at least one item, then as many as the budget holds
+            size = PATTERN_WIRE_BYTES if isinstance(items[end], ConsolidatedCell) else EDGE_WIRE_BYTES
+            if end > start and used + size > max_bytes:
+                break
+            used += size
+            end += 1
+        return list(items[start:end]), _cursor(epoch, end), end < len(items)
 
     async def budget(self) -> float:
         """ε per TV spent by the releases stored for the window (dp-accounting over their calibrations)."""
@@ -78,21 +97,28 @@ class DailyRelease:
         stored = await self._store.dp_releases(epoch - self._policy.window_epochs + 1, epoch)
         return privacy.budget_of([decode_release(blob)[0] for blob in stored.values()])
 
-    async def _make(self, epoch: int) -> list[ConsolidatedEdge]:
+    async def _make(self, epoch: int) -> list[Item]:
         blob = (await self._store.dp_releases(epoch, epoch)).get(epoch)
         if blob is None:
-            blob = await self._store.keep_dp_release(epoch, await self._draw())  # another worker's may win
-        _, noised = decode_release(blob)
-        # An item's version is the cursor right after it: a page the server cuts resumes there.
-        return [
-            ConsolidatedEdge(k[0], k[1], k[2], float(n), n, _cursor(epoch, i + 1)) for i, (k, n) in enumerate(noised)
+            blob = await self._store.keep_dp_release(epoch, await self._draw(epoch))  # another worker's may win
+        _, edges, cells = decode_release(blob)
+        # Patterns first, then edges; an item's version is the cursor right after it, so a page the
+        # server cuts resumes there.
+        items: list[Item] = [
+            ConsolidatedCell(c, emb, t, rate, n, 0.0, _cursor(epoch, i + 1))
+            for i, ((t, c), n, rate, emb) in enumerate(cells)
         ]
+        items += [
+            ConsolidatedEdge(k[0], k[1], k[2], float(n), n, _cursor(epoch, len(cells) + i + 1))
+            for i, (k, n) in enumerate(edges)
+        ]
+        return items
 
-    async def _draw(self) -> bytes:
-        """A fresh release of the store's exact supports, encoded."""
+    async def _draw(self, epoch: int) -> bytes:
+        """A fresh release (of the store's exact supports and the previous day's patterns), encoded."""
         from omega.constellation import privacy
 
-        supports: dict[tuple[int, int, int], int] = {}
+        supports: dict[tuple, int] = {}
         cursor, more = 0, True
         while more:
             page = await self._store.changes_since(cursor, 1, 1 << 30)
@@ -100,32 +126,68 @@ class DailyRelease:
                 if isinstance(e, ConsolidatedEdge):
                     supports[(e.keyspace, e.src, e.dst)] = e.support
             cursor, more = page.cursor, page.more
+        sums = cell_sums(await self._store.cell_contributions(epoch - 1))
+        supports.update({("cell", t, c): n for (t, c), (n, _, _) in sums.items()})
         policy = self._policy
         release = privacy.calibrate(float(policy.dp_epsilon or 0.0), policy.dp_delta, policy.dp_max_keys)
         noised = await asyncio.to_thread(release.release, supports)
-        # Embedding patterns are not released under DP (their weighted means carry no noise yet).
-        return encode_release(release, noised)
+        kept = sorted((k[1], k[2]) for k in noised if k[0] == "cell")
+        flat = [v for key in kept for v in (*sums[key][1].tolist(), sums[key][2])]
+        noisy = await asyncio.to_thread(release.noise_sums, flat)
+        cells = []
+        for i, key in enumerate(kept):
+            part = np.asarray(noisy[i * (EMBEDDING_DIM + 1) : (i + 1) * (EMBEDDING_DIM + 1)], dtype=np.float64)
+            norm = float(np.linalg.norm(part[:EMBEDDING_DIM]))
+            if norm > 0:
+                n = noised[("cell", *key)]
+                rate = min(max(float(part[EMBEDDING_DIM]) / n, 0.0), 1.0)
+                cells.append((key, n, rate, (part[:EMBEDDING_DIM] / norm).astype(np.float32)))
+        edges = {k: n for k, n in noised.items() if k[0] != "cell"}
+        return encode_release(release, edges, cells)
 
 
-def encode_release(release: DPRelease, noised: dict) -> bytes:
-    """A release as stored: its calibration and the published (keyspace, src, dst, noised support), sorted."""
+def cell_sums(rows: list[tuple[int, int, float, float, bytes]]) -> CellSums:
+    """Per cell: contributions, sum of their unit vectors clipped to norm 1, sum of their success rates."""
+    out: dict[tuple[int, int], list] = {}
+    for task_type, cell, successes, trials, emb in rows:
+        x = log_embedding(emb)
+        x = x / max(1.0, float(np.linalg.norm(x)))  # float16 rounding may leave a norm just above 1
+        acc = out.setdefault((task_type, cell), [0, np.zeros(EMBEDDING_DIM), 0.0])
+        acc[0] += 1
+        acc[1] = acc[1] + x
+        acc[2] += min(max(successes / trials, 0.0), 1.0) if trials > 0 else 0.0
+    return {k: (n, v, r) for k, (n, v, r) in out.items()}
+
+
+def encode_release(release: DPRelease, edges: dict, cells: list) -> bytes:
+    """A release as stored: its calibration, the published (keyspace, src, dst, noised support) and
+    the published patterns (task_type, cell, noised count, noised rate, float32 unit direction), sorted."""
     head = {k: getattr(release, k) for k in ("epsilon", "delta", "max_keys", "scale", "threshold")}
-    items = [[int(k[0]), int(k[1]), int(k[2]), int(n)] for k, n in sorted(noised.items())]
-    return json.dumps({**head, "items": items}, separators=(",", ":")).encode()
+    items = [[int(k[0]), int(k[1]), int(k[2]), int(n)] for k, n in sorted(edges.items())]
+    patterns = [[int(t), int(c), int(n), float(rate), base64.b64encode(emb.astype("<f4").tobytes()).decode()]
+                for (t, c), n, rate, emb in cells]  # fmt: skip
+    return json.dumps({**head, "items": items, "patterns": patterns}, separators=(",", ":")).encode()
 
 
-def decode_release(blob: bytes) -> tuple[DPRelease, list[tuple[tuple[int, int, int], int]]]:
-    """(calibration, sorted items) of a stored release; OmegaError if it is not one."""
+def decode_release(blob: bytes) -> tuple[DPRelease, list, list]:
+    """(calibration, sorted edges ((keyspace, src, dst), n), patterns ((task_type, cell), n, rate, unit
+    vector)) of a stored release; OmegaError if it is not one."""
     from omega.constellation.privacy import DPRelease
 
     try:
         raw = json.loads(blob)
         release = DPRelease(float(raw["epsilon"]), float(raw["delta"]), int(raw["max_keys"]), float(raw["scale"]),
                             int(raw["threshold"]))  # fmt: skip
-        items = [((int(a), int(b), int(c)), int(n)) for a, b, c, n in raw["items"]]
+        edges = [((int(a), int(b), int(c)), int(n)) for a, b, c, n in raw["items"]]
+        cells = []
+        for t, c, n, rate, emb in raw.get("patterns", []):
+            vec = np.frombuffer(base64.b64decode(emb, validate=True), dtype="<f4").astype(np.float32)
+            if vec.shape != (EMBEDDING_DIM,):
+                raise ValueError("pattern embedding of the wrong size")
+            cells.append(((int(t), int(c)), int(n), float(rate), vec))
     except (ValueError, KeyError, TypeError) as exc:
         raise OmegaError(f"stored DP release is corrupt: {exc}") from None
-    return release, items
+    return release, edges, cells
 
 
 def _cursor(epoch: int, position: int) -> int:

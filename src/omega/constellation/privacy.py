@@ -2,14 +2,18 @@
 
 Unit of privacy: one TV (device id) over one day (the aggregation epoch). In an epoch a
 device adds at most 1 to the distinct support of any key (the per-epoch flood check), and
-to at most `max_keys` keys (edges, pairs, cells: the aggregator refuses more, `key_budget`).
+to at most `max_keys` keys (edges, pairs, cells: the aggregator refuses more, `use_day_keys`).
 So between two neighbouring days (one TV's contributions in or out) the map key → support
-differs in ≤ max_keys keys by ≤ 1 each: L0 ≤ max_keys, L∞ = 1, L2 ≤ √max_keys.
+differs in ≤ max_keys keys by ≤ 1 each. An embedding pattern is released from one day's
+contributions (dp_release.py): its count, its sum of unit vectors clipped to norm 1 and its
+sum of success rates move by ≤ 1 each too. So L0 ≤ max_keys, L∞ = 1, and L2 ≤ √max_keys on
+the counts and √(2·max_keys) on the patterns' sums (`PARTS_PER_KEY`); one σ noises all of them.
 
-A release adds integer (discrete) Gaussian noise of scale σ to every support and keeps only
-the keys whose noised support exceeds a threshold τ — DP partition selection, OpenDP's
+A release adds integer (discrete) Gaussian noise of scale σ to every support (and float
+Gaussian noise of the same σ to every pattern's sums) and keeps only the keys whose noised
+support exceeds a threshold τ — DP partition selection, OpenDP's
 `make_gaussian_threshold` (propose-test-release; a key present on one side only is the δ part).
-It is ρ-zCDP with ρ = max_keys / (2σ²) plus δ_τ; OpenDP converts it to (ε, δ). `calibrate`
+It is ρ-zCDP with ρ = 3·max_keys / (2σ²) (counts and sums) plus δ_τ; OpenDP converts it to (ε, δ). `calibrate`
 finds the smallest σ (and the τ for δ/2) that meets a target (ε, δ) per TV per day;
 `budget_over` composes days with dp-accounting's RDP accountant (σ, days → ε over the period).
 
@@ -62,21 +66,38 @@ def _measurement(scale: float, threshold: int):  # noqa: ANN202
     return dp.m.make_gaussian_threshold(domain, metric, scale=float(scale), threshold=int(threshold))
 
 
+#: Released values per key that one TV-day moves by at most 1 each: the noised count, and for an
+#: embedding pattern also its sum of clipped unit vectors (L2) and its sum of success rates.
+PARTS_PER_KEY = 3
+
+
 def _d_in(max_keys: int) -> tuple[int, int, int]:
-    """(L0, L2, L∞) of one TV's day: ≤ max_keys keys, each ±1 (OpenDP takes L2 as an integer: rounded up)."""
+    """(L0, L2, L∞) of one TV's day on the counts: ≤ max_keys keys, each ±1 (OpenDP takes L2 as an
+    integer: rounded up)."""
     return (int(max_keys), math.isqrt(max_keys - 1) + 1, 1)
+
+
+def _sums_rho(scale: float, max_keys: int) -> float:
+    """ρ (zCDP) of the Gaussian noise on the patterns' sums: L2² ≤ (PARTS_PER_KEY − 1)·max_keys per TV-day."""
+    return (PARTS_PER_KEY - 1) * max_keys / (2.0 * scale * scale)
 
 
 @lru_cache(maxsize=256)
 def privacy_of(scale: float, threshold: int, max_keys: int, delta: float) -> tuple[float, float]:
-    """(ε, δ_total) of one release at noise `scale` and `threshold`, for a total δ (via OpenDP's maps)."""
+    """(ε, δ_total) of one release at noise `scale` and `threshold`, for a total δ (via OpenDP's maps).
+
+    The release is the counts' partition selection ((ρ_c, δ_τ) by OpenDP's map) and the Gaussian on
+    the patterns' sums (ρ_s): zCDP adds up to ρ_c + ρ_s, which OpenDP converts to ε at δ − δ_τ."""
     dp = _dp()
     rho, delta_threshold = _measurement(scale, threshold).map(_d_in(max_keys))
     if delta_threshold >= delta:
         return math.inf, float(delta_threshold)
-    zcdp = dp.c.make_zCDP_to_approxDP(_measurement(scale, threshold))
-    eps, total = dp.c.make_fix_delta(zcdp, float(delta)).map(_d_in(max_keys))
-    return float(eps), float(total)
+    rho_total = float(rho) + _sums_rho(scale, max_keys)
+    # A unit-sensitivity Gaussian whose ρ is rho_total: OpenDP's own zCDP → (ε, δ) conversion of it.
+    unit = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float),
+                              scale=1.0 / math.sqrt(2.0 * rho_total))  # fmt: skip
+    eps, rest = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(unit), float(delta - delta_threshold)).map(1.0)
+    return float(eps), float(rest + delta_threshold)
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,15 @@ class DPRelease:
         counts = {n: int(supports[k]) for n, k in names.items()}
         out = _measurement(self.scale, self.threshold)(counts)
         return {names[n]: int(v) for n, v in out.items()}
+
+    def noise_sums(self, sums: Sequence[float]) -> list[float]:
+        """Sums (each moved by ≤ 1 per TV-day; accounted in `_d_in`) plus Gaussian noise of scale σ (OpenDP)."""
+        dp = _dp()
+        if not sums:
+            return []
+        domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
+        gaussian = dp.m.make_gaussian(domain, dp.l2_distance(T=float), scale=float(self.scale))
+        return [float(v) for v in gaussian([float(v) for v in sums])]
 
 
 def _name(key: Hashable) -> str:
@@ -156,7 +186,7 @@ def budget_over(release: DPRelease, days: int) -> float:
 def budget_of(releases: Sequence[DPRelease]) -> float:
     """ε at the largest δ of `releases` after composing them all (dp-accounting RDP accountant).
 
-    Each release is a Gaussian mechanism of noise multiplier σ / √max_keys (σ over the L2 sensitivity)."""
+    Each release is a Gaussian mechanism of noise multiplier σ / L2 (the L2 sensitivity of `_d_in`)."""
     import dp_accounting
     from dp_accounting.rdp import RdpAccountant
 
@@ -164,5 +194,6 @@ def budget_of(releases: Sequence[DPRelease]) -> float:
         return 0.0
     accountant = RdpAccountant()
     for release in releases:
-        accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier=release.scale / math.sqrt(release.max_keys)))
+        sensitivity = math.sqrt(PARTS_PER_KEY * release.max_keys)  # the L2 of one TV-day, counts and sums
+        accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier=release.scale / sensitivity))
     return float(accountant.get_epsilon(max(r.delta for r in releases)))

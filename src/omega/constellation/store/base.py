@@ -170,6 +170,11 @@ class ConstellationStore(ABC):
         (averaging two draws of the same supports would cancel the noise)."""
 
     @abstractmethod
+    async def cell_contributions(self, epoch: int) -> list[tuple[int, int, float, float, bytes]]:
+        """The embedding-pattern contributions logged in one epoch, one row each, no device:
+        (task_type, cell, successes, trials, float16 embedding)."""
+
+    @abstractmethod
     async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
         """Grant up to `wanted` of the `limit` keys a device (`tag`: keyed hash of epoch ‖ device)
         may add to in an epoch; returns how many were granted (atomically, across workers)."""

@@ -345,6 +345,16 @@ class PostgresStore(ConstellationStore):
 
         return await self._engine.write(run)
 
+    async def cell_contributions(self, epoch: int) -> list[tuple[int, int, float, float, bytes]]:
+        async def run(conn: asyncpg.Connection) -> list[tuple[int, int, float, float, bytes]]:
+            sql = (
+                "SELECT k1, k2, successes, trials, embedding FROM omega_contributions "
+                f"WHERE epoch = $1 AND kind = {KIND_CELL}"
+            )
+            return [(int(r[0]), int(r[1]), float(r[2]), float(r[3]), bytes(r[4])) for r in await conn.fetch(sql, epoch)]
+
+        return await self._engine.read(run)
+
     async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
         async def run(conn: asyncpg.Connection, head: int) -> tuple[int, int]:
             # Writers hold the head lock (pg_engine.write): this read-then-add is atomic across workers.

@@ -301,6 +301,14 @@ class SqliteStore(ConstellationStore):
 
         return await self._writer.submit(run)
 
+    async def cell_contributions(self, epoch: int) -> list[tuple[int, int, float, float, bytes]]:
+        def run(conn: sqlite3.Connection) -> list[tuple[int, int, float, float, bytes]]:
+            sql = f"SELECT k1, k2, successes, trials, embedding FROM contributions WHERE kind = {KIND_CELL} AND epoch=?"
+            rows = conn.execute(sql, (int(epoch),))
+            return [(int(t), int(c), float(s), float(n), bytes(e)) for t, c, s, n, e in rows]
+
+        return await self._read(run)
+
     async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
         def run(conn: sqlite3.Connection) -> int:
             row = conn.execute("SELECT used FROM dp_day_keys WHERE epoch = ? AND tag = ?", (epoch, tag)).fetchone()
