@@ -13,6 +13,7 @@ from sync_support import NOW, pattern, unit
 from omega.brain.store import BrainStore
 from omega.brain.sync import Outbox, SyncConfig, push_frame_size
 from omega.brain.sync import state
+from omega.brain.sync.outbox import WIRE_EDGE_WEIGHT
 from omega.errors import OmegaError
 
 def test_seal_takes_only_high_quality_queued_patterns_once(store: BrainStore):
@@ -104,14 +105,17 @@ def test_transition_deltas_largest_first_on_the_wire_grid(store: BrainStore):
     store.bump_transition(1, 3, 0.1)
     store.bump_transition(4, 5, 0.03)  # below the 1/16 grid: stays queued
     outbox = Outbox(store, SyncConfig(max_edges_per_push=1))
+    # On the wire every transition weighs WIRE_EDGE_WEIGHT (no rating); the TV marks its delta as pushed.
     first = outbox.seal()
-    assert [(e.src, e.dst, e.weight) for e in first.push.transitions.edges] == [(1, 2, 1.0)]
+    assert [(e.src, e.dst, e.weight) for e in first.push.transitions.edges] == [(1, 2, WIRE_EDGE_WEIGHT)]
     second = outbox.seal()
-    assert [(e.src, e.dst, e.weight) for e in second.push.transitions.edges] == [(1, 3, 0.0625)]
+    assert [(e.src, e.dst, e.weight) for e in second.push.transitions.edges] == [(1, 3, WIRE_EDGE_WEIGHT)]
+    assert store.outbox.sent_edge_weights() == {(1, 2): 1.0, (1, 3): 0.0625}
     assert outbox.seal() is None  # remainders of 0.0375 and 0.03 are below the grid
     store.bump_transition(1, 3, 0.05)  # 0.0375 + 0.05 = 0.0875 -> 0.0625 more
     third = outbox.seal()
-    assert [(e.src, e.dst, e.weight) for e in third.push.transitions.edges] == [(1, 3, 0.0625)]
+    assert [(e.src, e.dst, e.weight) for e in third.push.transitions.edges] == [(1, 3, WIRE_EDGE_WEIGHT)]
+    assert store.outbox.sent_edge_weights() == {(1, 2): 1.0, (1, 3): 0.125}
 
 
 def test_a_damaged_outbox_row_is_kept_and_reported(store: BrainStore, tmp_path: Path):

@@ -55,6 +55,11 @@ _SIZING_SEQ = 1 << 40
 _SIZING_TIMESTAMP_MS = 1 << 41
 #: Queued high-quality patterns examined per seal (absorbed ones leave the queue).
 _CANDIDATES = 256
+#: The weight every pushed transition carries. The cloud publishes an edge's distinct support
+#: and reads a pushed weight only as "> 0" (omega.constellation.crdt.consolidate_edge), so a
+#: finer weight would only tell it the viewing's rating, reward or repeat count (issue 14). The
+#: TV keeps its own weights, and marks the delta it had as pushed (a later delta pushes again).
+WIRE_EDGE_WEIGHT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,15 +179,12 @@ class Outbox:
         queue = self.store.outbox
         with self.store.transaction():
             edges = self._edges()
-            transitions = (
-                TransitionBatch(Keyspace.ITEM, tuple(Transition(s, d, w) for s, d, w in edges)) if edges else None
-            )
-            push = Push(batch_id=batch_id, transitions=transitions)
-            if transitions is not None and push_frame_size(push) > cfg.max_push_bytes:
+            push = Push(batch_id=batch_id, transitions=_wire_edges(edges))
+            if push.transitions is not None and push_frame_size(push) > cfg.max_push_bytes:
                 # Many edges alone exceed the budget: keep the largest that fit.
                 while len(edges) > 1 and push_frame_size(push) > cfg.max_push_bytes:
                     edges = edges[: max(1, len(edges) * 3 // 4)]
-                    push = Push(batch_id, transitions=TransitionBatch(Keyspace.ITEM, tuple(Transition(*e) for e in edges)))
+                    push = Push(batch_id, transitions=_wire_edges(edges))
 
             sealed: list[QueuedPattern] = []
             absorbed: list[tuple] = []
@@ -265,3 +267,10 @@ class Outbox:
     def acknowledge(self, batch_id: bytes) -> bool:
         """The cloud acknowledged `batch_id` (verified): forget it. False if it was not pending."""
         return self.store.outbox.delete(batch_id)
+
+
+def _wire_edges(edges: list[tuple[int, int, float]]) -> TransitionBatch | None:
+    """The pushed transitions of (src, dst, delta) edges: each at WIRE_EDGE_WEIGHT."""
+    if not edges:
+        return None
+    return TransitionBatch(Keyspace.ITEM, tuple(Transition(s, d, WIRE_EDGE_WEIGHT) for s, d, _ in edges))

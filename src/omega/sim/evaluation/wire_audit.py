@@ -2,8 +2,8 @@
 
 An uplink frame may carry only (docs/architecture.md §3): embedding patterns (a quantised
 context vector, success_rate, uses, successes, task type), transition batches
-(src id, dst id, a quality-weighted count on a 1/16 grid — no support, no
-time), pulls (a cursor) and heartbeats (tier and two counters). The audit
+(src id, dst id, and a weight that is always WIRE_EDGE_WEIGHT — no rating, no
+support, no time), pulls (a cursor) and heartbeats (tier and two counters). The audit
 decodes each frame with the device's key and checks field by field that
 nothing else is set: no episode fields exist in the schema, and the frame's own
 timestamp is the send time of the sync, not of a viewing.
@@ -15,7 +15,7 @@ heartbeat whose pattern count changed or whose outbox count grew; before each,
 the device must have completed a sync (a heartbeat) after its last viewing.
 
 What does leave, precisely: per TV, item ids of pairs (a → b) it watched
-within 5 steps with a weight. The constellation publishes an edge only with
+within 5 steps (and liked: only positive transition weight is pushed). The constellation publishes an edge only with
 ≥ k_min distinct TVs behind it, clips one TV's weight per edge (edge_w_max)
 and once per epoch, and stores no device id beside it.
 """
@@ -27,6 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from omega.brain.sync.outbox import WIRE_EDGE_WEIGHT
 from omega.protocol import UPLINK, Frame, Heartbeat, Pull, Push, decode_frame
 from omega.protocol import omega_pb2 as pb
 
@@ -172,6 +173,8 @@ def audit_frames(frames: Iterable[TappedFrame], viewings: Mapping[bytes, Sequenc
                 report.edges += len(body.transitions.edges)
                 if any(e.support for e in body.transitions.edges):
                     report.violations.append(f"frame {report.frames}: a push claims support")
+                if any(e.weight != WIRE_EDGE_WEIGHT for e in body.transitions.edges):
+                    report.violations.append(f"frame {report.frames}: a transition weight tells a rating")
         elif not isinstance(body, (Pull, Heartbeat)):
             report.violations.append(f"frame {report.frames}: {frame.kind} is not an uplink message")
         _, flags, _, raw, _ = _split(data, len(data))
