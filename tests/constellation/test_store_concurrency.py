@@ -241,6 +241,8 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
     con = sqlite3.connect(path)  # turn it back into a schema-v1 file, its member marks cleared as v1 pruned them
     for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
         con.execute(f"DROP INDEX {index}")
+    for table in ("dp_releases", "dp_day_keys"):
+        con.execute(f"DROP TABLE {table}")
     con.execute("UPDATE members SET epoch = NULL")
     con.execute("PRAGMA user_version=1")
     con.commit()
