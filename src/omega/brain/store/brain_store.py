@@ -127,7 +127,8 @@ class BrainStore(Database):
 
     def catalog_items(self) -> list[CatalogItem]:
         found = self._query(f"SELECT {rows.CATALOG_COLUMNS} FROM catalog ORDER BY content_id")
-        return [rows.row_catalog(r) for r in found]
+        shared: dict[str, tuple[str, ...]] = {}
+        return [rows.row_catalog(r, shared) for r in found]
 
     def catalog_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(content ids as int64, (n, 384) float32 matrix), ordered by content id."""

@@ -46,24 +46,33 @@ class EdgeReader:
         """The sources' edges, grouped by source in the order given, each heaviest first (ties by dst); the
         published tables' edges only where they pass the support floor."""
         order = list(dict.fromkeys(int(s) for s in srcs))
-        if not order:
-            return []
-        marks = ", ".join("?" * len(order))
-        sql = f"SELECT src, dst, weight, {_COUNT[table]} FROM {table} WHERE src IN ({marks})"
-        found = self._db._query(sql + " ORDER BY src, weight DESC, dst", order)
-        if table != "transitions" and self.floor_c > 0:
-            found = self._floored(table, found)
+        found = self._read(table, order)
         if len(order) > 1:
             rank = {src: i for i, src in enumerate(order)}
             found.sort(key=lambda r: rank[r[0]])  # stable: each source keeps its heaviest-first order
         return found
 
     def successors(self, table: EdgeTable, srcs: Iterable[int]) -> dict[int, list[tuple[int, float]]]:
-        """src → [(dst, weight), ...] heaviest first, for each source that has edges (see `rows_from`)."""
+        """src → [(dst, weight), ...] heaviest first (ties by dst), for each source that has edges; floored as in
+        `rows_from`, which also keeps the order of the sources asked."""
         out: dict[int, list[tuple[int, float]]] = {}
-        for src, dst, weight, _ in self.rows_from(table, srcs):
-            out.setdefault(src, []).append((dst, weight))
+        for src, dst, weight, _ in self._read(table, list(dict.fromkeys(int(s) for s in srcs))):
+            found = out.get(src)
+            if found is None:
+                found = out[src] = []
+            found.append((dst, weight))
         return out
+
+    def _read(self, table: EdgeTable, srcs: list[int]) -> list[EdgeRow]:
+        """The rows of distinct sources, by source id, each heaviest first, floored."""
+        if not srcs:
+            return []
+        marks = ", ".join("?" * len(srcs))
+        sql = f"SELECT src, dst, weight, {_COUNT[table]} FROM {table} WHERE src IN ({marks})"
+        found = self._db._query(sql + " ORDER BY src, weight DESC, dst", srcs)
+        if table != "transitions" and self.floor_c > 0:
+            found = self._floored(table, found)
+        return found
 
     def _floored(self, table: EdgeTable, found: list[EdgeRow]) -> list[EdgeRow]:
         # Squared on both sides, in doubles, as the comparison support ≥ c·√V needs no square root.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 
 import numpy as np
@@ -89,6 +90,16 @@ def catalog_row(item: CatalogItem, embedding: np.ndarray) -> tuple:
     )  # fmt: skip
 
 
-def row_catalog(row: tuple) -> CatalogItem:
+def row_catalog(row: tuple, shared: dict[str, tuple[str, ...]] | None = None) -> CatalogItem:
+    """A catalog row as an item; rows read together pass one `shared` dict, so items with the same genres
+    (or tags) share one tuple of interned strings (a 10K catalog holds ~20 genres in ~1K combinations)."""
     content_id, title, genres, year, tags = row
-    return CatalogItem(content_id, title, tuple(json.loads(genres)), year, tuple(json.loads(tags)))
+    shared = {} if shared is None else shared
+    return CatalogItem(content_id, title, _strings(genres, shared), year, _strings(tags, shared))
+
+
+def _strings(text: str, shared: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    found = shared.get(text)
+    if found is None:
+        found = shared[text] = tuple(sys.intern(s) for s in json.loads(text))
+    return found
