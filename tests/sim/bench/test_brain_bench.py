@@ -11,7 +11,8 @@ from movielens_fixtures import write_fixture
 from omega.sim.bench import run_brain_bench
 
 DESIGN_KEYS = (
-    "embed_ms_p50", "search_us_p50", "recommend_ms_p50", "recommend_same_context_ms_p50", "rss_mb", "recall_at_50",
+    "embed_ms_p50", "search_us_p50", "recommend_ms_p50", "recommend_same_context_ms_p50", "recommend_cpu_ms_p50",
+    "recommend_same_context_cpu_ms_p50", "rss_mb", "recall_at_50",
 )
 
 

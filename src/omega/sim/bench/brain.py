@@ -15,7 +15,7 @@ from omega.constellation.privacy import DEFAULT_K_MIN
 from omega.errors import OmegaError
 from omega.progress import Notes, quiet
 from omega.sim.bench.index import backend_comparison, ef_sweep, measure_recall
-from omega.sim.bench.timing import median_ms, p90_ms, rss_mb, timed, timed_each
+from omega.sim.bench.timing import median_ms, p90_ms, rss_mb, timed_each, timed_each_with_cpu
 
 
 def run_brain_bench(
@@ -174,16 +174,20 @@ def _measure_main(argv: list[str]) -> None:
         breakdown["runtime"] = round(breakdown["runtime"], 1)
 
         text = "Evening on a Friday. Recently watched: Heat; Alien; Toy Story"
-        embed = timed(lambda: embedder.embed(text), repeats)
+        embed, embed_cpu = timed_each_with_cpu(lambda _: embedder.embed(text), range(repeats))
         contexts = [ViewingContext(hour=h % 24, weekday=h % 7) for h in range(repeats)]
         # Every call pays its context embedding: the brain's small cache of context vectors is emptied first
         # (the first call after a viewing or a new daypart).
-        recommend = timed_each(lambda c: (brain._context_vectors.clear(), brain.recommend(c, k=10)), contexts)
+        recommend, recommend_cpu = timed_each_with_cpu(
+            lambda c: (brain._context_vectors.clear(), brain.recommend(c, k=10)), contexts
+        )
         # A repeated call in one viewing session (same daypart, same history): the brain remembers the
         # context's vector and recomputes everything else.
         session = ViewingContext(20, 4)
         brain.recommend(session, k=10)
-        recommend_session = timed(lambda: brain.recommend(session, k=10), repeats)
+        recommend_session, recommend_session_cpu = timed_each_with_cpu(
+            lambda _: brain.recommend(session, k=10), range(repeats)
+        )
         after, peak = rss_mb()  # the brain after use, before the bench's own recall arrays below
 
         # Real queries: catalog items (what pattern/consolidated neighbourhoods and "more like this" send)
@@ -221,6 +225,9 @@ def _measure_main(argv: list[str]) -> None:
         "search_us_p90": round(p90_ms(search) * 1000.0, 1),
         "recommend_ms_p90": round(p90_ms(recommend), 3),
         "recommend_same_context_ms_p90": round(p90_ms(recommend_session), 3),
+        "embed_cpu_ms_p50": round(median_ms(embed_cpu), 3),
+        "recommend_cpu_ms_p50": round(median_ms(recommend_cpu), 3),
+        "recommend_same_context_cpu_ms_p50": round(median_ms(recommend_session_cpu), 3),
         "rss_breakdown_mb": breakdown,
         "memory_objects_mb": {
             "catalog_matrix_f16": round(catalog.nbytes / 1e6, 2),
