@@ -182,7 +182,9 @@ def run_sync_bench(
             progress(f"ceiling: {top['frames_per_s']:g} frames/s, p99 {top['p99_ms']:g} ms")
         url = store or f"sqlite:{folder / 'constellation.db'}"
         progress(f"starting a server ({workers} worker{'s' if workers > 1 else ''}) on {url.split('@')[-1]}")
-        server = start_server(folder, url, secret, redis=redis,
+        # A shard id of this run's own: the server's Redis namespace (replay window, pull cache) derives from
+        # it, and the simulated devices' ids and seqs repeat from run to run.
+        server = start_server(folder, url, secret, redis=redis, shard_id=f"bench-{secret[:8]}",
                               env={**_UNTHROTTLED, "OMEGA_PULL_SNAPSHOT_S": repr(float(pull_snapshot_s)),
                                    "OMEGA_WORKERS": str(workers)})  # fmt: skip
         port = server.port
