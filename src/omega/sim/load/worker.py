@@ -39,6 +39,10 @@ REPLY_TIMEOUT_S = 30.0
 FINISH_GRACE_S = 30.0
 MAX_BACKOFF_S = 30.0
 HTTP_POOL = 64
+#: Casual TVs sharing one HTTP client (and its pool): httpcore hands a free connection to its waiting
+#: requests in a loop over all of them, so thousands of TVs on one pool cost the client quadratic CPU and
+#: stall the whole worker (its WebSockets too) before the server sees a frame.
+HTTP_DEVICES_PER_CLIENT = 128
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,8 @@ class _Worker:
         self.answered = 0
         self.ws_url = f"ws://{_netloc(spec.host, spec.port)}/v1/ws"
         self.http_url = f"http://{_netloc(spec.host, spec.port)}/v1/sync"
-        self.http = None
+        self.http: list[Any] = []  # HTTP clients of the casual TVs (see _http_client)
+        self._http_users = 0
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -224,11 +229,11 @@ class _Worker:
             self._absorb(kind, dev, data, reply, self.loop.time() - t0)
         self.stats.sessions += 1
 
-    async def _http_session(self, dev: SimDevice, tier: str) -> None:
+    async def _http_session(self, http: Any, dev: SimDevice, tier: str) -> None:
         for kind, body in dev.session(TIER_NAMES[tier], sync=not self.spec.heartbeat_only):
             data = dev.frame(body)
             t0 = self.loop.time()
-            resp = await self.http.post(self.http_url, content=data, headers={"content-type": "application/octet-stream"})
+            resp = await http.post(self.http_url, content=data, headers={"content-type": "application/octet-stream"})
             self._absorb(kind, dev, data, resp.content, self.loop.time() - t0)
         self.stats.sessions += 1
 
@@ -288,7 +293,21 @@ class _Worker:
         await self._every_interval(dev, "active", session)
 
     async def casual(self, n: int, dev: SimDevice) -> None:
-        await self._every_interval(dev, "casual", lambda: self._http_session(dev, "casual"))
+        http = self._http_client()
+        await self._every_interval(dev, "casual", lambda: self._http_session(http, dev, "casual"))
+
+    def _http_client(self) -> Any:
+        """The HTTP client of the next casual TV: a new one every HTTP_DEVICES_PER_CLIENT TVs."""
+        import httpx
+
+        if not self.http or self._http_users >= HTTP_DEVICES_PER_CLIENT:
+            source = self.spec.source_addresses[0] if self.spec.source_addresses else None
+            transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(
+                max_connections=HTTP_POOL, max_keepalive_connections=HTTP_POOL))  # fmt: skip
+            self.http.append(httpx.AsyncClient(transport=transport, timeout=REPLY_TIMEOUT_S))
+            self._http_users = 0
+        self._http_users += 1
+        return self.http[-1]
 
     async def _every_interval(self, dev: SimDevice, tier: str, session: Callable[[], Awaitable[None]]) -> None:
         """One session per tier interval until the end (the first at a random point of the first interval)."""
@@ -309,14 +328,7 @@ class _Worker:
     # ------------------------------------------------------------ the run
 
     async def run(self) -> WorkerStats:
-        import httpx
-
         spec = self.spec
-        if spec.devices.get("casual"):
-            source = spec.source_addresses[0] if spec.source_addresses else None
-            transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(
-                max_connections=HTTP_POOL, max_keepalive_connections=HTTP_POOL))  # fmt: skip
-            self.http = httpx.AsyncClient(transport=transport, timeout=REPLY_TIMEOUT_S)
         runners: dict[str, Callable] = {"premium": self.premium, "active": self.active, "casual": self.casual}
         tasks: list[asyncio.Task] = []
         try:
@@ -337,8 +349,8 @@ class _Worker:
                 if pending:
                     await asyncio.wait(pending, timeout=5)
         finally:
-            if self.http is not None:
-                await self.http.aclose()
+            for http in self.http:
+                await http.aclose()
         return self.stats
 
 
