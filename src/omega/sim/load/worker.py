@@ -171,7 +171,7 @@ class _Worker:
         self.answered = 0
         self.ws_url = f"ws://{_netloc(spec.host, spec.port)}/v1/ws"
         self.http_url = f"http://{_netloc(spec.host, spec.port)}/v1/sync"
-        self.http: list[Any] = []  # HTTP clients of the casual TVs (see _http_client)
+        self.http: list[Any] = []  # HTTP clients of the casual TVs (see _open_http_clients)
         self._http_users = 0
 
     # ------------------------------------------------------------ bookkeeping
@@ -293,21 +293,20 @@ class _Worker:
         await self._every_interval(dev, "active", session)
 
     async def casual(self, n: int, dev: SimDevice) -> None:
-        http = self._http_client()
+        http = self.http[self._http_users // HTTP_DEVICES_PER_CLIENT]
+        self._http_users += 1
         await self._every_interval(dev, "casual", lambda: self._http_session(http, dev, "casual"))
 
-    def _http_client(self) -> Any:
-        """The HTTP client of the next casual TV: a new one every HTTP_DEVICES_PER_CLIENT TVs."""
+    def _open_http_clients(self, casual: int) -> None:
+        """One HTTP client per HTTP_DEVICES_PER_CLIENT casual TVs, opened before the ramp (each builds an
+        SSL context: not on the event loop while TVs come online)."""
         import httpx
 
-        if not self.http or self._http_users >= HTTP_DEVICES_PER_CLIENT:
-            source = self.spec.source_addresses[0] if self.spec.source_addresses else None
+        source = self.spec.source_addresses[0] if self.spec.source_addresses else None
+        for _ in range(-(-casual // HTTP_DEVICES_PER_CLIENT)):
             transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(
                 max_connections=HTTP_POOL, max_keepalive_connections=HTTP_POOL))  # fmt: skip
             self.http.append(httpx.AsyncClient(transport=transport, timeout=REPLY_TIMEOUT_S))
-            self._http_users = 0
-        self._http_users += 1
-        return self.http[-1]
 
     async def _every_interval(self, dev: SimDevice, tier: str, session: Callable[[], Awaitable[None]]) -> None:
         """One session per tier interval until the end (the first at a random point of the first interval)."""
@@ -329,6 +328,7 @@ class _Worker:
 
     async def run(self) -> WorkerStats:
         spec = self.spec
+        self._open_http_clients(spec.devices.get("casual", 0))
         runners: dict[str, Callable] = {"premium": self.premium, "active": self.active, "casual": self.casual}
         tasks: list[asyncio.Task] = []
         try:
