@@ -100,10 +100,12 @@ def render(result: dict[str, Any]) -> None:
         )
     cold = result["methods"].get("cold_start", {})
     if cold.get("tvs"):
-        refs = ", ".join(f"{name} {m['ndcg@10']:.4f}" for name, m in cold["reference"].items())
+        labels = {"mostpop_before": "most-popular as of then", "mostpop": "most-popular (all data, optimistic)",
+                  "seq_transition": "seq_transition (all data, optimistic)"}  # fmt: skip
+        refs = ", ".join(f"{labels.get(name, name)} {m['ndcg@10']:.4f}" for name, m in cold["reference"].items())
         console.print(
-            f"Cold start: {cold['tvs']} new TVs that saw {cold['episodes']} viewings rank the next one at NDCG@10 "
-            f"{cold['ndcg@10']:.4f} (centralised on the same task: {refs})."
+            f"Cold start: {cold['tvs']} new TVs that saw {cold['episodes']} viewings rank the next one, with only "
+            f"what was published by then, at NDCG@10 {cold['ndcg@10']:.4f} (same task: {refs})."
         )
     up = result["upload_bytes_per_tv"]
     console.print(

@@ -54,7 +54,9 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
     assert result["methods"]["edge_federated"]["ndcg@10"] > result["methods"]["edge_only"]["ndcg@10"]
     assert result["methods"]["edge_federated"]["ndcg@10"] > result["methods"]["mostpop"]["ndcg@10"]
     cold = result["methods"]["cold_start"]
-    assert cold["tvs"] == 10 and cold["target"] == "episode 4" and set(cold["reference"]) == {"mostpop", "seq_transition"}
+    assert cold["tvs"] == 10 and cold["target"] == "episode 4"
+    assert set(cold["reference"]) == {"mostpop_before", "mostpop", "seq_transition"}
+    assert cold["vs_mostpop_before"]["ci95"][0] <= cold["vs_mostpop_before"]["ndcg_diff"] <= cold["vs_mostpop_before"]["ci95"][1]
     assert result["upload_bytes_per_tv"]["mean"] > 0
     assert result["upload_bytes_per_tv"]["p95"] >= result["upload_bytes_per_tv"]["mean"] * 0.5
     assert 0 < result["push_bytes_p50"] <= 1024

@@ -219,3 +219,36 @@ def test_catch_up_by_copy_leaves_every_tv_as_pulling_every_page_would(tmp_path: 
         assert len(all_pullers) == 20 and len(copy_pullers) == 1
 
     asyncio.run(main())
+
+
+def test_a_held_tv_stays_offline_until_its_time_and_probes_run_at_theirs(tmp_path: Path):
+    """The cold-start hooks of the replay: `hold` keeps a TV from syncing before a time (nothing of its
+    viewer is published before then); a probe runs when the clock reaches its time, before later viewings."""
+
+    async def main():
+        data = load_movielens(write_fixture("ml-latest", tmp_path / "data", n_users=20, n_items=30))
+        catalog, matrix = _catalog(data.items)
+        fleet = await Fleet.open(tmp_path / "fleet", catalog, build_codebook(matrix, k=8),
+                                 config=FleetConfig(k_min=2, transport="direct"))  # fmt: skip
+        events = _events(data)
+        user = events[0].user
+        own = [ev.timestamp for ev in events if ev.user == user]
+        until = own[len(own) // 2]
+        seen: list[tuple[float, int]] = []
+
+        async def probe() -> None:
+            # the clock is at the probe's time; no viewing after it was fed yet
+            fed = sum(tv.brain.store.episode_count() for tv in fleet.tvs.values())
+            seen.append((fleet.now, fed))
+
+        try:
+            await fleet.replay(events, probes=[(until, probe)], hold={user: until})
+            device = fleet.tvs[user].device_id
+            key = derive_device_key(fleet.config.secret, device, 1)
+            stamps = [decode_frame(d, key).timestamp_ms / 1000 for dev, d in fleet.tap.uplink if dev == device]
+            assert stamps and min(stamps) > until  # offline until then, syncing after
+            assert seen == [(until, sum(1 for ev in events if ev.timestamp < until))]
+        finally:
+            await fleet.aclose()
+
+    asyncio.run(main())

@@ -18,8 +18,10 @@ error. `pool_recall` is the share of targets inside the candidate pool.
 - edge_federated: the shipped ranking after syncing every training viewing
   through the constellation and pulling what it published (k_min TVs per edge).
 - cold_start: new TVs for a sample of users that watch only their first
-  `cold_n` training episodes, then sync; target = that user's next episode
-  (with most-popular and seq_transition on the same task as references).
+  `cold_n` training episodes and pull, at the time of that user's next episode
+  (the target), what was published by then, the viewer's own fleet TV offline
+  until then (`omega.sim.evaluation.cold_start`); most-popular as of that time
+  is the reference on the same task.
 - mostpop, itemknn, als, seq_transition: centralised, tuned on the validation
   split, trained on all training histories (`omega.sim.evaluation.baselines`).
 
@@ -40,10 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from omega.brain.brain import context_at, release_freed_memory
+from omega.brain.brain import release_freed_memory
 from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
-from omega.brain.sync import SyncConfig
 from omega.constellation.codebook import build_codebook
 from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
 from omega.datasets.movielens import MovieLensData, load_movielens
@@ -51,9 +52,8 @@ from omega.errors import OmegaError
 from omega.progress import Stage, quiet
 from omega.protocol import Keyspace, derive_device_key, peek_frame
 from omega.sim.evaluation.baselines import BASELINES, tune_and_evaluate
-from omega.sim.evaluation.baselines.mostpop import MostPop
-from omega.sim.evaluation.baselines.seq_transition import SeqTransition
-from omega.sim.evaluation.metrics import ndcg_values, summarise, target_rank
+from omega.sim.evaluation.cold_start import ColdStart
+from omega.sim.evaluation.metrics import ndcg_values, target_rank
 from omega.sim.evaluation.resources import StageMeter
 from omega.sim.evaluation.privacy_tables import epsilon_table, privacy_table
 from omega.sim.evaluation.seeds import PER_VIEWER, combine_seeds, per_viewer
@@ -219,7 +219,9 @@ async def _run(
         store_dir=store_dir,
     )  # fmt: skip
     try:
-        await fleet.replay(events, lambda d, t: stage("replay viewings", d, t))
+        cold = ColdStart(fleet, split, events, rows_by_user, cold_n=cold_n, cold_users=cold_users, seed=seed, stage=stage)
+        await fleet.replay(events, lambda d, t: stage("replay viewings", d, t), probes=cold.probes(), hold=cold.hold())
+        meter.seconds["cold_start_s"] = cold.seconds  # inside the replay, at each target's time
         t1 = meter.mark("replay_s", t0)
         fleet_tvs = list(fleet.tvs.values())
         up = np.array([tv.bytes_up for tv in fleet_tvs], np.float64)
@@ -248,9 +250,7 @@ async def _run(
                 scored = federated if variant == config else score_tvs(fleet, split, rows_by_user, when, config=variant)
                 grid[name] = scored.summary() | {"vs_shipped": versus(scored.ranks, federated.ranks, "shipped", seed)}
 
-        t0 = time.perf_counter()
-        methods["cold_start"] = await _cold_start(fleet, split, events, rows_by_user, cold_n, cold_users, seed, stage)
-        meter.mark("cold_start_s", t0)
+        methods["cold_start"] = cold.summary()
         # Every uplink frame, the catch-up's and the cold-start TVs' included, decoded for the wire audit;
         # the privacy table's cell rows re-key the fleet TVs' pushes.
         uplink = decode_uplink(fleet.tap.uplink, lambda dev: derive_device_key(fleet.config.secret, dev, 1))
@@ -342,48 +342,6 @@ async def _run(
         "timings_s": meter.timings(),
         "rss_mb": meter.rss(),
     }
-
-
-async def _cold_start(
-    fleet: Fleet, split: Split, events: list[ViewingEvent], rows_by_user: dict[int, int], cold_n: int, cold_users: int,
-    seed: int, stage: Stage,
-) -> dict[str, Any]:  # fmt: skip
-    """New TVs that watched only a viewer's first `cold_n` episodes, synced, ranking that viewer's next episode.
-
-    The centralised most-popular and seq_transition models rank the same target from the same few
-    items (`reference`): all of them were trained on data that includes these viewers' later
-    episodes, so the comparison is like for like, and the absolute numbers are optimistic.
-    """
-    firsts: dict[int, list[ViewingEvent]] = {}
-    for ev in events:
-        got = firsts.setdefault(ev.user, [])
-        if len(got) <= cold_n:
-            got.append(ev)
-    eligible = sorted(u for u, evs in firsts.items() if len(evs) == cold_n + 1)
-    rng = np.random.default_rng(seed + 1)
-    chosen = rng.choice(eligible, size=min(cold_users, len(eligible)), replace=False).tolist() if eligible else []
-    references: dict[str, Any] = {"mostpop": MostPop().fit(split), "seq_transition": SeqTransition().fit(split)}
-    ranks: list[int] = []
-    ref_ranks: dict[str, list[int]] = {name: [] for name in references}
-    for done, u in enumerate(chosen, 1):
-        # Its viewings stay local (no edges pushed): the same viewer's fleet TV already contributed them,
-        # and a second device would count that viewer twice towards k_min.
-        tv = fleet.add_tv(10_000_000 + u, name=f"cold-{u}", sync=SyncConfig(max_edges_per_push=0))
-        seen, target = firsts[u][:cold_n], firsts[u][cold_n]
-        for ev in seen:
-            fleet.watch(tv, ev.content_id, ev.stars, ev.timestamp)
-        await fleet.catch_up([tv])
-        history = split.item_ids.searchsorted(np.array([ev.content_id for ev in seen]))
-        target_row = int(split.item_ids.searchsorted(target.content_id))
-        ids = [r.content_id for r in tv.brain.rank(context_at(target.timestamp), K).recommendations]
-        ranks.append(ids.index(target.content_id) if target.content_id in ids else K)
-        for name, model in references.items():
-            ref_ranks[name].append(target_rank(model.scores(rows_by_user[u], history), target_row, history))
-        stage("cold-start TVs", done, len(chosen))
-    return summarise(ranks) | {
-        "tvs": len(chosen), "episodes": cold_n, "target": f"episode {cold_n + 1}",
-        "reference": {name: summarise(r) for name, r in ref_ranks.items()},
-    }  # fmt: skip
 
 
 def evaluate_movielens(

@@ -44,7 +44,7 @@ import contextlib
 import heapq
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -59,7 +59,7 @@ from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
 from omega.brain.learning import episode_from_rating
 from omega.brain.sync import SyncAgent, SyncConfig, SyncFailed, open_transport, policy_for, state
-from omega.brain.sync.transport import Reply, Transport
+from omega.brain.sync.transport import Transport
 from omega.constellation.aggregation import Aggregator
 from omega.constellation.app import ServerState, create_app
 from omega.constellation.codebook import Codebook
@@ -70,6 +70,7 @@ from omega.constellation.settings import ServerSettings
 from omega.errors import OmegaError
 from omega.progress import Progress
 from omega.protocol import SYNC_TIERS, Tier
+from omega.sim.fleet.wire import ServiceTransport, TappedTransport, WireTap
 
 
 #: Syncs one TV may run back to back while catching up on published deltas.
@@ -111,47 +112,6 @@ class FleetConfig:
             raise OmegaError("tier_mix must be three non-negative shares with a positive sum")
         if self.transport not in ("loopback", "direct"):
             raise OmegaError(f"fleet transport must be 'loopback' or 'direct', got {self.transport!r}")
-
-
-@dataclass
-class WireTap:
-    """Every uplink frame that crossed the wire, as bytes, and how many bytes came down."""
-
-    uplink: list[tuple[bytes, bytes]] = field(default_factory=list)  # (device id, frame)
-    #: downlink bytes only (the audit reads the uplink; a full run's pull pages would be ~200 MB held)
-    downlink_bytes: int = 0
-
-
-class TappedTransport:
-    """A transport that records the bytes of every exchange of the transport it wraps."""
-
-    def __init__(self, inner: Transport, device_id: bytes, tap: WireTap) -> None:
-        self.inner = inner
-        self.device_id = device_id
-        self.tap = tap
-
-    async def exchange(self, data: bytes) -> Reply:
-        self.tap.uplink.append((self.device_id, data))
-        reply = await self.inner.exchange(data)
-        self.tap.downlink_bytes += len(reply.data)
-        return reply
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-class ServiceTransport:
-    """No sockets: a frame goes straight to `SyncService.handle`, as the server's POST /v1/sync would pass it."""
-
-    def __init__(self, service: SyncService) -> None:
-        self.service = service
-
-    async def exchange(self, data: bytes) -> Reply:
-        reply = await self.service.handle(data)
-        return Reply(reply.body, reply.status, float(reply.retry_after or 0))
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass
@@ -272,10 +232,15 @@ class Fleet:
 
     # ------------------------------------------------------------------ TVs
 
-    def add_tv(self, user: int, *, name: str | None = None, sync: SyncConfig | None = None) -> TV:
-        """A new TV with an empty brain for `user` (its device id is random but seeded)."""
-        device_id = uuid.UUID(int=self._rng.getrandbits(128), version=4).bytes
-        tier = self._rng.choices(SYNC_TIERS, weights=self.config.tier_mix)[0]
+    def add_tv(
+        self, user: int, *, name: str | None = None, sync: SyncConfig | None = None, rng: random.Random | None = None
+    ) -> TV:
+        """A new TV with an empty brain for `user` (its device id is random but seeded). Its device id, tier
+        and phase come from `rng` (default: the fleet's), so TVs added mid-replay need not shift the draws
+        of the fleet's later TVs."""
+        rng = rng or self._rng
+        device_id = uuid.UUID(int=rng.getrandbits(128), version=4).bytes
+        tier = rng.choices(SYNC_TIERS, weights=self.config.tier_mix)[0]
         brain = Brain(
             self.workdir / f"{name or f'tv-{user}'}.db", embedder=self.embedder, catalog=self.catalog,
             config=self.config.brain, synchronous="NORMAL",
@@ -283,10 +248,10 @@ class Fleet:
         sync = sync or self.config.sync
         agent = SyncAgent(
             brain, server_url=self.url or "http://127.0.0.1", device_id=device_id, token=self.token_for(device_id),
-            tier=tier, config=sync, clock=self.clock, rng=random.Random(self._rng.random()),
+            tier=tier, config=sync, clock=self.clock, rng=random.Random(rng.random()),
             transport=self._transport(device_id, tier, sync),
         )  # fmt: skip
-        tv = TV(user, device_id, tier, brain, agent, phase_s=self._rng.uniform(0, policy_for(tier).interval_s))
+        tv = TV(user, device_id, tier, brain, agent, phase_s=rng.uniform(0, policy_for(tier).interval_s))
         self.tvs[user] = tv
         return tv
 
@@ -327,17 +292,31 @@ class Fleet:
 
     # ------------------------------------------------------------------ the replay
 
-    async def replay(self, events: Sequence[ViewingEvent], progress: Progress | None = None) -> None:
-        """Feed every event to its TV in time order, running each TV's syncs at its tier ticks in between."""
+    async def replay(
+        self, events: Sequence[ViewingEvent], progress: Progress | None = None, *,
+        probes: Sequence[tuple[float, Callable[[], Awaitable[None]]]] = (), hold: Mapping[int, float] | None = None,
+    ) -> None:  # fmt: skip
+        """Feed every event to its TV in time order, running each TV's syncs at its tier ticks in between.
+
+        `probes`: (time, coroutine function) run once the clock reaches that time: after every sync due by
+        then, before any later viewing (the evaluation's cold-start TVs). `hold`: user -> time before which
+        that user's TV does not sync (offline: what it learned leaves it at its first tick after)."""
         syncs: list[tuple[float, int, int]] = []  # (time, tie-break, user)
         scheduled: set[int] = set()
         counter = 0
         total = len(events)
+        hold = hold or {}
+        pending = sorted(probes, key=lambda p: p[0])
+        next_probe = 0
 
         async def run_syncs_until(t: float) -> None:
             nonlocal counter
             while syncs and syncs[0][0] <= t:
                 when, _, user = heapq.heappop(syncs)
+                if when < hold.get(user, when):
+                    counter += 1
+                    heapq.heappush(syncs, (self.tvs[user].next_tick(hold[user]), counter, user))
+                    continue
                 scheduled.discard(user)
                 self.now = max(self.now, when)
                 tv = self.tvs[user]
@@ -352,7 +331,17 @@ class Fleet:
                     heapq.heappush(syncs, (self._next_sync(tv), counter, user))
                     scheduled.add(user)
 
+        async def run_probes_until(t: float) -> None:
+            nonlocal next_probe
+            while next_probe < len(pending) and pending[next_probe][0] <= t:
+                when, probe = pending[next_probe]
+                next_probe += 1
+                await run_syncs_until(when)
+                self.now = max(self.now, when)
+                await probe()
+
         for done, ev in enumerate(events, 1):
+            await run_probes_until(ev.timestamp)
             await run_syncs_until(ev.timestamp)
             self.now = max(self.now, float(ev.timestamp))
             tv = self.tvs.get(ev.user) or self.add_tv(ev.user)
@@ -363,6 +352,7 @@ class Fleet:
                 scheduled.add(ev.user)
             if progress is not None and (done % 500 == 0 or done == total):
                 progress(done, total)
+        await run_probes_until(float("inf"))
         await run_syncs_until(float("inf"))
 
     async def catch_up(self, tvs: Iterable[TV] | None = None, progress: Progress | None = None) -> None:
@@ -402,6 +392,14 @@ class Fleet:
     def _idle(self, tv: TV) -> bool:
         """Nothing waits to be sent: a sync of this TV would only pull and heartbeat."""
         return tv.agent.outbox.pending_count() == 0 and not self._queued(tv)
+
+    async def retire(self, tv: TV) -> None:
+        """Take a TV out of the fleet: close its connection and brain (what it sent stays in the tap)."""
+        self.tvs.pop(tv.user, None)
+        try:
+            await tv.agent.close()
+        finally:
+            tv.brain.close()
 
     def close(self) -> None:
         for tv in self.tvs.values():
