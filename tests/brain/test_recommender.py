@@ -102,7 +102,8 @@ def test_local_transitions_are_learned_and_used(tmp_path, embedder, catalog):
 def test_pairs_and_the_popular_pool(tmp_path, embedder, catalog):
     """Pairs count in either direction; the most-followed items join the pool even far from the viewer's taste."""
     alien, amelie, heat, up = BY_TITLE["Alien"], BY_TITLE["Amelie"], BY_TITLE["Heat"], BY_TITLE["Up"]
-    with make_brain(tmp_path, embedder, catalog, candidates_k=3, diversity_lambda=1.0, w_pattern=0.0) as brain:
+    with make_brain(tmp_path, embedder, catalog, candidates_k=3, diversity_lambda=1.0, w_pattern=0.0,
+                    w_global_pair=3.0) as brain:  # fmt: skip
         brain.on_user_action(alien, watch_fraction=0.9, started_at=1.0)
         assert up not in brain.rank(CTX, k=3).pool
         # Published pair (Amelie, Alien): read from Alien's side too. Up: everyone's next watch, elsewhere.
@@ -111,6 +112,31 @@ def test_pairs_and_the_popular_pool(tmp_path, embedder, catalog):
     assert ranking.recommendations[0].content_id == amelie
     assert ranking.recommendations[0].reasons[0] == "viewers who watched Alien also watched it"
     assert up in ranking.pool and {r.content_id for r in ranking.recommendations} <= ranking.pool
+
+
+def test_refined_neighbours_propose_score_and_explain(tmp_path, embedder, catalog):
+    """The cloud's refined neighbours of the recent items join the pool and add up linearly (decayed by recency);
+    a new release replaces the old one whole."""
+    alien, fargo, amelie, up, shrek = (BY_TITLE[t] for t in ("Alien", "Fargo", "Amelie", "Up", "Shrek"))
+    with make_brain(tmp_path, embedder, catalog, candidates_k=3, diversity_lambda=1.0, w_pattern=0.0,
+                    popular_k=0) as brain:  # fmt: skip
+        brain.on_user_action(fargo, watch_fraction=0.9, started_at=1.0)
+        brain.on_user_action(alien, watch_fraction=0.9, started_at=2.0)
+        assert amelie not in brain.rank(CTX, k=3).pool
+        # Amelie: a neighbour of both recent items; Up: Alien's best neighbour alone; Shrek: Fargo's alone.
+        brain.store.put_refined([TransitionStat(alien, up, 1.0, 0), TransitionStat(alien, amelie, 0.75, 0),
+                                 TransitionStat(fargo, amelie, 0.75, 0), TransitionStat(fargo, shrek, 1.0, 0)])  # fmt: skip
+        ranking = brain.rank(CTX, k=3)
+        ids = [r.content_id for r in ranking.recommendations]
+        assert ids[0] == amelie and ids[1] == up and shrek in ranking.pool
+        assert ranking.recommendations[0].reasons[0] == "viewers who liked Alien also liked it"
+        assert brain.after(alien, 2) == [up, amelie]
+        brain.store.put_refined([TransitionStat(alien, shrek, 1.0, 0)], fresh=True)
+        assert [t.dst for t in brain.store.refined_from(fargo)] == []
+        assert brain.recommend(CTX, k=1)[0].content_id == shrek
+        # Switched off, the part neither proposes nor scores.
+        off = BrainConfig(w_refined=0.0, candidates_k=3, popular_k=0, w_pattern=0.0)
+        assert shrek not in brain.rank(CTX, k=3, config=off).pool
 
 
 def test_a_rare_source_speaks_louder_than_a_hub(tmp_path, embedder, catalog):
@@ -166,7 +192,7 @@ def test_bad_k_and_context_text(tmp_path, embedder, catalog):
 
 def test_after_lists_what_viewers_did_next(tmp_path, embedder, catalog):
     alien, amelie, up, heat = BY_TITLE["Alien"], BY_TITLE["Amelie"], BY_TITLE["Up"], BY_TITLE["Heat"]
-    with make_brain(tmp_path, embedder, catalog) as brain:
+    with make_brain(tmp_path, embedder, catalog, w_global_pair=3.0) as brain:
         assert brain.after(alien) == []  # nothing learned or pulled: no claim
         brain.apply_consolidated([], [TransitionStat(alien, up, 3.0, 3)], pairs=[TransitionStat(amelie, alien, 9.0, 9)])
         assert brain.after(alien) == [amelie, up]  # pairs weigh 3x an ordered edge of similar support

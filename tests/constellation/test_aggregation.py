@@ -201,8 +201,9 @@ async def test_item_edges_also_publish_unordered_pairs_that_reach_k_min_sooner(a
     assert published == {(Keyspace.ITEM, 5, 6): (3, 3.0), (Keyspace.PAIR, 5, 6): (4, 4.0)}
 
 
-async def test_a_pushed_pair_is_refused(aggregator) -> None:
-    res = await aggregator.apply(device(0), b"e", [], [(int(Keyspace.PAIR), 1, 2, 1.0), (1, 1, 2, 1.0)], NOW)
+@pytest.mark.parametrize("keyspace", [Keyspace.PAIR, Keyspace.REFINED])
+async def test_a_pushed_pair_or_refined_neighbour_is_refused(aggregator, keyspace) -> None:
+    res = await aggregator.apply(device(0), b"e", [], [(int(keyspace), 1, 2, 1.0), (1, 1, 2, 1.0)], NOW)
     assert [(r.index, r.reason) for r in res.rejections] == [(0, BAD_TRANSITION)]
     assert res.accepted == 1
 

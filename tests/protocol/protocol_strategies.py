@@ -84,7 +84,7 @@ pushes = st.builds(
     patterns=st.lists(embedding_patterns(), max_size=10).map(tuple),
     transitions=st.none() | transition_batches(with_support=False),
 )
-pulls = st.builds(Pull, since=u64, max_bytes=u32, codebook_version=u32)
+pulls = st.builds(Pull, since=u64, max_bytes=u32, codebook_version=u32, refined_since=u64)
 heartbeats = st.builds(Heartbeat, tier=st.sampled_from(list(Tier)), outbox=u32, patterns=u32)
 push_acks = st.builds(
     PushAck,
@@ -110,6 +110,8 @@ pull_replies = st.builds(
     patterns=st.lists(consolidated, max_size=10).map(tuple),
     transitions=st.none() | transition_batches(with_support=True),
     pairs=st.none() | transition_batches(with_support=True, keyspaces=(Keyspace.PAIR,)),
+    refined=st.none() | transition_batches(with_support=False, keyspaces=(Keyspace.REFINED,)),
+    refined_cursor=u64,
 )
 heartbeat_acks = st.builds(HeartbeatAck, server_time_ms=u64, next_sync_s=u32, retry_after_s=u32)
 error_replies = st.builds(ErrorReply, code=codes, message=st.text(max_size=256), retry_after_s=u32)

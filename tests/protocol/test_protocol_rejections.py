@@ -251,6 +251,12 @@ def test_pull_reply_keeps_pairs_apart_from_ordered_edges() -> None:
         PullReply(cursor=1, transitions=pairs)
     with pytest.raises(InvalidPattern, match="keyspace PAIR"):
         PullReply(cursor=1, pairs=items)
+    refined = TransitionBatch(Keyspace.REFINED, (Transition(1, 2, 1.0),))
+    assert PullReply(cursor=1, refined=refined, refined_cursor=5).refined is refined
+    with pytest.raises(InvalidPattern):
+        PullReply(cursor=1, refined=items)
+    with pytest.raises(InvalidPattern):
+        PullReply(cursor=1, transitions=refined)
 
 
 def test_message_constructors_validate() -> None:

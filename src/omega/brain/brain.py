@@ -35,7 +35,7 @@ from omega.brain.records import (
     ViewingContext,
     require_all,
 )
-from omega.brain.recommender import MAX_K, ConsolidatedPrior, Published, Ranking, Recommender
+from omega.brain.recommender import MAX_K, ConsolidatedPrior, Published, Ranking, Recommender, TransitionLookup
 from omega.brain.store import BrainStore, Synchronous
 from omega.errors import OmegaError
 from omega.progress import Progress
@@ -180,7 +180,9 @@ class Brain:
     def _ranker(self) -> Recommender:
         if self._recommender is None or self._recommender.catalog is not self.catalog:
             own = partial(self.store.edges.successors, "transitions")
-            self._recommender = Recommender(self.catalog, self.config, self._embed_context, own, *self._published())
+            self._recommender = Recommender(
+                self.catalog, self.config, self._embed_context, own, *self._published(), self._refined()
+            )
         return self._recommender
 
     def _published(self) -> Published:
@@ -188,6 +190,10 @@ class Brain:
         items, support floor applied) and the most-followed items."""
         successors = self.store.edges.successors
         return partial(successors, "global_transitions"), partial(successors, "global_pairs"), self._most_followed
+
+    def _refined(self) -> TransitionLookup:
+        """The refined neighbours this TV pulled (EASE over the published pairs, computed by the cloud), by source."""
+        return partial(self.store.edges.successors, "refined_neighbours")
 
     # ------------------------------------------------------------------ catalog
 
@@ -308,20 +314,20 @@ class Brain:
 
     def rank(
         self, context: ViewingContext | None = None, k: int = 10, *, config: BrainConfig | None = None,
-        published: Published | None = None,
+        published: Published | None = None, refined: TransitionLookup | None = None,
     ) -> Ranking:  # fmt: skip
         """`recommend` plus the candidate pool the list was chosen from (for the evaluation's pool recall).
 
         The evaluation asks what-if questions of the same ranking code: `config` ranks with other
         recommend settings (ablations), `published` with another published edge set than the one pulled
-        (the privacy table's k_min rows)."""
+        (the privacy table's k_min rows), `refined` with other refined neighbours than the pulled ones."""
         history = self._hist()
         exclude = history.watched if self.config.exclude_watched else history.finished
         ranker = self._ranker()
-        if config is not None or published is not None:
+        if config is not None or published is not None or refined is not None:
             own = partial(self.store.edges.successors, "transitions")
             published = published or self._published()
-            ranker = Recommender(self.catalog, config or self.config, ranker.embed, own, *published)
+            ranker = Recommender(self.catalog, config or self.config, ranker.embed, own, *published, refined or self._refined())
             config = config or self.config
         return ranker.rank(
             context or context_at(),

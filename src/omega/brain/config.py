@@ -83,8 +83,14 @@ class BrainConfig:
     w_local_transition: float = 0.6
     #: published ordered edges ("viewers who watched A watched B next")
     w_global_transition: float = 1.0
-    #: published unordered pairs (reach k_min TVs far more often than ordered edges)
-    w_global_pair: float = 3.0
+    #: published unordered pairs, read raw: off, since the refined neighbours learned from the same pairs do
+    #: better (validation, 200 viewers: raw pairs at 3 without refined 0.0475, refined without raw pairs 0.0546,
+    #: both at 2 0.0513, bench/results/refine-grid-validation.json; beside refined at 3, pairs at 1..4 lower it)
+    w_global_pair: float = 0.0
+    #: the constellation's refined neighbours (EASE over the published pairs; "viewers who liked A also liked B").
+    #: The weight of an ordered edge: validation (omega eval --validation, 200 viewers) 0.0556 / 0.0568 / 0.0533 /
+    #: 0.0530 at 0.5 / 1 / 2 / 3, all within noise of each other; 0 gives 0.0491.
+    w_refined: float = 1.0
     w_pattern: float = 0.05
     w_consolidated: float = 0.05
     #: MMR: 1 ranks by score alone, lower trades relevance for variety
@@ -142,7 +148,7 @@ class BrainConfig:
         need(0.0 <= self.diversity_lambda <= 1.0, "diversity_lambda must be in [0, 1]")
         for name in (
             "pattern_w_similarity", "pattern_w_success", "pattern_w_uses", "pattern_w_reward",
-            "w_content", "w_local_transition", "w_global_transition", "w_global_pair", "w_pattern",
+            "w_content", "w_local_transition", "w_global_transition", "w_global_pair", "w_refined", "w_pattern",
             "w_consolidated",
         ):  # fmt: skip
             need(0.0 <= getattr(self, name) <= 10.0, f"{name} must be in [0, 10]")

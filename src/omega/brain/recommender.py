@@ -10,6 +10,8 @@ Candidate pool (a few hundred items, never the whole catalog):
   and key space, from the TV's own transitions and what it pulled;
 - content: HNSW neighbours (k = candidates_k) of a query vector that blends the
   embedded viewing context with the recency-weighted mean of recent items;
+- refined: the constellation's refined neighbours of the recent items (EASE over the published
+  pair graph, `omega.constellation.item_graph`), when pulled;
 - popular: the `popular_k` items the fleet's published edges lead into most;
 - patterns: the neighbourhoods of the best local and consolidated patterns.
 
@@ -17,7 +19,7 @@ Score of a candidate (every part scaled to at most 1 over the pool, then
 weighted by `BrainConfig`): for each key space, x = Σ_i decay^i · s^0.5 /
 (Σ_row s^0.5)^0.5 over the recent items i (s = the edge's weight, the row
 being that source's published successors: a rare source's edges say more than
-a hub's); content = cos³ to the query (only near neighbours move the ranking);
+a hub's); refined = Σ_i decay^i · w(i, item), linear as EASE scores are; content = cos³ to the query (only near neighbours move the ranking);
 pattern and consolidated credit items near patterns that worked. Watched items
 are excluded (finished ones always, all by default) and MMR trades relevance
 for variety (`diversity_lambda`, 1 = off).
@@ -117,7 +119,7 @@ class Ranking:
 
 
 #: the score parts, in the order reasons are preferred on a tie
-PARTS = ("pair", "global", "local", "content", "pattern", "consolidated")
+PARTS = ("pair", "refined", "global", "local", "content", "pattern", "consolidated")
 
 
 class Recommender:
@@ -132,6 +134,7 @@ class Recommender:
         global_transitions: TransitionLookup,
         global_pairs: TransitionLookup | None = None,
         popular: Callable[[], Sequence[int]] | None = None,
+        refined: TransitionLookup | None = None,
     ) -> None:
         self.catalog = catalog
         self.config = config
@@ -140,6 +143,7 @@ class Recommender:
         self._global = global_transitions
         self._pairs = global_pairs or (lambda srcs: {})
         self._popular = popular or (lambda: ())
+        self.refined: TransitionLookup = refined or (lambda srcs: {})
 
     def recommend(
         self,
@@ -185,6 +189,7 @@ class Recommender:
                 ("pair", self._pairs, cfg.w_global_pair),
             )
         }
+        sources["refined"] = self._linear(recent, pool, exclude) if cfg.w_refined > 0 else ({}, {})
         self._add(pool, list(self._popular())[: cfg.popular_k], exclude)
         top_p, p_scores = self._top_patterns(query, patterns, pool, exclude)
         top_c, _ = self._top_consolidated(query, prior, pool, exclude, cold=not recent)
@@ -204,7 +209,7 @@ class Recommender:
         cons, cons_best = self._consolidated_affinity(X, prior, top_c)
         parts["consolidated"] = cfg.w_consolidated * cons
         for name, weight in (("local", cfg.w_local_transition), ("global", cfg.w_global_transition),
-                             ("pair", cfg.w_global_pair)):  # fmt: skip
+                             ("pair", cfg.w_global_pair), ("refined", cfg.w_refined)):  # fmt: skip
             parts[name] = weight * _scaled(ids, sources[name][0])
         score = sum(parts.values())
         chosen = _mmr(X, score, k, cfg.diversity_lambda)
@@ -221,13 +226,18 @@ class Recommender:
         )
 
     def after(self, content_id: int, k: int) -> list[int]:
-        """The k items this TV's collaborative parts propose right after `content_id` alone (edges, pairs
-        and its own transitions, weighted as in `rank`; no content, no diversity), best first."""
+        """The k items this TV's collaborative parts propose right after `content_id` alone (edges, pairs, refined
+        neighbours and its own transitions, weighted as in `rank`; no content, no diversity), best first."""
         cfg = self.config
         score: dict[int, float] = {}
         for lookup, weight in ((self._local, cfg.w_local_transition), (self._global, cfg.w_global_transition),
-                               (self._pairs, cfg.w_global_pair)):  # fmt: skip
-            found, _ = self._support([content_id], lookup, {}, {content_id}) if weight > 0 else ({}, {})
+                               (self._pairs, cfg.w_global_pair), (None, cfg.w_refined)):  # fmt: skip
+            if weight <= 0:
+                continue
+            if lookup is None:
+                found, _ = self._linear([content_id], {}, {content_id})
+            else:
+                found, _ = self._support([content_id], lookup, {}, {content_id})
             top = max(found.values(), default=0.0)
             for dst, x in found.items():
                 score[dst] = score.get(dst, 0.0) + weight * x / top
@@ -272,6 +282,27 @@ class Recommender:
                 if dst in exclude or dst not in catalog:
                     continue
                 gain = root * scale
+                scores[dst] = scores.get(dst, 0.0) + gain
+                if gain > best.get(dst, (0.0, 0))[0]:
+                    best[dst] = (gain, src)
+        self._add(pool, list(scores), exclude)
+        return scores, {dst: src for dst, (_, src) in best.items()}
+
+    def _linear(
+        self, recent: list[int], pool: dict[int, None], exclude: set[int]
+    ) -> tuple[dict[int, float], dict[int, int]]:
+        """dst → Σ_i decay^i · w(i, dst) over the refined neighbours of the recent items (EASE scores add
+        up linearly), and dst → the recent item that gave most."""
+        scores: dict[int, float] = {}
+        best: dict[int, tuple[float, int]] = {}
+        decay = self.config.recent_decay
+        found = self.refined(recent) if recent else {}
+        catalog = self.catalog
+        for step, src in enumerate(recent):
+            for dst, weight in found.get(src, ()):
+                if weight <= 0 or dst in exclude or dst not in catalog:
+                    continue
+                gain = weight * decay**step
                 scores[dst] = scores.get(dst, 0.0) + gain
                 if gain > best.get(dst, (0.0, 0))[0]:
                     best[dst] = (gain, src)
@@ -342,6 +373,8 @@ class Recommender:
                 reasons.append(f"viewers who watched {title(via)} watched it next")
             elif name == "pair" and via is not None:
                 reasons.append(f"viewers who watched {title(via)} also watched it")
+            elif name == "refined" and via is not None:
+                reasons.append(f"viewers who liked {title(via)} also liked it")
             elif name == "local" and via is not None:
                 reasons.append(f"you often watch it after {title(via)}")
             elif name == "content" and recent:

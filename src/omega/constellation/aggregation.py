@@ -346,10 +346,11 @@ class Aggregator:
                 continue
             ids_ok = all(_is_int(v) and 0 <= v < _U32 for v in (keyspace, src, dst))
             w_ok = isinstance(weight, (int, float, np.number)) and math.isfinite(weight) and weight > 0
-            # Pairs are derived here from item edges; one pushed as such would be counted twice.
+            # Pairs are derived here from item edges; one pushed as such would be counted twice. Refined
+            # neighbours are computed here from what is published: a TV never sends them.
             # "After a, a" says nothing about what to watch next: item self-loops are refused.
             self_loop = keyspace == Keyspace.ITEM and src == dst
-            if not (ids_ok and w_ok) or keyspace == Keyspace.PAIR or self_loop:
+            if not (ids_ok and w_ok) or keyspace in (Keyspace.PAIR, Keyspace.REFINED) or self_loop:
                 rejections.append(Rejection("transition", i, BAD_TRANSITION))
                 continue
             out.append(

@@ -23,6 +23,7 @@ from omega.constellation.aggregation import AggregationPolicy, Aggregator
 from omega.constellation.cache import LocalCache, PullCache, RedisCache
 from omega.constellation.codebook import Codebook, placeholder_codebook
 from omega.constellation.dashboard import Dashboard, ShardFacts
+from omega.constellation.item_graph import REFRESH_S
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.server_state import ServerState
 from omega.constellation.service import SyncService
@@ -82,6 +83,7 @@ async def run_shard(state: ServerState) -> AsyncIterator[None]:
         service = SyncService(aggregator, state.keyring, settings, state.metrics, cache, page_key=page_key,
                               clock=state.clock, admission=admission)  # fmt: skip
         await service.housekeeping()  # prune what expired while down; head and gauges
+        await service.refined.refresh()
         state.service = service
         facts = ShardFacts(store.origin, settings.region, "sqlite" if settings.store.startswith("sqlite:") else
                            "postgresql", codebook.version, codebook.k, cache.backend, settings.trend_window_s)  # fmt: skip
@@ -89,6 +91,7 @@ async def run_shard(state: ServerState) -> AsyncIterator[None]:
         state.dashboard.tick()
         tasks.append(asyncio.create_task(_every(settings.prune_interval_s, service.housekeeping, "housekeeping")))
         tasks.append(asyncio.create_task(_every(DASHBOARD_TICK_S, lambda: _tick(state), "dashboard tick")))
+        tasks.append(asyncio.create_task(_every(REFRESH_S, service.refined.refresh, "refined neighbours")))
         # Merged remote entries change the served view: refresh the head and the consolidated gauge.
         state.federation = await start_federation(aggregator, settings, on_merged=service.housekeeping)
         if state.federation is not None:

@@ -84,6 +84,14 @@ class PageBuilder:
                 return reply, blob if blob is not None else self.blob(reply)
             cut = max(1, min(cut - 1, int(cut * budget / size)))
 
+    @staticmethod
+    def refined(cursor: int, items: list, refined_cursor: int, budget: int) -> PullReply:
+        """A page of the refined-neighbour release, sent instead of consolidated changes (`cursor` unchanged,
+        more = True: the changes follow). Sized by the release (`NEIGHBOUR_WIRE_BYTES` each), not cut here."""
+        edges = tuple(Transition(n.src, n.dst, n.steps / WEIGHT_SCALE, 0) for n in items)
+        return PullReply(cursor=int(cursor), more=True, refined=TransitionBatch(Keyspace.REFINED, edges),
+                         refined_cursor=int(refined_cursor))  # fmt: skip
+
     def blob(self, reply: PullReply) -> bytes:
         return encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=False, max_size=1 << 20)
 

@@ -42,6 +42,7 @@ from omega.constellation.admission import Admission, LocalAdmission
 from omega.constellation.aggregation import Aggregator, Contribution
 from omega.constellation.aggregation import Transition as EdgeIn
 from omega.constellation.cache import PullCache
+from omega.constellation.item_graph import RefinedRelease
 from omega.constellation.keyring import Keyring
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.pull_pages import PageBuilder
@@ -177,6 +178,8 @@ class SyncService:
         self._pages: OrderedDict[bytes, PreparedBody] = OrderedDict()
         self._page_entries = 1024
         self.page_builder = PageBuilder(page_key, lambda: self.codebook_version, self.now_ms)
+        # Refined neighbours (EASE over the published pairs), recomputed by a periodic job (lifespan).
+        self.refined = RefinedRelease(aggregator.published)
         # Labelled metric children, resolved once (labels() takes a lock and builds a tuple per call).
         self._m_bytes_in = metrics.bytes.labels("in")
         self._m_bytes_out = metrics.bytes.labels("out")
@@ -335,6 +338,9 @@ class SyncService:
     async def _pull(self, pull: Pull) -> PreparedBody:
         """The page for `pull`, serialised (and deflated when that is smaller) once, shared by every device."""
         budget = max(MIN_PULL_BYTES, min(pull.max_bytes, self.settings.pull_max_bytes))
+        found = self.refined.page(pull.refined_since, budget - 64)
+        if found is not None:  # a TV behind on the refined release gets it first, then the changes
+            return self.page_builder.refined(pull.since, found[0], found[1], budget), None
         head = self._pull_head()
         if pull.since >= head and head > 0:
             # Already at the newest change this worker serves: nothing to read. (Another worker's

@@ -47,6 +47,8 @@ from omega.protocol.messages import (
     EMBEDDING_DIM,
     MAX_PATTERNS_PER_PUSH,
     MAX_TRANSITIONS,
+    REFINED_WANTED,
+    SUPPORT_FLOOR_C,
     SYNC_TIERS,
     UPLINK,
     WEIGHT_SCALE,
@@ -67,13 +69,15 @@ from omega.protocol.messages import (
     Tier,
     Transition,
     TransitionBatch,
+    refined_cursor,
+    refined_release_of,
 )
 from omega.protocol.quantize import QuantizedEmbedding, dequantize, quantize
 
 __all__ = [
     "BODY_KINDS", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DEFAULT_PULL_BYTES",
     "DEVICE_ID_BYTES", "DEVICE_KEY_BYTES", "DOWNLINK", "EMBEDDING_DIM", "ERROR_CODES",
-    "MAX_PATTERNS_PER_PUSH", "MAX_TRANSITIONS", "PROTOCOL_VERSION", "SYNC_TIERS", "TAG_BYTES", "UPLINK",
+    "MAX_PATTERNS_PER_PUSH", "MAX_TRANSITIONS", "PROTOCOL_VERSION", "REFINED_WANTED", "SUPPORT_FLOOR_C", "SYNC_TIERS", "TAG_BYTES", "UPLINK",
     "WEIGHT_SCALE",
     "BadSignature", "Body", "ConsolidatedPattern", "EmbeddingPattern", "ErrorReply", "Frame",
     "FrameHeader", "FrameTooLarge", "Heartbeat", "HeartbeatAck", "InvalidPattern", "Keyspace",
@@ -82,5 +86,5 @@ __all__ = [
     "UnsupportedVersion",
     "compute_tag", "decode_frame", "dequantize", "derive_device_key", "encode_error_reply",
     "encode_frame", "encode_prepared", "format_token", "now_ms", "parse_token", "peek_frame", "peek_header", "prepare_body", "quantize",
-    "verify_frame", "verify_tag",
+    "refined_cursor", "refined_release_of", "verify_frame", "verify_tag",
 ]

@@ -94,6 +94,7 @@ def _body_to_pb(body: Body, out: pb.Frame) -> None:
         m.since = body.since
         m.max_bytes = body.max_bytes
         m.codebook_version = body.codebook_version
+        m.refined_since = body.refined_since
     elif isinstance(body, Heartbeat):
         m.tier = int(body.tier)
         m.outbox = body.outbox
@@ -113,6 +114,9 @@ def _body_to_pb(body: Body, out: pb.Frame) -> None:
             _transitions_to_pb(body.transitions, m.transitions)
         if body.pairs is not None:
             _transitions_to_pb(body.pairs, m.pairs)
+        if body.refined is not None:
+            _transitions_to_pb(body.refined, m.refined)
+        m.refined_cursor = body.refined_cursor
     elif isinstance(body, HeartbeatAck):
         m.server_time_ms = body.server_time_ms
         m.next_sync_s = body.next_sync_s
@@ -195,7 +199,7 @@ def _body_from_pb(frame: pb.Frame) -> Body:
         )
     if kind == "pull":
         m = frame.pull
-        return Pull(since=m.since, max_bytes=m.max_bytes, codebook_version=m.codebook_version)
+        return Pull(since=m.since, max_bytes=m.max_bytes, codebook_version=m.codebook_version, refined_since=m.refined_since)
     if kind == "heartbeat":
         m = frame.heartbeat
         return Heartbeat(tier=m.tier, outbox=m.outbox, patterns=m.patterns)
@@ -215,6 +219,8 @@ def _body_from_pb(frame: pb.Frame) -> Body:
             patterns=tuple(_consolidated_from_pb(p) for p in m.patterns),
             transitions=_transitions_from_pb(m.transitions) if m.HasField("transitions") else None,
             pairs=_transitions_from_pb(m.pairs) if m.HasField("pairs") else None,
+            refined=_transitions_from_pb(m.refined) if m.HasField("refined") else None,
+            refined_cursor=m.refined_cursor,
         )
     if kind == "heartbeat_ack":
         m = frame.heartbeat_ack

@@ -26,6 +26,11 @@ MAX_PATTERNS_PER_PUSH = 10
 MAX_TRANSITIONS = 4096
 #: Transition weights travel in fixed point: wire value = round(weight * WEIGHT_SCALE).
 WEIGHT_SCALE = 16
+#: Support floor on published edges and pairs (issue 14, bounded influence), shared by the TV that reads
+#: them and the constellation that refines them (omega.constellation.item_graph): an edge a→b counts only
+#: with support ≥ c·√V(a), a pair {a, b} with support ≥ c·√max(V(a), V(b)), V(i) = the total support of
+#: the published edges out of i. Why 0.45: see omega.brain.store.brain_store.
+SUPPORT_FLOOR_C = 0.45
 DEFAULT_PULL_BYTES = 5000
 MAX_ERROR_CODE_CHARS = 32
 #: Longer error messages are cut (the code carries the meaning).
@@ -71,6 +76,7 @@ class Keyspace(IntEnum):
     ITEM = 1
     CELL = 2
     PAIR = 3  # unordered item pairs (src < dst), published by the constellation only
+    REFINED = 4  # refined item neighbours (EASE over the published pairs), in pull replies only
 
 
 _E = TypeVar("_E", bound=IntEnum)
@@ -229,6 +235,23 @@ class Push:
                 raise InvalidPattern("transition support is set by the cloud, never in a push")
 
 
+#: Bits of a refined-release cursor that count neighbours read; the release id sits above them.
+REFINED_POSITION_BITS = 24
+#: `Pull.refined_since` of a TV that takes refined neighbours and holds none yet (0: it does not take
+#: them, so a client that predates them is never sent pages it would not advance past).
+REFINED_WANTED = 1
+
+
+def refined_cursor(release: int, position: int) -> int:
+    """The `refined_since` / `refined_cursor` value of `position` neighbours read in `release`."""
+    return (int(release) << REFINED_POSITION_BITS) + int(position)
+
+
+def refined_release_of(cursor: int) -> tuple[int, int]:
+    """(release, position) of a refined cursor."""
+    return int(cursor) >> REFINED_POSITION_BITS, int(cursor) & ((1 << REFINED_POSITION_BITS) - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Pull:
     """Ask for consolidated deltas after `since`."""
@@ -237,6 +260,9 @@ class Pull:
     #: Page budget; 0 on the wire means DEFAULT_PULL_BYTES.
     max_bytes: int = DEFAULT_PULL_BYTES
     codebook_version: int = 0
+    #: Position in the refined-neighbour release the TV holds (`refined_cursor`); 0: it takes none,
+    #: REFINED_WANTED: it takes them and holds none yet.
+    refined_since: int = 0
 
     def __post_init__(self) -> None:
         _uint("since", self.since, _U64, MalformedFrame)
@@ -244,6 +270,7 @@ class Pull:
         if self.max_bytes == 0:
             _set(self, "max_bytes", DEFAULT_PULL_BYTES)
         _uint("codebook_version", self.codebook_version, _U32, MalformedFrame)
+        _uint("refined_since", self.refined_since, _U64, MalformedFrame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +361,9 @@ class PullReply:
     transitions: TransitionBatch | None = None
     #: Unordered item pairs (keyspace PAIR), in the same page as the item edges of the same changes.
     pairs: TransitionBatch | None = None
+    #: A page of the refined-neighbour release (keyspace REFINED), and the position after it.
+    refined: TransitionBatch | None = None
+    refined_cursor: int = 0
 
     def __post_init__(self) -> None:
         _uint("cursor", self.cursor, _U64, MalformedFrame)
@@ -347,13 +377,19 @@ class PullReply:
         if self.transitions is not None:
             if not isinstance(self.transitions, TransitionBatch):
                 raise InvalidPattern("reply transitions must be a TransitionBatch")
-            if self.transitions.keyspace is Keyspace.PAIR:
+            if self.transitions.keyspace in (Keyspace.PAIR, Keyspace.REFINED):
                 raise InvalidPattern("reply transitions must be item or cell edges; pairs go in `pairs`")
         if self.pairs is not None:
             if not isinstance(self.pairs, TransitionBatch):
                 raise InvalidPattern("reply pairs must be a TransitionBatch")
             if self.pairs.keyspace is not Keyspace.PAIR:
                 raise InvalidPattern(f"reply pairs must be keyspace PAIR, got {self.pairs.keyspace.name}")
+        if self.refined is not None:
+            if not isinstance(self.refined, TransitionBatch):
+                raise InvalidPattern("reply refined must be a TransitionBatch")
+            if self.refined.keyspace is not Keyspace.REFINED:
+                raise InvalidPattern(f"reply refined must be keyspace REFINED, got {self.refined.keyspace.name}")
+        _uint("refined_cursor", self.refined_cursor, _U64, MalformedFrame)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ class Keyspace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KEYSPACE_ITEM: _ClassVar[Keyspace]
     KEYSPACE_CELL: _ClassVar[Keyspace]
     KEYSPACE_PAIR: _ClassVar[Keyspace]
+    KEYSPACE_REFINED: _ClassVar[Keyspace]
 TASK_TYPE_UNSPECIFIED: TaskType
 TASK_TYPE_CONTENT_MATCH: TaskType
 TASK_TYPE_CONTEXT_MATCH: TaskType
@@ -43,6 +44,7 @@ KEYSPACE_UNSPECIFIED: Keyspace
 KEYSPACE_ITEM: Keyspace
 KEYSPACE_CELL: Keyspace
 KEYSPACE_PAIR: Keyspace
+KEYSPACE_REFINED: Keyspace
 
 class EmbeddingPattern(_message.Message):
     __slots__ = ("id", "version", "q", "bits", "scale", "offset", "success_rate", "uses", "successes", "task_type", "cell_plus_one", "codebook_version")
@@ -99,14 +101,16 @@ class Push(_message.Message):
     def __init__(self, batch_id: _Optional[bytes] = ..., patterns: _Optional[_Iterable[_Union[EmbeddingPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ...) -> None: ...
 
 class Pull(_message.Message):
-    __slots__ = ("since", "max_bytes", "codebook_version")
+    __slots__ = ("since", "max_bytes", "codebook_version", "refined_since")
     SINCE_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     CODEBOOK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REFINED_SINCE_FIELD_NUMBER: _ClassVar[int]
     since: int
     max_bytes: int
     codebook_version: int
-    def __init__(self, since: _Optional[int] = ..., max_bytes: _Optional[int] = ..., codebook_version: _Optional[int] = ...) -> None: ...
+    refined_since: int
+    def __init__(self, since: _Optional[int] = ..., max_bytes: _Optional[int] = ..., codebook_version: _Optional[int] = ..., refined_since: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("tier", "outbox", "patterns")
@@ -163,18 +167,22 @@ class ConsolidatedPattern(_message.Message):
     def __init__(self, cluster_id: _Optional[int] = ..., version: _Optional[int] = ..., q: _Optional[bytes] = ..., bits: _Optional[int] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., success_rate: _Optional[float] = ..., support: _Optional[int] = ..., trend_score: _Optional[float] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("cursor", "more", "patterns", "transitions", "pairs")
+    __slots__ = ("cursor", "more", "patterns", "transitions", "pairs", "refined", "refined_cursor")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
+    REFINED_FIELD_NUMBER: _ClassVar[int]
+    REFINED_CURSOR_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     more: bool
     patterns: _containers.RepeatedCompositeFieldContainer[ConsolidatedPattern]
     transitions: TransitionBatch
     pairs: TransitionBatch
-    def __init__(self, cursor: _Optional[int] = ..., more: _Optional[bool] = ..., patterns: _Optional[_Iterable[_Union[ConsolidatedPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., pairs: _Optional[_Union[TransitionBatch, _Mapping]] = ...) -> None: ...
+    refined: TransitionBatch
+    refined_cursor: int
+    def __init__(self, cursor: _Optional[int] = ..., more: _Optional[bool] = ..., patterns: _Optional[_Iterable[_Union[ConsolidatedPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., pairs: _Optional[_Union[TransitionBatch, _Mapping]] = ..., refined: _Optional[_Union[TransitionBatch, _Mapping]] = ..., refined_cursor: _Optional[int] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("server_time_ms", "next_sync_s", "retry_after_s")

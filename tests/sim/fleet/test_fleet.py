@@ -13,10 +13,11 @@ import pytest
 
 from omega.brain.catalog import Catalog
 from omega.brain.sync import HttpTransport, TransportKind, WebSocketTransport, policy_for
+from omega.brain.sync import state
 from omega.constellation.codebook import build_codebook
 from omega.datasets.movielens import load_movielens
 from omega.errors import OmegaError
-from omega.protocol import Keyspace, Tier, compute_tag, decode_frame, derive_device_key, peek_frame
+from omega.protocol import Keyspace, Tier, compute_tag, decode_frame, derive_device_key, peek_frame, refined_cursor
 from omega.protocol import omega_pb2 as pb
 from omega.sim.evaluation.scoring import published_edges
 from omega.sim.evaluation.wire_audit import audit_uplink
@@ -116,6 +117,34 @@ def test_published_edges_have_k_min_tvs_and_reach_every_tv(tmp_path: Path):
             # A TV is the only one that knows its episodes; the constellation holds sums and supports only.
             assert all(tv.brain.store.episode_count() > 0 for tv in fleet.tvs.values())
             assert sum(1 for _, d in fleet.tap.uplink if peek_frame(d).kind == "push") > 0
+        finally:
+            await fleet.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_refined_release_reaches_every_tv_once(tmp_path: Path):
+    async def main():
+        fleet, _ = await _simulate(tmp_path, k_min=3)
+        try:
+            await fleet.catch_up()
+            release = fleet.service.refined
+            assert release.release and release.items, "the published pairs give refined neighbours"
+            expected = {(n.src, n.dst): n.steps / 16 for n in release.items}
+            published = {(e.src, e.dst) for e in await published_edges(fleet, 3) if e.keyspace == Keyspace.PAIR}
+            items = {x for pair in published for x in pair}
+            assert {x for key in expected for x in key} <= items  # nothing but published items
+            for tv in fleet.tvs.values():
+                held = {}
+                for src in {s for s, _ in expected}:
+                    held |= {(t.src, t.dst): t.weight for t in tv.brain.store.refined_from(src)}
+                assert held == expected
+            # Each TV's cursor stands at the release's end: its next pull is sent no refined page again.
+            end = refined_cursor(release.release, len(release.items))
+            for tv in fleet.tvs.values():
+                assert state.refined_cursor(tv.brain.store) == end
+            assert release.page(end, 5000) is None
+            assert release.page(0, 5000) is None  # a client that does not take them is never sent them
         finally:
             await fleet.aclose()
 

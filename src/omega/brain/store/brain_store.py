@@ -72,9 +72,10 @@ _EDGE_COLUMNS = {
     "transitions": "src, dst, weight, count",
     "global_transitions": "src, dst, weight, support",
     "global_pairs": "src, dst, weight, support",
+    "refined_neighbours": "src, dst, weight, support",
 }
 #: what a TV holds from the cloud (written only by pulls)
-_PULLED_TABLES = ("consolidated", "global_transitions", "global_pairs")
+_PULLED_TABLES = ("consolidated", "global_transitions", "global_pairs", "refined_neighbours")
 _ALL_EDGES = {t: f"SELECT {c} FROM {t} ORDER BY src, dst" for t, c in _EDGE_COLUMNS.items()}
 
 
@@ -99,7 +100,7 @@ class BrainStore(Database):
 
     @property
     def support_floor_c(self) -> float:
-        """c of the support floor on global edges (see edges.SUPPORT_FLOOR_C; 0 turns it off)."""
+        """c of the support floor on global edges (see protocol.SUPPORT_FLOOR_C; 0 turns it off)."""
         return self.edges.floor_c
 
     @support_floor_c.setter
@@ -333,7 +334,7 @@ class BrainStore(Database):
         return len(batch)
 
     def copy_pulled(self, source: BrainStore) -> int:
-        """Replace what this store holds from the cloud (consolidated patterns, global transitions and pairs)
+        """Replace what this store holds from the cloud (consolidated patterns, global transitions, pairs, refined neighbours)
         by `source`'s, in one transaction; returns the rows copied.
 
         The fleet simulator's shortcut for a TV that would pull the very pages another TV merged (same
@@ -382,6 +383,19 @@ class BrainStore(Database):
     def all_global_pairs(self) -> list[TransitionStat]:
         """Every stored pair, in both orientations."""
         return self._edges(_ALL_EDGES["global_pairs"])
+
+    def put_refined(self, stats: Iterable[TransitionStat], *, fresh: bool = False) -> int:
+        """Store a pulled page of refined neighbours; `fresh`: it starts a new release, so the old one goes."""
+        batch = require_all(stats, TransitionStat)
+        with self.transaction() as db:
+            if fresh:
+                db.execute("DELETE FROM refined_neighbours")
+            self._put_totals("refined_neighbours", ((s.src, s.dst, s.weight, 0) for s in batch if s.src != s.dst))
+        return len(batch)
+
+    def refined_from(self, src: int) -> list[TransitionStat]:
+        """The refined neighbours of `src`, best first (no support floor: the cloud applied it before refining)."""
+        return [TransitionStat(*r) for r in self.edges.rows_from("refined_neighbours", [src])]
 
     def global_in_weights(self) -> list[tuple[int, float]]:
         """(dst, total weight of the global transitions into it) for every item some transition reaches."""

@@ -21,14 +21,16 @@ from collections.abc import Iterable
 from typing import Literal
 
 from omega.brain.store.database import Database
+from omega.protocol import SUPPORT_FLOOR_C  # shared with the cloud, which floors pairs before refining them
 
-SUPPORT_FLOOR_C = 0.45
-
-EdgeTable = Literal["transitions", "global_transitions", "global_pairs"]
+EdgeTable = Literal["transitions", "global_transitions", "global_pairs", "refined_neighbours"]
+#: the published tables the support floor applies to (refined neighbours were floored by the cloud)
+_FLOORED = ("global_transitions", "global_pairs")
 #: (src, dst, weight, count): `count` is viewings for the TV's own transitions, distinct TVs for the published ones
 EdgeRow = tuple[int, int, float, int]
 
-_COUNT = {"transitions": "count", "global_transitions": "support", "global_pairs": "support"}
+_COUNT = {"transitions": "count", "global_transitions": "support", "global_pairs": "support",
+          "refined_neighbours": "support"}  # fmt: skip
 
 
 class EdgeReader:
@@ -70,7 +72,7 @@ class EdgeReader:
         marks = ", ".join("?" * len(srcs))
         sql = f"SELECT src, dst, weight, {_COUNT[table]} FROM {table} WHERE src IN ({marks})"
         found = self._db._query(sql + " ORDER BY src, weight DESC, dst", srcs)
-        if table != "transitions" and self.floor_c > 0:
+        if table in _FLOORED and self.floor_c > 0:
             found = self._floored(table, found)
         return found
 

@@ -211,3 +211,9 @@ def _sync_outbox(db: sqlite3.Connection) -> None:
 def _global_pairs(db: sqlite3.Connection) -> None:
     """Unordered item pairs from the cloud ("watched near each other"), kept in both orientations."""
     run_script(db, _totals_table("global_pairs"))
+
+
+@migration(4)
+def _refined_neighbours(db: sqlite3.Connection) -> None:
+    """The cloud's refined neighbours (EASE over the published pairs): src predicts dst with `weight` (0..1]."""
+    run_script(db, _totals_table("refined_neighbours"))

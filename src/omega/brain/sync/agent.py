@@ -40,6 +40,7 @@ from omega.brain.sync.transport import Transport, TransportError, WebSocketTrans
 from omega.errors import OmegaError
 from omega.protocol import (
     DOWNLINK,
+    REFINED_WANTED,
     Body,
     ErrorReply,
     Frame,
@@ -54,6 +55,7 @@ from omega.protocol import (
     Tier,
     decode_frame,
     encode_frame,
+    refined_release_of,
 )
 
 log = logging.getLogger("omega.brain.sync")
@@ -274,8 +276,16 @@ class SyncAgent:
         pairs: list[TransitionStat] = []
         if reply.pairs is not None:
             pairs = [TransitionStat(e.src, e.dst, e.weight, e.support) for e in reply.pairs.edges]
+        refined: list[TransitionStat] = []
+        if reply.refined is not None:
+            refined = [TransitionStat(e.src, e.dst, e.weight, 0) for e in reply.refined.edges]
         try:
             with self.store.transaction():
+                if reply.refined is not None:
+                    # A page of another release than the one held starts that release: the old one goes.
+                    held = refined_release_of(state.refined_cursor(self.store))[0]
+                    self.store.put_refined(refined, fresh=held != refined_release_of(reply.refined_cursor)[0])
+                    state.set_refined_cursor(self.store, reply.refined_cursor)
                 if self._brain is not None:
                     self._brain.apply_consolidated(patterns, transitions, pairs=pairs)  # type: ignore[attr-defined]
                 else:
@@ -288,21 +298,24 @@ class SyncAgent:
             # A value this store refuses (a constraint): the page cannot be stored, now or ever. Skip it
             # (the cursor moves past it) so that it never blocks the pulls after it.
             state.set_cursor(self.store, reply.cursor)
-            skipped = len(patterns) + len(transitions) + len(pairs)
+            if reply.refined is not None:
+                state.set_refined_cursor(self.store, reply.refined_cursor)
+            skipped = len(patterns) + len(transitions) + len(pairs) + len(refined)
             report.skipped_items += skipped
             report.errors.append(f"skipped a pulled page of {skipped} item(s) this TV cannot store: {exc}")
             log.warning("skipped a pulled page (cursor %d) this TV cannot store: %s", reply.cursor, exc)
             report.cursor = reply.cursor
             return
         report.pulled_patterns += len(patterns)
-        report.pulled_edges += len(transitions) + len(pairs)
+        report.pulled_edges += len(transitions) + len(pairs) + len(refined)
         report.cursor = reply.cursor
 
     async def _pull(self, report: SyncReport) -> None:
         report.cursor = state.cursor(self.store)
         for _ in range(self.config.max_pull_pages):
             answer, _, down = await self._exchange(
-                Pull(since=report.cursor, max_bytes=self.config.pull_max_bytes), report
+                Pull(since=report.cursor, max_bytes=self.config.pull_max_bytes,
+                     refined_since=state.refined_cursor(self.store) or REFINED_WANTED), report
             )
             if not isinstance(answer.body, PullReply):
                 raise SyncFailed(f"server answered a pull with {answer.kind}", code="malformed", report=report)

@@ -15,6 +15,7 @@ from omega.protocol import DEVICE_ID_BYTES, ProtocolError, parse_token
 
 SEQ_KEY = "sync.seq"
 CURSOR_KEY = "sync.cursor"
+REFINED_KEY = "sync.refined_cursor"
 DEVICE_ID_KEY = "sync.device_id"
 TOKEN_KEY = "sync.token"
 TIER_KEY = "sync.tier"
@@ -60,6 +61,17 @@ def set_cursor(store: BrainStore, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U64:
         raise OmegaError(f"pull cursor must be a uint64, got {value!r}")
     store.set_state(CURSOR_KEY, str(value))
+
+
+def refined_cursor(store: BrainStore) -> int:
+    """Where this TV stands in the cloud's refined-neighbour release (0: nothing pulled yet)."""
+    return _read_int(store, REFINED_KEY)
+
+
+def set_refined_cursor(store: BrainStore, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U64:
+        raise OmegaError(f"refined cursor must be a uint64, got {value!r}")
+    store.set_state(REFINED_KEY, str(value))
 
 
 def parse_device_id(text: str) -> bytes:

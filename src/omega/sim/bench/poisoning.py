@@ -4,8 +4,8 @@ The scenario of issue 14: h honest TVs watched a source item S and then some of 
 titles (popularity Zipf-like, as real viewing is), each pushing the transitions a TV's brain
 learns (S→a, S→b at half weight, a→b); s sybil ids push one edge S→T at the per-device cap on
 five consecutive days. Everything goes through a real `Aggregator` over a real SQLite store,
-and a real `Brain` that watched S merges what the constellation publishes (as its sync would)
-and ranks with `Brain.recommend`.
+and a real `Brain` that watched S merges what the constellation publishes and the refined
+neighbours it computes from that (as its sync would) and ranks with `Brain.recommend`.
 
 Per (h, s) it reports the target's rank on the victim (1-based, null when not among the top
 `RANKED`), its share of the published weight out of S, and whether it outranks any title that
@@ -30,8 +30,9 @@ from omega.brain.records import CatalogItem, TransitionStat, ViewingContext
 from omega.constellation.aggregation import DAY_MS, AggregationPolicy, Aggregator
 from omega.constellation.codebook import placeholder_codebook
 from omega.constellation.crdt import ConsolidatedEdge
+from omega.constellation.item_graph import refine
 from omega.constellation.store import open_store
-from omega.protocol import EMBEDDING_DIM, Keyspace
+from omega.protocol import EMBEDDING_DIM, WEIGHT_SCALE, Keyspace
 
 HONEST = (30, 100)
 SYBILS = (1, 3, 5, 10)
@@ -116,6 +117,9 @@ async def _one_run(h: int, s: int, catalog: Catalog, workdir: Path, seed: int, h
         transitions = [TransitionStat(e.src, e.dst, e.weight, e.support) for e in published if e.keyspace == Keyspace.ITEM]
         pairs = [TransitionStat(e.src, e.dst, e.weight, e.support) for e in published if e.keyspace == Keyspace.PAIR]
         victim.apply_consolidated([], transitions, pairs=pairs)
+        # And the refined neighbours the shard computes from what it publishes (its daily job).
+        found = refine([(p.src, p.dst, p.count) for p in pairs], [(t.src, t.dst, t.count) for t in transitions])
+        victim.store.put_refined([TransitionStat(n.src, n.dst, n.steps / WEIGHT_SCALE, 0) for n in found], fresh=True)
         recs = victim.recommend(VICTIM_CONTEXT, k=RANKED)
     finally:
         victim.close()

@@ -74,25 +74,29 @@ TIES = "seeded shuffle"
 def _without(config: BrainConfig, *parts: str, **changes: Any) -> BrainConfig:
     """The config with the named score parts switched off (weight 0)."""
     names = {"local": "w_local_transition", "global": "w_global_transition", "pair": "w_global_pair",
-             "content": "w_content", "pattern": "w_pattern", "consolidated": "w_consolidated"}  # fmt: skip
+             "refined": "w_refined", "content": "w_content", "pattern": "w_pattern",
+             "consolidated": "w_consolidated"}  # fmt: skip
     return replace(config, **{names[p]: 0.0 for p in parts}, **changes)
 
 
 def edge_only_config(config: BrainConfig) -> BrainConfig:
     """What a TV knows without sync: nothing pulled is used."""
-    return _without(config, "global", "pair", "consolidated", popular_k=0)
+    return _without(config, "global", "pair", "refined", "consolidated", popular_k=0)
 
 
 def ablation_configs(config: BrainConfig) -> dict[str, BrainConfig]:
     """Rows that each add or remove one part that is active in a synced fleet (local transitions are not
     a row: they only point at watched items, which the TV excludes)."""
-    content = _without(config, "local", "global", "pair", "pattern", "consolidated", popular_k=0)
+    content = _without(config, "local", "global", "pair", "refined", "pattern", "consolidated", popular_k=0)
     return {
         "content": content,
         "content+patterns": replace(content, w_pattern=config.w_pattern),
         "content+edges": replace(content, w_global_transition=config.w_global_transition),
         "content+edges+pairs": replace(content, w_global_transition=config.w_global_transition,
                                        w_global_pair=config.w_global_pair),  # fmt: skip
+        "content+edges+pairs+refined": replace(content, w_global_transition=config.w_global_transition,
+                                               w_global_pair=config.w_global_pair, w_refined=config.w_refined),
+        "shipped without refined neighbours": _without(config, "refined"),
         "shipped without popular pool": replace(config, popular_k=0),
         "shipped without patterns": _without(config, "pattern"),
         "shipped without consolidated": _without(config, "consolidated"),
@@ -106,6 +110,7 @@ def tuning_grid(config: BrainConfig) -> dict[str, BrainConfig]:
     settings that change what a TV learns would need a replay each and are not in it)."""
     axes: dict[str, tuple[Any, ...]] = {
         "w_global_pair": (1.0, 2.0, 3.0, 4.0),
+        "w_refined": (0.0, 0.5, 1.0, 2.0, 3.0),
         "w_content": (0.0, 0.02, 0.05, 0.1),
         "recent_decay": (0.5, 0.6, 0.7, 0.8),
         "recent_items": (5, 10, 20),
@@ -241,6 +246,7 @@ async def _run(
         stage("score TVs", 2, 2)
         meter.mark("edge_eval_s", t0)
         held = [len(tv.brain.store.consolidated()) for tv in fleet_tvs]
+        refined_held = [tv.brain.store.stats().get("refined_neighbours", 0) for tv in fleet_tvs]
         overlap = after_overlap(fleet_tvs[0], split) if fleet_tvs else None
         grid: dict[str, Any] = {}
         if validation:
@@ -326,6 +332,8 @@ async def _run(
         "versus_best": against_best,
         "after_overlap_with_itemknn": overlap,
         "consolidated_patterns_per_tv": float(np.mean(held)) if held else 0.0,
+        "refined_neighbours": {"released": len(fleet.service.refined.items),
+                               "per_tv": float(np.mean(refined_held)) if refined_held else 0.0},
         "upload_bytes_per_tv": {"mean": float(up.mean()) if up.size else 0.0, "p95": float(np.percentile(up, 95)) if up.size else 0.0},
         "push_bytes_p50": float(np.median(push_sizes)) if push_sizes else 0.0,
         "pushes": len(push_sizes),

@@ -76,7 +76,7 @@ _ALLOWED = {
     },  # fmt: skip
     # src as deltas, dst, weight on the 1/16 grid; `support` is the cloud's and must stay empty uplink
     "TransitionBatch": {"keyspace", "codebook_version", "src_delta", "dst", "weight"},
-    "Pull": {"since", "max_bytes", "codebook_version"},
+    "Pull": {"since", "max_bytes", "codebook_version", "refined_since"},
     "Heartbeat": {"tier", "outbox", "patterns"},
 }
 

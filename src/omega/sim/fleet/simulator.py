@@ -173,6 +173,7 @@ class Fleet:
         self.url: str | None = None
         self._http: httpx.AsyncClient | None = None
         self._lifespan: contextlib.AsyncExitStack | None = None
+        self._refined_at = -1  # the store head the refined release was last computed at
 
     @classmethod
     async def open(
@@ -364,6 +365,13 @@ class Fleet:
         and merge them into the same tables. The first such TV, and the first after a push, pull for real.
         """
         chosen = list(self.tvs.values() if tvs is None else tvs)
+        # The shard's periodic refinement job (hourly on a real server, on the wall clock) runs at a full
+        # catch-up, on what is published then: the replay's simulated years would otherwise see it never
+        # or constantly. A catch-up of a few TVs (cold start) pulls the release as it stands.
+        head = self.service.head
+        if (tvs is None or not self.service.refined.release) and head != self._refined_at:
+            await self.service.refined.refresh()
+            self._refined_at = head
         reference: tuple[TV, int] | None = None  # a TV that pulled everything from cursor 0, and the head then
         for done, tv in enumerate(chosen, 1):
             head = self.service.head
@@ -372,6 +380,7 @@ class Fleet:
                 tv.brain.copy_pulled(source.brain)  # its own transaction (SQLite attaches outside one)
                 with tv.brain.store.transaction():
                     state.set_cursor(tv.brain.store, state.cursor(source.brain.store))
+                    state.set_refined_cursor(tv.brain.store, state.refined_cursor(source.brain.store))
                 tv.deferred = False
             else:
                 from_zero = tv.deferred
