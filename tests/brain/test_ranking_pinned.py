@@ -32,9 +32,10 @@ from omega.brain.records import (
 from omega.brain.records import ViewingContext as Ctx
 
 N_ITEMS, N_CLUSTERS, N_PATTERNS = 1500, 30, 600
-#: The config the lists were pinned with: the shipped one with the raw pairs read (w 3) and no refined
-#: neighbours (the fixture holds none), so every part this fixture fills takes part in the ranking.
-PINNED_CONFIG = BrainConfig(w_global_pair=3.0, w_refined=0.0)
+#: The config the lists were pinned with: the shipped one as it was pinned (raw pairs read at w 3, no refined
+#: neighbours: the fixture holds none; pattern threshold 0.85, consolidated w 0.05), so every part this fixture
+#: fills takes part in the ranking.
+PINNED_CONFIG = BrainConfig(w_global_pair=3.0, w_refined=0.0, pattern_match_threshold=0.85, w_consolidated=0.05)
 
 
 def _unit(m: np.ndarray) -> np.ndarray:

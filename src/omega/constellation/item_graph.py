@@ -37,7 +37,15 @@ import numpy as np
 
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.errors import OmegaError
-from omega.protocol import MAX_TRANSITIONS, SUPPORT_FLOOR_C, WEIGHT_SCALE, Keyspace, refined_release_of
+from omega.protocol import (
+    MAX_TRANSITIONS,
+    SUPPORT_FLOOR_C,
+    WEIGHT_SCALE,
+    Keyspace,
+    Transition,
+    TransitionBatch,
+    refined_release_of,
+)
 from omega.protocol import refined_cursor as make_cursor
 
 #: the ridge, as a multiple of the mean degree. Validation (200 viewers, bench/results/refine-grid-validation.json):
@@ -163,6 +171,8 @@ class RefinedRelease:
         self.release = 0  # 0: nothing computed yet
         self.items: list[Neighbour] = []
         self._lock = asyncio.Lock()
+        # Pages by (start, end): every TV walks the same boundaries for a budget, so each is built once.
+        self._pages: dict[tuple[int, int], TransitionBatch] = {}
 
     async def refresh(self) -> int:
         """Recompute from what is published now; returns the release id (a content hash, never 0)."""
@@ -175,11 +185,12 @@ class RefinedRelease:
             items = await asyncio.to_thread(refine, pairs, edges, lam=self._lam, neighbours=self._neighbours)
             packed = b"".join(struct.pack("<IIB", n.src, n.dst, n.steps) for n in items)
             self.items, self.release = items, (zlib.crc32(packed) or 1) if items else 0
+            self._pages = {}
             return self.release
 
-    def page(self, since: int, max_bytes: int) -> tuple[list[Neighbour], int, bool] | None:
-        """Neighbours after `since` (a cursor of another release: from the start) within ~max_bytes, the
-        cursor after them and whether more follow; None when the TV holds the whole release."""
+    def page(self, since: int, max_bytes: int) -> tuple[TransitionBatch, int, bool] | None:
+        """Neighbours after `since` (a cursor of another release: from the start) within ~max_bytes as a
+        REFINED batch, the cursor after them and whether more follow; None when the TV holds the whole release."""
         if not self.items or since == 0:  # 0: a client that does not take refined neighbours
             return None
         release, position = refined_release_of(since)
@@ -188,4 +199,8 @@ class RefinedRelease:
             return None
         count = max(1, min(MAX_TRANSITIONS, max_bytes // NEIGHBOUR_WIRE_BYTES))
         end = min(len(self.items), start + count)
-        return self.items[start:end], make_cursor(self.release, end), end < len(self.items)
+        batch = self._pages.get((start, end))
+        if batch is None:
+            edges = tuple(Transition(n.src, n.dst, n.steps / WEIGHT_SCALE, 0) for n in self.items[start:end])
+            batch = self._pages[(start, end)] = TransitionBatch(Keyspace.REFINED, edges)
+        return batch, make_cursor(self.release, end), end < len(self.items)

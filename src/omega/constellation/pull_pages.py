@@ -85,12 +85,10 @@ class PageBuilder:
             cut = max(1, min(cut - 1, int(cut * budget / size)))
 
     @staticmethod
-    def refined(cursor: int, items: list, refined_cursor: int, budget: int) -> PullReply:
+    def refined(cursor: int, batch: TransitionBatch, refined_cursor: int) -> PullReply:
         """A page of the refined-neighbour release, sent instead of consolidated changes (`cursor` unchanged,
         more = True: the changes follow). Sized by the release (`NEIGHBOUR_WIRE_BYTES` each), not cut here."""
-        edges = tuple(Transition(n.src, n.dst, n.steps / WEIGHT_SCALE, 0) for n in items)
-        return PullReply(cursor=int(cursor), more=True, refined=TransitionBatch(Keyspace.REFINED, edges),
-                         refined_cursor=int(refined_cursor))  # fmt: skip
+        return PullReply(cursor=int(cursor), more=True, refined=batch, refined_cursor=int(refined_cursor))
 
     def blob(self, reply: PullReply) -> bytes:
         return encode_frame(Frame(_ZERO_ID, 0, 0, reply), self._page_key, compress=False, max_size=1 << 20)

@@ -340,7 +340,7 @@ class SyncService:
         budget = max(MIN_PULL_BYTES, min(pull.max_bytes, self.settings.pull_max_bytes))
         found = self.refined.page(pull.refined_since, budget - 64)
         if found is not None:  # a TV behind on the refined release gets it first, then the changes
-            return self.page_builder.refined(pull.since, found[0], found[1], budget), None
+            return prepare_body(self.page_builder.refined(pull.since, found[0], found[1]))
         head = self._pull_head()
         if pull.since >= head and head > 0:
             # Already at the newest change this worker serves: nothing to read. (Another worker's

@@ -12,7 +12,7 @@ from omega.constellation.crdt import ConsolidatedEdge
 from omega.progress import Stage
 from omega.protocol import Keyspace, derive_device_key
 from omega.sim.evaluation import cell_granularity as cg
-from omega.sim.evaluation.scoring import published_edges, published_state, score_tvs
+from omega.sim.evaluation.scoring import published_edges, published_state, refined_state, score_tvs
 from omega.sim.evaluation.split import Split
 from omega.sim.evaluation.wire_audit import TappedFrame
 from omega.sim.fleet.simulator import TV, Fleet
@@ -29,7 +29,8 @@ async def privacy_table(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """NDCG@10 of the shipped ranking (`Brain.rank` over another published set) for each k_min, from the
     same constellation's published sets: "item" (ordered item edges alone) and "item+pair" (with the
-    unordered pairs; derived by the constellation, so both cost a TV the same upload). "item+cell<N>"
+    unordered pairs and the refined neighbours computed from them; derived by the constellation, so both
+    cost a TV the same upload). "item+cell<N>"
     rows give what cell-keyed edges (codebook cells of N centroids) would cost and publish: an offline
     re-keying of the tapped pushes with the constellation's rule (`omega.sim.evaluation.cell_granularity`),
     their upload those pushes re-encoded; a TV has no cell ranking path, so they carry no NDCG."""
@@ -61,7 +62,9 @@ async def privacy_table(
         base = {"upload_bytes_per_tv_mean": float(up.mean()) if up.size else 0.0}
         for name, with_pairs in (("item", False), ("item+pair", True)):
             state = published_state(edges, with_pairs=with_pairs)
-            scored = score_tvs(fleet, split, rows_by_user, when, published=state)
+            # Each published set with the refined neighbours its own pairs give (none without pairs).
+            refined = refined_state(edges if with_pairs else [])
+            scored = score_tvs(fleet, split, rows_by_user, when, published=state, refined=refined)
             out.append({"granularity": name, **common, "published_pairs": n_pairs if with_pairs else 0,
                         **scored.summary(), **base})  # fmt: skip
         for n, c in cells_by_size.items():
@@ -102,7 +105,8 @@ async def epsilon_table(
             extra = {"epsilon": eps, "delta": DP_DELTA, "noise_scale": round(release.scale, 3),
                      "threshold": release.threshold, "max_keys_per_tv_day": release.max_keys}  # fmt: skip
         n_pairs = sum(e.keyspace == Keyspace.PAIR for e in edges)
-        scored = score_tvs(fleet, split, rows_by_user, when, published=published_state(edges))
+        scored = score_tvs(fleet, split, rows_by_user, when, published=published_state(edges),
+                           refined=refined_state(edges))  # fmt: skip
         out.append({**extra, "published_edges": len(edges) - n_pairs, "published_pairs": n_pairs, **scored.summary()})
     stage("privacy table (ε)", len(EPSILON_TABLE), len(EPSILON_TABLE))
     return out

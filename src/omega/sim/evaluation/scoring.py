@@ -12,7 +12,7 @@ from omega.brain.config import BrainConfig
 from omega.brain.recommender import Published, TransitionLookup
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.errors import OmegaError
-from omega.protocol import Keyspace
+from omega.protocol import WEIGHT_SCALE, Keyspace
 from omega.sim.evaluation.metrics import ndcg_values, paired_bootstrap, summarise
 from omega.sim.evaluation.split import Split
 from omega.sim.fleet.simulator import Fleet
@@ -92,3 +92,20 @@ def published_state(edges: list[ConsolidatedEdge], *, with_pairs: bool = True) -
         return lambda srcs: {s: table[s] for s in srcs if s in table}
 
     return lookup(rows), lookup(pairs), (lambda: popular)
+
+
+def refined_state(edges: list[ConsolidatedEdge]) -> TransitionLookup:
+    """The refined neighbours a shard would release from `edges` (`omega.constellation.item_graph.refine` over
+    their pairs), as a TV reads them: so a what-if published set is ranked with its own refined neighbours."""
+    from omega.constellation.item_graph import refine
+
+    found = refine(
+        [(e.src, e.dst, e.support) for e in edges if e.keyspace == Keyspace.PAIR],
+        [(e.src, e.dst, e.support) for e in edges if e.keyspace == Keyspace.ITEM],
+    )
+    table: dict[int, list[tuple[int, float]]] = {}
+    for n in found:
+        table.setdefault(n.src, []).append((n.dst, n.steps / WEIGHT_SCALE))
+    for row in table.values():
+        row.sort(key=lambda t: (-t[1], t[0]))
+    return lambda srcs: {s: table[s] for s in srcs if s in table}
