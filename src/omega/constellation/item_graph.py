@@ -49,7 +49,7 @@ from omega.protocol import (
 from omega.protocol import refined_cursor as make_cursor
 
 #: the ridge, as a multiple of the mean degree. Validation (200 viewers, bench/results/refine-grid-validation.json):
-#: NDCG@10 0.0565 / 0.0546 / 0.0545 / 0.0528 at 0.02 / 0.05 / 0.1 / 0.5 (flat below 0.1, the degree on the
+#: NDCG@10 0.0565 / 0.0546 / 0.0545 / 0.0527 at 0.02 / 0.05 / 0.1 / 0.5 (flat below 0.1, the degree on the
 #: diagonal already regularises); 0.05 is the middle of the flat part.
 DEFAULT_LAMBDA = 0.05
 #: neighbours shipped per item (validation: 20 vs 50 within noise, 0.0535 vs 0.0545 at λ 0.1; 20 is 2.5× less to pull)

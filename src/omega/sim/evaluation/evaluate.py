@@ -84,6 +84,10 @@ def edge_only_config(config: BrainConfig) -> BrainConfig:
     return _without(config, "global", "pair", "refined", "consolidated", popular_k=0)
 
 
+#: the raw pairs' weight before the refined neighbours replaced them (their row in the ablation)
+RAW_PAIR_WEIGHT = 3.0
+
+
 def ablation_configs(config: BrainConfig) -> dict[str, BrainConfig]:
     """Rows that each add or remove one part that is active in a synced fleet (local transitions are not
     a row: they only point at watched items, which the TV excludes)."""
@@ -92,10 +96,11 @@ def ablation_configs(config: BrainConfig) -> dict[str, BrainConfig]:
         "content": content,
         "content+patterns": replace(content, w_pattern=config.w_pattern),
         "content+edges": replace(content, w_global_transition=config.w_global_transition),
-        "content+edges+pairs": replace(content, w_global_transition=config.w_global_transition,
-                                       w_global_pair=config.w_global_pair),  # fmt: skip
-        "content+edges+pairs+refined": replace(content, w_global_transition=config.w_global_transition,
-                                               w_global_pair=config.w_global_pair, w_refined=config.w_refined),
+        "content+edges+raw pairs": replace(content, w_global_transition=config.w_global_transition,
+                                           w_global_pair=RAW_PAIR_WEIGHT),
+        "content+edges+refined": replace(content, w_global_transition=config.w_global_transition,
+                                         w_refined=config.w_refined),
+        "shipped with raw pairs instead of refined": replace(config, w_global_pair=RAW_PAIR_WEIGHT, w_refined=0.0),
         "shipped without refined neighbours": _without(config, "refined"),
         "shipped without popular pool": replace(config, popular_k=0),
         "shipped without patterns": _without(config, "pattern"),
