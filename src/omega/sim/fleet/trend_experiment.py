@@ -7,8 +7,8 @@ set to the window, so a device can contribute to a cell once per window, which
 is exactly what "distinct devices per window" counts).
 
 Catalog: `n_cells` well separated topics of `items_per_cell` random unit vectors
-(cosine ≈ 0.8 to the topic centre, ≈ 0.64 between two items — below the brain's
-pattern-match threshold, so every newly watched item founds its own pattern),
+(cosine ≈ 0.8 to the topic centre, ≈ 0.64 between two items — below the pattern-match
+threshold the experiment sets, 0.85, so every newly watched item founds its own pattern),
 and a codebook of `n_cells` cells built on them. The brains push any successful
 pattern (high_quality_min_uses = 1), so one 5★ viewing of an item in a cell makes
 that TV contribute to that cell at its next sync.
@@ -90,7 +90,8 @@ async def _run(
 ) -> dict[str, object]:
     rng = np.random.default_rng(seed)
     items, matrix = _catalog_around_cells(n_cells, items_per_cell, rng)
-    brain_config = BrainConfig(high_quality_min_uses=1)
+    # Item-level patterns (0.85 > the ≈ 0.64 between two items of a topic): each viewing founds its own.
+    brain_config = BrainConfig(high_quality_min_uses=1, pattern_match_threshold=0.85)
     catalog = Catalog.from_vectors(items, matrix, brain_config)
     codebook = build_codebook(matrix, k=n_cells, seed=seed)
     assigned = codebook.assign(matrix)
