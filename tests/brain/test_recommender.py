@@ -119,7 +119,7 @@ def test_refined_neighbours_propose_score_and_explain(tmp_path, embedder, catalo
     a new release replaces the old one whole."""
     alien, fargo, amelie, up, shrek = (BY_TITLE[t] for t in ("Alien", "Fargo", "Amelie", "Up", "Shrek"))
     with make_brain(tmp_path, embedder, catalog, candidates_k=3, diversity_lambda=1.0, w_pattern=0.0,
-                    popular_k=0) as brain:  # fmt: skip
+                    popular_k=0, w_refined=1.0, w_global_pair=0.0) as brain:  # fmt: skip
         brain.on_user_action(fargo, watch_fraction=0.9, started_at=1.0)
         brain.on_user_action(alien, watch_fraction=0.9, started_at=2.0)
         assert amelie not in brain.rank(CTX, k=3).pool

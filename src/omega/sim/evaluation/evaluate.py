@@ -84,8 +84,9 @@ def edge_only_config(config: BrainConfig) -> BrainConfig:
     return _without(config, "global", "pair", "refined", "consolidated", popular_k=0)
 
 
-#: the raw pairs' weight before the refined neighbours replaced them (their row in the ablation)
+#: the raw pairs' weight and the refined neighbours' weight validated in their place (their ablation rows)
 RAW_PAIR_WEIGHT = 3.0
+REFINED_WEIGHT = 1.0
 
 
 def ablation_configs(config: BrainConfig) -> dict[str, BrainConfig]:
@@ -99,9 +100,9 @@ def ablation_configs(config: BrainConfig) -> dict[str, BrainConfig]:
         "content+edges+raw pairs": replace(content, w_global_transition=config.w_global_transition,
                                            w_global_pair=RAW_PAIR_WEIGHT),
         "content+edges+refined": replace(content, w_global_transition=config.w_global_transition,
-                                         w_refined=config.w_refined),
-        "shipped with raw pairs instead of refined": replace(config, w_global_pair=RAW_PAIR_WEIGHT, w_refined=0.0),
-        "shipped without refined neighbours": _without(config, "refined"),
+                                         w_refined=REFINED_WEIGHT),
+        "shipped with refined instead of raw pairs": replace(config, w_global_pair=0.0, w_refined=REFINED_WEIGHT),
+        "shipped without pairs": _without(config, "pair"),
         "shipped without popular pool": replace(config, popular_k=0),
         "shipped without patterns": _without(config, "pattern"),
         "shipped without consolidated": _without(config, "consolidated"),
@@ -329,6 +330,7 @@ async def _run(
         "items": split.n_items,
         "train_viewings": len(events),
         "k_min": k_min,
+        "window_epochs": fleet.config.window_epochs,
         "seed": seed,
         "methods": methods,
         "best_centralised": best,

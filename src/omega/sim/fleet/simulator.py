@@ -45,7 +45,7 @@ import heapq
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -86,6 +86,11 @@ class FleetConfig:
     """How the simulated fleet is built and synced."""
 
     k_min: int = DEFAULT_K_MIN
+    #: Epochs (days) a contribution counts for (the server's AggregationPolicy.window_epochs, 30 when
+    #: served). A replay runs MovieLens's 22 years through the simulated clock, and most viewers rated
+    #: within a few days: with 30 days only the viewers of the data's last month would be published,
+    #: where a live fleet's viewers watch at the same time. The maximum keeps every replayed viewing.
+    window_epochs: int = 3650
     #: share of premium, active and casual TVs
     tier_mix: tuple[float, float, float] = (0.2, 0.5, 0.3)
     #: the shipped TV defaults: the fleet measures the brain a TV runs
@@ -215,6 +220,7 @@ class Fleet:
             raise
         fleet.service = shard.service
         fleet.aggregator = shard.service.aggregator
+        fleet.aggregator.policy = replace(fleet.aggregator.policy, window_epochs=cfg.window_epochs)
         return fleet
 
     def clock(self) -> float:
