@@ -87,9 +87,9 @@ class BrainConfig:
     w_local_transition: float = 0.6
     #: published ordered edges ("viewers who watched A watched B next")
     w_global_transition: float = 1.0
-    #: published unordered pairs, read raw: off, since the refined neighbours learned from the same pairs do
-    #: better (validation, 200 viewers: raw pairs at 3 without refined 0.0475, refined without raw pairs 0.0546,
-    #: both at 2 0.0513, bench/results/refine-grid-validation.json; beside refined at 3, pairs at 1..4 lower it)
+    #: published unordered pairs, read raw (reach k_min TVs far more often than ordered edges). On validation
+    #: (200 viewers) the refined neighbours learned from the same pairs did better (raw pairs at 3 0.0475,
+    #: refined without raw pairs 0.0546, both at 2 0.0513; bench/results/refine-grid-validation.json).
     #: The full test run (610 viewers, bench/results/eval-ml-latest-small.json) did not confirm the refined
     #: neighbours: raw pairs 0.0473 vs refined 0.0451 in the same run (within noise), so raw pairs stay shipped.
     w_global_pair: float = 3.0
