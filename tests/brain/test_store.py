@@ -469,3 +469,17 @@ def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: Br
     assert store.global_pairs_from(7) == [TransitionStat(7, 2, 1.0, 3)]
     assert store.global_transitions_from(1) == []  # pairs are not ordered edges
     assert [(t.src, t.dst) for t in store.all_global_pairs()] == [(1, 2), (2, 1), (2, 7), (7, 2)]
+
+
+def test_the_page_cache_can_be_bounded_and_nonsense_sizes_are_one_clear_error(tmp_path: Path):
+    store = BrainStore(tmp_path / "tv.db")
+    try:
+        assert store._query("PRAGMA cache_size")[0][0] == -2000  # SQLite's default, kept by a TV
+        store.limit_cache(256)
+        assert store._query("PRAGMA cache_size")[0][0] == -256
+        for bad in (0, 15, -5, True, 2.5, "256"):
+            with pytest.raises(OmegaError, match="cache size must be an integer of at least 16 KiB"):
+                store.limit_cache(bad)  # type: ignore[arg-type]
+        assert store._query("PRAGMA cache_size")[0][0] == -256
+    finally:
+        store.close()

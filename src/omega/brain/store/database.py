@@ -121,6 +121,14 @@ class Database:
         found = self._query(sql, params)
         return found[0][0] if found else None
 
+    def limit_cache(self, kib: int) -> None:
+        """Bound this connection's page cache to `kib` KiB (SQLite's default is 2 MiB): the fleet simulator
+        holds hundreds of brains in one process, where the caches were most of its memory."""
+        if isinstance(kib, bool) or not isinstance(kib, int) or kib < 16:
+            raise OmegaError(f"cache size must be an integer of at least 16 KiB, got {kib!r}")
+        with self._lock:
+            self._conn().execute(f"PRAGMA cache_size = -{kib}")
+
     # ------------------------------------------------------------------ inspection
 
     def schema_version(self) -> int:

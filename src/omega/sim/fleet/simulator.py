@@ -111,6 +111,9 @@ class FleetConfig:
     #: decoding the same pages again (identical tables, tested); the per-TV decode was O(TVs x published
     #: edges): at 610 TVs ~18M edges decoded and merged, most of the fleet's time and its RSS.
     copy_catch_up: bool = True
+    #: Each simulated TV's SQLite page cache, KiB (`Database.limit_cache`; a TV alone keeps SQLite's 2 MiB).
+    #: Measured at 100 TVs: SQLite held 0.72 of the 1.13 MB each simulated TV added to the process.
+    brain_cache_kib: int = 256
 
     def __post_init__(self) -> None:
         if len(self.tier_mix) != 3 or min(self.tier_mix) < 0 or sum(self.tier_mix) <= 0:
@@ -252,6 +255,7 @@ class Fleet:
             self.workdir / f"{name or f'tv-{user}'}.db", embedder=self.embedder, catalog=self.catalog,
             config=self.config.brain, synchronous="NORMAL",
         )  # fmt: skip
+        brain.store.limit_cache(self.config.brain_cache_kib)
         sync = sync or self.config.sync
         agent = SyncAgent(
             brain, server_url=self.url or "http://127.0.0.1", device_id=device_id, token=self.token_for(device_id),
