@@ -12,6 +12,9 @@ import pytest
 from omega.constellation.aggregation import Aggregator
 from omega.constellation.crdt import CellKey, ConsolidatedCell, FederatedState
 from omega.constellation.store import open_store
+from omega.constellation.store.base import KIND_CELL
+from omega.constellation.store.pg_engine import KEY_LOCK_CLASS
+from omega.constellation.store.postgres import _bucket
 from omega.constellation.store.pg_schema import SCHEMA_VERSION
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM
@@ -87,6 +90,54 @@ async def test_an_acknowledged_push_is_committed(pg_database, codebook) -> None:
                 assert await watcher.fetchval("SELECT seq FROM omega_head") == res.cursor
         finally:
             await watcher.close()
+    finally:
+        await store.close()
+
+
+@postgres
+async def test_push_groups_wait_only_for_the_keys_they_touch(pg_database, codebook) -> None:
+    """Two workers' push groups run at once unless they touch the same key (no store-wide writer lock)."""
+    a = await Aggregator.open(await open_store(pg_database, origin="shard"), codebook, SALT)
+    b = await Aggregator.open(await open_store(pg_database, origin="shard"), codebook, SALT)
+    holder = await asyncpg.connect(pg_database)
+    try:
+        await a.apply(device(1), b"a", [pattern(near(codebook, 3, 1))], [], NOW)
+        task_type, cell = await holder.fetchrow("SELECT task_type, cell FROM omega_cell_state")
+        tx = holder.transaction()
+        await tx.start()  # a third worker's group, in the middle of its work on that cell
+        await holder.execute("SELECT pg_advisory_xact_lock($1, $2)", KEY_LOCK_CLASS, _bucket(KIND_CELL, task_type, cell, 0))
+        same = asyncio.create_task(a.apply(device(2), b"b", [pattern(near(codebook, 3, 2))], [], NOW))
+        await asyncio.sleep(0.3)
+        other = await asyncio.wait_for(b.apply(device(3), b"c", [pattern(near(codebook, 9, 3))], [], NOW), 10)
+        assert other.accepted == 1 and other.cursor == 2
+        assert not same.done()  # the same cell: waits for the other group's COMMIT
+        await tx.rollback()
+        assert (await asyncio.wait_for(same, 10)).cursor == 3  # numbered in commit order, no gap
+    finally:
+        await holder.close()
+        for agg in (a, b):
+            await agg.store.close()
+
+
+@postgres
+async def test_a_group_that_fails_in_sql_is_reapplied_push_by_push(pg_database, codebook) -> None:
+    """A statement failing in a group's set-based path: every push of the group is applied alone instead."""
+    store = await open_store(pg_database, origin="shard")
+    try:
+        agg = await Aggregator.open(store, codebook, SALT)
+        grouped = store._apply_group  # noqa: SLF001 - the real method, made to fail once
+
+        async def failing(conn, pushes):
+            await conn.execute("SELECT 1/0")  # what any error in SQL does to the group's transaction
+            return await grouped(conn, pushes)
+
+        store._engine._apply_group = failing  # noqa: SLF001
+        results = await asyncio.gather(*(
+            agg.apply(device(d), b"x", [pattern(near(codebook, d % 4, d))], [(0, d, d + 1, 1.0)], NOW) for d in range(6)
+        ))  # fmt: skip
+        assert [r.accepted for r in results] == [2] * 6
+        stats = await store.stats()
+        assert stats.push_keys == 6 and stats.contributions == 12 and stats.head == 12
     finally:
         await store.close()
 

@@ -281,6 +281,52 @@ def accumulate(
     return out
 
 
+class GroupWrites:
+    """The rows of a group of pushes, merged per key in push order, so each table is written once per group.
+
+    Cell states replace (the last wins), edge and served increments add up, member marks replace.
+
+    Change numbers here are relative to the group's start; `shifted` adds the head once the group holds it.
+    """
+
+    def __init__(self) -> None:
+        self.cells: dict[tuple[int, int], tuple] = {}  # own accumulator rows: the last one replaces
+        self.edges: dict[tuple[int, int, int], list] = {}  # [origin, weight added, support added, version]
+        self.served: dict[tuple[int, int, int, int], list] = {}  # [seq, support added]
+        self.members: dict[tuple, int] = {}  # member row -> epoch mark (the last one replaces)
+        self.log: list[tuple] = []
+
+    def add(self, w: PushWrites) -> None:
+        for row in w.cell_states:
+            self.cells[(row[1], row[2])] = row
+        for origin, ks, src, dst, weight, support, version in w.edge_increments:
+            acc = self.edges.get((ks, src, dst))
+            if acc is None:
+                self.edges[(ks, src, dst)] = [origin, weight, support, version]
+            else:
+                acc[1] += weight
+                acc[2] += support
+                acc[3] = version
+        for kind, k1, k2, k3, seq, support in w.served:
+            acc = self.served.get((kind, k1, k2, k3))
+            if acc is None:
+                self.served[(kind, k1, k2, k3)] = [seq, support]
+            else:
+                acc[0] = seq
+                acc[1] += support
+        for *key, epoch in w.members:
+            self.members[tuple(key)] = epoch
+        self.log += w.log
+
+    def shifted(self, base: int) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+        """(cell states, edge increments, served, dirty marks) with change numbers `base` + relative."""
+        cells = [(*row[:8], row[8] + base) for row in self.cells.values()]
+        edges = [(o, ks, src, dst, w, n, v + base) for (ks, src, dst), (o, w, n, v) in self.edges.items()]
+        served = [(*key, seq + base, n) for key, (seq, n) in self.served.items()]
+        dirty = [(k1, k2, seq) for kind, k1, k2, _, seq, _ in served if kind == KIND_CELL]
+        return cells, edges, served, dirty
+
+
 def _log_row(epoch: int, c: CellContribution) -> tuple:
     return (epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials,
             np.asarray(c.embedding, dtype="<f2").tobytes())  # fmt: skip

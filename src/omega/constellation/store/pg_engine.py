@@ -1,12 +1,23 @@
-"""The PostgreSQL store's connections: opening, snapshot reads, head-locked writes, group commit.
+"""The PostgreSQL store's connections: opening, snapshot reads, locked writes, group commit.
 
 Durability: every connection runs with `synchronous_commit = on`, and a push is
 resolved only after its COMMIT returned, i.e. after the commit record was
 flushed to the WAL (the server acks after that). The cost of the flush is
 shared by *group commit*, as in the SQLite store: one writer task per store
-takes every push waiting in its queue into one transaction, each under its own
-SAVEPOINT (a push that fails rolls back alone), commits once, then resolves
-them all.
+takes every push waiting in its queue into one transaction, commits once, then
+resolves them all.
+
+Locks (every writer takes them in this order, so writers never deadlock):
+1. the write lock (an advisory lock): push groups take it shared, every other
+   writer (`write`: merges, prunes, DP state, binding) exclusive;
+2. push groups only: the advisory locks of the key buckets they touch
+   (`KEY_LOCK_CLASS`, the keys' and push keys' buckets, in ascending order), so
+   two groups touching the same cell or edge read-modify-write it one after the
+   other while groups on other keys run at once;
+3. the head row (`omega_head`, `FOR UPDATE` / `UPDATE`), taken by a push group
+   only at the end, to number its changes, and held to its COMMIT: change
+   numbers are handed out in commit order (a reader never sees seq N+1
+   committed before seq N), so only that tail of the groups is serialised.
 """
 
 from __future__ import annotations
@@ -30,8 +41,15 @@ DEFAULT_POOL_SIZE = 4
 _CONNECT_TIMEOUT_S = 10.0
 _SESSION = {"synchronous_commit": "on", "application_name": "omega-constellation"}
 
+# Advisory lock ids (two-int4 form; the bigint-keyed locks of pg_schema.py live in another space).
+WRITE_LOCK = (0x4F4D4743, 3)  # shared by push groups, exclusive for every other writer
+KEY_LOCK_CLASS = 0x4F4D4744  # (class, bucket): one lock per key bucket
+KEY_BUCKETS = 1 << 16
+
 #: Applies one push inside the group's transaction: (connection, push, head) → (outcome, new head).
 ApplyOne = Callable[[asyncpg.Connection, PreparedPush, int], Awaitable[tuple[PushOutcome, int]]]
+#: Applies a whole group in one transaction (taking the locks above itself): one outcome or error per push.
+ApplyGroup = Callable[[asyncpg.Connection, list[PreparedPush]], Awaitable[list[PushOutcome | Exception]]]
 
 
 def redact(dsn: str) -> str:
@@ -96,12 +114,18 @@ class _PushJob:
 
 
 class PgEngine:
-    """A store's pool: `read` in one snapshot, `write` under the head lock, `push` group-committed."""
+    """A store's pool: `read` in one snapshot, `write` under the write and head locks, `push` group-committed.
 
-    def __init__(self, pool: asyncpg.Pool, apply_one: ApplyOne, name: str) -> None:
+    A push group runs `apply_group` (set-based: a few statements for the whole group); should that
+    fail on anything but the connection, the group is re-run push by push under savepoints with
+    `apply_one`, so a push that fails fails alone.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, apply_one: ApplyOne, apply_group: ApplyGroup, name: str) -> None:
         self.pool = pool
         self.closed = False
         self._apply_one = apply_one
+        self._apply_group = apply_group
         self._queue: asyncio.Queue[_PushJob | None] = asyncio.Queue()
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name=name)
 
@@ -116,11 +140,12 @@ class PgEngine:
             raise translate(exc) from None
 
     async def write(self, fn: Callable[[asyncpg.Connection, int], Awaitable[tuple[Any, int]]]) -> Any:
-        """Run `fn(conn, head)` in one transaction holding the head lock; it returns (value, new head)."""
+        """Run `fn(conn, head)` in one transaction holding the write and head locks; returns (value, new head)."""
         if self.closed:
             raise OmegaError("the store is closed")
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *WRITE_LOCK)
                 head = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1 FOR UPDATE")
                 value, new_head = await fn(conn, head)
                 if new_head != head:
@@ -164,6 +189,27 @@ class PgEngine:
                 late.future.set_exception(OmegaError("the store is closed"))
 
     async def _run_group(self, batch: list[_PushJob]) -> None:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                outcomes = await self._apply_group(conn, [job.push for job in batch])
+        except (asyncpg.PostgresError, OmegaError):
+            await self._run_serially(batch)  # find the push that fails: each under its own savepoint
+            return
+        except Exception as exc:  # noqa: BLE001 - the connection is gone: handed to every caller of the group
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(translate(exc))
+            return
+        # Resolved only after COMMIT returned: an acknowledged push is durable.
+        for job, value in zip(batch, outcomes, strict=True):
+            if job.future.done():  # the caller gave up waiting; the push is applied all the same
+                continue
+            if isinstance(value, Exception):
+                job.future.set_exception(value)
+            else:
+                job.future.set_result(value)
+
+    async def _run_serially(self, batch: list[_PushJob]) -> None:
         results: list[tuple[bool, Any]] = []
 
         async def run(conn: asyncpg.Connection, head: int) -> tuple[None, int]:

@@ -8,12 +8,12 @@ database neither race nor half-create the schema.
 
 Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of each):
 - `omega_meta`: origin name, codebook fingerprint/version, salt check value.
-- `omega_head`: one row, the last change sequence number handed out. Every
-  write transaction locks it first (`SELECT … FOR UPDATE`), which serialises
-  writers: change numbers are then assigned in commit order (a reader never sees
-  seq N+1 committed before seq N, so a pull cursor never skips a change) and
-  all other row locks are always taken by the head holder, so writers cannot
-  deadlock.
+- `omega_head`: one row, the last change sequence number handed out. A writer
+  locks it to number its changes and holds it to its COMMIT, so change numbers
+  are assigned in commit order (a reader never sees seq N+1 committed before
+  seq N, so a pull cursor never skips a change) and stay gap-free. Push groups
+  take it only at the end of their transaction, after their work under per-key
+  advisory locks; every other writer takes it first. Lock order: pg_engine.py.
 - `omega_push_keys`, `omega_members`: idempotency keys and per-key member hashes.
 - `omega_cell_state` / `omega_edge_state`: CRDT entries per (origin, key);
   `sum_wx` is 384 little-endian float64 (bytea) so a federation round trip is exact.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,16 @@ from omega.constellation.store.base import (
     StoreStats,
     check_query,
 )
-from omega.constellation.store.pg_engine import DEFAULT_POOL_SIZE, PgEngine, open_pool, redact, translate
+from omega.constellation.store.pg_engine import (
+    DEFAULT_POOL_SIZE,
+    KEY_BUCKETS,
+    KEY_LOCK_CLASS,
+    WRITE_LOCK,
+    PgEngine,
+    open_pool,
+    redact,
+    translate,
+)
 from omega.constellation.store.pg_schema import REFRESH_LOCK_ID
 from omega.errors import OmegaError
 
@@ -88,6 +98,42 @@ _EDGES_OF_KEYS = (
     "ON e.keyspace = v.ks AND e.src = v.s AND e.dst = v.d"
 )
 _OWN_EDGES_OF_KEYS = _EDGES_OF_KEYS + " WHERE e.origin = $4"
+# Set-based writes of a push group: one statement per table, every row once (rows are merged per key first).
+_GROUP_CELLS = (
+    f"INSERT INTO omega_cell_state ({logic.CELL_COLUMNS}) SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], "
+    "$4::float8[], $5::bytea[], $6::bigint[], $7::float8[], $8::float8[], $9::bigint[]) "
+    "ON CONFLICT (task_type, cell, origin) DO UPDATE SET sum_w = excluded.sum_w, sum_wx = excluded.sum_wx, "
+    "support = excluded.support, successes = excluded.successes, trials = excluded.trials, version = excluded.version"
+)
+_GROUP_EDGES = (
+    f"INSERT INTO omega_edge_state ({logic.EDGE_COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], "
+    "$3::bigint[], $4::bigint[], $5::float8[], $6::bigint[], $7::bigint[]) "
+    "ON CONFLICT (keyspace, src, dst, origin) DO UPDATE SET weight = omega_edge_state.weight + excluded.weight, "
+    "support = omega_edge_state.support + excluded.support, version = excluded.version"
+)
+_GROUP_SERVED = (
+    "INSERT INTO omega_served (kind, k1, k2, k3, seq, support) SELECT * FROM unnest($1::smallint[], $2::bigint[], "
+    "$3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) "
+    "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = omega_served.support + excluded.support"
+)
+_GROUP_DIRTY = (
+    "INSERT INTO omega_dirty_cells SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[]) "
+    "ON CONFLICT (task_type, cell) DO UPDATE SET seq = excluded.seq"
+)
+_GROUP_MEMBERS = (
+    "INSERT INTO omega_members SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::bigint[], "
+    "$5::bytea[], $6::bigint[]) ON CONFLICT (kind, k1, k2, k3, member) DO UPDATE SET epoch = excluded.epoch"
+)
+_GROUP_LOG = (
+    "INSERT INTO omega_contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
+    "SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[], "
+    "$7::float8[], $8::float8[], $9::bytea[])"
+)
+_GROUP_PUSH_KEYS = (
+    "INSERT INTO omega_push_keys SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT DO NOTHING RETURNING key"
+)
+# The bucket locks in ascending order (the array is sorted): a function scan calls them in array order.
+_LOCK_BUCKETS = f"SELECT count(pg_advisory_xact_lock({KEY_LOCK_CLASS}, b)) FROM unnest($1::int[]) AS b"
 _MEMBER_EPOCHS = (
     "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM omega_members m "
     "JOIN unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[]) "
@@ -116,6 +162,20 @@ async def _write_rows(conn: asyncpg.Connection, *statements: tuple[str, list]) -
             await conn.executemany(sql, rows)
 
 
+async def _write_unnest(conn: asyncpg.Connection, sql: str, rows: Sequence[tuple]) -> None:
+    if rows:
+        await conn.execute(sql, *_columns(rows))
+
+
+def _bucket(kind: int, k1: int, k2: int, k3: int) -> int:
+    """The lock bucket of a key: the same in every worker (no per-process hash seed)."""
+    return (((kind * 1_000_003 + k1) * 1_000_033 + k2) * 1_000_037 + k3) % KEY_BUCKETS
+
+
+def _push_bucket(push_key: bytes) -> int:
+    return int.from_bytes(push_key[:4], "big") % KEY_BUCKETS  # a keyed hash already: its bytes are uniform
+
+
 def _dirty_marks(served: list[tuple]) -> list[tuple[int, int, int]]:
     """(task_type, cell, seq) of the served cell rows: their ANN vectors are due for a refresh."""
     return [(r[1], r[2], r[4]) for r in served if r[0] == KIND_CELL]
@@ -130,7 +190,7 @@ class PostgresStore(ConstellationStore):
         self._where = redact(dsn)
         self._pool = pool
         self._codebook_version: int | None = None
-        self._engine = PgEngine(pool, self._apply_one, name=f"omega-pg-writer:{origin}")
+        self._engine = PgEngine(pool, self._apply_one, self._apply_group, name=f"omega-pg-writer:{origin}")
         self._refresher = asyncio.get_running_loop().create_task(
             self._refresh_loop(), name=f"omega-pg-vectors:{origin}"
         )
@@ -169,6 +229,78 @@ class PostgresStore(ConstellationStore):
     # ---- pushes --------------------------------------------------------------------
     async def apply_push(self, push: PreparedPush) -> PushOutcome:
         return await self._engine.push(push)
+
+    async def _apply_group(self, conn: asyncpg.Connection, pushes: list[PreparedPush]) -> list[PushOutcome | Exception]:
+        """A group of pushes in one transaction, set-based: ~10 statements whatever the group's size.
+
+        Same result as applying them one after the other (`_apply_one`): each push is classified and
+        accumulated on top of the ones before it in the group (member marks and own accumulators are
+        kept in memory), then every table is written once. Locks: see pg_engine.py.
+        """
+        results: list[PushOutcome | Exception | None] = [None] * len(pushes)
+        valid: list[int] = []
+        for i, push in enumerate(pushes):
+            try:
+                logic.check_push(push)
+            except OmegaError as exc:
+                results[i] = exc  # refused alone, before any SQL
+                continue
+            valid.append(i)
+        rows_of = {i: logic.member_rows(pushes[i]) for i in valid}
+        buckets = {_push_bucket(pushes[i].push_key) for i in valid}
+        buckets.update(_bucket(*row[:4]) for rows in rows_of.values() for row in rows)
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", *WRITE_LOCK)
+        await conn.fetchval(_LOCK_BUCKETS, sorted(buckets))
+
+        first: dict[bytes, int] = {}  # a push key twice in the group: the second is a duplicate
+        for i in valid:
+            first.setdefault(bytes(pushes[i].push_key), i)
+        fresh = await conn.fetch(
+            _GROUP_PUSH_KEYS, list(first), [pushes[i].now_ms for i in first.values()]
+        ) if first else []  # fmt: skip
+        applied = {first[bytes(r[0])] for r in fresh}
+        wanted = sorted({row for i in applied for row in rows_of[i]})
+        found = await conn.fetch(_MEMBER_EPOCHS, *_columns(wanted)) if wanted else []
+        known = {(r[0], r[1], r[2], r[3], bytes(r[4])): r[5] for r in found}
+        keys = sorted({CellKey(c.task_type, c.cell) for i in applied for c in pushes[i].cells})
+        own = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), self.origin) if keys else []
+        own_rows = {(r[1], r[2]): tuple(r) for r in own}
+
+        group = logic.GroupWrites()
+        heads: list[int] = []  # relative head after each push, to shift once the base is known
+        head = 0
+        for i in valid:
+            if i not in applied:
+                results[i] = PushOutcome(duplicate=True)
+                heads.append(head)
+                continue
+            push = pushes[i]
+            classified = logic.classify(push, rows_of[i], known)
+            mine = [own_rows[k] for k in classified.cell_keys() if k in own_rows]
+            w = logic.accumulate(self.origin, push.epoch, classified, mine, head)
+            for row in w.cell_states:
+                own_rows[(row[1], row[2])] = row
+            for *member, epoch in w.members:
+                known[tuple(member)] = epoch
+            group.add(w)
+            head = w.outcome.head
+            results[i] = w.outcome
+            heads.append(head)
+        await _write_unnest(conn, _GROUP_MEMBERS, [(*k, e) for k, e in group.members.items()])
+        await _write_unnest(conn, _GROUP_LOG, group.log)
+        # The tail: the head row is locked from here to COMMIT, so change numbers follow commit order.
+        if head:
+            base = await conn.fetchval("UPDATE omega_head SET seq = seq + $1 WHERE id = 1 RETURNING seq - $1", head)
+        else:
+            base = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1")
+        cells, edges, served, dirty = group.shifted(base)
+        await _write_unnest(conn, _GROUP_CELLS, cells)
+        await _write_unnest(conn, _GROUP_EDGES, edges)
+        await _write_unnest(conn, _GROUP_SERVED, served)
+        await _write_unnest(conn, _GROUP_DIRTY, dirty)
+        for i, rel in zip(valid, heads, strict=True):
+            results[i] = dataclasses.replace(results[i], head=base + rel)  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
 
     async def _apply_one(self, conn: asyncpg.Connection, push: PreparedPush, head: int) -> tuple[PushOutcome, int]:
         logic.check_push(push)
