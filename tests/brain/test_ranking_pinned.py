@@ -447,18 +447,11 @@ PINNED_SCORES: dict[str, list[float]] = {
         0.299329,
         0.284705,
     ],
+    # Re-pinned (scores only, ids, reasons and pool unchanged) when the embedder stopped fusing SkipLayerNorm:
+    # the context vector moved by float rounding (<= 1.5e-5), these content-led scores by <= 4e-5.
     "viewer no edges k10": [
-        0.084028,
-        0.070634,
-        0.068037,
-        0.066337,
-        0.066214,
-        0.066069,
-        0.064493,
-        0.063081,
-        0.061515,
-        0.061023,
-    ],
+        0.084033, 0.070635, 0.068058, 0.066374, 0.066223, 0.066099, 0.064488, 0.063107, 0.061548, 0.061043,
+    ],  # fmt: skip
     "viewer no edges k30": [
         0.084117,
         0.07032,

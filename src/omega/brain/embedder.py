@@ -27,6 +27,11 @@ from omega.protocol import EMBEDDING_DIM
 
 # Titles with genres and viewing contexts are short; 128 tokens keep their meaning.
 DEFAULT_MAX_LENGTH = 128
+#: ONNX Runtime graph rewrites left out. SkipLayerNormFusion (residual add + LayerNorm in one kernel) made
+#: the INT8 MiniLM slower on the measuring machine (onnxruntime 1.32, x86-64 AVX-512, one thread): a
+#: 25-token context 1.94 -> 1.47 ms thread CPU without it, a batch of 64 130 -> 98 ms; outputs within
+#: 1.5e-5 (float rounding of the unfused add and norm).
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 class Embedder:
@@ -76,7 +81,10 @@ class Embedder:
         # inference, the TV's steady state, measured the same latency and RSS without it.
         options.enable_cpu_mem_arena = False
         try:
-            self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"],
+                disabled_optimizers=list(DISABLED_OPTIMIZERS),
+            )  # fmt: skip
         except Exception as exc:
             raise OmegaError(f"cannot load model {model_path}: {exc}; run `omega model build --force`") from exc
         self._inputs = {i.name for i in self._session.get_inputs()}
