@@ -461,6 +461,36 @@ def test_the_support_floor_follows_every_write_to_the_published_edges(tmp_path: 
         assert store.edges.volumes() is kept and kept == {1: 9}
 
 
+def test_kept_successors_follow_every_write(tmp_path: Path):
+    """`successors` keeps what it read for the next call until the database changes: a viewing, a pulled page
+    (by this store or another connection), a refined release, a rolled-back write or a new support floor must
+    never leave stale rows behind."""
+    path = tmp_path / "tv.db"
+    with BrainStore(path) as store, BrainStore(path) as other:
+
+        def read(table: str) -> list[int]:
+            return [dst for dst, _ in store.edges.successors(table, [1]).get(1, [])]
+
+        store.merge_global_transitions([TransitionStat(1, 9, 50.0, 50)])  # V(1) = 50: pairs need 0.45·√50 ≈ 3.2
+        store.bump_transition(1, 2, 0.9)
+        first = store.edges.successors("transitions", [1, 2])
+        assert store.edges.successors("transitions", [2, 1])[1] is first[1]  # kept: not read again
+        store.bump_transition(1, 3, 2.0)  # a viewing
+        assert read("transitions") == [3, 2]
+        assert read("global_pairs") == []
+        other.merge_global_pairs([TransitionStat(1, 5, 4.0, 4)])  # another connection's commit
+        assert read("global_pairs") == [5]
+        store.put_refined([TransitionStat(1, 8, 0.5, 0)], fresh=True)
+        assert read("refined_neighbours") == [8]
+        with pytest.raises(RuntimeError), store.transaction():
+            store.merge_global_pairs([TransitionStat(1, 6, 9.0, 9)])
+            assert read("global_pairs") == [6, 5]
+            raise RuntimeError("roll back")
+        assert read("global_pairs") == [5]
+        store.support_floor_c = 1.0  # 4 < 1.0·√50
+        assert read("global_pairs") == []
+
+
 def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: BrainStore):
     store.merge_global_pairs([TransitionStat(1, 2, 3.0, 4), TransitionStat(2, 7, 1.0, 3)])
     store.merge_global_pairs([TransitionStat(1, 2, 8.0, 9)])

@@ -12,7 +12,8 @@ from omega.sim.bench import run_brain_bench
 
 DESIGN_KEYS = (
     "embed_ms_p50", "search_us_p50", "recommend_ms_p50", "recommend_same_context_ms_p50", "recommend_cpu_ms_p50",
-    "recommend_same_context_cpu_ms_p50", "rss_mb", "recall_at_50",
+    "recommend_same_context_cpu_ms_p50", "recommend_new_daypart_ms_p50", "recommend_new_daypart_cpu_ms_p50", "rss_mb",
+    "recall_at_50",
 )
 
 

@@ -13,6 +13,13 @@ support ≥ c·√max(V(a), V(b)). c = 0.45 asks 4 TVs beside 30 TVs' 60 edges, 
 beside 100 TVs' 200. `omega bench poisoning` with the shipped ranker: at 0.3
 three ids reach rank 6 beside 30 honest TVs; at 0.6 honest titles with 4-5
 supporters are dropped too (only content orders them).
+
+The rows `successors` returns are also kept per source (the last `_SOURCES_KEPT`
+of each table) while the database is unchanged: a brain asks for the same
+recent items on every call until the next viewing or pull. "Unchanged" is
+SQLite's own count of the rows this connection changed (`total_changes`: any
+write, to any table, drops them all) and `data_version` (another connection
+committed); nothing is kept from inside a transaction, which may roll back.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ _FLOORED = ("global_transitions", "global_pairs")
 #: (src, dst, weight, count): `count` is viewings for the TV's own transitions, distinct TVs for the published ones
 EdgeRow = tuple[int, int, float, int]
 
+#: sources whose successors are kept, per table (a brain ranks with its 10 most recent items)
+_SOURCES_KEPT = 64
+
 _COUNT = {"transitions": "count", "global_transitions": "support", "global_pairs": "support",
           "refined_neighbours": "support"}  # fmt: skip
 
@@ -43,6 +53,8 @@ class EdgeReader:
         self._volumes: dict[int, int] | None = None
         self._volumes_key: tuple[int, int] | None = None
         self._published_writes = 0  # bumped by `published_changed`: this connection wrote the published edges
+        self._kept: dict[str, dict[int, list[tuple[int, float]]]] = {}  # table → src → successors (see module doc)
+        self._kept_key: tuple[int, int, float] | None = None
 
     def rows_from(self, table: EdgeTable, srcs: Iterable[int]) -> list[EdgeRow]:
         """The sources' edges, grouped by source in the order given, each heaviest first (ties by dst); the
@@ -55,15 +67,45 @@ class EdgeReader:
         return found
 
     def successors(self, table: EdgeTable, srcs: Iterable[int]) -> dict[int, list[tuple[int, float]]]:
-        """src → [(dst, weight), ...] heaviest first (ties by dst), for each source that has edges; floored as in
-        `rows_from`, which also keeps the order of the sources asked."""
+        """src → [(dst, weight), ...] heaviest first (ties by dst), for each source that has edges, by source id;
+        floored as in `rows_from`. The lists may be kept for the next call (see module doc): read them, never
+        change them."""
+        order = sorted(set(int(s) for s in srcs))
+        kept = self._kept_for(table)
+        if kept is None:
+            return self._successors(table, order)
+        missing = [src for src in order if src not in kept]
+        if missing:
+            found = self._successors(table, missing)
+            for src in missing:
+                kept[src] = found.get(src, [])  # a source without edges is remembered too
+            while len(kept) > _SOURCES_KEPT:
+                kept.pop(next(iter(kept)))
+        return {src: kept[src] for src in order if kept[src]}
+
+    def forget(self) -> None:
+        """Drop the kept successors (the next read goes to SQLite; `omega bench brain` times that path)."""
+        self._kept, self._kept_key = {}, None
+
+    def _successors(self, table: EdgeTable, srcs: list[int]) -> dict[int, list[tuple[int, float]]]:
         out: dict[int, list[tuple[int, float]]] = {}
-        for src, dst, weight, _ in self._read(table, list(dict.fromkeys(int(s) for s in srcs))):
+        for src, dst, weight, _ in self._read(table, srcs):
             found = out.get(src)
             if found is None:
                 found = out[src] = []
             found.append((dst, weight))
         return out
+
+    def _kept_for(self, table: EdgeTable) -> dict[int, list[tuple[int, float]]] | None:
+        """The kept successors of `table` (emptied when the database changed), or None inside a transaction."""
+        with self._db._lock:
+            db = self._db._conn()
+            if db.in_transaction:
+                return None
+            key = (int(db.execute("PRAGMA data_version").fetchone()[0]), db.total_changes, float(self.floor_c))
+            if key != self._kept_key:
+                self._kept, self._kept_key = {}, key
+            return self._kept.setdefault(table, {})
 
     def _read(self, table: EdgeTable, srcs: list[int]) -> list[EdgeRow]:
         """The rows of distinct sources, by source id, each heaviest first, floored."""
