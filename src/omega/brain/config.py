@@ -98,6 +98,10 @@ class BrainConfig:
     #: 0.0530 at 0.5 / 1 / 2 / 3, all within noise of each other; 0 gives 0.0491.
     #: Off by default: it lifted NDCG@10 on validation but not in the same test run (see w_global_pair).
     w_refined: float = 0.0
+    #: Pull the refined neighbours at all (Pull.refined_since). Off while w_refined is 0: the ranking does not
+    #: read them, so a TV would only download and store a release it never uses. The evaluation's fleet turns it
+    #: on to measure the refined ablation rows (the shipped rows rank the same either way).
+    pull_refined: bool = False
     w_pattern: float = 0.05
     #: validation with pushed patterns (threshold 0.6, 200 viewers): 0 / 0.05 / 0.2 gave 0.0530 / 0.0530 / 0.0549
     w_consolidated: float = 0.2

@@ -114,6 +114,11 @@ class ApplyResult:
     hints_ignored: int = 0  # cell hints that disagreed with the codebook
 
 
+#: Longest contribution window a policy takes (days at the default epoch): 100 years, more than any
+#: replayed data set spans (MovieLens ml-latest-small: 1996-2018).
+MAX_WINDOW_EPOCHS = 36_500
+
+
 @dataclass(frozen=True)
 class AggregationPolicy:
     k_min: int = DEFAULT_K_MIN  # distinct devices before a pattern/edge is published
@@ -123,7 +128,9 @@ class AggregationPolicy:
     edge_w_max: float = 1.0
     epoch_ms: int = DAY_MS  # one contribution per device per cell/edge per epoch
     # The contribution window (store/window.py): a key holds only the contributions of the last
-    # window_epochs epochs, and its support only the devices that contributed in them.
+    # window_epochs epochs, and its support only the devices that contributed in them. A served shard
+    # keeps the 30-day default (ServerSettings does not expose it); up to MAX_WINDOW_EPOCHS is for
+    # simulations that replay decades of viewings on one clock (sim/fleet: a window that spans the data).
     window_epochs: int = 30
     replay_window_ms: int = DAY_MS  # how long idempotency keys are kept
     norm_tolerance: float = 0.1  # |‖x‖ - 1| allowed (uint8 quantisation error is far below)
@@ -145,9 +152,9 @@ class AggregationPolicy:
         if self.epoch_ms < 1 or self.replay_window_ms < 0:
             raise OmegaError("epoch_ms must be >= 1 and replay_window_ms >= 0")
         if isinstance(self.window_epochs, bool) or not isinstance(self.window_epochs, int) or not (
-            1 <= self.window_epochs <= 3650
+            1 <= self.window_epochs <= MAX_WINDOW_EPOCHS
         ):
-            raise OmegaError(f"window_epochs must be an integer in 1..3650, got {self.window_epochs!r}")
+            raise OmegaError(f"window_epochs must be an integer in 1..{MAX_WINDOW_EPOCHS}, got {self.window_epochs!r}")
 
 
 def _is_int(value: object) -> bool:

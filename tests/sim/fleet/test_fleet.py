@@ -39,10 +39,10 @@ def _events(data) -> list[ViewingEvent]:
     return [ViewingEvent(int(u), int(i), float(s), float(t)) for u, i, s, t in zip(r.user, r.item, r.rating, r.timestamp)]
 
 
-async def _simulate(tmp_path: Path, k_min: int = 2, transport: str = "loopback"):
+async def _simulate(tmp_path: Path, k_min: int = 2, transport: str = "loopback", brain: BrainConfig | None = None):
     data = load_movielens(write_fixture("ml-latest", tmp_path / "data", n_users=20, n_items=30))
     catalog, matrix = _catalog(data.items)
-    config = FleetConfig(k_min=k_min, transport=transport)  # type: ignore[arg-type]
+    config = FleetConfig(k_min=k_min, transport=transport, brain=brain or BrainConfig())  # type: ignore[arg-type]
     fleet = await Fleet.open(tmp_path / f"fleet-{transport}", catalog, build_codebook(matrix, k=8), config=config)
     events = _events(data)
     await fleet.replay(events)
@@ -125,7 +125,7 @@ def test_published_edges_have_k_min_tvs_and_reach_every_tv(tmp_path: Path):
 
 def test_the_refined_release_reaches_every_tv_once(tmp_path: Path):
     async def main():
-        fleet, _ = await _simulate(tmp_path, k_min=3)
+        fleet, _ = await _simulate(tmp_path, k_min=3, brain=BrainConfig(pull_refined=True))
         try:
             await fleet.catch_up()
             release = fleet.service.refined
@@ -277,6 +277,35 @@ def test_a_held_tv_stays_offline_until_its_time_and_probes_run_at_theirs(tmp_pat
             stamps = [decode_frame(d, key).timestamp_ms / 1000 for dev, d in fleet.tap.uplink if dev == device]
             assert stamps and min(stamps) > until  # offline until then, syncing after
             assert seen == [(until, sum(1 for ev in events if ev.timestamp < until))]
+        finally:
+            await fleet.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_tv_that_opted_out_of_refined_neighbours_is_never_sent_them(tmp_path: Path):
+    async def main():
+        fleet, events = await _simulate(tmp_path, k_min=3)  # the shipped config: pull_refined off (w_refined 0)
+        try:
+            # Simulation only: the contribution window spans the replayed viewings (nothing replayed expired).
+            span_days = (max(e.timestamp for e in events) - min(e.timestamp for e in events)) / 86_400
+            assert fleet.config.window_epochs is None and fleet.aggregator.policy.window_epochs > span_days + 1
+            # A replay spread over 22 years: the widened window keeps every contribution through a prune at
+            # its end (the served 30 days would have expired them all).
+            first = min(e.timestamp for e in events)
+            published = len(await published_edges(fleet, 3))
+            assert fleet.span_window(first, first + 22 * 365 * 86_400) > 22 * 365 and published > 0
+            assert fleet.span_window(first, first + 86_400) > 22 * 365  # never narrowed
+            await fleet.aggregator.prune(int((first + 22 * 365 * 86_400) * 1000))
+            assert len(await published_edges(fleet, 3)) == published
+            await fleet.catch_up()
+            assert fleet.service.refined.items, "the release exists; the TVs did not take it"
+            for tv in fleet.tvs.values():
+                assert state.refined_cursor(tv.brain.store) == 0
+                assert tv.brain.store.stats().get("refined_neighbours", 0) == 0
+            key_for = lambda dev: derive_device_key(fleet.config.secret, dev, 1)  # noqa: E731
+            pulls = [decode_frame(d, key_for(dev)).body for dev, d in fleet.tap.uplink if peek_frame(d).kind == "pull"]
+            assert pulls and all(p.refined_since == 0 for p in pulls)
         finally:
             await fleet.aclose()
 

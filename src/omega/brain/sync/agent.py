@@ -112,6 +112,7 @@ class SyncAgent:
         self.policy = policy or policy_for(self.tier)
         self.config = config or SyncConfig()
         thresholds = brain_config or BrainConfig()
+        self._pull_refined = thresholds.pull_refined
         self._clock = clock
         self._rng = rng or random.Random()
         self.outbox = Outbox(
@@ -310,12 +311,18 @@ class SyncAgent:
         report.pulled_edges += len(transitions) + len(pairs) + len(refined)
         report.cursor = reply.cursor
 
+    def _refined_since(self) -> int:
+        """Where the refined pull stands; 0 (never sent refined pages) when this TV opted out of them."""
+        if not self._pull_refined:
+            return 0
+        return state.refined_cursor(self.store) or REFINED_WANTED
+
     async def _pull(self, report: SyncReport) -> None:
         report.cursor = state.cursor(self.store)
         for _ in range(self.config.max_pull_pages):
             answer, _, down = await self._exchange(
                 Pull(since=report.cursor, max_bytes=self.config.pull_max_bytes,
-                     refined_since=state.refined_cursor(self.store) or REFINED_WANTED), report
+                     refined_since=self._refined_since()), report
             )
             if not isinstance(answer.body, PullReply):
                 raise SyncFailed(f"server answered a pull with {answer.kind}", code="malformed", report=report)

@@ -67,6 +67,9 @@ Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before 
 BASELINE_NAMES = ("mostpop", "itemknn", "als", "seq_transition")
 #: most seeds one `omega eval movielens --seeds` runs (each is a whole fleet)
 MAX_SEEDS = 10
+#: recorded beside window_epochs in the eval JSON
+WINDOW_NOTE = ("simulation only: the contribution window spans the replayed viewings (a live fleet's viewers "
+               "watch at the same time; the replay spreads them over the data's years); served default 30 days")
 #: how the evaluation orders ratings that share a timestamp
 TIES = "seeded shuffle"
 
@@ -206,6 +209,7 @@ async def _run(
     data: MovieLensData, *, users: int | None, k_min: int, cold_n: int, cold_users: int, seed: int,
     workdir: Path, stage: Stage, embedder: Embedder, tables: bool, baselines: bool, inspect: Inspect | None,
     store_dir: Path | None = None, config: BrainConfig | None = None, validation: bool = False,
+    fleet_config: FleetConfig | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     meter = StageMeter()
     started = meter.started
@@ -225,10 +229,11 @@ async def _run(
     t0 = time.perf_counter()
     events, when = _train_events(user, item, stars, ts)
     events = [ev for ev in events if ev.user in rows_by_user]
-    fleet = await Fleet.open(
-        workdir, catalog, codebook, embedder=embedder, config=FleetConfig(k_min=k_min, seed=seed, brain=config),
-        store_dir=store_dir,
-    )  # fmt: skip
+    # The fleet's TVs take the refined neighbours (the refined ablation and grid rows rank with them); the
+    # shipped TV opts out while w_refined is 0, and its ranking does not read them, so its rows are the same.
+    fleet_brain = replace(config, pull_refined=True)
+    fleet_config = replace(fleet_config or FleetConfig(), k_min=k_min, seed=seed, brain=fleet_brain)
+    fleet = await Fleet.open(workdir, catalog, codebook, embedder=embedder, config=fleet_config, store_dir=store_dir)
     try:
         cold = ColdStart(fleet, split, events, rows_by_user, cold_n=cold_n, cold_users=cold_users, seed=seed, stage=stage)
         await fleet.replay(events, lambda d, t: stage("replay viewings", d, t), probes=cold.probes(), hold=cold.hold())
@@ -291,6 +296,7 @@ async def _run(
             out_tables["privacy_epsilon"] = await epsilon_table(fleet, split, rows_by_user, when, seed=seed, stage=stage)
             meter.mark("tables_s", t0)
         published = await published_edges(fleet, k_min)
+        window_epochs = fleet.aggregator.policy.window_epochs
         extra = inspect(fleet) if inspect is not None else {}
     finally:
         await fleet.aclose()
@@ -330,7 +336,10 @@ async def _run(
         "items": split.n_items,
         "train_viewings": len(events),
         "k_min": k_min,
-        "window_epochs": fleet.config.window_epochs,
+        "window_epochs": window_epochs,
+        "window": WINDOW_NOTE,
+        "fleet_pulls_refined": "simulation only: the fleet's TVs pull the refined neighbours for the refined rows; "
+                               "the shipped config does not (pull_refined false) and ranks the same without them",
         "seed": seed,
         "methods": methods,
         "best_centralised": best,
@@ -376,6 +385,7 @@ def evaluate_movielens(
     config: BrainConfig | None = None,
     validation: bool = False,
     seeds: int = 1,
+    fleet_config: FleetConfig | None = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation (see module docstring); returns the `omega eval movielens` JSON object.
 
@@ -385,7 +395,8 @@ def evaluate_movielens(
     `config`: the brains' config (default: the shipped `BrainConfig()`). `validation`: evaluate on the
     validation split (each viewer's test target left out entirely) and add `tuning_grid`, the
     recommend-time settings of `tuning_grid()` scored on the same synced fleet: defaults are tuned there,
-    never on the test split."""
+    never on the test split. `fleet_config`: the simulated fleet's settings other than k_min, seed and
+    brain (default: `FleetConfig()`; bench/quality_costs.py varies the window and the sync caps)."""
     check_k_min(k_min, "--k-min")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
         raise OmegaError(f"--seeds must be an integer in 1..{MAX_SEEDS}, got {seeds!r}")
@@ -405,6 +416,7 @@ def evaluate_movielens(
                     data, users=users, k_min=k_min, cold_n=cold_n, cold_users=cold_users, seed=one_seed,
                     workdir=Path(tmp), stage=stage or quiet, embedder=embedder, tables=tables, baselines=baselines,
                     inspect=inspect, store_dir=Path(store_tmp), config=config, validation=validation,
+                    fleet_config=fleet_config,
                 )
             ))  # fmt: skip
     if seeds == 1:
