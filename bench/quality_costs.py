@@ -42,6 +42,8 @@ VARIANTS: dict[str, FleetConfig] = {
     "window 3650": FleetConfig(window_epochs=3650),
     "caps off": FleetConfig(sync=SyncConfig(contribution_period_s=0.0, max_batches_per_sync=100)),
 }
+WIRE_NOTE = ("not a variant: a published edge's weight is its distinct support (crdt.consolidate_edge), so the "
+             "levels a TV pushed before 45a485b could not change what is published or ranked")
 KEEP = ("window_epochs", "published_edges", "published_pairs", "pushes", "upload_bytes_per_tv", "methods",
         "consolidated_patterns_per_tv", "refined_neighbours", "timings_s")  # fmt: skip
 
@@ -61,7 +63,7 @@ async def one(data: Any, name: str, users: int, seed: int, embedder: Embedder) -
 
 def combine(runs: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     """Each variant's figures, paired per viewer against "span"."""
-    out: dict[str, Any] = {"split": "validation", "variants": {}}
+    out: dict[str, Any] = {"split": "validation", "variants": {}, "wire_weights": WIRE_NOTE}
     base = runs.get("span")
     for name, run in runs.items():
         row = {k: run[k] for k in KEEP if k in run}
