@@ -98,7 +98,9 @@ class ServerProcess(BaseServerProcess):
     drain timeout, an optional codebook, and HTTP helpers; its log keeps the server's info lines."""
 
     def __init__(self, folder: Path, *, store: str | None = None, codebook: Path | None = None, **env: str) -> None:
-        settings = {"OMEGA_DRAIN_TIMEOUT_S": "5", "OMEGA_SHARD_ID": "shard-test"}
+        # Pulls at the live head: these tests check a pull against the pushes acknowledged just before it.
+        # The shipped 5 s snapshot has its own tests (test_server_pull).
+        settings = {"OMEGA_DRAIN_TIMEOUT_S": "5", "OMEGA_SHARD_ID": "shard-test", "OMEGA_PULL_SNAPSHOT_S": "0"}
         if codebook is not None:
             settings["OMEGA_CODEBOOK"] = str(codebook)
         super().__init__(folder, secret=SECRET, store=store, env={**settings, **env})

@@ -65,7 +65,7 @@ def sync(
     redis: Annotated[str | None, typer.Option("--redis", help="redis URL for the server's cache")] = None,
     client_processes: Annotated[int, typer.Option("--client-processes", help="processes the clients run in")] = 2,
     ceiling: Annotated[bool, typer.Option("--ceiling/--no-ceiling", help="measure the echo ceiling of the stack first")] = True,
-    pull_snapshot: Annotated[float, typer.Option("--pull-snapshot", help="the server's OMEGA_PULL_SNAPSHOT_S (0: live head)")] = 0.0,
+    pull_snapshot: Annotated[float | None, typer.Option("--pull-snapshot", help="the server's OMEGA_PULL_SNAPSHOT_S (0: live head; default: the shipped value, 5 s)")] = None,
     workers: Annotated[int, typer.Option("--workers", help="server worker processes (omega serve --workers; > 1 needs a postgresql:// --store and --redis)")] = 1,
 ) -> None:
     """Sync throughput and latency of one server worker (syncs/s, p50/p99, bytes per message kind), and in the
@@ -76,7 +76,7 @@ def sync(
         raise OmegaError(f"--clients must be in 1..10000, got {clients}")
     if not 0.5 <= duration <= 600:
         raise OmegaError(f"--duration must be in 0.5..600 seconds, got {duration}")
-    if not 0 <= pull_snapshot <= 3600:
+    if pull_snapshot is not None and not 0 <= pull_snapshot <= 3600:
         raise OmegaError(f"--pull-snapshot must be in 0..3600 seconds, got {pull_snapshot}")
     if not 1 <= client_processes <= 64:
         raise OmegaError(f"--client-processes must be in 1..64, got {client_processes}")

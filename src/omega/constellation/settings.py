@@ -45,6 +45,13 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}")
 
 
+#: Shipped staleness bound of pulls, seconds (`pull_snapshot_s`): a pull reflects every push acknowledged
+#: at least this long before it; later ones reach the TV at its next sync (a delay, never a skip). Measured
+#: with `omega bench sync` (bench/README.md): pulls from one cursor share one cached page, and a TV already
+#: at the served head costs no store read. A TV syncs every 60 s at the most, so 5 s is within its own jitter.
+PULL_SNAPSHOT_S = 5.0
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -73,7 +80,7 @@ class ServerSettings:
     pull_max_bytes: int = 5000
     #: Pulls see the store head as it was at most this long ago (0: the live head). Every TV pulling from
     #: the same cursor within it gets the same cached page, and a TV at that head costs no store read.
-    pull_snapshot_s: float = 0.0
+    pull_snapshot_s: float = PULL_SNAPSHOT_S
     #: Transition edges one push may carry here (a TV sends 48 by default); sizes the push inflate cap.
     max_push_edges: int = 1024
     # hostile load: deadlines and connection caps

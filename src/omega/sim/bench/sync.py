@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omega.constellation.settings import PULL_SNAPSHOT_S
 from omega.progress import Notes, quiet
 from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
 from omega.sim.load.server_process import ServerProcess, start_server
@@ -165,13 +166,16 @@ def _pct(samples: list[float], q: float) -> float:
 
 def run_sync_bench(
     *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
-    client_processes: int = 2, ceiling: bool = True, pull_snapshot_s: float = 0.0, workers: int = 1,
+    client_processes: int = 2, ceiling: bool = True, pull_snapshot_s: float | None = None, workers: int = 1,
     progress: Notes = quiet,
 ) -> dict:
     """The echo ceiling (unless `ceiling` is False), then a server driven for `duration_s`; one report.
 
     workers > 1: `omega serve --workers N` (needs a postgresql:// store and redis); CPU is the workers' sum.
+    pull_snapshot_s None: the shipped default (settings.PULL_SNAPSHOT_S).
     """
+    if pull_snapshot_s is None:
+        pull_snapshot_s = PULL_SNAPSHOT_S
     secret = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="omega-bench-sync-") as tmp:
         folder = Path(tmp)

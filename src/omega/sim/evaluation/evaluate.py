@@ -340,6 +340,7 @@ async def _run(
         "window": WINDOW_NOTE,
         "fleet_pulls_refined": "simulation only: the fleet's TVs pull the refined neighbours for the refined rows; "
                                "the shipped config does not (pull_refined false) and ranks the same without them",
+        "server_pull_snapshot_s": fleet.config.pull_snapshot_s,  # sim-only: the live head (FleetConfig says why)
         "seed": seed,
         "methods": methods,
         "best_centralised": best,

@@ -116,6 +116,9 @@ class FleetConfig:
     #: Each simulated TV's SQLite page cache, KiB (`Database.limit_cache`; a TV alone keeps SQLite's 2 MiB).
     #: Measured at 100 TVs: SQLite held 0.72 of the 1.13 MB each simulated TV added to the process.
     brain_cache_kib: int = 256
+    #: Sim-only: the server's pull staleness bound (ServerSettings.pull_snapshot_s, 5 s shipped) is wall-clock
+    #: seconds, and the replay runs days of the simulated clock in one: pulls see the live head here (0).
+    pull_snapshot_s: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.tier_mix) != 3 or min(self.tier_mix) < 0 or sum(self.tier_mix) <= 0:
@@ -203,7 +206,7 @@ class Fleet:
             host="127.0.0.1", port=0, store=f"sqlite:{where / 'constellation.db'}", shard_id=SHARD_ID,
             codebook=str(codebook_path), secrets={1: cfg.secret}, active_key_id=1, salt=cfg.salt, k_min=cfg.k_min,
             min_samples=cfg.brain.high_quality_min_uses, rate_per_s=_SIM_RATE_PER_S, rate_burst=_SIM_RATE_BURST,
-            log_level="warning",
+            log_level="warning", pull_snapshot_s=cfg.pull_snapshot_s,
         )  # fmt: skip
         fleet.app = create_app(settings, clock=fleet.clock)
         try:
