@@ -10,6 +10,7 @@ updated only after that commit, so they never hold what the store does not.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -109,8 +110,12 @@ class Brain:
         catalog: Catalog | None = None,
         config: BrainConfig | None = None,
         synchronous: Synchronous = "FULL",
+        new_id: Callable[[], uuid.UUID] = uuid.uuid4,
     ) -> None:
+        """`new_id` gives new patterns their ids (random; a simulation passes a seeded source so that one
+        seed gives the same wire bytes)."""
         self.config = config or BrainConfig()
+        self._new_id = new_id
         self.store = BrainStore(db_path, max_patterns=self.config.max_patterns, synchronous=synchronous)
         self._embedder = embedder
         self._catalog = catalog
@@ -259,7 +264,8 @@ class Brain:
                 match[0], vector, reward_value=reward, success=success, now=when, min_step=self.config.pattern_min_step
             )
         else:
-            pattern = learning.new_pattern(vector, reward_value=reward, success=success, now=when, task_type=TaskType.CONTENT_MATCH)
+            pattern = learning.new_pattern(vector, reward_value=reward, success=success, now=when,
+                                           task_type=TaskType.CONTENT_MATCH, pattern_id=self._new_id())  # fmt: skip
         # "After A the viewer happily watched B": only good viewings teach a transition.
         sources = [c for c in history.recent(self.config.transition_window + 1) if c != content_id]
         sources = sources[: self.config.transition_window] if success and reward > 0 else []

@@ -131,11 +131,12 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 
 
 def new_pattern(
-    vector: np.ndarray, *, reward_value: float, success: bool, now: float, task_type: TaskType = TaskType.CONTENT_MATCH
+    vector: np.ndarray, *, reward_value: float, success: bool, now: float, task_type: TaskType = TaskType.CONTENT_MATCH,
+    pattern_id: uuid.UUID | None = None,
 ) -> Pattern:
-    """A pattern founded by one viewing (uses = 1)."""
+    """A pattern founded by one viewing (uses = 1); a random id unless `pattern_id` is given."""
     return Pattern(
-        id=uuid.uuid4(), embedding=_unit(np.asarray(vector, np.float32)), task_type=task_type,
+        id=pattern_id or uuid.uuid4(), embedding=_unit(np.asarray(vector, np.float32)), task_type=task_type,
         success_rate=1.0 if success else 0.0, uses=1, successes=int(success), created_at=now, updated_at=now,
         last_used_at=now, reward_sum=float(reward_value), version=1,
     )  # fmt: skip

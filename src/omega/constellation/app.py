@@ -26,11 +26,14 @@ from omega.constellation.settings import ServerSettings
 __all__ = ["ServerState", "create_app"]
 
 
-def create_app(settings: ServerSettings, *, clock: Callable[[], float] | None = None) -> Starlette:
+def create_app(
+    settings: ServerSettings, *, clock: Callable[[], float] | None = None, periodic: bool = True
+) -> Starlette:
     """The sync server for `settings` (which must hold a secret: see settings.with_dev_secret).
 
     `clock` (seconds; default `time.time`) is the server's "now" for frame validation, aggregation,
-    trend windows and housekeeping.
+    trend windows and housekeeping. `periodic=False`: no wall-clock timers for housekeeping, trend
+    windows and refinement; the caller runs them on its clock (`ServerState.periodic`).
     """
     metrics = ServerMetrics()
     state = ServerState(
@@ -39,6 +42,7 @@ def create_app(settings: ServerSettings, *, clock: Callable[[], float] | None = 
         keyring=Keyring(settings.secrets, settings.active_key_id),
         salt=settings.aggregation_salt(),
         clock=clock or time.time,
+        periodic=periodic,
         guard=ConnectionGuard(metrics, max_connections=settings.max_connections, max_per_ip=settings.max_connections_per_ip,
                               request_timeout_s=settings.request_timeout_s, fd_limit=fd_soft_limit()),
     )  # fmt: skip

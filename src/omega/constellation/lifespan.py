@@ -89,9 +89,10 @@ async def run_shard(state: ServerState) -> AsyncIterator[None]:
                            "postgresql", codebook.version, codebook.k, cache.backend, settings.trend_window_s)  # fmt: skip
         state.dashboard = Dashboard(facts, state.metrics, aggregator, state.trends)
         state.dashboard.tick()
-        tasks.append(asyncio.create_task(_every(settings.prune_interval_s, service.housekeeping, "housekeeping")))
-        tasks.append(asyncio.create_task(_every(DASHBOARD_TICK_S, lambda: _tick(state), "dashboard tick")))
-        tasks.append(asyncio.create_task(_every(REFRESH_S, service.refined.refresh, "refined neighbours")))
+        if state.periodic:
+            tasks.append(asyncio.create_task(_every(settings.prune_interval_s, service.housekeeping, "housekeeping")))
+            tasks.append(asyncio.create_task(_every(DASHBOARD_TICK_S, lambda: _tick(state), "dashboard tick")))
+            tasks.append(asyncio.create_task(_every(REFRESH_S, service.refined.refresh, "refined neighbours")))
         # Merged remote entries change the served view: refresh the head and the consolidated gauge.
         state.federation = await start_federation(aggregator, settings, on_merged=service.housekeeping)
         if state.federation is not None:

@@ -52,6 +52,10 @@ class ServerState:
     salt: bytes = field(default=b"", repr=False)  # the aggregation salt (server secret)
     #: The server's "now" in seconds (`time.time`, or the fleet simulator's clock).
     clock: Callable[[], float] = time.time
+    #: Run housekeeping, trend-window closing and the refinement job on wall-clock timers. A simulation
+    #: on its own clock (the fleet simulator) turns them off and runs the jobs at its simulated times:
+    #: on wall-clock timers they would fire at load-dependent simulated moments (not reproducible).
+    periodic: bool = True
     service: SyncService | None = None
     trends: TrendTracker | None = None
     federation: FederationLoop | None = None

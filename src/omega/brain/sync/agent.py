@@ -94,6 +94,7 @@ class SyncAgent:
         transport: Transport | None = None,
         ca_file: str | None = None,
         insecure: bool = False,
+        new_batch_id: Callable[[], bytes] | None = None,
     ) -> None:
         if isinstance(store_or_brain, BrainStore):
             self._brain = None
@@ -121,6 +122,7 @@ class SyncAgent:
             min_success=thresholds.high_quality_success,
             min_uses=thresholds.high_quality_min_uses,
             clock=clock,
+            **({"new_batch_id": new_batch_id} if new_batch_id is not None else {}),  # default: os.urandom
         )
         check_server_url(server_url, insecure=insecure)  # also when a transport is given: one rule for the URL
         self.schedule = ContributionSchedule(

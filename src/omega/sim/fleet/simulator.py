@@ -187,6 +187,7 @@ class Fleet:
         self._http: httpx.AsyncClient | None = None
         self._lifespan: contextlib.AsyncExitStack | None = None
         self._refined_at = -1  # the store head the refined release was last computed at
+        self._pruned_epoch = -1  # the epoch (simulated day) the store was last pruned in
 
     @classmethod
     async def open(
@@ -208,7 +209,8 @@ class Fleet:
             min_samples=cfg.brain.high_quality_min_uses, rate_per_s=_SIM_RATE_PER_S, rate_burst=_SIM_RATE_BURST,
             log_level="warning", pull_snapshot_s=cfg.pull_snapshot_s,
         )  # fmt: skip
-        fleet.app = create_app(settings, clock=fleet.clock)
+        # The server's periodic jobs run on the simulated clock (`advance`), not on wall-clock timers.
+        fleet.app = create_app(settings, clock=fleet.clock, periodic=False)
         try:
             if cfg.transport == "loopback":
                 fleet.server = await EmbeddedServer.start(settings, fleet.app)
@@ -235,6 +237,26 @@ class Fleet:
     def clock(self) -> float:
         return self.now
 
+    async def advance(self, t: float) -> None:
+        """Move the simulated clock to `t` (never back) and run the server's periodic jobs due by then.
+
+        A served shard runs them on wall-clock timers (`create_app(periodic=True)`); here they would fire
+        at moments of the replay that depend on the machine's load, so the same seed would publish
+        different states. On the simulated clock: the contribution window's prune once per epoch (it
+        only moves per epoch, so this is what a prune every minute would do; the service's housekeeping
+        refreshes the head when it expired something) and trend windows closed as time passes."""
+        self.now = max(self.now, float(t))
+        now_ms = int(self.now * 1000)
+        epoch = now_ms // self.aggregator.policy.epoch_ms
+        if epoch != self._pruned_epoch:
+            self._pruned_epoch = epoch
+            pruned = await self.aggregator.prune(now_ms)
+            if pruned.keys or pruned.members or pruned.contributions:
+                await self.service.housekeeping()
+        trends = self.app.state.omega.trends
+        if trends is not None:
+            await trends.advance(now_ms)
+
     def token_for(self, device_id: bytes) -> str:
         """The device token the server issues (`omega device token`)."""
         return self.service.keyring.token(device_id)
@@ -257,16 +279,21 @@ class Fleet:
         rng = rng or self._rng
         device_id = uuid.UUID(int=rng.getrandbits(128), version=4).bytes
         tier = rng.choices(SYNC_TIERS, weights=self.config.tier_mix)[0]
+        # Pattern and batch ids seeded by the device id (random on a real TV): the same seed sends the same
+        # bytes, and the fleet's own draws are not shifted.
+        ids = random.Random(b"pattern-ids" + device_id)
+        batches = random.Random(b"batch-ids" + device_id)
         brain = Brain(
             self.workdir / f"{name or f'tv-{user}'}.db", embedder=self.embedder, catalog=self.catalog,
             config=self.config.brain, synchronous="NORMAL",
+            new_id=lambda: uuid.UUID(int=ids.getrandbits(128), version=4),
         )  # fmt: skip
         brain.store.limit_cache(self.config.brain_cache_kib)
         sync = sync or self.config.sync
         agent = SyncAgent(
             brain, server_url=self.url or "http://127.0.0.1", device_id=device_id, token=self.token_for(device_id),
             tier=tier, config=sync, clock=self.clock, rng=random.Random(rng.random()),
-            transport=self._transport(device_id, tier, sync),
+            transport=self._transport(device_id, tier, sync), new_batch_id=lambda: batches.randbytes(16),
         )  # fmt: skip
         tv = TV(user, device_id, tier, brain, agent, phase_s=rng.uniform(0, policy_for(tier).interval_s))
         self.tvs[user] = tv
@@ -346,7 +373,7 @@ class Fleet:
                     heapq.heappush(syncs, (self.tvs[user].next_tick(hold[user]), counter, user))
                     continue
                 scheduled.discard(user)
-                self.now = max(self.now, when)
+                await self.advance(when)
                 tv = self.tvs[user]
                 if self.config.defer_pulls:
                     with tv.brain.store.transaction():
@@ -365,13 +392,13 @@ class Fleet:
                 when, probe = pending[next_probe]
                 next_probe += 1
                 await run_syncs_until(when)
-                self.now = max(self.now, when)
+                await self.advance(when)
                 await probe()
 
         for done, ev in enumerate(events, 1):
             await run_probes_until(ev.timestamp)
             await run_syncs_until(ev.timestamp)
-            self.now = max(self.now, float(ev.timestamp))
+            await self.advance(float(ev.timestamp))
             tv = self.tvs.get(ev.user) or self.add_tv(ev.user)
             self.watch(tv, ev.content_id, ev.stars, float(ev.timestamp))
             if ev.user not in scheduled:
