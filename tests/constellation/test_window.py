@@ -137,3 +137,19 @@ def test_the_window_is_validated() -> None:
     for bad in (0, -1, 36_501, 1.5, True, None):
         with pytest.raises(OmegaError, match="window_epochs"):
             AggregationPolicy(window_epochs=bad)  # type: ignore[arg-type]
+
+
+async def test_the_sqlite_prune_finds_expired_members_by_their_epoch_index(tmp_path) -> None:
+    """A prune runs every minute: it must not read every member of every key to find the few that expired."""
+    import sqlite3
+
+    from omega.constellation.store.sqlite import EXPIRED_MEMBERS_SQL
+
+    store = await open_store(f"sqlite:{tmp_path / 'plan.db'}", origin="shard-test")
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    try:
+        plan = " | ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + EXPIRED_MEMBERS_SQL, (5,)))
+    finally:
+        conn.close()
+    assert "INDEX members_epoch" in plan and "SCAN members" not in plan, plan

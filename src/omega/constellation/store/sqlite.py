@@ -328,10 +328,7 @@ class SqliteStore(ConstellationStore):
             "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM contributions WHERE epoch < ?",
             (epoch_before,),
         ).fetchall()
-        members = conn.execute(
-            "SELECT kind, k1, k2, k3, count(*) FROM members WHERE epoch < ? GROUP BY kind, k1, k2, k3",
-            (epoch_before,),
-        ).fetchall()
+        members = conn.execute(EXPIRED_MEMBERS_SQL, (epoch_before,)).fetchall()
         touched = {tuple(r[:4]) for r in log} | {tuple(r[:4]) for r in members}
         cells = sorted((k1, k2) for kind, k1, k2, _ in touched if kind == KIND_CELL)
         edges = sorted((k1, k2, k3) for kind, k1, k2, k3 in touched if kind == KIND_EDGE)
@@ -382,6 +379,14 @@ class SqliteStore(ConstellationStore):
             return w.changed
 
         return await self._writer.submit(run)
+
+
+#: Members that left the window, counted per key. INDEXED BY: for the GROUP BY, SQLite's planner would
+#: otherwise scan the whole table in key order (every member of every key) on each prune, even when
+#: little or nothing left the window.
+EXPIRED_MEMBERS_SQL = (
+    "SELECT kind, k1, k2, k3, count(*) FROM members INDEXED BY members_epoch WHERE epoch < ? GROUP BY kind, k1, k2, k3"
+)
 
 
 def _member_epochs(conn: sqlite3.Connection, rows: list[logic.MemberRow]) -> dict[logic.MemberRow, int | None]:
