@@ -108,6 +108,32 @@ def test_itemknn_scores_co_watched_items() -> None:
     assert np.all(model.similarity.getnnz(axis=1) <= 3)
 
 
+def test_itemknn_built_block_by_block_is_the_cosine_top_n(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of item rows (memory) give exactly the top-N of the whole cosine matrix, computed densely here."""
+    from omega.sim.evaluation.baselines import itemknn
+
+    rng = np.random.default_rng(4)
+    sequences = [list(rng.choice(30, size=int(rng.integers(3, 12)), replace=False)) for _ in range(40)]
+    split = make_split(sequences, n_items=30)
+    monkeypatch.setattr(itemknn, "_BLOCK", 7)  # 30 items: five blocks, the last one short
+    sim = ItemKNN(neighbours=4).fit(split).similarity.toarray()
+    x = np.zeros((split.n_users, 30))
+    for user, items in enumerate(split.histories):
+        x[user, items] = 1.0
+    dense = x.T @ x
+    np.fill_diagonal(dense, 0.0)
+    norms = np.sqrt(x.sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dense = np.nan_to_num(dense / np.outer(norms, norms)).astype(np.float32)
+    for row in range(30):
+        kept = np.flatnonzero(sim[row])
+        assert len(kept) == min(4, np.count_nonzero(dense[row]))
+        np.testing.assert_allclose(sim[row, kept], dense[row, kept], rtol=1e-6)
+        # nothing left out beats what was kept
+        assert dense[row].max(initial=0.0) <= sim[row].max(initial=0.0) + 1e-6
+        assert np.delete(dense[row], kept).max(initial=0.0) <= sim[row, kept].min(initial=np.inf) + 1e-6
+
+
 def test_als_separates_taste_groups() -> None:
     group_a = [[0, 1, 2, 3, 4], [1, 2, 3, 4, 0], [2, 3, 4, 0, 1], [3, 4, 0, 1, 2]]
     group_b = [[5, 6, 7, 8, 9], [6, 7, 8, 9, 5], [7, 8, 9, 5, 6], [8, 9, 5, 6, 7]]

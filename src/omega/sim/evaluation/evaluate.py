@@ -291,7 +291,8 @@ async def _run(
                 ranks_by_method[f"ablation: {name}"] = scored.ranks
             out_tables["ablation"] = ablation
             out_tables["privacy"] = await privacy_table(
-                fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
+                fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed,
+                built=codebook,
             )
             out_tables["privacy_epsilon"] = await epsilon_table(fleet, split, rows_by_user, when, seed=seed, stage=stage)
             meter.mark("tables_s", t0)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from omega.constellation.codebook import build_codebook
+from omega.constellation.codebook import Codebook, build_codebook
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.progress import Stage
 from omega.protocol import Keyspace, derive_device_key
@@ -25,7 +25,7 @@ CELL_SIZES = (64, 256, 1024)
 
 async def privacy_table(
     fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], up: np.ndarray, stage: Stage, *,
-    uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int,
+    uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int, built: Codebook | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """NDCG@10 of the shipped ranking (`Brain.rank` over another published set) for each k_min, from the
     same constellation's published sets: "item" (ordered item edges alone) and "item+pair" (with the
@@ -40,7 +40,9 @@ async def privacy_table(
     n_items = len(fleet.catalog)
     cells_by_size: dict[int, dict[str, Any]] = {}
     for n in sorted({min(size, max(1, n_items // 4)) for size in CELL_SIZES}):
-        cells = build_codebook(matrix, k=n, seed=seed, iters=10).assign(matrix)
+        # `built`: the fleet's codebook (same matrix, seed and iterations), reused at its size
+        codebook = built if built is not None and built.k == n else build_codebook(matrix, k=n, seed=seed, iters=10)
+        cells = codebook.assign(matrix)
         cell_of = dict(zip(fleet.catalog.ids.tolist(), cells.tolist()))
         per_device = cg.cell_upload_bytes(uplink, cell_of, key_for, codebook_version=1)
         cell_up = np.array([per_device.get(tv.device_id, 0) for tv in tvs], np.float64)
@@ -49,10 +51,12 @@ async def privacy_table(
             edges_per_tv.setdefault(p.device_id, set()).update(cg.rekey(p.edges, cell_of))
         aggregated = cg.aggregate_cells(pushes, cell_of, edge_w_max=policy.edge_w_max, epoch_ms=policy.epoch_ms)
         cells_by_size[n] = {
-            "cells": cells, "aggregated": aggregated,
+            # only the counts are kept, not every size's aggregates at once (memory)
+            "published": {k: len(cg.publish(aggregated, k)) for k in K_MIN_TABLE},
             "up": float(cell_up.mean()) if cell_up.size else 0.0,
             "edges_per_tv": float(np.mean([len(edges_per_tv.get(tv.device_id, ())) for tv in tvs])) if tvs else 0.0,
         }  # fmt: skip
+        del aggregated, edges_per_tv
     out = []
     for i, k in enumerate(K_MIN_TABLE):
         stage("privacy table", i, len(K_MIN_TABLE))
@@ -71,7 +75,7 @@ async def privacy_table(
             out.append({
                 "granularity": f"item+cell{n}", **common, "published_pairs": 0, "hr@10": None, "ndcg@10": None,
                 "upload_bytes_per_tv_mean": c["up"], "cells": n,
-                "published_cell_edges": len(cg.publish(c["aggregated"], k)), "cell_edges_per_tv": c["edges_per_tv"],
+                "published_cell_edges": c["published"][k], "cell_edges_per_tv": c["edges_per_tv"],
             })  # fmt: skip
     stage("privacy table", len(K_MIN_TABLE), len(K_MIN_TABLE))
     return out
