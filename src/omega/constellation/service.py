@@ -47,6 +47,7 @@ from omega.constellation.keyring import Keyring
 from omega.constellation.metrics import ServerMetrics
 from omega.constellation.pull_pages import PageBuilder
 from omega.constellation.settings import ServerSettings
+from omega.constellation.store.base import PruneStats
 from omega.constellation.validation import STALE_CODEBOOK, TOO_FEW_SAMPLES
 from omega.protocol import (
     UPLINK,
@@ -395,6 +396,15 @@ class SyncService:
         return HeartbeatAck(server_time_ms=now, next_sync_s=self._next_sync.get(hb.tier, 0))
 
     # ------------------------------------------------------------------ housekeeping
+    async def prune(self) -> PruneStats:
+        """Expire what left the contribution window by now and move the served head past the changes that
+        made: the store's part of `housekeeping`, without its gauges' counts (a simulation runs it on its
+        own clock, once per epoch)."""
+        pruned = await self.aggregator.prune(self.now_ms())
+        if pruned.keys:
+            self.head = await self.cache.note_head(pruned.head)
+        return pruned
+
     async def housekeeping(self) -> None:
         """Prune idempotency keys and epoch marks, sweep in-process windows, refresh gauges."""
         now = self.now_ms()

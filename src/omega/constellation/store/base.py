@@ -106,6 +106,7 @@ class PruneStats:
     members: int  # member rows whose last contribution left the window (store/window.py)
     contributions: int  # contributions-log rows that left the window
     keys: int  # keys whose own accumulator and support were reduced
+    head: int = 0  # the change sequence after the prune (each reduced key took a new change number)
 
 
 @dataclass(frozen=True)

@@ -455,7 +455,7 @@ class PostgresStore(ConstellationStore):
             await conn.execute("DELETE FROM omega_dp_releases WHERE epoch < $1", int(epoch_before))
             await conn.execute("DELETE FROM omega_dp_day_keys WHERE epoch < $1", int(epoch_before))
             counts = (int(status.split()[-1]) for status in (keys, members, log))
-            return PruneStats(*counts, w.keys), w.head
+            return PruneStats(*counts, w.keys, w.head), w.head
 
         return await self._engine.write(run)
 

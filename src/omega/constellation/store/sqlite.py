@@ -282,7 +282,7 @@ class SqliteStore(ConstellationStore):
             log = conn.execute("DELETE FROM contributions WHERE epoch < ?", (epoch_before,)).rowcount
             conn.execute("DELETE FROM dp_releases WHERE epoch < ?", (epoch_before,))
             conn.execute("DELETE FROM dp_day_keys WHERE epoch < ?", (epoch_before,))
-            return PruneStats(keys, members, log, w.keys)
+            return PruneStats(keys, members, log, w.keys, w.head)
 
         return await self._writer.submit(run)
 

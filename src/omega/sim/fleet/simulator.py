@@ -243,16 +243,15 @@ class Fleet:
         A served shard runs them on wall-clock timers (`create_app(periodic=True)`); here they would fire
         at moments of the replay that depend on the machine's load, so the same seed would publish
         different states. On the simulated clock: the contribution window's prune once per epoch (it
-        only moves per epoch, so this is what a prune every minute would do; the service's housekeeping
-        refreshes the head when it expired something) and trend windows closed as time passes."""
+        only moves per epoch, so this is what a prune every minute would do; `SyncService.prune`, the
+        store's part of the housekeeping job: its gauges' table counts cost more than the prune) and
+        trend windows closed as time passes."""
         self.now = max(self.now, float(t))
         now_ms = int(self.now * 1000)
         epoch = now_ms // self.aggregator.policy.epoch_ms
         if epoch != self._pruned_epoch:
             self._pruned_epoch = epoch
-            pruned = await self.aggregator.prune(now_ms)
-            if pruned.keys or pruned.members or pruned.contributions:
-                await self.service.housekeeping()
+            await self.service.prune()
         trends = self.app.state.omega.trends
         if trends is not None:
             await trends.advance(now_ms)
