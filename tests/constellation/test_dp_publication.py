@@ -88,6 +88,25 @@ async def test_a_device_adds_to_at_most_max_keys_keys_a_day(store, codebook) -> 
     assert res.rejections == []
 
 
+async def test_a_retried_batch_uses_no_more_of_the_days_keys(store, codebook) -> None:
+    """A TV that lost the ack resends the same batch: applied once, and counted once against the L0 bound."""
+    agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(dp_epsilon=8.0, dp_max_keys=4))
+    agg._clock_ms = lambda: NOW  # noqa: SLF001
+    first = await agg.apply(device(1), b"a", [], [(1, 1, 2, 1.0)], NOW)  # an edge and its pair: 2 keys
+    assert first.accepted == 1 and not first.duplicate
+    for _ in range(3):
+        again = await agg.apply(device(1), b"a", [], [(1, 1, 2, 1.0)], NOW)
+        assert again.duplicate and again.accepted == 0
+    res = await agg.apply(device(1), b"b", [], [(1, 3, 4, 1.0)], NOW)  # 2 more: exactly the 4 of the day
+    assert res.accepted == 1 and res.rejections == []
+    res = await agg.apply(device(1), b"c", [], [(1, 5, 6, 1.0)], NOW)
+    assert [(r.index, r.reason) for r in res.rejections] == [(0, OVER_DAILY_KEYS)]
+    # The grants are forgotten with the window, as the day's key counts are.
+    await agg.prune(NOW + 40 * DAY)
+    res = await agg.apply(device(1), b"a", [], [(1, 1, 2, 1.0)], NOW + 40 * DAY)
+    assert res.accepted == 1 and res.rejections == []
+
+
 def test_serve_settings_and_help_state_the_budget() -> None:
     settings = load_settings(env={"OMEGA_SECRET": "x" * 32, "OMEGA_DP_EPSILON": "2", "OMEGA_DP_DELTA": "1e-7"})
     assert (settings.dp_epsilon, settings.dp_delta) == (2.0, 1e-7)

@@ -241,8 +241,9 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
     con = sqlite3.connect(path)  # turn it back into a schema-v1 file, its member marks cleared as v1 pruned them
     for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
         con.execute(f"DROP INDEX {index}")
-    for table in ("dp_releases", "dp_day_keys"):
+    for table in ("dp_releases", "dp_day_keys", "dp_grants"):
         con.execute(f"DROP TABLE {table}")
+    con.execute("ALTER TABLE served DROP COLUMN peak")  # v5's
     con.execute("UPDATE members SET epoch = NULL")
     con.execute("PRAGMA user_version=1")
     con.commit()
@@ -255,7 +256,7 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
         await s.close()
     con = sqlite3.connect(path)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 5
         for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
             assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0] == 1
         # v3: a cleared mark becomes the last logged epoch minus one (a full window from there, no flood).

@@ -221,10 +221,12 @@ class Aggregator:
         edges = self._prepare_edges(device, transitions, rejections)
         n_pushed = len(transitions)
         edges += self._derive_pairs(device, edges, first_index=n_pushed)
+        push_key = self._keyed(b"omega/push" + device + bytes(batch_id), 16)
         if self.policy.dp_epsilon is not None:
-            cells, edges = await self._within_daily_keys(device, int(now_ms), cells, edges, n_pushed, rejections)
+            cells, edges = await self._within_daily_keys(device, int(now_ms), cells, edges, n_pushed, rejections,
+                                                         push_key)  # fmt: skip
         push = PreparedPush(
-            push_key=self._keyed(b"omega/push" + device + bytes(batch_id), 16),
+            push_key=push_key,
             epoch=int(now_ms) // self.policy.epoch_ms,
             now_ms=int(now_ms),
             cells=cells,
@@ -254,14 +256,16 @@ class Aggregator:
 
     async def _within_daily_keys(
         self, device: bytes, now_ms: int, cells: list[CellContribution], edges: list[EdgeContribution],
-        n_pushed: int, rejections: list[Rejection],
+        n_pushed: int, rejections: list[Rejection], push_key: bytes,
     ) -> tuple[list[CellContribution], list[EdgeContribution]]:  # fmt: skip
         """DP mode: a device adds to at most dp_max_keys keys per epoch (the L0 bound of the release).
 
-        Counted in the store, so a restart or another worker on the same store keeps the bound."""
+        Counted in the store, so a restart or another worker on the same store keeps the bound; a
+        retried batch (same push_key) is granted what its first attempt was, and uses nothing more."""
         epoch = now_ms // self.policy.epoch_ms
         tag = self._keyed(b"omega/day" + struct.pack("<q", epoch) + device, MEMBER_BYTES)
-        budget = await self.store.use_day_keys(epoch, tag, len(edges) + len(cells), self.policy.dp_max_keys)
+        budget = await self.store.use_day_keys(epoch, tag, len(edges) + len(cells), self.policy.dp_max_keys,
+                                               push_key)  # fmt: skip
         kept_edges = []
         for e in edges:  # pushed edges, then their pairs; then cells
             if budget > 0:
@@ -400,7 +404,10 @@ class Aggregator:
         """Published patterns/edges changed after `cursor`, in change order, within ~max_bytes.
 
         Returns (items, new_cursor, more). Pulling again with new_cursor never skips a change:
-        an item that changes again gets a later position and is sent again.
+        an item that changes again gets a later position and is sent again. An item of support 0
+        is a removal: its key was published before and no longer is (window expiry, or not
+        re-selected by the day's DP release), so a TV holding it drops it. A pull from cursor 0
+        gets no removals.
         """
         if not _is_int(cursor) or cursor < 0:
             raise OmegaError("cursor must be a non-negative integer")
@@ -414,7 +421,7 @@ class Aggregator:
             score = self.trends.trend_score
             out = []
             for p in items:
-                if isinstance(p, ConsolidatedCell):
+                if isinstance(p, ConsolidatedCell) and p.support > 0:
                     s = score(p.key)
                     if s != p.trend_score:  # most cells are not trending: keep the (cached) item as is
                         p = replace(p, trend_score=s)
@@ -423,12 +430,12 @@ class Aggregator:
         return items, page.cursor, page.more
 
     async def published(self) -> list[ConsolidatedCell | ConsolidatedEdge]:
-        """Every currently published item (a full pull from cursor 0)."""
+        """Every currently published item (a full pull from cursor 0; removals left out)."""
         items, cursor, more = await self.changes_since(0, max_bytes=1 << 30)
         while more:
             page, cursor, more = await self.changes_since(cursor, max_bytes=1 << 30)
             items += page
-        return items
+        return [item for item in items if item.support > 0]
 
     # ---- housekeeping and federation -----------------------------------------------
     async def prune(self, now_ms: int) -> PruneStats:

@@ -145,7 +145,9 @@ class PatternBoard:
             for _ in range(_MAX_PAGES_PER_REFRESH):
                 items, cursor, more = await aggregator.changes_since(self.cursor, _PAGE_BYTES)
                 for item in items:
-                    if isinstance(item, ConsolidatedCell):
+                    if isinstance(item, ConsolidatedCell) and item.support == 0:  # left the published state
+                        self.rows.pop(item.key, None)
+                    elif isinstance(item, ConsolidatedCell):
                         key = item.key
                         self.rows[key] = _PatternRow(key.task_type, key.cell, int(item.support),
                                                      float(item.success_rate), int(item.version))  # fmt: skip

@@ -17,6 +17,13 @@ stored releases of the window, with their calibration, are the accountant's stat
 A pull cursor into a release is DP_CURSOR_BASE + (epoch << 24) + position, so a
 page the server cuts to its byte budget resumes right after its last item, and a
 cursor of another day (or of the store) starts the day's release from its beginning.
+
+Retraction: after the day's patterns and edges the release lists, as removals
+(support 0), every key of the window's earlier stored releases that today's does
+not hold (its noised support fell under the threshold, or its supporters left
+the window), so a TV drops what is no longer published. That is post-processing
+of published releases only: it costs no privacy budget. A TV starting from cursor
+0 holds nothing to remove and is not sent them.
 """
 
 from __future__ import annotations
@@ -56,17 +63,22 @@ class DailyRelease:
         self._store = store
         self._policy = policy
         self._clock_ms = clock_ms
-        self._current: tuple[int, list[Item]] | None = None
+        self._current: tuple[int, list[Item], int] | None = None  # (epoch, items, how many are not removals)
         self._lock = asyncio.Lock()
 
     async def current(self) -> tuple[int, list[Item]]:
-        """(epoch, items) of the day's release (computed at its first use in an epoch, then fixed)."""
+        """(epoch, items) of the day's release (computed at its first use in an epoch, then fixed),
+        its removals last."""
+        epoch, items, _ = await self._day()
+        return epoch, items
+
+    async def _day(self) -> tuple[int, list[Item], int]:
         epoch = self._clock_ms() // self._policy.epoch_ms
         if self._current is not None and self._current[0] == epoch:
             return self._current
         async with self._lock:
             if self._current is None or self._current[0] != epoch:
-                self._current = (epoch, await self._make(epoch))
+                self._current = (epoch, *await self._make(epoch))
             return self._current
 
     async def head(self) -> int:
@@ -76,18 +88,21 @@ class DailyRelease:
 
     async def page(self, cursor: int, max_bytes: int) -> tuple[list[Item], int, bool]:
         """A page of the day's release after `cursor` (a cursor of another day or of the store: from its start)."""
-        epoch, items = await self.current()
+        epoch, items, live = await self._day()
         start = 0
         if cursor >= DP_CURSOR_BASE and (cursor - DP_CURSOR_BASE) >> _DP_POSITION_BITS == epoch:
             start = min((cursor - DP_CURSOR_BASE) & ((1 << _DP_POSITION_BITS) - 1), len(items))
+        stop = live if cursor == 0 else len(items)  # a TV from cursor 0 holds nothing to remove
         end, used = start, 0
-        while end < len(items):  # at least one item, then as many as the budget holds
+        while end < stop:  # at least one item, then as many as the budget holds
             size = PATTERN_WIRE_BYTES if isinstance(items[end], ConsolidatedCell) else EDGE_WIRE_BYTES
             if end > start and used + size > max_bytes:
                 break
             used += size
             end += 1
-        return list(items[start:end]), _cursor(epoch, end), end < len(items)
+        if end >= stop:
+            return list(items[start:end]), _cursor(epoch, len(items)), False
+        return list(items[start:end]), _cursor(epoch, end), True
 
     async def budget(self) -> float:
         """ε per TV spent by the releases stored for the window (dp-accounting over their calibrations)."""
@@ -97,7 +112,8 @@ class DailyRelease:
         stored = await self._store.dp_releases(epoch - self._policy.window_epochs + 1, epoch)
         return privacy.budget_of([decode_release(blob)[0] for blob in stored.values()])
 
-    async def _make(self, epoch: int) -> list[Item]:
+    async def _make(self, epoch: int) -> tuple[list[Item], int]:
+        """The day's items (patterns, edges, then removals) and how many come before the removals."""
         blob = (await self._store.dp_releases(epoch, epoch)).get(epoch)
         if blob is None:
             blob = await self._store.keep_dp_release(epoch, await self._draw(epoch))  # another worker's may win
@@ -112,7 +128,25 @@ class DailyRelease:
             ConsolidatedEdge(k[0], k[1], k[2], float(n), n, _cursor(epoch, len(cells) + i + 1))
             for i, (k, n) in enumerate(edges)
         ]
-        return items
+        live = len(items)
+        gone_cells, gone_edges = await self._withdrawn(epoch, {k for k, *_ in cells}, {k for k, _ in edges})
+        zero = np.zeros(EMBEDDING_DIM, dtype=np.float32)
+        items += [ConsolidatedCell(c, zero, t, 0.0, 0, 0.0, _cursor(epoch, live + i + 1))
+                  for i, (t, c) in enumerate(gone_cells)]  # fmt: skip
+        items += [ConsolidatedEdge(k[0], k[1], k[2], 0.0, 0, _cursor(epoch, len(items) + i + 1))
+                  for i, k in enumerate(gone_edges)]  # fmt: skip
+        return items, live
+
+    async def _withdrawn(self, epoch: int, cells: set, edges: set) -> tuple[list, list]:
+        """Sorted keys (cells, edges) of the window's earlier stored releases that today's does not hold."""
+        earlier = await self._store.dp_releases(epoch - self._policy.window_epochs + 1, epoch - 1)
+        gone_cells: set = set()
+        gone_edges: set = set()
+        for blob in earlier.values():
+            _, old_edges, old_cells = decode_release(blob)
+            gone_cells.update(k for k, *_ in old_cells if k not in cells)
+            gone_edges.update(k for k, _ in old_edges if k not in edges)
+        return sorted(gone_cells), sorted(gone_edges)
 
     async def _draw(self, epoch: int) -> bytes:
         """A fresh release (of the store's exact supports and the previous day's patterns), encoded."""
@@ -123,7 +157,7 @@ class DailyRelease:
         while more:
             page = await self._store.changes_since(cursor, 1, 1 << 30)
             for e in page.items:
-                if isinstance(e, ConsolidatedEdge):
+                if isinstance(e, ConsolidatedEdge) and e.support > 0:  # support 0: a removal
                     supports[(e.keyspace, e.src, e.dst)] = e.support
             cursor, more = page.cursor, page.more
         sums = cell_sums(await self._store.cell_contributions(epoch - 1))

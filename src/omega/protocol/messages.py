@@ -350,7 +350,11 @@ class ConsolidatedPattern:
 
 @dataclass(frozen=True, slots=True)
 class PullReply:
-    """One page of consolidated deltas."""
+    """One page of consolidated deltas.
+
+    A pattern, transition or pair of support 0 is a removal: the key was published and no longer is
+    (its supporters left the contribution window, or the day's DP release did not select it), so a TV
+    drops what it holds of it. Removals are idempotent (dropping what is not held changes nothing)."""
 
     #: Pass as `since` in the next Pull.
     cursor: int

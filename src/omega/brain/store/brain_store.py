@@ -291,11 +291,17 @@ class BrainStore(Database):
         return changed, stored
 
     def put_consolidated(self, patterns: Iterable[ConsolidatedRecord]) -> int:
-        """Upsert consolidated patterns; an older version never overwrites a newer one. Returns rows changed."""
+        """Upsert consolidated patterns; an older version never overwrites a newer one. Returns rows changed.
+
+        A pattern of support 0 is the cloud's removal (it is no longer published): the held row goes,
+        unless it is newer. Deleting what is not held changes nothing, so a repeated removal is harmless."""
         batch = require_all(patterns, ConsolidatedRecord)
+        removed = [(c.cluster_id, c.version) for c in batch if c.support == 0]
+        batch = [c for c in batch if c.support > 0]
         now = self._clock()
         with self.transaction() as db:
             before = db.total_changes
+            db.executemany("DELETE FROM consolidated WHERE cluster_id = ? AND version <= ?", removed)
             db.executemany(
                 f"INSERT INTO consolidated ({rows.CONSOLIDATED_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (cluster_id) DO UPDATE SET embedding = excluded.embedding, "
@@ -314,7 +320,8 @@ class BrainStore(Database):
         """Store the cloud's aggregated transitions (`count` = support, distinct TVs).
 
         Each incoming (src, dst) replaces the stored value, because the cloud
-        sends totals, not increments. `replace=True` treats `stats` as a full
+        sends totals, not increments; a count of 0 is a removal (no longer
+        published) and drops it. `replace=True` treats `stats` as a full
         snapshot and drops every pair it does not mention.
         """
         batch = require_all(stats, TransitionStat)
@@ -327,7 +334,7 @@ class BrainStore(Database):
 
     def merge_global_pairs(self, stats: Iterable[TransitionStat]) -> int:
         """Store the cloud's unordered pair totals (src < dst on the wire) under both orientations,
-        so `global_pairs_from` is one indexed lookup. Totals replace, as for transitions."""
+        so `global_pairs_from` is one indexed lookup. Totals replace (a count of 0 drops), as for transitions."""
         batch = require_all(stats, TransitionStat)
         both = ((a, b, s.weight, s.count) for s in batch for a, b in ((s.src, s.dst), (s.dst, s.src)))
         self._put_totals("global_pairs", (r for r in both if r[0] != r[1]))
@@ -360,13 +367,17 @@ class BrainStore(Database):
                 db.execute("DETACH DATABASE pulled_src")
                 db.execute("PRAGMA shrink_memory")  # the copied pages need not stay in this connection's cache
 
-    def _put_totals(self, table: str, totals: Iterable[tuple[int, int, float, int]]) -> None:
-        """Upsert (src, dst, weight, support) totals of a global edge table: a total replaces the stored one."""
+    def _put_totals(self, table: str, totals: Iterable[tuple[int, int, float, int]], *, removals: bool = True) -> None:
+        """Upsert (src, dst, weight, support) totals of a global edge table: a total replaces the stored one,
+        and (with `removals`) a support of 0, the cloud's removal of an edge no longer published, deletes it."""
+        rows = [(int(src), int(dst), float(weight), int(support)) for src, dst, weight, support in totals]
+        gone = [r[:2] for r in rows if removals and r[3] == 0]
         with self.transaction() as db:
+            db.executemany(f"DELETE FROM {table} WHERE src = ? AND dst = ?", gone)
             db.executemany(
                 f"INSERT INTO {table} (src, dst, weight, support) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (src, dst) DO UPDATE SET weight = excluded.weight, support = excluded.support",
-                ((int(src), int(dst), float(weight), int(support)) for src, dst, weight, support in totals),
+                [r for r in rows if not (removals and r[3] == 0)],
             )
 
     def global_transitions_from(self, src: int) -> list[TransitionStat]:
@@ -390,7 +401,9 @@ class BrainStore(Database):
         with self.transaction() as db:
             if fresh:
                 db.execute("DELETE FROM refined_neighbours")
-            self._put_totals("refined_neighbours", ((s.src, s.dst, s.weight, 0) for s in batch if s.src != s.dst))
+            # A release replaces the last one whole (`fresh`): no removals within it.
+            self._put_totals("refined_neighbours", ((s.src, s.dst, s.weight, 0) for s in batch if s.src != s.dst),
+                             removals=False)
         return len(batch)
 
     def refined_from(self, src: int) -> list[TransitionStat]:

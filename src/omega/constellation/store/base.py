@@ -176,9 +176,12 @@ class ConstellationStore(ABC):
         (task_type, cell, successes, trials, float16 embedding)."""
 
     @abstractmethod
-    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
+    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int, push_key: bytes) -> int:
         """Grant up to `wanted` of the `limit` keys a device (`tag`: keyed hash of epoch ‖ device)
-        may add to in an epoch; returns how many were granted (atomically, across workers)."""
+        may add to in an epoch; returns how many were granted (atomically, across workers).
+
+        Idempotent per push (`push_key`, the push's idempotency key): a retried batch gets the grant
+        of its first attempt again and uses no more of the day's keys."""
 
     @abstractmethod
     async def prune(self, push_keys_before_ms: int, epoch_before: int) -> PruneStats:

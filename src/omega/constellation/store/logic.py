@@ -8,12 +8,15 @@
   never overwritten from outside) → `plan_merge` (CRDT: an entry replaces the held one
   only if it wins) → rows with each touched key's new global support.
 - A pull: `Page` (the byte budget over the scanned change index) →
-  `consolidate_rows` (global weighted means of the chosen keys).
+  `consolidate_rows` (global weighted means of the chosen keys) and `removal`
+  (a key that was published and no longer is: support 0 on the wire, so the TV drops it).
 
 Rows keep one column order on every backend:
 cell state `(origin, task_type, cell, sum_w, sum_wx, support, successes, trials, version)`,
 edge state `(origin, keyspace, src, dst, weight, support, version)`,
-served `(kind, k1, k2, k3, seq, support)`, member `(kind, k1, k2, k3, member, epoch)`,
+served `(kind, k1, k2, k3, seq, support)` (+ `peak`, the highest global support the key ever had:
+a key whose peak reached k_min was published, and leaving the published state is sent as a removal),
+member `(kind, k1, k2, k3, member, epoch)`,
 contribution log `(epoch, kind, k1, k2, k3, weight, successes, trials, embedding)`.
 """
 
@@ -379,13 +382,35 @@ def plan_merge(cells: CellTable, edges: EdgeTable, incoming: tuple[list, list], 
 
 
 # ---------------------------------------------------------------------------- pulls
+def scan_floor(cursor: int, head: int, k_min: int) -> int:
+    """The `peak` a scanned row needs (beside support ≥ k_min) to be served as a removal.
+
+    A TV at cursor 0 (or at a cursor of another store: it gets everything again) holds nothing to
+    remove, so it gets no removals. Otherwise every key that was published (peak ≥ k_min) and has
+    changed since the cursor is served: present if its support is still ≥ k_min, else as a removal.
+    A key that never reached k_min is never served at all, not even as a removal."""
+    return k_min if 0 < cursor <= head else _NO_REMOVALS
+
+
+_NO_REMOVALS = 1 << 62
+
+
+def removal(row: Sequence[int]) -> crdt.ConsolidatedCell | crdt.ConsolidatedEdge:
+    """The item of a served row (kind, k1, k2, k3, seq, …) whose key left the published state: support 0
+    (and weight 0, a zero embedding), which the TV takes as "drop this key" (omega.protocol.PullReply)."""
+    kind, k1, k2, k3, seq = row[:5]
+    if kind == KIND_CELL:
+        return crdt.ConsolidatedCell(k2, np.zeros(EMBEDDING_DIM, dtype=np.float32), k1, 0.0, 0, 0.0, seq)
+    return crdt.ConsolidatedEdge(k1, k2, k3, 0.0, 0, seq)
+
+
 class Page:
     """The published changes after a cursor that fit a byte budget (at least one when any is pending)."""
 
     def __init__(self, cursor: int, head: int, budget: PageBudget) -> None:
         self.head = head
         self.last = 0 if cursor > head else cursor  # a cursor from a wiped or other store: resend everything
-        self.chosen: list[Sequence[int]] = []  # served rows (kind, k1, k2, k3, seq)
+        self.chosen: list[Sequence[int]] = []  # served rows (kind, k1, k2, k3, seq, support)
         self.more = False
         self._used = 0
         self._budget = budget
@@ -416,7 +441,7 @@ def consolidate_rows(
 ) -> list[crdt.ConsolidatedCell | crdt.ConsolidatedEdge | None]:
     """The global item of each chosen served row (None for a cell without usable weight)."""
     items: list[crdt.ConsolidatedCell | crdt.ConsolidatedEdge | None] = []
-    for kind, k1, k2, k3, seq in chosen:
+    for kind, k1, k2, k3, seq, *_ in chosen:
         if kind == KIND_CELL:
             key = CellKey(k1, k2)
             items.append(crdt.consolidate_cell(key, _global_cell(cells.get(key, {})), version=seq))

@@ -17,7 +17,8 @@ Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of 
 - `omega_push_keys`, `omega_members`: idempotency keys and per-key member hashes.
 - `omega_cell_state` / `omega_edge_state`: CRDT entries per (origin, key);
   `sum_wx` is 384 little-endian float64 (bytea) so a federation round trip is exact.
-- `omega_served`: the global view's change index per key (seq, global support).
+- `omega_served`: the global view's change index per key (seq, global support; v4: `peak`, the
+  highest support it ever had, so a published key's removal is served).
 - `omega_cell_vectors`: per cell, `embedding vector(384)`, the normalised global
   mean, with an HNSW cosine index (m = 32, ef_construction = 200) for
   `nearest_consolidated`. An HNSW insert costs ~5 ms here (m = 32,
@@ -28,7 +29,8 @@ Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of 
   every acknowledged push). A cell pushed to 100 times in a second costs one
   insert, and only when its direction moved enough to matter
   (postgres.VECTOR_REFRESH).
-- `omega_dp_releases`, `omega_dp_day_keys`: DP mode's state (v3).
+- `omega_dp_releases`, `omega_dp_day_keys`: DP mode's state (v3); `omega_dp_grants` (v4): per push the
+  keys granted to it, so a retried batch uses no more.
 - `omega_contributions`: log of accepted contributions within the window (v2: edges too, an epoch index).
 """
 
@@ -100,7 +102,16 @@ CREATE TABLE omega_dp_day_keys (
     epoch bigint NOT NULL, tag bytea NOT NULL, used bigint NOT NULL, PRIMARY KEY (epoch, tag))
 """
 
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3]
+# v4: retraction, `omega_served.peak`, and `omega_dp_grants` (the SQLite store's v5 says why).
+_SCHEMA_V4 = """
+CREATE TABLE omega_dp_grants (push_key bytea PRIMARY KEY, epoch bigint NOT NULL, granted bigint NOT NULL);
+CREATE INDEX omega_dp_grants_epoch ON omega_dp_grants (epoch);
+ALTER TABLE omega_served ADD COLUMN peak bigint NOT NULL DEFAULT 0;
+UPDATE omega_served SET peak = support;
+CREATE INDEX omega_served_seq_support ON omega_served (seq, support, peak)
+"""
+
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

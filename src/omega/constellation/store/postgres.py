@@ -74,11 +74,19 @@ _ADD_EDGE = (
     "ON CONFLICT (keyspace, src, dst, origin) DO UPDATE SET weight = omega_edge_state.weight + excluded.weight, "
     "support = omega_edge_state.support + excluded.support, version = excluded.version"
 )
-_SERVED = "INSERT INTO omega_served (kind, k1, k2, k3, seq, support) VALUES ($1, $2, $3, $4, $5, $6) "
-_PUT_SERVED = _SERVED + "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = excluded.support"
+# `peak` keeps the highest support the key ever had (a published key's removal is served: logic.removal).
+_SERVED = (
+    "INSERT INTO omega_served (kind, k1, k2, k3, seq, support, peak) "
+    "VALUES ($1, $2, $3, $4, $5, $6::bigint, GREATEST($6::bigint, 0)) "
+)
+_PUT_SERVED = _SERVED + (
+    "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = excluded.support, "
+    "peak = GREATEST(omega_served.peak, excluded.support)"
+)
 _ADD_SERVED = (
     _SERVED + "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, "
-    "support = omega_served.support + excluded.support"
+    "support = omega_served.support + excluded.support, "
+    "peak = GREATEST(omega_served.peak, omega_served.support + excluded.support)"
 )
 _MARK_DIRTY = (
     "INSERT INTO omega_dirty_cells VALUES ($1, $2, $3) ON CONFLICT (task_type, cell) DO UPDATE SET seq = excluded.seq"
@@ -112,9 +120,12 @@ _GROUP_EDGES = (
     "support = omega_edge_state.support + excluded.support, version = excluded.version"
 )
 _GROUP_SERVED = (
-    "INSERT INTO omega_served (kind, k1, k2, k3, seq, support) SELECT * FROM unnest($1::smallint[], $2::bigint[], "
-    "$3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) "
-    "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = omega_served.support + excluded.support"
+    "INSERT INTO omega_served (kind, k1, k2, k3, seq, support, peak) SELECT kind, k1, k2, k3, seq, n, GREATEST(n, 0) "
+    "FROM unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) "
+    "AS u (kind, k1, k2, k3, seq, n) "
+    "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, "
+    "support = omega_served.support + excluded.support, "
+    "peak = GREATEST(omega_served.peak, omega_served.support + excluded.support)"
 )
 _GROUP_DIRTY = (
     "INSERT INTO omega_dirty_cells SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[]) "
@@ -336,17 +347,21 @@ class PostgresStore(ConstellationStore):
 
     # ---- delta pull ----------------------------------------------------------------
     async def _changes(self, cursor: int, k_min: int, budget: PageBudget) -> ChangePage:
-        scan = "SELECT kind, k1, k2, k3, seq FROM omega_served WHERE seq > $1 AND support >= $2 ORDER BY seq LIMIT $3"
+        scan = ("SELECT kind, k1, k2, k3, seq, support FROM omega_served "
+                "WHERE seq > $1 AND (support >= $2 OR peak >= $3) ORDER BY seq LIMIT $4")  # fmt: skip
 
         async def run(conn: asyncpg.Connection) -> ChangePage:
             head = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1")
             page = logic.Page(cursor, head, budget)
-            while page.take(await conn.fetch(scan, page.last, k_min, logic.PAGE_SCAN)):
+            floor = logic.scan_floor(cursor, head, k_min)
+            while page.take(await conn.fetch(scan, page.last, k_min, floor, logic.PAGE_SCAN)):
                 pass
-            cells = logic.table_of(await _cells(conn, [CellKey(r[1], r[2]) for r in page.chosen if r[0] == KIND_CELL]))
-            edges = logic.table_of(await _edges(conn, [EdgeKey(*r[1:4]) for r in page.chosen if r[0] == KIND_EDGE]))
-            items = [item for item in logic.consolidate_rows(page.chosen, cells, edges) if item is not None]
-            return ChangePage(items, page.cursor, page.more)
+            live = [r for r in page.chosen if r[5] >= k_min]
+            cells = logic.table_of(await _cells(conn, [CellKey(r[1], r[2]) for r in live if r[0] == KIND_CELL]))
+            edges = logic.table_of(await _edges(conn, [EdgeKey(*r[1:4]) for r in live if r[0] == KIND_EDGE]))
+            loaded = iter(logic.consolidate_rows(live, cells, edges))
+            items = [next(loaded) if r[5] >= k_min else logic.removal(r) for r in page.chosen]
+            return ChangePage([item for item in items if item is not None], page.cursor, page.more)
 
         return await self._engine.read(run)
 
@@ -454,6 +469,7 @@ class PostgresStore(ConstellationStore):
             log = await conn.execute("DELETE FROM omega_contributions WHERE epoch < $1", int(epoch_before))
             await conn.execute("DELETE FROM omega_dp_releases WHERE epoch < $1", int(epoch_before))
             await conn.execute("DELETE FROM omega_dp_day_keys WHERE epoch < $1", int(epoch_before))
+            await conn.execute("DELETE FROM omega_dp_grants WHERE epoch < $1", int(epoch_before))
             counts = (int(status.split()[-1]) for status in (keys, members, log))
             return PruneStats(*counts, w.keys, w.head), w.head
 
@@ -487,9 +503,12 @@ class PostgresStore(ConstellationStore):
 
         return await self._engine.read(run)
 
-    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
+    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int, push_key: bytes) -> int:
         async def run(conn: asyncpg.Connection, head: int) -> tuple[int, int]:
             # Writers hold the head lock (pg_engine.write): this read-then-add is atomic across workers.
+            done = await conn.fetchval("SELECT granted FROM omega_dp_grants WHERE push_key = $1", bytes(push_key))
+            if done is not None:  # a retried batch: its first attempt's grant, nothing more used
+                return int(done), head
             used = await conn.fetchval(
                 "SELECT used FROM omega_dp_day_keys WHERE epoch = $1 AND tag = $2", int(epoch), bytes(tag)
             )
@@ -500,6 +519,7 @@ class PostgresStore(ConstellationStore):
                     "ON CONFLICT (epoch, tag) DO UPDATE SET used = omega_dp_day_keys.used + excluded.used",
                     int(epoch), bytes(tag), granted,
                 )  # fmt: skip
+            await conn.execute("INSERT INTO omega_dp_grants VALUES ($1, $2, $3)", bytes(push_key), int(epoch), granted)
             return granted, head
 
         return await self._engine.write(run)

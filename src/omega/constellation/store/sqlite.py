@@ -62,9 +62,16 @@ _KEYS_PER_QUERY = 4096
 
 _PUT_CELL = "INSERT OR REPLACE INTO cell_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # A served row's change: seq replaces, support is added (a push's new members, an expiry's leavers).
+# `peak` keeps the highest support the key ever had (a published key's removal is served: logic.removal).
 _ADD_SERVED = (
-    "INSERT INTO served VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-    "seq = excluded.seq, support = support + excluded.support"
+    "INSERT INTO served (kind, k1, k2, k3, seq, support, peak) VALUES (?1, ?2, ?3, ?4, ?5, ?6, max(?6, 0)) "
+    "ON CONFLICT DO UPDATE SET seq = excluded.seq, support = support + excluded.support, "
+    "peak = max(peak, support + excluded.support)"
+)
+# A merge's served row: seq and global support replace.
+_PUT_SERVED = (
+    "INSERT INTO served (kind, k1, k2, k3, seq, support, peak) VALUES (?1, ?2, ?3, ?4, ?5, ?6, max(?6, 0)) "
+    "ON CONFLICT DO UPDATE SET seq = excluded.seq, support = excluded.support, peak = max(peak, excluded.support)"
 )
 
 
@@ -223,15 +230,21 @@ class SqliteStore(ConstellationStore):
     # ---- delta pull ----------------------------------------------------------------
     async def _changes(self, cursor: int, k_min: int, budget: PageBudget) -> ChangePage:
         def run(conn: sqlite3.Connection) -> ChangePage:
-            page = logic.Page(cursor, _head(conn), budget)
-            scan = "SELECT kind, k1, k2, k3, seq FROM served WHERE seq > ? AND support >= ? ORDER BY seq LIMIT ?"
-            while page.take(conn.execute(scan, (page.last, k_min, logic.PAGE_SCAN)).fetchall()):
+            head = _head(conn)
+            page = logic.Page(cursor, head, budget)
+            floor = logic.scan_floor(cursor, head, k_min)
+            scan = ("SELECT kind, k1, k2, k3, seq, support FROM served WHERE seq > ? AND (support >= ? OR peak >= ?) "
+                    "ORDER BY seq LIMIT ?")  # fmt: skip
+            while page.take(conn.execute(scan, (page.last, k_min, floor, logic.PAGE_SCAN)).fetchall()):
                 pass
-            return ChangePage(self._load_items(conn, page.chosen), page.cursor, page.more)
+            live = [r[:5] for r in page.chosen if r[5] >= k_min]
+            loaded = iter(self._load_items(conn, live))
+            items = [next(loaded) if r[5] >= k_min else logic.removal(r) for r in page.chosen]
+            return ChangePage([item for item in items if item is not None], page.cursor, page.more)
 
         return await self._read(run)
 
-    def _load_items(self, conn: sqlite3.Connection, chosen: list) -> list[ConsolidatedCell | ConsolidatedEdge]:
+    def _load_items(self, conn: sqlite3.Connection, chosen: list) -> list[ConsolidatedCell | ConsolidatedEdge | None]:
         # A served key's item at a given change seq never changes (every write to a key's state
         # gives it a new seq), so consolidated items are cached by (kind, key, seq).
         known = self._items.get_many(chosen)
@@ -246,7 +259,7 @@ class SqliteStore(ConstellationStore):
             self._items.put_many(missing, loaded)
             fill = iter(loaded)
             known = [next(fill) if item is MISS else item for item in known]
-        return [item for item in known if item is not None]
+        return known  # None: a cell without usable weight
 
     # ---- similarity search ---------------------------------------------------------
     async def nearest_consolidated(
@@ -264,7 +277,7 @@ class SqliteStore(ConstellationStore):
             rows = conn.execute(sql, args).fetchall()
             patterns = []
             for start in range(0, len(rows), _KEYS_PER_QUERY):
-                patterns += self._load_items(conn, rows[start : start + _KEYS_PER_QUERY])
+                patterns += [p for p in self._load_items(conn, rows[start : start + _KEYS_PER_QUERY]) if p is not None]
             if not patterns:
                 return []
             sims = np.stack([p.embedding for p in patterns]) @ q
@@ -282,6 +295,7 @@ class SqliteStore(ConstellationStore):
             log = conn.execute("DELETE FROM contributions WHERE epoch < ?", (epoch_before,)).rowcount
             conn.execute("DELETE FROM dp_releases WHERE epoch < ?", (epoch_before,))
             conn.execute("DELETE FROM dp_day_keys WHERE epoch < ?", (epoch_before,))
+            conn.execute("DELETE FROM dp_grants WHERE epoch < ?", (epoch_before,))
             return PruneStats(keys, members, log, w.keys, w.head)
 
         return await self._writer.submit(run)
@@ -309,8 +323,11 @@ class SqliteStore(ConstellationStore):
 
         return await self._read(run)
 
-    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int) -> int:
+    async def use_day_keys(self, epoch: int, tag: bytes, wanted: int, limit: int, push_key: bytes) -> int:
         def run(conn: sqlite3.Connection) -> int:
+            done = conn.execute("SELECT granted FROM dp_grants WHERE push_key = ?", (bytes(push_key),)).fetchone()
+            if done is not None:  # a retried batch: its first attempt's grant, nothing more used
+                return int(done[0])
             row = conn.execute("SELECT used FROM dp_day_keys WHERE epoch = ? AND tag = ?", (epoch, tag)).fetchone()
             granted = max(0, min(int(wanted), int(limit) - (row[0] if row else 0)))
             if granted:
@@ -318,6 +335,7 @@ class SqliteStore(ConstellationStore):
                     "INSERT INTO dp_day_keys VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET used = used + excluded.used",
                     (int(epoch), bytes(tag), granted),
                 )
+            conn.execute("INSERT INTO dp_grants VALUES (?, ?, ?)", (bytes(push_key), int(epoch), granted))
             return granted
 
         return await self._writer.submit(run)
@@ -375,7 +393,7 @@ class SqliteStore(ConstellationStore):
             w = logic.plan_merge(held_cells, held_edges, (cells, edges), _head(conn))
             conn.executemany(_PUT_CELL, w.cell_states)
             conn.executemany("INSERT OR REPLACE INTO edge_state VALUES (?, ?, ?, ?, ?, ?, ?)", w.edge_states)
-            conn.executemany("INSERT OR REPLACE INTO served VALUES (?, ?, ?, ?, ?, ?)", w.served)
+            conn.executemany(_PUT_SERVED, w.served)
             return w.changed
 
         return await self._writer.submit(run)

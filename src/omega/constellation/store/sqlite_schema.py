@@ -11,10 +11,12 @@ i + 1; v2 adds the covering index `served (seq, support)` for the pull scan) and
   differs per key, so rows of one device in different cells cannot be linked without the salt.
 - `cell_state` / `edge_state`: CRDT entries per (origin, key); this shard's own rows are
   its accumulators (version = change seq of their last change).
-- `served`: the global view's change index: per key, global support and the change
-  sequence `seq` (unique, store-wide monotonic) of its last change.
+- `served`: the global view's change index: per key, global support, the change
+  sequence `seq` (unique, store-wide monotonic) of its last change, and (v5) `peak`, the
+  highest support it ever had (a published key's removal is served to TVs).
 - `dp_releases`, `dp_day_keys` (DP mode): the day's noised release as first drawn, and the
-  keys each device-day added to (keyed hash of epoch ‖ device); pruned with the window.
+  keys each device-day added to (keyed hash of epoch ‖ device); pruned with the window. `dp_grants`
+  (v5): per push, the keys granted to it (a retry is granted the same, not more).
 - `contributions`: log of accepted contributions within the window (key, weight; for a cell
   also counts and the float16 embedding; epoch) — no device id or pseudonym, time only to the
   epoch; `prune` subtracts and deletes the rows that leave the window (store/window.py).
@@ -81,8 +83,23 @@ CREATE TABLE dp_day_keys (
     PRIMARY KEY (epoch, tag)) WITHOUT ROWID
 """
 
+# v5: retraction (issue 14). `served.peak` is the highest global support a key ever had, so a key that
+# was published (peak ≥ k_min) and left the published state is served as a removal (logic.removal),
+# while a key that never reached k_min stays unserved. The pull scan's covering index gains it.
+# Existing rows start at their current support (what was published before is not known).
+# Also `dp_grants`: per push (its idempotency key) the day's keys DP mode granted it, so a retried
+# batch is granted the same again and uses no more of the device-day's keys (pruned with the window).
+_SCHEMA_V5 = """
+CREATE TABLE dp_grants (push_key BLOB PRIMARY KEY, epoch INTEGER NOT NULL, granted INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX dp_grants_epoch ON dp_grants (epoch);
+ALTER TABLE served ADD COLUMN peak INTEGER NOT NULL DEFAULT 0;
+UPDATE served SET peak = support;
+DROP INDEX served_seq_support;
+CREATE INDEX served_seq_support ON served (seq, support, peak)
+"""
+
 # Index i holds the script that migrates schema version i to i + 1.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -66,7 +66,7 @@ async def published_edges(fleet: Fleet, k_min: int) -> list[ConsolidatedEdge]:
     cursor, more = 0, True
     while more:
         page = await fleet.aggregator.store.changes_since(cursor, k_min, 100_000)
-        edges += [e for e in page.items if isinstance(e, ConsolidatedEdge)]
+        edges += [e for e in page.items if isinstance(e, ConsolidatedEdge) and e.support > 0]  # not removals
         cursor, more = page.cursor, page.more
     return edges
 

@@ -1,0 +1,93 @@
+"""Retraction end to end: a real server (`create_app`, on an injected clock), a real TV brain and its SyncAgent.
+
+Four device ids pushed source → target on day 0 and went silent; three honest TVs pushed source →
+title on day 20. A victim that watched the source pulls both and ranks the target high. Thirty days
+later the target's supporters have left the window: the victim's next sync drops the edge and the
+pair, and the target no longer ranks; the honest edge stays.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from omega.brain import Brain, BrainConfig
+from omega.brain.sync.agent import SyncAgent
+from omega.brain.sync.config import SyncConfig
+from omega.constellation.app import create_app
+from omega.constellation.settings import load_settings
+from omega.protocol import Keyspace
+from omega.sim.bench.poisoning import SOURCE, TARGET, VICTIM_CONTEXT, poisoning_catalog
+from omega.sim.fleet.wire import ServiceTransport
+
+from .server_support import SECRET, small_codebook
+
+pytestmark = pytest.mark.timeout(240)
+
+DAY_S = 86_400
+T0_S = 1_700_000_000 // DAY_S * DAY_S
+TITLE = 5
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _device(n: int) -> bytes:
+    return n.to_bytes(4, "big") * 4
+
+
+async def test_a_tv_drops_what_left_the_published_state_and_stops_ranking_it(tmp_path: Path) -> None:
+    small_codebook().save(tmp_path / "codebook.npz")
+    settings = load_settings(env={"OMEGA_SECRET": SECRET}, overrides={
+        "store": f"sqlite:{tmp_path / 'c.db'}", "codebook": str(tmp_path / "codebook.npz")})  # fmt: skip
+    clock = Clock(T0_S + 3600)
+    app = create_app(settings, clock=clock)
+    victim = Brain(tmp_path / "victim.db", catalog=poisoning_catalog(), config=BrainConfig(), synchronous="NORMAL")
+    try:
+        async with app.router.lifespan_context(app):
+            service = app.state.omega.service
+            agg = service.aggregator
+            item = int(Keyspace.ITEM)
+            for n in range(4):
+                await agg.apply(_device(n), b"t", [], [(item, SOURCE, TARGET, 1.0)], int(clock.t * 1000))
+            for n in range(10, 13):
+                await agg.apply(_device(n), b"h", [], [(item, SOURCE, TITLE, 1.0)], int((clock.t + 20 * DAY_S) * 1000))
+            dev = _device(99)
+            agent = SyncAgent(victim, server_url="http://127.0.0.1:1", device_id=dev, token=service.keyring.token(dev),
+                              config=SyncConfig(contribution_period_s=0), clock=clock, rng=random.Random(1),
+                              transport=ServiceTransport(service))  # fmt: skip
+            victim.on_user_action(SOURCE, watch_fraction=1.0, started_at=clock.t)
+
+            clock.t += 21 * DAY_S
+            await agent.sync_once()
+            held = {(t.src, t.dst): t.count for t in victim.store.all_global_transitions()}
+            assert held == {(SOURCE, TARGET): 4, (SOURCE, TITLE): 3}
+            pairs = {(t.src, t.dst) for t in victim.store.all_global_pairs()}
+            assert (SOURCE, TARGET) in pairs
+            top = [r.content_id for r in victim.recommend(VICTIM_CONTEXT, k=10)]
+            assert top.index(TARGET) < 2, top
+
+            clock.t += 10 * DAY_S  # day 31: day 0 has left the 30-day window, day 20 has not
+            await service.housekeeping()
+            await agent.sync_once()
+            held = {(t.src, t.dst): t.count for t in victim.store.all_global_transitions()}
+            assert held == {(SOURCE, TITLE): 3}
+            pairs = {(t.src, t.dst) for t in victim.store.all_global_pairs()}
+            assert (SOURCE, TARGET) not in pairs and (TARGET, SOURCE) not in pairs and (SOURCE, TITLE) in pairs
+            recs = victim.recommend(VICTIM_CONTEXT, k=10)
+            top = [r.content_id for r in recs]
+            assert TARGET not in top, top
+            assert top[0] == TITLE, top
+            # Replay-safe: syncing again (the same removals are not re-sent, a repeat would change nothing).
+            await agent.sync_once()
+            assert {(t.src, t.dst) for t in victim.store.all_global_transitions()} == {(SOURCE, TITLE)}
+            await agent.close()
+    finally:
+        victim.close()
