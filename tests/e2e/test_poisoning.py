@@ -5,9 +5,9 @@ three device ids (valid tokens: ids are cheap) pushed source → target at weigh
 A victim TV that watched the source syncs and ranks: the target stays out of its top 10, and
 the edge it holds for the target weighs its distinct support (3), not the attackers' sum.
 
-The attackers push signed frames with the edge only, as in the issue. (Had they also pushed
-embedding patterns near the target, three ids would publish a consolidated pattern (k_min 3) that
-the victim's prior reads as "popular with viewers like you": that channel has no support floor yet.)
+The attackers push signed frames with the edge only, as in the issue. (Embedding patterns planted
+at the target by three ids are published at k_min 3; the victim's prior drops them by its support
+floor: tests/sim/bench/test_pattern_poisoning.py.)
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ class Brain:
 
     def _consolidated(self) -> ConsolidatedPrior:
         if self._prior is None:
-            self._prior = ConsolidatedPrior.of(self.store.consolidated())
+            self._prior = ConsolidatedPrior.of(self.store.consolidated(), self.store.support_floor_c)
         return self._prior
 
     def _hist(self) -> _History:

@@ -27,6 +27,8 @@ for variety (`diversity_lambda`, 1 = off).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -95,7 +97,16 @@ class ConsolidatedPrior:
     quality: np.ndarray
 
     @classmethod
-    def of(cls, patterns: list[ConsolidatedRecord]) -> ConsolidatedPrior:
+    def of(cls, patterns: list[ConsolidatedRecord], floor_c: float = 0.0) -> ConsolidatedPrior:
+        """The prior over `patterns` that pass the support floor: support ≥ floor_c·√S, S = the total support
+        of all of them (issue 14, bounded influence; the edges' rule and c, protocol.SUPPORT_FLOOR_C).
+
+        k_min alone lets three sybil ids publish a pattern that this prior reads as "popular with viewers of
+        your taste"; the floor grows with the fleet (S is ~ TVs × patterns each), as a key's support does.
+        Post-processing of what was pulled: under DP it costs no budget."""
+        if patterns and floor_c > 0:
+            floor = floor_c * math.sqrt(sum(p.support for p in patterns))
+            patterns = [p for p in patterns if p.support >= floor]
         if not patterns:
             return cls([], np.empty((0, 384), np.float32), np.empty(0, np.float32))
         matrix = np.stack([_unit(np.asarray(p.embedding, np.float32)) for p in patterns])

@@ -100,7 +100,8 @@ class BrainStore(Database):
 
     @property
     def support_floor_c(self) -> float:
-        """c of the support floor on global edges (see protocol.SUPPORT_FLOOR_C; 0 turns it off)."""
+        """c of the support floor on global edges and consolidated patterns (see protocol.SUPPORT_FLOOR_C and
+        recommender.ConsolidatedPrior.of; 0 turns it off)."""
         return self.edges.floor_c
 
     @support_floor_c.setter
