@@ -86,7 +86,9 @@ def _device(rng: random.Random) -> bytes:
     return uuid.UUID(int=rng.getrandbits(128)).bytes
 
 
-async def _one_run(h: int, s: int, catalog: Catalog, workdir: Path, seed: int, honest_seed: int) -> dict:
+async def _one_run(
+    h: int, s: int, catalog: Catalog, workdir: Path, seed: int, honest_seed: int, daily_ids: bool = False
+) -> dict:
     rng = random.Random(f"poisoning-{honest_seed}-{seed}")  # the same honest fleet for every s
     store = await open_store(f"sqlite:{workdir / f'store-{h}-{s}.db'}", origin="bench")
     try:
@@ -100,6 +102,8 @@ async def _one_run(h: int, s: int, catalog: Catalog, workdir: Path, seed: int, h
         sybil_rng = random.Random(f"sybils-{s}-{seed}")
         sybils = [_device(sybil_rng) for _ in range(s)]
         for day in range(SYBIL_DAYS):
+            if daily_ids and day:  # per-epoch pseudonyms: each day a fresh id the server cannot link
+                sybils = [_device(sybil_rng) for _ in range(s)]
             for dev in sybils:
                 await agg.apply(dev, b"day-%d" % day, [], [(int(Keyspace.ITEM), SOURCE, TARGET, SYBIL_WEIGHT)],
                                 START_MS + day * DAY_MS)  # fmt: skip
@@ -143,19 +147,23 @@ async def _one_run(h: int, s: int, catalog: Catalog, workdir: Path, seed: int, h
 
 def run_poisoning_bench(
     honest: Sequence[int] = HONEST, sybils: Sequence[int] = SYBILS, *, seed: int = 0,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, daily_ids: bool = False,
 ) -> dict:  # fmt: skip
-    """Every (honest, sybils) run; see the module docstring. Bar: s ≤ 3 vs 30 honest → rank > 10 (or absent)."""
+    """Every (honest, sybils) run; see the module docstring. Bar: s ≤ 3 vs 30 honest → rank > 10 (or absent).
+
+    `daily_ids`: what per-epoch pseudonyms would cost (not shipped: frames carry the long-lived device
+    id): each sybil pushes under a fresh, unlinkable id every day, so it counts once per day in the
+    window's distinct support instead of once."""
     catalog = poisoning_catalog(seed)
     runs = []
     with tempfile.TemporaryDirectory(prefix="omega-poisoning-") as tmp:
         for h in honest:
             # The same honest fleet without sybils: what the victim would rank anyway (content, context).
-            clean = asyncio.run(_one_run(h, 0, catalog, Path(tmp), seed, honest_seed=h))
+            clean = asyncio.run(_one_run(h, 0, catalog, Path(tmp), seed, honest_seed=h, daily_ids=daily_ids))
             for s in sybils:
                 if progress:
                     progress(f"{h} honest TVs, {s} sybil ids")
-                run = asyncio.run(_one_run(h, s, catalog, Path(tmp), seed, honest_seed=h))
+                run = asyncio.run(_one_run(h, s, catalog, Path(tmp), seed, honest_seed=h, daily_ids=daily_ids))
                 # Outranked because of the sybils: items the target also outranks with none are left out.
                 caused = {t: n for t, n in run["outranked"].items() if n > s and t not in clean["outranked"]}
                 run["outranks_because_of_sybils"] = bool(caused)
@@ -165,6 +173,7 @@ def run_poisoning_bench(
     return {
         "runs": runs,
         "scenario": f"{SYBIL_DAYS} days of sybil pushes at weight {SYBIL_WEIGHT:g}; victim watched the source once",
+        "sybil_ids": "a fresh id each day (per-epoch pseudonyms, not shipped)" if daily_ids else "one id each",
         "policy": {"k_min": AggregationPolicy().k_min, "edge_w_max": AggregationPolicy().edge_w_max},
         "bar_met": {
             "top10_clear_for_s_le_3": bar_top10,
