@@ -98,7 +98,8 @@ async def soak(server_factory, catalog, tmp_path: Path, *, n_tvs: int, duration_
               f"connections {dict(faults)}")  # fmt: skip
         assert outcomes["ok"] >= n_tvs  # every TV got through at least once on average
         assert sum(n for code, n in outcomes.items() if code != "ok") > 0 and faults["cut"] > 0
-        assert duplicates > 0  # lost acks were retried and recognised
+        # Whether a cut lands between apply and ack depends on timing, so a loaded machine can see none here;
+        # test_faults.py makes that case on purpose (the retry is recognised as a duplicate).
 
         proxy.policy = Fault  # the network heals: final clean syncs, then every check
         state, ref = await converge_and_verify(server, tvs, catalog, k_min=3, epoch=epoch)
