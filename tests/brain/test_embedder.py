@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from omega.brain.embedder import Embedder
-from omega.brain.modelcache import INT8_FILE, MANIFEST_FILE, TOKENIZER_FILE
+from omega.brain.modelcache import INT8_EXT_FILE, INT8_FILE, MANIFEST_FILE, TOKENIZER_FILE
 from omega.errors import OmegaError
 
 # Movie titles with genres, and viewing contexts: what the brain embeds.
@@ -148,3 +148,14 @@ def test_damaged_model_file_is_refused(embedder: Embedder, tmp_path: Path) -> No
     (tmp_path / INT8_FILE).unlink()
     with pytest.raises(OmegaError, match="missing"):
         Embedder(tmp_path)
+
+
+def test_the_weights_mapped_as_external_data_embed_exactly_as_the_one_file(embedder: Embedder, tmp_path: Path) -> None:
+    """A built cache also holds the INT8 weights as external data, which the TV loads; a cache without that copy
+    (made by an older builder) loads the one file, with bit-identical vectors."""
+    assert embedder.model_file == INT8_EXT_FILE
+    for name in (MANIFEST_FILE, INT8_FILE, TOKENIZER_FILE):
+        shutil.copyfile(embedder.model_dir / name, tmp_path / name)
+    one_file = Embedder(tmp_path)
+    assert one_file.model_file == INT8_FILE
+    np.testing.assert_array_equal(one_file.embed_batch(SENTENCES[:6]), embedder.embed_batch(SENTENCES[:6]))

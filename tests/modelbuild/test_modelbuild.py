@@ -16,7 +16,10 @@ from omega.brain.embedder import Embedder
 from omega.cli import main as omega_main
 from omega.errors import OmegaError
 from omega.modelbuild import (
+    EXT_MANIFEST_FILE,
     FP32_FILE,
+    INT8_EXT_DATA,
+    INT8_EXT_FILE,
     INT8_FILE,
     MANIFEST_FILE,
     TOKENIZER_FILE,
@@ -26,6 +29,7 @@ from omega.modelbuild import (
     build_graph,
     default_model_dir,
     ensure_model,
+    ext_problem,
     load_weights,
     manifest_problem,
     reference_forward,
@@ -35,7 +39,7 @@ from omega.modelbuild import (
     weights_source_dir,
 )
 
-CACHE_FILES = (FP32_FILE, INT8_FILE, TOKENIZER_FILE, MANIFEST_FILE)
+CACHE_FILES = (FP32_FILE, INT8_FILE, TOKENIZER_FILE, MANIFEST_FILE, INT8_EXT_FILE, INT8_EXT_DATA, EXT_MANIFEST_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +121,35 @@ def test_manifest_describes_the_cache(built_cache: Path) -> None:
     # Quantised to INT8: roughly a quarter of the fp32 file.
     assert manifest["files"][INT8_FILE]["bytes"] < manifest["files"][FP32_FILE]["bytes"] / 3
     assert manifest_problem(built_cache) is None
+
+
+def test_the_int8_weights_are_also_kept_as_external_data(built_cache: Path, tmp_path: Path) -> None:
+    """The split copy is the INT8 model's bytes (same outputs), named by its own manifest; one split from another
+    INT8 file, or missing, is written again by `ensure_model` without rebuilding the rest."""
+    assert ext_problem(built_cache) is None
+    ext = json.loads((built_cache / EXT_MANIFEST_FILE).read_text())
+    main = json.loads((built_cache / MANIFEST_FILE).read_text())
+    assert ext["from"] == {"file": INT8_FILE, "sha256": main["files"][INT8_FILE]["sha256"]}
+    assert (built_cache / INT8_EXT_FILE).stat().st_size < 1_000_000 < (built_cache / INT8_EXT_DATA).stat().st_size
+    ids = np.array([[101, 2190, 2895, 3185, 102]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    split, whole = run_graph(built_cache / INT8_EXT_FILE, ids, mask), run_graph(built_cache / INT8_FILE, ids, mask)
+    np.testing.assert_array_equal(split, whole)
+
+    cache = _copy_cache(built_cache, tmp_path / "cache")
+    stale = json.loads((cache / EXT_MANIFEST_FILE).read_text())
+    stale["from"]["sha256"] = "0" * 64  # split from an INT8 file that is no longer there
+    (cache / EXT_MANIFEST_FILE).write_text(json.dumps(stale))
+    assert Embedder(cache).model_file == INT8_FILE  # a cache without a valid split still works
+    assert "external-data" in (ext_problem(cache) or "")
+    messages: list[str] = []
+    ensure_model(cache, progress=messages.append)
+    assert not any(m.startswith("building the model") for m in messages) and ext_problem(cache) is None
+    assert Embedder(cache).model_file == INT8_EXT_FILE
+    _flip_byte(cache / INT8_EXT_DATA, 5000)
+    with pytest.raises(OmegaError, match="damaged"):
+        Embedder(cache)
+    assert "sha256" in (ext_problem(cache) or "")
 
 
 def test_second_ensure_does_not_rebuild(built_cache: Path, tmp_path: Path) -> None:

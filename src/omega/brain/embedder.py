@@ -13,10 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from omega.brain.modelcache import (
+    DISABLED_OPTIMIZERS,
+    INT8_EXT_DATA,
+    INT8_EXT_FILE,
     MAX_POSITIONS,
     TOKENIZER_FILE,
     VARIANT_FILES,
     default_model_dir,
+    ext_split_of,
     mean_pool,
     read_manifest,
     sha256_file,
@@ -27,11 +31,6 @@ from omega.protocol import EMBEDDING_DIM
 
 # Titles with genres and viewing contexts are short; 128 tokens keep their meaning.
 DEFAULT_MAX_LENGTH = 128
-#: ONNX Runtime graph rewrites left out. SkipLayerNormFusion (residual add + LayerNorm in one kernel) made
-#: the INT8 MiniLM slower on the measuring machine (onnxruntime 1.32, x86-64 AVX-512, one thread): a
-#: 25-token context 1.94 -> 1.47 ms thread CPU without it, a batch of 64 130 -> 98 ms; outputs within
-#: 1.5e-5 (float rounding of the unfused add and norm).
-DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 class Embedder:
@@ -58,7 +57,14 @@ class Embedder:
         self.variant = variant
         self.threads = threads
         self.max_length = max_length
-        model_path = self._verified(VARIANT_FILES[variant])
+        # The INT8 weights as external data when the cache holds them (mapped, not copied), else the one file.
+        split = ext_split_of(self.model_dir) if variant == "int8" else None
+        if split is not None:
+            self._verified(INT8_EXT_DATA, split)
+            model_path = self._verified(INT8_EXT_FILE, split)
+        else:
+            model_path = self._verified(VARIANT_FILES[variant])
+        self.model_file = model_path.name
         tokenizer_path = self._verified(TOKENIZER_FILE)
 
         import onnxruntime as ort
@@ -89,9 +95,9 @@ class Embedder:
             raise OmegaError(f"cannot load model {model_path}: {exc}; run `omega model build --force`") from exc
         self._inputs = {i.name for i in self._session.get_inputs()}
 
-    def _verified(self, name: str) -> Path:
-        """Path of a cache file after checking it against the manifest's sha256."""
-        manifest = read_manifest(self.model_dir)
+    def _verified(self, name: str, manifest: dict | None = None) -> Path:
+        """Path of a cache file after checking it against the (main, unless given) manifest's sha256."""
+        manifest = manifest if manifest is not None else read_manifest(self.model_dir)
         if manifest is None:
             raise OmegaError(f"no model in {self.model_dir}: run `omega model build` first")
         path = self.model_dir / name

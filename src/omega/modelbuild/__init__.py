@@ -14,7 +14,10 @@ build-time extras (`onnx`, `safetensors`).
 """
 
 from omega.brain.modelcache import (
+    EXT_MANIFEST_FILE,
     FP32_FILE,
+    INT8_EXT_DATA,
+    INT8_EXT_FILE,
     INT8_FILE,
     MANIFEST_FILE,
     TOKENIZER_FILE,
@@ -29,6 +32,7 @@ from omega.modelbuild.build import (
     WEIGHTS_FILE,
     WEIGHTS_SHA256,
     ensure_model,
+    ext_problem,
     manifest_problem,
     verify_source,
     weights_source_dir,
@@ -37,7 +41,10 @@ from omega.modelbuild.graph import build_graph, load_weights, reference_forward,
 
 __all__ = [
     "BUILDER_VERSION",
+    "EXT_MANIFEST_FILE",
     "FP32_FILE",
+    "INT8_EXT_DATA",
+    "INT8_EXT_FILE",
     "INT8_FILE",
     "MANIFEST_FILE",
     "TOKENIZER_FILE",
@@ -47,6 +54,7 @@ __all__ = [
     "build_graph",
     "default_model_dir",
     "ensure_model",
+    "ext_problem",
     "load_weights",
     "manifest_problem",
     "mean_pool",

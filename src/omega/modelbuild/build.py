@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,12 +21,16 @@ from typing import Any
 import numpy as np
 
 from omega.brain.modelcache import (
+    EXT_MANIFEST_FILE,
     FP32_FILE,
+    INT8_EXT_DATA,
+    INT8_EXT_FILE,
     INT8_FILE,
     MANIFEST_FILE,
     MAX_POSITIONS,
     TOKENIZER_FILE,
     default_model_dir,
+    ext_split_of,
     mean_pool,
     read_manifest,
     sha256_file,
@@ -171,6 +176,21 @@ def manifest_problem(model_dir: Path) -> str | None:
     return None
 
 
+def ext_problem(model_dir: Path) -> str | None:
+    """Why the external-data copy of the INT8 model cannot be used (absent, split from another INT8 file,
+    damaged), or None if it can. The main cache must be valid first (`manifest_problem`)."""
+    split = ext_split_of(model_dir)
+    if split is None:
+        return "no external-data copy of the current INT8 model"
+    for name, meta in split["files"].items():
+        path = model_dir / name
+        if not path.is_file() or not isinstance(meta, dict) or path.stat().st_size != meta.get("bytes"):
+            return f"{name} is missing or has the wrong size"
+        if sha256_file(path) != meta.get("sha256"):
+            return f"{name} does not match its sha256"
+    return None
+
+
 # ---------------------------------------------------------------- the build
 
 
@@ -251,6 +271,31 @@ def _build(cache_dir: Path, source_dir: Path, progress: Notes | None) -> None:
     _say(progress, f"built {cache_dir} in {manifest['build_seconds']} s")
 
 
+def _build_ext(cache_dir: Path, progress: Notes | None) -> None:
+    """Write the INT8 model again with its initializers as external data (the same graph and bytes, split)."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise OmegaError(f"building the model needs the [model] extras (onnx, safetensors): {exc}") from exc
+    _say(progress, f"writing {INT8_EXT_FILE} + {INT8_EXT_DATA} (INT8 weights as external data)")
+    source = read_manifest(cache_dir)["files"][INT8_FILE]  # type: ignore[index]  # valid: checked by the caller
+    model = onnx.load(str(cache_dir / INT8_FILE))
+    for stale in cache_dir.glob(".ext-*"):  # what a killed build left
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".ext-", dir=cache_dir) as tmp:
+        onnx.save_model(model, str(Path(tmp) / INT8_EXT_FILE), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=INT8_EXT_DATA, size_threshold=1024)  # fmt: skip
+        files = {}
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in (INT8_EXT_DATA, INT8_EXT_FILE):  # the data before the graph that names it
+            os.chmod(Path(tmp) / name, 0o666 & ~umask)  # readable like the other model files
+            files[name] = {"sha256": sha256_file(Path(tmp) / name), "bytes": (Path(tmp) / name).stat().st_size}
+            _commit(Path(tmp) / name, cache_dir / name)
+    manifest = {"from": {"file": INT8_FILE, "sha256": source["sha256"]}, "files": files}
+    _write_atomic(cache_dir / EXT_MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
 def ensure_model(
     cache_dir: Path | None = None,
     *,
@@ -274,9 +319,10 @@ def ensure_model(
         raise OmegaError(f"model cache {cache_dir} is not a directory")
     with _build_lock(cache_dir):
         problem = "rebuild forced" if force else manifest_problem(cache_dir)
-        if problem is None:
-            return cache_dir
-        _say(progress, f"building the model in {cache_dir} ({problem})")
-        _remove_stale_temps(cache_dir)
-        _build(cache_dir, source_dir if source_dir is not None else weights_source_dir(), progress)
+        if problem is not None:
+            _say(progress, f"building the model in {cache_dir} ({problem})")
+            _remove_stale_temps(cache_dir)
+            _build(cache_dir, source_dir if source_dir is not None else weights_source_dir(), progress)
+        if problem is not None or ext_problem(cache_dir) is not None:
+            _build_ext(cache_dir, progress)
     return cache_dir

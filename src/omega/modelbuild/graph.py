@@ -236,13 +236,17 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
 
 
 def run_graph(model_path: Path, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    """last_hidden_state from an ONNX file, with the optimiser fully on (as the TV runs it)."""
+    """last_hidden_state from an ONNX file, optimised as the TV's embedder runs it."""
     import onnxruntime as ort
+
+    from omega.brain.modelcache import DISABLED_OPTIMIZERS
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
+    )
     return session.run(["last_hidden_state"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 

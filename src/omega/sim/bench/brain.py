@@ -244,6 +244,7 @@ def _measure_main(argv: list[str]) -> None:
         "rss_peak_mb": round(peak, 1),
         "load_ms": round(load_ms, 1),
         "index_backend": index.backend,
+        "embedder_model_file": embedder.model_file,
         "index": {"backend": index.backend, "dtype": index.dtype, "m": index.connectivity, "ef_construction": index.expansion_add,
                   "ef_search": default_ef, "threads": index.threads},
         "ef_sweep": sweep,
