@@ -92,13 +92,26 @@ class Catalog:
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def from_vectors(cls, items: Sequence[CatalogItem], matrix: np.ndarray, config: BrainConfig | None = None) -> Catalog:
-        """A catalog over precomputed embeddings (builds the HNSW index)."""
+    def from_vectors(
+        cls, items: Sequence[CatalogItem], matrix: np.ndarray, config: BrainConfig | None = None, *,
+        index_file: Path | None = None,
+    ) -> Catalog:  # fmt: skip
+        """A catalog over precomputed embeddings (builds the HNSW index).
+
+        `index_file` (a tool's cache, e.g. the simulator's): the index is loaded from there when it holds
+        exactly these ids, else built and saved there. The caller names the file by `fingerprint` (ids,
+        vectors and build parameters), so a file of other vectors is never read as this one's."""
         config = config or BrainConfig()
-        index = new_index(config)
-        if len(items):
-            ids = np.fromiter((it.content_id for it in items), dtype=np.int64, count=len(items))
+        if not len(items):
+            return cls(items, matrix, new_index(config))
+        ids = np.fromiter((it.content_id for it in items), dtype=np.int64, count=len(items))
+        index = _load_index(index_file, config, ids) if index_file is not None else None
+        if index is None:
+            index = new_index(config)
             index.add(ids, _normalised(np.asarray(matrix)))
+            if index_file is not None:
+                index_file.parent.mkdir(parents=True, exist_ok=True)
+                index.save(index_file)
         return cls(items, matrix, index)
 
     @classmethod
