@@ -41,3 +41,17 @@ def test_a_cached_index_is_loaded_and_searches_as_the_built_one(tmp_path: Path, 
     other_items, other = _items(500, 2)
     rebuilt = Catalog.from_vectors(other_items, other, config, index_file=path)
     assert len(rebuilt.index) == 500
+
+
+def test_a_cached_codebook_is_the_one_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from omega.constellation.codebook import build_codebook
+    from omega.sim.fleet import catalog_cache
+
+    monkeypatch.setenv("OMEGA_CACHE", str(tmp_path))
+    _, matrix = _items(300, 3)
+    first = catalog_cache.cached_codebook(matrix, k=16, seed=4, iters=5)
+    again = catalog_cache.cached_codebook(matrix, k=16, seed=4, iters=5)  # from the file
+    built = build_codebook(matrix, k=16, seed=4, iters=5)
+    assert first.fingerprint == again.fingerprint == built.fingerprint
+    assert len(list((tmp_path / "catalogs").glob("codebook-*.npz"))) == 1
+    assert catalog_cache.cached_codebook(matrix, k=16, seed=5, iters=5).fingerprint != built.fingerprint

@@ -45,7 +45,6 @@ import numpy as np
 from omega.brain.brain import release_freed_memory
 from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
-from omega.constellation.codebook import build_codebook
 from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
 from omega.datasets.movielens import MovieLensData, load_movielens
 from omega.errors import OmegaError
@@ -60,7 +59,7 @@ from omega.sim.evaluation.seeds import PER_VIEWER, combine_seeds, per_viewer
 from omega.sim.evaluation.scoring import K, published_edges, score_tvs, versus
 from omega.sim.evaluation.split import Split, leave_last_out_arrays
 from omega.sim.evaluation.wire_audit import audit_frames, decode_uplink
-from omega.sim.fleet.catalog_cache import build_catalog
+from omega.sim.fleet.catalog_cache import build_catalog, cached_codebook
 from omega.sim.fleet.simulator import TV, Fleet, FleetConfig, ViewingEvent
 
 Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before it is closed; adds keys
@@ -223,7 +222,7 @@ async def _run(
     catalog, matrix = build_catalog(data.items, embedder, config, lambda d, t: stage("embed catalog", d, t))
     if not np.array_equal(catalog.ids, split.item_ids.astype(np.int64)):
         raise OmegaError("catalog order differs from the split's item order")
-    codebook = build_codebook(matrix, k=min(256, len(data.items)), seed=seed, iters=10)
+    codebook = cached_codebook(matrix, k=min(256, len(data.items)), seed=seed, iters=10)
     meter.mark("catalog_s", started)
 
     t0 = time.perf_counter()
@@ -291,8 +290,7 @@ async def _run(
                 ranks_by_method[f"ablation: {name}"] = scored.ranks
             out_tables["ablation"] = ablation
             out_tables["privacy"] = await privacy_table(
-                fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed,
-                built=codebook,
+                fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
             )
             out_tables["privacy_epsilon"] = await epsilon_table(fleet, split, rows_by_user, when, seed=seed, stage=stage)
             meter.mark("tables_s", t0)

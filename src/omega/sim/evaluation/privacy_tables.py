@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from omega.constellation.codebook import Codebook, build_codebook
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.progress import Stage
 from omega.protocol import Keyspace, derive_device_key
@@ -15,6 +14,7 @@ from omega.sim.evaluation import cell_granularity as cg
 from omega.sim.evaluation.scoring import published_edges, published_state, refined_state, score_tvs
 from omega.sim.evaluation.split import Split
 from omega.sim.evaluation.wire_audit import TappedFrame
+from omega.sim.fleet.catalog_cache import cached_codebook
 from omega.sim.fleet.simulator import TV, Fleet
 
 #: k_min values of the privacy table
@@ -25,7 +25,7 @@ CELL_SIZES = (64, 256, 1024)
 
 async def privacy_table(
     fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], up: np.ndarray, stage: Stage, *,
-    uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int, built: Codebook | None = None,
+    uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """NDCG@10 of the shipped ranking (`Brain.rank` over another published set) for each k_min, from the
     same constellation's published sets: "item" (ordered item edges alone) and "item+pair" (with the
@@ -40,9 +40,7 @@ async def privacy_table(
     n_items = len(fleet.catalog)
     cells_by_size: dict[int, dict[str, Any]] = {}
     for n in sorted({min(size, max(1, n_items // 4)) for size in CELL_SIZES}):
-        # `built`: the fleet's codebook (same matrix, seed and iterations), reused at its size
-        codebook = built if built is not None and built.k == n else build_codebook(matrix, k=n, seed=seed, iters=10)
-        cells = codebook.assign(matrix)
+        cells = cached_codebook(matrix, k=n, seed=seed, iters=10).assign(matrix)
         cell_of = dict(zip(fleet.catalog.ids.tolist(), cells.tolist()))
         per_device = cg.cell_upload_bytes(uplink, cell_of, key_for, codebook_version=1)
         cell_up = np.array([per_device.get(tv.device_id, 0) for tv in tvs], np.float64)

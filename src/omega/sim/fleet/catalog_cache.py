@@ -18,6 +18,8 @@ from omega.brain.catalog import Catalog, fingerprint
 from omega.brain.config import BrainConfig
 from omega.brain.embedder import Embedder
 from omega.brain.records import EMBEDDING_DIM, CatalogItem
+from omega.constellation.codebook import Codebook, build_codebook
+from omega.errors import OmegaError
 from omega.progress import Progress
 
 
@@ -62,3 +64,25 @@ def build_catalog(
     ids = np.fromiter((it.content_id for it in items), dtype=np.int64, count=len(items))
     index_file = cache_dir() / f"{fingerprint(ids, matrix, config)}.index"
     return Catalog.from_vectors(items, matrix, config, index_file=index_file), matrix
+
+
+def cached_codebook(matrix: np.ndarray, k: int, seed: int, iters: int) -> Codebook:
+    """`build_codebook(matrix, k=k, seed=seed, iters=iters)`, kept in the cache: it is deterministic for these
+    arguments, and a saved codebook loads bit for bit (its file carries a content hash). The evaluation
+    builds up to four per run (the fleet's and the privacy table's cell sizes), ~3 CPU-s at k 256."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(matrix, dtype="<f4").tobytes())
+    digest.update(f"{k}/{seed}/{iters}".encode())
+    path = cache_dir() / f"codebook-{digest.hexdigest()}.npz"
+    if path.is_file():
+        try:
+            return Codebook.load(path)
+        except OmegaError:
+            pass  # a damaged cache file is rebuilt below
+    codebook = build_codebook(matrix, k=k, seed=seed, iters=iters)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        codebook.save(path)
+    except OSError:
+        pass  # an unwritable cache only costs the next run the build
+    return codebook
