@@ -11,7 +11,7 @@ import pytest
 from omega.brain.brain import Brain
 from omega.brain.catalog import Catalog
 from omega.brain.config import BrainConfig
-from omega.brain.recommender import context_text
+from omega.brain.recommender import ConsolidatedPrior, context_text
 from omega.brain.records import CatalogItem, ConsolidatedRecord, TaskType, TransitionStat, ViewingContext
 from omega.errors import OmegaError
 
@@ -158,8 +158,11 @@ def test_cold_start_uses_the_consolidated_prior(tmp_path, embedder, catalog):
         assert len(plain) == 5 and all(r.reasons for r in plain)
         b.apply_consolidated([ConsolidatedRecord(1, catalog.vector(nemo), TaskType.CONTENT_MATCH, 0.95, 200, 2.0, 1)], [])
         recs = b.recommend(CTX, k=5)
+        # The what-if of the eval's DP rows: the same TV ranked as if it had pulled no patterns.
+        without = b.rank(CTX, k=5, prior=ConsolidatedPrior.of([])).recommendations
     assert recs[0].content_id == nemo
     assert "trending with viewers of your taste" in recs[0].reasons
+    assert [r.content_id for r in without] == [r.content_id for r in plain]
 
 
 def test_diversity_lambda_trades_relevance_for_variety(tmp_path, embedder, catalog):

@@ -321,12 +321,14 @@ class Brain:
     def rank(
         self, context: ViewingContext | None = None, k: int = 10, *, config: BrainConfig | None = None,
         published: Published | None = None, refined: TransitionLookup | None = None,
+        prior: ConsolidatedPrior | None = None,
     ) -> Ranking:  # fmt: skip
         """`recommend` plus the candidate pool the list was chosen from (for the evaluation's pool recall).
 
         The evaluation asks what-if questions of the same ranking code: `config` ranks with other
         recommend settings (ablations), `published` with another published edge set than the one pulled
-        (the privacy table's k_min rows), `refined` with other refined neighbours than the pulled ones."""
+        (the privacy table's k_min rows), `refined` with other refined neighbours than the pulled ones,
+        `prior` with other consolidated patterns than the pulled ones (the ε rows' DP release)."""
         history = self._hist()
         exclude = history.watched if self.config.exclude_watched else history.finished
         ranker = self._ranker()
@@ -341,7 +343,7 @@ class Brain:
             recent=history.recent((config or self.config).recent_items),
             exclude=exclude,
             patterns=self._memory(),
-            prior=self._consolidated(),
+            prior=self._consolidated() if prior is None else prior,
         )
 
     def after(self, content_id: int, k: int = 10) -> list[int]:

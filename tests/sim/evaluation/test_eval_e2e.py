@@ -94,6 +94,9 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
         assert [row["epsilon"] for row in dp_rows] == [None, 8.0, 4.0, 2.0, 1.0]
         assert dp_rows[0]["published_edges"] == published[1] and all(r["published_edges"] == 0 for r in dp_rows[1:])
         assert [r["threshold"] for r in dp_rows[1:]] == sorted(r["threshold"] for r in dp_rows[1:])
+        # Under DP the TVs rank without the k_min-published patterns (a DP release of them is one day's
+        # contributions above the same threshold: none at this size).
+        assert [r["consolidated_patterns"] for r in dp_rows] == ["pulled (k_min 3)"] + ["none"] * 4
         ablation = result["tables"]["ablation"]
         assert set(ablation) == set(ablation_configs(BrainConfig()))
         assert ablation["shipped"]["ndcg@10"] == result["methods"]["edge_federated"]["ndcg@10"]

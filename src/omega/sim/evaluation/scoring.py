@@ -9,7 +9,7 @@ import numpy as np
 
 from omega.brain.brain import context_at
 from omega.brain.config import BrainConfig
-from omega.brain.recommender import Published, TransitionLookup
+from omega.brain.recommender import ConsolidatedPrior, Published, TransitionLookup
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.errors import OmegaError
 from omega.protocol import WEIGHT_SCALE, Keyspace
@@ -36,6 +36,7 @@ class Scored:
 def score_tvs(
     fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], *,
     config: BrainConfig | None = None, published: Published | None = None, refined: TransitionLookup | None = None,
+    prior: ConsolidatedPrior | None = None,
 ) -> Scored:  # fmt: skip
     """Each evaluated viewer's TV ranks its top K with `Brain.rank` at the target's time."""
     scored = Scored()
@@ -43,7 +44,8 @@ def score_tvs(
         tv = fleet.tvs.get(user)
         if tv is None:
             raise OmegaError(f"viewer {user} has no TV in the fleet: every evaluated viewer must be scored")
-        ranking = tv.brain.rank(context_at(when[user]), K, config=config, published=published, refined=refined)
+        ranking = tv.brain.rank(context_at(when[user]), K, config=config, published=published, refined=refined,
+                                prior=prior)  # fmt: skip
         target = int(split.item_ids[split.targets[row]])
         ids = [r.content_id for r in ranking.recommendations]
         scored.ranks[row] = ids.index(target) if target in ids else K
