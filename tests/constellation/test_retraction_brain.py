@@ -91,3 +91,36 @@ async def test_a_tv_drops_what_left_the_published_state_and_stops_ranking_it(tmp
             await agent.close()
     finally:
         victim.close()
+
+
+async def test_under_dp_a_tv_at_yesterdays_release_gets_todays_without_waiting_for_a_push(tmp_path: Path) -> None:
+    """The day's DP release replaces yesterday's (its new keys, its removals): housekeeping moves the served
+    head to it, so a TV that holds yesterday's whole release is not told "nothing new" until some push arrives."""
+    small_codebook().save(tmp_path / "codebook.npz")
+    settings = load_settings(env={"OMEGA_SECRET": SECRET}, overrides={
+        "store": f"sqlite:{tmp_path / 'c.db'}", "codebook": str(tmp_path / "codebook.npz"), "dp_epsilon": 8.0,
+        "pull_snapshot_s": 0})  # fmt: skip (the live head: this test compares a pull with what just changed)
+    clock = Clock(T0_S + 3600)
+    app = create_app(settings, clock=clock)
+    victim = Brain(tmp_path / "victim.db", catalog=poisoning_catalog(), config=BrainConfig(), synchronous="NORMAL")
+    try:
+        async with app.router.lifespan_context(app):
+            service = app.state.omega.service
+            dev = _device(99)
+            agent = SyncAgent(victim, server_url="http://127.0.0.1:1", device_id=dev, token=service.keyring.token(dev),
+                              config=SyncConfig(contribution_period_s=0), clock=clock, rng=random.Random(1),
+                              transport=ServiceTransport(service))  # fmt: skip
+            report = await agent.sync_once()  # day 0's release, drawn now: empty; the TV holds all of it
+            assert report.pulled_edges == 0 and victim.store.all_global_transitions() == []
+            item = int(Keyspace.ITEM)
+            for n in range(150):  # far above ε 8's threshold (57 TVs, σ 9.8): in tomorrow's release
+                await service.aggregator.apply(_device(1000 + n), b"t", [], [(item, SOURCE, TARGET, 1.0)],
+                                               int(clock.t * 1000))  # fmt: skip
+            clock.t += DAY_S
+            await service.housekeeping()  # the periodic job; no push reaches the server on day 1
+            await agent.sync_once()
+            held = {(t.src, t.dst) for t in victim.store.all_global_transitions()}
+            assert held == {(SOURCE, TARGET)}
+            await agent.close()
+    finally:
+        victim.close()

@@ -165,7 +165,8 @@ class Aggregator:
     """One shard's aggregation over a `ConstellationStore`. Build with `await Aggregator.open(...)`."""
 
     def __init__(
-        self, store: ConstellationStore, codebook: Codebook, salt: bytes, policy: AggregationPolicy | None = None
+        self, store: ConstellationStore, codebook: Codebook, salt: bytes, policy: AggregationPolicy | None = None,
+        *, clock_ms: Callable[[], int] | None = None,
     ) -> None:
         if not isinstance(salt, (bytes, bytearray)) or len(salt) < 16:
             raise OmegaError("the server salt must be at least 16 bytes")
@@ -176,16 +177,18 @@ class Aggregator:
         self._mac = hmac.new(bytes(salt), digestmod=hashlib.sha256)
         # Optional trend detection: fed the accepted cells' member hashes, read into served patterns.
         self.trends: TrendTracker | None = None
-        # DP mode: the day's release (its clock is this aggregator's `_clock_ms`; kept in the store).
+        # DP mode: the day's release (its clock is this aggregator's `_clock_ms`, the server's clock when it
+        # runs on another one; kept in the store).
         self._release = DailyRelease(store, self.policy, lambda: self._clock_ms())
-        self._clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+        self._clock_ms: Callable[[], int] = clock_ms or (lambda: int(time.time() * 1000))
 
     @classmethod
     async def open(
-        cls, store: ConstellationStore, codebook: Codebook, salt: bytes, policy: AggregationPolicy | None = None
+        cls, store: ConstellationStore, codebook: Codebook, salt: bytes, policy: AggregationPolicy | None = None,
+        *, clock_ms: Callable[[], int] | None = None,
     ) -> Aggregator:
         """Bind the store to this codebook and salt (refused if it was built with others)."""
-        agg = cls(store, codebook, salt, policy)
+        agg = cls(store, codebook, salt, policy, clock_ms=clock_ms)
         await store.bind(codebook.fingerprint, codebook.version, agg._keyed(b"omega/salt-check", 16))
         return agg
 
@@ -244,9 +247,9 @@ class Aggregator:
         rejections += [Rejection("pattern", i, DUPLICATE_FLOOD) for i in outcome.flooded_cells]
         rejections += [Rejection("transition", i, DUPLICATE_FLOOD) for i in outcome.flooded_edges if i < n_pushed]
         rejections.sort(key=lambda r: (r.kind, r.index))
-        cursor = outcome.head
-        if self.policy.dp_epsilon is not None:  # TVs pull the day's release, not the store's changes
-            cursor = await self._release.head()
+        cursor = await self.release_head()
+        if cursor is None:
+            cursor = outcome.head
         return ApplyResult(
             accepted=len(outcome.accepted_cells) + sum(i < n_pushed for i in outcome.accepted_edges),
             rejections=rejections,
@@ -428,6 +431,13 @@ class Aggregator:
                 out.append(p)
             items = out
         return items, page.cursor, page.more
+
+    async def release_head(self) -> int | None:
+        """Under DP, the cursor right after the day's release (TVs pull it, not the store's changes);
+        None without DP."""
+        if self.policy.dp_epsilon is None:
+            return None
+        return await self._release.head()
 
     async def published(self) -> list[ConsolidatedCell | ConsolidatedEdge]:
         """Every currently published item (a full pull from cursor 0; removals left out)."""

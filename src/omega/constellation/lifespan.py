@@ -75,7 +75,8 @@ async def run_shard(state: ServerState) -> AsyncIterator[None]:
     try:
         policy = AggregationPolicy(k_min=settings.k_min, w_max=settings.w_max,
                                    dp_epsilon=settings.dp_epsilon or None, dp_delta=settings.dp_delta)  # fmt: skip
-        aggregator = await Aggregator.open(store, codebook, state.salt, policy)
+        aggregator = await Aggregator.open(store, codebook, state.salt, policy,
+                                           clock_ms=lambda: int(state.clock() * 1000))  # fmt: skip
         cache = await _open_cache(settings, state.metrics, f"omega:{store.origin}")
         state.trends = aggregator.trends = open_trends(settings, store.origin, state.metrics.cache_fallbacks.inc)
         page_key = hmac.new(state.salt, _PAGE_KEY_LABEL, hashlib.sha256).digest()

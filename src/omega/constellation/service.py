@@ -417,3 +417,6 @@ class SyncService:
         self.metrics.store_latency.labels("stats").observe(time.perf_counter() - started)
         self.metrics.consolidated.set(stats.cells)
         self.head = await self.cache.note_head(stats.head)
+        release = await self.aggregator.release_head()
+        if release is not None:  # a new day's release is served from here on, without waiting for a push
+            self.head = await self.cache.note_head(release)
