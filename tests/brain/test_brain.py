@@ -145,6 +145,20 @@ def test_apply_consolidated_stores_and_newer_versions_win(brain: Brain, catalog:
     assert stats["consolidated"] == 1 and stats["consolidated_memory"] == 1 and stats["global_transitions"] == 1
 
 
+def test_released_caches_are_read_again_and_rank_the_same(brain: Brain):
+    for i, item in enumerate((1, 2, 4, 5)):
+        brain.on_user_action(item, watch_fraction=0.9, context=CTX, started_at=1000.0 * (i + 1))
+    pulled = [TransitionStat(5, 6, 5.0, 4), TransitionStat(5, 9, 3.0, 4), TransitionStat(2, 3, 4.0, 4)]
+    brain.apply_consolidated([], pulled, pairs=[TransitionStat(5, 10, 2.0, 4)])
+    before = brain.rank(CTX, 5)
+    assert brain.store.edges._volumes and brain.store.edges._kept  # what ranking kept in memory
+    brain.release_caches()
+    assert brain.store.edges._volumes is None and not brain.store.edges._kept and brain._recommender is None
+    after = brain.rank(CTX, 5)
+    assert [r.content_id for r in after.recommendations] == [r.content_id for r in before.recommendations]
+    assert after.pool == before.pool and 6 in after.pool  # the pulled edge is read again from the store
+
+
 def test_ingest_persists_catalog_and_index_and_reopens_without_rebuilding(tmp_path: Path, embedder):
     db = tmp_path / "tv.db"
     with Brain(db, embedder=embedder) as b:

@@ -36,6 +36,15 @@ def test_release_keeps_strong_keys_noised_and_drops_weak_ones() -> None:
     assert release.release({}) == {}
 
 
+def test_release_in_chunks_covers_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = privacy.calibrate(4.0, 1e-6)
+    monkeypatch.setattr(privacy, "RELEASE_CHUNK", 3)  # 10 keys: four OpenDP calls
+    supports = {(1, i, i + 1): 10_000 + i for i in range(8)} | {(1, 99, 98): 2, (3, 99, 98): 1}
+    out = release.release(supports)
+    assert set(out) == {(1, i, i + 1) for i in range(8)}  # every strong key, from every chunk; no weak one
+    assert all(abs(out[k] - supports[k]) < 8 * release.scale for k in out)
+
+
 def test_budget_over_days_grows_with_days() -> None:
     release = privacy.calibrate(1.0, 1e-6)
     one, month = privacy.budget_over(release, 1), privacy.budget_over(release, 30)

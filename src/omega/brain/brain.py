@@ -384,6 +384,14 @@ class Brain:
         out["catalog_index_bytes"] = path.stat().st_size if path is not None and path.is_file() else 0
         return out
 
+    def release_caches(self) -> None:
+        """Drop what ranking keeps in memory of the pulled edges (kept successors, volumes, the most-followed
+        items, the ranker built over them); the next ranking reads them again from the store. For processes
+        that hold hundreds of brains (the evaluation's fleet), where these copies add up."""
+        self.store.edges.release()
+        self._recommender = None
+        self._popular = None
+
     def close(self) -> None:
         self.store.close()
 

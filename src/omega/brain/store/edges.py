@@ -87,6 +87,12 @@ class EdgeReader:
         """Drop the kept successors (the next read goes to SQLite; `omega bench brain` times that path)."""
         self._kept, self._kept_key = {}, None
 
+    def release(self) -> None:
+        """Drop everything kept in memory, the volumes too (read again on the next floored read): a process
+        holding hundreds of stores (the evaluation's fleet) frees a copy of the published volumes per store."""
+        self.forget()
+        self._volumes, self._volumes_key = None, None
+
     def _successors(self, table: EdgeTable, srcs: list[int]) -> dict[int, list[tuple[int, float]]]:
         out: dict[int, list[tuple[int, float]]] = {}
         for src, dst, weight, _ in self._read(table, srcs):

@@ -69,12 +69,14 @@ async def privacy_table(
             scored = score_tvs(fleet, split, rows_by_user, when, published=state, refined=refined)
             out.append({"granularity": name, **common, "published_pairs": n_pairs if with_pairs else 0,
                         **scored.summary(), **base})  # fmt: skip
+            del state, refined, scored  # one published set's state at a time (memory)
         for n, c in cells_by_size.items():
             out.append({
                 "granularity": f"item+cell{n}", **common, "published_pairs": 0, "hr@10": None, "ndcg@10": None,
                 "upload_bytes_per_tv_mean": c["up"], "cells": n,
                 "published_cell_edges": c["published"][k], "cell_edges_per_tv": c["edges_per_tv"],
             })  # fmt: skip
+        del edges  # before the next k_min's set is read
     stage("privacy table", len(K_MIN_TABLE), len(K_MIN_TABLE))
     return out
 
@@ -100,6 +102,7 @@ async def epsilon_table(
 
     everything = await published_edges(fleet, 1)  # every key with its exact distinct support
     supports = {(e.keyspace, e.src, e.dst): e.support for e in everything}
+    del everything  # every key's record: only the supports are needed
     out = []
     for i, eps in enumerate(EPSILON_TABLE):
         stage("privacy table (ε)", i, len(EPSILON_TABLE))
@@ -119,5 +122,6 @@ async def epsilon_table(
         scored = score_tvs(fleet, split, rows_by_user, when, published=published_state(edges),
                            refined=refined_state(edges), prior=prior)  # fmt: skip
         out.append({**extra, "published_edges": len(edges) - n_pairs, "published_pairs": n_pairs, **scored.summary()})
+        del edges, scored  # before the next ε's set is built
     stage("privacy table (ε)", len(EPSILON_TABLE), len(EPSILON_TABLE))
     return out
