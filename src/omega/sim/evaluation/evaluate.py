@@ -54,7 +54,7 @@ from omega.sim.evaluation.baselines import BASELINES, tune_and_evaluate
 from omega.sim.evaluation.cold_start import ColdStart
 from omega.sim.evaluation.metrics import ndcg_values, target_rank
 from omega.sim.evaluation.resources import StageMeter
-from omega.sim.evaluation.privacy_tables import epsilon_table, privacy_table
+from omega.sim.evaluation.privacy_tables import cell_rows, epsilon_table, privacy_table
 from omega.sim.evaluation.seeds import PER_VIEWER, combine_seeds, per_viewer
 from omega.sim.evaluation.scoring import K, published_edges, score_tvs, versus
 from omega.sim.evaluation.split import Split, leave_last_out_arrays
@@ -295,8 +295,11 @@ async def _run(
             for tv in fleet_tvs:
                 tv.brain.release_caches()
             release_freed_memory()
+            cells = cell_rows(fleet, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed)
+            del uplink  # decoded frames: not needed by the k_min rows, whose published sets come next
+            release_freed_memory()
             out_tables["privacy"] = await privacy_table(
-                fleet, split, rows_by_user, when, up, stage, uplink=uplink, tvs=fleet_tvs, matrix=matrix, seed=seed
+                fleet, split, rows_by_user, when, up, stage, cells_by_size=cells
             )
             t1 = meter.mark("privacy_s", t1)
             out_tables["privacy_epsilon"] = await epsilon_table(fleet, split, rows_by_user, when, seed=seed, stage=stage)

@@ -23,17 +23,12 @@ K_MIN_TABLE = (1, 3, 5, 10)
 CELL_SIZES = (64, 256, 1024)
 
 
-async def privacy_table(
-    fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], up: np.ndarray, stage: Stage, *,
-    uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """NDCG@10 of the shipped ranking (`Brain.rank` over another published set) for each k_min, from the
-    same constellation's published sets: "item" (ordered item edges alone) and "item+pair" (with the
-    unordered pairs and the refined neighbours computed from them; derived by the constellation, so both
-    cost a TV the same upload). "item+cell<N>"
-    rows give what cell-keyed edges (codebook cells of N centroids) would cost and publish: an offline
-    re-keying of the tapped pushes with the constellation's rule (`omega.sim.evaluation.cell_granularity`),
-    their upload those pushes re-encoded; a TV has no cell ranking path, so they carry no NDCG."""
+def cell_rows(
+    fleet: Fleet, *, uplink: list[TappedFrame], tvs: list[TV], matrix: np.ndarray, seed: int
+) -> dict[int, dict[str, Any]]:  # fmt: skip
+    """What the privacy table's "item+cell<N>" rows need, per codebook size N: cell edges published at each
+    k_min, upload per TV and cell edges per TV (see `privacy_table`). Computed before the k_min rows so that
+    the decoded uplink can be freed first (memory)."""
     key_for = lambda dev: derive_device_key(fleet.config.secret, dev, 1)  # noqa: E731
     pushes = cg.item_pushes(uplink)
     policy = fleet.aggregator.policy
@@ -55,6 +50,21 @@ async def privacy_table(
             "edges_per_tv": float(np.mean([len(edges_per_tv.get(tv.device_id, ())) for tv in tvs])) if tvs else 0.0,
         }  # fmt: skip
         del aggregated, edges_per_tv
+    return cells_by_size
+
+
+async def privacy_table(
+    fleet: Fleet, split: Split, rows_by_user: dict[int, int], when: dict[int, float], up: np.ndarray, stage: Stage, *,
+    cells_by_size: dict[int, dict[str, Any]],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """NDCG@10 of the shipped ranking (`Brain.rank` over another published set) for each k_min, from the
+    same constellation's published sets: "item" (ordered item edges alone) and "item+pair" (with the
+    unordered pairs and the refined neighbours computed from them; derived by the constellation, so both
+    cost a TV the same upload). "item+cell<N>"
+    rows give what cell-keyed edges (codebook cells of N centroids) would cost and publish: an offline
+    re-keying of the tapped pushes with the constellation's rule (`omega.sim.evaluation.cell_granularity`),
+    their upload those pushes re-encoded; a TV has no cell ranking path, so they carry no NDCG
+    (`cells_by_size`: from `cell_rows`)."""
     out = []
     for i, k in enumerate(K_MIN_TABLE):
         stage("privacy table", i, len(K_MIN_TABLE))
