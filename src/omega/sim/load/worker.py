@@ -222,19 +222,21 @@ class _Worker:
     async def _ws_session(self, ws, dev: SimDevice, tier: str) -> None:  # noqa: ANN001
         for kind, body in dev.session(TIER_NAMES[tier], sync=not self.spec.heartbeat_only):
             data = dev.frame(body)
-            t0 = self.loop.time()
+            # perf_counter, not loop.time(): uvloop's clock is the loop iteration's, in whole ms, so a
+            # sub-millisecond reply would be timed as 0.
+            t0 = time.perf_counter()
             await ws.send(data)
             async with asyncio.timeout(REPLY_TIMEOUT_S):
                 reply = await ws.recv()
-            self._absorb(kind, dev, data, reply, self.loop.time() - t0)
+            self._absorb(kind, dev, data, reply, time.perf_counter() - t0)
         self.stats.sessions += 1
 
     async def _http_session(self, http: Any, dev: SimDevice, tier: str) -> None:
         for kind, body in dev.session(TIER_NAMES[tier], sync=not self.spec.heartbeat_only):
             data = dev.frame(body)
-            t0 = self.loop.time()
+            t0 = time.perf_counter()  # as in _ws_session
             resp = await http.post(self.http_url, content=data, headers={"content-type": "application/octet-stream"})
-            self._absorb(kind, dev, data, resp.content, self.loop.time() - t0)
+            self._absorb(kind, dev, data, resp.content, time.perf_counter() - t0)
         self.stats.sessions += 1
 
     def _absorb(self, kind: str, dev: SimDevice, data: bytes, reply: bytes | str, elapsed: float) -> None:
