@@ -416,7 +416,6 @@ class SyncService:
         stats = await self.aggregator.store.stats()
         self.metrics.store_latency.labels("stats").observe(time.perf_counter() - started)
         self.metrics.consolidated.set(stats.cells)
-        self.head = await self.cache.note_head(stats.head)
+        # Under DP TVs pull the day's release: a new day's is served from here on, without waiting for a push.
         release = await self.aggregator.release_head()
-        if release is not None:  # a new day's release is served from here on, without waiting for a push
-            self.head = await self.cache.note_head(release)
+        self.head = await self.cache.note_head(stats.head if release is None else release)
