@@ -120,6 +120,9 @@ def test_bench_sync_reports_the_design_keys() -> None:
     assert report["syncs_per_s"] > 0 and report["connections_held"] == 2
     assert report["heartbeat_bytes"] <= 64 and report["pull_bytes_max"] <= 5000
     assert report["errors"] == {}
+    # both transports answered (the HTTP half on the harness's own keep-alive client), and what each side used
+    assert report["frames_by_transport"]["ws"] > 0 and report["frames_by_transport"]["http"] > 0
+    assert report["server_cpu_s"] > 0 and report["client_cpu_s"] > 0
     # the same harness against the echo server of the same stack, in the same run
     ceiling = report["ceiling"]
     assert ceiling["frames_per_s"] > 0 and ceiling["errors"] == {} and report["client_processes"] == 2

@@ -285,3 +285,25 @@ def test_a_client_that_disconnects_mid_body_is_no_traceback(server: ServerProces
     assert isinstance(dev.decode(server.post(dev.frame(Heartbeat(Tier.ACTIVE)), client).content).body, HeartbeatAck)
     text = server.log.read_text()
     assert "Traceback" not in text and "ClientDisconnect" not in text, text
+
+
+def test_sync_route_reads_chunked_bodies_caps_them_and_takes_only_post(server: ServerProcess,
+                                                                       client: httpx.Client) -> None:  # fmt: skip
+    """POST /v1/sync is served outside Starlette: a body in pieces is one frame, the size cap holds without a
+    Content-Length (chunked), an empty body is a malformed frame, and other methods still get 405."""
+    dev = fresh()
+    data = dev.frame(Heartbeat(Tier.PREMIUM))
+    pieces = [data[:7], data[7:20], data[20:]]
+    resp = client.post("/v1/sync", content=iter(pieces), headers={"content-type": "application/octet-stream"})
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/octet-stream"
+    assert int(resp.headers["content-length"]) == len(resp.content)
+    assert isinstance(dev.decode(resp.content).body, HeartbeatAck)
+    before = server.metric("omega_rejections_total", reason="too_large")
+    resp = client.post("/v1/sync", content=iter([os.urandom(8 * 1024)] * 3))  # 24 KiB, never announced
+    assert "content-length" not in resp.request.headers
+    assert resp.status_code == 413 and error_of(None, resp).code == "too_large"
+    assert server.metric("omega_rejections_total", reason="too_large") == before + 1
+    resp = client.post("/v1/sync", content=b"")
+    assert resp.status_code == 400 and error_of(None, resp).code == "malformed"
+    assert client.get("/v1/sync").status_code == 405
+    assert client.put("/v1/sync", content=data).status_code == 405

@@ -26,7 +26,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -45,6 +45,7 @@ from omega.protocol import encode_error_reply
 log = logging.getLogger("omega.serve")
 
 CONTENT_TYPE = "application/octet-stream"
+CONTENT_TYPE_B = CONTENT_TYPE.encode()
 # The page may only talk to this server: inline style and script, data: images, nothing external.
 _DASHBOARD_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                   "img-src data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'")  # fmt: skip
@@ -54,27 +55,44 @@ def _state(conn: HTTPConnection) -> ServerState:
     return conn.app.state.omega
 
 
-async def sync(request: Request) -> Response:
-    state = _state(request)
-    if not state.ready or state.service is None:
-        body = encode_error_reply("unavailable", "server is starting", retry_after_s=DRAIN_RETRY_S)
-        return _frame_response(503, body, DRAIN_RETRY_S)
-    limit = state.settings.max_frame_bytes
-    state.in_flight += 1
-    try:
+class SyncEndpoint:
+    """`POST /v1/sync` as a bare ASGI app: body in, frame out, no Request/Response objects.
+
+    Reached straight from the ASGI front (`SyncSocketFront`) and, for an app served without it, as the
+    endpoint of Starlette's route. Every HTTP sync pays this path, so it skips what Starlette builds per
+    request (middleware frames, a Request, a Response and its header list) and does only what the route
+    needs: readiness, the size cap before the body is buffered, the service (which verifies the tag and
+    takes the rate-limit token before decoding), and the reply's status, Retry-After and frame.
+    """
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        state: ServerState = scope["app"].state.omega
+        if not state.ready or state.service is None:
+            body = encode_error_reply("unavailable", "server is starting", retry_after_s=DRAIN_RETRY_S)
+            await _send_frame(send, 503, body, DRAIN_RETRY_S)
+            return
+        limit = state.settings.max_frame_bytes
+        state.in_flight += 1
         try:
-            data = await _read_body(request, limit)
-        except ClientDisconnect:  # the TV went away mid-body: nobody is left to answer, and no traceback
-            state.client_disconnects += 1
-            log.debug("client %s disconnected mid-request", request.client.host if request.client else "?")
-            return Response(status_code=400)  # never reaches the client; keeps the ASGI contract
-        if data is None:
-            state.metrics.rejections.labels("too_large").inc()
-            return _frame_response(413, encode_error_reply("too_large", f"frame exceeds {limit} bytes"))
-        reply = await state.service.handle(data)
-        return _frame_response(reply.status, reply.body, reply.retry_after)
-    finally:
-        state.in_flight -= 1
+            try:
+                data = await _read_body(scope, receive, limit)
+            except _Disconnected:  # the TV went away mid-body: nobody is left to answer, and no traceback
+                state.client_disconnects += 1
+                client = scope.get("client")
+                log.debug("client %s disconnected mid-request", client[0] if client else "?")
+                await _send_frame(send, 400, b"")  # never reaches the client; keeps the ASGI contract
+                return
+            if data is None:
+                state.metrics.rejections.labels("too_large").inc()
+                await _send_frame(send, 413, encode_error_reply("too_large", f"frame exceeds {limit} bytes"))
+                return
+            reply = await state.service.handle(data)
+            await _send_frame(send, reply.status, reply.body, reply.retry_after)
+        finally:
+            state.in_flight -= 1
+
+
+sync = SyncEndpoint()
 
 
 async def websocket(ws: WebSocket) -> None:
@@ -223,7 +241,7 @@ def _admin(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/v1/sync", sync, methods=["POST"]),
+        Route("/v1/sync", sync, methods=["POST"]),  # an ASGI app: Starlette hands it the scope as is
         WebSocketRoute("/v1/ws", websocket),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -236,11 +254,13 @@ def routes() -> list[BaseRoute]:
 
 
 class SyncSocketFront:
-    """The ASGI app uvicorn runs: `/v1/ws` straight to `websocket`, everything else through Starlette.
+    """The ASGI app uvicorn runs: `POST /v1/sync` and `/v1/ws` straight to their handlers, the rest via Starlette.
 
     A held WebSocket's handler task lives as long as the connection; through Starlette's middleware
     and router its stack holds about ten more coroutine frames, for routing decided once per
-    handshake. (The route stays in `routes()` too, for an app served without this front.)
+    handshake. An HTTP sync is the fleet's most frequent request: Starlette's middleware, router, Request
+    and Response are Python per request that the route does not need. (Both routes stay in
+    `routes()` too, for an app served without this front; other methods on /v1/sync get Starlette's 405.)
     """
 
     def __init__(self, app: Starlette) -> None:
@@ -248,26 +268,45 @@ class SyncSocketFront:
         self.state = app.state  # what the runner reads (app.state.omega)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
+        path = scope.get("path")
+        if path == "/v1/sync" and scope["type"] == "http" and scope["method"] == "POST":
             scope["app"] = self.app  # as Starlette sets it: the handler finds the shared state there
+            await sync(scope, receive, send)
+        elif path == "/v1/ws" and scope["type"] == "websocket":
+            scope["app"] = self.app
             await websocket(WebSocket(scope, receive, send))
         else:
             await self.app(scope, receive, send)
 
 
-def _frame_response(status: int, body: bytes, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return Response(body, status_code=status, media_type=CONTENT_TYPE, headers=headers)
+class _Disconnected(Exception):
+    """The client disconnected before its request body was complete."""
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
+async def _send_frame(send: Callable, status: int, body: bytes, retry_after: int | None = None) -> None:
+    headers = [(b"content-type", CONTENT_TYPE_B), (b"content-length", b"%d" % len(body))]
+    if retry_after:
+        headers.append((b"retry-after", b"%d" % retry_after))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(scope: dict, receive: Callable, limit: int) -> bytes | None:
     """The request body, or None as soon as it exceeds `limit` (never buffers an oversize body)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                return None
+            break
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            body = body + chunk if body else chunk  # one chunk (the usual case): no copy
+            if len(body) > limit:
+                return None
+        if not message.get("more_body", False):
+            return bytes(body)

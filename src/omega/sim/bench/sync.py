@@ -3,7 +3,8 @@
 Traffic per client (a TV with its own device id, key and seq): pushes of 1–3
 patterns at 4 bits + ~10 item transitions, delta pulls from the client's own
 committed cursor, heartbeats. Half the clients hold a WebSocket, half poll over
-HTTP. The clients run in `client_processes` processes (uvloop each), so the
+HTTP (keep-alive, `omega.sim.load.http1`: httpx cost the clients several times the
+server's CPU per request on the shared cores). The clients run in `client_processes` processes (uvloop each), so the
 client side is not the bottleneck of one server process; they still share the
 machine's cores with the server, so `syncs_per_server_cpu_s` (syncs per
 CPU-second the server used) is reported beside the wall-clock rate.
@@ -33,6 +34,7 @@ from pathlib import Path
 from omega.constellation.settings import PULL_SNAPSHOT_S
 from omega.progress import Notes, quiet
 from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
+from omega.sim.load.http1 import Http1Pool
 from omega.sim.load.server_process import ServerProcess, start_server
 
 #: bench clients fire back to back, far above a TV's rate: the server's per-device limit would throttle them
@@ -51,6 +53,10 @@ class _Stats(ReplyTally):
     push_bytes: list[int] = field(default_factory=list)
     heartbeat_bytes: list[int] = field(default_factory=list)
     connections: int = 0
+    #: CPU seconds the client processes used (they share the cores with the server)
+    cpu_s: float = 0.0
+    #: measured frames answered by transport ("ws", "http")
+    frames_by_transport: dict[str, int] = field(default_factory=lambda: {"ws": 0, "http": 0})
 
     def merge(self, other: _Stats) -> None:
         for k in KINDS:
@@ -62,18 +68,19 @@ class _Stats(ReplyTally):
         self.rejected += other.rejected
         self.pull_items += other.pull_items
         self.connections += other.connections
+        self.cpu_s += other.cpu_s
+        for k, v in other.frames_by_transport.items():
+            self.frames_by_transport[k] += v
         for k, v in other.errors.items():
             self.error(k, v)
 
 
 async def _run_clients(port: int, secret: bytes, ids: range, start_at: float, duration_s: float, echo: bool) -> _Stats:
-    import httpx
     from websockets.asyncio.client import connect
 
     pool = pattern_pool(random.Random(7))
     stats = _Stats()
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                             limits=httpx.Limits(max_connections=len(ids), max_keepalive_connections=len(ids)))  # fmt: skip
+    http = Http1Pool("127.0.0.1", port, max_connections=len(ids), timeout_s=30)
 
     async def one(i: int) -> None:
         client = SimDevice(secret, pool, random.Random(i))
@@ -96,11 +103,11 @@ async def _run_clients(port: int, secret: bytes, ids: range, start_at: float, du
                     await ws.send(data)
                     reply = await ws.recv()
                 else:
-                    resp = await http.post("/v1/sync", content=data, headers={"content-type": "application/octet-stream"})
-                    reply = resp.content
+                    _, reply, _ = await http.post("/v1/sync", data)
                 elapsed = time.perf_counter() - t0
                 if t0 >= warm_end:
                     stats.latency[kind].append(elapsed)
+                    stats.frames_by_transport["http" if ws is None else "ws"] += 1
                     if kind == "push":
                         stats.push_bytes.append(len(data))
                     elif kind == "heartbeat":
@@ -124,7 +131,10 @@ async def _run_clients(port: int, secret: bytes, ids: range, start_at: float, du
 def _client_process(port: int, secret: bytes, ids: range, start_at: float, duration_s: float, echo: bool) -> _Stats:
     import uvloop
 
-    return uvloop.run(_run_clients(port, secret, ids, start_at, duration_s, echo))
+    cpu0 = time.process_time()
+    stats = uvloop.run(_run_clients(port, secret, ids, start_at, duration_s, echo))
+    stats.cpu_s = time.process_time() - cpu0  # includes the connects and the wait for the start: a bound
+    return stats
 
 
 def _drive(port: int, secret: bytes, clients: int, processes: int, duration_s: float, echo: bool) -> _Stats:
@@ -154,6 +164,8 @@ def _measure_ceiling(folder: Path, clients: int, processes: int, duration_s: flo
         "p50_ms": round(_pct(lat, 0.5) * 1000, 2),
         "p99_ms": round(_pct(lat, 0.99) * 1000, 2),
         "errors": stats.errors,
+        "client_cpu_s": round(stats.cpu_s, 2),
+        "frames_by_transport": stats.frames_by_transport,
     }
 
 
@@ -221,6 +233,9 @@ def run_sync_bench(
         "ceiling": top,
         "ratio_to_ceiling": round(frames_per_s / top["frames_per_s"], 3) if top and top["frames_per_s"] else None,
         "syncs_per_server_cpu_s": round(syncs / cpu, 1) if cpu > 0 else None,
+        "server_cpu_s": round(cpu, 2),
+        "client_cpu_s": round(stats.cpu_s, 2),
+        "frames_by_transport": stats.frames_by_transport,
         "latency_ms": {k: {"p50": round(_pct(v, 0.5) * 1000, 2), "p99": round(_pct(v, 0.99) * 1000, 2)}
                        for k, v in stats.latency.items()},  # fmt: skip
         "pushes": pushes,

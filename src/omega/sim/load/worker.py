@@ -29,6 +29,7 @@ from omega.brain.sync.tiers import TIER_NAMES, policy_for
 from omega.protocol import SYNC_TIERS, ProtocolError
 from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
 from omega.sim.load.histogram import LatencyHistogram
+from omega.sim.load.http1 import Http1Pool
 
 TIERS = tuple(tier.label for tier in SYNC_TIERS)
 #: the tier intervals of docs/architecture.md §4 (seconds), as a TV's policy has them, when the server names none
@@ -39,9 +40,9 @@ REPLY_TIMEOUT_S = 30.0
 FINISH_GRACE_S = 30.0
 MAX_BACKOFF_S = 30.0
 HTTP_POOL = 64
-#: Casual TVs sharing one HTTP client (and its pool): httpcore hands a free connection to its waiting
-#: requests in a loop over all of them, so thousands of TVs on one pool cost the client quadratic CPU and
-#: stall the whole worker (its WebSockets too) before the server sees a frame.
+#: Casual TVs sharing one pool of HTTP_POOL keep-alive connections (the lean client of http1.py: httpx's
+#: pool hands a free connection to its waiting requests in a loop over all of them, quadratic in the TVs,
+#: and its per-request Python was several times the server's, on the cores the server needs).
 HTTP_DEVICES_PER_CLIENT = 128
 
 
@@ -170,8 +171,7 @@ class _Worker:
         self.held = 0
         self.answered = 0
         self.ws_url = f"ws://{_netloc(spec.host, spec.port)}/v1/ws"
-        self.http_url = f"http://{_netloc(spec.host, spec.port)}/v1/sync"
-        self.http: list[Any] = []  # HTTP clients of the casual TVs (see _open_http_clients)
+        self.http: list[Http1Pool] = []  # connection pools of the casual TVs (see _open_http_clients)
         self._http_users = 0
 
     # ------------------------------------------------------------ bookkeeping
@@ -231,12 +231,12 @@ class _Worker:
             self._absorb(kind, dev, data, reply, time.perf_counter() - t0)
         self.stats.sessions += 1
 
-    async def _http_session(self, http: Any, dev: SimDevice, tier: str) -> None:
+    async def _http_session(self, http: Http1Pool, dev: SimDevice, tier: str) -> None:
         for kind, body in dev.session(TIER_NAMES[tier], sync=not self.spec.heartbeat_only):
             data = dev.frame(body)
             t0 = time.perf_counter()  # as in _ws_session
-            resp = await http.post(self.http_url, content=data, headers={"content-type": "application/octet-stream"})
-            self._absorb(kind, dev, data, resp.content, time.perf_counter() - t0)
+            _, reply, _ = await http.post("/v1/sync", data)
+            self._absorb(kind, dev, data, reply, time.perf_counter() - t0)
         self.stats.sessions += 1
 
     def _absorb(self, kind: str, dev: SimDevice, data: bytes, reply: bytes | str, elapsed: float) -> None:
@@ -300,15 +300,11 @@ class _Worker:
         await self._every_interval(dev, "casual", lambda: self._http_session(http, dev, "casual"))
 
     def _open_http_clients(self, casual: int) -> None:
-        """One HTTP client per HTTP_DEVICES_PER_CLIENT casual TVs, opened before the ramp (each builds an
-        SSL context: not on the event loop while TVs come online)."""
-        import httpx
-
-        source = self.spec.source_addresses[0] if self.spec.source_addresses else None
+        """One connection pool per HTTP_DEVICES_PER_CLIENT casual TVs, opened before the ramp."""
+        source = (self.spec.source_addresses[0], 0) if self.spec.source_addresses else None
         for _ in range(-(-casual // HTTP_DEVICES_PER_CLIENT)):
-            transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(
-                max_connections=HTTP_POOL, max_keepalive_connections=HTTP_POOL))  # fmt: skip
-            self.http.append(httpx.AsyncClient(transport=transport, timeout=REPLY_TIMEOUT_S))
+            self.http.append(Http1Pool(self.spec.host, self.spec.port, max_connections=HTTP_POOL,
+                                       timeout_s=REPLY_TIMEOUT_S, local_addr=source))  # fmt: skip
 
     async def _every_interval(self, dev: SimDevice, tier: str, session: Callable[[], Awaitable[None]]) -> None:
         """One session per tier interval until the end (the first at a random point of the first interval)."""
