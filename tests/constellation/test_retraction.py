@@ -136,3 +136,24 @@ async def test_dp_a_key_the_day_does_not_reselect_is_removed(store, codebook) ->
     fresh, _ = await _pull(agg, 0)
     assert ("p", 0, 3) not in fresh and all(i.support > 0 for i in fresh.values())
     assert np.isfinite(await agg._release.budget())  # noqa: SLF001
+
+
+async def test_dp_a_cursor_the_removals_cannot_bring_up_to_date_is_told_to_reset(store, codebook) -> None:
+    """Removals name the keys of the window's earlier releases only: a cursor of a release older than the
+    window, or of the store, gets the day's release from its start, without removals, flagged reset."""
+    agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(dp_epsilon=8.0))
+    agg._clock_ms = lambda: NOW  # noqa: SLF001 — the release day follows this clock
+    for d in range(300):
+        await agg.apply(device(d), b"a", [], [(1, 5, 6, 1.0)], NOW)
+    _, day0 = await _pull(agg, 0)
+    assert not agg.resets(0) and not agg.resets(day0)
+    agg._clock_ms = lambda: NOW + (WINDOW - 1) * DAY  # noqa: SLF001 — day 0's release is the window's first
+    assert not agg.resets(day0)
+    agg._clock_ms = lambda: NOW + WINDOW * DAY  # noqa: SLF001 — day 0 has left the window
+    assert agg.resets(day0)
+    assert agg.resets(1)  # a store cursor: its keys may be in no release at all
+    fresh, today = await _pull(agg, day0)
+    assert fresh and all(i.support > 0 for i in fresh.values())  # the whole release; nothing to remove
+    assert not agg.resets(today)
+    plain = await Aggregator.open(store, codebook, SALT, AggregationPolicy())
+    assert not plain.resets(1) and not plain.resets(day0)  # the store's changes name whatever left

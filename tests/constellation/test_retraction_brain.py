@@ -127,3 +127,42 @@ async def test_under_dp_a_tv_at_yesterdays_release_gets_todays_without_waiting_f
         await agent.sync_once()
         held = {(t.src, t.dst) for t in victim.store.all_global_transitions()}
         assert held == {(SOURCE, TARGET)}
+
+
+async def test_under_dp_a_tv_offline_longer_than_the_window_drops_what_left_while_it_was_away(tmp_path: Path) -> None:
+    """The day's removals name only keys of the window's earlier releases. A TV whose last pull was a release
+    older than the window may hold a key that left before any of them: its pull is told to reset (drop all it
+    pulled, take the day's release whole), so it converges instead of ranking that key for ever."""
+    clock = Clock(T0_S + 3600)
+    async with _served_victim(tmp_path, clock, dp_epsilon=8.0, pull_snapshot_s=0) as (service, victim, agent):
+        agg = service.aggregator
+        item = int(Keyspace.ITEM)
+        for n in range(150):  # far above ε 8's threshold (57 TVs): selected while they are in the window
+            await agg.apply(_device(1000 + n), b"t", [], [(item, SOURCE, TARGET, 1.0)], int(clock.t * 1000))
+        victim.on_user_action(SOURCE, watch_fraction=1.0, started_at=clock.t)
+        clock.t += DAY_S
+        await service.housekeeping()
+        await agent.sync_once()  # day 1's release: the victim holds the edge and the pair, then goes offline
+        assert {(t.src, t.dst) for t in victim.store.all_global_transitions()} == {(SOURCE, TARGET)}
+        assert TARGET in [r.content_id for r in victim.recommend(VICTIM_CONTEXT, k=10)]
+        for day in (20, 40, 50):  # the server goes on releasing daily (other TVs pull); the victim is away
+            clock.t = T0_S + 3600 + day * DAY_S
+            if day == 50:
+                for n in range(150):
+                    await agg.apply(_device(3000 + n), b"h", [], [(item, SOURCE, TITLE, 1.0)], int(clock.t * 1000))
+            await service.housekeeping()
+        # Day 40's release no longer held the edge (its supporters left the window on day 30); on day 60 the
+        # window's releases are days 31-59, none of which held it, so no removal names it.
+        clock.t = T0_S + 3600 + 60 * DAY_S
+        await service.housekeeping()
+        await agent.sync_once()
+        held = {(t.src, t.dst) for t in victim.store.all_global_transitions()}
+        assert held == {(SOURCE, TITLE)}
+        pairs = {(t.src, t.dst) for t in victim.store.all_global_pairs()}
+        assert (SOURCE, TARGET) not in pairs and (TARGET, SOURCE) not in pairs and (SOURCE, TITLE) in pairs
+        assert TARGET not in [r.content_id for r in victim.recommend(VICTIM_CONTEXT, k=10)]
+        # Back in step: the next day's pull is an ordinary delta (no reset), and what it holds stays.
+        clock.t += DAY_S
+        await service.housekeeping()
+        await agent.sync_once()
+        assert {(t.src, t.dst) for t in victim.store.all_global_transitions()} == {(SOURCE, TITLE)}

@@ -112,6 +112,7 @@ pull_replies = st.builds(
     pairs=st.none() | transition_batches(with_support=True, keyspaces=(Keyspace.PAIR,)),
     refined=st.none() | transition_batches(with_support=False, keyspaces=(Keyspace.REFINED,)),
     refined_cursor=u64,
+    reset=st.booleans(),
 )
 heartbeat_acks = st.builds(HeartbeatAck, server_time_ms=u64, next_sync_s=u32, retry_after_s=u32)
 error_replies = st.builds(ErrorReply, code=codes, message=st.text(max_size=256), retry_after_s=u32)

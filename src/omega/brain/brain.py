@@ -355,10 +355,12 @@ class Brain:
 
     def apply_consolidated(
         self, patterns: Sequence[ConsolidatedRecord], transitions: Sequence[TransitionStat], *,
-        replace_transitions: bool = False, pairs: Sequence[TransitionStat] = (),
+        replace_transitions: bool = False, pairs: Sequence[TransitionStat] = (), fresh: bool = False,
     ) -> tuple[int, int]:
-        """Merge what sync pulled (one transaction); returns (consolidated rows changed, transitions + pairs stored)."""
-        changed, stored = self.store.merge_pulled(patterns, transitions, pairs, replace_transitions=replace_transitions)
+        """Merge what sync pulled (one transaction); returns (consolidated rows changed, transitions + pairs stored).
+        `fresh`: the page starts a full snapshot that replaces everything pulled before (`BrainStore.merge_pulled`)."""
+        changed, stored = self.store.merge_pulled(patterns, transitions, pairs, replace_transitions=replace_transitions,
+                                                  fresh=fresh)  # fmt: skip
         self._prior = None  # reload on the next recommend
         self._popular = None
         return changed, stored

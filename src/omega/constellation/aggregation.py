@@ -432,6 +432,13 @@ class Aggregator:
             items = out
         return items, page.cursor, page.more
 
+    def resets(self, cursor: int) -> bool:
+        """Whether the page for a pull from `cursor` starts a full snapshot the TV must take in place of all it
+        holds (PullReply.reset): under DP, a cursor the day's removals cannot bring up to date
+        (`DailyRelease.stale`: older than the window, or a store cursor). Without DP never: the store's
+        changes name every key that left (support 0), however old the cursor."""
+        return self.policy.dp_epsilon is not None and self._release.stale(int(cursor))
+
     async def release_head(self) -> int | None:
         """Under DP, the cursor right after the day's release (TVs pull it, not the store's changes);
         None without DP."""

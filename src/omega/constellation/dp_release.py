@@ -23,7 +23,11 @@ Retraction: after the day's patterns and edges the release lists, as removals
 not hold (its noised support fell under the threshold, or its supporters left
 the window), so a TV drops what is no longer published. That is post-processing
 of published releases only: it costs no privacy budget. A TV starting from cursor
-0 holds nothing to remove and is not sent them.
+0 holds nothing to remove and is not sent them. Nor is a TV whose cursor is stale
+(`stale`): a release older than the window (it was offline longer; keys dropped before
+the window's releases would never be named) or a cursor of the store (the server moved
+to DP). Its first page is the start of the day's release flagged `reset`: it drops every
+pattern, edge and pair it holds and takes the release whole.
 """
 
 from __future__ import annotations
@@ -86,13 +90,25 @@ class DailyRelease:
         epoch, items = await self.current()
         return _cursor(epoch, len(items))
 
+    def stale(self, cursor: int) -> bool:
+        """Whether a TV pulling from `cursor` may hold keys the day's removals do not name, so it must drop
+        what it holds and take the release whole: a store cursor (not 0, which holds nothing), or a release
+        older than the window whose releases the removals come from."""
+        if cursor == 0:
+            return False
+        if cursor < DP_CURSOR_BASE:
+            return True
+        epoch = self._clock_ms() // self._policy.epoch_ms
+        return (cursor - DP_CURSOR_BASE) >> _DP_POSITION_BITS <= epoch - self._policy.window_epochs
+
     async def page(self, cursor: int, max_bytes: int) -> tuple[list[Item], int, bool]:
         """A page of the day's release after `cursor` (a cursor of another day or of the store: from its start)."""
         epoch, items, live = await self._day()
         start = 0
         if cursor >= DP_CURSOR_BASE and (cursor - DP_CURSOR_BASE) >> _DP_POSITION_BITS == epoch:
             start = min((cursor - DP_CURSOR_BASE) & ((1 << _DP_POSITION_BITS) - 1), len(items))
-        stop = live if cursor == 0 else len(items)  # a TV from cursor 0 holds nothing to remove
+        # A TV from cursor 0 holds nothing to remove; one from a stale cursor drops all it holds (`stale`).
+        stop = live if cursor == 0 or self.stale(cursor) else len(items)
         end, used = start, 0
         while end < stop:  # at least one item, then as many as the budget holds
             size = PATTERN_WIRE_BYTES if isinstance(items[end], ConsolidatedCell) else EDGE_WIRE_BYTES

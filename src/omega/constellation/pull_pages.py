@@ -56,8 +56,11 @@ class PageBuilder:
         """
         return self.build(items, cursor, more, budget)[0]
 
-    def build(self, items: list, cursor: int, more: bool, budget: int) -> tuple[PullReply, bytes]:
-        """`page` plus the page as a frame signed with the page key (what the pull cache holds)."""
+    def build(
+        self, items: list, cursor: int, more: bool, budget: int, *, reset: bool = False
+    ) -> tuple[PullReply, bytes]:
+        """`page` plus the page as a frame signed with the page key (what the pull cache holds); `reset`: the
+        page starts a full snapshot that replaces what the TV holds (PullReply.reset)."""
         cut = len(items)
         keyspace = None
         for n, item in enumerate(items):  # one reply carries one ordered keyspace (item or cell) besides pairs
@@ -70,7 +73,7 @@ class PageBuilder:
         first = True
         while True:
             reply = self._reply(items[:cut], cursor if cut == len(items) else items[cut - 1].version,
-                                more or cut < len(items))  # fmt: skip
+                                more or cut < len(items), reset)  # fmt: skip
             blob = None
             if first:
                 first = False
@@ -116,7 +119,7 @@ class PageBuilder:
             memo.popitem(last=False)
         return wire
 
-    def _reply(self, items: list, cursor: int, more: bool) -> PullReply:
+    def _reply(self, items: list, cursor: int, more: bool, reset: bool = False) -> PullReply:
         patterns = []
         edges = []
         pairs = []
@@ -142,4 +145,5 @@ class PageBuilder:
             patterns=tuple(patterns),
             transitions=transitions,
             pairs=TransitionBatch(Keyspace.PAIR, tuple(pairs)) if pairs else None,
+            reset=reset,
         )

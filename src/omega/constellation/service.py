@@ -362,7 +362,7 @@ class SyncService:
         started = time.perf_counter()
         items, cursor, more = await self.aggregator.changes_since(pull.since, budget - 64)
         self._m_changes.observe(time.perf_counter() - started)
-        reply, blob = self.page_builder.build(items, cursor, more, budget)
+        reply, blob = self.page_builder.build(items, cursor, more, budget, reset=self.aggregator.resets(pull.since))
         if cursor > self.head and not more:
             self.head = await self.cache.note_head(cursor)
         await self.cache.put_page(head, pull.since, budget, blob)

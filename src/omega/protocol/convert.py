@@ -117,6 +117,7 @@ def _body_to_pb(body: Body, out: pb.Frame) -> None:
         if body.refined is not None:
             _transitions_to_pb(body.refined, m.refined)
         m.refined_cursor = body.refined_cursor
+        m.reset = body.reset
     elif isinstance(body, HeartbeatAck):
         m.server_time_ms = body.server_time_ms
         m.next_sync_s = body.next_sync_s
@@ -221,6 +222,7 @@ def _body_from_pb(frame: pb.Frame) -> Body:
             pairs=_transitions_from_pb(m.pairs) if m.HasField("pairs") else None,
             refined=_transitions_from_pb(m.refined) if m.HasField("refined") else None,
             refined_cursor=m.refined_cursor,
+            reset=m.reset,
         )
     if kind == "heartbeat_ack":
         m = frame.heartbeat_ack

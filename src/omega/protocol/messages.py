@@ -368,11 +368,17 @@ class PullReply:
     #: A page of the refined-neighbour release (keyspace REFINED), and the position after it.
     refined: TransitionBatch | None = None
     refined_cursor: int = 0
+    #: The pull's `since` is too old for removals to bring the TV up to date (under DP, a release
+    #: outside the contribution window): the TV drops every consolidated pattern, transition and pair
+    #: it holds, then merges this page, the first of a full snapshot.
+    reset: bool = False
 
     def __post_init__(self) -> None:
         _uint("cursor", self.cursor, _U64, MalformedFrame)
         if not isinstance(self.more, bool):
             raise MalformedFrame("more must be a bool")
+        if not isinstance(self.reset, bool):
+            raise MalformedFrame("reset must be a bool")
         patterns = tuple(self.patterns)
         for p in patterns:
             if not isinstance(p, ConsolidatedPattern):

@@ -167,7 +167,7 @@ class ConsolidatedPattern(_message.Message):
     def __init__(self, cluster_id: _Optional[int] = ..., version: _Optional[int] = ..., q: _Optional[bytes] = ..., bits: _Optional[int] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., success_rate: _Optional[float] = ..., support: _Optional[int] = ..., trend_score: _Optional[float] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("cursor", "more", "patterns", "transitions", "pairs", "refined", "refined_cursor")
+    __slots__ = ("cursor", "more", "patterns", "transitions", "pairs", "refined", "refined_cursor", "reset")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +175,7 @@ class PullReply(_message.Message):
     PAIRS_FIELD_NUMBER: _ClassVar[int]
     REFINED_FIELD_NUMBER: _ClassVar[int]
     REFINED_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     more: bool
     patterns: _containers.RepeatedCompositeFieldContainer[ConsolidatedPattern]
@@ -182,7 +183,8 @@ class PullReply(_message.Message):
     pairs: TransitionBatch
     refined: TransitionBatch
     refined_cursor: int
-    def __init__(self, cursor: _Optional[int] = ..., more: _Optional[bool] = ..., patterns: _Optional[_Iterable[_Union[ConsolidatedPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., pairs: _Optional[_Union[TransitionBatch, _Mapping]] = ..., refined: _Optional[_Union[TransitionBatch, _Mapping]] = ..., refined_cursor: _Optional[int] = ...) -> None: ...
+    reset: bool
+    def __init__(self, cursor: _Optional[int] = ..., more: _Optional[bool] = ..., patterns: _Optional[_Iterable[_Union[ConsolidatedPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., pairs: _Optional[_Union[TransitionBatch, _Mapping]] = ..., refined: _Optional[_Union[TransitionBatch, _Mapping]] = ..., refined_cursor: _Optional[int] = ..., reset: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("server_time_ms", "next_sync_s", "retry_after_s")

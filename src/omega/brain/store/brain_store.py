@@ -282,10 +282,16 @@ class BrainStore(Database):
 
     def merge_pulled(
         self, patterns: Iterable[ConsolidatedRecord], transitions: Iterable[TransitionStat],
-        pairs: Iterable[TransitionStat] = (), *, replace_transitions: bool = False,
+        pairs: Iterable[TransitionStat] = (), *, replace_transitions: bool = False, fresh: bool = False,
     ) -> tuple[int, int]:  # fmt: skip
-        """Merge one pulled page in one transaction; returns (consolidated rows changed, transitions + pairs stored)."""
-        with self.transaction():
+        """Merge one pulled page in one transaction; returns (consolidated rows changed, transitions + pairs stored).
+        `fresh`: the page starts a full snapshot (PullReply.reset), so every consolidated pattern, global
+        transition and pair held goes first (refined neighbours are their own release: kept)."""
+        with self.transaction() as db:
+            if fresh:
+                self.edges.published_changed()
+                for table in ("consolidated", "global_transitions", "global_pairs"):
+                    db.execute(f"DELETE FROM {table}")
             changed = self.put_consolidated(patterns)
             stored = self.merge_global_transitions(transitions, replace=replace_transitions)
             stored += self.merge_global_pairs(pairs)

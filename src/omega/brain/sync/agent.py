@@ -289,10 +289,11 @@ class SyncAgent:
                     held = refined_release_of(state.refined_cursor(self.store))[0]
                     self.store.put_refined(refined, fresh=held != refined_release_of(reply.refined_cursor)[0])
                     state.set_refined_cursor(self.store, reply.refined_cursor)
+                # reset: the server cannot name what left since this TV's cursor; the page starts a snapshot.
                 if self._brain is not None:
-                    self._brain.apply_consolidated(patterns, transitions, pairs=pairs)  # type: ignore[attr-defined]
+                    self._brain.apply_consolidated(patterns, transitions, pairs=pairs, fresh=reply.reset)  # type: ignore[attr-defined]
                 else:
-                    self.store.merge_pulled(patterns, transitions, pairs)
+                    self.store.merge_pulled(patterns, transitions, pairs, fresh=reply.reset)
                 state.set_cursor(self.store, reply.cursor)
         except (OmegaError, OverflowError) as exc:  # the transaction rolled back: nothing of the page is kept
             if not is_bad_data(exc):
