@@ -62,6 +62,12 @@ def test_a_small_mixed_run_holds_its_premium_sockets_without_errors() -> None:
     assert report["client_nofile_limit"] >= 1024
     assert report["server_rss_after_kib"] >= report["server_rss_before_kib"] > 0
     assert report["memory_per_connection_kib"] is not None
+    # what each side used on the shared cores, how late the clients' loops ran, and how busy the machine was
+    assert report["server_cpu_s"] > 0 and report["client_cpu_s"] > 0
+    assert report["client_loop_lag_ms"]["p50"] is not None
+    lag = report["client_loop_lag_ms"]
+    assert lag["p50"] <= lag["p99"] <= lag["max"]
+    assert len(report["loadavg_1m"]) == 2 and all(x >= 0 for x in report["loadavg_1m"])
     assert "omega load:" in out.stderr
 
 

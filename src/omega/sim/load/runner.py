@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import random
 import re
 import secrets
@@ -109,6 +110,10 @@ class _Samples:
     server_at_end: int | None = None
     rss_before_kib: int | None = None
     rss_peak_kib: int | None = None
+    server_cpu_start: float | None = None
+    server_cpu_s: float | None = None  # over the run, warm-up excluded
+    loadavg_start: float | None = None  # the machine's 1-minute load average (shared cores)
+    loadavg_end: float | None = None
     rss_at_end_kib: int | None = None
     #: (server connections, server RSS KiB) at the moment the server held the most
     memory_point: tuple[int, int] | None = None
@@ -140,9 +145,11 @@ def _run_against(config: LoadConfig, target: Target, server, nofile: int, progre
     progress(f"warming up against {target.base_url}")
     asyncio.run(_warm_up(target, config.secret, config.key_id))
     samples = _Samples()
+    samples.loadavg_start = round(os.getloadavg()[0], 2)
     if server is not None:
         time.sleep(0.5)
         samples.rss_before_kib = server.rss_kib()
+        samples.server_cpu_start = server.cpu_seconds()
     start_at = time.time() + START_DELAY_S
     plan = plan_workers(config, target, nofile, start_at)
     end_at = start_at + config.duration_s
@@ -175,8 +182,11 @@ def _run_against(config: LoadConfig, target: Target, server, nofile: int, progre
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
+    samples.loadavg_end = round(os.getloadavg()[0], 2)
     if server is not None:
         samples.rss_at_end_kib = samples.rss_at_end_kib or server.rss_kib()
+        if samples.server_cpu_start is not None and server.running:
+            samples.server_cpu_s = round(server.cpu_seconds() - samples.server_cpu_start, 2)
     return _report(config, plan, target, nofile, stats, samples, server)
 
 
@@ -310,6 +320,11 @@ def _report(config: LoadConfig, plan: Plan, target: Target, nofile: int, stats: 
         "server_rss_after_kib": samples.memory_point[1] if samples.memory_point and server is not None else None,
         "server_rss_peak_kib": samples.rss_peak_kib,
         "memory_per_connection_kib": _round(memory),
+        "server_cpu_s": samples.server_cpu_s,
+        "client_cpu_s": round(total.cpu_s, 2),
+        "client_loop_lag_ms": {q: _round(total.loop_lag.quantile_ms(x)) for q, x in (("p50", 0.5), ("p99", 0.99),
+                                                                                   ("max", 1.0))},  # fmt: skip
+        "loadavg_1m": [samples.loadavg_start, samples.loadavg_end],
     }
     if fatal:
         report["worker_failures"] = fatal

@@ -40,6 +40,7 @@ REPLY_TIMEOUT_S = 30.0
 FINISH_GRACE_S = 30.0
 MAX_BACKOFF_S = 30.0
 HTTP_POOL = 64
+LAG_TICK_S = 0.05
 #: Casual TVs sharing one pool of HTTP_POOL keep-alive connections (the lean client of http1.py: httpx's
 #: pool hands a free connection to its waiting requests in a loop over all of them, quadratic in the TVs,
 #: and its per-request Python was several times the server's, on the cores the server needs).
@@ -83,6 +84,10 @@ class WorkerStats:
     peak_held: int = 0
     nofile_limit: int = 0
     rss_peak_kib: int = 0
+    #: CPU seconds of the process (start-up included): the harness shares the cores with the server
+    cpu_s: float = 0.0
+    #: how late the event loop woke a 50 ms timer: a loaded client times its own lag into every reply
+    loop_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
     source_addresses: tuple[str, ...] = ()
     fatal: str | None = None
 
@@ -103,6 +108,8 @@ class WorkerStats:
         self.connects += other.connects
         self.peak_held += other.peak_held
         self.rss_peak_kib += other.rss_peak_kib
+        self.cpu_s += other.cpu_s
+        self.loop_lag.merge(other.loop_lag)
 
 
 def raise_nofile_limit() -> int:
@@ -324,9 +331,17 @@ class _Worker:
 
     # ------------------------------------------------------------ the run
 
+    async def _watch_loop_lag(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(LAG_TICK_S)
+            if self.loop.time() >= self.hold_from:
+                self.stats.loop_lag.add(max(0.0, time.perf_counter() - t0 - LAG_TICK_S))
+
     async def run(self) -> WorkerStats:
         spec = self.spec
         self._open_http_clients(spec.devices.get("casual", 0))
+        watcher = asyncio.create_task(self._watch_loop_lag())
         runners: dict[str, Callable] = {"premium": self.premium, "active": self.active, "casual": self.casual}
         tasks: list[asyncio.Task] = []
         try:
@@ -347,6 +362,7 @@ class _Worker:
                 if pending:
                     await asyncio.wait(pending, timeout=5)
         finally:
+            watcher.cancel()
             for http in self.http:
                 await http.aclose()
         return self.stats
@@ -370,6 +386,7 @@ def worker_main(spec: WorkerSpec, held: Any, answered: Any, results: Any) -> Non
         stats = WorkerStats(source_addresses=spec.source_addresses, fatal=f"{type(exc).__name__}: {exc}")
     stats.nofile_limit = nofile
     stats.rss_peak_kib = _vm_hwm_kib()
+    stats.cpu_s = time.process_time()
     results.put((spec.index, stats))
 
 
