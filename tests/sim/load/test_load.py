@@ -67,6 +67,12 @@ def test_a_small_mixed_run_holds_its_premium_sockets_without_errors() -> None:
     assert report["client_loop_lag_ms"]["p50"] is not None
     lag = report["client_loop_lag_ms"]
     assert lag["p50"] <= lag["p99"] <= lag["max"]
+    # steady-phase latency by tier (each tier synced), and every answered frame in a 10 s window of the run
+    by_tier = report["latency_ms_by_tier"]
+    assert all(by_tier[t]["heartbeat"]["n"] > 0 for t in ("premium", "active", "casual")), by_tier
+    windows = report["latency_windows"]
+    assert [w["from_s"] for w in windows] == [10.0 * i for i in range(len(windows))]
+    assert sum(w["n"] for w in windows) == report["frames"]
     assert len(report["loadavg_1m"]) == 2 and all(x >= 0 for x in report["loadavg_1m"])
     assert "omega load:" in out.stderr
 

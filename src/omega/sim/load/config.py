@@ -119,14 +119,14 @@ class Plan:
 
 def plan_workers(config: LoadConfig, target: Target, nofile: int, start_at: float) -> Plan:
     """Worker processes, their TVs and source addresses, and the shared timeline."""
-    sockets = config.devices["premium"] + config.devices["active"]  # WebSockets held at once, at most
+    sockets = sum(config.devices.values())  # a WebSocket or an HTTP connection per TV at once, at most
     per_process = max(1, nofile - FD_RESERVE)
     processes = config.processes or max(2, math.ceil(sockets / per_process))
     processes = min(processes, config.connections)
     shares = devices_per_worker(config.devices, processes)
-    worst = max(s["premium"] + s["active"] for s in shares)
+    worst = max(sum(s.values()) for s in shares)
     if worst > per_process:
-        raise OmegaError(f"{worst} WebSockets per process exceed the file-descriptor limit ({nofile}); "
+        raise OmegaError(f"{worst} connections per process exceed the file-descriptor limit ({nofile}); "
                          f"use --processes {math.ceil(sockets / per_process)} or more")  # fmt: skip
     ipv4 = ":" not in target.host
     next_octet = 2
@@ -137,7 +137,7 @@ def plan_workers(config: LoadConfig, target: Target, nofile: int, start_at: floa
     for w, share in enumerate(shares):
         addresses: tuple[str, ...] = ()
         if ipv4:  # ::1 is a single address: the kernel picks ports for it
-            n = max(1, math.ceil((share["premium"] + share["active"]) / PER_SOURCE_ADDRESS))
+            n = max(1, math.ceil(sum(share.values()) / PER_SOURCE_ADDRESS))
             if next_octet + n > 255:
                 raise OmegaError("not enough 127.0.0.x source addresses for this many connections")
             addresses = tuple(f"127.0.0.{next_octet + i}" for i in range(n))

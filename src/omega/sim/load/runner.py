@@ -33,6 +33,7 @@ from omega.sim.load.worker import (
     DEFAULT_INTERVAL_S,
     FINISH_GRACE_S,
     TIERS,
+    WINDOW_S,
     WorkerStats,
     raise_nofile_limit,
     worker_main,
@@ -293,9 +294,10 @@ def _report(config: LoadConfig, plan: Plan, target: Target, nofile: int, stats: 
         "p50_ms": _round(everything.quantile_ms(0.5)),
         "p99_ms": _round(everything.quantile_ms(0.99)),
         "latency_phase": phase,
-        "latency_ms": {k: {"p50": _round(h.quantile_ms(0.5)), "p99": _round(h.quantile_ms(0.99)), "n": h.total}
-                       for k, h in latency.items()},  # fmt: skip
+        "latency_ms": {k: _quantiles(h) for k, h in latency.items()},
+        "latency_ms_by_tier": {t: {k: _quantiles(h) for k, h in kinds.items()} for t, kinds in total.by_tier.items()},
         "ramp_p99_ms": _round(ramp_all.quantile_ms(0.99)),
+        "latency_windows": [{"from_s": w * WINDOW_S, **_quantiles(total.windows[w])} for w in sorted(total.windows)],
         "frames": frames,
         "sessions": total.sessions,
         "ws_connects": total.connects,
@@ -329,6 +331,10 @@ def _report(config: LoadConfig, plan: Plan, target: Target, nofile: int, stats: 
     if fatal:
         report["worker_failures"] = fatal
     return report
+
+
+def _quantiles(h: LatencyHistogram) -> dict:
+    return {"p50": _round(h.quantile_ms(0.5)), "p99": _round(h.quantile_ms(0.99)), "n": h.total}
 
 
 def new_secret() -> bytes:

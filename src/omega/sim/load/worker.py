@@ -2,7 +2,7 @@
 
 Tiers (docs/architecture.md §4): a *premium* TV holds one WebSocket and syncs on it every
 interval; an *active* TV opens a WebSocket, syncs and closes, every interval;
-a *casual* TV polls over HTTP every interval. The interval is the one the
+a *casual* TV polls over HTTP (its own connection) every interval. The interval is the one the
 server names in its heartbeat ack (else the tier's default), times the run's
 time scale. Every TV syncs once when it comes online (during the ramp), then
 at a random phase of its interval, so the fleet does not beat in step.
@@ -39,12 +39,8 @@ REPLY_TIMEOUT_S = 30.0
 #: time allowed after the end of the run for sessions in flight and closing handshakes
 FINISH_GRACE_S = 30.0
 MAX_BACKOFF_S = 30.0
-HTTP_POOL = 64
 LAG_TICK_S = 0.05
-#: Casual TVs sharing one pool of HTTP_POOL keep-alive connections (the lean client of http1.py: httpx's
-#: pool hands a free connection to its waiting requests in a loop over all of them, quadratic in the TVs,
-#: and its per-request Python was several times the server's, on the cores the server needs).
-HTTP_DEVICES_PER_CLIENT = 128
+WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +72,13 @@ class WorkerStats:
     )
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Steady-phase latency by tier and kind: which way of syncing waits (premium WS, active WS, casual HTTP).
+    by_tier: dict[str, dict[str, LatencyHistogram]] = field(
+        default_factory=lambda: {t: {k: LatencyHistogram() for k in ("push", "pull", "heartbeat")} for t in TIERS}
+    )
+    #: Latency of every answered frame by WINDOW_S window of the run (from its start): shows a backlog
+    #: (the ramp's first syncs) draining apart from the steady state after it.
+    windows: dict[int, LatencyHistogram] = field(default_factory=dict)
     #: Bytes of pull replies answered in the steady (hold) phase: the fleet's pull traffic.
     pull_bytes_hold: int = 0
     tally: ReplyTally = field(default_factory=ReplyTally)
@@ -95,6 +98,11 @@ class WorkerStats:
         for phase, kinds in other.latency.items():
             for kind, hist in kinds.items():
                 self.latency[phase][kind].merge(hist)
+        for tier, kinds in other.by_tier.items():
+            for kind, hist in kinds.items():
+                self.by_tier[tier][kind].merge(hist)
+        for window, hist in other.windows.items():
+            self.windows.setdefault(window, LatencyHistogram()).merge(hist)
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
         self.pull_bytes_hold += other.pull_bytes_hold
@@ -178,12 +186,11 @@ class _Worker:
         self.held = 0
         self.answered = 0
         self.ws_url = f"ws://{_netloc(spec.host, spec.port)}/v1/ws"
-        self.http: list[Http1Pool] = []  # connection pools of the casual TVs (see _open_http_clients)
-        self._http_users = 0
+        self.http: list[Http1Pool] = []  # one connection per casual TV (see casual)
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _record(self, kind: str, elapsed: float, n_out: int, n_in: int, ok: bool) -> None:
+    def _record(self, kind: str, elapsed: float, n_out: int, n_in: int, ok: bool, tier: str) -> None:
         phase = "hold" if self.loop.time() >= self.hold_from else "ramp"
         self.stats.bytes_out += n_out
         self.stats.bytes_in += n_in
@@ -191,6 +198,13 @@ class _Worker:
             self.stats.pull_bytes_hold += n_in
         if ok:
             self.stats.latency[phase][kind].add(elapsed)
+            window = int((self.loop.time() - self.start) // WINDOW_S)
+            hist = self.stats.windows.get(window)
+            if hist is None:
+                hist = self.stats.windows[window] = LatencyHistogram()
+            hist.add(elapsed)
+            if phase == "hold":
+                self.stats.by_tier[tier][kind].add(elapsed)
             self.answered += 1
             self.shared_answered[self.spec.index] = self.answered
 
@@ -235,7 +249,7 @@ class _Worker:
             await ws.send(data)
             async with asyncio.timeout(REPLY_TIMEOUT_S):
                 reply = await ws.recv()
-            self._absorb(kind, dev, data, reply, time.perf_counter() - t0)
+            self._absorb(kind, dev, data, reply, time.perf_counter() - t0, tier)
         self.stats.sessions += 1
 
     async def _http_session(self, http: Http1Pool, dev: SimDevice, tier: str) -> None:
@@ -243,12 +257,12 @@ class _Worker:
             data = dev.frame(body)
             t0 = time.perf_counter()  # as in _ws_session
             _, reply, _ = await http.post("/v1/sync", data)
-            self._absorb(kind, dev, data, reply, time.perf_counter() - t0)
+            self._absorb(kind, dev, data, reply, time.perf_counter() - t0, tier)
         self.stats.sessions += 1
 
-    def _absorb(self, kind: str, dev: SimDevice, data: bytes, reply: bytes | str, elapsed: float) -> None:
+    def _absorb(self, kind: str, dev: SimDevice, data: bytes, reply: bytes | str, elapsed: float, tier: str) -> None:
         if isinstance(reply, str):
-            self._record(kind, elapsed, len(data), len(reply), False)
+            self._record(kind, elapsed, len(data), len(reply), False, tier)
             self.stats.tally.error("text_reply")
             return
         try:
@@ -256,7 +270,7 @@ class _Worker:
         except ProtocolError as exc:
             self.stats.tally.error(error_kind(exc))
             ok = False
-        self._record(kind, elapsed, len(data), len(reply), ok)
+        self._record(kind, elapsed, len(data), len(reply), ok, tier)
 
     # ------------------------------------------------------------ tiers
 
@@ -302,16 +316,13 @@ class _Worker:
         await self._every_interval(dev, "active", session)
 
     async def casual(self, n: int, dev: SimDevice) -> None:
-        http = self.http[self._http_users // HTTP_DEVICES_PER_CLIENT]
-        self._http_users += 1
+        # Its own connection, as a TV has: a pool shared by many TVs queues their sessions behind each other in
+        # the client. The server closes it when idle, so a session every few minutes opens a new one, as a
+        # polling TV does (the heartbeat, first on it, is timed from the connect).
+        http = Http1Pool(self.spec.host, self.spec.port, max_connections=1, timeout_s=REPLY_TIMEOUT_S,
+                         local_addr=self._source(n))  # fmt: skip
+        self.http.append(http)
         await self._every_interval(dev, "casual", lambda: self._http_session(http, dev, "casual"))
-
-    def _open_http_clients(self, casual: int) -> None:
-        """One connection pool per HTTP_DEVICES_PER_CLIENT casual TVs, opened before the ramp."""
-        source = (self.spec.source_addresses[0], 0) if self.spec.source_addresses else None
-        for _ in range(-(-casual // HTTP_DEVICES_PER_CLIENT)):
-            self.http.append(Http1Pool(self.spec.host, self.spec.port, max_connections=HTTP_POOL,
-                                       timeout_s=REPLY_TIMEOUT_S, local_addr=source))  # fmt: skip
 
     async def _every_interval(self, dev: SimDevice, tier: str, session: Callable[[], Awaitable[None]]) -> None:
         """One session per tier interval until the end (the first at a random point of the first interval)."""
@@ -340,7 +351,6 @@ class _Worker:
 
     async def run(self) -> WorkerStats:
         spec = self.spec
-        self._open_http_clients(spec.devices.get("casual", 0))
         watcher = asyncio.create_task(self._watch_loop_lag())
         runners: dict[str, Callable] = {"premium": self.premium, "active": self.active, "casual": self.casual}
         tasks: list[asyncio.Task] = []
