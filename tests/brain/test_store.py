@@ -443,6 +443,17 @@ def test_successors_of_many_sources_in_one_read_match_the_reads_by_source(store:
     assert store.edges.successors("global_transitions", []) == {}
 
 
+def test_successors_answer_every_source_when_the_kept_ones_overflow(store: BrainStore):
+    """More sources than are kept, in one call or beside a full cache: every source asked is still answered
+    (the oldest kept ones used to be evicted before the answer was built: KeyError)."""
+    store.merge_global_transitions([TransitionStat(s, 1000 + s, 5.0, 5) for s in range(1, 201)])
+    everything = store.edges.successors("global_transitions", range(1, 201))
+    assert set(everything) == set(range(1, 201))
+    assert all(everything[s] == [(1000 + s, 5.0)] for s in everything)
+    store.edges.successors("global_transitions", range(1, 65))  # the cache full of 1..64
+    assert set(store.edges.successors("global_transitions", [1, 2, 150])) == {1, 2, 150}
+
+
 def test_the_support_floor_follows_every_write_to_the_published_edges(tmp_path: Path):
     """The floor's volumes are kept between reads; a write by this store, by another connection to the same
     file, or one rolled back must never leave a stale floor behind."""
