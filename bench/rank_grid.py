@@ -3,13 +3,15 @@
 `snapshot`: one `omega eval movielens --validation` fleet (all viewers, the eval's own replay, cold-start
 holds included; tables off, the tuning grid reduced to the shipped row), then, from every evaluated TV,
 what `Brain.rank` reads: its context at the target's time, recent items, excluded items, patterns,
-consolidated prior, own transitions, and the published edges/pairs/most-followed it pulled (the same on every
-TV after the catch-up: checked). Pickled with the TVs' shipped ranks from `score_tvs`.
+consolidated prior, own transitions, held-back rows, and the published edges/pairs/most-followed it pulled
+(taken from one TV: the same on every TV after the catch-up, compared on a sample and recorded as
+`same_published_on_sampled_tvs`). Pickled with the TVs' shipped ranks from `score_tvs`.
 
 `score`: rebuilds the shipped `Recommender` over the snapshot for each variant config (code under test:
 the working tree's `omega.brain.recommender`) and reports NDCG@10 / HR@10 / pool recall, paired per viewer
 against the shipped row and against seq_transition (tuned on the validation split's own validation part,
-as the eval does). The "shipped" row must reproduce the eval's edge_federated ranks exactly (checked).
+as the eval does). The "shipped" row must reproduce the eval's edge_federated ranks exactly: the count of
+viewers whose rank differs is reported as `shipped_mismatch_vs_score_tvs` (0 expected).
 
     .venv/bin/python bench/rank_grid.py snapshot --out /tmp/snap.pkl
     .venv/bin/python bench/rank_grid.py score --snap /tmp/snap.pkl --variants 'recent_items=5' ... > grid.json
@@ -69,7 +71,7 @@ def snapshot(data_dir: Path, out: Path, users: int | None, seed: int) -> None:
         def table(store: Any, name: str) -> dict[int, list[tuple[int, float]]]:
             found: dict[int, list[tuple[int, float]]] = {}
             for i in range(0, len(ids), 500):  # the floored read, past the 64-source cache
-                found.update(store.edges._successors(name, ids[i:i + 500]))
+                found.update(store.edges._successors(name, ids[i:i + 500])[0])  # [0]: the rows above the floor
             return found
 
         glob = table(store0, "global_transitions")
@@ -87,7 +89,8 @@ def snapshot(data_dir: Path, out: Path, users: int | None, seed: int) -> None:
                 "row": row, "when": when[u], "recent": recent,
                 "exclude": sorted(hist.watched if brain.config.exclude_watched else hist.finished),
                 "patterns": memory, "prior": brain._consolidated(),
-                "own": brain.store.edges._successors("transitions", sorted(set(recent))),
+                "own": brain.store.edges._successors("transitions", sorted(set(recent)))[0],
+                "held_back": brain._held_back(recent),
                 "target": int(split.item_ids[split.targets[row]]), "shipped_rank": shipped.ranks[row],
             }
         with open(out, "wb") as f:
@@ -163,7 +166,8 @@ def score(snap_path: Path, data_dir: Path, variants: list[str]) -> dict[str, Any
         t0 = time.process_time()
         ranks, pooled = {}, []
         for v in viewers.values():
-            rec = Recommender(catalog, cfg, embed, _lookup(v["own"]), glob, pairs, popular)
+            rec = Recommender(catalog, cfg, embed, _lookup(v["own"]), glob, pairs, popular, None,
+                              _lookup(v.get("held_back", {})))
             ranking = rec.rank(context_at(v["when"]), K, recent=v["recent"][: cfg.recent_items], exclude=v["exclude"],
                                patterns=v["patterns"], prior=v["prior"])  # fmt: skip
             got = [r.content_id for r in ranking.recommendations]
