@@ -117,6 +117,20 @@ def test_pattern_eviction_keeps_the_store_and_memory_in_step(tmp_path, embedder,
         assert {p.id for p in b.store.patterns()} == {p.id for p in b._memory().patterns}
 
 
+def test_a_reopened_brain_sizes_its_pattern_memory_to_what_the_store_holds(tmp_path, embedder, catalog):
+    with Brain(tmp_path / "few.db", embedder=embedder, catalog=catalog) as b:
+        for i, cid in enumerate([1, 4, 7]):
+            b.on_user_action(cid, watch_fraction=0.9, started_at=float(i))
+        held = b.store.pattern_count()
+    with Brain(tmp_path / "few.db", embedder=embedder, catalog=catalog) as b:
+        memory = b._memory()
+        # not preallocated to max_patterns (10,000 rows: ~1 MB of small arrays a brain, resident when reused heap)
+        assert len(memory) == held and memory.capacity == held
+        b.on_user_action(9, watch_fraction=0.9, started_at=5.0)
+        assert b.store.pattern_count() == len(memory) and memory.capacity <= 64
+        assert {p.id for p in b.store.patterns()} == {p.id for p in memory.patterns}
+
+
 def test_feedback_changes_reward_of_latest_viewing_and_its_pattern(brain: Brain):
     ep = brain.on_user_action(7, watch_fraction=0.8, started_at=1.0)
     [p] = brain.store.patterns()

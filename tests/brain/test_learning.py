@@ -91,6 +91,20 @@ def test_pattern_memory_upsert_remove_nearest():
     assert memory.matrix.shape == (99, 384)
 
 
+def test_pattern_memory_is_sized_to_its_patterns_and_grows_up_to_its_limit():
+    patterns = [learning.new_pattern(unit(i), reward_value=0.5, success=True, now=1.0) for i in range(150)]
+    memory = PatternMemory(limit=100)
+    for p in patterns[:3]:
+        memory.upsert(p)
+    assert memory.capacity == 64  # a few patterns: one small block, not `limit` rows
+    for p in patterns[3:100]:
+        memory.upsert(p)
+    assert len(memory) == 100 and memory.capacity == 100  # doubling stops at the limit: a full library fits exactly
+    memory.upsert(patterns[100])  # past the limit (a store that already held more): it still grows
+    assert len(memory) == 101 and memory.capacity == 200
+    assert memory.nearest(unit(7), 0.9)[0].id == patterns[7].id
+
+
 def test_config_defaults_and_validation(tmp_path):
     c = BrainConfig()
     assert (c.index_m, c.index_ef_construction, c.index_ef_search, c.index_dtype) == (16, 200, 96, "f32")

@@ -147,9 +147,13 @@ class Brain:
     def _memory(self) -> PatternMemory:
         if self._patterns is None:
             # Streamed from SQLite into compact arrays: no list of 10K Pattern records on the way.
-            capacity = max(self.config.max_patterns, self.store.pattern_count())
+            # Sized to what the store holds (a TV far from max_patterns holds a few dozen rows), growing up to
+            # max_patterns (more only if the store already holds more).
+            count = self.store.pattern_count()
             with self.store.pattern_rows() as found:
-                self._patterns = PatternMemory.from_rows(found, capacity=capacity)
+                self._patterns = PatternMemory.from_rows(
+                    found, capacity=count, limit=max(self.config.max_patterns, count)
+                )
             release_freed_memory()
         return self._patterns
 

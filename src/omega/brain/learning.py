@@ -179,25 +179,31 @@ class PatternMemory:
     pattern, no Python object per pattern. A `Pattern` record is built only on
     demand (`get`, `nearest`, `patterns`), with the stored unit embedding.
 
-    Rows live in preallocated arrays (grown by doubling; `np.empty` pages cost
-    no memory until written) and a removed row is filled by the last one, so an
-    update costs O(1) and a lookup is one matrix-vector product over at most
-    `max_patterns` rows. The brain updates it only after the store committed,
-    so it never holds what the store lost.
+    Rows live in arrays sized to the patterns held, grown by doubling up to
+    `limit` rows (the brain's max_patterns), and a removed row is filled by the
+    last one, so an update costs O(1) and a lookup is one matrix-vector product
+    over at most `max_patterns` rows. Not preallocated to max_patterns: the
+    untouched rows of an `np.empty` cost nothing only when its pages are fresh;
+    placed in reused heap they were resident, ~0.68 MB per brain of ~20
+    patterns in the evaluation's fleet of hundreds. The brain updates it only
+    after the store committed, so it never holds what the store lost.
     """
 
-    def __init__(self, patterns: Iterable[Pattern] | None = None, *, capacity: int = 0) -> None:
+    def __init__(
+        self, patterns: Iterable[Pattern] | None = None, *, capacity: int = 0, limit: int | None = None
+    ) -> None:
         self._n = 0
         self._row: dict[int, int] = {}  # uuid.int -> row
+        self._limit = limit
         self._allocate(max(0, int(capacity)))
         for p in patterns or ():
             self.upsert(p)
 
     @classmethod
-    def from_rows(cls, rows: Iterable[tuple], *, capacity: int = 0) -> PatternMemory:
+    def from_rows(cls, rows: Iterable[tuple], *, capacity: int = 0, limit: int | None = None) -> PatternMemory:
         """Fill from store rows (`id, embedding blob, task_type, success_rate, uses, successes, created_at,
         updated_at, last_used_at, reward_sum, version`), streamed: no Pattern object is made per row."""
-        memory = cls(capacity=capacity)
+        memory = cls(capacity=capacity, limit=limit)
         for id_, blob, task, success_rate, uses, successes, created, updated, used, reward_sum, version in rows:
             vector = np.frombuffer(blob, dtype="<f4")
             if vector.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vector)):
@@ -223,6 +229,11 @@ class PatternMemory:
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated (held patterns plus room to grow)."""
+        return len(self._matrix)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -278,7 +289,10 @@ class PatternMemory:
         if row is None:
             row = self._n
             if row == len(self._matrix):
-                self._allocate(max(64, 2 * row))
+                grown = max(64, 2 * row)
+                if self._limit is not None and row < self._limit:
+                    grown = min(grown, self._limit)  # a full SkillLibrary fits exactly, with no doubled slack
+                self._allocate(grown)
             self._n += 1
             self._row[pattern_id.int] = row
             self._ids[row] = np.frombuffer(pattern_id.bytes, np.uint8)

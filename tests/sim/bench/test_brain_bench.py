@@ -27,5 +27,10 @@ def test_a_tiny_brain_is_built_and_measured_in_a_child(tmp_path: Path, embedder,
     assert 0.0 <= report["recall_at_50"] <= 1.0
     assert report["catalog_items"] == 120 and report["patterns"] >= 30 and report["repeats"] == 5
     assert set(report["rss_breakdown_mb"]) == {"runtime", "store", "embedder", "catalog", "patterns", "first_recommend"}
+    # the same steps by kind of page; the process's own (anon) and mapped-file pages make up its RSS
+    assert set(report["rss_breakdown_kinds_mb"]) == set(report["rss_breakdown_mb"])
+    assert all(set(kinds) == {"anon", "file"} for kinds in report["rss_breakdown_kinds_mb"].values())
+    assert report["rss_anon_mb"] > 0 and report["rss_file_mb"] > 0
+    assert abs(report["rss_anon_mb"] + report["rss_file_mb"] - report["rss_mb"]) < 2.0
     assert set(report["backend_comparison"]) == {"usearch_f16", "hnswlib_f32"}
     assert any("fresh process" in line for line in said)

@@ -129,6 +129,13 @@ class Database:
         with self._lock:
             self._conn().execute(f"PRAGMA cache_size = -{kib}")
 
+    def release_cache(self) -> None:
+        """Free this connection's page cache now (SQLite's `shrink_memory`); pages are read from the file
+        again when needed. For processes that hold hundreds of brains (the evaluation's fleet): each
+        connection otherwise keeps what its last reads left, up to its cache size, for as long as it lives."""
+        with self._lock:
+            self._conn().execute("PRAGMA shrink_memory")
+
     # ------------------------------------------------------------------ inspection
 
     def schema_version(self) -> int:

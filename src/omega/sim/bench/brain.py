@@ -15,7 +15,7 @@ from omega.constellation.privacy import DEFAULT_K_MIN
 from omega.errors import OmegaError
 from omega.progress import Notes, quiet
 from omega.sim.bench.index import backend_comparison, ef_sweep, measure_recall
-from omega.sim.bench.timing import median_ms, p90_ms, rss_mb, timed_each, timed_each_with_cpu
+from omega.sim.bench.timing import median_ms, p90_ms, rss_kinds_mb, rss_mb, timed_each, timed_each_with_cpu
 
 
 def run_brain_bench(
@@ -148,15 +148,19 @@ def _measure_main(argv: list[str]) -> None:
     db, repeats = Path(argv[0]), int(argv[1])
     rng = np.random.default_rng(11)
     breakdown: dict[str, float] = {}
+    kinds: dict[str, dict[str, float]] = {}  # the same steps split into anon (own) and file-mapped pages
     last = [rss_mb()[0]]
-    # interpreter + numpy + onnxruntime + tokenizers + omega.brain (usearch only with that backend); this
-    # module imports nothing heavier, so the figure is a TV process's, not the bench's
+    last_kinds = [rss_kinds_mb()]
+    # interpreter + numpy + onnxruntime + omega.brain (usearch only with that backend); this module imports
+    # nothing heavier, so the figure is a TV process's, not the bench's
     breakdown["runtime"] = last[0]
+    kinds["runtime"] = dict(last_kinds[0])
 
     def step(name: str) -> None:
-        now = rss_mb()[0]
+        now, now_kinds = rss_mb()[0], rss_kinds_mb()
         breakdown[name] = round(breakdown.get(name, 0.0) + now - last[0], 1)
-        last[0] = now
+        kinds[name] = {k: round(now_kinds[k] - last_kinds[0][k], 1) for k in now_kinds}
+        last[0], last_kinds[0] = now, now_kinds
 
     started = time.perf_counter()
     with Brain(db) as brain:
@@ -171,7 +175,9 @@ def _measure_main(argv: list[str]) -> None:
         step("first_recommend")
         load_ms = (time.perf_counter() - started) * 1000.0
         current, peak = rss_mb()
+        current_kinds = rss_kinds_mb()
         breakdown["runtime"] = round(breakdown["runtime"], 1)
+        kinds["runtime"] = {k: round(v, 1) for k, v in kinds["runtime"].items()}
 
         text = "Evening on a Friday. Recently watched: Heat; Alien; Toy Story"
         embed, embed_cpu = timed_each_with_cpu(lambda _: embedder.embed(text), range(repeats))
@@ -235,6 +241,9 @@ def _measure_main(argv: list[str]) -> None:
         "recommend_same_context_cpu_ms_p50": round(median_ms(recommend_session_cpu), 3),
         "recommend_new_daypart_cpu_ms_p50": round(median_ms(recommend_daypart_cpu), 3),
         "rss_breakdown_mb": breakdown,
+        "rss_anon_mb": round(current_kinds["anon"], 1),
+        "rss_file_mb": round(current_kinds["file"], 1),
+        "rss_breakdown_kinds_mb": kinds,
         "memory_objects_mb": {
             "catalog_matrix_f16": round(catalog.nbytes / 1e6, 2),
             f"catalog_index_{index.backend}": round(index.memory_bytes / 1e6, 2),

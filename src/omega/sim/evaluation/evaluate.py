@@ -255,8 +255,11 @@ async def _run(
         methods["edge_federated"] = federated.summary()
         stage("score TVs", 2, 2)
         meter.mark("edge_eval_s", t0)
-        held = [len(tv.brain.store.consolidated()) for tv in fleet_tvs]
-        refined_held = [tv.brain.store.stats().get("refined_neighbours", 0) for tv in fleet_tvs]
+        held, refined_held = [], []
+        for tv in fleet_tvs:
+            held.append(len(tv.brain.store.consolidated()))
+            refined_held.append(tv.brain.store.stats().get("refined_neighbours", 0))
+            tv.brain.store.release_cache()  # as after scoring (score_tvs): the pages just read need not stay
         overlap = after_overlap(fleet_tvs[0], split) if fleet_tvs else None
         grid: dict[str, Any] = {}
         if validation:
