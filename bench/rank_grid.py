@@ -3,7 +3,7 @@
 `snapshot`: one `omega eval movielens --validation` fleet (all viewers, the eval's own replay, cold-start
 holds included; tables off, the tuning grid reduced to the shipped row), then, from every evaluated TV,
 what `Brain.rank` reads: its context at the target's time, recent items, excluded items, patterns,
-consolidated prior, own transitions, held-back rows, and the published edges/pairs/most-followed it pulled
+consolidated prior, own transitions, and the published edges/pairs/most-followed it pulled
 (taken from one TV: the same on every TV after the catch-up, compared on a sample and recorded as
 `same_published_on_sampled_tvs`). Pickled with the TVs' shipped ranks from `score_tvs`.
 
@@ -89,8 +89,7 @@ def snapshot(data_dir: Path, out: Path, users: int | None, seed: int) -> None:
                 "row": row, "when": when[u], "recent": recent,
                 "exclude": sorted(hist.watched if brain.config.exclude_watched else hist.finished),
                 "patterns": memory, "prior": brain._consolidated(),
-                "own": brain.store.edges._successors("transitions", sorted(set(recent)))[0],
-                "held_back": brain._held_back(recent),
+                "own": brain.store.edges._successors("transitions", sorted(set(recent))),
                 "target": int(split.item_ids[split.targets[row]]), "shipped_rank": shipped.ranks[row],
             }
         with open(out, "wb") as f:
@@ -166,8 +165,7 @@ def score(snap_path: Path, data_dir: Path, variants: list[str]) -> dict[str, Any
         t0 = time.process_time()
         ranks, pooled = {}, []
         for v in viewers.values():
-            rec = Recommender(catalog, cfg, embed, _lookup(v["own"]), glob, pairs, popular, None,
-                              _lookup(v.get("held_back", {})))
+            rec = Recommender(catalog, cfg, embed, _lookup(v["own"]), glob, pairs, popular, None)
             ranking = rec.rank(context_at(v["when"]), K, recent=v["recent"][: cfg.recent_items], exclude=v["exclude"],
                                patterns=v["patterns"], prior=v["prior"])  # fmt: skip
             got = [r.content_id for r in ranking.recommendations]

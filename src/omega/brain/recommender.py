@@ -50,12 +50,6 @@ _PER_SOURCE = 200
 _REASON_SHARE = 0.25
 #: support that makes a consolidated pattern half-trusted
 _SUPPORT_HALF = 3.0
-#: Weight of the published edges and pairs the support floor holds back: a last tie-break. A few device ids
-#: can forge such an edge, so it must never lift an item over one that any other part scores (content
-#: alone is ≥ ~1e-6 for an item even slightly near the query), yet it is evidence that some TVs went
-#: there, which an item with no evidence at all lacks (issue 14: a title 3 honest TVs support was ordered
-#: below an unsupported one by float noise). float32 scores keep it only where the rest is near zero.
-_HELD_BACK_WEIGHT = 1e-9
 
 #: src → [(dst, weight), ...] heaviest first, for each of the sources asked (one read for all the recent items)
 TransitionLookup = Callable[[Sequence[int]], Mapping[int, Sequence[tuple[int, float]]]]
@@ -153,7 +147,6 @@ class Recommender:
         global_pairs: TransitionLookup | None = None,
         popular: Callable[[], Sequence[int]] | None = None,
         refined: TransitionLookup | None = None,
-        held_back: TransitionLookup | None = None,
     ) -> None:
         self.catalog = catalog
         self.config = config
@@ -163,8 +156,6 @@ class Recommender:
         self._pairs = global_pairs or (lambda srcs: {})
         self._popular = popular or (lambda: ())
         self.refined: TransitionLookup = refined or (lambda srcs: {})
-        #: published edges and pairs under the support floor, src → [(dst, support)] (`_HELD_BACK_WEIGHT`)
-        self.held_back: TransitionLookup = held_back or (lambda srcs: {})
 
     def recommend(
         self,
@@ -232,7 +223,7 @@ class Recommender:
         for name, weight in (("local", cfg.w_local_transition), ("global", cfg.w_global_transition),
                              ("pair", cfg.w_global_pair), ("refined", cfg.w_refined)):  # fmt: skip
             parts[name] = weight * _scaled(ids, sources[name][0])
-        score = sum(parts.values()) + _HELD_BACK_WEIGHT * _scaled(ids, self._held_back(recent))
+        score = sum(parts.values())
         chosen = _mmr(X, score, k, cfg.diversity_lambda)
         return Ranking(
             [
@@ -329,16 +320,6 @@ class Recommender:
                     best[dst] = (gain, src)
         self._add(pool, list(scores), exclude)
         return scores, {dst: src for dst, (_, src) in best.items()}
-
-    def _held_back(self, recent: list[int]) -> dict[int, float]:
-        """dst → Σ_i decay^i · support of the held-back edges and pairs out of the recent items i (they score
-        the pool only: an item no other part proposes is not a candidate because of them)."""
-        scores: dict[int, float] = {}
-        found = self.held_back(recent) if recent else {}
-        for step, src in enumerate(recent):
-            for dst, support in found.get(src, ()):
-                scores[dst] = scores.get(dst, 0.0) + support * self.config.recent_decay**step
-        return scores
 
     def _top_patterns(
         self, query: np.ndarray, patterns: PatternMemory, pool: dict[int, None], exclude: set[int]

@@ -11,14 +11,15 @@ from omega.sim.bench import run_poisoning_bench
 
 
 def test_three_sybils_against_thirty_honest_tvs_stay_out_of_the_top_10() -> None:
-    # s = 1 too: its unpublished target once scored above a title 3 honest TVs support (under the floor) by
-    # float noise alone; the held-back tie-break orders that title above it.
     report = run_poisoning_bench(honest=(30,), sybils=(1, 3, 10))
     one, few, many = report["runs"]
-    assert not one["target_published"] and one["honest_support_from_source"][8] == 3
     for run in report["runs"]:
         assert {"honest", "sybils", "target_rank", "target_weight_share", "outranks_item_with_more_support"} <= set(run)
-        assert run["outranks_item_with_more_support"] is False
+        assert run["outranks_because_of_sybils"] is False
+    assert few["outranks_item_with_more_support"] is False and many["outranks_item_with_more_support"] is False
+    # One id is below k_min: the target is unpublished and sits where it sits with no sybils (content alone
+    # orders it above a title 3 honest TVs support, held back by the floor); reported, not hidden.
+    assert not one["target_published"] and one["target_rank"] == one["rank_without_sybils"]
     assert few["target_published"] and (few["target_rank"] is None or few["target_rank"] > 10)
     # Published weight is distinct support: 3 of the published supports out of the source (k_min 3),
     # whatever weight the sybils asked for.

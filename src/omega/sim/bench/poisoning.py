@@ -9,8 +9,8 @@ neighbours it computes from that (as its sync would) and ranks with `Brain.recom
 
 Per (h, s) it reports the target's rank on the victim (1-based, null when not among the top
 `RANKED`), its share of the published weight out of S, and whether it outranks any title that
-more than s honest TVs support (the bar: never; by score, a tie being no preference), and which such titles
-sit below it in the victim's list all the same (MMR orders items of near-equal score by variety).
+more than s honest TVs support (the bar: never) — in the victim's list, the order a viewer sees, as
+`target_rank` is; `outranks_because_of_sybils` leaves out what the target outranks with no sybils at all.
 """
 
 from __future__ import annotations
@@ -129,15 +129,10 @@ async def _one_run(
     finally:
         victim.close()
     ranked = [r.content_id for r in recs]
-    score = {r.content_id: r.score for r in recs}
     rank = ranked.index(TARGET) + 1 if TARGET in ranked else None
     stronger = [t for t, n in honest_support.items() if n > s]
-    # Outranks = a strictly higher score (a tie is no preference; an item not ranked scores -inf).
-    outranked = sorted(t for t in stronger if rank is not None and score[TARGET] > score.get(t, -np.inf))
-    # The list's order too: MMR orders items of near-equal score by variety, so a title can score above the
-    # target yet sit below it in the list (reported, not part of the bar, which compares scores).
-    below = {t: (ranked.index(t) + 1 if t in ranked else None) for t in sorted(stronger)
-             if rank is not None and (t not in ranked or ranked.index(t) + 1 > rank)}  # fmt: skip
+    # Outranks = sits above it in the list (a title not in the list is below every listed one).
+    outranked = sorted(t for t in stronger if rank is not None and (t not in ranked or ranked.index(t) + 1 > rank))
     return {
         "honest": h,
         "sybils": s,
@@ -145,7 +140,6 @@ async def _one_run(
         "target_weight_share": round(target_w / total, 4) if total else 0.0,
         "outranks_item_with_more_support": bool(outranked),
         "outranked": {t: honest_support[t] for t in outranked},  # item -> its honest support
-        "more_supported_below_in_list": below,  # item -> its position in the victim's list (None: not in it)
         "target_published": any(e.dst == TARGET for e in from_source),
         "honest_support_from_source": dict(sorted(honest_support.items())),
     }
