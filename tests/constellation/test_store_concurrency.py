@@ -263,3 +263,101 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
         assert con.execute("SELECT DISTINCT epoch FROM members").fetchall() == [(NOW // DAY - 1,)]
     finally:
         con.close()
+
+
+def _hold_writer(writer) -> tuple[threading.Event, threading.Event, object]:
+    """Occupy the writer so the jobs submitted next wait together (one group)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        entered.set()
+        release.wait(10)
+
+    return entered, release, writer.submit(hold)
+
+
+def _tables(path) -> dict[str, list]:
+    con = sqlite3.connect(path)
+    try:
+        return {table: con.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall() for table, order in (
+            ("cell_state", "task_type, cell, origin"), ("edge_state", "keyspace, src, dst, origin"),
+            ("served", "kind, k1, k2, k3"), ("members", "kind, k1, k2, k3, member"), ("contributions", "id"),
+            ("push_keys", "key"))}  # fmt: skip
+    finally:
+        con.close()
+
+
+async def test_a_group_writes_what_one_push_at_a_time_writes(tmp_path, codebook) -> None:
+    """Set-based group writes: the same rows, outcomes and change numbers as the pushes applied one by one.
+
+    The group has keys shared by several pushes (cells, edges, their pairs), a device flooding a cell
+    and an edge twice in the epoch, and a batch retried inside the group."""
+    def pushes():
+        out = []
+        for n in range(24):
+            d = n % 9  # devices 0..8 push 2-3 times: the later ones flood what they already added
+            cells = [pattern(near(codebook, n % 4, n)), pattern(near(codebook, (n * 5) % 7, 100 + n))]
+            edges = [(0, d % 3, 10 + n % 5, 1.0 + (n % 3) / 4), (0, 10 + n % 5, 20 + d % 2, 0.5), (1, n % 4, 7, 2.0)]
+            out.append((device(d), b"batch-%d" % n, cells, edges, NOW + n))
+        out.insert(10, out[4])  # a retry of batch 4 in the same group: a duplicate
+        return out
+
+    results = {}
+    for name, together in (("grouped", True), ("one by one", False)):
+        store = await open_store(f"sqlite:{tmp_path / name}.db", origin="shard-test")
+        try:
+            agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(k_min=2))
+            writer = store._writer  # noqa: SLF001 - the group counters
+            if together:
+                entered, release, blocked = _hold_writer(writer)
+                assert await asyncio.to_thread(entered.wait, 10)
+                groups0 = writer.groups
+                jobs = [asyncio.ensure_future(agg.apply(*p)) for p in pushes()]
+                await asyncio.sleep(0.05)
+                release.set()
+                await blocked
+                out = await asyncio.gather(*jobs)
+                assert writer.groups - groups0 == 2  # the held job, then one group of all the pushes
+            else:
+                out = [await agg.apply(*p) for p in pushes()]
+            assert any(r.duplicate for r in out) and any(r.rejections for r in out)
+            results[name] = (out, sorted(fingerprint(i) for i in await agg.published()), await store.stats())
+        finally:
+            await store.close()
+        results[name] += (_tables(tmp_path / f"{name}.db"),)
+    assert results["grouped"] == results["one by one"]
+
+
+async def test_a_group_that_fails_in_sql_is_reapplied_push_by_push(sqlite_store, codebook) -> None:
+    """A statement failing in a group: nothing of the group is kept, each push is applied again alone,
+    and only the push that fails by itself is refused; none is applied twice."""
+    agg = await Aggregator.open(sqlite_store, codebook, SALT, AggregationPolicy(k_min=1))
+    grouped = sqlite_store._apply_group  # noqa: SLF001 - the real method, made to fail
+    bad_device = device(3)
+    bad_key = agg._keyed(b"omega/push" + bad_device + b"x", 16)  # noqa: SLF001
+
+    def failing(conn: sqlite3.Connection, pushes: list) -> list:
+        out = grouped(conn, pushes)  # written, then undone by the failure
+        if any(p.push_key == bad_key for p in pushes):
+            conn.execute("SELECT * FROM no_such_table")  # what any failing statement does to the transaction
+        return out
+
+    sqlite_store._apply_group = failing  # noqa: SLF001
+    writer = sqlite_store._writer  # noqa: SLF001
+    entered, release, blocked = _hold_writer(writer)
+    assert await asyncio.to_thread(entered.wait, 10)
+    jobs = [asyncio.ensure_future(
+        agg.apply(device(d), b"x", [pattern(near(codebook, d % 4, d))], [(0, d, d + 1, 1.0)], NOW)) for d in range(6)]
+    await asyncio.sleep(0.05)
+    release.set()
+    await blocked
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    refused = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+    assert refused == [3] and "no_such_table" in str(results[3])
+    assert [r.accepted for i, r in enumerate(results) if i != 3] == [2] * 5
+    stats = await sqlite_store.stats()
+    assert stats.push_keys == 5 and stats.contributions == 5 * 2  # a pattern and an edge each, once
+    # The refused push left nothing behind: applied again (now without the failure), it is not a duplicate.
+    sqlite_store._apply_group = grouped  # noqa: SLF001
+    again = await agg.apply(bad_device, b"x", [pattern(near(codebook, 3, 3))], [(0, 3, 4, 1.0)], NOW)
+    assert not again.duplicate and again.accepted == 2

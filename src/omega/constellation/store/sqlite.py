@@ -5,9 +5,11 @@ and a push is on disk before `apply_push` returns (the server acks after it).
 With NORMAL, WAL commits are only durable at the next checkpoint; a power cut
 could lose pushes the TVs were already told were accepted (and dropped from
 their outboxes). The fsync cost is shared by *group commit*: the writer applies
-every push waiting in its queue inside one transaction, each under its own
-SAVEPOINT (a push that fails rolls back alone), commits once, then resolves all
-of them — each push is still atomic, and none is acknowledged before the commit.
+every push waiting in its queue inside one transaction, set-based (each table
+written once per group, rows merged per key: `_apply_group`), commits once, then
+resolves all of them — none is acknowledged before the commit. A push the store
+refuses is refused alone; if a statement fails, the group is rolled back and
+its pushes are applied one by one, so each push stays atomic.
 
 Reads (delta pulls, stats, similarity search, federation export) never enter
 the writer's queue: they run on their own connections and threads, each inside
@@ -61,6 +63,17 @@ ITEM_CACHE_ENTRIES = 8192
 _KEYS_PER_QUERY = 4096
 
 _PUT_CELL = "INSERT OR REPLACE INTO cell_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_NEW_PUSH_KEYS = "INSERT OR IGNORE INTO push_keys VALUES {keys} RETURNING key"
+# A push's edge rows: weight and support are added, version replaces.
+_ADD_EDGE = (
+    "INSERT INTO edge_state VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+    "weight = weight + excluded.weight, support = support + excluded.support, version = excluded.version"
+)
+_MARK_MEMBER = "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET epoch = excluded.epoch"
+_LOG = (
+    "INSERT INTO contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # A served row's change: seq replaces, support is added (a push's new members, an expiry's leavers).
 # `peak` keeps the highest support the key ever had (a published key's removal is served: logic.removal).
 _ADD_SERVED = (
@@ -106,11 +119,20 @@ _EDGES_OF_KEYS = (
     f"WITH v(ks, s, d) AS (VALUES {{keys}}) SELECT {logic.EDGE_COLUMNS} "
     "FROM v CROSS JOIN edge_state e ON e.keyspace = v.ks AND e.src = v.s AND e.dst = v.d"
 )
+_OWN_CELLS_OF_KEYS = _CELLS_OF_KEYS + " AND s.origin = ?"
 _MEMBER_EPOCHS = (
     "WITH v(kind, k1, k2, k3, member) AS (VALUES {keys}) "
     "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM v CROSS JOIN members m "
     "ON m.kind = v.kind AND m.k1 = v.k1 AND m.k2 = v.k2 AND m.k3 = v.k3 AND m.member = v.member"
 )
+
+
+def _cell_key(row: tuple) -> tuple:
+    return row[1], row[2]  # (task_type, cell) of a cell state row
+
+
+def _edge_key(row: tuple) -> tuple:
+    return row[1], row[2], row[3]  # (keyspace, src, dst) of an edge state row
 
 
 def _cells(conn: sqlite3.Connection, keys: Sequence[CellKey]) -> list:
@@ -198,34 +220,64 @@ class SqliteStore(ConstellationStore):
 
     # ---- pushes --------------------------------------------------------------------
     async def apply_push(self, push: PreparedPush) -> PushOutcome:
-        return await self._writer.submit(lambda conn: self._apply_push(conn, push), mode="group")
+        return await self._writer.submit_group(self._apply_group, push)
 
-    def _apply_push(self, conn: sqlite3.Connection, push: PreparedPush) -> PushOutcome:
-        logic.check_push(push)
-        cur = conn.execute("INSERT OR IGNORE INTO push_keys VALUES (?, ?)", (push.push_key, push.now_ms))
-        if cur.rowcount == 0:
-            return PushOutcome(duplicate=True, head=_head(conn))
-        rows = logic.member_rows(push)
-        classified = logic.classify(push, rows, _member_epochs(conn, rows))
-        own = _of_keys(conn, _CELLS_OF_KEYS + " AND s.origin = ?", classified.cell_keys(), self.origin)
-        w = logic.accumulate(self.origin, push.epoch, classified, own, _head(conn))
-        conn.executemany(_PUT_CELL, w.cell_states)
-        conn.executemany(
-            "INSERT INTO edge_state VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-            "weight = weight + excluded.weight, support = support + excluded.support, version = excluded.version",
-            w.edge_increments,
-        )
-        conn.executemany(_ADD_SERVED, w.served)
-        conn.executemany(
-            "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET epoch = excluded.epoch",
-            w.members,
-        )
-        conn.executemany(
-            "INSERT INTO contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            w.log,
-        )
-        return w.outcome
+    def _apply_group(self, conn: sqlite3.Connection, pushes: list[PreparedPush]) -> list[PushOutcome | Exception]:
+        """The pushes waiting together, set-based: a few statements per table whatever the group's size.
+
+        Same result as applying them one after the other: each push is classified and accumulated on
+        top of the ones before it in the group (member marks and own accumulators kept in memory, as
+        the PostgreSQL store does), then each table is written once, rows merged per key
+        (logic.GroupWrites) and in key order. A push `check_push` refuses is refused alone, before any
+        SQL; a statement that fails undoes the group, and the writer applies its pushes one by one.
+        """
+        results: list[PushOutcome | Exception | None] = [None] * len(pushes)
+        valid: list[int] = []
+        for i, push in enumerate(pushes):
+            try:
+                logic.check_push(push)
+            except OmegaError as exc:
+                results[i] = exc
+                continue
+            valid.append(i)
+        first: dict[bytes, int] = {}  # a push key twice in the group: the second is a duplicate
+        for i in valid:
+            first.setdefault(bytes(pushes[i].push_key), i)
+        # Only the keys not held yet come back (OR IGNORE skips the others).
+        fresh = _of_keys(conn, _NEW_PUSH_KEYS, [(k, pushes[i].now_ms) for k, i in first.items()]) if first else []
+        applied = {first[bytes(r[0])] for r in fresh}
+        rows_of = {i: logic.member_rows(pushes[i]) for i in applied}
+        wanted = sorted({row for rows in rows_of.values() for row in rows})
+        known: dict[logic.MemberRow, int | None] = _member_epochs(conn, wanted) if wanted else {}
+        keys = sorted({CellKey(c.task_type, c.cell) for i in applied for c in pushes[i].cells})
+        own = _of_keys(conn, _OWN_CELLS_OF_KEYS, keys, self.origin) if keys else []
+        own_rows = {(r[1], r[2]): tuple(r) for r in own}
+        head = _head(conn)
+        group = logic.GroupWrites()
+        for i in valid:
+            if i not in applied:
+                results[i] = PushOutcome(duplicate=True, head=head)
+                continue
+            push = pushes[i]
+            classified = logic.classify(push, rows_of[i], known)
+            mine = [own_rows[k] for k in classified.cell_keys() if k in own_rows]
+            w = logic.accumulate(self.origin, push.epoch, classified, mine, head)
+            for row in w.cell_states:
+                own_rows[(row[1], row[2])] = row
+            for *member, epoch in w.members:
+                known[tuple(member)] = epoch  # type: ignore[index]
+            group.add(w)
+            head = w.outcome.head
+            results[i] = w.outcome
+        # Change numbers are absolute already (one writer: the head read above is the base).
+        cells, edges, served, _ = group.shifted(0)
+        # In key order: consecutive rows land on the same B-tree pages.
+        conn.executemany(_PUT_CELL, sorted(cells, key=_cell_key))
+        conn.executemany(_ADD_EDGE, sorted(edges, key=_edge_key))
+        conn.executemany(_ADD_SERVED, sorted(served))
+        conn.executemany(_MARK_MEMBER, sorted((*k, e) for k, e in group.members.items()))
+        conn.executemany(_LOG, group.log)
+        return results  # type: ignore[return-value]
 
     # ---- delta pull ----------------------------------------------------------------
     async def _changes(self, cursor: int, k_min: int, budget: PageBudget) -> ChangePage:

@@ -24,9 +24,12 @@ MAX_GROUP = 256  # pushes per group commit
 
 @dataclass
 class Job:
-    fn: Callable[[sqlite3.Connection], Any]
+    #: "group": fn(conn, [items]) -> one result (or Exception) per item, many jobs in one transaction;
+    #: otherwise fn(conn) -> result.
+    fn: Callable[..., Any]
     future: concurrent.futures.Future[Any]
     mode: str  # "group": may share a transaction (and its fsync); "tx": own transaction; "raw": none; "read"
+    item: Any = None  # what a "group" job hands to fn
 
 
 def _resolve(future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
@@ -54,11 +57,11 @@ class _Threads:
         for t in self._threads:
             t.start()
 
-    def _put(self, fn: Callable[[sqlite3.Connection], Any], mode: str) -> asyncio.Future[Any]:
+    def _put(self, fn: Callable[..., Any], mode: str, item: Any = None) -> asyncio.Future[Any]:
         if self._closed:
             raise OmegaError("the store is closed")
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(Job(fn, fut, mode))
+        self._queue.put(Job(fn, fut, mode, item))
         return asyncio.wrap_future(fut)
 
     def stop(self) -> None:
@@ -92,7 +95,19 @@ class Writer(_Threads):
         self._start()
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any], mode: str = "tx") -> asyncio.Future[Any]:
+        """Run fn(conn) in its own transaction ("tx") or outside any ("raw")."""
+        if mode not in ("tx", "raw"):
+            raise ValueError(f"unknown write mode {mode!r}")
         return self._put(fn, mode)
+
+    def submit_group(self, run: Callable[[sqlite3.Connection, list[Any]], list[Any]], item: Any) -> asyncio.Future[Any]:
+        """Hand `item` to `run(conn, items)` together with every item of the same `run` waiting then.
+
+        One transaction (one fsync) for all of them. `run` returns one result per item, an Exception
+        for an item it refuses alone; if `run` itself raises (a statement failed), the transaction is
+        rolled back and each item is run again by itself, so only the failing one is refused.
+        """
+        return self._put(run, "group", item)
 
     def _run(self) -> None:
         try:
@@ -110,7 +125,7 @@ class Writer(_Threads):
                     break
                 if job.mode != "group":
                     if job.mode == "tx":
-                        self._run_tx([job])
+                        self._run_tx(job)
                     else:
                         self._run_raw(job)
                     continue
@@ -123,11 +138,11 @@ class Writer(_Threads):
                         nxt = get_nowait()
                     except queue.Empty:
                         break
-                    if nxt is None or nxt.mode != "group":
+                    if nxt is None or nxt.mode != "group" or nxt.fn != job.fn:  # (bound methods: ==)
                         carry = nxt
                         break
                     batch.append(nxt)
-                self._run_tx(batch)
+                self._run_group(batch)
         finally:
             _fail_pending(self._queue, OmegaError("the store is closed"))
             self._conn.close()
@@ -141,33 +156,38 @@ class Writer(_Threads):
         else:
             _resolve(job.future, True, value)
 
-    def _run_tx(self, batch: list[Job]) -> None:
+    def _run_tx(self, job: Job) -> None:
         conn = self._conn
         assert conn is not None
-        grouped = len(batch) > 1
-        results: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                if grouped:
-                    conn.execute("SAVEPOINT push")
-                try:
-                    value = job.fn(conn)
-                except Exception as exc:
-                    if not grouped:
-                        raise
-                    # Only this push is undone; the others in the group still commit.
-                    conn.execute("ROLLBACK TO push")
-                    conn.execute("RELEASE push")
-                    results.append((False, translate(exc)))
-                    continue
-                if grouped:
-                    conn.execute("RELEASE push")
-                results.append((True, value))
+            value = job.fn(conn)
             conn.execute("COMMIT")  # synchronous=FULL: the WAL is fsynced before this returns
-        except BaseException as exc:  # noqa: BLE001 - handed to every caller of the group
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            _resolve(job.future, False, translate(exc))
+            return
+        self.groups += 1
+        self.grouped += 1
+        _resolve(job.future, True, value)
+
+    def _run_group(self, batch: list[Job]) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = batch[0].fn(conn, [job.item for job in batch])
+            conn.execute("COMMIT")  # synchronous=FULL: the WAL is fsynced before this returns
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller(s)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if len(batch) > 1 and isinstance(exc, Exception):
+                # A statement failed somewhere in the group's set-based writes: nothing of it was kept.
+                # Each job again by itself, so only the one that fails is refused.
+                for job in batch:
+                    self._run_group([job])
+                return
             err = translate(exc)
             for job in batch:
                 _resolve(job.future, False, err)
@@ -175,8 +195,11 @@ class Writer(_Threads):
         self.groups += 1
         self.grouped += len(batch)
         # Resolved only after COMMIT returned: an acknowledged push is durable.
-        for job, (ok, value) in zip(batch, results, strict=True):
-            _resolve(job.future, ok, value)
+        for job, value in zip(batch, results, strict=True):
+            if isinstance(value, BaseException):
+                _resolve(job.future, False, translate(value))
+            else:
+                _resolve(job.future, True, value)
 
 
 class Readers(_Threads):
