@@ -277,3 +277,17 @@ async def test_policy_validation() -> None:
         AggregationPolicy(k_min=0)
     with pytest.raises(OmegaError):
         AggregationPolicy(w_max=float("inf"))
+
+
+@pytest.mark.parametrize("size", [16, 32, 63, 64, 65, 200])
+def test_keyed_hashes_are_hmac_sha256_of_the_salt(codebook, size) -> None:
+    """Member hashes, push keys and the salt check are HMAC-SHA256(salt, message), whatever the salt's length
+    (a key longer than SHA-256's block is hashed first): a store built before keeps matching."""
+    import hashlib
+    import hmac
+
+    salt = bytes(range(256))[:size]
+    agg = Aggregator(None, codebook, salt)  # type: ignore[arg-type] - hashing needs no store
+    for message in (b"", b"omega/salt-check", b"omega/edge" + bytes(28), bytes(range(200))):
+        assert agg._keyed(message, 32) == hmac.new(salt, message, hashlib.sha256).digest()  # noqa: SLF001
+        assert agg._keyed(message, 8) == hmac.new(salt, message, hashlib.sha256).digest()[:8]  # noqa: SLF001

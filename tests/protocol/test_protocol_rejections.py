@@ -324,3 +324,17 @@ def test_peek_header_reads_only_the_header_and_agrees_with_peek_frame() -> None:
     body = _pb_frame(push=omega_pb2.Push(batch_id=b"b" * 16, transitions=batch)).SerializeToString()
     header = peek_header(_signed(_deflate(body), flags=0x01))
     assert header.kind == "push" and header.device_id == DEVICE
+
+
+def test_decoded_transitions_equal_checked_ones_at_the_extremes() -> None:
+    """Decoding builds edges without Transition's checks (the wire bounds them): the same values and types
+    as the checked constructor gives, up to uint32 ids and the largest weight."""
+    top = (1 << 32) - 1
+    batch = omega_pb2.TransitionBatch(keyspace=int(Keyspace.ITEM), src_delta=[0, 0, top], dst=[1, 5, top],
+                                      weight=[0, 1, top])  # fmt: skip
+    frame = decode_frame(_signed(_pb_frame(pull_reply=omega_pb2.PullReply(transitions=batch)).SerializeToString()),
+                         KEY)  # fmt: skip
+    edges = frame.body.transitions.edges  # type: ignore[union-attr]
+    expected = (Transition(0, 1, 0.0), Transition(0, 6, 1 / 16), Transition(top, top, top / 16))
+    assert edges == expected
+    assert [tuple(map(type, (e.src, e.dst, e.weight, e.support))) for e in edges] == [(int, int, float, int)] * 3

@@ -138,6 +138,22 @@ def frame_to_pb(frame: Frame) -> pb.Frame:
 # --------------------------------------------------------------------------- from protobuf
 
 
+def _wire_transition(src: int, dst: int, weight: float, support: int) -> Transition:
+    """A Transition of decoded values, without `Transition.__post_init__`: the wire already bounds them
+    (ids checked against uint32 by the caller, weight a uint32 over WEIGHT_SCALE: on the grid and in
+    range, support a uint32), so its checks could not fail and its snapping would change nothing.
+    A push carries tens of edges; this is most of their decoding cost."""
+    edge = object.__new__(Transition)
+    _put(edge, "src", src)
+    _put(edge, "dst", dst)
+    _put(edge, "weight", weight)
+    _put(edge, "support", support)
+    return edge
+
+
+_put = object.__setattr__
+
+
 def _transitions_from_pb(m: pb.TransitionBatch) -> TransitionBatch:
     n = len(m.src_delta)
     if n > MAX_TRANSITIONS:  # counted on the raw message: no object is built for an oversize batch
@@ -146,18 +162,20 @@ def _transitions_from_pb(m: pb.TransitionBatch) -> TransitionBatch:
         raise MalformedFrame("transition arrays src_delta/dst/weight/support differ in length")
     edges = []
     src = dst = 0
+    # Plain lists: indexing the protobuf containers costs a call per element.
+    gaps, dsts, weights, supports = list(m.src_delta), list(m.dst), list(m.weight), list(m.support) or [0] * n
     for i in range(n):
-        gap = m.src_delta[i]
+        gap = gaps[i]
         if i > 0 and gap == 0:
-            if m.dst[i] == 0:
+            if dsts[i] == 0:
                 raise InvalidPattern(f"transition ({src} -> {dst}) appears twice")
-            dst += m.dst[i]
+            dst += dsts[i]
         else:
             src += gap
-            dst = m.dst[i]
+            dst = dsts[i]
         if src > _U32 or dst > _U32:
             raise InvalidPattern("transition id beyond uint32")
-        edges.append(Transition(src, dst, m.weight[i] / WEIGHT_SCALE, m.support[i] if m.support else 0))
+        edges.append(_wire_transition(src, dst, weights[i] / WEIGHT_SCALE, supports[i]))
     return TransitionBatch(keyspace=m.keyspace, edges=tuple(edges), codebook_version=m.codebook_version)
 
 
