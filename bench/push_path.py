@@ -1,0 +1,98 @@
+"""The push half of the sync server in one process: `SyncService.handle` on signed push frames (issue 15).
+
+The real service, store (SQLite file, its writer thread) and aggregator, as `omega serve` opens them
+(`lifespan.run_shard`, no transport): pre-encoded push frames of `omega bench sync`'s simulated TVs
+(1-3 patterns and ~10 item transitions each), 64 in flight at a time, so the writer group-commits as
+under the bench's 64 clients. Reports pushes per CPU-second of this process (all its threads) and each
+thread's CPU: no HTTP, no clients, so what the push path itself costs, measured without the noise of
+a shared host's scheduling. A/B: run it on two trees, interleaved, e.g.
+
+    .venv/bin/python bench/push_path.py --pushes 4000
+    PYTHONPATH=/tmp/old/src .venv/bin/python bench/push_path.py --pushes 4000   # git archive main src
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import tempfile
+import time
+
+from omega.constellation.keyring import Keyring
+from omega.constellation.lifespan import run_shard
+from omega.constellation.metrics import ServerMetrics
+from omega.constellation.server_state import ServerState
+from omega.constellation.settings import ServerSettings
+from omega.sim.load.client import SimDevice, pattern_pool
+
+SECRET = b"push-path-bench-secret-0123456789"
+IN_FLIGHT = 64
+WARM_UP = 256
+
+
+def _thread_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of this process so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+async def run(pushes: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="omega-push-path-") as tmp:
+        settings = ServerSettings(store=f"sqlite:{tmp}/constellation.db", secrets={1: SECRET},
+                                  rate_per_s=1e6, rate_burst=10**6)  # fmt: skip
+        state = ServerState(settings, ServerMetrics(), Keyring(settings.secrets, 1),
+                            salt=settings.aggregation_salt(), periodic=False)  # fmt: skip
+        async with run_shard(state):
+            service = state.service
+            assert service is not None
+            pool = pattern_pool(random.Random(7))
+            devices = [SimDevice(SECRET, pool, random.Random(i)) for i in range(IN_FLIGHT)]
+            frames = [devices[k % IN_FLIGHT].frame(devices[k % IN_FLIGHT].push()) for k in range(WARM_UP + pushes)]
+            kinds: dict[str, int] = {}
+
+            async def answer(chunk: list[bytes], count: bool) -> None:
+                for reply in await asyncio.gather(*(service.handle(f) for f in chunk)):
+                    if count:
+                        kinds[reply.code or reply.kind] = kinds.get(reply.code or reply.kind, 0) + 1
+
+            for start in range(0, WARM_UP, IN_FLIGHT):
+                await answer(frames[start : start + IN_FLIGHT], False)
+            threads0, cpu0, wall0 = _thread_cpu_s(), time.process_time(), time.perf_counter()
+            for start in range(WARM_UP, len(frames), IN_FLIGHT):
+                await answer(frames[start : start + IN_FLIGHT], True)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            threads = _thread_cpu_s()
+            writer = service.aggregator.store._writer  # type: ignore[attr-defined]  # noqa: SLF001
+            main = os.getpid()  # the event loop's thread
+            per_thread = sorted((round(threads[t] - threads0.get(t, 0.0), 2) for t in threads if t != main),
+                                reverse=True)  # fmt: skip
+            return {
+                "pushes": pushes,
+                "replies": kinds,
+                "cpu_s": round(cpu, 2),
+                "wall_s": round(wall, 2),
+                "pushes_per_cpu_s": round(pushes / cpu, 1),
+                "main_thread_cpu_s": round(threads[main] - threads0[main], 2),
+                "other_threads_cpu_s": per_thread[:3],  # the busiest first: the store's writer
+                "groups_committed": writer.groups,
+                "pushes_committed": writer.grouped,
+            }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pushes", type=int, default=4000, help="measured pushes (after %d warm-up)" % WARM_UP)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.pushes))))
+
+
+if __name__ == "__main__":
+    main()
