@@ -321,6 +321,25 @@ class GroupWrites:
             self.members[tuple(key)] = epoch
         self.log += w.log
 
+    def push(
+        self, origin: str, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, int | None],
+        own_rows: dict[tuple[int, int], tuple], head: int,
+    ) -> PushWrites:  # fmt: skip
+        """Classify and accumulate one push of the group on what the pushes before it wrote, and add it.
+
+        `known` (member marks) and `own_rows` (this origin's cell rows by (task type, cell)) are what the
+        store read for the whole group; they are updated in place, so the next push sees this one's writes.
+        """
+        classified = classify(push, rows, known)
+        mine = [own_rows[k] for k in classified.cell_keys() if k in own_rows]
+        w = accumulate(origin, push.epoch, classified, mine, head)
+        for row in w.cell_states:
+            own_rows[(row[1], row[2])] = row
+        for *member, epoch in w.members:
+            known[tuple(member)] = epoch  # type: ignore[index]
+        self.add(w)
+        return w
+
     def shifted(self, base: int) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
         """(cell states, edge increments, served, dirty marks) with change numbers `base` + relative."""
         cells = [(*row[:8], row[8] + base) for row in self.cells.values()]

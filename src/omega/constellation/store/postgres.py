@@ -285,15 +285,7 @@ class PostgresStore(ConstellationStore):
                 results[i] = PushOutcome(duplicate=True)
                 heads.append(head)
                 continue
-            push = pushes[i]
-            classified = logic.classify(push, rows_of[i], known)
-            mine = [own_rows[k] for k in classified.cell_keys() if k in own_rows]
-            w = logic.accumulate(self.origin, push.epoch, classified, mine, head)
-            for row in w.cell_states:
-                own_rows[(row[1], row[2])] = row
-            for *member, epoch in w.members:
-                known[tuple(member)] = epoch
-            group.add(w)
+            w = group.push(self.origin, pushes[i], rows_of[i], known, own_rows, head)
             head = w.outcome.head
             results[i] = w.outcome
             heads.append(head)
