@@ -327,8 +327,8 @@ def test_peek_header_reads_only_the_header_and_agrees_with_peek_frame() -> None:
 
 
 def test_decoded_transitions_equal_checked_ones_at_the_extremes() -> None:
-    """Decoding builds edges without Transition's checks (the wire bounds them): the same values and types
-    as the checked constructor gives, up to uint32 ids and the largest weight."""
+    """Decoded edges carry the values and types the checked constructor gives, up to uint32 ids and the
+    largest weight."""
     top = (1 << 32) - 1
     batch = omega_pb2.TransitionBatch(keyspace=int(Keyspace.ITEM), src_delta=[0, 0, top], dst=[1, 5, top],
                                       weight=[0, 1, top])  # fmt: skip

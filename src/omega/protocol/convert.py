@@ -138,22 +138,6 @@ def frame_to_pb(frame: Frame) -> pb.Frame:
 # --------------------------------------------------------------------------- from protobuf
 
 
-def _wire_transition(src: int, dst: int, weight: float, support: int) -> Transition:
-    """A Transition of decoded values, without `Transition.__post_init__`: the wire already bounds them
-    (ids checked against uint32 by the caller, weight a uint32 over WEIGHT_SCALE: on the grid and in
-    range, support a uint32), so its checks could not fail and its snapping would change nothing.
-    A push carries tens of edges; this is most of their decoding cost."""
-    edge = object.__new__(Transition)
-    _put(edge, "src", src)
-    _put(edge, "dst", dst)
-    _put(edge, "weight", weight)
-    _put(edge, "support", support)
-    return edge
-
-
-_put = object.__setattr__
-
-
 def _transitions_from_pb(m: pb.TransitionBatch) -> TransitionBatch:
     n = len(m.src_delta)
     if n > MAX_TRANSITIONS:  # counted on the raw message: no object is built for an oversize batch
@@ -175,7 +159,7 @@ def _transitions_from_pb(m: pb.TransitionBatch) -> TransitionBatch:
             dst = dsts[i]
         if src > _U32 or dst > _U32:
             raise InvalidPattern("transition id beyond uint32")
-        edges.append(_wire_transition(src, dst, weights[i] / WEIGHT_SCALE, supports[i]))
+        edges.append(Transition(src, dst, weights[i] / WEIGHT_SCALE, supports[i]))
     return TransitionBatch(keyspace=m.keyspace, edges=tuple(edges), codebook_version=m.codebook_version)
 
 
