@@ -284,6 +284,28 @@ def accumulate(
     return out
 
 
+GroupResults = list[PushOutcome | Exception | None]
+
+
+def check_group(pushes: Sequence[PreparedPush]) -> tuple[GroupResults, list[int], dict[bytes, int]]:
+    """A group's pushes sorted before any SQL: (results with each refused push's error, the indices of the
+    valid ones, push key → the index of its first valid push; a key twice in the group: the second is a
+    duplicate)."""
+    results: GroupResults = [None] * len(pushes)
+    valid: list[int] = []
+    for i, push in enumerate(pushes):
+        try:
+            check_push(push)
+        except OmegaError as exc:
+            results[i] = exc  # refused alone
+            continue
+        valid.append(i)
+    first: dict[bytes, int] = {}
+    for i in valid:
+        first.setdefault(bytes(pushes[i].push_key), i)
+    return results, valid, first
+
+
 class GroupWrites:
     """The rows of a group of pushes, merged per key in push order, so each table is written once per group.
 

@@ -248,24 +248,13 @@ class PostgresStore(ConstellationStore):
         accumulated on top of the ones before it in the group (member marks and own accumulators are
         kept in memory), then every table is written once. Locks: see pg_engine.py.
         """
-        results: list[PushOutcome | Exception | None] = [None] * len(pushes)
-        valid: list[int] = []
-        for i, push in enumerate(pushes):
-            try:
-                logic.check_push(push)
-            except OmegaError as exc:
-                results[i] = exc  # refused alone, before any SQL
-                continue
-            valid.append(i)
+        results, valid, first = logic.check_group(pushes)  # refused pushes alone, before any SQL
         rows_of = {i: logic.member_rows(pushes[i]) for i in valid}
         buckets = {_push_bucket(pushes[i].push_key) for i in valid}
         buckets.update(_bucket(*row[:4]) for rows in rows_of.values() for row in rows)
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", *WRITE_LOCK)
         await conn.fetchval(_LOCK_BUCKETS, sorted(buckets))
 
-        first: dict[bytes, int] = {}  # a push key twice in the group: the second is a duplicate
-        for i in valid:
-            first.setdefault(bytes(pushes[i].push_key), i)
         fresh = await conn.fetch(
             _GROUP_PUSH_KEYS, list(first), [pushes[i].now_ms for i in first.values()]
         ) if first else []  # fmt: skip

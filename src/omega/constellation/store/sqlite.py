@@ -231,18 +231,7 @@ class SqliteStore(ConstellationStore):
         (logic.GroupWrites) and in key order. A push `check_push` refuses is refused alone, before any
         SQL; a statement that fails undoes the group, and the writer applies its pushes one by one.
         """
-        results: list[PushOutcome | Exception | None] = [None] * len(pushes)
-        valid: list[int] = []
-        for i, push in enumerate(pushes):
-            try:
-                logic.check_push(push)
-            except OmegaError as exc:
-                results[i] = exc
-                continue
-            valid.append(i)
-        first: dict[bytes, int] = {}  # a push key twice in the group: the second is a duplicate
-        for i in valid:
-            first.setdefault(bytes(pushes[i].push_key), i)
+        results, valid, first = logic.check_group(pushes)
         # Only the keys not held yet come back (OR IGNORE skips the others).
         fresh = _of_keys(conn, _NEW_PUSH_KEYS, [(k, pushes[i].now_ms) for k, i in first.items()]) if first else []
         applied = {first[bytes(r[0])] for r in fresh}
