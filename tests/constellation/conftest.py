@@ -148,6 +148,18 @@ async def aggregator(store: ConstellationStore, codebook: Codebook) -> Aggregato
     return await Aggregator.open(store, codebook, SALT, AggregationPolicy())
 
 
+@pytest.fixture
+async def shard_and_hub(tmp_path, codebook: Codebook) -> AsyncIterator[tuple[Aggregator, Aggregator]]:
+    """A shard's aggregator and a hub's, each on its own SQLite store (origins "shard-a" and "hub")."""
+    shard = await open_store(f"sqlite:{tmp_path / 'shard.db'}", origin="shard-a")
+    hub = await open_store(f"sqlite:{tmp_path / 'hub.db'}", origin="hub")
+    try:
+        yield await Aggregator.open(shard, codebook, SALT), await Aggregator.open(hub, codebook, SALT)
+    finally:
+        await shard.close()
+        await hub.close()
+
+
 def device(n: int) -> bytes:
     """A distinctive 16-byte device id (so a test can search a file for it)."""
     return hashlib.sha256(b"device-%d" % n).digest()[:16]

@@ -68,29 +68,22 @@ async def test_an_expired_key_is_sent_as_a_removal_and_a_never_published_one_nev
     assert back[("e", 1, 1, 2)].support == 3
 
 
-async def test_a_hub_serves_the_removal_it_merged_from_a_shard(tmp_path, codebook) -> None:
+async def test_a_hub_serves_the_removal_it_merged_from_a_shard(shard_and_hub) -> None:
     """CRDT-safe: the shard's expiry is a newer entry; the hub (which tracks its own peak) serves the removal,
     in any order and however often the deltas are replayed."""
-    shard = await open_store(f"sqlite:{tmp_path / 'shard.db'}", origin="shard-a")
-    hub = await open_store(f"sqlite:{tmp_path / 'hub.db'}", origin="hub")
-    try:
-        agg = await Aggregator.open(shard, codebook, SALT)
-        hub_agg = await Aggregator.open(hub, codebook, SALT)
-        for d in range(3):
-            await agg.apply(device(d), b"a", [], [(0, 8, 9, 1.0)], NOW)
-        before = await agg.export_state()
-        await hub_agg.merge_remote(before)
-        held, cursor = await _pull(hub_agg, 0)
-        assert set(held) == {("e", 0, 8, 9)}
-        await agg.prune(NOW + WINDOW * DAY)
-        after = await agg.export_state()
-        for state in (after, before, after):  # a replayed older delta changes nothing
-            await hub_agg.merge_remote(state)
-        changed, _ = await _pull(hub_agg, cursor)
-        assert set(changed) == set(held) and all(i.support == 0 for i in changed.values())
-    finally:
-        await shard.close()
-        await hub.close()
+    agg, hub_agg = shard_and_hub
+    for d in range(3):
+        await agg.apply(device(d), b"a", [], [(0, 8, 9, 1.0)], NOW)
+    before = await agg.export_state()
+    await hub_agg.merge_remote(before)
+    held, cursor = await _pull(hub_agg, 0)
+    assert set(held) == {("e", 0, 8, 9)}
+    await agg.prune(NOW + WINDOW * DAY)
+    after = await agg.export_state()
+    for state in (after, before, after):  # a replayed older delta changes nothing
+        await hub_agg.merge_remote(state)
+    changed, _ = await _pull(hub_agg, cursor)
+    assert set(changed) == set(held) and all(i.support == 0 for i in changed.values())
 
 
 async def test_a_store_of_schema_v4_migrates_keeping_what_it_published(tmp_path, codebook) -> None:

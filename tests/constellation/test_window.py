@@ -103,34 +103,27 @@ async def test_what_leaves_the_window_is_subtracted_exactly(store_url, tmp_path,
     np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-6)
 
 
-async def test_expiry_reaches_other_shards_as_a_newer_crdt_entry(tmp_path, codebook) -> None:
+async def test_expiry_reaches_other_shards_as_a_newer_crdt_entry(shard_and_hub, codebook) -> None:
     """The shard writes its shrunken accumulator at a new version: a hub takes it, in any merge order."""
-    shard = await open_store(f"sqlite:{tmp_path / 'shard.db'}", origin="shard-a")
-    hub = await open_store(f"sqlite:{tmp_path / 'hub.db'}", origin="hub")
-    try:
-        agg = await Aggregator.open(shard, codebook, SALT)
-        hub_agg = await Aggregator.open(hub, codebook, SALT)
-        for d in range(3):
-            await agg.apply(device(d), b"a", [pattern(near(codebook, 1, d))], [(0, 8, 9, 1.0)], NOW)
-        before = await agg.export_state()
-        await hub_agg.merge_remote(before)
-        assert set(await _published(hub_agg)) == {("p", 0, 1), ("e", 0, 8, 9)}
-        await agg.prune(NOW + WINDOW * DAY)
-        after = await agg.export_state()
-        assert after.max_version("shard-a") > before.max_version("shard-a")
-        for order in ((before, after), (after, before), (after, after, before)):
-            merged = FederatedState(before.codebook_version)
-            for s in order:
-                merged.merge(s.copy())
-            assert merged == after
-        await hub_agg.merge_remote(before)  # a replayed old delta changes nothing
-        await hub_agg.merge_remote(after)
-        await hub_agg.merge_remote(before)
-        assert await _published(hub_agg) == {}
-        assert (await hub_agg.export_state()).global_edge(EdgeKey(0, 8, 9)).support == 0
-    finally:
-        await shard.close()
-        await hub.close()
+    agg, hub_agg = shard_and_hub
+    for d in range(3):
+        await agg.apply(device(d), b"a", [pattern(near(codebook, 1, d))], [(0, 8, 9, 1.0)], NOW)
+    before = await agg.export_state()
+    await hub_agg.merge_remote(before)
+    assert set(await _published(hub_agg)) == {("p", 0, 1), ("e", 0, 8, 9)}
+    await agg.prune(NOW + WINDOW * DAY)
+    after = await agg.export_state()
+    assert after.max_version("shard-a") > before.max_version("shard-a")
+    for order in ((before, after), (after, before), (after, after, before)):
+        merged = FederatedState(before.codebook_version)
+        for s in order:
+            merged.merge(s.copy())
+        assert merged == after
+    await hub_agg.merge_remote(before)  # a replayed old delta changes nothing
+    await hub_agg.merge_remote(after)
+    await hub_agg.merge_remote(before)
+    assert await _published(hub_agg) == {}
+    assert (await hub_agg.export_state()).global_edge(EdgeKey(0, 8, 9)).support == 0
 
 
 def test_the_window_is_validated() -> None:
