@@ -43,7 +43,7 @@ def _print_report(report: dict, as_json: bool, width: int) -> None:
 def brain(
     data: Annotated[Path | None, typer.Option("--data", help="MovieLens folder (default: $OMEGA_DATA, else ml-latest-small in ../shared/data or ./data)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
-    patterns: Annotated[int, typer.Option("--patterns", help="patterns in the store", parser=_positive("--patterns", 0, 10_000))] = 10_000,
+    patterns: Annotated[int, typer.Option("--patterns", help="N synthetic patterns in the store (a stress figure) instead of those the shipped learning founds from every title watched once (0)", parser=_positive("--patterns", 0, 10_000))] = 0,
     repeats: Annotated[int, typer.Option("--repeats", help="timed calls per figure", parser=_positive("--repeats", 5, 100_000))] = 300,
     items: Annotated[int, typer.Option("--items", help="use only the first N catalog items (0 = all)", parser=_positive("--items", 0, 10_000_000))] = 0,
 ) -> None:
@@ -52,7 +52,9 @@ def brain(
     from omega.sim.bench import run_brain_bench
 
     folder = resolve_data_dir(data)
-    report = run_brain_bench(folder, n_patterns=patterns, repeats=repeats, max_items=items or None, progress=progress)
+    report = run_brain_bench(
+        folder, n_patterns=patterns or None, repeats=repeats, max_items=items or None, progress=progress
+    )
     _print_report(report, as_json, 22)
 
 
