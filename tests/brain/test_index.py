@@ -153,6 +153,8 @@ def test_corrupt_or_foreign_file_is_an_omega_error(tmp_path: Path, backend: str)
         "missing": None,
         "garbage": np.random.default_rng(0).bytes(4096),
         "truncated": bytes(data[: len(data) // 2]),
+        "header only": bytes(data[: data.index(b"}\n") + 2]),
+        "appended": bytes(data) + b"\0",  # the payload is checked to its end, not to the header's length
         "empty": b"",
     }
     flipped = bytearray(data)

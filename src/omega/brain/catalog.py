@@ -35,6 +35,8 @@ from omega.progress import Progress
 _FINGERPRINT_KEY = "catalog_index_fingerprint"
 #: neighbourhoods `Catalog.neighbours` keeps: a brain asks for those of its best few patterns on every call
 _NEIGHBOURS_KEPT = 256
+#: rows whose norms are computed at once while normalising (each row's norm is the same by blocks or whole)
+_NORM_ROWS = 1024
 
 
 def index_path_for(db_path: Path | str) -> Path | None:
@@ -52,8 +54,8 @@ def fingerprint(ids: np.ndarray, matrix: np.ndarray, config: BrainConfig) -> str
 
 def _content_hash(ids: np.ndarray, matrix: np.ndarray):  # noqa: ANN202  (a hashlib object)
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
-    digest.update(np.ascontiguousarray(matrix, dtype="<f4").tobytes())
+    digest.update(memoryview(np.ascontiguousarray(ids, dtype="<i8")))  # the arrays' bytes, not a copy of them
+    digest.update(memoryview(np.ascontiguousarray(matrix, dtype="<f4")))
     return digest
 
 
@@ -69,7 +71,11 @@ def _with_params(content, config: BrainConfig) -> str:  # noqa: ANN001
 class Catalog:
     """Items, a row-normalised (n, 384) float16 matrix and a VectorIndex keyed by content id."""
 
-    def __init__(self, items: Sequence[CatalogItem], matrix: np.ndarray, index: VectorIndex, *, _content=None) -> None:  # noqa: ANN001
+    def __init__(
+        self, items: Sequence[CatalogItem], matrix: np.ndarray, index: VectorIndex, *, _content=None,  # noqa: ANN001
+        _owned: bool = False,
+    ) -> None:
+        """`_owned`: `matrix` is a float32 array nobody else holds, normalised in place instead of copied."""
         matrix = np.asarray(matrix)
         if matrix.shape != (len(items), EMBEDDING_DIM):
             raise OmegaError(f"catalog matrix must have shape ({len(items)}, {EMBEDDING_DIM}), got {matrix.shape}")
@@ -80,7 +86,8 @@ class Catalog:
         self._row = {int(cid): row for row, cid in enumerate(self.ids.tolist())}
         if len(self._row) != len(self.items):
             raise OmegaError("catalog has duplicate content ids")
-        unit = _normalised(matrix)  # float32, transient
+        unit = _normalised(matrix, in_place=_owned)  # float32, transient
+        del matrix
         self._content = _content if _content is not None else _content_hash(self.ids, unit)
         #: (n, 384) float16 unit rows; read rows through `vector`/`vectors` to get float32
         self.matrix = unit.astype(np.float16)
@@ -137,18 +144,18 @@ class Catalog:
         path = index_path_for(store.path)
         if not len(items):
             return cls(items, matrix, new_index(config))
-        unit = _normalised(matrix)
-        del matrix  # only one float32 copy at a time while loading
+        unit = _normalised(matrix, in_place=True)  # the store's fresh copy: the only float32 one while loading
+        del matrix
         content = _content_hash(ids, unit)
         expected = _with_params(content, config)
         index = _load_index(path, config, ids) if store.get_state(_FINGERPRINT_KEY) == expected else None
         if index is None:
             index = new_index(config)
             index.add(ids, unit)
-            catalog = cls(items, unit, index, _content=content)
+            catalog = cls(items, unit, index, _content=content, _owned=True)
             catalog.save_index(store, config)
             return catalog
-        return cls(items, unit, index, _content=content)
+        return cls(items, unit, index, _content=content, _owned=True)
 
     def save_index(self, store: BrainStore, config: BrainConfig) -> None:
         """Write the index beside the store's file and record what it holds."""
@@ -217,12 +224,18 @@ class Catalog:
         return ids
 
 
-def _normalised(matrix: np.ndarray) -> np.ndarray:
-    """Unit rows as float32 (one new array)."""
+def _normalised(matrix: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """Unit rows as float32: one new array, or `matrix` itself divided in place (a float32 array its caller
+    owns; the same values, without a second copy of the vectors)."""
     matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms = np.empty((len(matrix), 1), np.float32)
+    for start in range(0, len(matrix), _NORM_ROWS):  # by blocks: norm's squares are a temporary of their size
+        norms[start : start + _NORM_ROWS] = np.linalg.norm(matrix[start : start + _NORM_ROWS], axis=1, keepdims=True)
     if np.any(norms == 0) or not np.all(np.isfinite(norms)):
         raise OmegaError("catalog embeddings contain zero or non-finite vectors")
+    if in_place:
+        matrix /= norms
+        return matrix
     return (matrix / norms).astype(np.float32, copy=False)
 
 

@@ -7,6 +7,7 @@ hit counts or None when every row is full), or None when the library cannot fill
 
 from __future__ import annotations
 
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -72,8 +73,9 @@ class UsearchBackend:
     def save(self) -> bytes:
         return bytes(self.index.save())
 
-    def load(self, payload: memoryview) -> None:
-        self.index.load(payload)
+    def load_from(self, handle, size: int) -> None:  # noqa: ANN001
+        """Restore from the next `size` bytes of an open file (what `save` returned)."""
+        self.index.load(memoryview(handle.read(size)))
 
 
 class HnswlibBackend:
@@ -184,18 +186,21 @@ class HnswlibBackend:
             body = raw.read_bytes()
         return struct.pack("<Q", len(removed)) + removed.astype("<u8").tobytes() + body
 
-    def load(self, payload: memoryview) -> None:
-        if len(payload) < 8:
+    def load_from(self, handle, size: int) -> None:  # noqa: ANN001
+        """Restore from the next `size` bytes of an open file (what `save` returned), the rest of the file:
+        hnswlib reads only a path, so its part is copied to a temporary file in chunks, never held whole."""
+        if size < 8:
             raise ValueError("payload too short")
-        (n_removed,) = struct.unpack_from("<Q", payload, 0)
+        (n_removed,) = struct.unpack("<Q", handle.read(8))
         end = 8 + 8 * n_removed
-        if end > len(payload):
+        if end > size:
             raise ValueError("payload too short for its removed-label list")
-        removed = np.frombuffer(payload[8:end], dtype="<u8").astype(np.uint64)
+        removed = np.frombuffer(handle.read(8 * n_removed), dtype="<u8").astype(np.uint64)
         index = self._new(0)
         with tempfile.TemporaryDirectory(prefix="omega-hnsw-") as tmp:
             raw = Path(tmp) / "index.hnsw"
-            raw.write_bytes(payload[end:])
+            with raw.open("wb") as out:
+                shutil.copyfileobj(handle, out, 1 << 20)
             index.load_index(str(raw), max_elements=0, allow_replace_deleted=True)
         if index.dim != self.dim:
             raise ValueError(f"hnswlib index holds {index.dim}-d vectors")

@@ -133,10 +133,21 @@ class BrainStore(Database):
         return [rows.row_catalog(r, shared) for r in found]
 
     def catalog_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(content ids as int64, (n, 384) float32 matrix), ordered by content id."""
-        found = self._query("SELECT content_id, embedding FROM catalog ORDER BY content_id")
-        ids = np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
-        return ids, rows.blobs_matrix([r[1] for r in found])
+        """(content ids as int64, (n, 384) float32 matrix), ordered by content id.
+
+        Streamed into the matrix row by row, in one read transaction: no list of rows and no joined copy
+        of the blobs on the way (those held three copies of the vectors at once while a TV loaded). The
+        schema checks every blob's length (384 float32)."""
+        with self.transaction() as db:
+            n = db.execute("SELECT count(*) FROM catalog").fetchone()[0]
+            ids = np.empty(n, dtype=np.int64)
+            matrix = np.empty((n, EMBEDDING_DIM), dtype=np.float32)
+            for row, (content_id, blob) in enumerate(
+                db.execute("SELECT content_id, embedding FROM catalog ORDER BY content_id")
+            ):
+                ids[row] = content_id
+                matrix[row] = np.frombuffer(blob, dtype="<f4")
+        return ids, matrix
 
     # ------------------------------------------------------------------ episodes (ReflexionMemory)
 

@@ -35,13 +35,6 @@ def blob_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
-def blobs_matrix(blobs: list[bytes]) -> np.ndarray:
-    """Stack many float32 blobs into an (n, 384) matrix with one copy."""
-    if not blobs:
-        return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
-    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), EMBEDDING_DIM).astype(np.float32)
-
-
 def episode_row(ep: Episode) -> tuple:
     c = ep.context
     return (
