@@ -1,12 +1,21 @@
-"""The lean per-connection objects of a held WebSocket behave as the asyncio ones uvicorn would use."""
+"""The lean per-connection objects of a held connection behave as the asyncio ones uvicorn would use,
+and a held connection keeps nothing of the requests it has answered."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+from pathlib import Path
 
 import pytest
 
+from omega.constellation.app import create_app
 from omega.constellation.lean_ws import Flag, Inbox
+from omega.constellation.runner import EmbeddedServer
+from omega.constellation.settings import load_settings
+from omega.protocol import Heartbeat, HeartbeatAck, Tier
+
+from .server_support import SECRET, Device, small_codebook
 
 
 async def test_inbox_hands_items_in_order_and_waits_when_empty() -> None:
@@ -50,3 +59,75 @@ async def test_flag_wakes_every_waiter_on_set_and_blocks_after_clear() -> None:
         await asyncio.wait_for(flag.wait(), 0.01)
     flag.set()  # the timed-out waiter left nothing behind
     assert await flag.wait()
+
+
+async def _server(tmp_path: Path) -> EmbeddedServer:
+    small_codebook().save(tmp_path / "codebook.npz")
+    settings = load_settings(env={"OMEGA_SECRET": SECRET}, overrides={
+        "store": f"sqlite:{tmp_path / 'c.db'}", "codebook": str(tmp_path / "codebook.npz"), "port": 0,
+        "log_level": "warning"})  # fmt: skip
+    return await EmbeddedServer.start(settings, create_app(settings))
+
+
+def _generator_locals(gen) -> list:  # noqa: ANN001
+    """The locals of a generator and of every generator it is suspended in (`yield from`)."""
+    out = []
+    while inspect.isgenerator(gen) and gen.gi_frame is not None:
+        out += list(gen.gi_frame.f_locals.values())
+        gen = gen.gi_yieldfrom
+    return out
+
+
+async def test_a_held_websocket_keeps_no_handshake_and_no_dict_of_its_own(tmp_path: Path) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.http11 import Request
+
+    server = await _server(tmp_path)
+    try:
+        dev = Device(61)
+        async with connect(server.url.replace("http", "ws") + "/v1/ws", compression=None,
+                           additional_headers={"x-padding": "p" * 500}) as ws:  # fmt: skip
+            for _ in range(2):  # the connection keeps serving after the handshake is dropped
+                await ws.send(dev.frame(Heartbeat(Tier.PREMIUM)))
+                assert isinstance(dev.decode(await ws.recv()).body, HeartbeatAck)
+            (proto,) = [p for p in server.server_state.connections if hasattr(p, "conn")]
+            # uvicorn's attributes live in slots: a dict of 30+ keys per connection is not shared with the class
+            assert vars(proto) == {}, sorted(vars(proto))
+            assert proto.request is None and proto.response is None and proto.scope["headers"] == []
+            # websockets' parser generator keeps the handshake request as a local: its headers are emptied
+            requests = [v for v in _generator_locals(proto.conn.parser) if isinstance(v, Request)]
+            assert all(len(r.headers) == 0 for r in requests)
+    finally:
+        await server.stop()
+
+
+async def test_an_idle_keep_alive_connection_forgets_its_last_request_and_serves_the_next(tmp_path: Path) -> None:
+    server = await _server(tmp_path)
+    try:
+        dev = Device(62)
+        host, port = "127.0.0.1", server.bound_port()
+        reader, writer = await asyncio.open_connection(host, port)
+
+        def request(frame: bytes) -> bytes:
+            return (b"POST /v1/sync HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/octet-stream\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (host.encode(), port, len(frame), frame))  # fmt: skip
+
+        async def reply() -> bytes:
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            lines = head.lower().split(b"\r\n")
+            length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:"))
+            return await reader.readexactly(length)
+
+        # two requests in one write (pipelined), then one more on the idle connection
+        writer.write(request(dev.frame(Heartbeat(Tier.CASUAL))) + request(dev.frame(Heartbeat(Tier.CASUAL))))
+        for _ in range(2):
+            assert isinstance(dev.decode(await reply()).body, HeartbeatAck)
+        await asyncio.sleep(0.05)
+        (proto,) = [p for p in server.server_state.connections if hasattr(p, "parser")]
+        assert proto.cycle is None and proto.scope is None and proto.headers is None
+        writer.write(request(dev.frame(Heartbeat(Tier.CASUAL))))
+        assert isinstance(dev.decode(await reply()).body, HeartbeatAck)
+        writer.close()
+    finally:
+        await server.stop()

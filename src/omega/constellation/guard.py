@@ -27,7 +27,7 @@ import resource
 import time
 from typing import Any
 
-from omega.constellation.lean_ws import lean_protocol
+from omega.constellation.lean_ws import lean_http_protocol, lean_protocol
 from omega.constellation.metrics import ServerMetrics
 
 log = logging.getLogger("omega.serve")
@@ -136,7 +136,7 @@ def guarded_protocols(guard: ConnectionGuard) -> tuple[type, type]:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-    class GuardedHttpProtocol(HttpToolsProtocol):
+    class GuardedHttpProtocol(lean_http_protocol(HttpToolsProtocol)):  # type: ignore[misc]
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

@@ -1,13 +1,23 @@
-"""What a held WebSocket costs the worker: uvicorn's per-connection asyncio objects, made lean.
+"""What a held connection costs the worker: uvicorn's per-connection objects, made lean.
 
 uvicorn's websockets-sansio protocol gives every connection an `asyncio.Queue`
 (four deques and an Event: ~3 KiB) for the frames its one ASGI reader awaits,
 an `asyncio.Event` (~0.7 KiB) for write flow control, and keeps the parsed
 handshake request and response (their header tables, ~2 KiB) for the
-connection's lifetime (and a copy of the headers in the ASGI scope). A shard holds tens of thousands of mostly idle
-connections, so `lean_protocol` swaps the first two for the few operations
-uvicorn uses, in a list and one future, and drops the handshake once the
-accept is sent (see `omega load --heartbeat-only`, `memory_per_connection_kib`).
+connection's lifetime (and a copy of the headers in the ASGI scope; the
+websockets parser's generator keeps the request as a local too). A shard holds
+tens of thousands of mostly idle connections, so `lean_protocol` swaps the first
+two for the few operations uvicorn uses, in a list and one future, and drops the
+handshake's headers once the accept is sent. It also stores uvicorn's own
+attributes in slots: they are more than the 30 keys an instance dict may share
+with its class (CPython 3.11), so each connection had a dict of its own (~1.6 KiB).
+
+uvicorn's httptools protocol keeps the last request's cycle (its scope, header
+list, an `asyncio.Event`) on a keep-alive connection until the next request
+comes; `lean_http_protocol` lets it go once the response is complete.
+
+Measured by `bench/conn_memory.py` (RSS per held connection at equal data) and
+`omega load --heartbeat-only` (`memory_per_connection_kib`).
 """
 
 from __future__ import annotations
@@ -84,10 +94,22 @@ class Flag:
         return True
 
 
+#: What uvicorn's WebSocketsSansIOProtocol (0.54) sets on a connection; a name it adds later lands in the dict.
+WS_PROTOCOL_SLOTS = (
+    "config", "app", "loop", "logger", "root_path", "asgi_version", "app_state", "connections", "tasks",
+    "default_headers", "transport", "server", "client", "scheme", "queue", "handshake_initiated",
+    "handshake_complete", "close_sent", "disconnected", "close_timer", "close_timeout", "initial_response", "conn",
+    "read_paused", "writable", "ping_interval", "ping_timeout", "ping_timer", "pong_timer", "pending_ping_payload",
+    "ping_sent_at", "last_ping_rtt", "frames", "curr_msg_data_type", "request", "response", "scope",
+)  # fmt: skip
+
+
 def lean_protocol(base: type) -> type:
     """`base` (uvicorn's WebSocketsSansIOProtocol or a subclass) with the lean per-connection objects."""
 
     class LeanWebSocketProtocol(base):  # type: ignore[misc, valid-type]
+        __slots__ = WS_PROTOCOL_SLOTS
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.queue = Inbox()
@@ -96,9 +118,26 @@ def lean_protocol(base: type) -> type:
         async def send(self, message: Any) -> None:
             await super().send(message)
             if self.handshake_complete and self.request is not None:
-                # The handshake's request, response and header list are never read again.
+                # The handshake's request, response and header list are never read again. The request is
+                # also a local of websockets' parser generator for the connection's lifetime: empty its headers.
+                self.request.headers.clear()
                 self.request = self.response = None
                 self.scope["headers"] = []
 
     LeanWebSocketProtocol.__name__ = f"Lean{base.__name__}"
     return LeanWebSocketProtocol
+
+
+def lean_http_protocol(base: type) -> type:
+    """`base` (uvicorn's HttpToolsProtocol or a subclass) that forgets a request once its response is complete."""
+
+    class LeanHttpProtocol(base):  # type: ignore[misc, valid-type]
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.pipeline and self.cycle is not None and self.cycle.response_complete:
+                # Idle keep-alive from here: the next request builds its own scope, headers and cycle
+                # (uvicorn checks `cycle is None` wherever it reads it between requests).
+                self.cycle = self.scope = self.headers = None
+
+    LeanHttpProtocol.__name__ = f"Lean{base.__name__}"
+    return LeanHttpProtocol

@@ -63,6 +63,11 @@ def test_a_small_mixed_run_holds_its_premium_sockets_without_errors() -> None:
     assert report["client_nofile_limit"] >= 1024
     assert report["server_rss_after_kib"] >= report["server_rss_before_kib"] > 0
     assert report["memory_per_connection_kib"] is not None
+    # memory per connection counts every connection the server holds (HTTP and WebSocket), and says when the RSS
+    # growth it divides also holds data (pushes were accepted: the store and aggregator grew)
+    assert report["connections_open_server"] >= 20 and report["connections_open_at_memory_sample"] >= 20
+    assert report["server_rss_growth_kib"] == report["server_rss_after_kib"] - report["server_rss_before_kib"]
+    assert report["memory_per_connection_includes_data"] is True
     # what each side used on the shared cores, how late the clients' loops ran, and how busy the machine was
     assert report["server_cpu_s"] > 0 and report["client_cpu_s"] > 0
     assert report["client_loop_lag_ms"]["p50"] is not None
@@ -80,6 +85,16 @@ def test_a_small_mixed_run_holds_its_premium_sockets_without_errors() -> None:
     assert sum(w["n"] for w in windows) == report["frames"]
     assert len(report["loadavg_1m"]) == 2 and all(x >= 0 for x in report["loadavg_1m"])
     assert "omega load:" in out.stderr
+
+
+def test_a_heartbeat_only_run_says_its_memory_per_connection_holds_no_data() -> None:
+    out = omega_load("--spawn-server", "--connections", "30", "--mix", "1:0:0", "--duration", "4",
+                     "--ramp-rate", "200", "--heartbeat-only", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["errors_total"] == 0 and report["traffic"] == "heartbeat", report["errors"]
+    assert report["patterns_accepted"] == 0 and report["memory_per_connection_includes_data"] is False
+    assert 0 < report["connections_open_at_memory_sample"] <= 30 and report["memory_per_connection_kib"] is not None
 
 
 def test_a_running_server_with_another_secret_is_one_clear_error(tmp_path: Path) -> None:

@@ -50,10 +50,20 @@ HARD_CAP_EXTRA_S = 15.0
 
 
 _CONNECTIONS_LINE = re.compile(r"^omega_connections\{[^}]*\}\s+([0-9.eE+-]+)\s*$", re.M)
+_OPEN_LINE = re.compile(r"^omega_connections_open\s+([0-9.eE+-]+)\s*$", re.M)
 
 
-def server_connections(base_url: str) -> int | None:
-    """WebSockets the server says it holds (sum of `omega_connections` over tiers); None if unreachable."""
+@dataclass(frozen=True)
+class ServerCounts:
+    """What the server's /metrics says it holds."""
+
+    websockets: int | None  # `omega_connections`, summed over tiers
+    #: `omega_connections_open`: every client connection, HTTP and WebSocket, this scrape's own excluded
+    open: int | None
+
+
+def server_counts(base_url: str) -> ServerCounts | None:
+    """Connections the server says it holds; None if unreachable."""
     import httpx
 
     try:
@@ -61,10 +71,12 @@ def server_connections(base_url: str) -> int | None:
     except httpx.HTTPError:
         return None
     values = _CONNECTIONS_LINE.findall(text)
-    return int(round(sum(float(v) for v in values))) if values else None
+    open_ = _OPEN_LINE.search(text)
+    return ServerCounts(int(round(sum(float(v) for v in values))) if values else None,
+                        max(0, int(float(open_.group(1))) - 1) if open_ else None)  # fmt: skip
 
 
-async def _warm_up(target: Target, secret: bytes, key_id: int) -> None:
+async def warm_up(target: Target, secret: bytes, key_id: int) -> None:
     """One WebSocket and one HTTP sync, so lazy imports in the server are not counted per connection.
 
     Also proves the secret: a refused token here is a configuration error, not load.
@@ -109,6 +121,8 @@ class _Samples:
     held_peak_at_s: float | None = None
     server_peak: int | None = None
     server_at_end: int | None = None
+    open_peak: int | None = None  # every connection the server holds (HTTP + WebSocket)
+    open_at_end: int | None = None
     rss_before_kib: int | None = None
     rss_peak_kib: int | None = None
     server_cpu_start: float | None = None
@@ -116,7 +130,7 @@ class _Samples:
     loadavg_start: float | None = None  # the machine's 1-minute load average (shared cores)
     loadavg_end: float | None = None
     rss_at_end_kib: int | None = None
-    #: (server connections, server RSS KiB) at the moment the server held the most
+    #: (connections the server held, HTTP + WebSocket; its RSS KiB) at the sample where it held the most
     memory_point: tuple[int, int] | None = None
     answered_at: list[tuple[float, int]] = field(default_factory=list)
 
@@ -144,7 +158,7 @@ def run_load(config: LoadConfig, progress: Notes = quiet) -> dict:
 
 def _run_against(config: LoadConfig, target: Target, server, nofile: int, progress: Notes) -> dict:  # noqa: ANN001
     progress(f"warming up against {target.base_url}")
-    asyncio.run(_warm_up(target, config.secret, config.key_id))
+    asyncio.run(warm_up(target, config.secret, config.key_id))
     samples = _Samples()
     samples.loadavg_start = round(os.getloadavg()[0], 2)
     if server is not None:
@@ -207,13 +221,16 @@ def _sample_until(end_at: float, start_at: float, target_n: int, target: Target,
         samples.held_at_end = total_held
         if now >= next_server or now >= end_at - 0.25 - SAMPLE_EVERY_S:
             next_server = now + SERVER_SAMPLE_EVERY_S
-            conns = server_connections(target.base_url)
+            counts = server_counts(target.base_url)
             rss = server.rss_kib() if server is not None else None
-            if conns is not None:
-                samples.server_at_end = conns
-                samples.server_peak = max(conns, samples.server_peak or 0)
-                if rss is not None and (samples.memory_point is None or conns >= samples.memory_point[0]):
-                    samples.memory_point = (conns, rss)
+            if counts is not None and counts.websockets is not None:
+                samples.server_at_end = counts.websockets
+                samples.server_peak = max(counts.websockets, samples.server_peak or 0)
+            if counts is not None and counts.open is not None:
+                samples.open_at_end = counts.open
+                samples.open_peak = max(counts.open, samples.open_peak or 0)
+                if rss is not None and (samples.memory_point is None or counts.open >= samples.memory_point[0]):
+                    samples.memory_point = (counts.open, rss)
             if rss is not None:
                 samples.rss_at_end_kib = rss
                 samples.rss_peak_kib = max(rss, samples.rss_peak_kib or 0)
@@ -274,10 +291,11 @@ def _report(config: LoadConfig, plan: Plan, target: Target, nofile: int, stats: 
     pull_day = None
     if phase == "hold" and tvs and not config.heartbeat_only:
         pull_day = total.pull_bytes_hold / tvs * 86_400 * config.time_scale / hold_s
-    memory = None
+    memory = growth = None
     if samples.memory_point is not None and samples.rss_before_kib is not None and samples.memory_point[0] > 0:
         conns, rss = samples.memory_point
-        memory = (rss - samples.rss_before_kib) / conns
+        growth = rss - samples.rss_before_kib
+        memory = growth / conns
     report = {
         "url": target.base_url,
         "connections_target": config.connections,
@@ -322,6 +340,14 @@ def _report(config: LoadConfig, plan: Plan, target: Target, nofile: int, stats: 
         "server_rss_after_kib": samples.memory_point[1] if samples.memory_point and server is not None else None,
         "server_rss_peak_kib": samples.rss_peak_kib,
         "memory_per_connection_kib": _round(memory),
+        # Full sync sessions add data as they run (accepted patterns in the store and aggregator, requests queued):
+        # the RSS growth is then theirs and the connections', and memory_per_connection_kib only an upper bound.
+        # What a connection alone costs: a --heartbeat-only run (no data), or bench/conn_memory.py.
+        "memory_per_connection_includes_data": bool(memory is not None and total.tally.accepted > 0),
+        "server_rss_growth_kib": growth,
+        "connections_open_server": samples.open_peak,
+        "connections_open_server_at_end": samples.open_at_end,
+        "connections_open_at_memory_sample": samples.memory_point[0] if samples.memory_point else None,
         "server_cpu_s": samples.server_cpu_s,
         "client_cpu_s": round(total.cpu_s, 2),
         "client_loop_lag_ms": {q: _round(total.loop_lag.quantile_ms(x)) for q, x in (("p50", 0.5), ("p99", 0.99),
