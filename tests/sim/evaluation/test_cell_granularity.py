@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 
 from omega.protocol import (
     UPLINK,
@@ -72,13 +70,3 @@ def test_upload_bytes_reencode_pushes_with_cell_keyed_edges():
     assert decode_frame(data, key_for(A), expect=UPLINK).body == reencoded
     assert cell_bytes[A] == len(data) + len(sent[1][1])
 
-
-def test_backoff_scores_destination_cell_then_share_within_it():
-    cells = np.array([0, 0, 1, 1, 2])  # catalog rows 0..4
-    pop = np.array([0.0, 0.0, 1.0, 0.0, 0.5])
-    published = {(0, 1): 4.0, (0, 2): 1.0}
-    b = cg.CellBackoff(cells, published, pop, n_cells=3, recency_decay=0.5, source_norm=0.5, eps=0.0)
-    s = b.scores([0])  # watched an item of cell 0: cell 1 scores 4, cell 2 scores 1 (same row norm)
-    # cell 1's score goes to the item with published in-weight; cell 2's single item takes all of its 1/4
-    assert s == pytest.approx([0.0, 0.0, 1.0, 0.0, 0.25])
-    assert not b.scores([4]).any()  # cell 2 has no published out-edges

@@ -8,19 +8,15 @@ in one push summed, and they are aggregated with the constellation's rule — a 
 once, one contribution per device, key and epoch (a later one is a duplicate_flood), each clipped to
 `AggregationPolicy.edge_w_max`, support = distinct devices, published only with support ≥ k_min.
 
-Scoring (as in bench/quality.py): the published cell edges give a cell-level transition score from a
-TV's recent items (recency-decayed, rows normalised by out-weight^source_norm, scaled to max 1); an item
-gets its cell's score times its share of the cell's published item in-weight (smoothed by `eps`), so
-items the constellation knows lead within a cell. Upload cost: every push frame re-encoded with the
+Upload cost: every push frame re-encoded with the
 cell-keyed `TransitionBatch` (Keyspace.CELL) through the real codec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
 
 from omega.protocol import Frame, Keyspace, Push, Transition, TransitionBatch, encode_frame
 from omega.sim.evaluation.wire_audit import TappedFrame
@@ -108,33 +104,3 @@ def cell_upload_bytes(
         out[f.device_id] = out.get(f.device_id, 0) + size
     return out
 
-
-class CellBackoff:
-    """Item scores from published cell edges: destination cell score × the item's share of its cell."""
-
-    def __init__(
-        self, cells: np.ndarray, published: Mapping[CellKey, float], pop: np.ndarray, *, n_cells: int,
-        recency_decay: float, source_norm: float, eps: float = 1e-3,
-    ) -> None:  # fmt: skip
-        self.cells = np.asarray(cells, np.int64)  # cell of each catalog row
-        self.recency_decay = recency_decay
-        t = np.zeros((n_cells, n_cells), np.float64)
-        for (a, b), w in published.items():
-            t[a, b] += w
-        out = t.sum(axis=1)
-        scale = np.where(out > 0, np.power(np.maximum(out, 1e-12), -source_norm), 0.0)
-        self.table = t * scale[:, None]
-        share = np.asarray(pop, np.float64) + eps
-        total = np.bincount(self.cells, weights=share, minlength=n_cells)
-        self.share = share / np.maximum(total[self.cells], 1e-12)
-
-    def scores(self, recent_rows: Sequence[int]) -> np.ndarray:
-        """One score per catalog row, scaled to max 1, from the catalog rows watched last (most recent first)."""
-        query = np.zeros(self.table.shape[0], np.float64)
-        np.add.at(query, self.cells[list(recent_rows)], self.recency_decay ** np.arange(len(recent_rows)))
-        cs = query @ self.table
-        top = cs.max(initial=0.0)
-        if top <= 0:
-            return np.zeros(len(self.cells), np.float64)
-        item = (cs / top)[self.cells] * self.share
-        return item / item.max(initial=1e-12)
