@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import json
 import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `omega serve` runs (omega/cli/__init__.py), before numpy loads
 import random
 import tempfile
 import time
@@ -84,6 +86,8 @@ async def run(pushes: int) -> dict:
                 "other_threads_cpu_s": per_thread[:3],  # the busiest first: the store's writer
                 "groups_committed": writer.groups,
                 "pushes_committed": writer.grouped,
+                # Pushes whose patterns were prepared together (Aggregator._cells), on average.
+                "cell_batches": getattr(service.aggregator, "cell_batches", None),
             }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -291,3 +293,80 @@ def test_keyed_hashes_are_hmac_sha256_of_the_salt(codebook, size) -> None:
     for message in (b"", b"omega/salt-check", b"omega/edge" + bytes(28), bytes(range(200))):
         assert agg._keyed(message, 32) == hmac.new(salt, message, hashlib.sha256).digest()  # noqa: SLF001
         assert agg._keyed(message, 8) == hmac.new(salt, message, hashlib.sha256).digest()[:8]  # noqa: SLF001
+
+
+def _mixed_pushes(codebook: Codebook, n: int) -> list[tuple[bytes, list[Contribution]]]:
+    """Pushes of 0-4 patterns: random directions (assignment not decided by a near centroid), wrong
+    hints, and in some pushes a refused pattern (NaN, wrong shape, norm, rate)."""
+    rng = np.random.default_rng(11)
+    pushes = []
+    for k in range(n):
+        patterns = []
+        for j in range(k % 5):
+            v = rng.standard_normal(EMBEDDING_DIM)
+            patterns.append(pattern((v / np.linalg.norm(v)).astype(np.float32), uses=5 + k, task_type=j % 2,
+                                    hint=(k * 7 + j) % codebook.k if j % 2 else None))  # fmt: skip
+        if k % 3 == 1:
+            bad = [np.full(EMBEDDING_DIM, np.nan, np.float32), np.zeros(7, np.float32), near(codebook, 2, k) * 2]
+            patterns.insert(k % len(patterns or [0]), pattern(bad[(k // 3) % 3]))
+        if k % 4 == 2:
+            patterns.append(Contribution(near(codebook, 3, k), 1.5, 10, 9, 0))
+        pushes.append((device(k % 6), patterns))
+    return pushes
+
+
+async def test_patterns_of_many_pushes_prepared_together_are_what_each_push_gets_alone(codebook) -> None:
+    """One preparation pass for many pushes (Aggregator._prepare_cells): for each push the same cells,
+    member hashes, weights, float16-rounded embeddings, ignored hints and refused patterns as its own pass."""
+    agg = Aggregator(None, codebook, SALT)  # type: ignore[arg-type]  # preparation only: no store call
+    pushes = _mixed_pushes(codebook, 24)
+    together = agg._prepare_cells(pushes)  # noqa: SLF001
+    alone = [agg._prepare_cells([p])[0] for p in pushes]  # noqa: SLF001
+
+    def plain(prepared: tuple) -> tuple:
+        cells, hints, refused = prepared
+        return ([(c.index, c.task_type, c.cell, c.member, c.weight, c.embedding.tobytes(), c.successes, c.trials)
+                 for c in cells], hints, refused)  # fmt: skip
+
+    assert [plain(p) for p in together] == [plain(p) for p in alone]
+    assert sum(len(p[0]) for p in together) > 20 and sum(len(p[2]) for p in together) >= 10
+    assert len({c.cell for p in together for c in p[0]}) > 10  # spread over the codebook, not one cell
+    assert any(p[1] for p in together)
+
+
+async def test_pushes_arriving_together_are_prepared_in_one_pass_with_one_push_at_a_time_results(
+    tmp_path, codebook
+) -> None:
+    """Concurrent `apply`s share one preparation pass, and answer (accepted, refusals, ignored hints, cursor)
+    and publish exactly what the same pushes applied one after the other do: the pushes without patterns
+    among them wait for the pass too, so every push reaches the store in the order it came."""
+    pushes = [(dev, b"batch-%d" % k, patterns, [(0, k, k + 1, 1.0)], NOW + k)
+              for k, (dev, patterns) in enumerate(_mixed_pushes(codebook, 24))]  # fmt: skip
+    results = {}
+    for name in ("together", "one by one"):
+        store = await open_store(f"sqlite:{tmp_path / name}.db", origin="shard-test")
+        try:
+            agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(k_min=1))
+            if name == "together":
+                out = await asyncio.gather(*(agg.apply(*p) for p in pushes))
+                assert agg.cell_batches == 1  # every push with patterns, in one pass
+            else:
+                out = [await agg.apply(*p) for p in pushes]
+                assert agg.cell_batches == sum(1 for p in pushes if p[2])
+            answers = [(r.accepted, r.rejections, r.hints_ignored, r.duplicate, r.cursor) for r in out]
+            results[name] = (answers, sorted(repr(i) for i in await agg.published()))
+        finally:
+            await store.close()
+    assert results["together"] == results["one by one"]
+    assert any(a[1] for a in results["together"][0]) and any(a[2] for a in results["together"][0])
+
+
+async def test_a_push_numpy_cannot_read_fails_alone_when_prepared_with_others(aggregator, codebook) -> None:
+    """An embedding numpy refuses to make an array of (ragged) raises in its own push's apply; the pushes
+    prepared in the same pass are applied."""
+    ragged = Contribution([[0.1, 0.2], [0.3]], 0.9, 10, 9, 0)  # type: ignore[arg-type]
+    jobs = [aggregator.apply(device(d), b"b", [ragged] if d == 2 else [pattern(near(codebook, d, d))], [], NOW)
+            for d in range(5)]  # fmt: skip
+    out = await asyncio.gather(*jobs, return_exceptions=True)
+    assert isinstance(out[2], ValueError)
+    assert [r.accepted for i, r in enumerate(out) if i != 2] == [1, 1, 1, 1]

@@ -31,6 +31,7 @@ instead of silently double-counting support.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
@@ -181,6 +182,9 @@ class Aggregator:
         # runs on another one; kept in the store).
         self._release = DailyRelease(store, self.policy, lambda: self._clock_ms())
         self._clock_ms: Callable[[], int] = clock_ms or (lambda: int(time.time() * 1000))
+        # Pushes whose patterns wait to be prepared together (`_cells`): (device, patterns, future).
+        self._waiting: list[tuple[bytes, Sequence[Contribution], asyncio.Future]] = []
+        self.cell_batches = 0  # preparations run (pushes with patterns / this = pushes prepared together)
 
     @classmethod
     async def open(
@@ -220,7 +224,7 @@ class Aggregator:
             raise OmegaError("now_ms must be a non-negative integer")
         device = bytes(device)
         rejections: list[Rejection] = []
-        cells, hints_ignored = self._prepare_cells(device, patterns, rejections)
+        cells, hints_ignored = await self._cells(device, patterns, rejections)
         edges = self._prepare_edges(device, transitions, rejections)
         n_pushed = len(transitions)
         edges += self._derive_pairs(device, edges, first_index=n_pushed)
@@ -298,16 +302,56 @@ class Aggregator:
             return ZERO_WEIGHT
         return None
 
-    def _prepare_cells(
+    async def _cells(
         self, device: bytes, patterns: Sequence[Contribution], rejections: list[Rejection]
     ) -> tuple[list[CellContribution], int]:
-        if not patterns:
+        """`_prepare_cells` of this push, run once for every push that reached here in the same turn of
+        the event loop: its numpy calls (checks, float16 rounding, codebook assignment) cost about as
+        much for one vector as for a hundred, and pushes arrive together (the store's writer groups
+        them the same way). Refused patterns are added to `rejections`. A push without patterns waits
+        too when a pass is pending, so pushes reach the store in the order they came here."""
+        if not patterns and not self._waiting:
             return [], 0
-        # Embedding checks for the whole push at once: shape, then finiteness and norm.
-        arrays = [np.asarray(p.embedding) for p in patterns]
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._prepare_waiting)
+        future: asyncio.Future[tuple[list[CellContribution], int, list[Rejection]]] = loop.create_future()
+        self._waiting.append((device, patterns, future))
+        cells, hints_ignored, refused = await future
+        rejections += refused
+        return cells, hints_ignored
+
+    def _prepare_waiting(self) -> None:
+        jobs, self._waiting = self._waiting, []
+        try:
+            prepared: list = self._prepare_cells([(d, p) for d, p, _ in jobs])
+        except Exception:  # noqa: BLE001 - input numpy cannot take: each push alone, so only its own fails
+            prepared = []
+            for d, p, _ in jobs:
+                try:
+                    prepared += self._prepare_cells([(d, p)])
+                except Exception as exc:  # noqa: BLE001 - raised in the push's own apply
+                    prepared.append(exc)
+        for (*_, future), out in zip(jobs, prepared, strict=True):
+            if future.done():  # its push was cancelled
+                continue
+            if isinstance(out, Exception):
+                future.set_exception(out)
+            else:
+                future.set_result(out)
+
+    def _prepare_cells(
+        self, pushes: Sequence[tuple[bytes, Sequence[Contribution]]]
+    ) -> list[tuple[list[CellContribution], int, list[Rejection]]]:
+        """Each push's (device, patterns) → (its cell contributions, hints ignored, refused patterns),
+        the vectors of all of them checked, rounded and assigned in one pass (row by row the same
+        values as push by push)."""
+        flat = [p for _, patterns in pushes for p in patterns]
+        # Embedding checks for every pattern at once: shape, then finiteness and norm.
+        arrays = [np.asarray(p.embedding) for p in flat]
         shaped = [a.shape == (EMBEDDING_DIM,) and np.issubdtype(a.dtype, np.number) for a in arrays]
         if all(shaped):  # one stacking call instead of a copy per row
-            x = np.array(arrays, dtype=np.float64)
+            x = np.array(arrays, dtype=np.float64).reshape(len(arrays), EMBEDDING_DIM)
         else:
             x = np.zeros((len(arrays), EMBEDDING_DIM), dtype=np.float64)
             for row, (a, ok) in enumerate(zip(arrays, shaped, strict=True)):
@@ -315,41 +359,51 @@ class Aggregator:
                     x[row] = a
         with np.errstate(all="ignore"):
             norms = np.linalg.norm(x, axis=1)
-        emb_ok = np.isfinite(x).all(axis=1) & (np.abs(norms - 1.0) <= self.policy.norm_tolerance) & shaped
-        valid: list[tuple[int, Contribution]] = []
-        for i, p in enumerate(patterns):
-            reason = self._check_pattern(p, bool(emb_ok[i]))
-            if reason is None:
-                valid.append((i, p))
-            else:
-                rejections.append(Rejection("pattern", i, reason))
-        if not valid:
-            return [], 0
-        rows = [i for i, _ in valid]
+        emb_ok = (np.isfinite(x).all(axis=1) & (np.abs(norms - 1.0) <= self.policy.norm_tolerance)).tolist()
+        checked: list[tuple[list[tuple[int, Contribution]], list[Rejection]]] = []
+        rows: list[int] = []
+        row = 0
+        for _, patterns in pushes:
+            kept, refused = [], []
+            for i, p in enumerate(patterns):
+                reason = self._check_pattern(p, shaped[row] and emb_ok[row])
+                if reason is None:
+                    kept.append((i, p))
+                    rows.append(row)
+                else:
+                    refused.append(Rejection("pattern", i, reason))
+                row += 1
+            checked.append((kept, refused))
         # Rounded to float16, as the contributions log keeps it, so that what leaves the window
         # subtracts exactly what was added (far finer than the wire's uint8 quantisation anyway).
         x32 = (x[rows] / norms[rows, None]).astype(np.float16).astype(np.float32)
-        assigned = self.codebook.assign(x32)
+        assigned = iter(zip(self.codebook.assign(x32).tolist(), x32, strict=True))
         w_max = self.policy.w_max
         out = []
-        hints_ignored = 0
-        for (i, p), cell, emb in zip(valid, assigned.tolist(), x32, strict=True):
-            if p.cell_hint is not None and p.cell_hint != cell:
-                hints_ignored += 1  # the codebook decides; a hint is only ever a cross-check
-            trials = min(float(p.uses), w_max)
-            out.append(
-                CellContribution(
-                    index=i,
-                    task_type=int(p.task_type),
-                    cell=cell,
-                    member=self._keyed(b"omega/cell" + struct.pack("<iI", p.task_type, cell) + device, MEMBER_BYTES),
-                    weight=min(float(p.success_rate) * p.uses, w_max),
-                    embedding=emb,
-                    successes=trials * (p.successes / p.uses),
-                    trials=trials,
+        for (device, _), (kept, refused) in zip(pushes, checked, strict=True):
+            cells = []
+            hints_ignored = 0
+            for i, p in kept:
+                cell, emb = next(assigned)
+                if p.cell_hint is not None and p.cell_hint != cell:
+                    hints_ignored += 1  # the codebook decides; a hint is only ever a cross-check
+                trials = min(float(p.uses), w_max)
+                cells.append(
+                    CellContribution(
+                        index=i,
+                        task_type=int(p.task_type),
+                        cell=cell,
+                        member=self._keyed(b"omega/cell" + struct.pack("<iI", p.task_type, cell) + device,
+                                           MEMBER_BYTES),
+                        weight=min(float(p.success_rate) * p.uses, w_max),
+                        embedding=emb,
+                        successes=trials * (p.successes / p.uses),
+                        trials=trials,
+                    )
                 )
-            )
-        return out, hints_ignored
+            out.append((cells, hints_ignored, refused))
+        self.cell_batches += 1
+        return out
 
     def _prepare_edges(
         self, device: bytes, transitions: Sequence[Transition | tuple], rejections: list[Rejection]
