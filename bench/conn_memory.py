@@ -154,10 +154,11 @@ async def _open_all(kind: str, n: int, port: int, secret: bytes, server, samples
             if opened is not None and rss is not None:
                 samples.append((opened, rss))
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), server.cpu_seconds()
     watch = asyncio.create_task(sampler()) if kind == "http" else None
     await asyncio.gather(*(one(d) for d in devices))
     set_up_s = time.perf_counter() - t0
+    set_up_cpu_s = server.cpu_seconds() - cpu0
     if watch is None:
         await asyncio.sleep(SETTLE_S)
         opened, rss = _metrics_open(port), server.rss_kib()
@@ -165,7 +166,9 @@ async def _open_all(kind: str, n: int, port: int, secret: bytes, server, samples
     else:
         await asyncio.sleep(0.5)
         watch.cancel()
-    out = {"set_up_s": round(set_up_s, 2), "failed": failed, "client_open_at_end": sum(not c.closed for c in conns)}
+    out = {"set_up_s": round(set_up_s, 2), "failed": failed, "client_open_at_end": sum(not c.closed for c in conns),
+           # what the server spent on setting them up (connect, handshake, first frame): CPU, so less load-dependent
+           "server_cpu_ms_per_set_up": round(1000 * set_up_cpu_s / n, 3)}
     for c in conns:
         if c.transport is not None:
             c.transport.close()
