@@ -1,14 +1,15 @@
-"""How far s sybil ids steer a consolidated pattern's direction in k_min mode (issue 14; not yet bounded).
+"""How far s sybil ids steer a consolidated pattern's direction in k_min mode (issue 14).
 
 Through the real `Aggregator` over a SQLite store, with `omega bench poisoning`'s catalog and a codebook
 built from it (k 200, as tests/sim/bench/test_pattern_poisoning.py): 23 honest TVs push a content
 pattern near title 3 (success 0.9, 20 uses: quality weight 18) once; s sybil ids push, on 5 days, a
 vector as far toward the bench's target as the codebook still assigns to title 3's cell (success 1.0,
 500 uses: weight capped at w_max). Reported per s: the published direction's cosine to the honest one and
-the share of the angle from the honest vector to the sybils' that it moved. Hypothetical policies beside
-the shipped one (what a bound would buy): each contribution's weight capped at 1 (one honest viewing,
-as `edge_w_max` caps an edge; w_max 1 here, so trials are capped too), and that cap with one push per
-sybil (one contribution per device in the window).
+the share of the angle from the honest vector to the sybils' that it moved. The shipped row is
+`AggregationPolicy()` as a served shard runs it (its w_max; a device's later contribution to a cell
+replaces its earlier one). Beside it, the same replace rule with other caps: 26 (the median weight honest
+TVs pushed on the validation split, bench/pattern_weights.py) and the old 50, to tell the two changes
+apart. One honest viewer's share of the 24 TVs' weight is 1/24 ≈ 4 %.
 
     .venv/bin/python bench/pattern_steer.py > bench/results/pattern-steer.json
 """
@@ -80,8 +81,9 @@ def run() -> dict:
         lo, hi = (t, hi) if inside else (lo, t)
     sybil_v = (1 - 0.98 * lo) * honest_v + 0.98 * lo * matrix[TARGET - 1]
     sybil_v /= np.linalg.norm(sybil_v)
-    policies = {"shipped (w_max 50, 5 days)": (50.0, 5), "weight capped at 1 (5 days)": (1.0, 5),
-                "weight capped at 1, one push per sybil": (1.0, 1)}  # fmt: skip
+    shipped = AggregationPolicy().w_max
+    policies = {f"shipped (w_max {shipped:g}, latest wins, 5 days)": (shipped, 5),
+                "w_max 26, latest wins (5 days)": (26.0, 5), "w_max 50, latest wins (5 days)": (50.0, 5)}  # fmt: skip
     return {
         "honest": HONEST, "cell": cell, "sybil_cos_to_honest": round(float(honest_v @ sybil_v), 3),
         "sybil_cos_to_target": round(float(matrix[TARGET - 1] @ sybil_v), 3),

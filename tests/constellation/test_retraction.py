@@ -86,6 +86,11 @@ async def test_a_hub_serves_the_removal_it_merged_from_a_shard(shard_and_hub) ->
     assert set(changed) == set(held) and all(i.support == 0 for i in changed.values())
 
 
+#: v6's columns dropped again (members' held contribution, the log's `legacy` mark).
+UNDO_V6 = "".join(f"ALTER TABLE members DROP COLUMN {c}; " for c in ("weight", "successes", "trials", "embedding"))
+UNDO_V6 += "ALTER TABLE contributions DROP COLUMN legacy; "
+
+
 async def test_a_store_of_schema_v4_migrates_keeping_what_it_published(tmp_path, codebook) -> None:
     """v5 adds `served.peak` (and `dp_grants`); rows of an older file start at their current support."""
     import sqlite3
@@ -96,9 +101,10 @@ async def test_a_store_of_schema_v4_migrates_keeping_what_it_published(tmp_path,
     for d in range(3):
         await agg.apply(device(d), b"a", [], [(0, 8, 9, 1.0)], NOW)
     await store.close()
-    conn = sqlite3.connect(path)  # back to v4: the column and index as they were
+    conn = sqlite3.connect(path)  # back to v4: the columns and index as they were
     conn.executescript("DROP INDEX served_seq_support; ALTER TABLE served DROP COLUMN peak; DROP TABLE dp_grants; "
-                       "CREATE INDEX served_seq_support ON served (seq, support); PRAGMA user_version=4;")  # fmt: skip
+                       "CREATE INDEX served_seq_support ON served (seq, support); "
+                       + UNDO_V6 + "PRAGMA user_version=4;")  # fmt: skip
     conn.close()
     store = await open_store(f"sqlite:{path}", origin="shard-a")
     try:

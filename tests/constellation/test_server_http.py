@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from omega.constellation.privacy import DEFAULT_W_MAX
 from omega.protocol import (
     ErrorReply,
     Heartbeat,
@@ -223,8 +224,10 @@ def test_k_min_gates_publication_and_one_device_is_clipped(server: ServerProcess
     patterns, _, cursor2 = _pull_all(server, client, reader, cursor)
     moved = [p for p in patterns if p.cluster_id == cell and p.task_type == task][-1]
     got = moved.embedding.dequantize().astype(np.float64)
-    # Weight clipped to w_max=50 against the honest 3 × 18: the weighted mean moves at most 50/104 of the way.
-    w = 50.0 / (54.0 + 50.0)
+    # Weight clipped to w_max against the honest 3 × 18 (each clipped too): the weighted mean moves at most
+    # w_max / (3·min(18, w_max) + w_max) of the way — a quarter at the shipped w_max (each TV weighs the same).
+    honest_w = min(18.0, DEFAULT_W_MAX)
+    w = DEFAULT_W_MAX / (3 * honest_w + DEFAULT_W_MAX)
     bound_mix = (1 - w) * np.mean(vectors, axis=0) + w * far
     expected = bound_mix / np.linalg.norm(bound_mix)
     assert float(got @ expected) > 0.999  # exactly the clipped mix (up to 8-bit quantisation)

@@ -96,7 +96,7 @@ async def test_each_push_is_visible_to_every_reader_once_acknowledged(aggregator
 
     await asyncio.gather(*(one(d) for d in range(48)))
     stats = await store.stats()
-    assert stats.push_keys == 48 and stats.contributions == 48 * 2  # a pattern and an edge each
+    assert stats.push_keys == 48 and stats.contributions == 48  # a pattern each (edges' weights sit on members)
 
 
 async def test_failing_pushes_roll_back_alone_amid_pulls(store, codebook) -> None:
@@ -244,6 +244,9 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
     for table in ("dp_releases", "dp_day_keys", "dp_grants"):
         con.execute(f"DROP TABLE {table}")
     con.execute("ALTER TABLE served DROP COLUMN peak")  # v5's
+    for column in ("weight", "successes", "trials", "embedding"):  # v6's
+        con.execute(f"ALTER TABLE members DROP COLUMN {column}")
+    con.execute("ALTER TABLE contributions DROP COLUMN legacy")
     con.execute("UPDATE members SET epoch = NULL")
     con.execute("PRAGMA user_version=1")
     con.commit()
@@ -256,7 +259,7 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
         await s.close()
     con = sqlite3.connect(path)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 6
         for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
             assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0] == 1
         # v3: a cleared mark becomes the last logged epoch minus one (a full window from there, no flood).
@@ -356,7 +359,7 @@ async def test_a_group_that_fails_in_sql_is_reapplied_push_by_push(sqlite_store,
     assert refused == [3] and "no_such_table" in str(results[3])
     assert [r.accepted for i, r in enumerate(results) if i != 3] == [2] * 5
     stats = await sqlite_store.stats()
-    assert stats.push_keys == 5 and stats.contributions == 5 * 2  # a pattern and an edge each, once
+    assert stats.push_keys == 5 and stats.contributions == 5  # a pattern each, once (edges are not logged)
     # The refused push left nothing behind: applied again (now without the failure), it is not a duplicate.
     sqlite_store._apply_group = grouped  # noqa: SLF001
     again = await agg.apply(bad_device, b"x", [pattern(near(codebook, 3, 3))], [(0, 3, 4, 1.0)], NOW)

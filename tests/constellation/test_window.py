@@ -27,7 +27,7 @@ async def _published(agg: Aggregator) -> dict[tuple, object]:
     return {ident(i): i for i in await agg.published()}
 
 
-async def test_a_device_pushing_every_day_holds_support_one_and_a_window_of_weight(aggregator, codebook) -> None:
+async def test_a_device_pushing_every_day_holds_support_one_and_one_contribution(aggregator, codebook) -> None:
     assert aggregator.policy.window_epochs == WINDOW
     honest = [device(d) for d in range(2)]
     for d in honest:
@@ -41,12 +41,13 @@ async def test_a_device_pushing_every_day_holds_support_one_and_a_window_of_weig
         edge = state.global_edge(EdgeKey(0, 5, 6))
         cell = state.global_cell(CellKey(0, 4))
         honest_left = 2 if day < WINDOW else 0
-        # The sybil is one member however often it pushes; its weight is one capped contribution a day,
-        # only for the days inside the window.
+        # The sybil is one member however often it pushes, and holds one capped contribution: each day's
+        # replaces the day before's (latest wins), so repetition does not add up, inside the window or not.
         assert edge.support == cell.support == honest_left + 1
-        in_window = min(day + 1, WINDOW)
-        assert edge.weight == pytest.approx(honest_left * 1.0 + in_window * aggregator.policy.edge_w_max)
-        assert cell.sum_w == pytest.approx((honest_left * 0.9 * 20) + in_window * aggregator.policy.w_max)
+        assert edge.weight == pytest.approx(honest_left * 1.0 + aggregator.policy.edge_w_max)
+        w_max = aggregator.policy.w_max
+        assert cell.sum_w == pytest.approx(honest_left * min(0.9 * 20, w_max) + w_max)
+        assert cell.trials == pytest.approx(honest_left * min(20, w_max) + w_max)
     assert await _published(aggregator) == {}  # support 1 < k_min: never published
 
 
@@ -66,7 +67,7 @@ async def test_a_key_leaves_the_published_state_when_its_supporters_go_silent(ag
     assert published == {}  # the edge keeps 1 supporter (day 10), below k_min; the cell is empty
     edge = (await aggregator.export_state()).global_edge(EdgeKey(0, 1, 2))
     assert (edge.support, edge.weight) == (1, 1.0)
-    assert (await aggregator.store.stats()).contributions == 1  # device 3's edge
+    assert (await aggregator.store.stats()).contributions == 0  # the day-0 patterns left (edges are not logged)
 
     # Returning supporters count again, from scratch.
     for d in range(2):
@@ -101,6 +102,86 @@ async def test_what_leaves_the_window_is_subtracted_exactly(store_url, tmp_path,
     assert a.support == b.support == len(late)
     assert a.success_rate == pytest.approx(b.success_rate, abs=1e-12)
     np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-6)
+
+
+async def test_a_later_contribution_replaces_the_device_s_earlier_one(store_url, tmp_path, codebook) -> None:
+    """Latest wins per member per key: the state equals a store that only saw each device's last push, and
+    when the window drops a member, exactly what it still counts leaves with it."""
+    rng = np.random.default_rng(5)
+
+    def push(d: int, day: int) -> tuple:
+        v = near(codebook, 6, 1000 * day + d, spread=0.4)
+        return d, day, v, float(rng.uniform(0.5, 1.0)), int(rng.integers(3, 80)), float(rng.uniform(0.25, 1.0))
+
+    first = [push(d, 0) for d in range(6)]
+    second = [push(d, 2) for d in range(3)] + [push(d, 4) for d in range(2)]  # devices 0, 1 push three times
+    latest = {p[0]: p for p in first + second}
+
+    async def run(url: str, which: list) -> tuple[tuple, tuple]:
+        """(published, global edge) after the pushes, and again once day 0 left the window."""
+        store = await open_store(url, origin="shard-test")
+        try:
+            agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(window_epochs=WINDOW, k_min=1))
+            for d, day, v, rate, uses, w in which:
+                res = await agg.apply(device(d), b"x%d" % day, [pattern(v, rate=rate, uses=uses)], [(0, 5, 6, w)],
+                                      NOW + day * DAY)  # fmt: skip
+                assert res.accepted == 2 and not res.rejections
+            states = []
+            for prune in (False, True):
+                if prune:
+                    await agg.prune(NOW + WINDOW * DAY)  # day 0 leaves: devices 3-5, whose last push it was
+                states.append((await _published(agg), (await agg.export_state()).global_edge(EdgeKey(0, 5, 6))))
+            return states[0], states[1]
+        finally:
+            await store.close()
+
+    def same(got: tuple, want: tuple, n: int) -> None:
+        (cells, edge), (want_cells, want_edge) = got, want
+        assert set(cells) == set(want_cells) == {("p", 0, 6), ("e", 0, 5, 6)}
+        a, b = cells[("p", 0, 6)], want_cells[("p", 0, 6)]
+        assert a.support == b.support == n
+        assert a.success_rate == pytest.approx(b.success_rate, abs=1e-9)
+        np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-6)
+        assert (edge.support, edge.weight) == (want_edge.support, pytest.approx(want_edge.weight, abs=1e-12))
+
+    once = sorted(latest.values(), key=lambda p: (p[1], p[0]))
+    got_all, got_kept = await run(store_url, first + second)
+    want_all, _ = await run(f"sqlite:{tmp_path / 'last.db'}", once)
+    want_kept, _ = await run(f"sqlite:{tmp_path / 'kept.db'}", [p for p in once if p[1] > 0])
+    same(got_all, want_all, 6)
+    same(got_kept, want_kept, 3)
+
+
+async def test_a_v5_store_keeps_subtracting_its_legacy_contributions(tmp_path, codebook) -> None:
+    """A file from before the replace rule: its log rows are what its members counted. After the migration a
+    returning member's new contribution is added (nothing of it held to replace) and its legacy rows still
+    leave with the window, so the key ends up holding only the new one."""
+    import sqlite3
+
+    path = tmp_path / "v5.db"
+    store = await open_store(f"sqlite:{path}", origin="shard-a")
+    agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(k_min=1, w_max=50.0))
+    for d in range(2):
+        await agg.apply(device(d), b"a", [pattern(near(codebook, 2, d), uses=30)], [], NOW)
+    await store.close()
+    conn = sqlite3.connect(path)  # as v5 left it: members hold nothing, the log holds the contributions
+    for column in ("weight", "successes", "trials", "embedding"):
+        conn.execute(f"ALTER TABLE members DROP COLUMN {column}")
+    conn.execute("ALTER TABLE contributions DROP COLUMN legacy")
+    conn.execute("PRAGMA user_version=5")
+    conn.commit()
+    conn.close()
+    store = await open_store(f"sqlite:{path}", origin="shard-a")
+    try:
+        agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(k_min=1, w_max=50.0))
+        await agg.apply(device(0), b"b", [pattern(near(codebook, 2, 7), uses=10)], [], NOW + 5 * DAY)
+        cell = (await agg.export_state()).global_cell(CellKey(0, 2))
+        assert (cell.support, cell.sum_w) == (2, pytest.approx(2 * 0.9 * 30 + 0.9 * 10))
+        await agg.prune(NOW + WINDOW * DAY)  # day 0 leaves: device 1, and device 0's legacy contribution
+        cell = (await agg.export_state()).global_cell(CellKey(0, 2))
+        assert (cell.support, cell.sum_w, cell.trials) == (1, pytest.approx(0.9 * 10), pytest.approx(10.0))
+    finally:
+        await store.close()
 
 
 async def test_expiry_reaches_other_shards_as_a_newer_crdt_entry(shard_and_hub, codebook) -> None:

@@ -2,14 +2,25 @@
 
 Poisoning bounds. A contribution's quality weight is `success_rate × uses`,
 clipped to `w_max`; its trial count is clipped to `w_max` too (successes scaled
-alike). A device contributes to a given cell or edge at most once per epoch
-(default one day); more are rejected as `duplicate_flood`. So within an epoch
-one device moves a consolidated pattern by at most w_max / (W + w_max) of the
-distance between the honest mean and its vector (W: the honest weight), and its
-success rate by at most w_max / (T + w_max). Contributions count only inside the
-window (`window_epochs`, default 30 days; store/window.py): a device holds at most
-1 of a key's support and `window_epochs` capped contributions, however long it
-keeps pushing, and a key whose supporters went silent leaves the published state.
+alike). `w_max` (8, privacy.DEFAULT_W_MAX) is the least an honest TV pushes: a TV
+sends a pattern only at success ≥ 0.8 over ≥ 10 uses, so every honest
+contribution is clipped to the same 8 and every device — honest or not — weighs
+the same in a cell (bench/pattern_weights.py: honest pushes weigh 10 at p10, 26 at
+the median on the validation split). A device contributes to a given cell or
+edge at most once per epoch (default one day; more are rejected as
+`duplicate_flood`), and latest wins per member per key (store/logic.py): its
+contribution in a later epoch replaces the one it made before instead of adding
+to it. So however often it pushes, one device holds one capped contribution per
+key: it moves a consolidated pattern by at most w_max / (W + w_max) of the
+distance between the honest mean and its vector (W: the honest weight, w_max per
+honest TV: 1/(n + 1) beside n honest TVs, what one more honest TV moves it), its
+success rate by at most w_max / (T + w_max), and an edge's weight by one
+`edge_w_max`. Contributions count only inside the window (`window_epochs`,
+default 30 days; store/window.py): a device holds at most 1 of a key's support,
+and a key whose supporters went silent leaves the published state.
+bench/pattern_steer.py: beside 23 honest TVs, 1 / 3 / 10 ids pushing on 5 days
+move a pattern's direction 4 / 11 / 30 % of the way toward theirs (37 / 65 / 87 %
+with w_max 50 and contributions summed over the window).
 (Many fake devices are the job of device authentication — signed device tokens —
 not of aggregation.)
 
@@ -17,12 +28,15 @@ Privacy floor (docs/architecture.md §4). Raw device ids never reach the store. 
 - idempotency keys HMAC(salt, device ‖ batch_id) with the push time — deleted by
   `prune` after the replay window;
 - per key (cell or edge) the set of member hashes HMAC(salt, key ‖ device)[:8]
-  with the epoch of the member's last contribution, for exact distinct support in
-  the window. The hash differs per key, so the sets of two cells cannot be joined
+  with the epoch of the member's last contribution and what that contribution
+  counts (weight; for a cell its clipped counts and float16 embedding), for exact
+  distinct support in the window and so that the member's next contribution
+  replaces it. The hash differs per key, so the rows of two cells cannot be joined
   to build a device profile without the server salt; `prune` deletes a member
   once its last contribution leaves the window;
-- the contributions log of the window: key, weight, (cells) counts and float16
-  embedding, and epoch — no device id, no pseudonym, no finer time.
+- the pattern contributions log of the window (the DP release's input): key,
+  weight, counts and float16 embedding, and epoch — no device id, no pseudonym,
+  no finer time.
 A consolidated pattern or edge is published only with distinct support ≥ k_min.
 The salt is the server's secret (e.g. derived from OMEGA_SECRET); the store only
 keeps a check value HMAC(salt, …) so a restart with another salt is refused
@@ -46,7 +60,7 @@ import numpy as np
 from omega.constellation.codebook import Codebook
 from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, FederatedState
 from omega.constellation.dp_release import DailyRelease
-from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
+from omega.constellation.privacy import DEFAULT_K_MIN, DEFAULT_W_MAX, check_k_min
 from omega.constellation.store.base import (
     CellContribution,
     ConstellationStore,
@@ -123,7 +137,7 @@ MAX_WINDOW_EPOCHS = 36_500
 @dataclass(frozen=True)
 class AggregationPolicy:
     k_min: int = DEFAULT_K_MIN  # distinct devices before a pattern/edge is published
-    w_max: float = 50.0  # cap on one contribution's quality weight and trial count
+    w_max: float = DEFAULT_W_MAX  # cap on one contribution's quality weight and trial count (privacy.py says why)
     # Cap on one transition's weight: one honest viewing's (reward <= 1). Published edges carry
     # distinct support, so this only bounds the diagnostic summed weight of the state.
     edge_w_max: float = 1.0

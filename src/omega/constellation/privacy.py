@@ -39,6 +39,12 @@ from omega.errors import OmegaError
 
 #: Distinct TVs (device ids) a consolidated pattern or edge needs before it is published.
 DEFAULT_K_MIN = 3
+#: Cap on one embedding-pattern contribution's quality weight (success_rate × uses) and trial count. A TV
+#: pushes a pattern only at success ≥ 0.8 over ≥ 10 uses (BrainConfig.high_quality_*), so every honest
+#: contribution weighs at least 0.8 × 10 = 8: at this cap each one — honest or not — weighs the same, and a
+#: device moves a pattern no more than any one honest TV does (issue 14; bench/pattern_weights.py measured
+#: what honest TVs push on the validation split: median 26, p10 10).
+DEFAULT_W_MAX = 8.0
 #: Keys (edges + derived pairs + cells) one device may add support to per epoch under DP.
 DEFAULT_MAX_KEYS = 64
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
+from omega.constellation.privacy import DEFAULT_K_MIN, DEFAULT_W_MAX, check_k_min
 from omega.errors import OmegaError
 
 log = logging.getLogger("omega.serve")
@@ -92,7 +92,7 @@ class ServerSettings:
     admin_token: str | None = field(default=None, repr=False)
     # aggregation
     k_min: int = DEFAULT_K_MIN
-    w_max: float = 50.0
+    w_max: float = DEFAULT_W_MAX
     # differential privacy at publication (ε, δ per TV per day; 0 = off: k_min only). See privacy.py.
     dp_epsilon: float = 0.0
     dp_delta: float = 1e-6

@@ -4,6 +4,10 @@
   `member_rows` + `classify` (the per-epoch flood check against the member marks
   the backend looked up) → `accumulate` (new own accumulators, served-view
   increments, member marks and log rows, every change numbered from the head).
+  Latest wins per member per key: a member's row holds what it counts in its key's
+  accumulator (its last contribution), and its next contribution, in a later epoch,
+  replaces it (the old one is subtracted) instead of adding to it. So a device moves
+  a key by one capped contribution however often it pushes (issue 14).
 - A merge: `base.merge_guard` (codebook version; this shard's own entries are
   never overwritten from outside) → `plan_merge` (CRDT: an entry replaces the held one
   only if it wins) → rows with each touched key's new global support.
@@ -16,8 +20,11 @@ cell state `(origin, task_type, cell, sum_w, sum_wx, support, successes, trials,
 edge state `(origin, keyspace, src, dst, weight, support, version)`,
 served `(kind, k1, k2, k3, seq, support)` (+ `peak`, the highest global support the key ever had:
 a key whose peak reached k_min was published, and leaving the published state is sent as a removal),
-member `(kind, k1, k2, k3, member, epoch)`,
-contribution log `(epoch, kind, k1, k2, k3, weight, successes, trials, embedding)`.
+member `(kind, k1, k2, k3, member, epoch, weight, successes, trials, embedding)` (what the member
+counts: its last contribution; a cell's embedding float16, an edge's counts and embedding NULL; weight
+NULL for a member marked before the replace rule, whose contributions the log's `legacy` rows hold),
+contribution log `(epoch, kind, k1, k2, k3, weight, successes, trials, embedding)` (cells only since the
+replace rule: the day's DP release reads it; rows from before it are `legacy`, subtracted when they expire).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 
 from omega.constellation import crdt
 from omega.constellation.crdt import CellKey, CellState, EdgeKey, EdgeState, FederatedState
+from omega.constellation.store import window
 from omega.constellation.store.base import (
     KIND_CELL,
     KIND_EDGE,
@@ -51,6 +59,9 @@ PAGE_SCAN = 128
 
 
 MemberRow = tuple[int, int, int, int, bytes]  # (kind, k1, k2, k3, member)
+#: A member's mark: (epoch of its last contribution, and what it counts: weight, successes, trials, float16
+#: embedding). weight None: marked before the replace rule (its contributions are legacy log rows).
+Held = tuple[Any, ...]
 CellTable = dict[CellKey, dict[str, CellState]]  # key -> origin -> entry
 EdgeTable = dict[EdgeKey, dict[str, EdgeState]]
 
@@ -188,32 +199,34 @@ def member_rows(push: PreparedPush) -> list[MemberRow]:
 
 @dataclass
 class Classified:
-    """A push split into flooded and accepted contributions (each with "is a new member of its key")."""
+    """A push split into flooded and accepted contributions, each with its member's mark (None: a new
+    member of its key)."""
 
     outcome: PushOutcome
-    cells: list[tuple[CellContribution, bool]] = field(default_factory=list)
-    edges: list[tuple[EdgeContribution, bool]] = field(default_factory=list)
+    cells: list[tuple[CellContribution, Held | None]] = field(default_factory=list)
+    edges: list[tuple[EdgeContribution, Held | None]] = field(default_factory=list)
 
     def cell_keys(self) -> list[CellKey]:
         return sorted({CellKey(c.task_type, c.cell) for c, _ in self.cells})
 
 
-def classify(push: PreparedPush, rows: list[MemberRow], known: Mapping[MemberRow, int | None]) -> Classified:
+def classify(push: PreparedPush, rows: list[MemberRow], known: Mapping[MemberRow, Held]) -> Classified:
     """Per-epoch flood check: a member already marked for this epoch (or twice in the push) is refused.
 
-    `known` maps the member rows the store holds to their epoch mark (None once pruned).
+    `known` maps the member rows the store holds to their mark (`Held`: epoch first).
     """
     seen: set[MemberRow] = set()
     out = Classified(PushOutcome(duplicate=False))
     for row, item in zip(rows, [*push.cells, *push.edges], strict=True):
-        flooded = row in seen or (row in known and known[row] == push.epoch)
+        held = known.get(row)
+        flooded = row in seen or (held is not None and held[0] == push.epoch)
         seen.add(row)
         is_cell = row[0] == KIND_CELL
         if flooded:
             (out.outcome.flooded_cells if is_cell else out.outcome.flooded_edges).append(item.index)
         else:
             (out.outcome.accepted_cells if is_cell else out.outcome.accepted_edges).append(item.index)
-            (out.cells if is_cell else out.edges).append((item, row not in known))  # type: ignore[arg-type]
+            (out.cells if is_cell else out.edges).append((item, held))  # type: ignore[arg-type]
     return out
 
 
@@ -223,12 +236,13 @@ class PushWrites:
 
     outcome: PushOutcome
     cell_states: list[tuple] = field(default_factory=list)  # own accumulators, replacing the stored ones
-    # One row per accepted edge, applied in order: weight and support are ADDED, version replaces.
+    # One row per accepted edge, applied in order: weight (new minus what the member held) and support
+    # are ADDED, version replaces.
     edge_increments: list[tuple] = field(default_factory=list)
     # Served rows, applied in order: seq replaces, support is ADDED.
     served: list[tuple] = field(default_factory=list)
-    members: list[tuple] = field(default_factory=list)  # member rows: the epoch mark replaces
-    log: list[tuple] = field(default_factory=list)  # contribution log rows (patterns and edges)
+    members: list[tuple] = field(default_factory=list)  # member rows: the mark (epoch, what it holds) replaces
+    log: list[tuple] = field(default_factory=list)  # contribution log rows (patterns)
 
 
 def accumulate(
@@ -239,47 +253,54 @@ def accumulate(
     `own_rows`: this origin's cell state rows (CELL_COLUMNS order) of the pushed cells.
 
     Every accepted contribution takes the next change number; a key's state and served row
-    carry the number of its last contribution. Increment rows are applied one after the other
-    (executemany), so a key twice in one push is simply added twice.
+    carry the number of its last contribution. A member's contribution replaces what it held
+    (latest wins): the accumulator gains the new one minus the held one, and support only counts
+    new members. Increment rows are applied one after the other (executemany).
     """
     out = PushWrites(classified.outcome)
     members, served = out.members, out.served
     own = {(r[1], r[2]): r for r in own_rows}
     sums: dict[CellKey, list] = {}  # key -> [sum_w, sum_wx, support, successes, trials, seq, new members]
-    for c, new in classified.cells:
+    for c, held in classified.cells:
         key = CellKey(c.task_type, c.cell)
         head += 1
-        members.append((KIND_CELL, c.task_type, c.cell, 0, c.member, epoch))
-        out.log.append(_log_row(epoch, c))
+        blob = np.asarray(c.embedding, dtype="<f2").tobytes()
+        members.append((KIND_CELL, c.task_type, c.cell, 0, c.member, epoch, c.weight, c.successes, c.trials, blob))
+        out.log.append((epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials, blob))
         x = np.asarray(c.embedding, dtype=np.float64) * c.weight
+        dw, ds, dt, new = c.weight, c.successes, c.trials, int(held is None)
+        if held is not None and held[1] is not None:  # replaces what this member counts
+            _, w0, s0, t0, e0 = held
+            dw, ds, dt = dw - w0, ds - s0, dt - t0
+            x = x - window.log_embedding(e0) * w0
         acc = sums.get(key)
         if acc is None and key not in own:  # a fresh key starts at this contribution, exactly
-            sums[key] = [c.weight, x, int(new), c.successes, c.trials, head, int(new)]
+            sums[key] = [dw, x, new, ds, dt, head, new]
             continue
         if acc is None:
             _, _, _, sum_w, sum_wx, support, successes, trials, _ = own[key]
             acc = sums[key] = [sum_w, vec(sum_wx), support, successes, trials, head, 0]
-        acc[0] += c.weight
+        acc[0] += dw
         acc[1] = acc[1] + x
-        acc[2] += int(new)
-        acc[3] += c.successes
-        acc[4] += c.trials
+        acc[2] += new
+        acc[3] += ds
+        acc[4] += dt
         acc[5] = head
-        acc[6] += int(new)
+        acc[6] += new
     for key in sorted(sums):
         sum_w, sum_wx, support, successes, trials, seq, new = sums[key]
         out.cell_states.append((origin, key.task_type, key.cell, sum_w, sum_wx.astype("<f8").tobytes(), support,
                                 successes, trials, seq))  # fmt: skip
         served.append((KIND_CELL, key.task_type, key.cell, 0, seq, new))
     increments = out.edge_increments
-    for e, new in classified.edges:
+    for e, held in classified.edges:
         head += 1
-        n = int(new)
-        increments.append((origin, e.keyspace, e.src, e.dst, e.weight, n, head))
+        n = int(held is None)
+        held_w = held[1] if held is not None and held[1] is not None else 0.0
+        increments.append((origin, e.keyspace, e.src, e.dst, e.weight - held_w, n, head))
         served.append((KIND_EDGE, e.keyspace, e.src, e.dst, head, n))
-        members.append((KIND_EDGE, e.keyspace, e.src, e.dst, e.member, epoch))
-        # Logged so the weight can leave the window again (store/window.py).
-        out.log.append((epoch, KIND_EDGE, e.keyspace, e.src, e.dst, e.weight, None, None, None))
+        # The member row holds the weight, so a later contribution or the window subtracts it (store/window.py).
+        members.append((KIND_EDGE, e.keyspace, e.src, e.dst, e.member, epoch, e.weight, None, None, None))
     out.outcome = _with_head(classified.outcome, head)
     return out
 
@@ -318,7 +339,7 @@ class GroupWrites:
         self.cells: dict[tuple[int, int], tuple] = {}  # own accumulator rows: the last one replaces
         self.edges: dict[tuple[int, int, int], list] = {}  # [origin, weight added, support added, version]
         self.served: dict[tuple[int, int, int, int], list] = {}  # [seq, support added]
-        self.members: dict[tuple, int] = {}  # member row -> epoch mark (the last one replaces)
+        self.members: dict[tuple, tuple] = {}  # member row -> mark (epoch, what it holds; the last one replaces)
         self.log: list[tuple] = []
 
     def add(self, w: PushWrites) -> None:
@@ -339,17 +360,17 @@ class GroupWrites:
             else:
                 acc[0] = seq
                 acc[1] += support
-        for *key, epoch in w.members:
-            self.members[tuple(key)] = epoch
+        for row in w.members:
+            self.members[row[:5]] = row[5:]
         self.log += w.log
 
     def push(
-        self, origin: str, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, int | None],
+        self, origin: str, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, Held],
         own_rows: dict[tuple[int, int], tuple], head: int,
     ) -> PushWrites:  # fmt: skip
         """Classify and accumulate one push of the group on what the pushes before it wrote, and add it.
 
-        `known` (member marks) and `own_rows` (this origin's cell rows by (task type, cell)) are what the
+        `known` (member marks, `Held`) and `own_rows` (this origin's cell rows by (task type, cell)) are what the
         store read for the whole group; they are updated in place, so the next push sees this one's writes.
         """
         classified = classify(push, rows, known)
@@ -357,8 +378,8 @@ class GroupWrites:
         w = accumulate(origin, push.epoch, classified, mine, head)
         for row in w.cell_states:
             own_rows[(row[1], row[2])] = row
-        for *member, epoch in w.members:
-            known[tuple(member)] = epoch  # type: ignore[index]
+        for row in w.members:
+            known[row[:5]] = row[5:]  # type: ignore[index]
         self.add(w)
         return w
 
@@ -369,11 +390,6 @@ class GroupWrites:
         served = [(*key, seq + base, n) for key, (seq, n) in self.served.items()]
         dirty = [(k1, k2, seq) for kind, k1, k2, _, seq, _ in served if kind == KIND_CELL]
         return cells, edges, served, dirty
-
-
-def _log_row(epoch: int, c: CellContribution) -> tuple:
-    return (epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials,
-            np.asarray(c.embedding, dtype="<f2").tobytes())  # fmt: skip
 
 
 def _with_head(outcome: PushOutcome, head: int) -> PushOutcome:

@@ -14,7 +14,8 @@ Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of 
   seq N, so a pull cursor never skips a change) and stay gap-free. Push groups
   take it only at the end of their transaction, after their work under per-key
   advisory locks; every other writer takes it first. Lock order: pg_engine.py.
-- `omega_push_keys`, `omega_members`: idempotency keys and per-key member hashes.
+- `omega_push_keys`, `omega_members`: idempotency keys and per-key member hashes (v5: with what the
+  member's last contribution counts, which its next one replaces).
 - `omega_cell_state` / `omega_edge_state`: CRDT entries per (origin, key);
   `sum_wx` is 384 little-endian float64 (bytea) so a federation round trip is exact.
 - `omega_served`: the global view's change index per key (seq, global support; v4: `peak`, the
@@ -31,7 +32,8 @@ Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of 
   (postgres.VECTOR_REFRESH).
 - `omega_dp_releases`, `omega_dp_day_keys`: DP mode's state (v3); `omega_dp_grants` (v4): per push the
   keys granted to it, so a retried batch uses no more.
-- `omega_contributions`: log of accepted contributions within the window (v2: edges too, an epoch index).
+- `omega_contributions`: log of accepted contributions within the window (v2: edges too, an epoch index;
+  v5: pattern contributions only, for the DP release; older rows `legacy`, subtracted when they expire).
 """
 
 from __future__ import annotations
@@ -111,7 +113,16 @@ UPDATE omega_served SET peak = support;
 CREATE INDEX omega_served_seq_support ON omega_served (seq, support, peak)
 """
 
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4]
+# v5: latest wins per member per key (the SQLite store's v6 says why). Existing log rows are `legacy`
+# (a fast default, then new rows default to false: no table rewrite).
+_SCHEMA_V5 = """
+ALTER TABLE omega_members ADD COLUMN weight float8, ADD COLUMN successes float8, ADD COLUMN trials float8,
+    ADD COLUMN embedding bytea;
+ALTER TABLE omega_contributions ADD COLUMN legacy boolean NOT NULL DEFAULT true;
+ALTER TABLE omega_contributions ALTER COLUMN legacy SET DEFAULT false
+"""
+
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -131,9 +131,14 @@ _GROUP_DIRTY = (
     "INSERT INTO omega_dirty_cells SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[]) "
     "ON CONFLICT (task_type, cell) DO UPDATE SET seq = excluded.seq"
 )
+# A member's mark: its last contribution's epoch and what that contribution counts (latest wins: logic.accumulate).
+_MEMBER_UPDATE = (
+    "ON CONFLICT (kind, k1, k2, k3, member) DO UPDATE SET epoch = excluded.epoch, weight = excluded.weight, "
+    "successes = excluded.successes, trials = excluded.trials, embedding = excluded.embedding"
+)
 _GROUP_MEMBERS = (
     "INSERT INTO omega_members SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::bigint[], "
-    "$5::bytea[], $6::bigint[]) ON CONFLICT (kind, k1, k2, k3, member) DO UPDATE SET epoch = excluded.epoch"
+    "$5::bytea[], $6::bigint[], $7::float8[], $8::float8[], $9::float8[], $10::bytea[]) " + _MEMBER_UPDATE
 )
 _GROUP_LOG = (
     "INSERT INTO omega_contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
@@ -146,10 +151,16 @@ _GROUP_PUSH_KEYS = (
 # The bucket locks in ascending order (the array is sorted): a function scan calls them in array order.
 _LOCK_BUCKETS = f"SELECT count(pg_advisory_xact_lock({KEY_LOCK_CLASS}, b)) FROM unnest($1::int[]) AS b"
 _MEMBER_EPOCHS = (
-    "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM omega_members m "
+    "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch, m.weight, m.successes, m.trials, m.embedding "
+    "FROM omega_members m "
     "JOIN unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[]) "
     "AS v(kind, k1, k2, k3, member) USING (kind, k1, k2, k3, member)"
 )
+
+
+def _marks(found: Sequence[asyncpg.Record]) -> dict[logic.MemberRow, logic.Held]:
+    """Member rows read with `_MEMBER_EPOCHS` as member key -> mark (epoch, what it holds)."""
+    return {(r[0], r[1], r[2], r[3], bytes(r[4])): (r[5], r[6], r[7], r[8], r[9]) for r in found}
 
 
 def _columns(keys: Sequence[tuple]) -> list[list]:
@@ -261,7 +272,7 @@ class PostgresStore(ConstellationStore):
         applied = {first[bytes(r[0])] for r in fresh}
         wanted = sorted({row for i in applied for row in rows_of[i]})
         found = await conn.fetch(_MEMBER_EPOCHS, *_columns(wanted)) if wanted else []
-        known = {(r[0], r[1], r[2], r[3], bytes(r[4])): r[5] for r in found}
+        known = _marks(found)
         keys = sorted({CellKey(c.task_type, c.cell) for i in applied for c in pushes[i].cells})
         own = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), self.origin) if keys else []
         own_rows = {(r[1], r[2]): tuple(r) for r in own}
@@ -278,7 +289,7 @@ class PostgresStore(ConstellationStore):
             head = w.outcome.head
             results[i] = w.outcome
             heads.append(head)
-        await _write_unnest(conn, _GROUP_MEMBERS, [(*k, e) for k, e in group.members.items()])
+        await _write_unnest(conn, _GROUP_MEMBERS, [(*k, *mark) for k, mark in group.members.items()])
         await _write_unnest(conn, _GROUP_LOG, group.log)
         # The tail: the head row is locked from here to COMMIT, so change numbers follow commit order.
         if head:
@@ -303,7 +314,7 @@ class PostgresStore(ConstellationStore):
             return PushOutcome(duplicate=True, head=head), head
         rows = logic.member_rows(push)
         found = await conn.fetch(_MEMBER_EPOCHS, *_columns(rows)) if rows else []
-        classified = logic.classify(push, rows, {(r[0], r[1], r[2], r[3], bytes(r[4])): r[5] for r in found})
+        classified = logic.classify(push, rows, _marks(found))
         keys = classified.cell_keys()
         own = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), self.origin) if keys else []
         w = logic.accumulate(self.origin, push.epoch, classified, own, head)
@@ -313,11 +324,7 @@ class PostgresStore(ConstellationStore):
             (_ADD_EDGE, w.edge_increments),
             (_ADD_SERVED, w.served),
             (_MARK_DIRTY, _dirty_marks(w.served)),
-            (
-                "INSERT INTO omega_members VALUES ($1, $2, $3, $4, $5, $6) "
-                "ON CONFLICT (kind, k1, k2, k3, member) DO UPDATE SET epoch = excluded.epoch",
-                w.members,
-            ),
+            ("INSERT INTO omega_members VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) " + _MEMBER_UPDATE, w.members),
             (
                 "INSERT INTO omega_contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -508,11 +515,12 @@ class PostgresStore(ConstellationStore):
     async def _expire(self, conn: asyncpg.Connection, epoch_before: int, head: int) -> window.ExpiryWrites:
         """Own accumulators and supports without what leaves the window (store/window.py)."""
         log = await conn.fetch(
-            "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM omega_contributions WHERE epoch < $1",
+            "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM omega_contributions "
+            "WHERE epoch < $1 AND legacy",
             epoch_before,
         )
         members = await conn.fetch(
-            "SELECT kind, k1, k2, k3, count(*) FROM omega_members WHERE epoch < $1 GROUP BY kind, k1, k2, k3",
+            "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM omega_members WHERE epoch < $1",
             epoch_before,
         )
         touched = {tuple(r[:4]) for r in log} | {tuple(r[:4]) for r in members}

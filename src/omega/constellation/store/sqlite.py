@@ -69,7 +69,11 @@ _ADD_EDGE = (
     "INSERT INTO edge_state VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
     "weight = weight + excluded.weight, support = support + excluded.support, version = excluded.version"
 )
-_MARK_MEMBER = "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET epoch = excluded.epoch"
+# A member's mark: its last contribution's epoch and what that contribution counts (latest wins: logic.accumulate).
+_MARK_MEMBER = (
+    "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET epoch = excluded.epoch, "
+    "weight = excluded.weight, successes = excluded.successes, trials = excluded.trials, embedding = excluded.embedding"
+)
 _LOG = (
     "INSERT INTO contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -122,7 +126,8 @@ _EDGES_OF_KEYS = (
 _OWN_CELLS_OF_KEYS = _CELLS_OF_KEYS + " AND s.origin = ?"
 _MEMBER_EPOCHS = (
     "WITH v(kind, k1, k2, k3, member) AS (VALUES {keys}) "
-    "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch FROM v CROSS JOIN members m "
+    "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch, m.weight, m.successes, m.trials, m.embedding "
+    "FROM v CROSS JOIN members m "
     "ON m.kind = v.kind AND m.k1 = v.k1 AND m.k2 = v.k2 AND m.k3 = v.k3 AND m.member = v.member"
 )
 
@@ -237,7 +242,7 @@ class SqliteStore(ConstellationStore):
         applied = {first[bytes(r[0])] for r in fresh}
         rows_of = {i: logic.member_rows(pushes[i]) for i in applied}
         wanted = sorted({row for rows in rows_of.values() for row in rows})
-        known: dict[logic.MemberRow, int | None] = _member_epochs(conn, wanted) if wanted else {}
+        known: dict[logic.MemberRow, logic.Held] = _member_epochs(conn, wanted) if wanted else {}
         keys = sorted({CellKey(c.task_type, c.cell) for i in applied for c in pushes[i].cells})
         own = _of_keys(conn, _OWN_CELLS_OF_KEYS, keys, self.origin) if keys else []
         own_rows = {(r[1], r[2]): tuple(r) for r in own}
@@ -256,7 +261,7 @@ class SqliteStore(ConstellationStore):
         conn.executemany(_PUT_CELL, sorted(cells, key=_cell_key))
         conn.executemany(_ADD_EDGE, sorted(edges, key=_edge_key))
         conn.executemany(_ADD_SERVED, sorted(served))
-        conn.executemany(_MARK_MEMBER, sorted((*k, e) for k, e in group.members.items()))
+        conn.executemany(_MARK_MEMBER, sorted((*k, *mark) for k, mark in group.members.items()))
         conn.executemany(_LOG, group.log)
         return results  # type: ignore[return-value]
 
@@ -376,7 +381,8 @@ class SqliteStore(ConstellationStore):
     def _expire(self, conn: sqlite3.Connection, epoch_before: int) -> window.ExpiryWrites:
         """Own accumulators and supports without what leaves the window (store/window.py)."""
         log = conn.execute(
-            "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM contributions WHERE epoch < ?",
+            "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM contributions "
+            "WHERE epoch < ? AND legacy = 1",
             (epoch_before,),
         ).fetchall()
         members = conn.execute(EXPIRED_MEMBERS_SQL, (epoch_before,)).fetchall()
@@ -432,14 +438,14 @@ class SqliteStore(ConstellationStore):
         return await self._writer.submit(run)
 
 
-#: Members that left the window, counted per key. INDEXED BY: for the GROUP BY, SQLite's planner would
-#: otherwise scan the whole table in key order (every member of every key) on each prune, even when
-#: little or nothing left the window.
+#: Members that left the window, each with what it held. INDEXED BY: by the epoch index, not a scan of the
+#: whole table (every member of every key) on each prune, even when little or nothing left the window.
 EXPIRED_MEMBERS_SQL = (
-    "SELECT kind, k1, k2, k3, count(*) FROM members INDEXED BY members_epoch WHERE epoch < ? GROUP BY kind, k1, k2, k3"
+    "SELECT kind, k1, k2, k3, weight, successes, trials, embedding FROM members INDEXED BY members_epoch "
+    "WHERE epoch < ?"
 )
 
 
-def _member_epochs(conn: sqlite3.Connection, rows: list[logic.MemberRow]) -> dict[logic.MemberRow, int | None]:
-    """The epoch marks of the members of `rows` that the store already holds."""
-    return {tuple(r[:5]): r[5] for r in _of_keys(conn, _MEMBER_EPOCHS, rows)}  # type: ignore[misc]
+def _member_epochs(conn: sqlite3.Connection, rows: list[logic.MemberRow]) -> dict[logic.MemberRow, logic.Held]:
+    """The marks (epoch, what it holds) of the members of `rows` that the store already holds."""
+    return {tuple(r[:5]): tuple(r[5:]) for r in _of_keys(conn, _MEMBER_EPOCHS, rows)}  # type: ignore[misc]

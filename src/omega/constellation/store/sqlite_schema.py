@@ -7,7 +7,9 @@ i + 1; v2 adds the covering index `served (seq, support)` for the pull scan) and
 - `push_keys`: keyed hash of (device, batch_id) + time — idempotency, pruned after the replay window.
 - `members`: per-key keyed hashes of (key, device) — exact distinct support within the
   contribution window; `epoch` is the epoch of the member's last contribution (the flood check
-  and the window), and `prune` deletes the member once it leaves the window. A member hash
+  and the window), and (v6) what that contribution counts in the key's accumulator (weight; a
+  cell's counts and float16 embedding), which its next contribution replaces (latest wins);
+  `prune` deletes the member once it leaves the window, subtracting what it held. A member hash
   differs per key, so rows of one device in different cells cannot be linked without the salt.
 - `cell_state` / `edge_state`: CRDT entries per (origin, key); this shard's own rows are
   its accumulators (version = change seq of their last change).
@@ -17,9 +19,10 @@ i + 1; v2 adds the covering index `served (seq, support)` for the pull scan) and
 - `dp_releases`, `dp_day_keys` (DP mode): the day's noised release as first drawn, and the
   keys each device-day added to (keyed hash of epoch ‖ device); pruned with the window. `dp_grants`
   (v5): per push, the keys granted to it (a retry is granted the same, not more).
-- `contributions`: log of accepted contributions within the window (key, weight; for a cell
-  also counts and the float16 embedding; epoch) — no device id or pseudonym, time only to the
-  epoch; `prune` subtracts and deletes the rows that leave the window (store/window.py).
+- `contributions`: log of accepted pattern contributions within the window (key, weight, counts,
+  float16 embedding, epoch) — no device id or pseudonym, time only to the epoch; the day's DP
+  release reads it, `prune` deletes the rows that leave the window. Rows from before v6 (`legacy`,
+  edges too) are what their members counted: `prune` subtracts them as they leave (store/window.py).
 """
 
 from __future__ import annotations
@@ -98,8 +101,22 @@ DROP INDEX served_seq_support;
 CREATE INDEX served_seq_support ON served (seq, support, peak)
 """
 
+# v6: latest wins per member per key (issue 14, logic.accumulate). A member row holds what it counts in
+# its key's accumulator (its last contribution: weight, and for a cell counts and the float16 embedding), so
+# its next contribution replaces it and the window subtracts only it. Members from before hold nothing
+# (NULL): their contributions are the log rows marked `legacy`, which the window still subtracts. Edges are
+# no longer logged (their member rows hold their weight); cells are, for the day's DP release.
+_SCHEMA_V6 = """
+ALTER TABLE members ADD COLUMN weight REAL;
+ALTER TABLE members ADD COLUMN successes REAL;
+ALTER TABLE members ADD COLUMN trials REAL;
+ALTER TABLE members ADD COLUMN embedding BLOB;
+ALTER TABLE contributions ADD COLUMN legacy INTEGER NOT NULL DEFAULT 0;
+UPDATE contributions SET legacy = 1
+"""
+
 # Index i holds the script that migrates schema version i to i + 1.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

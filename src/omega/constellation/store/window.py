@@ -7,20 +7,26 @@ contribution is inside the window. So repetition cannot accumulate (a device
 pushing a key every day holds one member and at most `window_epochs` capped
 contributions, as an honest daily viewer does), and when a key's supporters go
 silent for longer than the window its support falls to 0 and it leaves the
-published state.
+published state. Within the window, latest wins per member (logic.accumulate): a
+device's later contribution to a key replaces its earlier one, so the key holds at
+most one capped contribution of it, whatever it pushed before.
 
 `prune` (every backend) deletes the member rows and the contributions-log rows
 older than the window and applies `plan_expiry`: each touched key's own
-accumulator minus its expired log rows, support minus its expired members. A key
+accumulator minus what its expired members hold (each member's last contribution,
+the only one still counted) and minus its expired `legacy` log rows (contributions
+from before the replace rule, which no member row holds), support minus its
+expired members. A key
 left without members is set to exact zeros (so float rounding of the
 subtractions never leaves a ghost direction). Each touched key takes a new
 change number, which is also the new version of this origin's CRDT entry: the
 origin is the single writer of its entries, so regions and hubs simply take the
 newer entry and the merge stays commutative, associative and idempotent.
 
-Rows in (kind, k1, k2, k3, …) order as in logic.py: expired log rows are
-`(kind, k1, k2, k3, weight, successes, trials, embedding)`, expired member counts
-`(kind, k1, k2, k3, count)`.
+Rows in (kind, k1, k2, k3, …) order as in logic.py: expired legacy log rows and
+expired members are both `(kind, k1, k2, k3, weight, successes, trials, embedding)`
+(one row per member; a member's weight NULL: marked before the replace rule, it
+holds nothing, its legacy log rows do).
 """
 
 from __future__ import annotations
@@ -67,22 +73,29 @@ def plan_expiry(
     expired_members: Iterable[Sequence[Any]],
     head: int,
 ) -> ExpiryWrites:
-    """New own accumulators of the keys whose members or log rows left the window.
+    """New own accumulators of the keys whose members or legacy log rows left the window.
 
     `own_cells` / `own_edges`: this origin's state rows (logic.CELL_COLUMNS / EDGE_COLUMNS
     order) of those keys; a key without an own row has nothing to forget.
     """
     gone_w: dict[_Key, list] = {}  # key -> [weight, weight·x, successes, trials]
-    for kind, k1, k2, k3, weight, successes, trials, emb in expired_log:
+
+    def forget(kind: int, k1: int, k2: int, k3: int, weight: float, successes: Any, trials: Any, emb: Any) -> None:
         acc = gone_w.setdefault((kind, k1, k2, k3), [0.0, np.zeros(EMBEDDING_DIM), 0.0, 0.0])
         acc[0] += weight
         if kind == KIND_CELL:
             acc[1] = acc[1] + log_embedding(emb) * weight
             acc[2] += successes or 0.0
             acc[3] += trials or 0.0
+
+    for row in expired_log:
+        forget(*row)
     gone_m: dict[_Key, int] = {}
-    for kind, k1, k2, k3, count in expired_members:
-        gone_m[(kind, k1, k2, k3)] = gone_m.get((kind, k1, k2, k3), 0) + int(count)
+    for row in expired_members:
+        key = tuple(row[:4])
+        gone_m[key] = gone_m.get(key, 0) + 1  # type: ignore[index]
+        if row[4] is not None:
+            forget(*row)
     cells = {(KIND_CELL, r[1], r[2], 0): r for r in own_cells}
     edges = {(KIND_EDGE, r[1], r[2], r[3]): r for r in own_edges}
     out = ExpiryWrites(head=head)
