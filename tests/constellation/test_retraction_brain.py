@@ -166,3 +166,27 @@ async def test_under_dp_a_tv_offline_longer_than_the_window_drops_what_left_whil
         await service.housekeeping()
         await agent.sync_once()
         assert {(t.src, t.dst) for t in victim.store.all_global_transitions()} == {(SOURCE, TITLE)}
+
+
+async def test_a_tv_at_a_dp_release_when_dp_is_turned_off_resets_instead_of_staying_stuck(tmp_path: Path) -> None:
+    """A TV's cursor into a DP release (>= 2^62) is past any store change number: with DP turned off it was
+    told "nothing new" at every pull, holding what the release held for ever. Its pull is now a reset."""
+    clock = Clock(T0_S + 3600)
+    item = int(Keyspace.ITEM)
+    async with _served_victim(tmp_path, clock, dp_epsilon=8.0, pull_snapshot_s=0) as (service, victim, agent):
+        for n in range(150):  # far above ε 8's threshold: in day 1's release
+            await service.aggregator.apply(_device(1000 + n), b"t", [], [(item, SOURCE, TARGET, 1.0)],
+                                           int(clock.t * 1000))  # fmt: skip
+        clock.t += DAY_S
+        await service.housekeeping()
+        await agent.sync_once()
+        assert {(t.src, t.dst) for t in victim.store.all_global_transitions()} == {(SOURCE, TARGET)}
+    clock.t += 40 * DAY_S  # the edge's supporters left the window; three honest TVs push another
+    async with _served_victim(tmp_path, clock, pull_snapshot_s=0) as (service, victim, agent):
+        await service.housekeeping()
+        for n in range(3):
+            await service.aggregator.apply(_device(n), b"h", [], [(item, SOURCE, TITLE, 1.0)], int(clock.t * 1000))
+        await agent.sync_once()
+        assert {(t.src, t.dst) for t in victim.store.all_global_transitions()} == {(SOURCE, TITLE)}
+        await agent.sync_once()  # in step now: an ordinary delta, nothing dropped
+        assert {(t.src, t.dst) for t in victim.store.all_global_transitions()} == {(SOURCE, TITLE)}

@@ -59,7 +59,7 @@ import numpy as np
 
 from omega.constellation.codebook import Codebook
 from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, FederatedState
-from omega.constellation.dp_release import DailyRelease
+from omega.constellation.dp_release import DP_CURSOR_BASE, DailyRelease
 from omega.constellation.privacy import DEFAULT_K_MIN, DEFAULT_W_MAX, check_k_min
 from omega.constellation.store.base import (
     CellContribution,
@@ -506,9 +506,12 @@ class Aggregator:
     def resets(self, cursor: int) -> bool:
         """Whether the page for a pull from `cursor` starts a full snapshot the TV must take in place of all it
         holds (PullReply.reset): under DP, a cursor the day's removals cannot bring up to date
-        (`DailyRelease.stale`: older than the window, or a store cursor). Without DP never: the store's
-        changes name every key that left (support 0), however old the cursor."""
-        return self.policy.dp_epsilon is not None and self._release.stale(int(cursor))
+        (`DailyRelease.stale`: older than the window, or a store cursor). Without DP, a cursor of a DP release
+        (DP was on when the TV last pulled): the store's changes cannot name what that release held and no
+        longer is published. A store cursor never: its changes name every key that left (support 0)."""
+        if self.policy.dp_epsilon is None:
+            return int(cursor) >= DP_CURSOR_BASE
+        return self._release.stale(int(cursor))
 
     async def release_head(self) -> int | None:
         """Under DP, the cursor right after the day's release (TVs pull it, not the store's changes);

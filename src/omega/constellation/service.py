@@ -343,7 +343,8 @@ class SyncService:
         if found is not None:  # a TV behind on the refined release gets it first, then the changes
             return prepare_body(self.page_builder.refined(pull.since, found[0], found[1]))
         head = self._pull_head()
-        if pull.since >= head and head > 0:
+        reset = self.aggregator.resets(pull.since)
+        if pull.since >= head and head > 0 and not reset:
             # Already at the newest change this worker serves: nothing to read. (Another worker's
             # newer pushes, or this one's within the snapshot interval, show up once the served head
             # moves: a delay, never a skip. A cursor past it came from a page read after it.)
@@ -362,7 +363,7 @@ class SyncService:
         started = time.perf_counter()
         items, cursor, more = await self.aggregator.changes_since(pull.since, budget - 64)
         self._m_changes.observe(time.perf_counter() - started)
-        reply, blob = self.page_builder.build(items, cursor, more, budget, reset=self.aggregator.resets(pull.since))
+        reply, blob = self.page_builder.build(items, cursor, more, budget, reset=reset)
         if cursor > self.head and not more:
             self.head = await self.cache.note_head(cursor)
         await self.cache.put_page(head, pull.since, budget, blob)
