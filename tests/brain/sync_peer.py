@@ -58,6 +58,8 @@ class Peer:
     changes: list[ConsolidatedPattern] = field(default_factory=list)
     edges: list[Transition] = field(default_factory=list)
     page_size: int = 2
+    #: A pull from this cursor is answered with a snapshot from the start, flagged reset (PullReply.reset).
+    reset_since: int | None = None
     next_sync_s: int = 0
     heartbeat_retry_after_s: int = 0
     faults: deque = field(default_factory=deque)
@@ -78,13 +80,17 @@ class Peer:
     # ------------------------------------------------------------------ protocol
 
     def _page(self, since: int) -> PullReply:
+        reset = since == self.reset_since
+        if reset:
+            since = 0
         rest = self.changes[since:]
         page = rest[: self.page_size]
         cursor = since + len(page)
         transitions = None
         if since == 0 and self.edges:
             transitions = TransitionBatch(Keyspace.ITEM, tuple(self.edges))
-        return PullReply(cursor=cursor, more=cursor < len(self.changes), patterns=tuple(page), transitions=transitions)
+        return PullReply(cursor=cursor, more=cursor < len(self.changes), patterns=tuple(page), transitions=transitions,
+                         reset=reset)  # fmt: skip
 
     def answer(self, data: bytes, fault: object = None) -> tuple[int, bytes, int]:
         """(HTTP status, reply frame, retry-after seconds) for one uplink frame."""

@@ -186,6 +186,36 @@ async def test_a_signed_invalid_pattern_refusal_drops_that_batch_only(store, pee
         await agent.close()
 
 
+async def test_a_reset_page_the_tv_cannot_store_still_drops_what_it_held(store, peer):
+    """A reset page says the server cannot name what left since the TV's cursor. When the TV cannot store the
+    page, it skips it as any other (the cursor moves on) but still drops what it held: else the keys that
+    left stayed for ever, since no removal will name them after that cursor."""
+    peer.peer.changes = [consolidated(1), consolidated(2), consolidated(3)]
+    peer.peer.page_size = 3
+    agent = make_agent(store, peer.url, Tier.CASUAL)
+    real = store.merge_pulled
+
+    def refusing(patterns, *args, **kwargs):  # the wire bounds every value: the store's refusal is injected
+        if any(p.cluster_id == 5 for p in patterns):
+            raise OverflowError("a value this store refuses")
+        return real(patterns, *args, **kwargs)
+
+    store.merge_pulled = refusing
+    try:
+        await agent.sync_once()
+        assert [c.cluster_id for c in store.consolidated()] == [1, 2, 3] and state.cursor(store) == 3
+        # The server starts a snapshot (reset) whose first page this TV cannot store.
+        peer.peer.changes = [consolidated(5), consolidated(7)]
+        peer.peer.page_size = 1
+        peer.peer.reset_since = 3
+        report = await agent.sync_once()
+        assert report.skipped_items == 1 + len(peer.peer.edges)  # the whole page: its pattern and edges
+        assert [e for e in report.errors if "cannot store" in e]
+        assert [c.cluster_id for c in store.consolidated()] == [7] and state.cursor(store) == 2
+    finally:
+        await agent.close()
+
+
 async def test_a_pulled_id_the_tv_cannot_store_is_skipped_in_one_line_and_never_blocks_later_pulls(store, peer):
     peer.peer.changes = [consolidated(1), consolidated(2**63), consolidated(3)]  # 2^63: beyond SQLite's int64
     peer.peer.page_size = 2

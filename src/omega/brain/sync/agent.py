@@ -290,20 +290,21 @@ class SyncAgent:
                     self.store.put_refined(refined, fresh=held != refined_release_of(reply.refined_cursor)[0])
                     state.set_refined_cursor(self.store, reply.refined_cursor)
                 # reset: the server cannot name what left since this TV's cursor; the page starts a snapshot.
-                if self._brain is not None:
-                    self._brain.apply_consolidated(patterns, transitions, pairs=pairs, fresh=reply.reset)  # type: ignore[attr-defined]
-                else:
-                    self.store.merge_pulled(patterns, transitions, pairs, fresh=reply.reset)
+                self._merge_pulled(patterns, transitions, pairs, fresh=reply.reset)
                 state.set_cursor(self.store, reply.cursor)
         except (OmegaError, OverflowError) as exc:  # the transaction rolled back: nothing of the page is kept
             if not is_bad_data(exc):
                 # The TV's own store refused the write (disk full, I/O error): not the server's fault.
                 raise SyncFailed(f"cannot merge a pulled page: local store: {exc}", code="local_store", report=report) from exc
             # A value this store refuses (a constraint): the page cannot be stored, now or ever. Skip it
-            # (the cursor moves past it) so that it never blocks the pulls after it.
-            state.set_cursor(self.store, reply.cursor)
-            if reply.refined is not None:
-                state.set_refined_cursor(self.store, reply.refined_cursor)
+            # (the cursor moves past it) so that it never blocks the pulls after it. A reset page still drops
+            # what the TV held: past its cursor no removal will name what left.
+            with self.store.transaction():
+                if reply.reset:
+                    self._merge_pulled([], [], [], fresh=True)
+                state.set_cursor(self.store, reply.cursor)
+                if reply.refined is not None:
+                    state.set_refined_cursor(self.store, reply.refined_cursor)
             skipped = len(patterns) + len(transitions) + len(pairs) + len(refined)
             report.skipped_items += skipped
             report.errors.append(f"skipped a pulled page of {skipped} item(s) this TV cannot store: {exc}")
@@ -313,6 +314,14 @@ class SyncAgent:
         report.pulled_patterns += len(patterns)
         report.pulled_edges += len(transitions) + len(pairs) + len(refined)
         report.cursor = reply.cursor
+
+    def _merge_pulled(self, patterns: list, transitions: list, pairs: list, *, fresh: bool) -> None:
+        """Store a pulled page (through the brain when there is one, so its caches follow); `fresh`: drop first
+        every pattern, edge and pair pulled before."""
+        if self._brain is not None:
+            self._brain.apply_consolidated(patterns, transitions, pairs=pairs, fresh=fresh)  # type: ignore[attr-defined]
+        else:
+            self.store.merge_pulled(patterns, transitions, pairs, fresh=fresh)
 
     def _refined_since(self) -> int:
         """Where the refined pull stands; 0 (never sent refined pages) when this TV opted out of them."""
