@@ -201,3 +201,17 @@ def test_a_zero_divisor_in_a_bench_file_counts_as_not_measured(tmp_path) -> None
     assert inputs.figures["connections_per_worker"].value == 10000
     syncs = inputs.figures.get("syncs_per_s")
     assert syncs is None or not syncs.source.startswith("measured:")
+
+
+def test_memory_per_connection_that_includes_data_growth_is_not_used(tmp_path) -> None:
+    """A full-sync `omega load` run divides RSS growth that also holds pushed data: not a per-connection cost."""
+    full = tmp_path / "full.json"
+    full.write_text('{"connections_held": 1000, "memory_per_connection_kib": 34.5, "syncs_per_s": 300,'
+                    ' "memory_per_connection_includes_data": true}')
+    idle = tmp_path / "idle.json"
+    idle.write_text('{"connections_held": 10000, "memory_per_connection_kib": 10.7, "syncs_per_s": 0,'
+                    ' "memory_per_connection_includes_data": false}')
+    memory = resolve_inputs([full]).figures.get("memory_per_connection_kib")
+    assert memory is None or not memory.source.startswith("measured:")
+    assert resolve_inputs([full]).figures["syncs_per_s"].value == 300
+    assert resolve_inputs([idle, full]).figures["memory_per_connection_kib"].value == 10.7

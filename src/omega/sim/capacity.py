@@ -185,6 +185,10 @@ def read_bench(path: Path) -> tuple[dict[str, float], dict[str, float]]:
                 # A run that did not exercise this figure (e.g. `omega load --heartbeat-only` reports
                 # syncs_per_s 0): it measured nothing here, so leave the figure to other inputs.
                 continue
+            if key == "memory_per_connection_kib" and data.get("memory_per_connection_includes_data") is True:
+                # The run's RSS growth also holds what its pushes added to the store (`omega load` with
+                # full syncs): not a per-connection figure, so leave it to a heartbeat-only run.
+                continue
             figures[name] = value
     info = {k: v for k in INFO_KEYS if (v := _number(data.get(k), f"bench file {path}: {k}")) is not None}
     if not figures and not info:
