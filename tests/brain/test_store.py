@@ -236,6 +236,26 @@ def test_pattern_put_get_update(store: BrainStore):
     assert id_ == p.id.bytes and np.array_equal(np.frombuffer(blob, "<f4"), p.embedding)
 
 
+
+def test_streamed_reads_do_not_take_the_write_lock(store: BrainStore):
+    """Loading a brain (catalog vectors, patterns) reads while another process (the sync daemon) writes."""
+    store.upsert_catalog([CatalogItem(3, "Up", ("Animation",))], unit(1)[None, :])
+    store.put_pattern(pattern())
+    other = sqlite3.connect(str(store.path), isolation_level=None, timeout=0.1)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the daemon's write transaction, held
+        other.execute("DELETE FROM catalog")
+        ids, matrix = store.catalog_embeddings()  # the committed state, at once
+        assert ids.tolist() == [3] and np.array_equal(matrix[0], unit(1))
+        with store.pattern_rows() as found:
+            assert len(list(found)) == 1
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    with store.transaction():  # and the store can still write afterwards
+        store.put_pattern(pattern())
+    assert store.pattern_count() == 2
+
 def test_outbox_queue_holds_high_quality_unsealed_versions(store: BrainStore):
     good, weak, young = pattern(0.9, 20), pattern(0.5, 20), pattern(1.0, 3, reward_sum=2.0)
     for p in (good, weak, young):

@@ -135,10 +135,10 @@ class BrainStore(Database):
     def catalog_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(content ids as int64, (n, 384) float32 matrix), ordered by content id.
 
-        Streamed into the matrix row by row, in one read transaction: no list of rows and no joined copy
+        Streamed into the matrix row by row, in one read (`snapshot`): no list of rows and no joined copy
         of the blobs on the way (those held three copies of the vectors at once while a TV loaded). The
         schema checks every blob's length (384 float32)."""
-        with self.transaction() as db:
+        with self.snapshot() as db:
             n = db.execute("SELECT count(*) FROM catalog").fetchone()[0]
             ids = np.empty(n, dtype=np.int64)
             matrix = np.empty((n, EMBEDDING_DIM), dtype=np.float32)
@@ -229,12 +229,12 @@ class BrainStore(Database):
 
     @contextmanager
     def pattern_rows(self) -> Iterator[Iterable[tuple]]:
-        """Every pattern as a raw row, oldest first, streamed inside one transaction.
+        """Every pattern as a raw row, oldest first, streamed inside one read (`snapshot`).
 
         Columns as `rows.PATTERN_COLUMNS`, the vector as float32 bytes: a reader can
         build a compact working set without a `Pattern` object per row.
         """
-        with self.transaction() as db:
+        with self.snapshot() as db:
             yield db.execute(f"SELECT {rows.PATTERN_COLUMNS} FROM patterns ORDER BY created_at, id")
 
     def patterns(self) -> list[Pattern]:

@@ -100,6 +100,32 @@ class Database:
                 self._undo(db, depth, savepoint)
                 raise OmegaError(f"brain store {self.path}: commit failed: {exc}") from None
 
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Reads over several statements that see one state of the file, without SQLite's write lock.
+
+        A deferred transaction: in WAL mode another connection (the sync daemon's process) keeps writing
+        meanwhile, and neither waits. Inside `transaction()` it is that transaction. For reads only.
+        """
+        with self._lock:
+            db = self._conn()
+            if self._depth:
+                yield db
+                return
+            try:
+                db.execute("BEGIN DEFERRED")
+            except sqlite3.Error as exc:
+                raise OmegaError(f"brain store {self.path}: cannot start a read: {exc}") from None
+            self._depth += 1
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                raise OmegaError(f"brain store {self.path}: {exc}") from exc
+            finally:
+                self._depth -= 1
+                if db.in_transaction:
+                    db.execute("ROLLBACK")  # nothing was written: ends the read
+
     @staticmethod
     def _undo(db: sqlite3.Connection, depth: int, savepoint: str) -> None:
         if not db.in_transaction:  # SQLite already rolled back (e.g. disk full)
