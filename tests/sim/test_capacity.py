@@ -215,3 +215,7 @@ def test_memory_per_connection_that_includes_data_growth_is_not_used(tmp_path) -
     assert memory is None or not memory.source.startswith("measured:")
     assert resolve_inputs([full]).figures["syncs_per_s"].value == 300
     assert resolve_inputs([idle, full]).figures["memory_per_connection_kib"].value == 10.7
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"memory_per_connection_kib": 10.7, "memory_per_connection_includes_data": "no"}')
+    with pytest.raises(OmegaError, match="memory_per_connection_includes_data must be true or false"):
+        resolve_inputs([bad])

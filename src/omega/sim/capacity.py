@@ -177,6 +177,9 @@ def read_bench(path: Path) -> tuple[dict[str, float], dict[str, float]]:
         raise OmegaError(f"bench file {path} is not JSON: {exc.msg} at line {exc.lineno}") from None
     if not isinstance(data, dict):
         raise OmegaError(f"bench file {path}: expected a JSON object, got {type(data).__name__}")
+    includes_data = data.get("memory_per_connection_includes_data")
+    if includes_data is not None and not isinstance(includes_data, bool):
+        raise OmegaError(f"bench file {path}: memory_per_connection_includes_data must be true or false")
     figures: dict[str, float] = {}
     for key, name in BENCH_KEYS.items():
         value = _number(data.get(key), f"bench file {path}: {key}")
@@ -185,7 +188,7 @@ def read_bench(path: Path) -> tuple[dict[str, float], dict[str, float]]:
                 # A run that did not exercise this figure (e.g. `omega load --heartbeat-only` reports
                 # syncs_per_s 0): it measured nothing here, so leave the figure to other inputs.
                 continue
-            if key == "memory_per_connection_kib" and data.get("memory_per_connection_includes_data") is True:
+            if key == "memory_per_connection_kib" and includes_data:
                 # The run's RSS growth also holds what its pushes added to the store (`omega load` with
                 # full syncs): not a per-connection figure, so leave it to a heartbeat-only run.
                 continue
