@@ -214,3 +214,35 @@ def test_catalog_neighbours_are_the_index_search_remembered():
         assert found.tolist() == catalog.search(query, 20)[0].tolist() and found[0] == row + 1
         assert catalog.neighbours(query.copy(), 20) is found and not found.flags.writeable
     assert catalog.neighbours(matrix[5], 7).tolist() == catalog.search(matrix[5], 7)[0].tolist()
+
+
+def test_a_store_load_builds_the_float16_matrix_by_blocks_exactly_as_from_the_whole_matrix(tmp_path: Path):
+    """`Catalog.from_store` reads the embeddings block by block (no whole float32 matrix at load): the float16
+    rows and the fingerprint (which decides whether the saved index is reused) are the whole-matrix path's,
+    bit for bit, over several blocks and a short last one; the second load reuses the saved index."""
+    from omega.brain import catalog as catalog_module
+    from omega.brain.store import BrainStore
+
+    rng = np.random.default_rng(5)
+    n = 2 * catalog_module._NORM_ROWS + 37
+    items = [CatalogItem(i * 3 + 1, f"T{i}", ("Drama",)) for i in range(n)]
+    raw = (rng.normal(size=(n, 384)) * rng.uniform(0.1, 9.0, size=(n, 1))).astype(np.float32)
+    db = tmp_path / "tv.db"
+    with BrainStore(db) as store:
+        store.upsert_catalog(items, raw)
+        ids, matrix = store.catalog_embeddings()
+        with store.catalog_embedding_blocks(catalog_module._NORM_ROWS) as (block_ids, blocks):
+            sizes = [len(b) for b in blocks]
+        assert block_ids.tolist() == ids.tolist() and sizes == [1024, 1024, 37]
+        unit = catalog_module._normalised(matrix)
+        expected = catalog_module._normalised(unit).astype(np.float16)  # the rows a TV ranked with before
+        config = catalog_module.BrainConfig()
+        fingerprint = catalog_module.fingerprint(ids, unit, config)
+        first = Catalog.from_store(store, config)  # no index yet: built from the float32 rows and saved
+        stamp = index_path_for(db).stat().st_mtime_ns
+        second = Catalog.from_store(store, config)  # the saved index, the matrix from the blocks
+        assert index_path_for(db).stat().st_mtime_ns == stamp
+    for loaded in (first, second):
+        assert loaded.matrix.dtype == np.float16
+        assert np.array_equal(loaded.matrix.view(np.uint16), expected.view(np.uint16))
+        assert catalog_module._with_params(loaded._content, config) == fingerprint

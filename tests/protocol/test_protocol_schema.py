@@ -59,3 +59,20 @@ def test_size_report() -> None:
     assert report["push_transitions_50_cell"] < report["push_transitions_50_item"] < 50 * 8
     assert report["pull_reply_page"] <= 5000
     assert push_size_report() == report  # deterministic
+
+
+def test_the_package_loads_protobuf_only_when_the_codec_is_used() -> None:
+    """A TV that only ranks reads constants from omega.protocol and never encodes a frame: the codec's names (and
+    protobuf, ~2.3 MB of RSS) load on first use, as attributes and by `from omega.protocol import ...`."""
+    script = (
+        "import sys, omega.protocol as p\n"
+        "from omega.protocol import EMBEDDING_DIM, TaskType, quantize\n"
+        "assert 'google.protobuf' not in sys.modules and 'omega.protocol.codec' not in sys.modules\n"
+        "from omega.protocol import decode_frame\n"
+        "from omega.protocol.codec import decode_frame as direct, PROTOCOL_VERSION\n"
+        "assert decode_frame is direct and p.PROTOCOL_VERSION == PROTOCOL_VERSION and 'google.protobuf' in sys.modules\n"
+        "assert all(hasattr(p, n) for n in p.__all__) and set(p.__all__) <= set(dir(p))\n"
+        "try:\n    p.no_such_name\nexcept AttributeError as e:\n    assert 'no_such_name' in str(e)\nelse:\n    raise SystemExit(1)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

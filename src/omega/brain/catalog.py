@@ -10,9 +10,11 @@ of the embeddings in the store's sync_state, and rebuilt when missing, corrupt,
 stale or built with other index parameters.
 
 Memory: the store keeps the float32 truth; in RAM the catalog keeps its
-vectors once more only as a float16 matrix (the HNSW index holds its own f16
-copy, which usearch needs to search). For 9,742 items that is 7.5 MB instead of
-15 MB; a row is turned back into float32 when it is read (`vector`, `vectors`).
+vectors once more only as a float16 matrix (the HNSW index holds its own copy,
+which it needs to search: float32 in hnswlib). For 9,742 items that is 7.5 MB
+instead of 15 MB; a row is turned back into float32 when it is read (`vector`,
+`vectors`). A load from the store builds that matrix block by block and never
+holds the whole float32 matrix (`_unit_half_from_store`).
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ class Catalog:
 
     def __init__(
         self, items: Sequence[CatalogItem], matrix: np.ndarray, index: VectorIndex, *, _content=None,  # noqa: ANN001
-        _owned: bool = False,
+        _owned: bool = False, _unit_half: bool = False,
     ) -> None:
-        """`_owned`: `matrix` is a float32 array nobody else holds, normalised in place instead of copied."""
+        """`_owned`: `matrix` is a float32 array nobody else holds, normalised in place instead of copied.
+        `_unit_half`: `matrix` is already the float16 unit matrix (`_unit_half_from_store`), `_content` its hash."""
         matrix = np.asarray(matrix)
         if matrix.shape != (len(items), EMBEDDING_DIM):
             raise OmegaError(f"catalog matrix must have shape ({len(items)}, {EMBEDDING_DIM}), got {matrix.shape}")
@@ -86,12 +89,18 @@ class Catalog:
         self._row = {int(cid): row for row, cid in enumerate(self.ids.tolist())}
         if len(self._row) != len(self.items):
             raise OmegaError("catalog has duplicate content ids")
-        unit = _normalised(matrix, in_place=_owned)  # float32, transient
-        del matrix
-        self._content = _content if _content is not None else _content_hash(self.ids, unit)
-        #: (n, 384) float16 unit rows; read rows through `vector`/`vectors` to get float32
-        self.matrix = unit.astype(np.float16)
-        del unit
+        if _unit_half:
+            if matrix.dtype != np.float16 or _content is None:
+                raise OmegaError("a float16 catalog matrix comes with its content hash")
+            self._content = _content
+            #: (n, 384) float16 unit rows; read rows through `vector`/`vectors` to get float32
+            self.matrix = matrix
+        else:
+            unit = _normalised(matrix, in_place=_owned)  # float32, transient
+            del matrix
+            self._content = _content if _content is not None else _content_hash(self.ids, unit)
+            self.matrix = unit.astype(np.float16)
+            del unit
         self.matrix.setflags(write=False)  # shared between brains: nobody may change it
         self.index = index
         self._neighbours = lru_cache(maxsize=_NEIGHBOURS_KEPT)(self._search_ids)
@@ -140,22 +149,27 @@ class Catalog:
         """The store's catalog, with its saved index (rebuilt and re-saved if missing, corrupt or stale)."""
         config = config or BrainConfig()
         items = store.catalog_items()
-        ids, matrix = store.catalog_embeddings()
         path = index_path_for(store.path)
         if not len(items):
-            return cls(items, matrix, new_index(config))
-        unit = _normalised(matrix, in_place=True)  # the store's fresh copy: the only float32 one while loading
-        del matrix
-        content = _content_hash(ids, unit)
+            return cls(items, store.catalog_embeddings()[1], new_index(config))
+        # A TV's load: the float16 matrix and the content hash from the store's rows block by block (a float32
+        # matrix of the whole catalog beside the index was the load's peak, +15 MB for 9,742 items), then the
+        # saved index when it holds these vectors.
+        ids, half, content = _unit_half_from_store(store)
         expected = _with_params(content, config)
         index = _load_index(path, config, ids) if store.get_state(_FINGERPRINT_KEY) == expected else None
-        if index is None:
-            index = new_index(config)
-            index.add(ids, unit)
-            catalog = cls(items, unit, index, _content=content, _owned=True)
-            catalog.save_index(store, config)
-            return catalog
-        return cls(items, unit, index, _content=content, _owned=True)
+        if index is not None:
+            return cls(items, half, index, _content=content, _unit_half=True)
+        # Rebuild (no index, a stale or corrupt one): the index is built from the float32 unit vectors, read again.
+        del half
+        ids, matrix = store.catalog_embeddings()
+        unit = _normalised(matrix, in_place=True)  # the store's fresh copy: the only float32 one while building
+        del matrix
+        index = new_index(config)
+        index.add(ids, unit)
+        catalog = cls(items, unit, index, _content=_content_hash(ids, unit), _owned=True)
+        catalog.save_index(store, config)
+        return catalog
 
     def save_index(self, store: BrainStore, config: BrainConfig) -> None:
         """Write the index beside the store's file and record what it holds."""
@@ -222,6 +236,26 @@ class Catalog:
         ids = self.search(np.frombuffer(key, dtype=np.float32), k)[0]
         ids.setflags(write=False)  # shared by every caller that asks again
         return ids
+
+
+def _unit_half_from_store(store: BrainStore) -> tuple[np.ndarray, np.ndarray, object]:
+    """(ids, float16 unit matrix, content hash) from the store's rows, _NORM_ROWS at a time: the same values and
+    hash as the whole float32 matrix gave (each row's norm is the same by blocks), one block held."""
+    with store.catalog_embedding_blocks(_NORM_ROWS) as (ids, blocks):
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(memoryview(np.ascontiguousarray(ids, dtype="<i8")))  # as `_content_hash`: ids, then vectors
+        half = np.empty((len(ids), EMBEDDING_DIM), np.float16)
+        start = 0
+        for block in blocks:
+            unit = _normalised(block, in_place=True)
+            digest.update(memoryview(np.ascontiguousarray(unit, dtype="<f4")))
+            # Normalised once more, as `Catalog(..., _owned=True)` does to the unit matrix it is given: the rows
+            # a TV has always ranked with (a second division moves ~0.002 % of the float16 values by one step).
+            half[start : start + len(unit)] = _normalised(unit, in_place=True)
+            start += len(unit)
+    if start != len(ids):
+        raise OmegaError(f"catalog read {start} embeddings for {len(ids)} items")
+    return ids, half, digest
 
 
 def _normalised(matrix: np.ndarray, *, in_place: bool = False) -> np.ndarray:

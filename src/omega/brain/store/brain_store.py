@@ -149,6 +149,33 @@ class BrainStore(Database):
                 matrix[row] = np.frombuffer(blob, dtype="<f4")
         return ids, matrix
 
+    @contextmanager
+    def catalog_embedding_blocks(self, block_rows: int) -> Iterator[tuple[np.ndarray, Iterator[np.ndarray]]]:
+        """(content ids as int64, the embeddings in the same order as float32 blocks of at most `block_rows` rows).
+
+        For a reader that keeps the vectors in another form (the catalog's float16 matrix): the whole float32
+        matrix is never held, only one block, which the next one overwrites. Ids and blocks come from one read
+        (`snapshot`), consumed inside the `with`."""
+        if block_rows < 1:
+            raise OmegaError(f"block_rows must be at least 1, got {block_rows}")
+        with self.snapshot() as db:
+            found = db.execute("SELECT content_id FROM catalog ORDER BY content_id")
+            ids = np.fromiter((content_id for (content_id,) in found), dtype=np.int64)
+            yield ids, self._embedding_blocks(db, min(block_rows, len(ids)))
+
+    @staticmethod
+    def _embedding_blocks(db: sqlite3.Connection, block_rows: int) -> Iterator[np.ndarray]:
+        block = np.empty((block_rows, EMBEDDING_DIM), dtype=np.float32)
+        filled = 0
+        for (blob,) in db.execute("SELECT embedding FROM catalog ORDER BY content_id"):
+            block[filled] = np.frombuffer(blob, dtype="<f4")
+            filled += 1
+            if filled == block_rows:
+                yield block
+                filled = 0
+        if filled:
+            yield block[:filled]
+
     # ------------------------------------------------------------------ episodes (ReflexionMemory)
 
     def add_episode(self, episode: Episode) -> int:
