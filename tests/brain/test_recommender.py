@@ -200,3 +200,14 @@ def test_after_lists_what_viewers_did_next(tmp_path, embedder, catalog):
         brain.apply_consolidated([], [TransitionStat(alien, up, 3.0, 3)], pairs=[TransitionStat(amelie, alien, 9.0, 9)])
         assert brain.after(alien) == [amelie, up]  # pairs weigh 3x an ordered edge of similar support
         assert brain.after(heat) == []
+
+
+def test_sorted_unique_is_np_unique():
+    """The ranker's stand-in for np.unique (which imports numpy.ma, 1.1 MB of a TV's RSS, for one check)."""
+    from omega.brain.recommender import _sorted_unique
+
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 2, 7, 32, 500):
+        values = rng.integers(0, max(1, n // 2), size=n).astype(np.int64)
+        found = _sorted_unique(values)
+        assert found.dtype == values.dtype and found.tolist() == np.unique(values).tolist()

@@ -206,4 +206,6 @@ class HnswlibBackend:
             raise ValueError(f"hnswlib index holds {index.dim}-d vectors")
         self.index = index
         self._configure()
-        self.live = np.setdiff1d(np.asarray(index.get_ids_list(), dtype=np.uint64), removed)
+        labels = np.sort(np.asarray(index.get_ids_list(), dtype=np.uint64))  # hnswlib's table: each label once
+        # = np.setdiff1d(labels, removed); without removed labels (a TV's catalog) no np.unique, which imports numpy.ma
+        self.live = np.setdiff1d(labels, removed) if len(removed) else labels
