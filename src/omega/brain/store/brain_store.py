@@ -128,9 +128,12 @@ class BrainStore(Database):
         return len(items)
 
     def catalog_items(self) -> list[CatalogItem]:
-        found = self._query(f"SELECT {rows.CATALOG_COLUMNS} FROM catalog ORDER BY content_id")
+        """Every item, ordered by content id. Made row by row as SQLite returns them: a list of all the rows
+        first (fetchall) left its freed tuples as holes between the items for good (+1.9 MB for 9,742 items)."""
         shared: dict[str, tuple[str, ...]] = {}
-        return [rows.row_catalog(r, shared) for r in found]
+        with self.snapshot() as db:
+            found = db.execute(f"SELECT {rows.CATALOG_COLUMNS} FROM catalog ORDER BY content_id")
+            return [rows.row_catalog(r, shared) for r in found]
 
     def catalog_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(content ids as int64, (n, 384) float32 matrix), ordered by content id.
