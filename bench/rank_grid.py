@@ -89,7 +89,7 @@ def snapshot(data_dir: Path, out: Path, users: int | None, seed: int) -> None:
                 "row": row, "when": when[u], "recent": recent,
                 "exclude": sorted(hist.watched if brain.config.exclude_watched else hist.finished),
                 "patterns": memory, "prior": brain._consolidated(),
-                "own": brain.store.edges._successors("transitions", sorted(set(recent))),
+                "own": brain.store.edges._successors("transitions", sorted(set(recent)))[0],
                 "target": int(split.item_ids[split.targets[row]]), "shipped_rank": shipped.ranks[row],
             }
         with open(out, "wb") as f:

@@ -11,7 +11,7 @@ import pytest
 from omega.brain.brain import Brain
 from omega.brain.catalog import Catalog
 from omega.brain.config import BrainConfig
-from omega.brain.recommender import ConsolidatedPrior, context_text
+from omega.brain.recommender import ConsolidatedPrior, _mmr, context_text
 from omega.brain.records import CatalogItem, ConsolidatedRecord, TaskType, TransitionStat, ViewingContext
 from omega.errors import OmegaError
 
@@ -211,3 +211,15 @@ def test_sorted_unique_is_np_unique():
         values = rng.integers(0, max(1, n // 2), size=n).astype(np.int64)
         found = _sorted_unique(values)
         assert found.dtype == values.dtype and found.tolist() == np.unique(values).tolist()
+
+
+def test_mmr_uses_up_the_highest_tier_before_the_next():
+    """Issue 14: variety alone never lifts an unscored item over a scored one, and among the unscored the
+    held-back support orders (tier 3 before tier 0), MMR choosing inside a tier only."""
+    X = np.array([[1.0, 0.0, 0.0], [0.9, 0.436, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [-0.6, 0.8, 0.0]], np.float32)
+    score = np.array([1.0, 1e-6, 0.0, 0.0, 0.0], np.float32)
+    # One pass: after item 0, items far from it (2, 4, 3) beat the barely scored, near item 1.
+    assert _mmr(X, score, 5, 0.9)[:2] == [0, 2]
+    tier = np.array([np.inf, np.inf, 0.0, 3.0, 0.0])
+    assert _mmr(X, score, 5, 0.9, tier) == [0, 1, 3, 2, 4]
+    assert _mmr(X, score, 2, 0.9, tier) == [0, 1]

@@ -436,6 +436,10 @@ def test_global_edges_beside_a_popular_source_need_the_support_floor(store: Brai
     assert [t.dst for t in store.global_pairs_from(1)] == [10]
     # From 99's side the pair {1, 99} is judged by the larger volume, V(1): still out.
     assert [t.dst for t in store.global_pairs_from(99)] == [5]
+    # What the floor holds back, for the ranker's last tier: exactly the published rows it does not read.
+    assert store.edges.successors("global_transitions", [1, 99], under_floor=True) == {1: [(14, 3.0), (99, 3.0)]}
+    assert store.edges.successors("global_pairs", [1, 99], under_floor=True) == {1: [(99, 3.0)], 99: [(1, 3.0)]}
+    assert store.edges.successors("transitions", [1, 99], under_floor=True) == {}  # not a published table
     store.merge_global_transitions([TransitionStat(1, 99, 4.0, 4)])
     assert 99 in [t.dst for t in store.global_transitions_from(1)]
     store.support_floor_c = 0.0  # off: everything published is read

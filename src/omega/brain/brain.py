@@ -190,7 +190,8 @@ class Brain:
         if self._recommender is None or self._recommender.catalog is not self.catalog:
             own = partial(self.store.edges.successors, "transitions")
             self._recommender = Recommender(
-                self.catalog, self.config, self._embed_context, own, *self._published(), self._refined()
+                self.catalog, self.config, self._embed_context, own, *self._published(), self._refined(),
+                self._held_back,
             )
         return self._recommender
 
@@ -199,6 +200,15 @@ class Brain:
         items, support floor applied) and the most-followed items."""
         successors = self.store.edges.successors
         return partial(successors, "global_transitions"), partial(successors, "global_pairs"), self._most_followed
+
+    def _held_back(self, srcs: Sequence[int]) -> dict[int, list[tuple[int, float]]]:
+        """The pulled edges and pairs out of `srcs` that the support floor holds back, src → [(dst, support)]
+        (they order the items nothing else scores: `Recommender._tiers`)."""
+        out: dict[int, list[tuple[int, float]]] = {}
+        for table in ("global_transitions", "global_pairs"):
+            for src, rows in self.store.edges.successors(table, srcs, under_floor=True).items():
+                out.setdefault(src, []).extend(rows)
+        return out
 
     def _refined(self) -> TransitionLookup:
         """The refined neighbours this TV pulled (EASE over the published pairs, computed by the cloud), by source."""
@@ -338,8 +348,10 @@ class Brain:
         ranker = self._ranker()
         if config is not None or published is not None or refined is not None:
             own = partial(self.store.edges.successors, "transitions")
+            held_back = ranker.held_back if published is None else None  # another published set: not ours
             published = published or self._published()
-            ranker = Recommender(self.catalog, config or self.config, ranker.embed, own, *published, refined or self._refined())
+            ranker = Recommender(self.catalog, config or self.config, ranker.embed, own, *published,
+                                 refined or self._refined(), held_back)  # fmt: skip
             config = config or self.config
         return ranker.rank(
             context or context_at(),

@@ -23,6 +23,13 @@ a hub's); refined = Σ_i decay^i · w(i, item), linear as EASE scores are; conte
 pattern and consolidated credit items near patterns that worked. Watched items
 are excluded (finished ones always, all by default) and MMR trades relevance
 for variety (`diversity_lambda`, 1 = off).
+
+Order in tiers (issue 14): every item some part scores (≥ `_UNSCORED`) comes before every item none
+scores, and among the unscored, more support from the published edges and pairs the support floor holds
+back (Σ_i decay^i · support) comes first; MMR trades relevance for variety inside a tier only. Variety
+alone never lifts an item with no evidence over one with evidence, and the held-back edges, which a few
+device ids can forge, only order what nothing else separates (a title 3 honest TVs lead into, under the
+floor, above a title no one does).
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ _PER_SOURCE = 200
 _REASON_SHARE = 0.25
 #: support that makes a consolidated pattern half-trusted
 _SUPPORT_HALF = 3.0
+#: a score below this is float noise, not evidence: w_content·cos³ of an item at cos ≈ 0.003 to the query
+#: (float32 rounding leaves ~1e-5 on vectors orthogonal to it); every other part is 0 or far above it
+_UNSCORED = 1e-9
 
 #: src → [(dst, weight), ...] heaviest first, for each of the sources asked (one read for all the recent items)
 TransitionLookup = Callable[[Sequence[int]], Mapping[int, Sequence[tuple[int, float]]]]
@@ -147,6 +157,7 @@ class Recommender:
         global_pairs: TransitionLookup | None = None,
         popular: Callable[[], Sequence[int]] | None = None,
         refined: TransitionLookup | None = None,
+        held_back: TransitionLookup | None = None,
     ) -> None:
         self.catalog = catalog
         self.config = config
@@ -156,6 +167,8 @@ class Recommender:
         self._pairs = global_pairs or (lambda srcs: {})
         self._popular = popular or (lambda: ())
         self.refined: TransitionLookup = refined or (lambda srcs: {})
+        #: published edges and pairs under the support floor, src → [(dst, support)] (the unscored items' tier)
+        self.held_back: TransitionLookup = held_back or (lambda srcs: {})
 
     def recommend(
         self,
@@ -224,7 +237,7 @@ class Recommender:
                              ("pair", cfg.w_global_pair), ("refined", cfg.w_refined)):  # fmt: skip
             parts[name] = weight * _scaled(ids, sources[name][0])
         score = sum(parts.values())
-        chosen = _mmr(X, score, k, cfg.diversity_lambda)
+        chosen = _mmr(X, score, k, cfg.diversity_lambda, self._tiers(ids, score, recent))
         return Ranking(
             [
                 Recommendation(
@@ -320,6 +333,23 @@ class Recommender:
                     best[dst] = (gain, src)
         self._add(pool, list(scores), exclude)
         return scores, {dst: src for dst, (_, src) in best.items()}
+
+    def _tiers(self, ids: np.ndarray, score: np.ndarray, recent: list[int]) -> np.ndarray:
+        """The tier of each pool item (higher first; module docstring): +inf when any part scores it, else
+        Σ_i decay^i · support of the held-back edges and pairs into it from the recent items i (0: none)."""
+        unscored = ~(score >= _UNSCORED)
+        tier = np.where(unscored, 0.0, np.inf)
+        if not recent or not unscored.any():
+            return tier
+        held: dict[int, float] = {}
+        found = self.held_back(recent)
+        for step, src in enumerate(recent):
+            for dst, support in found.get(src, ()):
+                held[dst] = held.get(dst, 0.0) + support * self.config.recent_decay**step
+        if held:
+            for i in np.flatnonzero(unscored).tolist():
+                tier[i] = held.get(int(ids[i]), 0.0)
+        return tier
 
     def _top_patterns(
         self, query: np.ndarray, patterns: PatternMemory, pool: dict[int, None], exclude: set[int]
@@ -436,16 +466,22 @@ def _top(scores: np.ndarray, m: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
-def _mmr(X: np.ndarray, score: np.ndarray, k: int, lam: float) -> list[int]:
-    """Maximal marginal relevance: trade relevance (scaled to 0..1) against similarity to what is chosen."""
+def _mmr(X: np.ndarray, score: np.ndarray, k: int, lam: float, tier: np.ndarray | None = None) -> list[int]:
+    """Maximal marginal relevance: trade relevance (scaled to 0..1) against similarity to what is chosen;
+    with `tier`, the highest tier left is used up first (the trade happens inside a tier only)."""
     n = len(score)
     k = min(k, n)
     span = float(score.max() - score.min())
     rel = (score - score.min()) / span if span > 0 else np.ones(n, np.float32)
     max_sim = np.full(n, -np.inf, np.float32)
     chosen: list[int] = []
-    available = np.ones(n, bool)
+    levels = [None] if tier is None else _sorted_unique(tier)[::-1].tolist()  # highest tier first
+    level = 0
+    available = np.ones(n, bool) if tier is None else tier == levels[0]
     for _ in range(k):
+        while not available.any():  # this tier is used up: the next one (k <= n, so there is one)
+            level += 1
+            available = tier == levels[level]  # type: ignore[operator]
         penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
         mmr = np.where(available, lam * rel - (1.0 - lam) * penalty, -np.inf)
         pick = int(np.argmax(mmr))

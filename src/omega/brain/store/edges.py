@@ -12,7 +12,9 @@ an edge a→b is read only with support ≥ c·√V(a), a pair {a, b} only with
 support ≥ c·√max(V(a), V(b)). c = 0.45 asks 4 TVs beside 30 TVs' 60 edges, 7
 beside 100 TVs' 200. `omega bench poisoning` with the shipped ranker: at 0.3
 three ids reach rank 6 beside 30 honest TVs; at 0.6 honest titles with 4-5
-supporters are dropped too (only content orders them).
+supporters are dropped too (only content orders them). The rows the floor holds back are read in the
+same query and kept apart (`successors(..., under_floor=True)`): the ranker orders the items nothing else
+scores by them (recommender, tiers), never above an item something scores.
 
 The rows `successors` returns are also kept per source (the last `_SOURCES_KEPT`
 of each table) while the database is unchanged: a brain asks for the same
@@ -43,6 +45,11 @@ _COUNT = {"transitions": "count", "global_transitions": "support", "global_pairs
           "refined_neighbours": "support"}  # fmt: skip
 
 
+def _held_name(table: EdgeTable) -> str:
+    """The kept-successors name of what the floor holds back in `table`."""
+    return f"{table}:held"
+
+
 class EdgeReader:
     """The edge tables of one brain store, read for ranking (`BrainStore.edges`)."""
 
@@ -60,29 +67,39 @@ class EdgeReader:
         """The sources' edges, grouped by source in the order given, each heaviest first (ties by dst); the
         published tables' edges only where they pass the support floor."""
         order = list(dict.fromkeys(int(s) for s in srcs))
-        found = self._read(table, order)
+        found = self._read(table, order)[0]
         if len(order) > 1:
             rank = {src: i for i, src in enumerate(order)}
             found.sort(key=lambda r: rank[r[0]])  # stable: each source keeps its heaviest-first order
         return found
 
-    def successors(self, table: EdgeTable, srcs: Iterable[int]) -> dict[int, list[tuple[int, float]]]:
+    def successors(
+        self, table: EdgeTable, srcs: Iterable[int], *, under_floor: bool = False
+    ) -> dict[int, list[tuple[int, float]]]:
         """src → [(dst, weight), ...] heaviest first (ties by dst), for each source that has edges, by source id;
-        floored as in `rows_from`. The lists may be kept for the next call (see module doc): read them, never
-        change them."""
+        floored as in `rows_from`, or with `under_floor` only the published rows the floor holds back (the
+        ranker's last tier, recommender.Recommender._held_back). The lists may be kept for the next call (see
+        module doc): read them, never change them."""
+        if under_floor and table not in _FLOORED:
+            return {}  # only the published tables have a floor
         order = sorted(set(int(s) for s in srcs))
-        kept = self._kept_for(table)
+        kept = self._kept_for(_held_name(table) if under_floor else table)
         if kept is None:
-            return self._successors(table, order)
+            return self._successors(table, order)[under_floor]
         missing = [src for src in order if src not in kept]
         answer = {src: kept[src] for src in order if src not in missing}
         if missing:
-            found = self._successors(table, missing)
-            for src in missing:
-                kept[src] = answer[src] = found.get(src, [])  # a source without edges is remembered too
-            # Evicting may drop sources of this very call (more than kept asked at once): `answer` holds them.
-            while len(kept) > _SOURCES_KEPT:
-                kept.pop(next(iter(kept)))
+            # One read keeps both sides of the floor: the ranker asks for the held-back rows right after.
+            names = (table, _held_name(table)) if table in _FLOORED else (table,)
+            for name, found in zip(names, self._successors(table, missing)):
+                into = self._kept.setdefault(name, {})
+                for src in missing:
+                    into[src] = found.get(src, [])  # a source without edges is remembered too
+                if into is kept:
+                    answer.update((src, into[src]) for src in missing)
+                # Evicting may drop sources of this very call (more than kept asked at once): `answer` holds them.
+                while len(into) > _SOURCES_KEPT:
+                    into.pop(next(iter(into)))
         return {src: answer[src] for src in order if answer[src]}
 
     def forget(self) -> None:
@@ -95,16 +112,18 @@ class EdgeReader:
         self.forget()
         self._volumes, self._volumes_key = None, None
 
-    def _successors(self, table: EdgeTable, srcs: list[int]) -> dict[int, list[tuple[int, float]]]:
-        out: dict[int, list[tuple[int, float]]] = {}
-        for src, dst, weight, _ in self._read(table, srcs):
-            found = out.get(src)
-            if found is None:
-                found = out[src] = []
-            found.append((dst, weight))
+    def _successors(self, table: EdgeTable, srcs: list[int]) -> tuple[dict[int, list[tuple[int, float]]], ...]:
+        """(the rows that pass the floor, those it holds back) as src → [(dst, weight), ...]."""
+        out: tuple[dict[int, list[tuple[int, float]]], ...] = ({}, {})
+        for side, rows in zip(out, self._read(table, srcs)):
+            for src, dst, weight, _ in rows:
+                found = side.get(src)
+                if found is None:
+                    found = side[src] = []
+                found.append((dst, weight))
         return out
 
-    def _kept_for(self, table: EdgeTable) -> dict[int, list[tuple[int, float]]] | None:
+    def _kept_for(self, table: str) -> dict[int, list[tuple[int, float]]] | None:
         """The kept successors of `table` (emptied when the database changed), or None inside a transaction."""
         with self._db._lock:
             db = self._db._conn()
@@ -115,24 +134,24 @@ class EdgeReader:
                 self._kept, self._kept_key = {}, key
             return self._kept.setdefault(table, {})
 
-    def _read(self, table: EdgeTable, srcs: list[int]) -> list[EdgeRow]:
-        """The rows of distinct sources, by source id, each heaviest first, floored."""
+    def _read(self, table: EdgeTable, srcs: list[int]) -> tuple[list[EdgeRow], list[EdgeRow]]:
+        """The rows of distinct sources, by source id, each heaviest first: (those that pass the floor, the
+        published rows it holds back; none for the other tables or with the floor off)."""
         if not srcs:
-            return []
+            return [], []
         marks = ", ".join("?" * len(srcs))
         sql = f"SELECT src, dst, weight, {_COUNT[table]} FROM {table} WHERE src IN ({marks})"
         found = self._db._query(sql + " ORDER BY src, weight DESC, dst", srcs)
-        if table in _FLOORED and self.floor_c > 0:
-            found = self._floored(table, found)
-        return found
-
-    def _floored(self, table: EdgeTable, found: list[EdgeRow]) -> list[EdgeRow]:
+        if table not in _FLOORED or self.floor_c <= 0:
+            return found, []
         # Squared on both sides, in doubles, as the comparison support ≥ c·√V needs no square root.
         c2 = float(self.floor_c) ** 2
         volume = self.volumes().get
         if table == "global_transitions":
-            return [r for r in found if float(r[3]) * r[3] >= c2 * volume(r[0], 0)]
-        return [r for r in found if float(r[3]) * r[3] >= c2 * max(volume(r[0], 0), volume(r[1], 0))]
+            passes = [float(r[3]) * r[3] >= c2 * volume(r[0], 0) for r in found]
+        else:
+            passes = [float(r[3]) * r[3] >= c2 * max(volume(r[0], 0), volume(r[1], 0)) for r in found]
+        return [r for r, ok in zip(found, passes) if ok], [r for r, ok in zip(found, passes) if not ok]
 
     def published_changed(self) -> None:
         """Called by the store before it writes the published edges: the volumes must be read again."""
