@@ -189,17 +189,18 @@ class Brain:
     def _ranker(self) -> Recommender:
         if self._recommender is None or self._recommender.catalog is not self.catalog:
             own = partial(self.store.edges.successors, "transitions")
+            glob, pairs, popular, held_back = self._published()
             self._recommender = Recommender(
-                self.catalog, self.config, self._embed_context, own, *self._published(), self._refined(),
-                self._held_back,
+                self.catalog, self.config, self._embed_context, own, glob, pairs, popular, self._refined(), held_back
             )
         return self._recommender
 
     def _published(self) -> Published:
         """What this TV pulled, as the ranker reads it: edges and pairs by source (one read for all the recent
-        items, support floor applied) and the most-followed items."""
+        items, support floor applied), the most-followed items, and what the floor holds back."""
         successors = self.store.edges.successors
-        return partial(successors, "global_transitions"), partial(successors, "global_pairs"), self._most_followed
+        return (partial(successors, "global_transitions"), partial(successors, "global_pairs"), self._most_followed,
+                self._held_back)  # fmt: skip
 
     def _held_back(self, srcs: Sequence[int]) -> dict[int, list[tuple[int, float]]]:
         """The pulled edges and pairs out of `srcs` that the support floor holds back, src → [(dst, support)]
@@ -348,9 +349,8 @@ class Brain:
         ranker = self._ranker()
         if config is not None or published is not None or refined is not None:
             own = partial(self.store.edges.successors, "transitions")
-            held_back = ranker.held_back if published is None else None  # another published set: not ours
-            published = published or self._published()
-            ranker = Recommender(self.catalog, config or self.config, ranker.embed, own, *published,
+            glob, pairs, popular, held_back = published or self._published()
+            ranker = Recommender(self.catalog, config or self.config, ranker.embed, own, glob, pairs, popular,
                                  refined or self._refined(), held_back)  # fmt: skip
             config = config or self.config
         return ranker.rank(

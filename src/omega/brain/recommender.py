@@ -63,8 +63,9 @@ _UNSCORED = 1e-9
 
 #: src → [(dst, weight), ...] heaviest first, for each of the sources asked (one read for all the recent items)
 TransitionLookup = Callable[[Sequence[int]], Mapping[int, Sequence[tuple[int, float]]]]
-#: (ordered edges by source, pairs by either end, most-followed items): what a TV pulled, or a stand-in
-Published = tuple[TransitionLookup, TransitionLookup, Callable[[], Sequence[int]]]
+#: (ordered edges by source, pairs by either end, most-followed items, the edges and pairs the support floor
+#: holds back): what a TV pulled, or a stand-in
+Published = tuple[TransitionLookup, TransitionLookup, Callable[[], Sequence[int]], TransitionLookup]
 
 
 def daypart(hour: int) -> str:

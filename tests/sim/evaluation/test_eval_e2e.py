@@ -93,6 +93,11 @@ def test_eval_runs_on_every_layout(tmp_path: Path, layout: str, embedder):
         dp_rows = result["tables"]["privacy_epsilon"]
         assert [row["epsilon"] for row in dp_rows] == [None, 8.0, 4.0, 2.0, 1.0]
         assert dp_rows[0]["published_edges"] == published[1] and all(r["published_edges"] == 0 for r in dp_rows[1:])
+        # The what-if rows rank as the TVs do (support floor, held-back tier): the no-noise row and the k_min 3
+        # item+pair row are the shipped published set, so they score exactly what the TVs scored.
+        shipped = result["methods"]["edge_federated"]["ndcg@10"]
+        assert dp_rows[0]["ndcg@10"] == shipped
+        assert [r["ndcg@10"] for r in privacy if (r["k_min"], r["granularity"]) == (3, "item+pair")] == [shipped]
         assert [r["threshold"] for r in dp_rows[1:]] == sorted(r["threshold"] for r in dp_rows[1:])
         # Under DP the TVs rank without the k_min-published patterns (a DP release of them is one day's
         # contributions above the same threshold: none at this size).

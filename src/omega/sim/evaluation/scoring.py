@@ -12,7 +12,7 @@ from omega.brain.config import BrainConfig
 from omega.brain.recommender import ConsolidatedPrior, Published, TransitionLookup
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.errors import OmegaError
-from omega.protocol import WEIGHT_SCALE, Keyspace
+from omega.protocol import SUPPORT_FLOOR_C, WEIGHT_SCALE, Keyspace
 from omega.sim.evaluation.metrics import ndcg_values, paired_bootstrap, summarise
 from omega.sim.evaluation.split import Split
 from omega.sim.fleet.simulator import Fleet
@@ -77,26 +77,37 @@ async def published_edges(fleet: Fleet, k_min: int) -> list[ConsolidatedEdge]:
 
 
 def published_state(edges: list[ConsolidatedEdge], *, with_pairs: bool = True) -> Published:
-    """What a TV would hold after pulling `edges`: successors by source, pairs by either end (heaviest first),
-    and the most-followed items."""
-    rows: dict[int, list[tuple[int, float]]] = {}
-    pairs: dict[int, list[tuple[int, float]]] = {}
-    into: dict[int, float] = {}
+    """What a TV would hold after pulling `edges`, read as its ranker reads them (`Brain._published`): successors
+    by source and pairs by either end (heaviest first) where they pass the support floor (store/edges.py: an
+    edge a→b with support ≥ c·√V(a), a pair {a, b} with ≥ c·√max(V(a), V(b)), V = the support out of an item,
+    c = SUPPORT_FLOOR_C), the most-followed items (every edge), and the rows the floor holds back."""
+    volume: dict[int, int] = {}
     for e in edges:
         if e.keyspace == Keyspace.ITEM:
-            rows.setdefault(e.src, []).append((e.dst, float(e.weight)))
+            volume[e.src] = volume.get(e.src, 0) + int(e.support)
+    c2 = SUPPORT_FLOOR_C**2
+    rows: dict[int, list[tuple[int, float]]] = {}
+    pairs: dict[int, list[tuple[int, float]]] = {}
+    held: dict[int, list[tuple[int, float]]] = {}
+    into: dict[int, float] = {}
+    for e in edges:
+        support2 = float(e.support) * e.support
+        if e.keyspace == Keyspace.ITEM:
+            table = rows if support2 >= c2 * volume.get(e.src, 0) else held
+            table.setdefault(e.src, []).append((e.dst, float(e.weight)))
             into[e.dst] = into.get(e.dst, 0.0) + float(e.weight)
         elif e.keyspace == Keyspace.PAIR and with_pairs:
-            pairs.setdefault(e.src, []).append((e.dst, float(e.weight)))
-            pairs.setdefault(e.dst, []).append((e.src, float(e.weight)))
-    for found in (*rows.values(), *pairs.values()):
+            table = pairs if support2 >= c2 * max(volume.get(e.src, 0), volume.get(e.dst, 0)) else held
+            table.setdefault(e.src, []).append((e.dst, float(e.weight)))
+            table.setdefault(e.dst, []).append((e.src, float(e.weight)))
+    for found in (*rows.values(), *pairs.values(), *held.values()):
         found.sort(key=lambda t: (-t[1], t[0]))
     popular = [dst for dst, _ in sorted(into.items(), key=lambda kv: (-kv[1], kv[0]))]
 
     def lookup(table: dict[int, list[tuple[int, float]]]) -> TransitionLookup:
         return lambda srcs: {s: table[s] for s in srcs if s in table}
 
-    return lookup(rows), lookup(pairs), (lambda: popular)
+    return lookup(rows), lookup(pairs), (lambda: popular), lookup(held)
 
 
 def refined_state(edges: list[ConsolidatedEdge]) -> TransitionLookup:
