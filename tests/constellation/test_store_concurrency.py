@@ -162,6 +162,21 @@ async def test_acknowledged_push_is_on_disk_for_an_independent_connection(sqlite
     await asyncio.gather(*(one(i) for i in range(64)))
 
 
+async def test_the_writer_holds_a_group_in_its_cache_and_stays_durable(sqlite_store) -> None:
+    """The writer's connection keeps a group's dirty pages in its cache (the 2 MiB default spilled them to the
+    WAL and read them back), checkpoints every WAL_AUTOCHECKPOINT_PAGES, and still fsyncs every commit."""
+    from omega.constellation.store.sqlite_engine import WAL_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB
+
+    def pragmas(conn: sqlite3.Connection) -> tuple:
+        return tuple(conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("cache_size", "wal_autocheckpoint",
+                                                                         "synchronous", "journal_mode"))  # fmt: skip
+
+    cache, checkpoint, synchronous, journal = await sqlite_store._writer.submit(pragmas, mode="raw")
+    assert (cache, checkpoint) == (-WRITER_CACHE_KIB, WAL_AUTOCHECKPOINT_PAGES)
+    assert WRITER_CACHE_KIB >= 16_384 and WAL_AUTOCHECKPOINT_PAGES > 1_000
+    assert (synchronous, journal) == (2, "wal")  # FULL: a push is on disk before it is acknowledged
+
+
 async def test_reads_do_not_wait_for_the_writer(sqlite_store, codebook) -> None:
     """Pulls and stats are answered from WAL snapshots while the writer is busy (and see only committed state)."""
     agg = await Aggregator.open(sqlite_store, codebook, SALT, AggregationPolicy(k_min=1))
