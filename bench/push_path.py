@@ -23,6 +23,7 @@ import random
 import tempfile
 import time
 
+from omega.constellation import runner
 from omega.constellation.keyring import Keyring
 from omega.constellation.lifespan import run_shard
 from omega.constellation.metrics import ServerMetrics
@@ -53,6 +54,9 @@ async def run(pushes: int) -> dict:
         state = ServerState(settings, ServerMetrics(), Keyring(settings.secrets, 1),
                             salt=settings.aggregation_salt(), periodic=False)  # fmt: skip
         async with run_shard(state):
+            tune_gc = getattr(runner, "tune_gc", None)  # what `omega serve` does once started (older trees: nothing)
+            if tune_gc is not None:
+                tune_gc()
             service = state.service
             assert service is not None
             pool = pattern_pool(random.Random(7))
