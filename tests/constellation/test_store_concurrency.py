@@ -165,7 +165,7 @@ async def test_acknowledged_push_is_on_disk_for_an_independent_connection(sqlite
 async def test_the_writer_holds_a_group_in_its_cache_and_stays_durable(sqlite_store) -> None:
     """The writer's connection keeps a group's dirty pages in its cache (the 2 MiB default spilled them to the
     WAL and read them back), checkpoints every WAL_AUTOCHECKPOINT_PAGES, and still fsyncs every commit."""
-    from omega.constellation.store.sqlite_engine import WAL_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB
+    from omega.constellation.store.sqlite_schema import WAL_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB
 
     def pragmas(conn: sqlite3.Connection) -> tuple:
         return tuple(conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("cache_size", "wal_autocheckpoint",

@@ -20,15 +20,6 @@ from typing import Any
 from omega.errors import OmegaError
 
 MAX_GROUP = 256  # pushes per group commit
-#: The writer's page cache (KiB). A push inserts ~22 keys at random places in four B-trees (state, served,
-#: member and its epoch index), so a group of 30 dirties ~1,000-2,000 pages: with SQLite's default 2 MiB cache
-#: they spilled to the WAL mid-transaction and were read back (bench/push_path.py: ~250 KB read and written
-#: per push). 32 MiB holds a group's pages and the hot part of the tables; only pages in use take memory.
-WRITER_CACHE_KIB = 32_768
-#: WAL pages between automatic checkpoints (SQLite's default is 1,000): a checkpoint copies each page once
-#: however often it was rewritten in the WAL since the last one, and with the default nearly every group
-#: commit of the sync bench ran one (reading its pages back from the WAL).
-WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
 @dataclass
@@ -121,8 +112,6 @@ class Writer(_Threads):
     def _run(self) -> None:
         try:
             self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            self._conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-            self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         except sqlite3.Error as exc:
             _fail_pending(self._queue, OmegaError(f"cannot open store {self._path}: {exc}"))
             return

@@ -32,6 +32,15 @@ import sqlite3
 from omega.errors import OmegaError
 
 APPLICATION_ID = 0x4F4D4743  # "OMGC": marks an omega constellation store
+#: The writer's page cache (KiB). A push inserts ~22 keys at random places in four B-trees (state, served,
+#: member and its epoch index), so a group of 30 dirties ~1,000-2,000 pages: with SQLite's default 2 MiB cache
+#: they spilled to the WAL mid-transaction and were read back (bench/push_path.py: ~250 KB read and written
+#: per push). 32 MiB holds a group's pages and the hot part of the tables; only pages in use take memory.
+WRITER_CACHE_KIB = 32_768
+#: WAL pages between automatic checkpoints (SQLite's default is 1,000): a checkpoint copies each page once
+#: however often it was rewritten in the WAL since the last one, and with the default nearly every group
+#: commit of the sync bench ran one (reading its pages back from the WAL).
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -121,7 +130,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def open_schema(conn: sqlite3.Connection, path: str) -> None:
-    """Check the file is ours (or empty) and migrate it to the current schema."""
+    """Check the file is ours (or empty), set up the writer's connection and migrate the file to the current
+    schema."""
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -137,6 +147,8 @@ def open_schema(conn: sqlite3.Connection, path: str) -> None:
         raise OmegaError(f"cannot put {path} into WAL mode (got {mode})")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     for step in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
