@@ -18,6 +18,7 @@ import pytest
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
 from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.store import CellContribution, PreparedPush, open_store
+from omega.constellation.store.sqlite_schema import SCHEMA_VERSION
 
 from .conftest import SALT, device, near, pattern
 
@@ -274,11 +275,71 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
         await s.close()
     con = sqlite3.connect(path)
     try:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 6
-        for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        for index in ("served_seq_support", "members_epoch", "contributions_epoch", "members_key"):
             assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0] == 1
         # v3: a cleared mark becomes the last logged epoch minus one (a full window from there, no flood).
         assert con.execute("SELECT DISTINCT epoch FROM members").fetchall() == [(NOW // DAY - 1,)]
+    finally:
+        con.close()
+
+
+_V6_MEMBERS = """
+CREATE TABLE members_v6 (
+    kind INTEGER NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, k3 INTEGER NOT NULL,
+    member BLOB NOT NULL, epoch INTEGER, weight REAL, successes REAL, trials REAL, embedding BLOB,
+    PRIMARY KEY (kind, k1, k2, k3, member)) WITHOUT ROWID;
+INSERT INTO members_v6 SELECT * FROM members;
+DROP TABLE members;
+ALTER TABLE members_v6 RENAME TO members;
+CREATE INDEX members_epoch ON members (epoch);
+PRAGMA user_version=6
+"""
+
+
+async def test_a_v6_store_keeps_its_member_marks_in_the_rowid_members_table(tmp_path, codebook) -> None:
+    """v7 moves the member rows to a rowid table found by a unique key index: the same marks, so a device
+    that contributed to a key this epoch is still refused as a flood, its contribution in a later epoch still
+    replaces its earlier one (latest wins), and another device still adds support."""
+    path = tmp_path / "v6.db"
+    s = await open_store(f"sqlite:{path}", origin="shard-v6")
+    agg = await Aggregator.open(s, codebook, SALT, AggregationPolicy(k_min=1))
+    for n in range(3):
+        await agg.apply(device(n), b"a", [pattern(near(codebook, 4, n))], [(0, 1, 2, 1.0), (0, 2, 3, 0.5)], NOW)
+    before = sorted(fingerprint(i) for i in await agg.published())
+    await s.close()
+    con = sqlite3.connect(path)
+    marks = sorted(con.execute("SELECT * FROM members").fetchall())
+    con.executescript(_V6_MEMBERS)
+    con.close()
+    s = await open_store(f"sqlite:{path}")
+    try:
+        con = sqlite3.connect(path)
+        try:
+            assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert sorted(con.execute("SELECT * FROM members").fetchall()) == marks
+            table = con.execute("SELECT sql FROM sqlite_master WHERE name = 'members'").fetchone()[0]
+            assert "WITHOUT ROWID" not in table
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'members'")}
+            assert {"members_key", "members_epoch"} <= names
+        finally:
+            con.close()
+        agg = await Aggregator.open(s, codebook, SALT, AggregationPolicy(k_min=1))
+        assert sorted(fingerprint(i) for i in await agg.published()) == before
+        again = await agg.apply(device(0), b"b", [pattern(near(codebook, 4, 9))], [(0, 1, 2, 1.0)], NOW)
+        assert again.accepted == 0 and len(again.rejections) == 2  # flooded: marked this epoch
+        later = await agg.apply(device(0), b"c", [], [(0, 1, 2, 0.25)], NOW + DAY)
+        fresh = await agg.apply(device(7), b"a", [], [(0, 2, 3, 1.0)], NOW + DAY)
+        assert later.accepted == 1 and fresh.accepted == 1
+        edges = {(e.src, e.dst): e for e in await agg.published() if not isinstance(e, ConsolidatedCell)
+                 and e.keyspace == 0}  # fmt: skip
+        assert edges[(1, 2)].support == 3 and edges[(2, 3)].support == 4  # a replacement adds no support
+    finally:
+        await s.close()
+    con = sqlite3.connect(path)
+    try:  # the state's summed weight (not published): device 0's 1.0 replaced by its 0.25
+        weight = con.execute("SELECT weight FROM edge_state WHERE keyspace = 0 AND src = 1 AND dst = 2").fetchone()[0]
+        assert weight == pytest.approx(2.25)
     finally:
         con.close()
 

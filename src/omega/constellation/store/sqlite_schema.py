@@ -11,6 +11,7 @@ i + 1; v2 adds the covering index `served (seq, support)` for the pull scan) and
   cell's counts and float16 embedding), which its next contribution replaces (latest wins);
   `prune` deletes the member once it leaves the window, subtracting what it held. A member hash
   differs per key, so rows of one device in different cells cannot be linked without the salt.
+  (v7) A rowid table found by the unique index `members_key`, so new members are appended.
 - `cell_state` / `edge_state`: CRDT entries per (origin, key); this shard's own rows are
   its accumulators (version = change seq of their last change).
 - `served`: the global view's change index: per key, global support, the change
@@ -124,8 +125,24 @@ ALTER TABLE contributions ADD COLUMN legacy INTEGER NOT NULL DEFAULT 0;
 UPDATE contributions SET legacy = 1
 """
 
+# v7: the same member rows in a rowid table, found by a unique index on their key. Keyed by (kind, k1, k2, k3,
+# member) itself (WITHOUT ROWID), every new member went to a random page of the table and another of the epoch
+# index (sorted by key within an epoch): two random B-tree pages per pushed key. Now a new member's row and its
+# epoch entry (epoch, rowid) are appended, and only the key index (~35-byte entries) takes a random page.
+_SCHEMA_V7 = """
+CREATE TABLE members_v7 (
+    kind INTEGER NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, k3 INTEGER NOT NULL,
+    member BLOB NOT NULL, epoch INTEGER, weight REAL, successes REAL, trials REAL, embedding BLOB);
+INSERT INTO members_v7 SELECT kind, k1, k2, k3, member, epoch, weight, successes, trials, embedding
+    FROM members ORDER BY epoch;
+DROP TABLE members;
+ALTER TABLE members_v7 RENAME TO members;
+CREATE UNIQUE INDEX members_key ON members (kind, k1, k2, k3, member);
+CREATE INDEX members_epoch ON members (epoch)
+"""
+
 # Index i holds the script that migrates schema version i to i + 1.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6, _SCHEMA_V7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
