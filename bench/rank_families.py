@@ -33,6 +33,9 @@ difference vs sr over V's viewers, tuned parameters and their split-I scores).
         --families sr_pop,sr_wide,sr_pos,sr+trend,sr+two_hop,sr+svd,sr+knn_decay,sr+ease_pairs,sr+ease_user,\
 sr+slit,sr+sknn,slit,ease_pairs,sknn > bench/results/rank-families-validation.json
 
+Tie seeds: `--seed S --per-viewer` per seed, then `--combine RUN...` pools them as `omega eval --seeds` does
+(bench/results/rank-families-seeds.json). `--fed`: EASE on user histories under a federated release's constraints
+(k_min on co-watched pairs, neighbours shipped per item, recent items scored; rank-families-federated.json).
 `--users N` samples viewers for a quick look (~1 min for a few families at 300).
 """
 
@@ -251,6 +254,43 @@ class Parts:
 
         return self.get(("ease", kind, lam, window), make)
 
+    def ease_fed(self, lam: float, k_min: int, top: int, recent: int, degree: bool = False) -> np.ndarray:
+        """EASE on user histories under what a federated release would impose: a co-watched pair counts only
+        with ≥ k_min distinct viewers (the diagonal, an item's viewers, likewise), each item ships its `top`
+        best positive neighbours only (0: all), and a TV scores from its `recent` last items weighted 0.7^i
+        (0: its whole history, unweighted, as EASE does). `degree`: the diagonal is each item's summed pair
+        counts, as item_graph.refine builds it (thresholding breaks the Gram matrix's positive definiteness;
+        a diagonally dominant G keeps it)."""
+        items = np.argsort(-self.pop, kind="stable")[:EASE_ITEMS]
+        X = user_item_matrix(self.s)[:, items]
+
+        def weights() -> np.ndarray:
+            G = (X.T @ X).toarray().astype(np.float64)
+            G[G < k_min] = 0.0
+            if degree:
+                np.fill_diagonal(G, 0.0)
+                np.fill_diagonal(G, G.sum(axis=1))
+            diag = np.diag(G).copy()
+            G[np.diag_indices_from(G)] = diag + lam * float(diag.mean())
+            P = np.linalg.inv(G)
+            del G
+            P /= -np.diag(P).copy()[None, :]
+            np.fill_diagonal(P, 0.0)
+            return np.clip(P, 0.0, None)
+
+        def make() -> np.ndarray:
+            P = self.get(("ease_fed_B", lam, k_min, degree), weights)
+            if top:
+                cut = np.partition(P, -top, axis=1)[:, -top][:, None]
+                P = np.where(P >= cut, P, 0.0)
+            U = (recency_matrix(self.s, recent, 0.7)[:, items].toarray() if recent
+                 else X.toarray().astype(np.float64))  # fmt: skip
+            out = np.zeros((self.s.n_users, self.s.n_items))
+            out[:, items] = U @ P
+            return row_max_scaled(out)
+
+        return self.get(("ease_fed", lam, k_min, top, recent, degree), make)
+
     def slit(self, window: int, step_decay: float, lam: float, target_window: int = 1) -> np.ndarray:
         """SLIT (Choi et al. 2021, session-aware linear item transitions): B = (SᵀS + λ·mean diag·I)⁻¹ SᵀT over
         every (prefix, next) sample of every history, the prefix its last `window` items weighted
@@ -345,6 +385,13 @@ class Parts:
 
 # ------------------------------------------------------------------ families
 
+#: (k_min, neighbours shipped per item (0 all), recent items scored (0 whole history), degree diagonal)
+#: (a degree diagonal, item_graph's, scored ×0.90–0.96 of SR even at k_min 1 on seeds 0–2: not in the list)
+FED_VARIANTS = [(1, 0, 0, False), (1, 0, 10, False), (3, 0, 0, False), (3, 0, 10, False), (3, 100, 10, False),
+                (3, 20, 10, False)]
+#: EASE ridges tried per variant: a thresholded co-occurrence matrix is no longer a Gram matrix (not positive
+#: semi-definite), and a larger ridge is what keeps its inverse meaningful
+FED_LAMBDAS = (0.5, 2.0, 10.0, 50.0)
 POP = 0.02  # seq_transition's pop_weight (its default; the eval's grid does not vary it)
 Family = Callable[[Parts, dict[str, Any]], np.ndarray]
 
@@ -366,6 +413,9 @@ FAMILIES: dict[str, tuple[Family, dict[str, Sequence[Any]]]] = {
                  {"days": (7, 30, 90, 365), "w": (0.05, 0.1, 0.2, 0.4, 0.8)}),
     "sr+ease_user": (blend(lambda p, prm: p.ease("user", prm["lam"])),
                      {"lam": (0.1, 0.5, 2.0), "w": (0.1, 0.3, 0.6, 1.0)}),
+    "sr+ease_fed": (blend(lambda p, prm: p.ease_fed(prm["lam"], prm["k_min"], prm["top"], prm["recent"],
+                                                   prm.get("degree", False))),
+                    {"lam": (0.5, 2.0), "k_min": (1,), "top": (0,), "recent": (0,), "w": (0.3, 0.6, 1.0)}),
     "sr+ease_pairs": (blend(lambda p, prm: p.ease("pairs", prm["lam"], prm["pw"])),
                       {"lam": (0.01, 0.05, 0.2), "pw": (3, 5, 10), "w": (0.6, 1.0, 2.0, 4.0)}),
     "ease_pairs": (lambda p, prm: p.ease("pairs", prm["lam"], prm["pw"]) + POP * p.popularity(),
@@ -454,6 +504,7 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--combos", action="store_true", help="also blend the two best extra parts")
     parser.add_argument("--multi", action="store_true", help="sr plus all extra parts, weights by coordinate ascent")
+    parser.add_argument("--fed", action="store_true", help="EASE on user histories under federated constraints")
     parser.add_argument("--per-viewer", action="store_true", help="keep each row's per-viewer NDCG@10 (--combine)")
     parser.add_argument("--combine", nargs="+", type=Path, help="runs of other seeds (--per-viewer) to pool")
     parser.add_argument("--seed", type=int, default=0)
@@ -498,7 +549,7 @@ def main() -> None:
         return v_i
 
     for name in args.families.split(","):
-        if name == "sr_pos":
+        if name in ("sr_pos", ""):
             continue
         fam, g = FAMILIES[name]
         if name.startswith("sr+") or name == "sr_pop":  # the blend sits on the tuned sr
@@ -509,6 +560,21 @@ def main() -> None:
                 parts.cache.pop(k)
         fam(pi, prm)
         report(name, prm, v_i, fam(pv, prm), tried)
+    if args.fed:
+        # EASE on user histories under a federated release's constraints, one at a time (k_min, top, recent).
+        for k_min, top, recent, degree in FED_VARIANTS:
+            for parts in (pi, pv):  # one k_min's EASE weights kept at a time (4,000² floats each)
+                for k in [k for k in parts.cache if k[0] == "ease_fed_B" and k[2:] != (k_min, degree)]:
+                    parts.cache.pop(k)
+            g = {**{k: (v,) for k, v in sr_prm.items()}, "lam": FED_LAMBDAS, "k_min": (k_min,), "top": (top,),
+                 "recent": (recent,), "degree": (degree,), "w": (0.3, 0.6, 1.0, 3.0)}  # fmt: skip
+            fam = FAMILIES["sr+ease_fed"][0]
+            prm, v_i, tried = tune(fam, g, pi)
+            name = f"sr+ease_fed k_min {k_min} top {top or 'all'} recent {recent or 'all'}{' degree' if degree else ''}"
+            report(name, prm, v_i, fam(pv, prm), tried)
+            for parts in (pi, pv):
+                for k in [k for k in parts.cache if k[0] == "ease_fed"]:
+                    parts.cache.pop(k)
     if "sr_pos" in args.families.split(","):
         pos, v_i = positions_search(pi)
         report("sr_pos", {"positions": pos}, v_i, pv.sr(positions=pos) + POP * pv.popularity())
