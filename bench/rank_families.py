@@ -157,6 +157,17 @@ def recency_matrix(
 # ------------------------------------------------------------------ parts (each users × items, dense)
 
 
+def ease_solve(G: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's closed form (Steck 2019) from a Gram matrix (changed in place): ridge λ·mean(diag), B = −P / diag(P),
+    zero diagonal."""
+    diag = np.diag(G).copy()
+    G[np.diag_indices_from(G)] = diag + lam * float(diag.mean())
+    P = np.linalg.inv(G)
+    P /= -np.diag(P).copy()[None, :]
+    np.fill_diagonal(P, 0.0)
+    return P
+
+
 class Parts:
     """Score parts of one split, fitted on its training histories, cached by parameters."""
 
@@ -238,12 +249,7 @@ class Parts:
                 np.add.at(G, (index[a[ok]], index[b[ok]]), 1.0)
                 G = G + G.T
                 G[np.diag_indices_from(G)] = G.sum(axis=1)
-            diag = np.diag(G).copy()
-            G[np.diag_indices_from(G)] = diag + lam * float(diag.mean())
-            P = np.linalg.inv(G)
-            del G
-            P /= -np.diag(P).copy()[None, :]
-            np.fill_diagonal(P, 0.0)
+            P = ease_solve(G, lam)
             if kind == "user":
                 U = X.toarray().astype(np.float64)
             else:
@@ -270,13 +276,7 @@ class Parts:
             if degree:
                 np.fill_diagonal(G, 0.0)
                 np.fill_diagonal(G, G.sum(axis=1))
-            diag = np.diag(G).copy()
-            G[np.diag_indices_from(G)] = diag + lam * float(diag.mean())
-            P = np.linalg.inv(G)
-            del G
-            P /= -np.diag(P).copy()[None, :]
-            np.fill_diagonal(P, 0.0)
-            return np.clip(P, 0.0, None)
+            return np.clip(ease_solve(G, lam), 0.0, None)
 
         def make() -> np.ndarray:
             P = self.get(("ease_fed_B", lam, k_min, degree), weights)
