@@ -44,6 +44,7 @@ from omega.protocol import (
     Keyspace,
     Transition,
     TransitionBatch,
+    passes_support_floor,
     refined_release_of,
 )
 from omega.protocol import refined_cursor as make_cursor
@@ -133,7 +134,7 @@ def _floored(
         return a, b, s
     va = np.fromiter((volume.get(x, 0.0) for x in a.tolist()), np.float64, a.size)
     vb = np.fromiter((volume.get(x, 0.0) for x in b.tolist()), np.float64, b.size)
-    ok = s >= c * np.sqrt(np.maximum(va, vb))
+    ok = passes_support_floor(s, np.maximum(va, vb), c)
     return a[ok], b[ok], s[ok]
 
 

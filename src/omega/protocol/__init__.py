@@ -63,6 +63,7 @@ from omega.protocol.messages import (
     Tier,
     Transition,
     TransitionBatch,
+    passes_support_floor,
     refined_cursor,
     refined_release_of,
 )
@@ -108,7 +109,7 @@ __all__ = [
     "UnsupportedVersion",
     "compute_tag", "decode_frame", "dequantize", "derive_device_key", "encode_error_reply",
     "encode_frame", "encode_prepared", "format_token", "now_ms", "parse_token", "peek_frame", "peek_header", "prepare_body", "quantize",
-    "refined_cursor", "refined_release_of", "verify_frame", "verify_tag",
+    "passes_support_floor", "refined_cursor", "refined_release_of", "verify_frame", "verify_tag",
 ]
 
 

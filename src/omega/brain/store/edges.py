@@ -30,7 +30,8 @@ from collections.abc import Iterable
 from typing import Literal
 
 from omega.brain.store.database import Database
-from omega.protocol import SUPPORT_FLOOR_C  # shared with the cloud, which floors pairs before refining them
+# The floor's c and rule are shared with the cloud, which floors pairs before refining them.
+from omega.protocol import SUPPORT_FLOOR_C, passes_support_floor
 
 EdgeTable = Literal["transitions", "global_transitions", "global_pairs", "refined_neighbours"]
 #: the published tables the support floor applies to (refined neighbours were floored by the cloud)
@@ -144,13 +145,11 @@ class EdgeReader:
         found = self._db._query(sql + " ORDER BY src, weight DESC, dst", srcs)
         if table not in _FLOORED or self.floor_c <= 0:
             return found, []
-        # Squared on both sides, in doubles, as the comparison support ≥ c·√V needs no square root.
-        c2 = float(self.floor_c) ** 2
-        volume = self.volumes().get
+        c, volume = self.floor_c, self.volumes().get
         if table == "global_transitions":
-            passes = [float(r[3]) * r[3] >= c2 * volume(r[0], 0) for r in found]
+            passes = [passes_support_floor(r[3], volume(r[0], 0), c) for r in found]
         else:
-            passes = [float(r[3]) * r[3] >= c2 * max(volume(r[0], 0), volume(r[1], 0)) for r in found]
+            passes = [passes_support_floor(r[3], max(volume(r[0], 0), volume(r[1], 0)), c) for r in found]
         return [r for r, ok in zip(found, passes) if ok], [r for r, ok in zip(found, passes) if not ok]
 
     def published_changed(self) -> None:

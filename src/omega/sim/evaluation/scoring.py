@@ -12,7 +12,7 @@ from omega.brain.config import BrainConfig
 from omega.brain.recommender import ConsolidatedPrior, Published, TransitionLookup
 from omega.constellation.crdt import ConsolidatedEdge
 from omega.errors import OmegaError
-from omega.protocol import SUPPORT_FLOOR_C, WEIGHT_SCALE, Keyspace
+from omega.protocol import WEIGHT_SCALE, Keyspace, passes_support_floor
 from omega.sim.evaluation.metrics import ndcg_values, paired_bootstrap, summarise
 from omega.sim.evaluation.split import Split
 from omega.sim.fleet.simulator import Fleet
@@ -80,24 +80,22 @@ def published_state(edges: list[ConsolidatedEdge], *, with_pairs: bool = True) -
     """What a TV would hold after pulling `edges`, read as its ranker reads them (`Brain._published`): successors
     by source and pairs by either end (heaviest first) where they pass the support floor (store/edges.py: an
     edge a→b with support ≥ c·√V(a), a pair {a, b} with ≥ c·√max(V(a), V(b)), V = the support out of an item,
-    c = SUPPORT_FLOOR_C), the most-followed items (every edge), and the rows the floor holds back."""
+    c = protocol.SUPPORT_FLOOR_C), the most-followed items (every edge), and the rows the floor holds back."""
     volume: dict[int, int] = {}
     for e in edges:
         if e.keyspace == Keyspace.ITEM:
             volume[e.src] = volume.get(e.src, 0) + int(e.support)
-    c2 = SUPPORT_FLOOR_C**2
     rows: dict[int, list[tuple[int, float]]] = {}
     pairs: dict[int, list[tuple[int, float]]] = {}
     held: dict[int, list[tuple[int, float]]] = {}
     into: dict[int, float] = {}
     for e in edges:
-        support2 = float(e.support) * e.support
         if e.keyspace == Keyspace.ITEM:
-            table = rows if support2 >= c2 * volume.get(e.src, 0) else held
+            table = rows if passes_support_floor(e.support, volume.get(e.src, 0)) else held
             table.setdefault(e.src, []).append((e.dst, float(e.weight)))
             into[e.dst] = into.get(e.dst, 0.0) + float(e.weight)
         elif e.keyspace == Keyspace.PAIR and with_pairs:
-            table = pairs if support2 >= c2 * max(volume.get(e.src, 0), volume.get(e.dst, 0)) else held
+            table = pairs if passes_support_floor(e.support, max(volume.get(e.src, 0), volume.get(e.dst, 0))) else held
             table.setdefault(e.src, []).append((e.dst, float(e.weight)))
             table.setdefault(e.dst, []).append((e.src, float(e.weight)))
     for found in (*rows.values(), *pairs.values(), *held.values()):
