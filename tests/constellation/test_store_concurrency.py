@@ -18,7 +18,9 @@ import pytest
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
 from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.store import CellContribution, PreparedPush, open_store
+from omega.constellation.store.sqlite_engine import Writer
 from omega.constellation.store.sqlite_schema import SCHEMA_VERSION
+from omega.errors import OmegaError
 
 from .conftest import SALT, device, near, pattern
 
@@ -440,3 +442,20 @@ async def test_a_group_that_fails_in_sql_is_reapplied_push_by_push(sqlite_store,
     sqlite_store._apply_group = grouped  # noqa: SLF001
     again = await agg.apply(bad_device, b"x", [pattern(near(codebook, 3, 3))], [(0, 3, 4, 1.0)], NOW)
     assert not again.duplicate and again.accepted == 2
+
+
+async def test_a_store_path_sqlite_cannot_open_is_one_clear_error_not_a_hang(tmp_path) -> None:
+    # A NUL byte (possible in a JSON or TOML config file) made sqlite3.connect raise ValueError in the writer's
+    # thread, which died: the store's first job was never answered and open() waited for ever.
+    with pytest.raises(OmegaError, match="cannot open store"):
+        await asyncio.wait_for(open_store(f"sqlite:{tmp_path}/bad\0name.db"), 30)
+
+
+async def test_a_writer_that_could_not_connect_answers_jobs_queued_after_it_failed(tmp_path) -> None:
+    writer = Writer(str(tmp_path / "bad\0name.db"))
+    await asyncio.sleep(0.2)  # the thread has failed to connect before these jobs are queued (the old code's race)
+    for mode in ("raw", "tx"):
+        with pytest.raises(OmegaError, match="cannot open store"):
+            await asyncio.wait_for(writer.submit(lambda conn: None, mode=mode), 30)
+    writer.stop()
+    await asyncio.wait_for(asyncio.to_thread(writer.join), 30)

@@ -20,6 +20,8 @@ from typing import Any
 from omega.errors import OmegaError
 
 MAX_GROUP = 256  # pushes per group commit
+#: What sqlite3.connect raises for a path it cannot open (a NUL byte, from a config file, is a ValueError).
+_CONNECT_ERRORS = (sqlite3.Error, ValueError, OSError)
 
 
 @dataclass
@@ -112,8 +114,9 @@ class Writer(_Threads):
     def _run(self) -> None:
         try:
             self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            _fail_pending(self._queue, OmegaError(f"cannot open store {self._path}: {exc}"))
+        except _CONNECT_ERRORS as exc:
+            # Jobs may be queued after this (the store's first job races the thread): answer each until stop().
+            _refuse_until_stopped(self._queue, OmegaError(f"cannot open store {self._path}: {exc}"))
             return
         get, get_nowait = self._queue.get, self._queue.get_nowait
         try:
@@ -223,7 +226,7 @@ class Readers(_Threads):
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA query_only=1")
             conn.execute("PRAGMA busy_timeout=5000")
-        except sqlite3.Error as exc:
+        except _CONNECT_ERRORS as exc:
             broken = OmegaError(f"cannot open store {self._path}: {exc}")
         try:
             # Jobs queued before stop() precede its sentinels (FIFO): every one is answered.
@@ -277,6 +280,12 @@ class ItemCache:
                 items[r] = v
             while len(items) > self._entries:
                 items.popitem(last=False)
+
+
+def _refuse_until_stopped(q: queue.SimpleQueue[Job | None], exc: Exception) -> None:
+    """A thread without a connection: every job gets `exc`, up to stop()'s sentinel (none waits for ever)."""
+    while (job := q.get()) is not None:
+        _resolve(job.future, False, exc)
 
 
 def _fail_pending(q: queue.SimpleQueue[Job | None], exc: Exception) -> None:
