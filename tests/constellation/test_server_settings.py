@@ -61,6 +61,10 @@ def test_bad_config_files(tmp_path) -> None:  # noqa: ANN001
         load_settings(unknown, env={})
     with pytest.raises(OmegaError, match="cannot read config"):
         load_settings(tmp_path / "missing.toml", env={})
+    nul = tmp_path / "nul.json"  # JSON can carry a NUL byte into a path (it was a ValueError, "internal error")
+    nul.write_text('{"store": "sqlite:' + str(tmp_path) + '/a\\u0000b.db"}')
+    with pytest.raises(OmegaError, match="NUL byte"):
+        with_dev_secret(load_settings(nul, env={}))
 
 
 def test_dev_secret_is_generated_once_beside_a_sqlite_store(tmp_path) -> None:  # noqa: ANN001

@@ -40,6 +40,8 @@ def sqlite_path(url: str) -> str:
         rest = rest[2:]
     if not rest:
         raise OmegaError(f"store URL {url!r} has no path")
+    if "\0" in rest:  # from a config file: no file system takes it
+        raise OmegaError(f"cannot open store {url!r}: its path contains a NUL byte")
     return rest
 
 
