@@ -424,6 +424,17 @@ def test_sigkill_mid_stream_loses_nothing_committed(tmp_path: Path):
         assert s.stats()["episodes"] == s.stats()["transitions"]
 
 
+def test_held_back_rows_are_read_as_distinct_support_not_summed_weight(store: BrainStore):
+    """Issue 14: TVs rank by how many TVs stand behind an edge, not by its summed weight; the rows the floor holds
+    back (the ranker's last tier) too. V(1) = 30 + 5 = 35, floor 0.6·√35 = 3.5: both rows below are held back."""
+    store.support_floor_c = 0.6
+    honest = [TransitionStat(1, 10 + i, float(n), n) for i, n in enumerate((12, 8, 6, 4))]
+    heavy_few, light_more = TransitionStat(1, 20, 9.0, 2), TransitionStat(1, 21, 1.0, 3)
+    store.merge_global_transitions([*honest, heavy_few, light_more])
+    assert 20 not in [t.dst for t in store.global_transitions_from(1)]
+    assert store.edges.successors("global_transitions", [1], under_floor=True) == {1: [(20, 2.0), (21, 3.0)]}
+
+
 def test_global_edges_beside_a_popular_source_need_the_support_floor(store: BrainStore):
     store.support_floor_c = 0.6
     """Issue 14: 3 ids reach k_min, but beside 30+ TVs' edges out of the source they are under

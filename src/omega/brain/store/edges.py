@@ -78,9 +78,9 @@ class EdgeReader:
         self, table: EdgeTable, srcs: Iterable[int], *, under_floor: bool = False
     ) -> dict[int, list[tuple[int, float]]]:
         """src → [(dst, weight), ...] heaviest first (ties by dst), for each source that has edges, by source id;
-        floored as in `rows_from`, or with `under_floor` only the published rows the floor holds back (the
-        ranker's last tier, recommender.Recommender._held_back). The lists may be kept for the next call (see
-        module doc): read them, never change them."""
+        floored as in `rows_from`, or with `under_floor` only the published rows the floor holds back, as (dst,
+        support) (the ranker's last tier, recommender.Recommender._tiers). The lists may be kept for the next call
+        (see module doc): read them, never change them."""
         if under_floor and table not in _FLOORED:
             return {}  # only the published tables have a floor
         order = sorted(set(int(s) for s in srcs))
@@ -114,14 +114,16 @@ class EdgeReader:
         self._volumes, self._volumes_key = None, None
 
     def _successors(self, table: EdgeTable, srcs: list[int]) -> tuple[dict[int, list[tuple[int, float]]], ...]:
-        """(the rows that pass the floor, those it holds back) as src → [(dst, weight), ...]."""
+        """(the rows that pass the floor as src → [(dst, weight), ...], those it holds back as src → [(dst,
+        support), ...]): the held-back rows order items by how many TVs stand behind them, never by summed weight
+        (issue 14), as the recommender's last tier does."""
         out: tuple[dict[int, list[tuple[int, float]]], ...] = ({}, {})
-        for side, rows in zip(out, self._read(table, srcs)):
-            for src, dst, weight, _ in rows:
+        for held, (side, rows) in enumerate(zip(out, self._read(table, srcs))):
+            for src, dst, weight, support in rows:
                 found = side.get(src)
                 if found is None:
                     found = side[src] = []
-                found.append((dst, weight))
+                found.append((dst, float(support) if held else weight))
         return out
 
     def _kept_for(self, table: str) -> dict[int, list[tuple[int, float]]] | None:

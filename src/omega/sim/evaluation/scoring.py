@@ -90,14 +90,17 @@ def published_state(edges: list[ConsolidatedEdge], *, with_pairs: bool = True) -
     held: dict[int, list[tuple[int, float]]] = {}
     into: dict[int, float] = {}
     for e in edges:
+        # As the TV's store reads them: the weight where the floor passes, the distinct support where it holds back.
         if e.keyspace == Keyspace.ITEM:
-            table = rows if passes_support_floor(e.support, volume.get(e.src, 0)) else held
-            table.setdefault(e.src, []).append((e.dst, float(e.weight)))
+            ok = passes_support_floor(e.support, volume.get(e.src, 0))
+            table, value = (rows, float(e.weight)) if ok else (held, float(e.support))
+            table.setdefault(e.src, []).append((e.dst, value))
             into[e.dst] = into.get(e.dst, 0.0) + float(e.weight)
         elif e.keyspace == Keyspace.PAIR and with_pairs:
-            table = pairs if passes_support_floor(e.support, max(volume.get(e.src, 0), volume.get(e.dst, 0))) else held
-            table.setdefault(e.src, []).append((e.dst, float(e.weight)))
-            table.setdefault(e.dst, []).append((e.src, float(e.weight)))
+            ok = passes_support_floor(e.support, max(volume.get(e.src, 0), volume.get(e.dst, 0)))
+            table, value = (pairs, float(e.weight)) if ok else (held, float(e.support))
+            table.setdefault(e.src, []).append((e.dst, value))
+            table.setdefault(e.dst, []).append((e.src, value))
     for found in (*rows.values(), *pairs.values(), *held.values()):
         found.sort(key=lambda t: (-t[1], t[0]))
     popular = [dst for dst, _ in sorted(into.items(), key=lambda kv: (-kv[1], kv[0]))]
