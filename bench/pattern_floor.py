@@ -23,30 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from omega.brain.config import BrainConfig
-from omega.brain.embedder import Embedder
 from omega.brain.recommender import ConsolidatedPrior
-from omega.constellation.codebook import build_codebook
-from omega.datasets.movielens import load_movielens
 from omega.protocol import SUPPORT_FLOOR_C
-from omega.sim.evaluation.evaluate import _subsample, _train_events  # the eval's own sampling and events
 from omega.sim.evaluation.scoring import score_tvs, versus
-from omega.sim.evaluation.split import leave_last_out_arrays
-from omega.sim.fleet.catalog_cache import build_catalog
 from omega.sim.fleet.simulator import Fleet, FleetConfig
+
+from eval_fleet import eval_fleet_inputs  # bench/, beside this script
 
 
 async def run(data_dir: Path, users: int | None, validation: bool, seed: int) -> dict:
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    data = load_movielens(data_dir)
-    embedder = Embedder(threads=1)
-    user, item, stars, ts = _subsample(data, users, seed, validation=validation)
-    split = leave_last_out_arrays(user, item, data.item_ids)
-    rows_by_user = {int(u): r for r, u in enumerate(split.users.tolist())}
-    catalog, matrix = build_catalog(data.items, embedder, BrainConfig(), lambda d, t: None)
-    codebook = build_codebook(matrix, k=min(256, len(data.items)), seed=seed, iters=10)
-    events, when = _train_events(user, item, stars, ts)
-    events = [ev for ev in events if ev.user in rows_by_user]
+    fi = eval_fleet_inputs(data_dir, users, validation, seed)
+    embedder, split, rows_by_user, catalog, codebook = fi.embedder, fi.split, fi.rows_by_user, fi.catalog, fi.codebook
+    events, when = fi.events, fi.when
     with tempfile.TemporaryDirectory(prefix="omega-floor-") as tmp:
         fleet = await Fleet.open(Path(tmp), catalog, codebook, embedder=embedder, config=FleetConfig(seed=seed))
         try:

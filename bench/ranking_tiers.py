@@ -31,16 +31,11 @@ from pathlib import Path
 
 from omega.brain import recommender
 from omega.brain.brain import context_at
-from omega.brain.config import BrainConfig
-from omega.brain.embedder import Embedder
-from omega.constellation.codebook import build_codebook
-from omega.datasets.movielens import load_movielens
-from omega.sim.evaluation.evaluate import _subsample, _train_events  # the eval's own sampling and events
 from omega.sim.evaluation.metrics import ndcg_values
 from omega.sim.evaluation.scoring import K, versus
-from omega.sim.evaluation.split import leave_last_out_arrays
-from omega.sim.fleet.catalog_cache import build_catalog
 from omega.sim.fleet.simulator import Fleet, FleetConfig
+
+from eval_fleet import eval_fleet_inputs  # bench/, beside this script
 
 
 def _one_pass(self, ids, score, recent):  # noqa: ANN001, ANN202 — the old order: one MMR pass over the pool
@@ -49,15 +44,9 @@ def _one_pass(self, ids, score, recent):  # noqa: ANN001, ANN202 — the old ord
 
 async def run(data_dir: Path, users: int | None, validation: bool, seed: int, reps: int) -> dict:
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    data = load_movielens(data_dir)
-    embedder = Embedder(threads=1)
-    user, item, stars, ts = _subsample(data, users, seed, validation=validation)
-    split = leave_last_out_arrays(user, item, data.item_ids)
-    rows_by_user = {int(u): r for r, u in enumerate(split.users.tolist())}
-    catalog, matrix = build_catalog(data.items, embedder, BrainConfig(), lambda d, t: None)
-    codebook = build_codebook(matrix, k=min(256, len(data.items)), seed=seed, iters=10)
-    events, when = _train_events(user, item, stars, ts)
-    events = [ev for ev in events if ev.user in rows_by_user]
+    fi = eval_fleet_inputs(data_dir, users, validation, seed)
+    embedder, split, rows_by_user, catalog, codebook = fi.embedder, fi.split, fi.rows_by_user, fi.catalog, fi.codebook
+    events, when = fi.events, fi.when
     shipped_tiers = recommender.Recommender._tiers  # noqa: SLF001 — the A/B switch of this measurement
     ranks: dict[str, dict[int, int]] = {"tiers": {}, "one_pass": {}}
     changed = unscored_in_top = held_back_viewers = 0
