@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,3 +41,11 @@ def eval_fleet_inputs(data_dir: Path, users: int | None, validation: bool, seed:
     events, when = _train_events(user, item, stars, ts)
     events = [ev for ev in events if ev.user in rows_by_user]
     return EvalFleetInputs(embedder, split, rows_by_user, catalog, codebook, events, when)
+
+
+def add_eval_fleet_args(ap: argparse.ArgumentParser) -> None:
+    """The options `eval_fleet_inputs` takes, named as `omega eval movielens` names them."""
+    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/ml-latest-small"))
+    ap.add_argument("--users", type=int, default=None)
+    ap.add_argument("--validation", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)

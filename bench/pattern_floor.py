@@ -28,7 +28,7 @@ from omega.protocol import SUPPORT_FLOOR_C
 from omega.sim.evaluation.scoring import score_tvs, versus
 from omega.sim.fleet.simulator import Fleet, FleetConfig
 
-from eval_fleet import eval_fleet_inputs  # bench/, beside this script
+from eval_fleet import add_eval_fleet_args, eval_fleet_inputs  # bench/, beside this script
 
 
 async def run(data_dir: Path, users: int | None, validation: bool, seed: int) -> dict:
@@ -77,10 +77,7 @@ async def run(data_dir: Path, users: int | None, validation: bool, seed: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/ml-latest-small"))
-    ap.add_argument("--users", type=int, default=None)
-    ap.add_argument("--validation", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    add_eval_fleet_args(ap)
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args.data, args.users, args.validation, args.seed)), indent=1))
 

@@ -35,7 +35,7 @@ from omega.sim.evaluation.metrics import ndcg_values
 from omega.sim.evaluation.scoring import K, versus
 from omega.sim.fleet.simulator import Fleet, FleetConfig
 
-from eval_fleet import eval_fleet_inputs  # bench/, beside this script
+from eval_fleet import add_eval_fleet_args, eval_fleet_inputs  # bench/, beside this script
 
 
 def _one_pass(self, ids, score, recent):  # noqa: ANN001, ANN202 — the old order: one MMR pass over the pool
@@ -109,10 +109,7 @@ async def run(data_dir: Path, users: int | None, validation: bool, seed: int, re
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/ml-latest-small"))
-    ap.add_argument("--users", type=int, default=None)
-    ap.add_argument("--validation", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    add_eval_fleet_args(ap)
     ap.add_argument("--reps", type=int, default=5, help="timed calls per order and viewer")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args.data, args.users, args.validation, args.seed, args.reps)), indent=1))
