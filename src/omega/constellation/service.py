@@ -31,6 +31,7 @@ a simulation can run the real service on a simulated clock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -178,6 +179,8 @@ class SyncService:
         # built or verified costs a dict lookup, not a tag check, a parse, a serialisation and a deflate.
         self._pages: OrderedDict[bytes, PreparedBody] = OrderedDict()
         self._page_entries = 1024
+        # Pages being looked up or read, by (served head, cursor, budget, reset): see _pull.
+        self._building: dict[tuple[int, int, int, bool], asyncio.Future[PreparedBody]] = {}
         self.page_builder = PageBuilder(page_key, lambda: self.codebook_version, self.now_ms)
         # Refined neighbours (EASE over the published pairs), recomputed by a periodic job (lifespan).
         self.refined = RefinedRelease(aggregator.published)
@@ -349,7 +352,26 @@ class SyncService:
             # newer pushes, or this one's within the snapshot interval, show up once the served head
             # moves: a delay, never a skip. A cursor past it came from a page read after it.)
             return prepare_body(PullReply(cursor=pull.since, more=False), compress=False)
-        blob = await self.cache.get_page(head, pull.since, budget)
+        # One lookup (and, on a miss, one read of the store) per page at a time: TVs that pull the same
+        # page while it is being read wait for that read instead of starting their own. Without this, every
+        # pull arriving before the first one's read finished read the same changes again; under load the
+        # reads queue, so the later a read finishes the more copies of it are queued behind it.
+        key = (head, pull.since, budget, reset)
+        building = self._building.get(key)
+        if building is None:
+            building = self._building[key] = asyncio.ensure_future(self._page(head, pull.since, budget, reset))
+            building.add_done_callback(lambda task: self._page_done(key, task))
+        # shield: a caller that goes away (its connection closed) does not cancel the read the others wait for
+        return await asyncio.shield(building)
+
+    def _page_done(self, key: tuple[int, int, int, bool], task: asyncio.Future[PreparedBody]) -> None:
+        if self._building.get(key) is task:
+            del self._building[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed read is each waiter's error (answered as internal), not a log line
+
+    async def _page(self, head: int, since: int, budget: int, reset: bool) -> PreparedBody:
+        blob = await self.cache.get_page(head, since, budget)
         if blob is not None:
             known = self._pages.get(blob)
             if known is not None:  # byte-identical to a page this process signed or verified
@@ -361,12 +383,12 @@ class SyncService:
             else:
                 return self._remember_page(blob, cached.body)  # type: ignore[arg-type]
         started = time.perf_counter()
-        items, cursor, more = await self.aggregator.changes_since(pull.since, budget - 64)
+        items, cursor, more = await self.aggregator.changes_since(since, budget - 64)
         self._m_changes.observe(time.perf_counter() - started)
         reply, blob = self.page_builder.build(items, cursor, more, budget, reset=reset)
         if cursor > self.head and not more:
             self.head = await self.cache.note_head(cursor)
-        await self.cache.put_page(head, pull.since, budget, blob)
+        await self.cache.put_page(head, since, budget, blob)
         return self._remember_page(blob, reply)
 
     def _pull_head(self) -> int:
