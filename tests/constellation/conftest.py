@@ -160,6 +160,22 @@ async def shard_and_hub(tmp_path, codebook: Codebook) -> AsyncIterator[tuple[Agg
         await hub.close()
 
 
+#: A SQLite store's `served` table back in its schema-v7 shape (keyed by its key, with two indexes on seq), the
+#: same rows: the first step of a test that turns a current file into an older one.
+SERVED_V7 = """
+CREATE TABLE served_v7 (
+    kind INTEGER NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, k3 INTEGER NOT NULL,
+    seq INTEGER NOT NULL, support INTEGER NOT NULL, peak INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, k1, k2, k3)) WITHOUT ROWID;
+INSERT INTO served_v7 SELECT kind, k1, k2, k3, seq, support, peak FROM served;
+DROP TABLE served;
+ALTER TABLE served_v7 RENAME TO served;
+CREATE UNIQUE INDEX served_seq ON served (seq);
+CREATE INDEX served_seq_support ON served (seq, support, peak);
+PRAGMA user_version=7;
+"""
+
+
 def device(n: int) -> bytes:
     """A distinctive 16-byte device id (so a test can search a file for it)."""
     return hashlib.sha256(b"device-%d" % n).digest()[:16]

@@ -12,7 +12,7 @@ from omega.constellation.aggregation import AggregationPolicy, Aggregator
 from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.store import open_store
 
-from .conftest import SALT, device, near, pattern
+from .conftest import SALT, SERVED_V7, device, near, pattern
 
 DAY = 86_400_000
 NOW = 1_700_000_000_000 // DAY * DAY
@@ -102,7 +102,8 @@ async def test_a_store_of_schema_v4_migrates_keeping_what_it_published(tmp_path,
         await agg.apply(device(d), b"a", [], [(0, 8, 9, 1.0)], NOW)
     await store.close()
     conn = sqlite3.connect(path)  # back to v4: the columns and index as they were
-    conn.executescript("DROP INDEX served_seq_support; ALTER TABLE served DROP COLUMN peak; DROP TABLE dp_grants; "
+    conn.executescript(SERVED_V7 + "DROP INDEX served_seq_support; ALTER TABLE served DROP COLUMN peak; "
+                       "DROP TABLE dp_grants; "
                        "CREATE INDEX served_seq_support ON served (seq, support); "
                        + UNDO_V6 + "PRAGMA user_version=4;")  # fmt: skip
     conn.close()

@@ -22,7 +22,7 @@ from omega.constellation.store.sqlite_engine import Writer
 from omega.constellation.store.sqlite_schema import SCHEMA_VERSION
 from omega.errors import OmegaError
 
-from .conftest import SALT, device, near, pattern
+from .conftest import SALT, SERVED_V7, device, near, pattern
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000
@@ -257,6 +257,7 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
     before = [fingerprint(i) for i in await agg.published()]
     await s.close()
     con = sqlite3.connect(path)  # turn it back into a schema-v1 file, its member marks cleared as v1 pruned them
+    con.executescript(SERVED_V7)
     for index in ("served_seq_support", "members_epoch", "contributions_epoch"):
         con.execute(f"DROP INDEX {index}")
     for table in ("dp_releases", "dp_day_keys", "dp_grants"):
@@ -278,7 +279,7 @@ async def test_a_v1_store_is_migrated_to_the_pull_index(tmp_path, codebook) -> N
     con = sqlite3.connect(path)
     try:
         assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        for index in ("served_seq_support", "members_epoch", "contributions_epoch", "members_key"):
+        for index in ("served_key", "members_epoch", "contributions_epoch", "members_key"):
             assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0] == 1
         # v3: a cleared mark becomes the last logged epoch minus one (a full window from there, no flood).
         assert con.execute("SELECT DISTINCT epoch FROM members").fetchall() == [(NOW // DAY - 1,)]
@@ -312,7 +313,7 @@ async def test_a_v6_store_keeps_its_member_marks_in_the_rowid_members_table(tmp_
     await s.close()
     con = sqlite3.connect(path)
     marks = sorted(con.execute("SELECT * FROM members").fetchall())
-    con.executescript(_V6_MEMBERS)
+    con.executescript(SERVED_V7 + _V6_MEMBERS)
     con.close()
     s = await open_store(f"sqlite:{path}")
     try:
@@ -344,6 +345,44 @@ async def test_a_v6_store_keeps_its_member_marks_in_the_rowid_members_table(tmp_
         assert weight == pytest.approx(2.25)
     finally:
         con.close()
+
+
+async def test_a_v7_store_keeps_its_served_rows_keyed_by_their_change_seq(tmp_path, codebook) -> None:
+    """v8 keys the served rows by their change seq (the rowid) and finds them by a unique key index: the same
+    rows, so a TV's cursor still means the same changes, and the next change still takes the head's next seq."""
+    path = tmp_path / "v7.db"
+    s = await open_store(f"sqlite:{path}", origin="shard-v7")
+    agg = await Aggregator.open(s, codebook, SALT, AggregationPolicy(k_min=1))
+    for n in range(3):
+        await agg.apply(device(n), b"a", [pattern(near(codebook, 4, n))], [(0, 1, 2, 1.0), (0, 2, 3 + n, 0.5)], NOW)
+    before = sorted(fingerprint(i) for i in await agg.published())
+    middle, _, _ = await agg.changes_since(4)
+    await s.close()
+    con = sqlite3.connect(path)
+    rows = sorted(con.execute("SELECT kind, k1, k2, k3, seq, support, peak FROM served").fetchall())
+    con.executescript(SERVED_V7)
+    con.close()
+    s = await open_store(f"sqlite:{path}")
+    try:
+        con = sqlite3.connect(path)
+        try:
+            assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert sorted(con.execute("SELECT kind, k1, k2, k3, seq, support, peak FROM served").fetchall()) == rows
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'served'")}
+            assert names == {"served", "served_key"}
+        finally:
+            con.close()
+        agg = await Aggregator.open(s, codebook, SALT, AggregationPolicy(k_min=1))
+        assert sorted(fingerprint(i) for i in await agg.published()) == before
+        assert [fingerprint(i) for i in (await agg.changes_since(4))[0]] == [fingerprint(i) for i in middle]
+        head = max(r[4] for r in rows)
+        again = await agg.apply(device(5), b"a", [], [(0, 1, 2, 1.0)], NOW)  # a held key: its row moves to head + 1
+        assert again.accepted == 1
+        items, cursor, _ = await agg.changes_since(head)
+        assert [(ident(i), i.version, i.support) for i in items] == [(("e", 0, 1, 2), head + 1, 4)]
+        assert cursor == head + 1
+    finally:
+        await s.close()
 
 
 def _hold_writer(writer) -> tuple[threading.Event, threading.Event, object]:

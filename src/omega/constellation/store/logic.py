@@ -331,37 +331,34 @@ class GroupWrites:
     """The rows of a group of pushes, merged per key in push order, so each table is written once per group.
 
     Cell states replace (the last wins), edge and served increments add up, member marks replace.
+    Each dict holds the row as it will be written (merged with the group's earlier row of its key, if any).
 
     Change numbers here are relative to the group's start; `shifted` adds the head once the group holds it.
     """
 
     def __init__(self) -> None:
         self.cells: dict[tuple[int, int], tuple] = {}  # own accumulator rows: the last one replaces
-        self.edges: dict[tuple[int, int, int], list] = {}  # [origin, weight added, support added, version]
-        self.served: dict[tuple[int, int, int, int], list] = {}  # [seq, support added]
-        self.members: dict[tuple, tuple] = {}  # member row -> mark (epoch, what it holds; the last one replaces)
+        self.edges: dict[tuple[int, int, int], tuple] = {}  # edge increment rows: weight and support added
+        self.served: dict[tuple[int, int, int, int], tuple] = {}  # served rows: support added, seq replaces
+        self.members: dict[tuple, tuple] = {}  # member row by its key: the last mark replaces
         self.log: list[tuple] = []
 
     def add(self, w: PushWrites) -> None:
         for row in w.cell_states:
             self.cells[(row[1], row[2])] = row
-        for origin, ks, src, dst, weight, support, version in w.edge_increments:
-            acc = self.edges.get((ks, src, dst))
-            if acc is None:
-                self.edges[(ks, src, dst)] = [origin, weight, support, version]
-            else:
-                acc[1] += weight
-                acc[2] += support
-                acc[3] = version
-        for kind, k1, k2, k3, seq, support in w.served:
-            acc = self.served.get((kind, k1, k2, k3))
-            if acc is None:
-                self.served[(kind, k1, k2, k3)] = [seq, support]
-            else:
-                acc[0] = seq
-                acc[1] += support
+        edges = self.edges
+        for row in w.edge_increments:  # (origin, keyspace, src, dst, weight, support, version)
+            key = row[1:4]
+            acc = edges.get(key)
+            edges[key] = row if acc is None else (acc[0], *key, acc[4] + row[4], acc[5] + row[5], row[6])
+        served = self.served
+        for row in w.served:  # (kind, k1, k2, k3, seq, support)
+            key = row[:4]
+            acc = served.get(key)
+            served[key] = row if acc is None else (*key, row[4], acc[5] + row[5])
+        members = self.members
         for row in w.members:
-            self.members[row[:5]] = row[5:]
+            members[row[:5]] = row
         self.log += w.log
 
     def push(
@@ -385,10 +382,13 @@ class GroupWrites:
 
     def shifted(self, base: int) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
         """(cell states, edge increments, served, dirty marks) with change numbers `base` + relative."""
-        cells = [(*row[:8], row[8] + base) for row in self.cells.values()]
-        edges = [(o, ks, src, dst, w, n, v + base) for (ks, src, dst), (o, w, n, v) in self.edges.items()]
-        served = [(*key, seq + base, n) for key, (seq, n) in self.served.items()]
-        dirty = [(k1, k2, seq) for kind, k1, k2, _, seq, _ in served if kind == KIND_CELL]
+        if base:
+            cells = [(*row[:8], row[8] + base) for row in self.cells.values()]
+            edges = [(*row[:6], row[6] + base) for row in self.edges.values()]
+            served = [(*row[:4], row[4] + base, row[5]) for row in self.served.values()]
+        else:
+            cells, edges, served = list(self.cells.values()), list(self.edges.values()), list(self.served.values())
+        dirty = [(row[1], row[2], row[4]) for row in served if row[0] == KIND_CELL]
         return cells, edges, served, dirty
 
 

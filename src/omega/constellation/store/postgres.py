@@ -289,7 +289,7 @@ class PostgresStore(ConstellationStore):
             head = w.outcome.head
             results[i] = w.outcome
             heads.append(head)
-        await _write_unnest(conn, _GROUP_MEMBERS, [(*k, *mark) for k, mark in group.members.items()])
+        await _write_unnest(conn, _GROUP_MEMBERS, list(group.members.values()))
         await _write_unnest(conn, _GROUP_LOG, group.log)
         # The tail: the head row is locked from here to COMMIT, so change numbers follow commit order.
         if head:

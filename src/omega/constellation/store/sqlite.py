@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -63,7 +64,13 @@ ITEM_CACHE_ENTRIES = 8192
 #: Published patterns loaded per step of a similarity search.
 _KEYS_PER_QUERY = 4096
 
-_PUT_CELL = "INSERT OR REPLACE INTO cell_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# A cell state row replaces the held one in place (an UPSERT keeps its rowid and page: INSERT OR REPLACE deleted
+# the ~3 KB row and appended it anew, dirtying its old page, the free list, the new page and the key index).
+_PUT_CELL = (
+    "INSERT INTO cell_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_type, cell, origin) DO UPDATE SET "
+    "sum_w = excluded.sum_w, sum_wx = excluded.sum_wx, support = excluded.support, successes = excluded.successes, "
+    "trials = excluded.trials, version = excluded.version"
+)
 _NEW_PUSH_KEYS = "INSERT OR IGNORE INTO push_keys VALUES {keys} RETURNING key"
 # A push's edge rows: weight and support are added, version replaces.
 _ADD_EDGE = (
@@ -81,15 +88,17 @@ _LOG = (
 )
 # A served row's change: seq replaces, support is added (a push's new members, an expiry's leavers).
 # `peak` keeps the highest support the key ever had (a published key's removal is served: logic.removal).
+# The conflict target is the key: a seq (the rowid) taken twice is an error, never an update of another key.
 _ADD_SERVED = (
     "INSERT INTO served (kind, k1, k2, k3, seq, support, peak) VALUES (?1, ?2, ?3, ?4, ?5, ?6, max(?6, 0)) "
-    "ON CONFLICT DO UPDATE SET seq = excluded.seq, support = support + excluded.support, "
+    "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = support + excluded.support, "
     "peak = max(peak, support + excluded.support)"
 )
 # A merge's served row: seq and global support replace.
 _PUT_SERVED = (
     "INSERT INTO served (kind, k1, k2, k3, seq, support, peak) VALUES (?1, ?2, ?3, ?4, ?5, ?6, max(?6, 0)) "
-    "ON CONFLICT DO UPDATE SET seq = excluded.seq, support = excluded.support, peak = max(peak, excluded.support)"
+    "ON CONFLICT (kind, k1, k2, k3) DO UPDATE SET seq = excluded.seq, support = excluded.support, "
+    "peak = max(peak, excluded.support)"
 )
 
 
@@ -147,12 +156,9 @@ _MEMBER_EPOCHS = (
 )
 
 
-def _cell_key(row: tuple) -> tuple:
-    return row[1], row[2]  # (task_type, cell) of a cell state row
-
-
-def _edge_key(row: tuple) -> tuple:
-    return row[1], row[2], row[3]  # (keyspace, src, dst) of an edge state row
+_cell_key = operator.itemgetter(1, 2)  # (task_type, cell) of a cell state row
+_edge_key = operator.itemgetter(1, 2, 3)  # (keyspace, src, dst) of an edge state row
+_served_key = operator.itemgetter(0, 1, 2, 3)  # (kind, k1, k2, k3) of a served row
 
 
 def _cells(conn: sqlite3.Connection, keys: Sequence[CellKey]) -> list:
@@ -275,8 +281,8 @@ class SqliteStore(ConstellationStore):
         # In key order: consecutive rows land on the same B-tree pages.
         conn.executemany(_PUT_CELL, sorted(cells, key=_cell_key))
         conn.executemany(_ADD_EDGE, sorted(edges, key=_edge_key))
-        conn.executemany(_ADD_SERVED, sorted(served))
-        conn.executemany(_MARK_MEMBER, sorted((*k, *mark) for k, mark in group.members.items()))
+        conn.executemany(_ADD_SERVED, sorted(served, key=_served_key))
+        conn.executemany(_MARK_MEMBER, [group.members[k] for k in sorted(group.members)])
         conn.executemany(_LOG, group.log)
         return results  # type: ignore[return-value]
 

@@ -17,6 +17,7 @@ i + 1; v2 adds the covering index `served (seq, support)` for the pull scan) and
 - `served`: the global view's change index: per key, global support, the change
   sequence `seq` (unique, store-wide monotonic) of its last change, and (v5) `peak`, the
   highest support it ever had (a published key's removal is served to TVs).
+  (v8) A rowid table keyed by `seq` (so a change's row is appended), found by the unique index `served_key`.
 - `dp_releases`, `dp_day_keys` (DP mode): the day's noised release as first drawn, and the
   keys each device-day added to (keyed hash of epoch ‖ device); pruned with the window. `dp_grants`
   (v5): per push, the keys granted to it (a retry is granted the same, not more).
@@ -141,8 +142,24 @@ CREATE UNIQUE INDEX members_key ON members (kind, k1, k2, k3, member);
 CREATE INDEX members_epoch ON members (epoch)
 """
 
+# v8: the served rows in a rowid table keyed by their change `seq` (INTEGER PRIMARY KEY, so still unique), found
+# by a unique index on their key. Keyed by the key (WITHOUT ROWID) with two indexes on seq (`served_seq` for
+# uniqueness, `served_seq_support` covering the pull scan), every change wrote three B-trees; now two: the row
+# itself, appended (a change takes the next seq), and its key's index entry. The pull scan reads the table in
+# seq order (its rows are as small as the index entries were), the head is the last rowid.
+_SCHEMA_V8 = """
+CREATE TABLE served_v8 (
+    seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL, k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, k3 INTEGER NOT NULL,
+    support INTEGER NOT NULL, peak INTEGER NOT NULL DEFAULT 0);
+INSERT INTO served_v8 (seq, kind, k1, k2, k3, support, peak) SELECT seq, kind, k1, k2, k3, support, peak
+    FROM served ORDER BY seq;
+DROP TABLE served;
+ALTER TABLE served_v8 RENAME TO served;
+CREATE UNIQUE INDEX served_key ON served (kind, k1, k2, k3)
+"""
+
 # Index i holds the script that migrates schema version i to i + 1.
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6, _SCHEMA_V7]
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6, _SCHEMA_V7, _SCHEMA_V8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
