@@ -36,6 +36,11 @@ sr+slit,sr+sknn,slit,ease_pairs,sknn > bench/results/rank-families-validation.js
 Tie seeds: `--seed S --per-viewer` per seed, then `--combine RUN...` pools them as `omega eval --seeds` does
 (bench/results/rank-families-seeds.json). `--fed`: EASE on user histories under a federated release's constraints
 (k_min on co-watched pairs, neighbours shipped per item, recent items scored; rank-families-federated.json).
+`--fed2`: what that federated form loses, one lever at a time at k_min 3 (`FED2_ROWS`): the TV's scoring (recent
+items, decayed, or its whole history), signed vs positive weights, a wider ridge grid, the upload window (each
+new viewing paired with its last W items, counted once per TV), the neighbours shipped per item, then SR's weight
+retuned on the best row by I (rank-families-fed2.json; `--fed2-rows` runs some rows only, `--combine A,B` merges
+two runs of one seed).
 `--users N` samples viewers for a quick look (~1 min for a few families at 300).
 """
 
@@ -116,16 +121,16 @@ def _data(split: Split, hist_time: list[np.ndarray], target_time: np.ndarray) ->
 
 def ranks_of(scores: np.ndarray, split: Split) -> np.ndarray:
     """0-based target ranks of a users × items score matrix, history excluded, ties against the target."""
-    out = np.empty(split.n_users, np.int64)
-    for r in range(split.n_users):
-        s = scores[r]
-        t = int(split.targets[r])
-        at_least = s >= s[t]
-        h = split.histories[r]
-        if h.size:
-            at_least[h[h != t]] = False
-        out[r] = int(np.count_nonzero(at_least)) - 1
-    return out
+    rows = np.arange(split.n_users)
+    target_score = scores[rows, split.targets]
+    at_least = scores >= target_score[:, None]
+    lengths = np.fromiter((h.size for h in split.histories), np.int64, split.n_users)
+    if lengths.sum():
+        hr = np.repeat(rows, lengths)
+        hc = np.concatenate(split.histories)
+        keep = hc != split.targets[hr]
+        at_least[hr[keep], hc[keep]] = False
+    return np.count_nonzero(at_least, axis=1).astype(np.int64) - 1
 
 
 def ndcg(ranks: np.ndarray) -> float:
@@ -159,10 +164,17 @@ def recency_matrix(
 
 def ease_solve(G: np.ndarray, lam: float) -> np.ndarray:
     """EASE's closed form (Steck 2019) from a Gram matrix (changed in place): ridge λ·mean(diag), B = −P / diag(P),
-    zero diagonal."""
+    zero diagonal. P by Cholesky when G + ridge is positive definite (half an LU inverse's work), else by LU."""
+    from scipy.linalg import lapack
+
     diag = np.diag(G).copy()
     G[np.diag_indices_from(G)] = diag + lam * float(diag.mean())
-    P = np.linalg.inv(G)
+    c, info = lapack.dpotrf(G, lower=1, clean=0)
+    if info == 0:
+        P, info = lapack.dpotri(c, lower=1)
+        P = np.tril(P) + np.tril(P, -1).T
+    if info != 0:
+        P = np.linalg.inv(G)
     P /= -np.diag(P).copy()[None, :]
     np.fill_diagonal(P, 0.0)
     return P
@@ -260,36 +272,70 @@ class Parts:
 
         return self.get(("ease", kind, lam, window), make)
 
-    def ease_fed(self, lam: float, k_min: int, top: int, recent: int, degree: bool = False) -> np.ndarray:
+    def cowatch(self, window: int) -> np.ndarray:
+        """Over the most-watched EASE_ITEMS items: how many distinct viewers watched both titles within `window`
+        positions of each other in their histories (0: anywhere — the binary Gram matrix XᵀX), the diagonal
+        each title's viewers. What TVs uploading "each new viewing paired with its last `window` items" would
+        add up to, counted once per TV."""
+        def make() -> np.ndarray:
+            items = np.argsort(-self.pop, kind="stable")[:EASE_ITEMS]
+            X = user_item_matrix(self.s)[:, items]
+            G = (X.T @ X).toarray().astype(np.float64)
+            if window == 0:
+                return G
+            index = np.full(self.s.n_items, -1)
+            index[items] = np.arange(items.size)
+            m = items.size
+            keys = []
+            for h in self.s.histories:  # positions in the whole history, the pairs kept among `items`
+                hi = index[h]
+                pairs = [(hi[d:], hi[:-d]) for d in range(1, min(window, hi.size - 1) + 1)]
+                if pairs:
+                    a = np.concatenate([x[0] for x in pairs])
+                    b = np.concatenate([x[1] for x in pairs])
+                    ok = (a >= 0) & (b >= 0) & (a != b)
+                    keys.append(np.unique(np.minimum(a[ok], b[ok]) * m + np.maximum(a[ok], b[ok])))  # once per TV
+            counts = np.bincount(np.concatenate(keys), minlength=m * m).reshape(m, m).astype(np.float64)
+            W = counts + counts.T
+            W[np.diag_indices_from(W)] = np.diag(G)
+            return W
+
+        return self.get(("cowatch", window), make)
+
+    def ease_fed(self, lam: float, k_min: int, top: int, recent: int, degree: bool = False, window: int = 0,
+                 decay: float = 0.7, signed: bool = False) -> np.ndarray:  # fmt: skip
         """EASE on user histories under what a federated release would impose: a co-watched pair counts only
-        with ≥ k_min distinct viewers (the diagonal, an item's viewers, likewise), each item ships its `top`
-        best positive neighbours only (0: all), and a TV scores from its `recent` last items weighted 0.7^i
-        (0: its whole history, unweighted, as EASE does). `degree`: the diagonal is each item's summed pair
-        counts, as item_graph.refine builds it (thresholding breaks the Gram matrix's positive definiteness;
-        a diagonally dominant G keeps it)."""
+        with ≥ k_min distinct viewers (the diagonal, an item's viewers, likewise), pairs only within `window`
+        positions of each other (0: anywhere in the history, see `cowatch`), each item ships its `top` best
+        positive neighbours only (0: all), and a TV scores from its `recent` last items weighted decay^i
+        (0: its whole history, unweighted, as EASE does). `signed`: the negative EASE weights kept (dense only;
+        the scores clipped at 0 as EASE on user histories does); else only positive weights exist. `degree`:
+        the diagonal is each item's summed pair counts, as item_graph.refine builds it (thresholding breaks the
+        Gram matrix's positive definiteness; a diagonally dominant G keeps it)."""
         items = np.argsort(-self.pop, kind="stable")[:EASE_ITEMS]
-        X = user_item_matrix(self.s)[:, items]
 
         def weights() -> np.ndarray:
-            G = (X.T @ X).toarray().astype(np.float64)
+            G = self.cowatch(window).copy()
             G[G < k_min] = 0.0
             if degree:
                 np.fill_diagonal(G, 0.0)
                 np.fill_diagonal(G, G.sum(axis=1))
-            return np.clip(ease_solve(G, lam), 0.0, None)
+            return ease_solve(G, lam)
 
         def make() -> np.ndarray:
-            P = self.get(("ease_fed_B", lam, k_min, degree), weights)
+            P = self.get(("ease_fed_B", lam, k_min, degree, window), weights)
+            if not signed:
+                P = np.clip(P, 0.0, None)
             if top:
                 cut = np.partition(P, -top, axis=1)[:, -top][:, None]
                 P = np.where(P >= cut, P, 0.0)
-            U = (recency_matrix(self.s, recent, 0.7)[:, items].toarray() if recent
-                 else X.toarray().astype(np.float64))  # fmt: skip
+            U = (recency_matrix(self.s, recent, decay)[:, items].toarray() if recent
+                 else user_item_matrix(self.s)[:, items].toarray().astype(np.float64))  # fmt: skip
             out = np.zeros((self.s.n_users, self.s.n_items))
             out[:, items] = U @ P
-            return row_max_scaled(out)
+            return row_max_scaled(np.clip(out, 0.0, None) if signed else out)
 
-        return self.get(("ease_fed", lam, k_min, top, recent, degree), make)
+        return self.get(("ease_fed", lam, k_min, top, recent, degree, window, decay, signed), make)
 
     def slit(self, window: int, step_decay: float, lam: float, target_window: int = 1) -> np.ndarray:
         """SLIT (Choi et al. 2021, session-aware linear item transitions): B = (SᵀS + λ·mean diag·I)⁻¹ SᵀT over
@@ -392,6 +438,29 @@ FED_VARIANTS = [(1, 0, 0, False), (1, 0, 10, False), (3, 0, 0, False), (3, 0, 10
 #: EASE ridges tried per variant: a thresholded co-occurrence matrix is no longer a Gram matrix (not positive
 #: semi-definite), and a larger ridge is what keeps its inverse meaningful
 FED_LAMBDAS = (0.5, 2.0, 10.0, 50.0)
+#: --fed2 (issue 13, what the federated form loses), one lever at a time: (name, k_min, upload window (0: the
+#: whole history), neighbours shipped per item (0: all), the TV's scorings tried, signed weights, ridges tried).
+#: scorings: (recent items, decay^i); (0, 1.0) is the whole history unweighted. k_min 1 rows are the central
+#: reference (EASE on user histories through the same code), not federable.
+FED2_SCORINGS = {"recent 10 ×0.7": (10, 0.7), "recent 30 ×0.9": (30, 0.9), "whole ×0.99": (10_000, 0.99),
+                 "whole": (0, 1.0)}
+FED2_TUNED = ("recent 10 ×0.7", "recent 30 ×0.9", "whole")
+#: positive weights only: a thresholded co-occurrence matrix is not a Gram matrix, larger ridges keep its inverse
+#: meaningful (the first grid, 0.5–50, picked its top, 50); signed weights want smaller ridges, as central EASE does
+FED2_LAMBDAS = (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+FED2_LAMBDAS_SIGNED = (0.5, 2.0, 5.0, 10.0, 20.0, 50.0)
+FED2_ROWS = [
+    *((f"scoring {k}", 3, 0, 0, (k,), False, FED2_LAMBDAS) for k in FED2_SCORINGS),
+    *((f"scoring {k} signed", 3, 0, 0, (k,), True, FED2_LAMBDAS_SIGNED) for k in FED2_SCORINGS),
+    *((f"k_min 1 scoring {k} signed", 1, 0, 0, (k,), True, FED2_LAMBDAS_SIGNED) for k in ("whole", "recent 10 ×0.7")),
+    *((f"window all top {t}", 3, 0, t, FED2_TUNED, False, FED2_LAMBDAS) for t in (200, 100, 50, 20)),
+    ("window all", 3, 0, 0, FED2_TUNED, False, FED2_LAMBDAS),
+    *((f"window {w}{f' top {t}' if t else ''}", 3, w, t, FED2_TUNED, False, FED2_LAMBDAS)
+      for w in (10, 25, 50, 100) for t in ((0, 200, 100, 50, 20) if w == 50 else (0,))),
+    # the windowed rows picked the grid's lowest ridge (20): below it (a second run, `--fed2-rows`)
+    *((f"window {w} low ridge", 3, w, 0, FED2_TUNED, False, (2.0, 5.0, 10.0, 20.0)) for w in (25, 50)),
+]
+FED2_W = (0.3, 0.6, 1.0, 2.0, 4.0)
 POP = 0.02  # seq_transition's pop_weight (its default; the eval's grid does not vary it)
 Family = Callable[[Parts, dict[str, Any]], np.ndarray]
 
@@ -497,6 +566,20 @@ def combine(runs: list[dict[str, Any]], resamples: int = 2000) -> dict[str, Any]
     return {"seeds": [r.get("seed") for r in runs], "viewers": len(common), "rows": out}
 
 
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one tie seed (--per-viewer) as one: rows and per-viewer values merged, a later run's row replacing
+    an earlier one of the same name (SR, identical in each, checked)."""
+    out = runs[0]
+    for r in runs[1:]:
+        if r["seed"] != out["seed"] or r["per_viewer"]["users"] != out["per_viewer"]["users"]:
+            raise SystemExit("--combine A,B: runs of different seeds or viewers")
+        sr = "sr (seq_transition, eval's grid)"
+        if r["per_viewer"][sr] != out["per_viewer"][sr]:
+            raise SystemExit("--combine A,B: the runs' seq_transition differs")
+        out = {**out, "rows": {**out["rows"], **r["rows"]}, "per_viewer": {**out["per_viewer"], **r["per_viewer"]}}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None)
@@ -505,12 +588,17 @@ def main() -> None:
     parser.add_argument("--combos", action="store_true", help="also blend the two best extra parts")
     parser.add_argument("--multi", action="store_true", help="sr plus all extra parts, weights by coordinate ascent")
     parser.add_argument("--fed", action="store_true", help="EASE on user histories under federated constraints")
+    parser.add_argument("--fed2", action="store_true",
+                        help="k_min 3 EASE: the TV's scoring, ridge, upload window, neighbours shipped, SR's weight")
+    parser.add_argument("--fed2-rows", default="", help="--fed2: only these rows (names, comma-separated)")
     parser.add_argument("--per-viewer", action="store_true", help="keep each row's per-viewer NDCG@10 (--combine)")
-    parser.add_argument("--combine", nargs="+", type=Path, help="runs of other seeds (--per-viewer) to pool")
+    parser.add_argument("--combine", nargs="+", help="runs of other seeds (--per-viewer) to pool; A.json,B.json: "
+                        "two runs of one seed merged (B's rows replace A's of the same name)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.combine:
-        json.dump(combine([json.loads(f.read_text()) for f in args.combine]), sys.stdout, indent=1, default=float)
+        json.dump(combine([merge_runs([json.loads(Path(f).read_text()) for f in arg.split(",")])
+                           for arg in args.combine]), sys.stdout, indent=1, default=float)  # fmt: skip
         print()
         return
     started = time.perf_counter()
@@ -564,7 +652,7 @@ def main() -> None:
         # EASE on user histories under a federated release's constraints, one at a time (k_min, top, recent).
         for k_min, top, recent, degree in FED_VARIANTS:
             for parts in (pi, pv):  # one k_min's EASE weights kept at a time (4,000² floats each)
-                for k in [k for k in parts.cache if k[0] == "ease_fed_B" and k[2:] != (k_min, degree)]:
+                for k in [k for k in parts.cache if k[0] == "ease_fed_B" and k[2:] != (k_min, degree, 0)]:
                     parts.cache.pop(k)
             g = {**{k: (v,) for k, v in sr_prm.items()}, "lam": FED_LAMBDAS, "k_min": (k_min,), "top": (top,),
                  "recent": (recent,), "degree": (degree,), "w": (0.3, 0.6, 1.0, 3.0)}  # fmt: skip
@@ -575,6 +663,42 @@ def main() -> None:
             for parts in (pi, pv):
                 for k in [k for k in parts.cache if k[0] == "ease_fed"]:
                     parts.cache.pop(k)
+    if args.fed2:
+        # What the federated form loses, one lever at a time, all at k_min 3 (issue 14's rule); each row's ridge,
+        # weight and (where several) the TV's scoring tuned on I. Then SR's weight retuned on the best row by I.
+        def fed2(p: Parts, prm: dict[str, Any]) -> np.ndarray:
+            recent, decay = FED2_SCORINGS[prm["scoring"]]
+            e = p.ease_fed(prm["lam"], prm["k_min"], prm["top"], recent, window=prm["window"], decay=decay,
+                           signed=prm["signed"])  # fmt: skip
+            return prm.get("s", 1.0) * p.sr(**sr_prm) + POP * p.popularity() + prm["w"] * e
+
+        best_row: tuple[float, str, dict[str, Any]] = (-1.0, "", {})
+        only = set(args.fed2_rows.split(",")) if args.fed2_rows else None
+        for label, k_min, window, top, scorings, signed, lambdas in FED2_ROWS:
+            if only is not None and label not in only:
+                continue
+            for parts in (pi, pv):  # one window's co-occurrence and one (k_min, window)'s EASE weights at a time
+                for k in [k for k in parts.cache if (k[0] == "cowatch" and k[1] != window)
+                          or (k[0] == "ease_fed_B" and (k[2], k[4]) != (k_min, window))]:  # fmt: skip
+                    parts.cache.pop(k)
+            g = {"lam": lambdas, "scoring": scorings, "k_min": (k_min,), "window": (window,), "top": (top,),
+                 "signed": (signed,), "w": FED2_W}  # fmt: skip
+            prm, v_i, tried = tune(fed2, g, pi)
+            name = f"sr+ease {label}" if label.startswith("k_min") else f"sr+ease k_min 3 {label}"
+            report(name, prm, v_i, fed2(pv, prm), tried)
+            if v_i > best_row[0] and k_min >= 3:
+                best_row = (v_i, label, prm)
+            for parts in (pi, pv):
+                for k in [k for k in parts.cache if k[0] == "ease_fed"]:
+                    parts.cache.pop(k)
+        v_i, label, prm = best_row
+        g = {**{k: (v,) for k, v in prm.items() if k not in ("w", "lam")}, "lam": (prm["lam"],),
+             "s": (0.0, 0.5, 1.0), "w": (0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)}  # fmt: skip
+        prm, v_i, tried = tune(fed2, g, pi)
+        among = " among the rows asked for" if only is not None else ""
+        report(f"sr+ease k_min 3 best row by I{among}, SR weight retuned", {"row": label, **prm}, v_i, fed2(pv, prm),
+               tried)  # fmt: skip
+
     if "sr_pos" in args.families.split(","):
         pos, v_i = positions_search(pi)
         report("sr_pos", {"positions": pos}, v_i, pv.sr(positions=pos) + POP * pv.popularity())
