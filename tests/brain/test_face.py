@@ -50,6 +50,29 @@ def test_the_brain_bench_child_imports_nothing_a_tv_does_not():
     assert [m for m in json.loads(out) if m.startswith(bench_only)] == []
 
 
+def test_a_tv_loading_its_saved_index_imports_no_file_or_process_tools(tmp_path):
+    """A TV's start (the brain's modules, the saved hnswlib index loaded, freed memory trimmed) imports neither
+    tempfile, shutil nor subprocess (ctypes.util's find_library runs ldconfig through them) nor tomllib: ~1.5 MB
+    of RSS a TV that ranks with the shipped defaults has no use for."""
+    import numpy as np
+
+    from omega.brain.index import VectorIndex
+
+    index = VectorIndex(16, dtype="f32", backend="hnswlib", exact_below=0)
+    index.add(np.arange(300), np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32))
+    path = tmp_path / "catalog.index"
+    index.save(path)
+    probe = (
+        "import json, sys; from omega.brain.brain import Brain, release_freed_memory;"
+        " from omega.brain.index import VectorIndex;"
+        f" found = VectorIndex.load({str(path)!r}, dim=16).search([1.0] * 16, 5)[0]; release_freed_memory();"
+        " print(json.dumps([len(found), sorted(m for m in ('tempfile', 'shutil', 'subprocess', 'tomllib')"
+        " if m in sys.modules)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [5, []]
+
+
 def test_main_types_come_from_the_package_and_are_the_modules_own():
     from omega.brain import Brain, BrainConfig, BrainStore, Catalog, Embedder, Pattern, Recommender, VectorIndex
     from omega.brain.brain import Brain as DefinedBrain

@@ -96,6 +96,52 @@ def test_save_load_round_trip(tmp_path: Path, big_index: VectorIndex, data: np.n
         VectorIndex.load(path, dim=128)
 
 
+def test_hnswlib_loads_through_memory_or_a_temporary_file_alike(tmp_path: Path, monkeypatch, data: np.ndarray):
+    """hnswlib reads an index only from a path: on Linux the file's part is copied to an in-memory file (memfd),
+    elsewhere (no memfd_create) to a temporary directory. Both give the same index, and neither leaves a file."""
+    import tempfile
+
+    import omega.brain.index_backends as backends
+
+    index = make("hnswlib")
+    index.add(np.arange(len(data)), data)
+    path = tmp_path / "catalog.index"
+    index.save(path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    opened: list[str] = []
+    real = backends._path_of_rest
+
+    def spy(handle):  # noqa: ANN001, ANN202
+        context = real(handle)
+        opened.append(context.__enter__())
+        return _Entered(context, opened[-1])
+
+    monkeypatch.setattr(backends, "_path_of_rest", spy)
+    in_memory = VectorIndex.load(path, dim=384)
+    monkeypatch.delattr(backends.os, "memfd_create")
+    on_disk = VectorIndex.load(path, dim=384)
+    assert opened[0].startswith("/proc/self/fd/") and opened[1].startswith(str(scratch))
+    for q in data[:20]:
+        a, b, c = index.search(q, 50), in_memory.search(q, 50), on_disk.search(q, 50)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0]) and np.array_equal(b[1], c[1])
+    assert list(scratch.iterdir()) == []
+
+
+class _Entered:
+    """A context manager already entered (`value` is what its __enter__ gave)."""
+
+    def __init__(self, context, value: str) -> None:  # noqa: ANN001
+        self.context, self.value = context, value
+
+    def __enter__(self) -> str:
+        return self.value
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.context.__exit__(*exc)
+
+
 def test_exact_path_for_tiny_sets(backend: str):
     vectors = clustered(40, seed=3)
     index = make(backend)  # 40 < exact_below

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -188,6 +187,8 @@ class BrainConfig:
             raise OmegaError(f"cannot read brain config {path}: {exc.strerror or exc}") from None
         try:
             if path.suffix.lower() == ".toml":
+                import tomllib  # here, not at the top: a TV that ranks with the defaults never parses TOML (0.6 MB)
+
                 data: Any = tomllib.loads(raw.decode("utf-8"))
                 if isinstance(data.get("brain"), dict) and len(data) == 1:
                     data = data["brain"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -211,6 +210,8 @@ class VectorIndex:
 
     def save(self, path: Path | str) -> None:
         """Write the index atomically (temp file + fsync + rename): a crash leaves the old file intact."""
+        import tempfile  # here: a TV that loads its saved index never writes one (tempfile imports shutil, random)
+
         path = Path(path)
         payload = self._index.save()
         header = {
