@@ -246,3 +246,17 @@ def test_a_store_load_builds_the_float16_matrix_by_blocks_exactly_as_from_the_wh
         assert loaded.matrix.dtype == np.float16
         assert np.array_equal(loaded.matrix.view(np.uint16), expected.view(np.uint16))
         assert catalog_module._with_params(loaded._content, config) == fingerprint
+
+
+def test_the_store_page_cache_is_the_configs_and_a_bad_size_is_a_config_error(tmp_path: Path):
+    """A TV's SQLite page cache is `BrainConfig.store_cache_kib` (256 KiB, not SQLite's 2 MiB: the catalog's load
+    filled that with embedding pages no ranking reads again); a size SQLite cannot take is one clear config error."""
+    from omega.brain.config import BrainConfig
+
+    with Brain(tmp_path / "tv.db") as brain:
+        assert brain.store._query("PRAGMA cache_size")[0][0] == -BrainConfig().store_cache_kib == -256
+    with Brain(tmp_path / "tv.db", config=BrainConfig(store_cache_kib=1024)) as brain:
+        assert brain.store._query("PRAGMA cache_size")[0][0] == -1024
+    for bad in (0, 15, 1 << 21):
+        with pytest.raises(OmegaError, match="store_cache_kib must be in 16..1048576"):
+            BrainConfig(store_cache_kib=bad)

@@ -550,7 +550,7 @@ def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: Br
 def test_the_page_cache_can_be_bounded_and_nonsense_sizes_are_one_clear_error(tmp_path: Path):
     store = BrainStore(tmp_path / "tv.db")
     try:
-        assert store._query("PRAGMA cache_size")[0][0] == -2000  # SQLite's default, kept by a TV
+        assert store._query("PRAGMA cache_size")[0][0] == -2000  # SQLite's default: a Brain sets its config's
         store.limit_cache(256)
         assert store._query("PRAGMA cache_size")[0][0] == -256
         for bad in (0, 15, -5, True, 2.5, "256"):

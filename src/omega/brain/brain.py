@@ -118,6 +118,7 @@ class Brain:
         self.config = config or BrainConfig()
         self._new_id = new_id
         self.store = BrainStore(db_path, max_patterns=self.config.max_patterns, synchronous=synchronous)
+        self.store.limit_cache(self.config.store_cache_kib)
         self._embedder = embedder
         self._catalog = catalog
         self._patterns: PatternMemory | None = None

@@ -43,6 +43,12 @@ class BrainConfig:
     index_backend: str = "hnswlib"
     index_exact_below: int = 256
     threads: int = 1
+    #: SQLite's own page cache of the TV's store, KiB (SQLite's default is 2 MiB). The store's pages are in the OS
+    #: page cache anyway; this one saves a ranking's re-reads (the edge rows of its recent items) a system call.
+    #: 256: what every simulated TV of the evaluation has run with. On the bench brain -1.8 MB of RSS after the first
+    #: recommend (the catalog's load had filled 2 MiB with embedding pages no ranking reads), recommend CPU within
+    #: noise (bench/README, issue 13's sixth round).
+    store_cache_kib: int = 256
 
     # --- SkillLibrary
     max_patterns: int = 10_000
@@ -142,6 +148,8 @@ class BrainConfig:
         )
         need(self.index_exact_below >= 0, "index_exact_below must be >= 0")
         need(1 <= self.threads <= 64, f"threads must be in 1..64, got {self.threads}")
+        cache = self.store_cache_kib
+        need(16 <= cache <= 1 << 20, f"store_cache_kib must be in 16..1048576, got {cache}")
         need(self.max_patterns >= 1, "max_patterns must be >= 1")
         need(0.0 <= self.high_quality_success <= 1.0, "high_quality_success must be in [0, 1]")
         need(self.high_quality_min_uses >= 1, "high_quality_min_uses must be >= 1")

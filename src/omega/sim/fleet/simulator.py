@@ -113,9 +113,6 @@ class FleetConfig:
     #: decoding the same pages again (identical tables, tested); the per-TV decode was O(TVs x published
     #: edges): at 610 TVs ~18M edges decoded and merged, most of the fleet's time and its RSS.
     copy_catch_up: bool = True
-    #: Each simulated TV's SQLite page cache, KiB (`Database.limit_cache`; a TV alone keeps SQLite's 2 MiB).
-    #: Measured at 100 TVs: SQLite held 0.72 of the 1.13 MB each simulated TV added to the process.
-    brain_cache_kib: int = 256
     #: Sim-only: the server's pull staleness bound (ServerSettings.pull_snapshot_s, 5 s shipped) is wall-clock
     #: seconds, and the replay runs days of the simulated clock in one: pulls see the live head here (0).
     pull_snapshot_s: float = 0.0
@@ -287,7 +284,6 @@ class Fleet:
             config=self.config.brain, synchronous="NORMAL",
             new_id=lambda: uuid.UUID(int=ids.getrandbits(128), version=4),
         )  # fmt: skip
-        brain.store.limit_cache(self.config.brain_cache_kib)
         sync = sync or self.config.sync
         agent = SyncAgent(
             brain, server_url=self.url or "http://127.0.0.1", device_id=device_id, token=self.token_for(device_id),
