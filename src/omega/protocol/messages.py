@@ -31,6 +31,10 @@ WEIGHT_SCALE = 16
 #: with support ≥ c·√V(a), a pair {a, b} with support ≥ c·√max(V(a), V(b)), V(i) = the total support of
 #: the published edges out of i. Why 0.45: see omega.brain.store.brain_store.
 SUPPORT_FLOOR_C = 0.45
+DEFAULT_PULL_BYTES = 5000
+MAX_ERROR_CODE_CHARS = 32
+#: Longer error messages are cut (the code carries the meaning).
+MAX_ERROR_MESSAGE_CHARS = 256
 
 
 def passes_support_floor(support, volume, c: float = SUPPORT_FLOOR_C):  # noqa: ANN001, ANN201 — float or array
@@ -41,10 +45,7 @@ def passes_support_floor(support, volume, c: float = SUPPORT_FLOOR_C):  # noqa: 
         s = support.astype(np.float64)
         return s * s >= float(c) ** 2 * np.asarray(volume, np.float64)
     return float(support) * support >= float(c) ** 2 * volume
-DEFAULT_PULL_BYTES = 5000
-MAX_ERROR_CODE_CHARS = 32
-#: Longer error messages are cut (the code carries the meaning).
-MAX_ERROR_MESSAGE_CHARS = 256
+
 
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
