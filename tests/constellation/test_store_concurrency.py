@@ -369,7 +369,7 @@ async def test_a_v7_store_keeps_its_served_rows_keyed_by_their_change_seq(tmp_pa
             assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             assert sorted(con.execute("SELECT kind, k1, k2, k3, seq, support, peak FROM served").fetchall()) == rows
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'served'")}
-            assert names == {"served", "served_key"}
+            assert names == {"served", "served_key", "served_published"}
         finally:
             con.close()
         agg = await Aggregator.open(s, codebook, SALT, AggregationPolicy(k_min=1))

@@ -208,6 +208,7 @@ class Aggregator:
         """Bind the store to this codebook and salt (refused if it was built with others)."""
         agg = cls(store, codebook, salt, policy, clock_ms=clock_ms)
         await store.bind(codebook.fingerprint, codebook.version, agg._keyed(b"omega/salt-check", 16))
+        await store.set_pull_floor(agg.policy.k_min)  # pulls read only what reached it (store.base)
         return agg
 
     @property

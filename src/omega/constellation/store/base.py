@@ -130,6 +130,12 @@ class ConstellationStore(ABC):
         """Record (first time) or verify the codebook and salt this store was built with; mismatch → OmegaError."""
 
     @abstractmethod
+    async def set_pull_floor(self, k_min: int) -> None:
+        """Index the pull scan for pulls with this k_min (the aggregator's): a pull then reads only the keys whose
+        support ever reached it, not every key a push named. Rebuilds the index if it was built for another
+        k_min (new and migrated stores: DEFAULT_K_MIN); a pull with a lower k_min scans every served key."""
+
+    @abstractmethod
     async def apply_push(self, push: PreparedPush) -> PushOutcome:
         """Apply one push atomically and durably; a repeated push key is a no-op with duplicate=True."""
 

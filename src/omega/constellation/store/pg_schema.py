@@ -19,7 +19,8 @@ Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of 
 - `omega_cell_state` / `omega_edge_state`: CRDT entries per (origin, key);
   `sum_wx` is 384 little-endian float64 (bytea) so a federation round trip is exact.
 - `omega_served`: the global view's change index per key (seq, global support; v4: `peak`, the
-  highest support it ever had, so a published key's removal is served).
+  highest support it ever had, so a published key's removal is served; v6: the pull scan reads the
+  partial index `omega_served_published`, the keys whose peak reached `omega_meta.pull_floor`).
 - `omega_cell_vectors`: per cell, `embedding vector(384)`, the normalised global
   mean, with an HNSW cosine index (m = 32, ef_construction = 200) for
   `nearest_consolidated`. An HNSW insert costs ~5 ms here (m = 32,
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from omega.constellation.privacy import DEFAULT_K_MIN, check_k_min
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM
 
@@ -122,7 +124,29 @@ ALTER TABLE omega_contributions ADD COLUMN legacy boolean NOT NULL DEFAULT true;
 ALTER TABLE omega_contributions ALTER COLUMN legacy SET DEFAULT false
 """
 
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5]
+#: The pull scan's index (the SQLite store's v9 says why): the served rows of the keys whose support ever reached
+#: the pull floor, in seq order, covering the scan.
+PUBLISHED_INDEX = "omega_served_published"
+
+
+def published_index_sql(floor: int) -> str:
+    """The statement that creates the pull scan's index for pull floor `floor` (a literal: the planner uses a
+    partial index for a query whose WHERE implies the index's, and a parameter's value is not known to it)."""
+    return (f"CREATE INDEX {PUBLISHED_INDEX} ON omega_served (seq) INCLUDE (kind, k1, k2, k3, support, peak) "
+            f"WHERE peak >= {check_k_min(floor)}")  # fmt: skip
+
+
+# v6: the pull scan's partial index, for the default k_min until the aggregator says its own
+# (PostgresStore.set_pull_floor). It replaces v4's (seq, support, peak), which held every served key: a pull
+# with a k_min below the floor (DP mode's daily draw, k_min 1) reads the seq order of the UNIQUE (seq) index.
+_SCHEMA_V6 = f"""
+DROP INDEX IF EXISTS omega_served_seq_support;
+{published_index_sql(DEFAULT_K_MIN)};
+INSERT INTO omega_meta VALUES ('pull_floor', '{DEFAULT_K_MIN}'::bytea)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ import asyncpg
 import numpy as np
 
 from omega.constellation.crdt import CellKey, EdgeKey, FederatedState
+from omega.constellation.privacy import check_k_min
 from omega.constellation.store import logic, window
 from omega.constellation.store.base import (
     KIND_CELL,
@@ -48,7 +50,7 @@ from omega.constellation.store.pg_engine import (
     redact,
     translate,
 )
-from omega.constellation.store.pg_schema import REFRESH_LOCK_ID
+from omega.constellation.store.pg_schema import PUBLISHED_INDEX, REFRESH_LOCK_ID, published_index_sql
 from omega.errors import OmegaError
 
 # The ANN vector of a cell is rewritten when 1 - cos(stored, current) exceeds this, so a
@@ -203,6 +205,25 @@ def _dirty_marks(served: list[tuple]) -> list[tuple[int, int, int]]:
     return [(r[1], r[2], r[4]) for r in served if r[0] == KIND_CELL]
 
 
+#: The head and the pull floor the served rows are indexed for, in one round trip.
+_HEAD_AND_FLOOR = (
+    "SELECT h.seq, convert_from(m.value, 'UTF8')::int FROM omega_head h, omega_meta m "
+    "WHERE h.id = 1 AND m.key = 'pull_floor'"
+)
+_FLOOR = "SELECT convert_from(value, 'UTF8')::int FROM omega_meta WHERE key = 'pull_floor'"
+_SCAN = "seq > $1 AND (support >= $2 OR peak >= $3) ORDER BY seq LIMIT $4"
+
+
+@functools.lru_cache(maxsize=64)
+def _served_rows(floor: int, k_min: int) -> str:
+    """FROM and WHERE of a read of the served rows a pull with `k_min` may serve, when the pull floor is `floor`:
+    with k_min ≥ floor, the term `peak >= floor` (a literal) that lets the planner read the published keys'
+    partial index alone (pg_schema.PUBLISHED_INDEX); it drops no row such a pull serves (peak ≥ support)."""
+    if k_min >= floor:
+        return f"FROM omega_served WHERE peak >= {int(floor)} AND "
+    return "FROM omega_served WHERE "
+
+
 class PostgresStore(ConstellationStore):
     """`ConstellationStore` on PostgreSQL + pgvector. Create with `await PostgresStore.open(dsn)`."""
 
@@ -247,6 +268,20 @@ class PostgresStore(ConstellationStore):
 
         await self._engine.write(run)
         self._codebook_version = int(codebook_version)
+
+    async def set_pull_floor(self, k_min: int) -> None:
+        floor = check_k_min(k_min)
+
+        # Under the exclusive write lock (pg_engine.py): no push writes served rows while the index is rebuilt,
+        # and workers opening at once rebuild it once.
+        async def run(conn: asyncpg.Connection, head: int) -> tuple[None, int]:
+            if await conn.fetchval(_FLOOR) != floor:
+                await conn.execute(f"DROP INDEX IF EXISTS {PUBLISHED_INDEX}")
+                await conn.execute(published_index_sql(floor))
+                await conn.execute("UPDATE omega_meta SET value = $1 WHERE key = 'pull_floor'", str(floor).encode())
+            return None, head
+
+        await self._engine.write(run)
 
     # ---- pushes --------------------------------------------------------------------
     async def apply_push(self, push: PreparedPush) -> PushOutcome:
@@ -335,11 +370,9 @@ class PostgresStore(ConstellationStore):
 
     # ---- delta pull ----------------------------------------------------------------
     async def _changes(self, cursor: int, k_min: int, budget: PageBudget) -> ChangePage:
-        scan = ("SELECT kind, k1, k2, k3, seq, support FROM omega_served "
-                "WHERE seq > $1 AND (support >= $2 OR peak >= $3) ORDER BY seq LIMIT $4")  # fmt: skip
-
         async def run(conn: asyncpg.Connection) -> ChangePage:
-            head = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1")
+            head, pull_floor = await conn.fetchrow(_HEAD_AND_FLOOR)
+            scan = f"SELECT kind, k1, k2, k3, seq, support {_served_rows(int(pull_floor), k_min)}" + _SCAN
             page = logic.Page(cursor, head, budget)
             floor = logic.scan_floor(cursor, head, k_min)
             while page.take(await conn.fetch(scan, page.last, k_min, floor, logic.PAGE_SCAN)):

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, EdgeKey, FederatedState
-from omega.constellation.store import logic, window
+from omega.constellation.privacy import check_k_min
+from omega.constellation.store import logic, sqlite_schema, window
 from omega.constellation.store.base import (
     KIND_CELL,
     KIND_EDGE,
@@ -54,7 +55,7 @@ from omega.constellation.store.base import (
     check_query,
 )
 from omega.constellation.store.sqlite_engine import MISS, ItemCache, Readers, Writer
-from omega.constellation.store.sqlite_schema import open_schema
+from omega.constellation.store.sqlite_schema import PUBLISHED_INDEX, open_schema, pull_floor
 from omega.errors import OmegaError
 
 #: Threads (each with its own connection) that serve reads from WAL snapshots.
@@ -108,6 +109,16 @@ def _flat(rows: Sequence[tuple]) -> list[Any]:
 
 def _head(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) FROM served").fetchone()[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _served_rows(floor: int, k_min: int) -> str:
+    """FROM and WHERE of a read of the served rows a pull with `k_min` may serve, on a store whose pull floor
+    (sqlite_schema.PUBLISHED_INDEX) is `floor`: the published keys' index when k_min ≥ floor (INDEXED BY: an
+    error, never a silent scan of every row, if the index and the floor disagreed), else every served row."""
+    if k_min >= floor:
+        return f"FROM served INDEXED BY {PUBLISHED_INDEX} WHERE peak >= {int(floor)} AND "
+    return "FROM served WHERE "
 
 
 #: Keys per statement of `_of_keys`: a few fixed sizes (powers of two up to 512), so each such statement is
@@ -244,6 +255,9 @@ class SqliteStore(ConstellationStore):
         await self._writer.submit(run)
         self._codebook_version = int(codebook_version)
 
+    async def set_pull_floor(self, k_min: int) -> None:
+        await self._writer.submit(functools.partial(sqlite_schema.set_pull_floor, floor=check_k_min(k_min)), mode="raw")
+
     # ---- pushes --------------------------------------------------------------------
     async def apply_push(self, push: PreparedPush) -> PushOutcome:
         return await self._writer.submit_group(self._apply_group, push)
@@ -292,8 +306,8 @@ class SqliteStore(ConstellationStore):
             head = _head(conn)
             page = logic.Page(cursor, head, budget)
             floor = logic.scan_floor(cursor, head, k_min)
-            scan = ("SELECT kind, k1, k2, k3, seq, support FROM served WHERE seq > ? AND (support >= ? OR peak >= ?) "
-                    "ORDER BY seq LIMIT ?")  # fmt: skip
+            scan = (f"SELECT kind, k1, k2, k3, seq, support {_served_rows(pull_floor(conn), k_min)}"
+                    "seq > ? AND (support >= ? OR peak >= ?) ORDER BY seq LIMIT ?")  # fmt: skip
             while page.take(conn.execute(scan, (page.last, k_min, floor, logic.PAGE_SCAN)).fetchall()):
                 pass
             live = [r[:5] for r in page.chosen if r[5] >= k_min]
@@ -328,7 +342,8 @@ class SqliteStore(ConstellationStore):
         q = check_query(vector, k, k_min)
 
         def run(conn: sqlite3.Connection) -> list[tuple[CellKey, float]]:
-            sql = f"SELECT kind, k1, k2, k3, seq FROM served WHERE kind = {KIND_CELL} AND support >= ?"
+            where = _served_rows(pull_floor(conn), int(k_min))
+            sql = f"SELECT kind, k1, k2, k3, seq {where}kind = {KIND_CELL} AND support >= ?"
             args: list[int] = [int(k_min)]
             if task_type is not None:
                 sql += " AND k1 = ?"
