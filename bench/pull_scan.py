@@ -9,10 +9,11 @@ what `SyncService` calls on a page-cache miss, at the shipped page budget) from 
 of the change log and from a cursor 50 changes behind the head, `--reads` times each; reported: the
 median and p90 milliseconds per page, items per page, and the served rows in the page's seq range (what
 a scan of every served key reads) beside the published ones among them (what an index of published keys
-reads). A/B: run it on two trees, interleaved, e.g.
+reads); a whole catch-up from 0; on trees with that index, what rebuilding it for another k_min takes.
+A/B: run it on two trees, interleaved, e.g.
 
-    .venv/bin/python bench/pull_scan.py --pushes 20000
-    PYTHONPATH=/tmp/old/src .venv/bin/python bench/pull_scan.py --pushes 20000
+    .venv/bin/python bench/pull_scan.py --pushes 10000
+    PYTHONPATH=/tmp/old/src .venv/bin/python bench/pull_scan.py --pushes 10000
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ async def run(pushes: int, devices: int, reads: int, seed: int) -> dict:
                 _, cursor, more = await agg.changes_since(cursor, DEFAULT_PULL_BYTES)
                 pages += 1
             out["catch_up"] = {"pages": pages, "ms": round((time.perf_counter() - t0) * 1000, 1)}
+            if hasattr(agg.store, "set_pull_floor"):  # trees with the published keys index: a k_min change
+                t0 = time.perf_counter()
+                await agg.store.set_pull_floor(k_min - 1)
+                out["rebuild_index_s"] = round(time.perf_counter() - t0, 3)
     return out
 
 
