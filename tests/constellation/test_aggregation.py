@@ -295,6 +295,36 @@ def test_keyed_hashes_are_hmac_sha256_of_the_salt(codebook, size) -> None:
         assert agg._keyed(message, 8) == hmac.new(salt, message, hashlib.sha256).digest()[:8]  # noqa: SLF001
 
 
+def test_edge_and_pair_members_are_the_keyed_hash_of_their_key_and_device(codebook) -> None:
+    """What a push's transitions become (the writer stores these member hashes, so a store built before
+    keeps matching): each valid edge HMAC(salt, "omega/edge" <III keyspace, src, dst> device)[:8], its
+    weight capped, numpy ids as plain ints; refused ones by their index; one pair per unordered item pair
+    (both directions summed), numbered after the pushed edges, in (lo, hi) order."""
+    import hashlib
+    import hmac
+    import struct
+
+    salt = bytes(range(32))
+    agg = Aggregator(None, codebook, salt)  # type: ignore[arg-type] - hashing needs no store
+    dev = device(3)
+    pushed = [(int(Keyspace.ITEM), 7, 3, 0.5), (np.int64(1), np.uint32(3), 7, 2.0), (int(Keyspace.CELL), 4, 4, 1.0),
+              (int(Keyspace.ITEM), 5, 5, 1.0), (int(Keyspace.PAIR), 1, 2, 1.0), (1, 2**32, 1, 1.0), (1, 1, 2, 0.0),
+              (1, True, 2, 1.0), (1, 9, 2, float("nan")), (1, 2)]  # fmt: skip
+    rejections: list = []
+    edges = agg._prepare_edges(dev, pushed, rejections)  # noqa: SLF001
+    pairs = agg._derive_pairs(dev, edges, first_index=len(pushed))  # noqa: SLF001
+
+    def member(keyspace: int, src: int, dst: int) -> bytes:
+        message = b"omega/edge" + struct.pack("<III", keyspace, src, dst) + dev
+        return hmac.new(salt, message, hashlib.sha256).digest()[:8]
+
+    assert [tuple(e) for e in edges] == [(0, 1, 7, 3, member(1, 7, 3), 0.5), (1, 1, 3, 7, member(1, 3, 7), 1.0),
+                                         (2, 2, 4, 4, member(2, 4, 4), 1.0)]  # fmt: skip
+    assert all(type(v) is int for e in edges for v in (e.keyspace, e.src, e.dst))
+    assert [(r.index, r.reason) for r in rejections] == [(i, BAD_TRANSITION) for i in range(3, 10)]
+    assert [tuple(p) for p in pairs] == [(10, int(Keyspace.PAIR), 3, 7, member(int(Keyspace.PAIR), 3, 7), 1.0)]
+
+
 def _mixed_pushes(codebook: Codebook, n: int) -> list[tuple[bytes, list[Contribution]]]:
     """Pushes of 0-4 patterns: random directions (assignment not decided by a near centroid), wrong
     hints, and in some pushes a refused pattern (NaN, wrong shape, norm, rate)."""

@@ -58,8 +58,10 @@ class CellContribution:
     trials: float
 
 
-@dataclass(frozen=True)
-class EdgeContribution:
+class EdgeContribution(NamedTuple):
+    """One pushed (or derived pair) transition, keyed and weighted. A tuple: a push builds ~20 of them,
+    and a frozen dataclass costs three times as much to construct."""
+
     index: int  # position in the push's transition list
     keyspace: int
     src: int
