@@ -448,6 +448,38 @@ async def test_a_group_writes_what_one_push_at_a_time_writes(tmp_path, codebook)
     assert results["grouped"] == results["one by one"]
 
 
+async def test_a_group_commit_answers_its_pushes_in_one_wake_up_of_the_loop(sqlite_store, codebook) -> None:
+    """The writer hands a group's results to the event loop at once (one thread-safe call for the group,
+    not one per push): each push still gets its own outcome, and only after the group's COMMIT."""
+    agg = await Aggregator.open(sqlite_store, codebook, SALT, AggregationPolicy(k_min=1))
+    writer = sqlite_store._writer  # noqa: SLF001
+    loop = asyncio.get_running_loop()
+    wake_ups = []
+    real = loop.call_soon_threadsafe
+
+    def counted(callback, *args, **kwargs):  # noqa: ANN001, ANN202
+        if threading.current_thread().name.startswith("omega-store:"):
+            wake_ups.append(callback)
+        return real(callback, *args, **kwargs)
+
+    entered, release, blocked = _hold_writer(writer)
+    assert await asyncio.to_thread(entered.wait, 10)
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    try:
+        groups0 = writer.groups
+        jobs = [asyncio.ensure_future(agg.apply(device(d), b"w", [pattern(near(codebook, d % 4, d))],
+                                                [(0, d, d + 1, 1.0)], NOW)) for d in range(12)]  # fmt: skip
+        await asyncio.sleep(0.05)
+        release.set()
+        await blocked
+        out = await asyncio.gather(*jobs)
+    finally:
+        del loop.call_soon_threadsafe
+    assert writer.groups - groups0 == 2  # the held job, then one group of the 12 pushes
+    assert len(wake_ups) == 2, wake_ups  # one per transaction: the held job's, then the group's
+    assert [r.accepted for r in out] == [2] * 12 and len({r.cursor for r in out}) == 12  # each its own head
+
+
 async def test_a_group_that_fails_in_sql_is_reapplied_push_by_push(sqlite_store, codebook) -> None:
     """A statement failing in a group: nothing of the group is kept, each push is applied again alone,
     and only the push that fails by itself is refused; none is applied twice."""

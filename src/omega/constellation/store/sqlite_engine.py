@@ -1,14 +1,14 @@
 """The SQLite store's threads: one writer that group-commits, reader threads on WAL snapshots.
 
 sqlite3 objects are never shared between threads (each thread opens its own
-connection); the asyncio side awaits `concurrent.futures.Future`s the threads
-resolve. Why one writer, group commit and separate readers: see sqlite.py.
+connection); the asyncio side awaits futures of its own loop, which the threads
+resolve through that loop (`_resolve_all`: one wake-up per group commit). Why one
+writer, group commit and separate readers: see sqlite.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import queue
 import sqlite3
 import threading
@@ -24,26 +24,54 @@ MAX_GROUP = 256  # pushes per group commit
 _CONNECT_ERRORS = (sqlite3.Error, ValueError, OSError)
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     #: "group": fn(conn, [items]) -> one result (or Exception) per item, many jobs in one transaction;
     #: otherwise fn(conn) -> result.
     fn: Callable[..., Any]
-    future: concurrent.futures.Future[Any]
+    #: The caller's future, on its event loop: only that loop's thread may touch it (see `_resolve_all`).
+    future: asyncio.Future[Any]
     mode: str  # "group": may share a transaction (and its fsync); "tx": own transaction; "raw": none; "read"
     item: Any = None  # what a "group" job hands to fn
 
 
-def _resolve(future: concurrent.futures.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # cancelled by a caller that stopped waiting
-        return
-    try:
+#: (job, ok, value): how a job ended, handed to its loop.
+Outcome = tuple[Job, bool, Any]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """On the caller's loop: each future gets its result or exception (unless its caller stopped waiting)."""
+    for job, ok, value in outcomes:
+        future = job.future
+        if future.done():  # cancelled by a caller that stopped waiting
+            continue
         if ok:
             future.set_result(value)
         else:
             future.set_exception(value)
-    except concurrent.futures.InvalidStateError:  # cancelled concurrently
-        pass
+
+
+def _resolve_all(outcomes: list[Outcome]) -> None:
+    """Hand finished jobs to their event loops, one wake-up per loop for the lot.
+
+    A group commit answers tens of pushes at once; a `concurrent.futures.Future` per job (a lock and a
+    condition to build, then `wrap_future`'s chained callback and one self-pipe write per job to wake
+    the loop) cost both threads more than the wake-up they need."""
+    if len(outcomes) == 1:
+        loops = {outcomes[0][0].future.get_loop(): outcomes}
+    else:
+        loops = {}
+        for outcome in outcomes:
+            loops.setdefault(outcome[0].future.get_loop(), []).append(outcome)
+    for loop, mine in loops.items():
+        try:
+            loop.call_soon_threadsafe(_settle, mine)
+        except RuntimeError:  # the loop is closed: nobody is left to answer
+            pass
+
+
+def _resolve(job: Job, ok: bool, value: Any) -> None:
+    _resolve_all([(job, ok, value)])
 
 
 class _Threads:
@@ -62,9 +90,9 @@ class _Threads:
     def _put(self, fn: Callable[..., Any], mode: str, item: Any = None) -> asyncio.Future[Any]:
         if self._closed:
             raise OmegaError("the store is closed")
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put(Job(fn, fut, mode, item))
-        return asyncio.wrap_future(fut)
+        return fut
 
     def stop(self) -> None:
         """Take no new jobs; every thread answers the jobs queued before this, then ends."""
@@ -155,9 +183,9 @@ class Writer(_Threads):
         try:
             value = job.fn(self._conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
-            _resolve(job.future, False, translate(exc))
+            _resolve(job, False, translate(exc))
         else:
-            _resolve(job.future, True, value)
+            _resolve(job, True, value)
 
     def _run_tx(self, job: Job) -> None:
         conn = self._conn
@@ -169,11 +197,11 @@ class Writer(_Threads):
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            _resolve(job.future, False, translate(exc))
+            _resolve(job, False, translate(exc))
             return
         self.groups += 1
         self.grouped += 1
-        _resolve(job.future, True, value)
+        _resolve(job, True, value)
 
     def _run_group(self, batch: list[Job]) -> None:
         conn = self._conn
@@ -192,17 +220,13 @@ class Writer(_Threads):
                     self._run_group([job])
                 return
             err = translate(exc)
-            for job in batch:
-                _resolve(job.future, False, err)
+            _resolve_all([(job, False, err) for job in batch])
             return
         self.groups += 1
         self.grouped += len(batch)
         # Resolved only after COMMIT returned: an acknowledged push is durable.
-        for job, value in zip(batch, results, strict=True):
-            if isinstance(value, BaseException):
-                _resolve(job.future, False, translate(value))
-            else:
-                _resolve(job.future, True, value)
+        _resolve_all([(job, False, translate(value)) if isinstance(value, BaseException) else (job, True, value)
+                      for job, value in zip(batch, results, strict=True)])  # fmt: skip
 
 
 class Readers(_Threads):
@@ -232,7 +256,7 @@ class Readers(_Threads):
             # Jobs queued before stop() precede its sentinels (FIFO): every one is answered.
             while (job := self._queue.get()) is not None:
                 if conn is None:
-                    _resolve(job.future, False, broken)
+                    _resolve(job, False, broken)
                     continue
                 try:
                     conn.execute("BEGIN")
@@ -243,9 +267,9 @@ class Readers(_Threads):
                 except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    _resolve(job.future, False, translate(exc))
+                    _resolve(job, False, translate(exc))
                 else:
-                    _resolve(job.future, True, value)
+                    _resolve(job, True, value)
         finally:
             if conn is not None:
                 conn.close()
@@ -285,7 +309,7 @@ class ItemCache:
 def _refuse_until_stopped(q: queue.SimpleQueue[Job | None], exc: Exception) -> None:
     """A thread without a connection: every job gets `exc`, up to stop()'s sentinel (none waits for ever)."""
     while (job := q.get()) is not None:
-        _resolve(job.future, False, exc)
+        _resolve(job, False, exc)
 
 
 def _fail_pending(q: queue.SimpleQueue[Job | None], exc: Exception) -> None:
@@ -295,7 +319,7 @@ def _fail_pending(q: queue.SimpleQueue[Job | None], exc: Exception) -> None:
         except queue.Empty:
             return
         if job is not None:
-            _resolve(job.future, False, exc)
+            _resolve(job, False, exc)
 
 
 def translate(exc: BaseException) -> BaseException:
