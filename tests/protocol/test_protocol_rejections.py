@@ -19,6 +19,7 @@ from omega.protocol import (
     Heartbeat,
     InvalidPattern,
     Keyspace,
+    MAX_TRANSITIONS,
     MalformedFrame,
     ProtocolError,
     Pull,
@@ -241,6 +242,36 @@ def test_transition_keyspace_must_be_named() -> None:
     tb = omega_pb2.TransitionBatch(keyspace=0, src_delta=[1], dst=[2], weight=[16])
     body = _pb_frame(push=omega_pb2.Push(batch_id=b"B" * 16, transitions=tb)).SerializeToString()
     _raises(_signed(body), InvalidPattern, "invalid_pattern")
+
+
+def test_a_decoded_batch_is_what_the_checked_constructors_build() -> None:
+    """Decoding builds a batch's edges without running Transition's checks again (the uint32 wire fields and
+    the decoder's own checks are what they would test): the edges, their types and the batch are exactly
+    those of the constructors, at the extremes of every field and in random batches."""
+    import random
+
+    from omega.protocol.convert import _transitions_from_pb, _transitions_to_pb
+
+    top = 2**32 - 1
+    rng = random.Random(3)
+    batches = [[(0, 0, 0.0, 0), (0, top, top / 16, top), (top, 0, 1 / 16, 1), (top, top, 0.0625, 0)]]
+    batches += [[(rng.randrange(50), rng.randrange(50), rng.randrange(400) / 16, rng.choice([0, 0, 7, top]))
+                 for _ in range(rng.randrange(1, 30))] for _ in range(300)]  # fmt: skip
+    for i, raw in enumerate(batches):
+        unique = {(s, d): (w, sup) for s, d, w, sup in raw}
+        edges = tuple(Transition(s, d, w, sup) for (s, d), (w, sup) in unique.items())
+        built = TransitionBatch(Keyspace(1 + i % 4), edges, codebook_version=i * 7919 % (top + 1))
+        wire = omega_pb2.TransitionBatch()
+        _transitions_to_pb(built, wire)
+        decoded = _transitions_from_pb(omega_pb2.TransitionBatch.FromString(wire.SerializeToString()))
+        assert decoded == built and decoded.keyspace is built.keyspace
+        assert [tuple(map(type, (e.src, e.dst, e.weight, e.support))) for e in decoded.edges] == [
+            (int, int, float, int)] * len(built.edges)
+    for keyspace, version, edges in ((0, 0, 1), (9, 0, 1), (1, 0, MAX_TRANSITIONS + 1)):
+        wire = omega_pb2.TransitionBatch(keyspace=keyspace, codebook_version=version, src_delta=[1] * edges,
+                                         dst=[2] * edges, weight=[16] * edges)  # fmt: skip
+        with pytest.raises((InvalidPattern, FrameTooLarge)):
+            _transitions_from_pb(wire)
 
 
 def test_pull_reply_keeps_pairs_apart_from_ordered_edges() -> None:

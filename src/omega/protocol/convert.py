@@ -148,6 +148,10 @@ def _transitions_from_pb(m: pb.TransitionBatch) -> TransitionBatch:
     src = dst = 0
     # Plain lists: indexing the protobuf containers costs a call per element.
     gaps, dsts, weights, supports = list(m.src_delta), list(m.dst), list(m.weight), list(m.support) or [0] * n
+    # Every value is a uint32 field, so weight / WEIGHT_SCALE is in range and on the grid, and support in
+    # range: with the two sums checked below, each edge is what Transition's checks let through, and the
+    # gaps give (src, dst) in increasing order, so the batch is sorted and unique without checking again.
+    in_range = Transition._in_range
     for i in range(n):
         gap = gaps[i]
         if i > 0 and gap == 0:
@@ -159,8 +163,8 @@ def _transitions_from_pb(m: pb.TransitionBatch) -> TransitionBatch:
             dst = dsts[i]
         if src > _U32 or dst > _U32:
             raise InvalidPattern("transition id beyond uint32")
-        edges.append(Transition(src, dst, weights[i] / WEIGHT_SCALE, supports[i]))
-    return TransitionBatch(keyspace=m.keyspace, edges=tuple(edges), codebook_version=m.codebook_version)
+        edges.append(in_range(src, dst, weights[i] / WEIGHT_SCALE, supports[i]))
+    return TransitionBatch._in_order(m.keyspace, tuple(edges), m.codebook_version)
 
 
 def _pattern_from_pb(m: pb.EmbeddingPattern) -> EmbeddingPattern:

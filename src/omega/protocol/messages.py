@@ -132,8 +132,8 @@ def _embedding(name: str, value: object) -> None:
         )
 
 
-def _set(obj: object, name: str, value: object) -> None:
-    object.__setattr__(obj, name, value)
+_set = object.__setattr__  # what a frozen dataclass's own __init__ uses
+_new = object.__new__
 
 
 # --------------------------------------------------------------------------- patterns
@@ -190,6 +190,19 @@ class Transition:
         _set(self, "weight", round(float(w) * WEIGHT_SCALE) / WEIGHT_SCALE)
         _uint("transition support", self.support, _U32, InvalidPattern)
 
+    @classmethod
+    def _in_range(cls, src: int, dst: int, weight: float, support: int) -> Transition:
+        """The Transition of values this class's checks already hold for: ints in [0, 2^32 - 1] and a
+        weight w / WEIGHT_SCALE of such an int (on the grid). Only for what a decoded batch carries in
+        uint32 wire fields (`convert._transitions_from_pb`: a push holds tens, and the checks cost 4x
+        the object); everything else goes through the constructor."""
+        t = _new(cls)
+        _set(t, "src", src)
+        _set(t, "dst", dst)
+        _set(t, "weight", weight)
+        _set(t, "support", support)
+        return t
+
 
 @dataclass(frozen=True, slots=True)
 class TransitionBatch:
@@ -200,14 +213,8 @@ class TransitionBatch:
     codebook_version: int = 0
 
     def __post_init__(self) -> None:
-        keyspace = _enum(Keyspace, "keyspace", self.keyspace, InvalidPattern)
-        if keyspace is Keyspace.UNSPECIFIED:
-            raise InvalidPattern("transition keyspace must be ITEM or CELL")
-        _set(self, "keyspace", keyspace)
-        _uint("codebook_version", self.codebook_version, _U32, InvalidPattern)
         edges = tuple(self.edges)
-        if len(edges) > MAX_TRANSITIONS:
-            raise FrameTooLarge(f"{len(edges)} transitions in one batch; at most {MAX_TRANSITIONS}")
+        self._check_header(len(edges))
         for edge in edges:
             if not isinstance(edge, Transition):
                 raise InvalidPattern(f"transition edges must be Transition, got {type(edge).__name__}")
@@ -216,6 +223,28 @@ class TransitionBatch:
             if (prev.src, prev.dst) == (cur.src, cur.dst):
                 raise InvalidPattern(f"transition ({cur.src} -> {cur.dst}) appears twice")
         _set(self, "edges", edges)
+
+    def _check_header(self, n_edges: int) -> None:
+        keyspace = _enum(Keyspace, "keyspace", self.keyspace, InvalidPattern)
+        if keyspace is Keyspace.UNSPECIFIED:
+            raise InvalidPattern("transition keyspace must be ITEM or CELL")
+        _set(self, "keyspace", keyspace)
+        _uint("codebook_version", self.codebook_version, _U32, InvalidPattern)
+        if n_edges > MAX_TRANSITIONS:
+            raise FrameTooLarge(f"{n_edges} transitions in one batch; at most {MAX_TRANSITIONS}")
+
+    @classmethod
+    def _in_order(cls, keyspace: object, edges: tuple[Transition, ...], codebook_version: int) -> TransitionBatch:
+        """The batch of `edges`, Transitions already sorted by (src, dst) without a repeat, as a decoded
+        batch's are by construction (`convert._transitions_from_pb`: src gaps, dst gaps within a src, a
+        zero dst gap refused). Keyspace, version and size are checked as by the constructor; the edges
+        are not checked and sorted again."""
+        batch = _new(cls)
+        _set(batch, "keyspace", keyspace)
+        _set(batch, "edges", edges)
+        _set(batch, "codebook_version", codebook_version)
+        batch._check_header(len(edges))
+        return batch
 
 
 # --------------------------------------------------------------------------- TV -> cloud
