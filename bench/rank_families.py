@@ -41,6 +41,8 @@ items, decayed, or its whole history), signed vs positive weights, a wider ridge
 new viewing paired with its last W items, counted once per TV), the neighbours shipped per item, then SR's weight
 retuned on the best row by I (rank-families-fed2.json; `--fed2-rows` runs some rows only, `--combine A,B` merges
 two runs of one seed).
+`--split I` moves every target one step earlier (scored on the third-to-last ratings, tuned on the fourth-to-last):
+a second validation split for rows picked on V (rank-families-fed2-split2.json).
 `--users N` samples viewers for a quick look (~1 min for a few families at 300).
 """
 
@@ -458,7 +460,7 @@ FED2_ROWS = [
     *((f"window {w}{f' top {t}' if t else ''}", 3, w, t, FED2_TUNED, False, FED2_LAMBDAS)
       for w in (10, 25, 50, 100) for t in ((0, 200, 100, 50, 20) if w == 50 else (0,))),
     # the windowed rows picked the grid's lowest ridge (20): below it (a second run, `--fed2-rows`)
-    *((f"window {w} low ridge", 3, w, 0, FED2_TUNED, False, (2.0, 5.0, 10.0, 20.0)) for w in (25, 50)),
+    *((f"window {w} low ridge", 3, w, 0, FED2_TUNED, False, (2.0, 5.0, 10.0, 20.0)) for w in (25, 50, 100)),
 ]
 FED2_W = (0.3, 0.6, 1.0, 2.0, 4.0)
 POP = 0.02  # seq_transition's pop_weight (its default; the eval's grid does not vary it)
@@ -563,7 +565,10 @@ def combine(runs: list[dict[str, Any]], resamples: int = 2000) -> dict[str, Any]
                      "ratio_vs_sr": float(m.mean() / base.mean()), "diff_vs_sr": float(d.mean()),
                      "ci95": [float(low), float(high)],
                      "params_per_seed": [r["rows"][name].get("params") for r in runs]}  # fmt: skip
-    return {"seeds": [r.get("seed") for r in runs], "viewers": len(common), "rows": out}
+    if len({r.get("split", "V") for r in runs}) > 1:
+        raise SystemExit("--combine: runs of different splits (--split)")
+    return {"seeds": [r.get("seed") for r in runs], "split": runs[0].get("split", "V"), "viewers": len(common),
+            "rows": out}
 
 
 def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -571,7 +576,8 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     an earlier one of the same name (SR, identical in each, checked)."""
     out = runs[0]
     for r in runs[1:]:
-        if r["seed"] != out["seed"] or r["per_viewer"]["users"] != out["per_viewer"]["users"]:
+        if (r["seed"], r.get("split", "V")) != (out["seed"], out.get("split", "V")) or \
+                r["per_viewer"]["users"] != out["per_viewer"]["users"]:
             raise SystemExit("--combine A,B: runs of different seeds or viewers")
         sr = "sr (seq_transition, eval's grid)"
         if r["per_viewer"][sr] != out["per_viewer"][sr]:
@@ -595,6 +601,9 @@ def main() -> None:
     parser.add_argument("--combine", nargs="+", help="runs of other seeds (--per-viewer) to pool; A.json,B.json: "
                         "two runs of one seed merged (B's rows replace A's of the same name)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("V", "I"), default="V",
+                        help="I: every target one step earlier (scored on the third-to-last ratings, tuned on the "
+                        "fourth-to-last), a second validation split for what was picked on V")
     args = parser.parse_args()
     if args.combine:
         json.dump(combine([merge_runs([json.loads(Path(f).read_text()) for f in arg.split(",")])
@@ -604,6 +613,13 @@ def main() -> None:
     started = time.perf_counter()
     data = load_movielens(resolve_data_dir(args.data, "ml-latest-small"), max_tags=0)
     user, item, _, ts = _subsample(data, args.users, args.seed, validation=True)
+    if args.split == "I":
+        # drop each viewer's V target too: the split scored is V's inner split I (its histories, its targets),
+        # and the tuning split one step earlier again, so tuning and scoring never share a target
+        last = {u: i for i, u in enumerate(user.tolist())}
+        keep = np.ones(user.size, bool)
+        keep[list(last.values())] = False
+        user, item, ts = user[keep], item[keep], ts[keep]
     dv, di = build(user, item, ts, data.item_ids)
     pv, pi = Parts(dv), Parts(di)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
@@ -742,10 +758,12 @@ def main() -> None:
 
     out = {
         "what": "offline ranker families vs seq_transition, ml-latest-small validation split (issue 13)",
-        "protocol": "eval's seeded same-second shuffle (seed %d), test targets dropped; V targets = second-to-last "
-                    "ratings, params tuned on V's inner split (third-to-last), refitted on V; full ranking, history "
-                    "excluded, ties against the target; paired bootstrap 2000 resamples over V's viewers" % args.seed,
+        "protocol": "eval's seeded same-second shuffle (seed %d), test targets dropped; V targets = %s-to-last "
+                    "ratings, params tuned on V's inner split (%s-to-last), refitted on V; full ranking, history "
+                    "excluded, ties against the target; paired bootstrap 2000 resamples over V's viewers"
+                    % ((args.seed, "second", "third") if args.split == "V" else (args.seed, "third", "fourth")),
         "seed": args.seed,
+        "split": args.split,
         "viewers_V": dv.split.n_users, "viewers_I": di.split.n_users,
         "bar": "1.1 × seq_transition with the interval above 0",
         "rows": rows,
