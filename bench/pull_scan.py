@@ -42,18 +42,28 @@ SECRET = b"pull-scan-bench-secret-0123456789"
 IN_FLIGHT = 64
 
 
-def _rows(path: str, lo: int, hi: int, k_min: int) -> tuple[int, int]:
+async def _rows(store: str, lo: int, hi: int, k_min: int) -> tuple[int, int]:
     """(served rows, rows whose key ever reached k_min) with lo < seq <= hi, read on a side connection."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        sql = "SELECT count(*), coalesce(sum(peak >= ?), 0) FROM served WHERE seq > ? AND seq <= ?"
-        n, published = conn.execute(sql, (k_min, lo, hi)).fetchone()
+    if store.startswith("sqlite:"):
+        with sqlite3.connect(f"file:{store.removeprefix('sqlite:')}?mode=ro", uri=True) as conn:
+            sql = "SELECT count(*), coalesce(sum(peak >= ?), 0) FROM served WHERE seq > ? AND seq <= ?"
+            n, published = conn.execute(sql, (k_min, lo, hi)).fetchone()
+        return int(n), int(published)
+    import asyncpg
+
+    conn = await asyncpg.connect(store)
+    try:
+        sql = "SELECT count(*), count(*) FILTER (WHERE peak >= $1) FROM omega_served WHERE seq > $2 AND seq <= $3"
+        n, published = await conn.fetchrow(sql, k_min, lo, hi)
+    finally:
+        await conn.close()
     return int(n), int(published)
 
 
-async def run(pushes: int, devices: int, reads: int, seed: int) -> dict:
+async def run(pushes: int, devices: int, reads: int, seed: int, store: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="omega-pull-scan-") as tmp:
-        path = f"{tmp}/constellation.db"
-        settings = ServerSettings(store=f"sqlite:{path}", secrets={1: SECRET}, rate_per_s=1e6, rate_burst=10**6)
+        store = store or f"sqlite:{tmp}/constellation.db"
+        settings = ServerSettings(store=store, secrets={1: SECRET}, rate_per_s=1e6, rate_burst=10**6)
         state = ServerState(settings, ServerMetrics(), Keyring(settings.secrets, 1),
                             salt=settings.aggregation_salt(), periodic=False)  # fmt: skip
         async with run_shard(state):
@@ -70,7 +80,8 @@ async def run(pushes: int, devices: int, reads: int, seed: int) -> dict:
             agg = service.aggregator
             stats = await agg.store.stats()
             head, k_min = stats.head, agg.policy.k_min
-            out: dict = {"pushes": pushes, "devices": devices, "fill_s": round(fill_s, 1), "head": head,
+            out: dict = {"store": store.split(":")[0], "pushes": pushes, "devices": devices,
+                         "fill_s": round(fill_s, 1), "head": head,
                          "served_rows": stats.cells + stats.edges, "k_min": k_min}  # fmt: skip
             out["published_keys"] = len(await agg.published())
             for name, cursor in (("cursor_0", 0), ("cursor_mid", head // 2), ("cursor_head_50", head - 50)):
@@ -79,7 +90,7 @@ async def run(pushes: int, devices: int, reads: int, seed: int) -> dict:
                     t0 = time.perf_counter()
                     items, end, more = await agg.changes_since(cursor, DEFAULT_PULL_BYTES)
                     times.append((time.perf_counter() - t0) * 1000)
-                n, published = _rows(path, cursor, end, k_min)
+                n, published = await _rows(store, cursor, end, k_min)
                 times.sort()
                 out[name] = {"cursor": cursor, "page_cursor": end, "more": more, "items": len(items),
                              "ms_median": round(statistics.median(times), 3),
@@ -105,8 +116,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10000)
     parser.add_argument("--reads", type=int, default=50, help="page reads timed per cursor")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--store", help="an empty store's URL (postgresql://…); default: SQLite in a temp folder")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.pushes, args.devices, args.reads, args.seed))))
+    print(json.dumps(asyncio.run(run(args.pushes, args.devices, args.reads, args.seed, args.store))))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ class ServerSettings:
     #: Bearer token for /metrics, /dashboard and the read-only /v1/* JSON; None: loopback peers only.
     admin_token: str | None = field(default=None, repr=False)
     # aggregation. The store's pull index is built for k_min: a server started with another one rebuilds it once
-    # (ConstellationStore.set_pull_floor; ~0.2 s per 200,000 served keys).
+    # (ConstellationStore.set_pull_floor; 17-91 ms per 200,000 served keys, bench/results/pull-scan-*.json).
     k_min: int = DEFAULT_K_MIN
     w_max: float = DEFAULT_W_MAX
     # differential privacy at publication (ε, δ per TV per day; 0 = off: k_min only). See privacy.py.

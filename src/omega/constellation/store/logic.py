@@ -452,6 +452,14 @@ def scan_floor(cursor: int, head: int, k_min: int) -> int:
 _NO_REMOVALS = 1 << 62
 
 
+def indexed_floor(pull_floor: int, k_min: int) -> int | None:
+    """The peak a pull with `k_min` may require of every row it scans, on a store whose served keys are indexed
+    from `pull_floor` up (the published keys' index, sqlite_schema/pg_schema): `pull_floor` when k_min is at
+    least that (every row such a pull serves has support or peak ≥ k_min, and peak ≥ support), so the scan
+    reads that index alone; None when k_min is lower: the scan reads every served row."""
+    return pull_floor if k_min >= pull_floor else None
+
+
 def removal(row: Sequence[int]) -> crdt.ConsolidatedCell | crdt.ConsolidatedEdge:
     """The item of a served row (kind, k1, k2, k3, seq, …) whose key left the published state: support 0
     (and weight 0, a zero embedding), which the TV takes as "drop this key" (omega.protocol.PullReply)."""

@@ -215,11 +215,12 @@ _SCAN = "seq > $1 AND (support >= $2 OR peak >= $3) ORDER BY seq LIMIT $4"
 
 
 @functools.lru_cache(maxsize=64)
-def _served_rows(floor: int, k_min: int) -> str:
-    """FROM and WHERE of a read of the served rows a pull with `k_min` may serve, when the pull floor is `floor`:
-    with k_min ≥ floor, the term `peak >= floor` (a literal) that lets the planner read the published keys'
-    partial index alone (pg_schema.PUBLISHED_INDEX); it drops no row such a pull serves (peak ≥ support)."""
-    if k_min >= floor:
+def _served_rows(pull_floor: int, k_min: int) -> str:
+    """FROM and WHERE of a read of the served rows a pull with `k_min` may serve (logic.indexed_floor): with the
+    term `peak >= floor` as a literal, which lets the planner read the published keys' partial index alone
+    (pg_schema.PUBLISHED_INDEX), when that index holds them all."""
+    floor = logic.indexed_floor(pull_floor, k_min)
+    if floor is not None:
         return f"FROM omega_served WHERE peak >= {int(floor)} AND "
     return "FROM omega_served WHERE "
 

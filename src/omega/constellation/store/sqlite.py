@@ -112,11 +112,12 @@ def _head(conn: sqlite3.Connection) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _served_rows(floor: int, k_min: int) -> str:
-    """FROM and WHERE of a read of the served rows a pull with `k_min` may serve, on a store whose pull floor
-    (sqlite_schema.PUBLISHED_INDEX) is `floor`: the published keys' index when k_min ≥ floor (INDEXED BY: an
-    error, never a silent scan of every row, if the index and the floor disagreed), else every served row."""
-    if k_min >= floor:
+def _served_rows(pull_floor: int, k_min: int) -> str:
+    """FROM and WHERE of a read of the served rows a pull with `k_min` may serve (logic.indexed_floor): the
+    published keys' index when it holds them all (INDEXED BY: an error, never a silent scan of every row, if
+    the index and the floor in `meta` disagreed), else every served row."""
+    floor = logic.indexed_floor(pull_floor, k_min)
+    if floor is not None:
         return f"FROM served INDEXED BY {PUBLISHED_INDEX} WHERE peak >= {int(floor)} AND "
     return "FROM served WHERE "
 

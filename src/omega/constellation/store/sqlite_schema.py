@@ -165,8 +165,8 @@ CREATE UNIQUE INDEX served_key ON served (kind, k1, k2, k3)
 #: never falls, so once in, a key stays in). A pull with k_min ≥ the floor needs no other row: a row it serves has
 #: support ≥ k_min or (a removal) peak ≥ k_min, and peak ≥ support. Most served keys are named by one or two
 #: TVs and never published (the 10k load run: 196,451 served rows, 208 published), and the scan of every row
-#: after the cursor read them all (34 ms a page from cursor 0, bench/pull_scan.py); an unpublished key's
-#: change writes no entry here. Covering: the scan reads no table row.
+#: after the cursor read them all (a page from cursor 0: 16.6 ms, now 0.35; bench/pull_scan.py); an unpublished
+#: key's change writes no entry here. Covering: the scan reads no table row.
 PUBLISHED_INDEX = "served_published"
 
 
@@ -234,8 +234,8 @@ def set_pull_floor(conn: sqlite3.Connection, floor: int) -> bool:
     """Rebuild the pull scan's index for pull floor `floor` if it is built for another; True if it was.
 
     Runs outside a transaction (the writer's "raw" mode): the usual case, the same floor, is one read and no
-    commit. A rebuild reads every served row once (~0.1 s per 200,000); a pull with a k_min below the floor
-    still gets every change it must, from a scan of every served row."""
+    commit. A rebuild reads every served row once (17-34 ms for 196,000, bench/pull_scan.py); a pull with a
+    k_min below the floor still gets every change it must, from a scan of every served row."""
     floor = check_k_min(floor)
     if pull_floor(conn) == floor:
         return False
