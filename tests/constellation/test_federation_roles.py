@@ -268,3 +268,43 @@ async def test_unreachable_nats_is_one_clear_error() -> None:
         await JetStreamBus.connect("nats://127.0.0.1:1", connect_timeout_s=0.5)
     with pytest.raises(OmegaError, match="NATS URL"):
         await JetStreamBus.connect("http://127.0.0.1:4222")
+
+
+async def test_a_bare_fetch_timeout_ends_the_pull_as_nats_own_does() -> None:
+    """nats-py 2.16 raises a bare asyncio.TimeoutError, not nats.errors.TimeoutError, when its deadline runs out
+    between the no-wait probe and the lingering request: a race under load that ended a region's step with a
+    traceback. NATS cannot produce that race on demand, so the subscription here is a double."""
+    import asyncio
+
+    import nats.errors
+
+    from omega.constellation.federation.bus import _JetStreamSubscription
+
+    class Info:
+        num_pending, num_ack_pending = 0, 1  # an ack still in flight: pull() has to fetch
+
+    class PSub:
+        def __init__(self, exc: BaseException) -> None:
+            self.exc, self.fetches = exc, 0
+
+        async def consumer_info(self) -> Info:
+            return Info()
+
+        async def fetch(self, batch: int, timeout: float) -> list:
+            self.fetches += 1
+            raise self.exc
+
+    class Conn:
+        def jetstream(self) -> None:
+            return None
+
+        async def flush(self) -> None:
+            return None
+
+    async def handler(message: object) -> None:
+        raise AssertionError("no message was fetched")
+
+    for exc in (asyncio.TimeoutError(), nats.errors.TimeoutError()):
+        psub = PSub(exc)
+        assert await _JetStreamSubscription(JetStreamBus(Conn()), psub, "S", None).pull(handler) == 0
+        assert psub.fetches == 1

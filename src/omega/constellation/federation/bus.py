@@ -15,6 +15,7 @@ CRDT merge makes redelivery harmless.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -256,8 +257,6 @@ class _JetStreamSubscription(Subscription):
         self._durable = durable
 
     async def pull(self, handler: Handler, max_msgs: int = 100_000) -> int:
-        import nats.errors
-
         info = await self._psub.consumer_info()  # type: ignore[attr-defined]
         if info.num_pending == 0 and info.num_ack_pending == 0:
             return 0  # nothing to wait for: skip the fetch timeout
@@ -267,7 +266,9 @@ class _JetStreamSubscription(Subscription):
                 msgs = await self._psub.fetch(  # type: ignore[attr-defined]
                     batch=min(FETCH_BATCH, max_msgs - handled), timeout=self._bus.fetch_timeout_s
                 )
-            except nats.errors.TimeoutError:
+            except asyncio.TimeoutError:
+                # nats.errors.TimeoutError subclasses it, and nats-py 2.16 raises the bare one when its deadline
+                # runs out between the no-wait probe and the lingering request (seen under load)
                 break
             for m in msgs:
                 await handler(BusMessage(m.subject, m.data, m.metadata.sequence.stream))
