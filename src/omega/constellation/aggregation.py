@@ -57,11 +57,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-try:  # OpenSSL's HMAC object (what hmac.HMAC wraps); absent on a Python built without OpenSSL
-    from _hashlib import hmac_new as _openssl_hmac
-except ImportError:  # pragma: no cover
-    _openssl_hmac = None
-
 from omega.constellation.codebook import Codebook
 from omega.constellation.crdt import CellKey, ConsolidatedCell, ConsolidatedEdge, FederatedState
 from omega.constellation.dp_release import DP_CURSOR_BASE, DailyRelease
@@ -76,6 +71,15 @@ from omega.constellation.store.base import (
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM
 from omega.protocol.messages import Keyspace
+
+try:  # OpenSSL's HMAC object (what hmac.HMAC wraps): a private CPython module, so probed once and hmac.HMAC
+    # taken instead if it is absent (a Python without OpenSSL) or behaves otherwise than 3.11-3.13's
+    from _hashlib import hmac_new as _openssl_hmac
+
+    if _openssl_hmac(b"k", b"m", digestmod="sha256").copy().digest() != hmac.digest(b"k", b"m", "sha256"):
+        _openssl_hmac = None  # pragma: no cover
+except Exception:  # noqa: BLE001  # pragma: no cover - ImportError, or another signature
+    _openssl_hmac = None
 
 if TYPE_CHECKING:
     from omega.constellation.trends import TrendTracker
