@@ -242,6 +242,12 @@ class Aggregator:
         mac.update(message)
         return mac.digest()[:size]
 
+    def _edge_member(self, keyspace: int, src: int, dst: int, device: bytes) -> bytes:
+        """The member hash of a device's edge or pair (the store keeps these: the formula never changes)."""
+        mac = self._mac.copy()
+        mac.update(b"omega/edge" + _EDGE_IDS.pack(keyspace, src, dst) + device)
+        return mac.digest()[:MEMBER_BYTES]
+
     # ---- pushes --------------------------------------------------------------------
     async def apply(
         self,
@@ -445,7 +451,7 @@ class Aggregator:
         self, device: bytes, transitions: Sequence[Transition | tuple], rejections: list[Rejection]
     ) -> list[EdgeContribution]:
         out = []
-        mac, pack, w_max = self._mac, _EDGE_IDS.pack, self.policy.edge_w_max
+        w_max = self.policy.edge_w_max
         item, pair, refined = Keyspace.ITEM, Keyspace.PAIR, Keyspace.REFINED
         for i, t in enumerate(transitions):
             try:
@@ -465,9 +471,8 @@ class Aggregator:
                 rejections.append(Rejection("transition", i, BAD_TRANSITION))
                 continue
             keyspace, src, dst = int(keyspace), int(src), int(dst)
-            h = mac.copy()
-            h.update(b"omega/edge" + pack(keyspace, src, dst) + device)
-            out.append(EdgeContribution(i, keyspace, src, dst, h.digest()[:MEMBER_BYTES], min(float(weight), w_max)))
+            member = self._edge_member(keyspace, src, dst, device)
+            out.append(EdgeContribution(i, keyspace, src, dst, member, min(float(weight), w_max)))
         return out
 
     def _derive_pairs(self, device: bytes, edges: list[EdgeContribution], first_index: int) -> list[EdgeContribution]:
@@ -484,11 +489,10 @@ class Aggregator:
                 key = (e.src, e.dst) if e.src < e.dst else (e.dst, e.src)
                 sums[key] = sums.get(key, 0.0) + e.weight
         out = []
-        mac, pack, w_max, pair = self._mac, _EDGE_IDS.pack, self.policy.edge_w_max, int(Keyspace.PAIR)
+        w_max, pair = self.policy.edge_w_max, int(Keyspace.PAIR)
         for j, ((lo, hi), weight) in enumerate(sorted(sums.items())):
-            h = mac.copy()
-            h.update(b"omega/edge" + pack(pair, lo, hi) + device)
-            out.append(EdgeContribution(first_index + j, pair, lo, hi, h.digest()[:MEMBER_BYTES], min(weight, w_max)))
+            member = self._edge_member(pair, lo, hi, device)
+            out.append(EdgeContribution(first_index + j, pair, lo, hi, member, min(weight, w_max)))
         return out
 
     # ---- delta pull ----------------------------------------------------------------
