@@ -36,6 +36,13 @@ IN_FLIGHT = 64
 WARM_UP = 256
 
 
+def _io() -> dict[str, int]:
+    """This process's I/O counters so far (/proc/self/io): bytes handed to write calls (`wchar`: the WAL's
+    frames, as the store writes nothing else) and write calls (`syscw`)."""
+    with open("/proc/self/io") as fh:
+        return {k: int(v) for k, v in (line.split(": ") for line in fh)}
+
+
 def _thread_cpu_s() -> dict[int, float]:
     """CPU seconds (user + system) of each thread of this process so far."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -71,12 +78,14 @@ async def run(pushes: int) -> dict:
 
             for start in range(0, WARM_UP, IN_FLIGHT):
                 await answer(frames[start : start + IN_FLIGHT], False)
-            threads0, cpu0, wall0 = _thread_cpu_s(), time.process_time(), time.perf_counter()
+            threads0, io0, cpu0, wall0 = _thread_cpu_s(), _io(), time.process_time(), time.perf_counter()
             for start in range(WARM_UP, len(frames), IN_FLIGHT):
                 await answer(frames[start : start + IN_FLIGHT], True)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-            threads = _thread_cpu_s()
+            threads, io = _thread_cpu_s(), _io()
             writer = service.aggregator.store._writer  # type: ignore[attr-defined]  # noqa: SLF001
+            tid = writer._threads[0].native_id  # noqa: SLF001 - the writer's one thread
+            writer_cpu = threads[tid] - threads0.get(tid, 0.0)
             main = os.getpid()  # the event loop's thread
             per_thread = sorted((round(threads[t] - threads0.get(t, 0.0), 2) for t in threads if t != main),
                                 reverse=True)  # fmt: skip
@@ -88,6 +97,10 @@ async def run(pushes: int) -> dict:
                 "pushes_per_cpu_s": round(pushes / cpu, 1),
                 "main_thread_cpu_s": round(threads[main] - threads0[main], 2),
                 "other_threads_cpu_s": per_thread[:3],  # the busiest first: the store's writer
+                "writer_thread_cpu_s": round(writer_cpu, 2),
+                "writer_cpu_us_per_push": round(writer_cpu / pushes * 1e6, 1),
+                "written_bytes_per_push": round((io["wchar"] - io0["wchar"]) / pushes),
+                "write_calls_per_push": round((io["syscw"] - io0["syscw"]) / pushes, 1),
                 "groups_committed": writer.groups,
                 "pushes_committed": writer.grouped,
                 # Pushes whose patterns were prepared together (Aggregator._cells), on average.

@@ -18,6 +18,7 @@ import pytest
 from omega.constellation.aggregation import AggregationPolicy, Aggregator
 from omega.constellation.crdt import ConsolidatedCell
 from omega.constellation.store import CellContribution, PreparedPush, open_store
+from omega.constellation.store.base import KIND_CELL, KIND_EDGE
 from omega.constellation.store.sqlite_engine import Writer
 from omega.constellation.store.sqlite_schema import SCHEMA_VERSION
 from omega.errors import OmegaError
@@ -407,45 +408,72 @@ def _tables(path) -> dict[str, list]:
         con.close()
 
 
-async def test_a_group_writes_what_one_push_at_a_time_writes(tmp_path, codebook) -> None:
-    """Set-based group writes: the same rows, outcomes and change numbers as the pushes applied one by one.
-
-    The group has keys shared by several pushes (cells, edges, their pairs), a device flooding a cell
-    and an edge twice in the epoch, and a batch retried inside the group."""
-    def pushes():
-        out = []
-        for n in range(24):
-            d = n % 9  # devices 0..8 push 2-3 times: the later ones flood what they already added
-            cells = [pattern(near(codebook, n % 4, n)), pattern(near(codebook, (n * 5) % 7, 100 + n))]
-            edges = [(0, d % 3, 10 + n % 5, 1.0 + (n % 3) / 4), (0, 10 + n % 5, 20 + d % 2, 0.5), (1, n % 4, 7, 2.0)]
-            out.append((device(d), b"batch-%d" % n, cells, edges, NOW + n))
-        out.insert(10, out[4])  # a retry of batch 4 in the same group: a duplicate
-        return out
-
+async def _grouped_and_one_by_one(tmp_path, codebook, before: list, group: list) -> dict:
+    """Outcomes, published items, stats and tables after `before` (one push at a time) and then `group`, once
+    held together in one group commit and once one push at a time, each on a store of its own."""
     results = {}
     for name, together in (("grouped", True), ("one by one", False)):
         store = await open_store(f"sqlite:{tmp_path / name}.db", origin="shard-test")
         try:
             agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(k_min=2))
             writer = store._writer  # noqa: SLF001 - the group counters
+            for p in before:
+                await agg.apply(*p)
             if together:
                 entered, release, blocked = _hold_writer(writer)
                 assert await asyncio.to_thread(entered.wait, 10)
                 groups0 = writer.groups
-                jobs = [asyncio.ensure_future(agg.apply(*p)) for p in pushes()]
+                jobs = [asyncio.ensure_future(agg.apply(*p)) for p in group]
                 await asyncio.sleep(0.05)
                 release.set()
                 await blocked
                 out = await asyncio.gather(*jobs)
                 assert writer.groups - groups0 == 2  # the held job, then one group of all the pushes
             else:
-                out = [await agg.apply(*p) for p in pushes()]
+                out = [await agg.apply(*p) for p in group]
             assert any(r.duplicate for r in out) and any(r.rejections for r in out)
             results[name] = (out, sorted(fingerprint(i) for i in await agg.published()), await store.stats())
         finally:
             await store.close()
         results[name] += (_tables(tmp_path / f"{name}.db"),)
     assert results["grouped"] == results["one by one"]
+    return results["grouped"][3]
+
+
+def _pushes(codebook, first: int, count: int, now: int, weight: float = 0.0) -> list:
+    out = []
+    for n in range(first, first + count):
+        d = n % 9  # devices 0..8 push 2-3 times: the later ones flood what they already added
+        cells = [pattern(near(codebook, n % 4, n), rate=0.8 + weight / 10),
+                 pattern(near(codebook, (n * 5) % 7, 100 + n))]  # fmt: skip
+        edges = [(0, d % 3, 10 + n % 5, 1.0 + (n % 3) / 4 + weight), (0, 10 + n % 5, 20 + d % 2, 0.5),
+                 (1, n % 4, 7, 2.0 - weight)]  # fmt: skip
+        out.append((device(d), b"batch-%d" % n, cells, edges, now + n))
+    out.insert(min(10, len(out)), out[min(4, len(out) - 1)])  # a retry in the same group: a duplicate
+    return out
+
+
+async def test_a_group_writes_what_one_push_at_a_time_writes(tmp_path, codebook) -> None:
+    """Set-based group writes: the same rows, outcomes and change numbers as the pushes applied one by one.
+
+    The group has keys shared by several pushes (cells, edges, their pairs), a device flooding a cell
+    and an edge twice in the epoch, and a batch retried inside the group."""
+    await _grouped_and_one_by_one(tmp_path, codebook, [], _pushes(codebook, 0, 24, NOW))
+
+
+async def test_a_group_of_a_later_epoch_replaces_what_its_members_held_as_one_push_at_a_time_does(
+    tmp_path, codebook
+) -> None:
+    """The next day the same devices push the same keys with other weights and counts (latest wins: each
+    member's new contribution replaces what it held), with new devices and floods among them: grouped or
+    one by one, the same rows. Edge members hold a weight only; cell members their counts and embedding."""
+    tables = await _grouped_and_one_by_one(
+        tmp_path, codebook, _pushes(codebook, 0, 12, NOW), _pushes(codebook, 6, 24, NOW + DAY, weight=0.25)
+    )
+    members = tables["members"]
+    assert {r[5] for r in members} == {NOW // DAY, NOW // DAY + 1}  # marks of both days, the later replacing
+    assert all(r[7:] == (None, None, None) and r[6] > 0 for r in members if r[0] == KIND_EDGE)
+    assert all(None not in r[6:] for r in members if r[0] == KIND_CELL)
 
 
 async def test_a_group_commit_answers_its_pushes_in_one_wake_up_of_the_loop(sqlite_store, codebook) -> None:

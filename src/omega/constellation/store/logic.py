@@ -1,9 +1,10 @@
 """What every constellation store does, whatever its SQL: the backends only read and write rows.
 
 - A push: `check_push` (the store's own validation, the same on every backend) →
-  `member_rows` + `classify` (the per-epoch flood check against the member marks
-  the backend looked up) → `accumulate` (new own accumulators, served-view
-  increments, member marks and log rows, every change numbered from the head).
+  `member_rows` → `GroupWrites.push` (the per-epoch flood check against the member
+  marks the backend looked up, then new own accumulators, served-view increments,
+  member marks and log rows, every change numbered from the head, merged per key
+  over a group of pushes) → `GroupWrites.rows`.
   Latest wins per member per key: a member's row holds what it counts in its key's
   accumulator (its last contribution), and its next contribution, in a later epoch,
   replaces it (the old one is subtracted) instead of adding to it. So a device moves
@@ -33,7 +34,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,7 +44,6 @@ from omega.constellation.store import window
 from omega.constellation.store.base import (
     KIND_CELL,
     KIND_EDGE,
-    CellContribution,
     EdgeContribution,
     PageBudget,
     PreparedPush,
@@ -59,8 +59,9 @@ PAGE_SCAN = 128
 
 
 MemberRow = tuple[int, int, int, int, bytes]  # (kind, k1, k2, k3, member)
-#: A member's mark: (epoch of its last contribution, and what it counts: weight, successes, trials, float16
-#: embedding). weight None: marked before the replace rule (its contributions are legacy log rows).
+#: A member's mark: its member row as stored (kind, k1, k2, k3, member, epoch of its last contribution, and what
+#: that contribution counts: weight, successes, trials, float16 embedding). weight None: marked before the
+#: replace rule (its contributions are legacy log rows).
 Held = tuple[Any, ...]
 CellTable = dict[CellKey, dict[str, CellState]]  # key -> origin -> entry
 EdgeTable = dict[EdgeKey, dict[str, EdgeState]]
@@ -191,118 +192,10 @@ def _plain_edges(edges: list[EdgeContribution]) -> bool:
 
 
 def member_rows(push: PreparedPush) -> list[MemberRow]:
-    """One member key per contribution, cells then edges (the order of `classify`)."""
+    """One member key per contribution, cells then edges (the order of `GroupWrites.push`)."""
     rows: list[MemberRow] = [(KIND_CELL, c.task_type, c.cell, 0, c.member) for c in push.cells]
     rows += [(KIND_EDGE, e.keyspace, e.src, e.dst, e.member) for e in push.edges]
     return rows
-
-
-@dataclass
-class Classified:
-    """A push split into flooded and accepted contributions, each with its member's mark (None: a new
-    member of its key)."""
-
-    outcome: PushOutcome
-    cells: list[tuple[CellContribution, Held | None]] = field(default_factory=list)
-    edges: list[tuple[EdgeContribution, Held | None]] = field(default_factory=list)
-
-    def cell_keys(self) -> list[CellKey]:
-        return sorted({CellKey(c.task_type, c.cell) for c, _ in self.cells})
-
-
-def classify(push: PreparedPush, rows: list[MemberRow], known: Mapping[MemberRow, Held]) -> Classified:
-    """Per-epoch flood check: a member already marked for this epoch (or twice in the push) is refused.
-
-    `known` maps the member rows the store holds to their mark (`Held`: epoch first).
-    """
-    seen: set[MemberRow] = set()
-    out = Classified(PushOutcome(duplicate=False))
-    for row, item in zip(rows, [*push.cells, *push.edges], strict=True):
-        held = known.get(row)
-        flooded = row in seen or (held is not None and held[0] == push.epoch)
-        seen.add(row)
-        is_cell = row[0] == KIND_CELL
-        if flooded:
-            (out.outcome.flooded_cells if is_cell else out.outcome.flooded_edges).append(item.index)
-        else:
-            (out.outcome.accepted_cells if is_cell else out.outcome.accepted_edges).append(item.index)
-            (out.cells if is_cell else out.edges).append((item, held))  # type: ignore[arg-type]
-    return out
-
-
-@dataclass
-class PushWrites:
-    """The rows one accepted push writes, and its outcome (head: the change sequence after it)."""
-
-    outcome: PushOutcome
-    cell_states: list[tuple] = field(default_factory=list)  # own accumulators, replacing the stored ones
-    # One row per accepted edge, applied in order: weight (new minus what the member held) and support
-    # are ADDED, version replaces.
-    edge_increments: list[tuple] = field(default_factory=list)
-    # Served rows, applied in order: seq replaces, support is ADDED.
-    served: list[tuple] = field(default_factory=list)
-    members: list[tuple] = field(default_factory=list)  # member rows: the mark (epoch, what it holds) replaces
-    log: list[tuple] = field(default_factory=list)  # contribution log rows (patterns)
-
-
-def accumulate(
-    origin: str, epoch: int, classified: Classified, own_rows: Iterable[Sequence[Any]], head: int
-) -> PushWrites:
-    """The writes of a classified push on top of this origin's current cell accumulators.
-
-    `own_rows`: this origin's cell state rows (CELL_COLUMNS order) of the pushed cells.
-
-    Every accepted contribution takes the next change number; a key's state and served row
-    carry the number of its last contribution. A member's contribution replaces what it held
-    (latest wins): the accumulator gains the new one minus the held one, and support only counts
-    new members. Increment rows are applied one after the other (executemany).
-    """
-    out = PushWrites(classified.outcome)
-    members, served = out.members, out.served
-    own = {(r[1], r[2]): r for r in own_rows}
-    sums: dict[CellKey, list] = {}  # key -> [sum_w, sum_wx, support, successes, trials, seq, new members]
-    for c, held in classified.cells:
-        key = CellKey(c.task_type, c.cell)
-        head += 1
-        blob = np.asarray(c.embedding, dtype="<f2").tobytes()
-        members.append((KIND_CELL, c.task_type, c.cell, 0, c.member, epoch, c.weight, c.successes, c.trials, blob))
-        out.log.append((epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials, blob))
-        x = np.asarray(c.embedding, dtype=np.float64) * c.weight
-        dw, ds, dt, new = c.weight, c.successes, c.trials, int(held is None)
-        if held is not None and held[1] is not None:  # replaces what this member counts
-            _, w0, s0, t0, e0 = held
-            dw, ds, dt = dw - w0, ds - s0, dt - t0
-            x = x - window.log_embedding(e0) * w0
-        acc = sums.get(key)
-        if acc is None and key not in own:  # a fresh key starts at this contribution, exactly
-            sums[key] = [dw, x, new, ds, dt, head, new]
-            continue
-        if acc is None:
-            _, _, _, sum_w, sum_wx, support, successes, trials, _ = own[key]
-            acc = sums[key] = [sum_w, vec(sum_wx), support, successes, trials, head, 0]
-        acc[0] += dw
-        acc[1] = acc[1] + x
-        acc[2] += new
-        acc[3] += ds
-        acc[4] += dt
-        acc[5] = head
-        acc[6] += new
-    for key in sorted(sums):
-        sum_w, sum_wx, support, successes, trials, seq, new = sums[key]
-        out.cell_states.append((origin, key.task_type, key.cell, sum_w, sum_wx.astype("<f8").tobytes(), support,
-                                successes, trials, seq))  # fmt: skip
-        served.append((KIND_CELL, key.task_type, key.cell, 0, seq, new))
-    increments = out.edge_increments
-    for e, held in classified.edges:
-        head += 1
-        n = int(held is None)
-        held_w = held[1] if held is not None and held[1] is not None else 0.0
-        increments.append((origin, e.keyspace, e.src, e.dst, e.weight - held_w, n, head))
-        served.append((KIND_EDGE, e.keyspace, e.src, e.dst, head, n))
-        # The member row holds the weight, so a later contribution or the window subtracts it (store/window.py).
-        members.append((KIND_EDGE, e.keyspace, e.src, e.dst, e.member, epoch, e.weight, None, None, None))
-    out.outcome = _with_head(classified.outcome, head)
-    return out
 
 
 GroupResults = list[PushOutcome | Exception | None]
@@ -327,80 +220,162 @@ def check_group(pushes: Sequence[PreparedPush]) -> tuple[GroupResults, list[int]
     return results, valid, first
 
 
+class GroupRows(NamedTuple):
+    """A group's rows as written (change numbers absolute)."""
+
+    cells: list[tuple]  # own accumulator rows (CELL_COLUMNS order): each replaces the stored one
+    edges: list[tuple]  # (origin, keyspace, src, dst, weight, support, version): weight and support ADDED
+    served: list[tuple]  # (kind, k1, k2, k3, seq, support): seq replaces, support ADDED
+    dirty: list[tuple]  # (task_type, cell, seq) of the changed cells
+    members: list[tuple]  # member rows: the mark (epoch, what it holds) replaces
+    log: list[tuple]  # contribution log rows (patterns)
+
+
 class GroupWrites:
-    """The rows of a group of pushes, merged per key in push order, so each table is written once per group.
+    """The writes of a group of pushes, classified and accumulated push by push, merged per key.
 
-    Cell states replace (the last wins), edge and served increments add up, member marks replace.
-    Each dict holds the row as it will be written (merged with the group's earlier row of its key, if any).
+    Per-epoch flood check: a member already marked for the push's epoch (or twice in the push) is
+    refused. Every accepted contribution takes the next change number, cells first, then edges, in
+    push order; a key's state and served row carry the number of its last contribution. Latest wins:
+    a member's contribution replaces what it held (the accumulator gains the new one minus the held
+    one), and support counts only new members. So each table is written once per group, one row per
+    key, with the result of applying the pushes one after the other.
 
-    Change numbers here are relative to the group's start; `shifted` adds the head once the group holds it.
+    Change numbers are those of the `head` handed to `push`; `rows(base)` adds `base` (the PostgreSQL
+    store learns its head only at the end of the group).
     """
 
-    def __init__(self) -> None:
-        self.cells: dict[tuple[int, int], tuple] = {}  # own accumulator rows: the last one replaces
-        self.edges: dict[tuple[int, int, int], tuple] = {}  # edge increment rows: weight and support added
-        self.served: dict[tuple[int, int, int, int], tuple] = {}  # served rows: support added, seq replaces
-        self.members: dict[tuple, tuple] = {}  # member row by its key: the last mark replaces
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        # Per served key (kind, k1, k2, k3): a cell's [state row, members added, seq], an edge's [weight
+        # added, members added, seq]. One entry gives both the state row and the served row.
+        self._cells: dict[tuple, list] = {}
+        self._edges: dict[tuple, list] = {}
+        self.members: dict[MemberRow, tuple] = {}  # member row by its key: the last mark replaces
         self.log: list[tuple] = []
 
-    def add(self, w: PushWrites) -> None:
-        for row in w.cell_states:
-            self.cells[(row[1], row[2])] = row
-        edges = self.edges
-        for row in w.edge_increments:  # (origin, keyspace, src, dst, weight, support, version)
-            key = row[1:4]
-            acc = edges.get(key)
-            edges[key] = row if acc is None else (acc[0], *key, acc[4] + row[4], acc[5] + row[5], row[6])
-        served = self.served
-        for row in w.served:  # (kind, k1, k2, k3, seq, support)
-            key = row[:4]
-            acc = served.get(key)
-            served[key] = row if acc is None else (*key, row[4], acc[5] + row[5])
-        members = self.members
-        for row in w.members:
-            members[row[:5]] = row
-        self.log += w.log
-
     def push(
-        self, origin: str, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, Held],
+        self, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, Held],
         own_rows: dict[tuple[int, int], tuple], head: int,
-    ) -> PushWrites:  # fmt: skip
-        """Classify and accumulate one push of the group on what the pushes before it wrote, and add it.
+    ) -> PushOutcome:  # fmt: skip
+        """Classify and accumulate one push on what the pushes before it wrote; its outcome (head: the change
+        number after it).
 
-        `known` (member marks, `Held`) and `own_rows` (this origin's cell rows by (task type, cell)) are what the
-        store read for the whole group; they are updated in place, so the next push sees this one's writes.
+        `rows`: `member_rows(push)`. `known` (member marks) and `own_rows` (this origin's cell state rows by
+        (task type, cell)) are what the store read for the group; both are updated in place, so a later
+        contribution of the same member (in this push: refused) or key sees this one.
         """
-        classified = classify(push, rows, known)
-        mine = [own_rows[k] for k in classified.cell_keys() if k in own_rows]
-        w = accumulate(origin, push.epoch, classified, mine, head)
-        for row in w.cell_states:
-            own_rows[(row[1], row[2])] = row
-        for row in w.members:
-            known[row[:5]] = row[5:]  # type: ignore[index]
-        self.add(w)
-        return w
+        accepted_cells: list[int] = []
+        flooded_cells: list[int] = []
+        cells = len(push.cells)
+        if cells:
+            head = self._push_cells(push, rows[:cells], known, own_rows, head, accepted_cells, flooded_cells)
+        epoch, members, edges = push.epoch, self.members, self._edges
+        accepted: list[int] = []
+        flooded: list[int] = []
+        for row, e in zip(rows[cells:] if cells else rows, push.edges, strict=True):
+            held = known.get(row)
+            if held is None:
+                change, new = e.weight, 1
+            elif held[5] == epoch:
+                flooded.append(e.index)
+                continue
+            else:  # replaces what this member counts (nothing if marked before the replace rule)
+                change, new = e.weight - (held[6] if held[6] is not None else 0.0), 0
+            head += 1
+            accepted.append(e.index)
+            # The member row holds the weight, so a later contribution or the window subtracts it (store/window.py).
+            members[row] = known[row] = (*row, epoch, e.weight, None, None, None)
+            key = row[:4]
+            acc = edges.get(key)
+            if acc is None:
+                edges[key] = [change, new, head]
+            else:
+                acc[0] += change
+                acc[1] += new
+                acc[2] = head
+        return PushOutcome(duplicate=False, accepted_cells=accepted_cells, accepted_edges=accepted,
+                           flooded_cells=flooded_cells, flooded_edges=flooded, head=head)  # fmt: skip
 
-    def shifted(self, base: int) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
-        """(cell states, edge increments, served, dirty marks) with change numbers `base` + relative."""
-        if base:
-            cells = [(*row[:8], row[8] + base) for row in self.cells.values()]
-            edges = [(*row[:6], row[6] + base) for row in self.edges.values()]
-            served = [(*row[:4], row[4] + base, row[5]) for row in self.served.values()]
+    def _push_cells(
+        self, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, Held],
+        own_rows: dict[tuple[int, int], tuple], head: int, accepted: list[int], flooded: list[int],
+    ) -> int:  # fmt: skip
+        epoch = push.epoch
+        sums: dict[tuple[int, int], list] = {}  # -> [sum_w, sum_wx, support, successes, trials, seq, new members]
+        for row, c in zip(rows, push.cells, strict=True):
+            held = known.get(row)
+            if held is not None and held[5] == epoch:
+                flooded.append(c.index)
+                continue
+            head += 1
+            accepted.append(c.index)
+            blob = np.asarray(c.embedding, dtype="<f2").tobytes()
+            self.members[row] = known[row] = (*row, epoch, c.weight, c.successes, c.trials, blob)
+            self.log.append((epoch, KIND_CELL, c.task_type, c.cell, 0, c.weight, c.successes, c.trials, blob))
+            x = np.asarray(c.embedding, dtype=np.float64) * c.weight
+            dw, ds, dt, new = c.weight, c.successes, c.trials, int(held is None)
+            if held is not None and held[6] is not None:  # replaces what this member counts
+                w0, s0, t0, e0 = held[6:10]
+                dw, ds, dt = dw - w0, ds - s0, dt - t0
+                x = x - window.log_embedding(e0) * w0
+            key = (c.task_type, c.cell)
+            acc = sums.get(key)
+            if acc is None and key not in own_rows:  # a fresh key starts at this contribution, exactly
+                sums[key] = [dw, x, new, ds, dt, head, new]
+                continue
+            if acc is None:
+                _, _, _, sum_w, sum_wx, support, successes, trials, _ = own_rows[key]
+                acc = sums[key] = [sum_w, vec(sum_wx), support, successes, trials, head, 0]
+            acc[0] += dw
+            acc[1] = acc[1] + x
+            acc[2] += new
+            acc[3] += ds
+            acc[4] += dt
+            acc[5] = head
+            acc[6] += new
+        for key, (sum_w, sum_wx, support, successes, trials, seq, new) in sums.items():
+            state = own_rows[key] = (self.origin, *key, sum_w, sum_wx.astype("<f8").tobytes(), support, successes,
+                                     trials, seq)  # fmt: skip
+            served = (KIND_CELL, *key, 0)
+            acc = self._cells.get(served)
+            if acc is None:
+                self._cells[served] = [state, new, seq]
+            else:
+                acc[0], acc[1], acc[2] = state, acc[1] + new, seq
+        return head
+
+    def rows(self, base: int = 0, order: Iterable[MemberRow] | None = None) -> GroupRows:
+        """The group's rows, change numbers `base` + the ones `push` gave.
+
+        `order`: member keys covering every member row of the group (others are skipped), sorted by key: then
+        every table's rows come in key order (a served key is a member key's first four fields), so consecutive
+        rows land on the same B-tree pages, without sorting each table's rows."""
+        marks = self.members
+        if order is None:
+            keys: Iterable[tuple] = [*self._cells, *self._edges]
+            members = list(marks.values())
         else:
-            cells, edges, served = list(self.cells.values()), list(self.edges.values()), list(self.served.values())
-        dirty = [(row[1], row[2], row[4]) for row in served if row[0] == KIND_CELL]
-        return cells, edges, served, dirty
-
-
-def _with_head(outcome: PushOutcome, head: int) -> PushOutcome:
-    return PushOutcome(
-        duplicate=outcome.duplicate,
-        accepted_cells=outcome.accepted_cells,
-        accepted_edges=outcome.accepted_edges,
-        flooded_cells=outcome.flooded_cells,
-        flooded_edges=outcome.flooded_edges,
-        head=head,
-    )
+            members = [marks[r] for r in order if r in marks]
+            if len(members) != len(marks):
+                raise ValueError("the order does not name every member of the group")
+            keys = dict.fromkeys([r[:4] for r in order])
+        cells, edges, served, dirty = [], [], [], []
+        origin, cell_acc, edge_acc = self.origin, self._cells, self._edges
+        for key in keys:
+            acc = edge_acc.get(key)
+            if acc is not None:
+                weight, new, seq = acc
+                edges.append((origin, key[1], key[2], key[3], weight, new, seq + base))
+                served.append((*key, seq + base, new))
+                continue
+            acc = cell_acc.get(key)
+            if acc is not None:
+                state, new, seq = acc
+                cells.append((*state[:8], seq + base) if base else state)
+                served.append((*key, seq + base, new))
+                dirty.append((key[1], key[2], seq + base))
+        return GroupRows(cells, edges, served, dirty, members, self.log)
 
 
 # ---------------------------------------------------------------------------- merges

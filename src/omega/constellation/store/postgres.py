@@ -133,7 +133,7 @@ _GROUP_DIRTY = (
     "INSERT INTO omega_dirty_cells SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[]) "
     "ON CONFLICT (task_type, cell) DO UPDATE SET seq = excluded.seq"
 )
-# A member's mark: its last contribution's epoch and what that contribution counts (latest wins: logic.accumulate).
+# A member's mark: its last contribution's epoch and what that contribution counts (latest wins: logic.GroupWrites).
 _MEMBER_UPDATE = (
     "ON CONFLICT (kind, k1, k2, k3, member) DO UPDATE SET epoch = excluded.epoch, weight = excluded.weight, "
     "successes = excluded.successes, trials = excluded.trials, embedding = excluded.embedding"
@@ -161,8 +161,12 @@ _MEMBER_EPOCHS = (
 
 
 def _marks(found: Sequence[asyncpg.Record]) -> dict[logic.MemberRow, logic.Held]:
-    """Member rows read with `_MEMBER_EPOCHS` as member key -> mark (epoch, what it holds)."""
-    return {(r[0], r[1], r[2], r[3], bytes(r[4])): (r[5], r[6], r[7], r[8], r[9]) for r in found}
+    """Member rows read with `_MEMBER_EPOCHS` as member key -> mark (the member row: epoch, what it holds)."""
+    marks = {}
+    for r in found:
+        key = (r[0], r[1], r[2], r[3], bytes(r[4]))
+        marks[key] = (*key, r[5], r[6], r[7], r[8], r[9])
+    return marks
 
 
 def _columns(keys: Sequence[tuple]) -> list[list]:
@@ -313,7 +317,7 @@ class PostgresStore(ConstellationStore):
         own = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), self.origin) if keys else []
         own_rows = {(r[1], r[2]): tuple(r) for r in own}
 
-        group = logic.GroupWrites()
+        group = logic.GroupWrites(self.origin)
         heads: list[int] = []  # relative head after each push, to shift once the base is known
         head = 0
         for i in valid:
@@ -321,9 +325,8 @@ class PostgresStore(ConstellationStore):
                 results[i] = PushOutcome(duplicate=True)
                 heads.append(head)
                 continue
-            w = group.push(self.origin, pushes[i], rows_of[i], known, own_rows, head)
-            head = w.outcome.head
-            results[i] = w.outcome
+            outcome = results[i] = group.push(pushes[i], rows_of[i], known, own_rows, head)
+            head = outcome.head
             heads.append(head)
         await _write_unnest(conn, _GROUP_MEMBERS, list(group.members.values()))
         await _write_unnest(conn, _GROUP_LOG, group.log)
@@ -332,11 +335,11 @@ class PostgresStore(ConstellationStore):
             base = await conn.fetchval("UPDATE omega_head SET seq = seq + $1 WHERE id = 1 RETURNING seq - $1", head)
         else:
             base = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1")
-        cells, edges, served, dirty = group.shifted(base)
-        await _write_unnest(conn, _GROUP_CELLS, cells)
-        await _write_unnest(conn, _GROUP_EDGES, edges)
-        await _write_unnest(conn, _GROUP_SERVED, served)
-        await _write_unnest(conn, _GROUP_DIRTY, dirty)
+        w = group.rows(base)
+        await _write_unnest(conn, _GROUP_CELLS, w.cells)
+        await _write_unnest(conn, _GROUP_EDGES, w.edges)
+        await _write_unnest(conn, _GROUP_SERVED, w.served)
+        await _write_unnest(conn, _GROUP_DIRTY, w.dirty)
         for i, rel in zip(valid, heads, strict=True):
             results[i] = dataclasses.replace(results[i], head=base + rel)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
@@ -350,16 +353,17 @@ class PostgresStore(ConstellationStore):
             return PushOutcome(duplicate=True, head=head), head
         rows = logic.member_rows(push)
         found = await conn.fetch(_MEMBER_EPOCHS, *_columns(rows)) if rows else []
-        classified = logic.classify(push, rows, _marks(found))
-        keys = classified.cell_keys()
+        keys = sorted({(c.task_type, c.cell) for c in push.cells})
         own = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), self.origin) if keys else []
-        w = logic.accumulate(self.origin, push.epoch, classified, own, head)
+        group = logic.GroupWrites(self.origin)
+        outcome = group.push(push, rows, _marks(found), {(r[1], r[2]): tuple(r) for r in own}, head)
+        w = group.rows()
         await _write_rows(
             conn,
-            (_PUT_CELL, w.cell_states),
-            (_ADD_EDGE, w.edge_increments),
+            (_PUT_CELL, w.cells),
+            (_ADD_EDGE, w.edges),
             (_ADD_SERVED, w.served),
-            (_MARK_DIRTY, _dirty_marks(w.served)),
+            (_MARK_DIRTY, w.dirty),
             ("INSERT INTO omega_members VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) " + _MEMBER_UPDATE, w.members),
             (
                 "INSERT INTO omega_contributions (epoch, kind, k1, k2, k3, weight, successes, trials, embedding) "
@@ -367,7 +371,7 @@ class PostgresStore(ConstellationStore):
                 w.log,
             ),
         )
-        return w.outcome, w.outcome.head
+        return outcome, outcome.head
 
     # ---- delta pull ----------------------------------------------------------------
     async def _changes(self, cursor: int, k_min: int, budget: PageBudget) -> ChangePage:

@@ -115,7 +115,7 @@ DROP INDEX served_seq_support;
 CREATE INDEX served_seq_support ON served (seq, support, peak)
 """
 
-# v6: latest wins per member per key (issue 14, logic.accumulate). A member row holds what it counts in
+# v6: latest wins per member per key (issue 14, logic.GroupWrites). A member row holds what it counts in
 # its key's accumulator (its last contribution: weight, and for a cell counts and the float16 embedding), so
 # its next contribution replaces it and the window subtracts only it. Members from before hold nothing
 # (NULL): their contributions are the log rows marked `legacy`, which the window still subtracts. Edges are

@@ -7,7 +7,7 @@ contribution is inside the window. So repetition cannot accumulate (a device
 pushing a key every day holds one member and at most `window_epochs` capped
 contributions, as an honest daily viewer does), and when a key's supporters go
 silent for longer than the window its support falls to 0 and it leaves the
-published state. Within the window, latest wins per member (logic.accumulate): a
+published state. Within the window, latest wins per member (logic.GroupWrites): a
 device's later contribution to a key replaces its earlier one, so the key holds at
 most one capped contribution of it, whatever it pushed before.
 
