@@ -188,6 +188,18 @@ def test_catalog_items_read_together_share_their_genre_tuples(store: BrainStore)
     assert found[0].genres[1] is found[1].genres[0]  # "Drama", interned
 
 
+def test_catalog_items_read_together_share_one_int_per_year(store: BrainStore):
+    """SQLite makes a new int object for every row's year (above 256, Python keeps no shared one): 32 bytes an
+    item for nothing in a 10K catalog of ~100 distinct years."""
+    items = [CatalogItem(i, f"T{i}", ("Drama",), 1995 if i % 2 else 2003, ()) for i in range(1, 7)]
+    items.append(CatalogItem(7, "Undated", ("Drama",)))
+    store.upsert_catalog(items, np.stack([unit(i) for i in range(7)]))
+    found = store.catalog_items()
+    assert found == items
+    assert found[0].year is found[2].year is found[4].year and found[1].year is found[3].year
+    assert found[6].year is None
+
+
 def test_catalog_rejects_mismatched_embeddings(store: BrainStore):
     with pytest.raises(OmegaError, match="shape"):
         store.upsert_catalog([CatalogItem(1, "A", ())], np.ones((2, 384)))

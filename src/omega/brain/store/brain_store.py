@@ -130,7 +130,7 @@ class BrainStore(Database):
     def catalog_items(self) -> list[CatalogItem]:
         """Every item, ordered by content id. Made row by row as SQLite returns them: a list of all the rows
         first (fetchall) left its freed tuples as holes between the items for good (+1.9 MB for 9,742 items)."""
-        shared: dict[str, tuple[str, ...]] = {}
+        shared: rows.Shared = {}
         with self.snapshot() as db:
             found = db.execute(f"SELECT {rows.CATALOG_COLUMNS} FROM catalog ORDER BY content_id")
             return [rows.row_catalog(r, shared) for r in found]

@@ -83,15 +83,22 @@ def catalog_row(item: CatalogItem, embedding: np.ndarray) -> tuple:
     )  # fmt: skip
 
 
-def row_catalog(row: tuple, shared: dict[str, tuple[str, ...]] | None = None) -> CatalogItem:
+#: what items read together share (`row_catalog`): JSON texts of genres/tags -> tuples, years -> one int each
+Shared = dict[str | int, tuple[str, ...] | int]
+
+
+def row_catalog(row: tuple, shared: Shared | None = None) -> CatalogItem:
     """A catalog row as an item; rows read together pass one `shared` dict, so items with the same genres
-    (or tags) share one tuple of interned strings (a 10K catalog holds ~20 genres in ~1K combinations)."""
+    (or tags) share one tuple of interned strings (a 10K catalog holds ~20 genres in ~1K combinations), and
+    items of the same year one int (SQLite makes a new int object per row: 32 bytes an item otherwise)."""
     content_id, title, genres, year, tags = row
     shared = {} if shared is None else shared
+    if year is not None:
+        year = shared.setdefault(year, year)
     return CatalogItem(content_id, title, _strings(genres, shared), year, _strings(tags, shared))
 
 
-def _strings(text: str, shared: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+def _strings(text: str, shared: Shared) -> tuple[str, ...]:
     found = shared.get(text)
     if found is None:
         found = shared[text] = tuple(sys.intern(s) for s in json.loads(text))
