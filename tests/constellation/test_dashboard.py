@@ -55,7 +55,9 @@ def _wait_for_window_start(window_ms: int, slack_ms: int = 150) -> int:
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     folder = tmp_path_factory.mktemp("dashboard")
     CODEBOOK.save(folder / "codebook.npz")
-    server = ServerProcess(folder, codebook=folder / "codebook.npz",
+    # The "unknown" WebSocket below never sends a frame: the auth deadline (10 s) would close it before a busy
+    # machine reaches the last test of the module, so the scene's server waits longer.
+    server = ServerProcess(folder, codebook=folder / "codebook.npz", OMEGA_WS_AUTH_TIMEOUT_S="600",
                            OMEGA_TREND_WINDOW_S=str(TREND_WINDOW_MS / 1000)).start()  # fmt: skip
     with ExitStack() as stack, httpx.Client(base_url=server.url, timeout=10) as client:
         stack.callback(server.kill)
