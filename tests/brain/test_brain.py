@@ -260,3 +260,22 @@ def test_the_store_page_cache_is_the_configs_and_a_bad_size_is_a_config_error(tm
     for bad in (0, 15, 1 << 21):
         with pytest.raises(OmegaError, match="store_cache_kib must be in 16..1048576"):
             BrainConfig(store_cache_kib=bad)
+
+
+def test_a_viewing_keeps_the_pulled_rows_and_ranks_as_a_fresh_read(brain: Brain):
+    """After a viewing the first ranking reads again only the TV's own transitions and the new item's pulled
+    rows (the other recent items' stay kept): it ranks exactly as a brain that reads everything again."""
+    pulled = [TransitionStat(1, 6, 5.0, 4), TransitionStat(4, 9, 3.0, 4), TransitionStat(5, 3, 4.0, 4)]
+    brain.apply_consolidated([], pulled, pairs=[TransitionStat(4, 10, 2.0, 4), TransitionStat(5, 8, 6.0, 5)])
+    for i, item in enumerate((1, 4)):
+        brain.on_user_action(item, watch_fraction=0.9, context=CTX, started_at=1000.0 * (i + 1))
+    brain.rank(CTX, 5)
+    kept = brain.store.edges.successors("global_transitions", [1, 4])
+    brain.on_user_action(5, watch_fraction=0.9, context=CTX, started_at=3000.0)  # the viewing writes own tables only
+    after_viewing = brain.rank(CTX, 5)
+    assert brain.store.edges.successors("global_transitions", [1])[1] is kept[1]  # not read again
+    assert [dst for dst, _ in brain.store.edges.successors("transitions", [1, 4])[4]] == [5]  # read again
+    brain.release_caches()
+    fresh = brain.rank(CTX, 5)
+    assert after_viewing == fresh and 3 in fresh.pool and 8 in fresh.pool  # the new item's pulled rows count
+

@@ -549,6 +549,29 @@ def test_kept_successors_follow_every_write(tmp_path: Path):
         assert read("global_pairs") == []
 
 
+def test_a_viewing_keeps_the_published_rows_and_drops_the_own_ones(tmp_path: Path):
+    """A viewing writes only the TV's own tables: the first call after it reads the own transitions again, but
+    the published rows (edges, pairs, what the floor holds back, refined neighbours) of the recent items stay
+    kept; a pulled page drops them."""
+    with BrainStore(tmp_path / "tv.db") as store:
+        store.merge_global_transitions([TransitionStat(1, 9, 50.0, 50), TransitionStat(1, 7, 2.0, 2)])
+        store.merge_global_pairs([TransitionStat(1, 5, 4.0, 4), TransitionStat(1, 6, 3.0, 3)])
+        store.put_refined([TransitionStat(1, 8, 0.5, 0)], fresh=True)
+        store.bump_transition(1, 2, 0.9)
+        tables = ("global_transitions", "global_pairs", "refined_neighbours")
+        kept = {table: store.edges.successors(table, [1])[1] for table in tables}
+        held = store.edges.successors("global_pairs", [1], under_floor=True)[1]
+        own = store.edges.successors("transitions", [1])[1]
+        store.bump_transition(1, 3, 2.0)  # a viewing
+        assert all(store.edges.successors(table, [1])[1] is kept[table] for table in tables)
+        assert store.edges.successors("global_pairs", [1], under_floor=True)[1] is held
+        assert [dst for dst, _ in store.edges.successors("transitions", [1])[1]] == [3, 2]
+        assert store.edges.successors("transitions", [1])[1] is not own
+        store.merge_global_pairs([TransitionStat(1, 4, 9.0, 9)])  # a pulled page
+        assert [dst for dst, _ in store.edges.successors("global_pairs", [1])[1]] == [4, 5]
+        assert store.edges.successors("global_transitions", [1])[1] is not kept["global_transitions"]
+
+
 def test_global_pairs_are_kept_in_both_orientations_and_totals_replace(store: BrainStore):
     store.merge_global_pairs([TransitionStat(1, 2, 3.0, 4), TransitionStat(2, 7, 1.0, 3)])
     store.merge_global_pairs([TransitionStat(1, 2, 8.0, 9)])

@@ -13,7 +13,7 @@ from omega.sim.bench import run_brain_bench
 DESIGN_KEYS = (
     "embed_ms_p50", "search_us_p50", "recommend_ms_p50", "recommend_same_context_ms_p50", "recommend_cpu_ms_p50",
     "recommend_same_context_cpu_ms_p50", "recommend_new_daypart_ms_p50", "recommend_new_daypart_cpu_ms_p50", "rss_mb",
-    "recall_at_50",
+    "recall_at_50", "recommend_after_pull_ms_p50", "recommend_after_pull_cpu_ms_p50",
 )
 
 
@@ -26,6 +26,7 @@ def test_a_tiny_brain_is_built_and_measured_in_a_child(tmp_path: Path, embedder,
         assert report[key] > 0, key
     assert 0.0 <= report["recall_at_50"] <= 1.0
     assert report["catalog_items"] == 120 and report["patterns"] >= 1 and report["repeats"] == 5
+    assert report["first_calls_after_a_viewing"] == 5  # each after a viewing of a title not watched before
     assert report["pattern_fill"].startswith("learned")
     assert set(report["rss_breakdown_mb"]) == {"runtime", "store", "embedder", "catalog", "patterns", "first_recommend"}
     # the same steps by kind of page; the process's own (anon) and mapped-file pages make up its RSS

@@ -421,6 +421,9 @@ class BrainStore(Database):
         rows = [(int(src), int(dst), float(weight), int(support)) for src, dst, weight, support in totals]
         gone = [r[:2] for r in rows if removals and r[3] == 0]
         with self.transaction() as db:
+            # Every write to a published table comes here or says so itself; inside the transaction, which holds
+            # the store's lock, so no other thread reads the old rows under the new count.
+            self.edges.published_changed()
             db.executemany(f"DELETE FROM {table} WHERE src = ? AND dst = ?", gone)
             db.executemany(
                 f"INSERT INTO {table} (src, dst, weight, support) VALUES (?, ?, ?, ?) "
@@ -447,6 +450,7 @@ class BrainStore(Database):
         """Store a pulled page of refined neighbours; `fresh`: it starts a new release, so the old one goes."""
         batch = require_all(stats, TransitionStat)
         with self.transaction() as db:
+            self.edges.published_changed()
             if fresh:
                 db.execute("DELETE FROM refined_neighbours")
             # A release replaces the last one whole (`fresh`): no removals within it.

@@ -17,16 +17,22 @@ same query and kept apart (`successors(..., under_floor=True)`): the ranker orde
 scores by them (recommender, tiers), never above an item something scores.
 
 The rows `successors` returns are also kept per source (the last `_SOURCES_KEPT`
-of each table) while the database is unchanged: a brain asks for the same
-recent items on every call until the next viewing or pull. "Unchanged" is
-SQLite's own count of the rows this connection changed (`total_changes`: any
-write, to any table, drops them all) and `data_version` (another connection
-committed); nothing is kept from inside a transaction, which may roll back.
+of each table) while their table is unchanged: a brain asks for the same
+recent items on every call, and a viewing adds one. "Unchanged" is, for the
+TV's own transitions, SQLite's count of the rows this connection changed
+(`total_changes`: a viewing drops them), and for the published tables the
+store's own count of its writes to them (`published_changed`: a pull drops
+them, a viewing keeps them, so the first call after a viewing reads the
+published rows of its new item only); both also need `data_version` unchanged
+(another connection committed). Nothing is kept from inside a transaction,
+which may roll back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import groupby
+from operator import itemgetter
 from typing import Literal
 
 from omega.brain.store.database import Database
@@ -46,6 +52,9 @@ _COUNT = {"transitions": "count", "global_transitions": "support", "global_pairs
           "refined_neighbours": "support"}  # fmt: skip
 
 
+_source = itemgetter(0)
+
+
 def _held_name(table: EdgeTable) -> str:
     """The kept-successors name of what the floor holds back in `table`."""
     return f"{table}:held"
@@ -62,7 +71,7 @@ class EdgeReader:
         self._volumes_key: tuple[int, int] | None = None
         self._published_writes = 0  # bumped by `published_changed`: this connection wrote the published edges
         self._kept: dict[str, dict[int, list[tuple[int, float]]]] = {}  # table → src → successors (see module doc)
-        self._kept_key: tuple[int, int, float] | None = None
+        self._kept_keys: dict[str, tuple[int, int, float]] = {}  # table → the state its kept successors were read in
 
     def rows_from(self, table: EdgeTable, srcs: Iterable[int]) -> list[EdgeRow]:
         """The sources' edges, grouped by source in the order given, each heaviest first (ties by dst); the
@@ -84,7 +93,7 @@ class EdgeReader:
         if under_floor and table not in _FLOORED:
             return {}  # only the published tables have a floor
         order = sorted(set(int(s) for s in srcs))
-        kept = self._kept_for(_held_name(table) if under_floor else table)
+        kept = self._kept_for(table, _held_name(table) if under_floor else table)
         if kept is None:
             return self._successors(table, order)[under_floor]
         missing = [src for src in order if src not in kept]
@@ -104,8 +113,9 @@ class EdgeReader:
         return {src: answer[src] for src in order if answer[src]}
 
     def forget(self) -> None:
-        """Drop the kept successors (the next read goes to SQLite; `omega bench brain` times that path)."""
-        self._kept, self._kept_key = {}, None
+        """Drop the kept successors (the next read goes to SQLite; `omega bench brain` times that path as the first
+        call after a pull)."""
+        self._kept, self._kept_keys = {}, {}
 
     def release(self) -> None:
         """Drop everything kept in memory, the volumes too (read again on the next floored read): a process
@@ -117,25 +127,26 @@ class EdgeReader:
         """(the rows that pass the floor as src → [(dst, weight), ...], those it holds back as src → [(dst,
         support), ...]): the held-back rows order items by how many TVs stand behind them, never by summed weight
         (issue 14), as the recommender's last tier does."""
-        out: tuple[dict[int, list[tuple[int, float]]], ...] = ({}, {})
-        for held, (side, rows) in enumerate(zip(out, self._read(table, srcs))):
-            for src, dst, weight, support in rows:
-                found = side.get(src)
-                if found is None:
-                    found = side[src] = []
-                found.append((dst, float(support) if held else weight))
-        return out
+        passed, held = self._read(table, srcs)
+        return (
+            {src: [(dst, weight) for _, dst, weight, _ in rows] for src, rows in groupby(passed, _source)},
+            {src: [(dst, float(support)) for _, dst, _, support in rows] for src, rows in groupby(held, _source)},
+        )
 
-    def _kept_for(self, table: str) -> dict[int, list[tuple[int, float]]] | None:
-        """The kept successors of `table` (emptied when the database changed), or None inside a transaction."""
+    def _kept_for(self, table: EdgeTable, name: str) -> dict[int, list[tuple[int, float]]] | None:
+        """The kept successors `name` of `table` (emptied when that table may have changed: module doc), or None
+        inside a transaction."""
         with self._db._lock:
             db = self._db._conn()
             if db.in_transaction:
                 return None
-            key = (int(db.execute("PRAGMA data_version").fetchone()[0]), db.total_changes, float(self.floor_c))
-            if key != self._kept_key:
-                self._kept, self._kept_key = {}, key
-            return self._kept.setdefault(table, {})
+            # A held-back name shares its table's key: `successors` fills both sides from one read.
+            writes = db.total_changes if table == "transitions" else self._published_writes
+            key = (int(db.execute("PRAGMA data_version").fetchone()[0]), writes, float(self.floor_c))
+            for kept in (table, _held_name(table)) if table in _FLOORED else (table,):
+                if self._kept_keys.get(kept) != key:
+                    self._kept[kept], self._kept_keys[kept] = {}, key
+            return self._kept[name]
 
     def _read(self, table: EdgeTable, srcs: list[int]) -> tuple[list[EdgeRow], list[EdgeRow]]:
         """The rows of distinct sources, by source id, each heaviest first: (those that pass the floor, the
@@ -155,7 +166,8 @@ class EdgeReader:
         return [r for r, ok in zip(found, passes) if ok], [r for r, ok in zip(found, passes) if not ok]
 
     def published_changed(self) -> None:
-        """Called by the store before it writes the published edges: the volumes must be read again."""
+        """Called by the store whenever it writes a published table (global transitions, pairs, refined
+        neighbours): their kept rows and the volumes must be read again."""
         self._published_writes += 1
 
     def volumes(self) -> dict[int, int]:

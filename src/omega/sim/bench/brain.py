@@ -40,14 +40,15 @@ def run_brain_bench(
 
     with tempfile.TemporaryDirectory(prefix="omega-bench-") as tmp:
         db = Path(tmp) / "brain.db"
-        built = _build_bench_brain(folder, db, n_patterns=n_patterns, max_items=max_items, progress=progress)
+        built = _build_bench_brain(folder, db, n_patterns=n_patterns, max_items=max_items, progress=progress,
+                                   next_viewings=repeats)  # fmt: skip
         progress(f"measuring in a fresh process ({repeats} calls per figure)")
         started = time.perf_counter()
         # One BLAS thread, as the omega CLI sets it on a TV (see omega/cli/__init__.py), whoever calls this.
         env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
         child = subprocess.run(
             [sys.executable, "-c", "import sys; from omega.sim.bench.brain import _measure_main; _measure_main(sys.argv[1:])",
-             str(db), str(repeats)],
+             str(db), str(repeats), str(_viewings_path(db))],
             stdout=subprocess.PIPE, text=True, check=False, env=env,
         )  # fmt: skip
         if child.returncode != 0:
@@ -57,9 +58,12 @@ def run_brain_bench(
     return {**measured, **built, "repeats": repeats, "threads": 1}
 
 
-def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int | None, max_items: int | None, progress) -> dict:  # noqa: ANN001
+def _build_bench_brain(
+    folder: Path, db: Path, *, n_patterns: int | None, max_items: int | None, progress, next_viewings: int = 0,  # noqa: ANN001
+) -> dict:
     """A brain as a TV would hold it: embedded catalog + saved index, its SkillLibrary (learned, or `n_patterns`
-    synthetic ones), synced priors, a history."""
+    synthetic ones), synced priors, a history; and beside it (`_viewings_path`) the `next_viewings` viewings the
+    measuring process watches, one before each first call after a viewing."""
     import time
 
     import numpy as np
@@ -115,6 +119,10 @@ def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int | None, max_it
             viewing = episode_from_rating(stars)
             brain.on_user_action(content_id, watch_fraction=viewing.watch_fraction, engagement=viewing.engagement, started_at=ts)
         stats = brain.stats()
+    upcoming = _next_viewings(data, catalog, {c for c, _, _ in mine}, next_viewings)
+    if next_viewings and not upcoming:
+        raise OmegaError("bench brain: the viewer has watched every title of the catalog: use more --items")
+    _viewings_path(db).write_text(json.dumps(upcoming))
     progress(f"built: {stats['patterns']} patterns, {stats['global_transitions']} global transitions, {len(mine)} viewings")
     return {
         "catalog_items": len(catalog_items),
@@ -127,6 +135,27 @@ def _build_bench_brain(folder: Path, db: Path, *, n_patterns: int | None, max_it
         "index_file_mb": round(stats["catalog_index_bytes"] / 1e6, 2),
         "ingest_s": round(ingest_s, 1),
     }
+
+
+def _viewings_path(db: Path) -> Path:
+    """Where `_build_bench_brain` leaves the viewings the measuring process watches (`_next_viewings`)."""
+    return db.with_name("viewings.json")
+
+
+def _next_viewings(data, catalog, watched: set[int], n: int) -> list[tuple[int, float, int]]:  # noqa: ANN001
+    """(content id, stars, timestamp) of the first `n` ratings of the dataset, in its order, of titles the bench
+    viewer has not watched, each title once: what the viewer goes on to watch (the first user's ratings after
+    the history, then the next users')."""
+    r = data.ratings
+    out: list[tuple[int, float, int]] = []
+    seen = set(watched)
+    for item, stars, ts in zip(r.item.tolist(), r.rating.tolist(), r.timestamp.tolist()):
+        if len(out) == n:
+            break
+        if item not in seen and item in catalog:
+            seen.add(item)
+            out.append((int(item), float(stars), int(ts)))
+    return out
 
 
 #: `pattern_fill` of the default bench brain (see `_learned_patterns`)
@@ -213,9 +242,10 @@ def _measure_main(argv: list[str]) -> None:
     import numpy as np
 
     from omega.brain.brain import Brain
+    from omega.brain.learning import episode_from_rating
     from omega.brain.records import ViewingContext
 
-    db, repeats = Path(argv[0]), int(argv[1])
+    db, repeats, viewings = Path(argv[0]), int(argv[1]), json.loads(Path(argv[2]).read_text())
     rng = np.random.default_rng(11)
     breakdown: dict[str, float] = {}
     kinds: dict[str, dict[str, float]] = {}  # the same steps split into anon (own) and file-mapped pages
@@ -252,9 +282,9 @@ def _measure_main(argv: list[str]) -> None:
         text = "Evening on a Friday. Recently watched: Heat; Alien; Toy Story"
         embed, embed_cpu = timed_each_with_cpu(lambda _: embedder.embed(text), range(repeats))
         contexts = [ViewingContext(hour=h % 24, weekday=h % 7) for h in range(repeats)]
-        # Every call pays everything a viewing invalidates: the brain's small cache of context vectors and the
-        # edge rows the store keeps are emptied first (the first call after a viewing).
-        recommend, recommend_cpu = timed_each_with_cpu(
+        # The first call after a pull: every edge row the store keeps is dropped (a pull changes the published
+        # tables, and the TV's own are read again too) and the context is embedded again.
+        recommend_pull, recommend_pull_cpu = timed_each_with_cpu(
             lambda c: (brain._context_vectors.clear(), brain.store.edges.forget(), brain.recommend(c, k=10)), contexts
         )
         # A new daypart with the same history: the context is embedded again, the edge rows are still kept.
@@ -269,6 +299,21 @@ def _measure_main(argv: list[str]) -> None:
             lambda _: brain.recommend(session, k=10), range(repeats)
         )
         after, peak = rss_mb()  # the brain after use, before the bench's own recall arrays below
+        # The first call after a viewing: the viewer watches a title it had not seen (`Brain.on_user_action`,
+        # untimed), then the call pays what that viewing changed: its context text (a new last title) is
+        # embedded, its own transitions and the new title's published rows are read. Last, as these viewings
+        # grow the history the figures above are measured on.
+        watch = iter(viewings)
+
+        def view(_: object) -> None:
+            content_id, stars, ts = next(watch)
+            seen = episode_from_rating(stars)
+            brain.on_user_action(content_id, watch_fraction=seen.watch_fraction, engagement=seen.engagement,
+                                 started_at=ts)  # fmt: skip
+
+        recommend, recommend_cpu = timed_each_with_cpu(
+            lambda c: brain.recommend(c, k=10), contexts[: len(viewings)], before=view
+        )
 
         # Real queries: catalog items (what pattern/consolidated neighbourhoods and "more like this" send)
         # and the recommender's own query vectors (embedded context text blended with a viewing history).
@@ -310,6 +355,9 @@ def _measure_main(argv: list[str]) -> None:
         "recommend_cpu_ms_p50": round(median_ms(recommend_cpu), 3),
         "recommend_same_context_cpu_ms_p50": round(median_ms(recommend_session_cpu), 3),
         "recommend_new_daypart_cpu_ms_p50": round(median_ms(recommend_daypart_cpu), 3),
+        "recommend_after_pull_ms_p50": round(median_ms(recommend_pull), 3),
+        "recommend_after_pull_cpu_ms_p50": round(median_ms(recommend_pull_cpu), 3),
+        "first_calls_after_a_viewing": len(recommend),
         "rss_breakdown_mb": breakdown,
         "rss_anon_mb": round(current_kinds["anon"], 1),
         "rss_file_mb": round(current_kinds["file"], 1),

@@ -63,13 +63,16 @@ def timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
     return samples
 
 
-def timed_each_with_cpu(fn, args) -> tuple[list[float], list[float]]:  # noqa: ANN001
+def timed_each_with_cpu(fn, args, before=None) -> tuple[list[float], list[float]]:  # noqa: ANN001
     """`timed_each`, plus each call's CPU time on this thread: on shared cores the wall clock also counts
-    the time other processes held the core, the thread's CPU time only (mostly) the call's own work."""
+    the time other processes held the core, the thread's CPU time only (mostly) the call's own work.
+    `before(arg)`, untimed, runs ahead of each call (what the timed call follows, e.g. a viewing)."""
     import time
 
     wall, cpu = [], []
     for arg in args:
+        if before is not None:
+            before(arg)
         t0, c0 = time.perf_counter(), time.thread_time()
         fn(arg)
         cpu.append(time.thread_time() - c0)
