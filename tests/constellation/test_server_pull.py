@@ -111,18 +111,23 @@ def test_an_acked_push_survives_sigkill(server: ServerProcess) -> None:
         assert again.duplicate
 
 
+# Long enough that a busy machine answers the pushes and pulls between two refreshes within one interval (at
+# 1.5 s a slow push round let the snapshot expire before the readers at its head asked).
+SNAPSHOT_S = 4.0
+
+
 def test_pulls_are_served_from_a_snapshot_of_the_head(tmp_path) -> None:  # noqa: ANN001
     """With pull_snapshot_s, a TV at the served head costs no store read and every TV from one cursor gets one
     page; newer pushes show up once the snapshot is older than the interval (a delay, never a skip)."""
     CODEBOOK.save(tmp_path / "codebook.npz")
     server = ServerProcess(tmp_path, codebook=tmp_path / "codebook.npz", OMEGA_RATE_BURST="1000",
-                           OMEGA_PULL_SNAPSHOT_S="1.5").start()  # fmt: skip
+                           OMEGA_PULL_SNAPSHOT_S=str(SNAPSHOT_S)).start()  # fmt: skip
     try:
         devices = [Device(n) for n in range(3)]
         readers = [Device(90 + n) for n in range(4)]
         with httpx.Client() as client:
             _push_round(server, client, devices, 0, range(0, 10))
-            time.sleep(1.6)
+            time.sleep(SNAPSHOT_S + 0.1)
             seen: dict = {}
             cursor = _drain(server, client, readers[0], 0, 5000, [], seen)
             assert cursor > 0 and seen
@@ -132,7 +137,7 @@ def test_pulls_are_served_from_a_snapshot_of_the_head(tmp_path) -> None:  # noqa
                 reply = r.decode(server.post(r.pull(cursor), client).content).body
                 assert reply.cursor == cursor and not reply.patterns and not reply.more
             assert server.metric("omega_store_latency_seconds_count", op="changes") == reads
-            time.sleep(1.6)
+            time.sleep(SNAPSHOT_S + 0.1)
             pages = [r.decode(server.post(r.pull(cursor), client).content).body for r in readers]
             assert pages[0].cursor > cursor and pages[0].patterns
             assert all(p == pages[0] for p in pages)  # one page, shared by every TV at that cursor
