@@ -226,9 +226,19 @@ class GroupRows(NamedTuple):
     cells: list[tuple]  # own accumulator rows (CELL_COLUMNS order): each replaces the stored one
     edges: list[tuple]  # (origin, keyspace, src, dst, weight, support, version): weight and support ADDED
     served: list[tuple]  # (kind, k1, k2, k3, seq, support): seq replaces, support ADDED
-    dirty: list[tuple]  # (task_type, cell, seq) of the changed cells
     members: list[tuple]  # member rows: the mark (epoch, what it holds) replaces
     log: list[tuple]  # contribution log rows (patterns)
+
+    @property
+    def dirty(self) -> list[tuple[int, int, int]]:
+        """The changed cells' dirty marks (`dirty_marks`), for a store that keeps them."""
+        return dirty_marks(self.served)
+
+
+def dirty_marks(served: Iterable[Sequence[int]]) -> list[tuple[int, int, int]]:
+    """(task_type, cell, seq) of the served cell rows (kind, k1, k2, k3, seq, …): their ANN vectors are due
+    for a refresh."""
+    return [(r[1], r[2], r[4]) for r in served if r[0] == KIND_CELL]
 
 
 class GroupWrites:
@@ -360,7 +370,7 @@ class GroupWrites:
             if len(members) != len(marks):
                 raise ValueError("the order does not name every member of the group")
             keys = dict.fromkeys([r[:4] for r in order])
-        cells, edges, served, dirty = [], [], [], []
+        cells, edges, served = [], [], []
         origin, cell_acc, edge_acc = self.origin, self._cells, self._edges
         for key in keys:
             acc = edge_acc.get(key)
@@ -374,8 +384,7 @@ class GroupWrites:
                 state, new, seq = acc
                 cells.append((*state[:8], seq + base) if base else state)
                 served.append((*key, seq + base, new))
-                dirty.append((key[1], key[2], seq + base))
-        return GroupRows(cells, edges, served, dirty, members, self.log)
+        return GroupRows(cells, edges, served, members, self.log)
 
 
 # ---------------------------------------------------------------------------- merges

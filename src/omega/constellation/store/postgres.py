@@ -204,11 +204,6 @@ def _push_bucket(push_key: bytes) -> int:
     return int.from_bytes(push_key[:4], "big") % KEY_BUCKETS  # a keyed hash already: its bytes are uniform
 
 
-def _dirty_marks(served: list[tuple]) -> list[tuple[int, int, int]]:
-    """(task_type, cell, seq) of the served cell rows: their ANN vectors are due for a refresh."""
-    return [(r[1], r[2], r[4]) for r in served if r[0] == KIND_CELL]
-
-
 #: The head and the pull floor the served rows are indexed for, in one round trip.
 _HEAD_AND_FLOOR = (
     "SELECT h.seq, convert_from(m.value, 'UTF8')::int FROM omega_head h, omega_meta m "
@@ -572,7 +567,7 @@ class PostgresStore(ConstellationStore):
             (_PUT_CELL, w.cell_states),
             (_PUT_EDGE, w.edge_states),
             (_ADD_SERVED, w.served),
-            (_MARK_DIRTY, _dirty_marks(w.served)),
+            (_MARK_DIRTY, logic.dirty_marks(w.served)),
         )
         return w
 
@@ -612,7 +607,7 @@ class PostgresStore(ConstellationStore):
                 (_PUT_CELL, w.cell_states),
                 (_PUT_EDGE, w.edge_states),
                 (_PUT_SERVED, w.served),
-                (_MARK_DIRTY, _dirty_marks(w.served)),
+                (_MARK_DIRTY, logic.dirty_marks(w.served)),
             )
             return w.changed, w.head
 
