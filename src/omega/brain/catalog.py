@@ -184,6 +184,12 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def row_index(self) -> dict[int, int]:
+        """content id → row, for membership tests in the ranker's loops (an `in` on it costs a dict lookup, where
+        `in catalog` also converts and guards): read it, never change it."""
+        return self._row
+
     def __contains__(self, content_id: object) -> bool:
         try:
             return int(content_id) in self._row  # type: ignore[call-overload]

@@ -203,7 +203,7 @@ class Recommender:
         recent = [c for c in recent if c in cat][: cfg.recent_items]
         exclude = set(exclude)
 
-        query = self._query(context, recent)
+        query, recent_vectors = self._query(context, recent)
         pool: dict[int, None] = {}  # insertion-ordered set of candidate content ids
         content_width = min(len(cat), cfg.candidates_k + min(len(exclude), cfg.candidates_k))
         self._add(pool, cat.search(query, content_width)[0], exclude)
@@ -225,7 +225,8 @@ class Recommender:
             return Ranking([], frozenset())
 
         ids = np.fromiter(pool, dtype=np.int64, count=len(pool))
-        rows = cat.rows(ids)
+        known = cat.row_index  # every pooled id is in the catalog (`_add`)
+        rows = np.fromiter((known[c] for c in pool), dtype=np.int64, count=len(pool))
         X = cat.vectors(rows)
         cos = np.clip(X @ query, 0.0, 1.0)
         parts = {
@@ -236,14 +237,15 @@ class Recommender:
         parts["consolidated"] = cfg.w_consolidated * cons
         for name, weight in (("local", cfg.w_local_transition), ("global", cfg.w_global_transition),
                              ("pair", cfg.w_global_pair), ("refined", cfg.w_refined)):  # fmt: skip
-            parts[name] = weight * _scaled(ids, sources[name][0])
+            parts[name] = weight * _scaled(pool, sources[name][0])
         score = sum(parts.values())
         chosen = _mmr(X, score, k, cfg.diversity_lambda, self._tiers(ids, score, recent))
         return Ranking(
             [
                 Recommendation(
                     content_id=int(ids[i]), score=float(score[i]),
-                    reasons=self._reasons(i, int(ids[i]), parts, sources, prior, cons_best, recent, X, context),
+                    reasons=self._reasons(i, int(ids[i]), parts, sources, prior, cons_best, recent, recent_vectors, X,
+                                          context),
                     title=cat.items[rows[i]].title,
                 )  # fmt: skip
                 for i in chosen
@@ -271,19 +273,22 @@ class Recommender:
 
     # ------------------------------------------------------------------ pieces
 
-    def _query(self, context: ViewingContext, recent: list[int]) -> np.ndarray:
+    def _query(self, context: ViewingContext, recent: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The query vector, and the recent items' vectors it blends in (the reasons use them again)."""
         cat, cfg = self.catalog, self.config
         titles = [cat.item(c).title for c in recent[:3]]
         ctx = np.asarray(self.embed(context_text(context, titles)), np.float32)
+        recent_vectors = cat.vectors(cat.rows(recent))
         if not recent:
-            return _unit(ctx)
+            return _unit(ctx), recent_vectors
         weights = cfg.recent_decay ** np.arange(len(recent), dtype=np.float32)
-        history = _unit(weights @ cat.vectors(cat.rows(recent)))
-        return _unit(cfg.context_weight * ctx + (1.0 - cfg.context_weight) * history).astype(np.float32)
+        history = _unit(weights @ recent_vectors)
+        return _unit(cfg.context_weight * ctx + (1.0 - cfg.context_weight) * history).astype(np.float32), recent_vectors
 
     def _add(self, pool: dict[int, None], ids: np.ndarray | list[int], exclude: set[int]) -> None:
+        known = self.catalog.row_index
         for cid in ids.tolist() if isinstance(ids, np.ndarray) else ids:
-            if cid not in exclude and cid in self.catalog:
+            if cid not in exclude and cid in known:
                 pool[cid] = None
 
     def _support(
@@ -297,7 +302,7 @@ class Recommender:
         best: dict[int, tuple[float, int]] = {}
         decay = self.config.recent_decay
         found = lookup(recent) if recent else {}
-        catalog = self.catalog
+        known = self.catalog.row_index
         for step, src in enumerate(recent):
             edges = [(dst, weight) for dst, weight in found.get(src, ())[:_PER_SOURCE] if weight > 0]
             if not edges:
@@ -305,7 +310,7 @@ class Recommender:
             roots = [weight**0.5 for _, weight in edges]
             scale = decay**step / sum(roots) ** 0.5
             for (dst, _), root in zip(edges, roots):
-                if dst in exclude or dst not in catalog:
+                if dst in exclude or dst not in known:
                     continue
                 gain = root * scale
                 scores[dst] = scores.get(dst, 0.0) + gain
@@ -323,10 +328,10 @@ class Recommender:
         best: dict[int, tuple[float, int]] = {}
         decay = self.config.recent_decay
         found = self.refined(recent) if recent else {}
-        catalog = self.catalog
+        known = self.catalog.row_index
         for step, src in enumerate(recent):
             for dst, weight in found.get(src, ()):
-                if weight <= 0 or dst in exclude or dst not in catalog:
+                if weight <= 0 or dst in exclude or dst not in known:
                     continue
                 gain = weight * decay**step
                 scores[dst] = scores.get(dst, 0.0) + gain
@@ -402,12 +407,13 @@ class Recommender:
     def _reasons(
         self, i: int, content_id: int, parts: dict[str, np.ndarray],
         sources: dict[str, tuple[dict[int, float], dict[int, int]]], prior: ConsolidatedPrior,
-        cons_best: np.ndarray, recent: list[int], X: np.ndarray, context: ViewingContext,
+        cons_best: np.ndarray, recent: list[int], recent_vectors: np.ndarray, X: np.ndarray, context: ViewingContext,
     ) -> tuple[str, ...]:  # fmt: skip
         """The one or two parts that carried this item's score, in a viewer's words."""
-        total = sum(float(parts[name][i]) for name in PARTS)
-        ranked = sorted(PARTS, key=lambda name: -float(parts[name][i]))
-        carried = [n for n in ranked[:2] if parts[n][i] > 0 and parts[n][i] >= _REASON_SHARE * total] or ranked[:1]
+        value = {name: float(parts[name][i]) for name in PARTS}
+        total = sum(value.values())
+        ranked = sorted(PARTS, key=lambda name: -value[name])
+        carried = [n for n in ranked[:2] if value[n] > 0 and value[n] >= _REASON_SHARE * total] or ranked[:1]
         title = lambda cid: self.catalog.item(cid).title  # noqa: E731
         reasons: list[str] = []
         for name in carried:
@@ -421,7 +427,7 @@ class Recommender:
             elif name == "local" and via is not None:
                 reasons.append(f"you often watch it after {title(via)}")
             elif name == "content" and recent:
-                closest = recent[int(np.argmax(self.catalog.vectors(self.catalog.rows(recent)) @ X[i]))]
+                closest = recent[int(np.argmax(recent_vectors @ X[i]))]
                 reasons.append(f"similar to {title(closest)}")
             elif name == "content":
                 reasons.append(f"fits your {daypart(context.hour)} viewing")
@@ -439,11 +445,12 @@ class Recommender:
 # ---------------------------------------------------------------- helpers
 
 
-def _scaled(ids: np.ndarray, scores: dict[int, float]) -> np.ndarray:
-    """Scores of `ids` from a dict (0 where absent), divided by their maximum over the pool."""
+def _scaled(ids: Collection[int], scores: dict[int, float]) -> np.ndarray:
+    """Scores of `ids` (the pool, in its order) from a dict (0 where absent), divided by their maximum over the pool."""
     if not scores:
         return np.zeros(len(ids), np.float32)
-    raw = np.fromiter((scores.get(c, 0.0) for c in ids.tolist()), dtype=np.float32, count=len(ids))
+    get = scores.get
+    raw = np.fromiter((get(c, 0.0) for c in ids), dtype=np.float32, count=len(ids))
     top = float(raw.max(initial=0.0))
     return raw / top if top > 0 else raw
 
@@ -474,7 +481,8 @@ def _mmr(X: np.ndarray, score: np.ndarray, k: int, lam: float, tier: np.ndarray 
     k = min(k, n)
     span = float(score.max() - score.min())
     rel = (score - score.min()) / span if span > 0 else np.ones(n, np.float32)
-    max_sim = np.full(n, -np.inf, np.float32)
+    gain, keep = lam * rel, 1.0 - lam
+    max_sim: np.ndarray | None = None  # similarity to the closest chosen item (no penalty before the first pick)
     chosen: list[int] = []
     levels = [None] if tier is None else _sorted_unique(tier)[::-1].tolist()  # highest tier first
     level = 0
@@ -483,10 +491,10 @@ def _mmr(X: np.ndarray, score: np.ndarray, k: int, lam: float, tier: np.ndarray 
         while not available.any():  # this tier is used up: the next one (k <= n, so there is one)
             level += 1
             available = tier == levels[level]  # type: ignore[operator]
-        penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
-        mmr = np.where(available, lam * rel - (1.0 - lam) * penalty, -np.inf)
-        pick = int(np.argmax(mmr))
+        mmr = gain if max_sim is None else gain - keep * max_sim
+        pick = int(np.argmax(np.where(available, mmr, -np.inf)))
         chosen.append(pick)
         available[pick] = False
-        max_sim = np.maximum(max_sim, X @ X[pick])
+        sims = X @ X[pick]
+        max_sim = sims if max_sim is None else np.maximum(max_sim, sims)
     return chosen

@@ -324,7 +324,7 @@ def _measure_main(argv: list[str]) -> None:
         ranker = brain._ranker()
         context_queries = np.stack([
             ranker._query(ViewingContext(int(rng.integers(24)), int(rng.integers(7))),
-                          [int(c) for c in rng.choice(ids, size=int(rng.integers(0, 6)), replace=False)])
+                          [int(c) for c in rng.choice(ids, size=int(rng.integers(0, 6)), replace=False)])[0]
             for _ in range(n_q)
         ]).astype(np.float32)  # fmt: skip
         queries = np.concatenate([item_queries, context_queries])
