@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from omega.brain.embedder import Embedder
-from omega.brain.modelcache import INT8_EXT_FILE, INT8_FILE, MANIFEST_FILE, TOKENIZER_FILE
+from omega.brain.modelcache import (
+    EXT_MANIFEST_FILE,
+    INT8_EXT_DATA,
+    INT8_EXT_FILE,
+    INT8_FILE,
+    INT8_FUSED_FILE,
+    MANIFEST_FILE,
+    TOKENIZER_FILE,
+)
 from omega.errors import OmegaError
 
 # Movie titles with genres, and viewing contexts: what the brain embeds.
@@ -152,10 +160,18 @@ def test_damaged_model_file_is_refused(embedder: Embedder, tmp_path: Path) -> No
 
 def test_the_weights_mapped_as_external_data_embed_exactly_as_the_one_file(embedder: Embedder, tmp_path: Path) -> None:
     """A built cache also holds the INT8 weights as external data, which the TV loads; a cache without that copy
-    (made by an older builder) loads the one file, with bit-identical vectors."""
-    assert embedder.model_file == INT8_EXT_FILE
+    (made by an older builder) loads the one file, with bit-identical vectors. Over the external data, the TV runs
+    the graph with fused GELU and attention: the same vectors again, one text or a padded batch."""
+    assert embedder.model_file == INT8_FUSED_FILE
     for name in (MANIFEST_FILE, INT8_FILE, TOKENIZER_FILE):
         shutil.copyfile(embedder.model_dir / name, tmp_path / name)
     one_file = Embedder(tmp_path)
     assert one_file.model_file == INT8_FILE
     np.testing.assert_array_equal(one_file.embed_batch(SENTENCES[:6]), embedder.embed_batch(SENTENCES[:6]))
+    for name in (EXT_MANIFEST_FILE, INT8_EXT_FILE, INT8_EXT_DATA):  # an older cache: external data, nothing fused
+        shutil.copyfile(embedder.model_dir / name, tmp_path / name)
+    unfused = Embedder(tmp_path)
+    assert unfused.model_file == INT8_EXT_FILE
+    np.testing.assert_array_equal(unfused.embed_batch(SENTENCES), embedder.embed_batch(SENTENCES))
+    for text in SENTENCES[:8]:
+        np.testing.assert_array_equal(unfused.embed(text), embedder.embed(text))

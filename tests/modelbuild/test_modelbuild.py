@@ -18,9 +18,11 @@ from omega.errors import OmegaError
 from omega.modelbuild import (
     EXT_MANIFEST_FILE,
     FP32_FILE,
+    FUSED_MANIFEST_FILE,
     INT8_EXT_DATA,
     INT8_EXT_FILE,
     INT8_FILE,
+    INT8_FUSED_FILE,
     MANIFEST_FILE,
     TOKENIZER_FILE,
     TOKENIZER_SHA256,
@@ -30,6 +32,7 @@ from omega.modelbuild import (
     default_model_dir,
     ensure_model,
     ext_problem,
+    fused_problem,
     load_weights,
     manifest_problem,
     reference_forward,
@@ -39,7 +42,8 @@ from omega.modelbuild import (
     weights_source_dir,
 )
 
-CACHE_FILES = (FP32_FILE, INT8_FILE, TOKENIZER_FILE, MANIFEST_FILE, INT8_EXT_FILE, INT8_EXT_DATA, EXT_MANIFEST_FILE)
+CACHE_FILES = (FP32_FILE, INT8_FILE, TOKENIZER_FILE, MANIFEST_FILE, INT8_EXT_FILE, INT8_EXT_DATA, EXT_MANIFEST_FILE,
+               INT8_FUSED_FILE, FUSED_MANIFEST_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +149,63 @@ def test_the_int8_weights_are_also_kept_as_external_data(built_cache: Path, tmp_
     messages: list[str] = []
     ensure_model(cache, progress=messages.append)
     assert not any(m.startswith("building the model") for m in messages) and ext_problem(cache) is None
-    assert Embedder(cache).model_file == INT8_EXT_FILE
+    # The split is written again byte for byte, so the fused graph over it stays valid and is what the TV loads.
+    assert fused_problem(cache) is None and Embedder(cache).model_file == INT8_FUSED_FILE
     _flip_byte(cache / INT8_EXT_DATA, 5000)
     with pytest.raises(OmegaError, match="damaged"):
         Embedder(cache)
     assert "sha256" in (ext_problem(cache) or "")
+
+
+def test_the_fused_graph_reads_the_external_data_and_gives_the_same_outputs(built_cache: Path, tmp_path: Path) -> None:
+    """The fused graph (GELU and attention as onnxruntime's kernels) is kept only when its outputs equal the
+    external-data graph's bit for bit; the embedder loads it first. Written again when the external-data files
+    change, never retried once recorded as not identical, refused when damaged."""
+    import onnx
+
+    from omega.modelbuild.graph import fuse_int8_graph
+
+    assert fused_problem(built_cache) is None
+    fused = json.loads((built_cache / FUSED_MANIFEST_FILE).read_text())
+    ext = json.loads((built_cache / EXT_MANIFEST_FILE).read_text())
+    assert fused["identical"] is True and set(fused["files"]) == {INT8_FUSED_FILE}
+    assert fused["from"] == {"file": INT8_EXT_FILE, "sha256": ext["files"][INT8_EXT_FILE]["sha256"],
+                             "data_sha256": ext["files"][INT8_EXT_DATA]["sha256"]}  # fmt: skip
+    graph = onnx.load(str(built_cache / INT8_FUSED_FILE), load_external_data=False)
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("MultiHeadAttention") == ops.count("Gelu") == 6 and "Erf" not in ops and "Softmax" not in ops
+    assert (built_cache / INT8_FUSED_FILE).stat().st_size < 1_000_000  # the weights stay in the one data file
+    # Padded rows too: a batch of two lengths, the longer one's keys masked out of the shorter one's attention.
+    ids = np.array([[101, 1996, 4248, 2829, 4419, 14523, 2058, 102], [101, 2190, 2895, 3185, 102, 0, 0, 0]], np.int64)
+    mask = (ids != 0).astype(np.int64)
+    valid = mask.astype(bool)
+    np.testing.assert_array_equal(run_graph(built_cache / INT8_FUSED_FILE, ids, mask)[valid],
+                                  run_graph(built_cache / INT8_EXT_FILE, ids, mask)[valid])  # fmt: skip
+    assert Embedder(built_cache).model_file == INT8_FUSED_FILE
+
+    cache = _copy_cache(built_cache, tmp_path / "cache")
+    stale = json.loads((cache / FUSED_MANIFEST_FILE).read_text())
+    stale["from"]["data_sha256"] = "0" * 64  # written from other external data
+    (cache / FUSED_MANIFEST_FILE).write_text(json.dumps(stale))
+    assert Embedder(cache).model_file == INT8_EXT_FILE
+    assert "no fused graph" in (fused_problem(cache) or "")
+    messages: list[str] = []
+    ensure_model(cache, progress=messages.append)
+    assert [m.split(" ")[1] for m in messages] == [INT8_FUSED_FILE] and fused_problem(cache) is None
+    assert Embedder(cache).model_file == INT8_FUSED_FILE
+
+    unequal = json.loads((cache / FUSED_MANIFEST_FILE).read_text())
+    unequal["identical"], unequal["files"] = False, {}  # as recorded when an onnxruntime computes it differently
+    (cache / FUSED_MANIFEST_FILE).write_text(json.dumps(unequal))
+    assert Embedder(cache).model_file == INT8_EXT_FILE and fused_problem(cache) is None
+    (cache / FUSED_MANIFEST_FILE).write_text(json.dumps(fused))
+    _flip_byte(cache / INT8_FUSED_FILE, 2000)
+    with pytest.raises(OmegaError, match="damaged"):
+        Embedder(cache)
+    assert "sha256" in (fused_problem(cache) or "")
+
+    with pytest.raises(OmegaError, match="cannot fuse"):  # a graph it does not know (the fused one: nothing left)
+        fuse_int8_graph(graph)
 
 
 def test_second_ensure_does_not_rebuild(built_cache: Path, tmp_path: Path) -> None:

@@ -16,11 +16,13 @@ from omega.brain.modelcache import (
     DISABLED_OPTIMIZERS,
     INT8_EXT_DATA,
     INT8_EXT_FILE,
+    INT8_FUSED_FILE,
     MAX_POSITIONS,
     TOKENIZER_FILE,
     VARIANT_FILES,
     default_model_dir,
     ext_split_of,
+    fused_of,
     mean_pool,
     read_manifest,
     sha256_file,
@@ -57,11 +59,16 @@ class Embedder:
         self.variant = variant
         self.threads = threads
         self.max_length = max_length
-        # The INT8 weights as external data when the cache holds them (mapped, not copied), else the one file.
+        # The INT8 weights as external data when the cache holds them (mapped, not copied), else the one file; over
+        # them, the graph with fused GELU and attention when the cache holds one that matched them exactly.
         split = ext_split_of(self.model_dir) if variant == "int8" else None
         if split is not None:
             self._verified(INT8_EXT_DATA, split)
-            model_path = self._verified(INT8_EXT_FILE, split)
+            fused = fused_of(self.model_dir, split)
+            if fused is not None:
+                model_path = self._verified(INT8_FUSED_FILE, fused)
+            else:
+                model_path = self._verified(INT8_EXT_FILE, split)
         else:
             model_path = self._verified(VARIANT_FILES[variant])
         self.model_file = model_path.name

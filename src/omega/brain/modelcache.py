@@ -27,6 +27,12 @@ VARIANT_FILES = {"fp32": FP32_FILE, "int8": INT8_FILE}
 INT8_EXT_FILE = "model_int8_ext.onnx"
 INT8_EXT_DATA = "model_int8_ext.onnx.data"
 EXT_MANIFEST_FILE = "manifest-ext.json"
+#: The external-data INT8 graph once more with each layer's GELU and attention as ONNX Runtime's fused kernels
+#: (`omega.modelbuild.graph.fuse_int8_graph`); it reads the same `INT8_EXT_DATA` (no second copy of the weights).
+#: Its manifest names the external-data files it was written from and says whether its outputs were bit-identical
+#: to theirs at build time; only then does the embedder load it. One embedding 5 % less CPU, the same vectors.
+INT8_FUSED_FILE = "model_int8_fused.onnx"
+FUSED_MANIFEST_FILE = "manifest-fused.json"
 
 #: ONNX Runtime graph rewrites the embedder leaves out. SkipLayerNormFusion (residual add + LayerNorm in one
 #: kernel) made the INT8 MiniLM slower on the measuring machine (onnxruntime 1.32, x86-64 AVX-512, one thread): a
@@ -81,3 +87,20 @@ def ext_split_of(model_dir: Path) -> dict[str, Any] | None:
         return None
     files = ext.get("files")
     return ext if isinstance(files, dict) and set(files) == {INT8_EXT_FILE, INT8_EXT_DATA} else None
+
+
+def fused_from(split: dict[str, Any]) -> dict[str, str]:
+    """What a fused graph records it was written from: the external-data graph and data files (by sha256)."""
+    files = split["files"]
+    return {"file": INT8_EXT_FILE, "sha256": files[INT8_EXT_FILE]["sha256"],
+            "data_sha256": files[INT8_EXT_DATA]["sha256"]}
+
+
+def fused_of(model_dir: Path, split: dict[str, Any]) -> dict[str, Any] | None:
+    """The fused graph's manifest when it was written from the external-data files `split` describes and matched
+    their outputs exactly, else None (the embedder then loads the external-data graph)."""
+    fused = read_manifest(model_dir, FUSED_MANIFEST_FILE)
+    if fused is None or fused.get("from") != fused_from(split) or fused.get("identical") is not True:
+        return None
+    files = fused.get("files")
+    return fused if isinstance(files, dict) and set(files) == {INT8_FUSED_FILE} else None

@@ -41,7 +41,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
 ) -> None:
     """Describe the model cache: whether it is valid, its files, sizes and digests."""
-    from omega.modelbuild import default_model_dir, ext_problem, manifest_problem, read_manifest
+    from omega.modelbuild import default_model_dir, ext_problem, fused_problem, manifest_problem, read_manifest
 
     path = cache_dir if cache_dir is not None else default_model_dir()
     manifest = read_manifest(path) if path.is_dir() else None
@@ -59,6 +59,8 @@ def info(
         "files": manifest.get("files", {}) if manifest else {},
         # the INT8 weights as external data (mapped, not copied, by the TV's embedder); rebuilt by `omega model build`
         "int8_external_data": problem is None and ext_problem(path) is None,
+        # over them, the graph with fused GELU and attention (bit-identical outputs), which the embedder loads first
+        "int8_fused_graph": problem is None and ext_problem(path) is None and fused_problem(path) is None,
     }
     if as_json:
         print(json.dumps(report, indent=2))

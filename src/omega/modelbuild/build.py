@@ -23,20 +23,32 @@ import numpy as np
 from omega.brain.modelcache import (
     EXT_MANIFEST_FILE,
     FP32_FILE,
+    FUSED_MANIFEST_FILE,
     INT8_EXT_DATA,
     INT8_EXT_FILE,
     INT8_FILE,
+    INT8_FUSED_FILE,
     MANIFEST_FILE,
     MAX_POSITIONS,
     TOKENIZER_FILE,
     default_model_dir,
     ext_split_of,
+    fused_from,
+    fused_of,
     mean_pool,
     read_manifest,
     sha256_file,
 )
 from omega.errors import OmegaError
-from omega.modelbuild.graph import OPSET, build_graph, load_weights, quantize_int8, reference_forward, run_graph
+from omega.modelbuild.graph import (
+    OPSET,
+    build_graph,
+    fuse_int8_graph,
+    load_weights,
+    quantize_int8,
+    reference_forward,
+    run_graph,
+)
 from omega.progress import Notes
 from omega.protocol import EMBEDDING_DIM
 
@@ -191,6 +203,25 @@ def ext_problem(model_dir: Path) -> str | None:
     return None
 
 
+def fused_problem(model_dir: Path) -> str | None:
+    """Why the fused graph has to be written (again), or None: absent, written from other external-data files, or
+    damaged. A fused graph that did not match the external-data graph exactly is recorded as such and not retried
+    (the embedder loads the external-data graph). The external-data copy must be valid first (`ext_problem`)."""
+    split = ext_split_of(model_dir)
+    fused = read_manifest(model_dir, FUSED_MANIFEST_FILE)
+    if split is None or fused is None or fused.get("from") != fused_from(split):
+        return "no fused graph written from the current external-data INT8 model"
+    if fused_of(model_dir, split) is None:
+        return None if fused.get("identical") is False else "the fused graph's manifest is malformed"
+    meta = fused["files"][INT8_FUSED_FILE]
+    path = model_dir / INT8_FUSED_FILE
+    if not path.is_file() or not isinstance(meta, dict) or path.stat().st_size != meta.get("bytes"):
+        return f"{INT8_FUSED_FILE} is missing or has the wrong size"
+    if sha256_file(path) != meta.get("sha256"):
+        return f"{INT8_FUSED_FILE} does not match its sha256"
+    return None
+
+
 # ---------------------------------------------------------------- the build
 
 
@@ -296,6 +327,37 @@ def _build_ext(cache_dir: Path, progress: Notes | None) -> None:
     _write_atomic(cache_dir / EXT_MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
+def _build_fused(cache_dir: Path, progress: Notes | None) -> None:
+    """Write the external-data INT8 graph again with fused GELU and attention (`fuse_int8_graph`), reading the same
+    data file, and keep it only if it gives bit-identical outputs on the check ids (else the manifest says so)."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise OmegaError(f"building the model needs the [model] extras (onnx, safetensors): {exc}") from exc
+    _say(progress, f"writing {INT8_FUSED_FILE} (fused GELU and attention over {INT8_EXT_DATA})")
+    split = ext_split_of(cache_dir)
+    if split is None:
+        raise OmegaError(f"cannot write {INT8_FUSED_FILE}: the external-data INT8 model is not valid")
+    model = fuse_int8_graph(onnx.load(str(cache_dir / INT8_EXT_FILE), load_external_data=False))
+    # Beside the data file it names (a relative location), so that the check below runs it as the TV will.
+    tmp = _temp_path(cache_dir / INT8_FUSED_FILE)
+    try:
+        tmp.write_bytes(model.SerializeToString())
+        valid = _CHECK_MASK.astype(bool)
+        expected = run_graph(cache_dir / INT8_EXT_FILE, _CHECK_IDS, _CHECK_MASK)[valid]
+        identical = bool(np.array_equal(run_graph(tmp, _CHECK_IDS, _CHECK_MASK)[valid], expected))
+        files: dict[str, Any] = {}
+        if identical:
+            files[INT8_FUSED_FILE] = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size}
+            _commit(tmp, cache_dir / INT8_FUSED_FILE)
+        else:
+            _say(progress, f"{INT8_FUSED_FILE} not kept: its outputs differ from {INT8_EXT_FILE}'s on this onnxruntime")
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest = {"from": fused_from(split), "identical": identical, "files": files}
+    _write_atomic(cache_dir / FUSED_MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
 def ensure_model(
     cache_dir: Path | None = None,
     *,
@@ -325,4 +387,6 @@ def ensure_model(
             _build(cache_dir, source_dir if source_dir is not None else weights_source_dir(), progress)
         if problem is not None or ext_problem(cache_dir) is not None:
             _build_ext(cache_dir, progress)
+        if fused_problem(cache_dir) is not None:
+            _build_fused(cache_dir, progress)
     return cache_dir

@@ -212,6 +212,96 @@ def build_graph(weights: Mapping[str, np.ndarray]) -> Any:
     return model
 
 
+def fuse_int8_graph(model: Any) -> Any:
+    """The INT8 graph (as `quantize_int8` wrote it from `build_graph`) with each layer's exact GELU and attention
+    written as ONNX Runtime's own kernels (`com.microsoft` Gelu and MultiHeadAttention), in place; returned.
+
+    ONNX Runtime does not fuse either in the quantised graph by itself (its attention fusion wants float MatMuls,
+    and the Erf form stays five nodes), so one embedding ran ~200 small kernels; fused, ~90. The kernels compute
+    the same float operations in the same order: on onnxruntime 1.32 every output is bit-identical to the unfused
+    graph's (the build checks that before it keeps the file: `omega.modelbuild.build._build_fused`). Initializers
+    are left where they are (external data stays external); the ones no node reads any more are dropped."""
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    made_by = {out: node for node in g.node for out in node.output}
+    used_by: dict[str, list[Any]] = {}
+    for node in g.node:
+        for name in node.input:
+            used_by.setdefault(name, []).append(node)
+
+    def only(name: str, op_type: str) -> Any:
+        found = [n for n in used_by.get(name, ()) if n.op_type == op_type]
+        if len(found) != 1:
+            raise OmegaError(f"cannot fuse the INT8 graph: {name!r} does not feed one {op_type}")
+        return found[0]
+
+    def source(name: str, op_type: str) -> Any:
+        node = made_by.get(name)
+        if node is None or node.op_type != op_type:
+            raise OmegaError(f"cannot fuse the INT8 graph: {name!r} is not made by a {op_type}")
+        return node
+
+    dropped: set[str] = set()
+    replaced: dict[str, Any] = {}  # name of the last node of a pattern -> the fused node standing in its place
+    mask = "attention_mask_int32"
+    for node in g.node:
+        if node.op_type == "Erf":  # 0.5·h · (1 + erf(h·(1/√2)))
+            scaled = source(node.input[0], "Mul")
+            h = scaled.input[0]
+            plus_one = only(node.output[0], "Add")
+            product = only(plus_one.output[0], "Mul")
+            halved = source(next(i for i in product.input if i != plus_one.output[0]), "Mul")
+            if halved.input[0] != h:
+                raise OmegaError("cannot fuse the INT8 graph: GELU's two halves read different inputs")
+            dropped.update(n.name for n in (scaled, node, plus_one, halved, product))
+            replaced[product.name] = helper.make_node(
+                "Gelu", [h], [product.output[0]], name=f"Gelu_{node.name}", domain="com.microsoft"
+            )
+        elif node.op_type == "Softmax":  # softmax(q·kᵀ·scale + bias)·v, heads split and merged by Reshape/Transpose
+            with_bias = source(node.input[0], "Add")
+            scaled = source(with_bias.input[0], "Mul")
+            scores = source(scaled.input[0], "MatMul")
+            q_t, k_t = source(scores.input[0], "Transpose"), source(scores.input[1], "Transpose")
+            q_r, k_r = source(q_t.input[0], "Reshape"), source(k_t.input[0], "Reshape")
+            weighted = only(node.output[0], "MatMul")
+            v_t = source(weighted.input[1], "Transpose")
+            v_r = source(v_t.input[0], "Reshape")
+            merged_t = only(weighted.output[0], "Transpose")
+            merged = only(merged_t.output[0], "Reshape")
+            dropped.update(n.name for n in (with_bias, scaled, scores, q_t, k_t, q_r, k_r, node, weighted, v_t, v_r,
+                                             merged_t, merged))  # fmt: skip
+            replaced[merged.name] = helper.make_node(
+                "MultiHeadAttention", [q_r.input[0], k_r.input[0], v_r.input[0], "", mask], [merged.output[0]],
+                name=f"MultiHeadAttention_{node.name}", domain="com.microsoft", num_heads=HEADS,
+                mask_filter_value=MASK_NEG,
+            )  # fmt: skip
+    if not replaced:
+        raise OmegaError("cannot fuse the INT8 graph: no GELU or attention found")
+    nodes = [helper.make_node("Cast", ["attention_mask"], [mask], name=f"Cast_{mask}", to=TensorProto.INT32)]
+    nodes += [replaced.get(n.name, n) for n in g.node if n.name not in dropped or n.name in replaced]
+    # The additive mask (Cast, Unsqueeze, Sub, Mul) and the constants only the unfused nodes read go too.
+    while True:
+        read = {name for n in nodes for name in n.input} | {o.name for o in g.output}
+        unread = [n for n in nodes if not any(out in read for out in n.output)]
+        if not unread:
+            break
+        nodes = [n for n in nodes if n not in unread]
+    del g.node[:]
+    g.node.extend(nodes)
+    made = {out for n in nodes for out in n.output}
+    shapes = [v for v in g.value_info if v.name in made]
+    del g.value_info[:]
+    g.value_info.extend(shapes)
+    read = {name for n in nodes for name in n.input}
+    kept = [t for t in g.initializer if t.name in read]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic INT8, per channel (per-tensor loses too much: MODEL_NOTES.md)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
