@@ -287,9 +287,8 @@ class Recommender:
 
     def _add(self, pool: dict[int, None], ids: np.ndarray | list[int], exclude: set[int]) -> None:
         known = self.catalog.row_index
-        for cid in ids.tolist() if isinstance(ids, np.ndarray) else ids:
-            if cid not in exclude and cid in known:
-                pool[cid] = None
+        pool.update(dict.fromkeys(cid for cid in (ids.tolist() if isinstance(ids, np.ndarray) else ids)
+                                  if cid not in exclude and cid in known))  # fmt: skip
 
     def _support(
         self, recent: list[int], lookup: TransitionLookup, pool: dict[int, None], exclude: set[int]
@@ -299,7 +298,8 @@ class Recommender:
         The square roots damp both ends: a heavy edge counts less than its weight (support is
         heavy-tailed), and a hub's successors share a larger but not linear budget."""
         scores: dict[int, float] = {}
-        best: dict[int, tuple[float, int]] = {}
+        top: dict[int, float] = {}  # dst → the largest gain a single source gave it, from `via[dst]`
+        via: dict[int, int] = {}
         decay = self.config.recent_decay
         found = lookup(recent) if recent else {}
         known = self.catalog.row_index
@@ -314,10 +314,10 @@ class Recommender:
                     continue
                 gain = root * scale
                 scores[dst] = scores.get(dst, 0.0) + gain
-                if gain > best.get(dst, (0.0, 0))[0]:
-                    best[dst] = (gain, src)
-        self._add(pool, list(scores), exclude)
-        return scores, {dst: src for dst, (_, src) in best.items()}
+                if gain > top.get(dst, 0.0):
+                    top[dst], via[dst] = gain, src
+        pool.update(dict.fromkeys(scores))  # each one known and not excluded (checked above)
+        return scores, via
 
     def _linear(
         self, recent: list[int], pool: dict[int, None], exclude: set[int]
@@ -325,7 +325,8 @@ class Recommender:
         """dst → Σ_i decay^i · w(i, dst) over the refined neighbours of the recent items (EASE scores add
         up linearly), and dst → the recent item that gave most."""
         scores: dict[int, float] = {}
-        best: dict[int, tuple[float, int]] = {}
+        top: dict[int, float] = {}  # dst → the largest gain a single source gave it, from `via[dst]`
+        via: dict[int, int] = {}
         decay = self.config.recent_decay
         found = self.refined(recent) if recent else {}
         known = self.catalog.row_index
@@ -335,10 +336,10 @@ class Recommender:
                     continue
                 gain = weight * decay**step
                 scores[dst] = scores.get(dst, 0.0) + gain
-                if gain > best.get(dst, (0.0, 0))[0]:
-                    best[dst] = (gain, src)
-        self._add(pool, list(scores), exclude)
-        return scores, {dst: src for dst, (_, src) in best.items()}
+                if gain > top.get(dst, 0.0):
+                    top[dst], via[dst] = gain, src
+        pool.update(dict.fromkeys(scores))  # each one known and not excluded (checked above)
+        return scores, via
 
     def _tiers(self, ids: np.ndarray, score: np.ndarray, recent: list[int]) -> np.ndarray:
         """The tier of each pool item (higher first; module docstring): +inf when any part scores it, else
