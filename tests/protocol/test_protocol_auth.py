@@ -97,6 +97,27 @@ def test_tags() -> None:
     assert not verify_tag(b"k" * 32, b"data", tag[:15])
 
 
+@pytest.mark.parametrize("openssl_object", [True, False])
+def test_tags_are_truncated_hmac_sha256_through_either_hmac(openssl_object: bool, monkeypatch) -> None:  # noqa: ANN001
+    """compute_tag uses OpenSSL's HMAC object (it keeps the GIL) when the probe found it, else the hmac module."""
+    import hmac
+
+    from omega.protocol import auth
+
+    if not openssl_object:
+        monkeypatch.setattr(auth, "_openssl_hmac", None)
+    key = bytes(range(32))
+    for size in (0, 1, 54, 607, 2047, 2048, 9000):  # 2 KiB: where OpenSSL's object starts releasing the GIL
+        data = bytes((i * 7) % 256 for i in range(size))
+        want = hmac.digest(key, data, "sha256")[:16]
+        assert compute_tag(key, data) == want
+        assert compute_tag(key, bytearray(data)) == want
+        assert verify_tag(key, data, want)
+    mac = auth.new_mac(key)
+    mac.update(b"omega")
+    assert mac.copy().digest() == hmac.digest(key, b"omega", "sha256")
+
+
 def test_server_and_tv_agree_through_the_token() -> None:
     """The cloud derives the key from (secret, device, key_id); the TV holds it as a token."""
     key_id, tv_key = parse_token(format_token(7, derive_device_key(SECRET, DEVICE, 7)))

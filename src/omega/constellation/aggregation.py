@@ -46,8 +46,6 @@ instead of silently double-counting support.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import math
 import struct
 import time
@@ -70,16 +68,8 @@ from omega.constellation.store.base import (
 )
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM
+from omega.protocol.auth import new_mac
 from omega.protocol.messages import Keyspace
-
-try:  # OpenSSL's HMAC object (what hmac.HMAC wraps): a private CPython module, so probed once and hmac.HMAC
-    # taken instead if it is absent (a Python without OpenSSL) or behaves otherwise than 3.11-3.13's
-    from _hashlib import hmac_new as _openssl_hmac
-
-    if _openssl_hmac(b"k", b"m", digestmod="sha256").copy().digest() != hmac.digest(b"k", b"m", "sha256"):
-        _openssl_hmac = None  # pragma: no cover
-except Exception:  # noqa: BLE001  # pragma: no cover - ImportError, or another signature
-    _openssl_hmac = None
 
 if TYPE_CHECKING:
     from omega.constellation.trends import TrendTracker
@@ -185,12 +175,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _new_mac(salt: bytes):  # noqa: ANN202 - an HMAC-SHA256 object (OpenSSL's, or hmac.HMAC)
-    if _openssl_hmac is not None:
-        return _openssl_hmac(salt, digestmod="sha256")
-    return hmac.new(salt, digestmod=hashlib.sha256)
-
-
 #: The member hash's message of an edge: b"omega/edge" + (keyspace, src, dst) as <III + device.
 _EDGE_IDS = struct.Struct("<III")
 
@@ -210,7 +194,7 @@ class Aggregator:
         # The keyed state after absorbing the salt, copied per hash (saves re-keying every call). OpenSSL's
         # HMAC object itself when there is one: a push hashes ~25 keys, and hmac.HMAC's Python wrapper
         # costs 2.5 times as much per copy-update-digest.
-        self._mac = _new_mac(bytes(salt))
+        self._mac = new_mac(bytes(salt))
         # Optional trend detection: fed the accepted cells' member hashes, read into served patterns.
         self.trends: TrendTracker | None = None
         # DP mode: the day's release (its clock is this aggregator's `_clock_ms`, the server's clock when it
