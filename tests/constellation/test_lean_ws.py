@@ -131,3 +131,55 @@ async def test_an_idle_keep_alive_connection_forgets_its_last_request_and_serves
         writer.close()
     finally:
         await server.stop()
+
+
+class _Recorder:
+    """A connection's transport that records what is written through it."""
+
+    def __init__(self, transport) -> None:  # noqa: ANN001
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.transport, name)
+
+
+async def test_a_sync_reply_is_one_write_and_100_continue_is_not_held(tmp_path: Path) -> None:
+    server = await _server(tmp_path)
+    try:
+        dev = Device(63)
+        host, port = "127.0.0.1", server.bound_port()
+        reader, writer = await asyncio.open_connection(host, port)
+        await asyncio.sleep(0.05)
+        (proto,) = [p for p in server.server_state.connections if hasattr(p, "parser")]
+        transport = proto.transport
+        proto.transport = recorder = _Recorder(transport)  # the next request's cycle writes through it
+
+        async def exchange(expect_continue: bool) -> bytes:
+            frame = dev.frame(Heartbeat(Tier.CASUAL))
+            head = (b"POST /v1/sync HTTP/1.1\r\nhost: %s:%d\r\ncontent-length: %d\r\n%s\r\n"
+                    % (host.encode(), port, len(frame), b"expect: 100-continue\r\n" if expect_continue else b""))
+            writer.write(head)
+            if expect_continue:  # the body goes only after the interim reply: a held one would never come
+                assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(frame)
+            reply_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = next(int(line.split(b":")[1]) for line in reply_head.lower().split(b"\r\n")
+                          if line.startswith(b"content-length:"))  # fmt: skip
+            body = await reader.readexactly(length)
+            assert isinstance(dev.decode(body).body, HeartbeatAck)
+            return reply_head + body
+
+        whole = await exchange(expect_continue=False)
+        assert recorder.writes == [whole]  # status line, headers and frame in one write (uvicorn: two)
+        recorder.writes.clear()
+        whole = await exchange(expect_continue=True)
+        assert recorder.writes == [b"HTTP/1.1 100 Continue\r\n\r\n", whole]
+        proto.transport = transport
+        writer.close()
+    finally:
+        await server.stop()

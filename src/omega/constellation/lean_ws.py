@@ -14,7 +14,10 @@ with its class (CPython 3.11), so each connection had a dict of its own (~1.6 Ki
 
 uvicorn's httptools protocol keeps the last request's cycle (its scope, header
 list, an `asyncio.Event`) on a keep-alive connection until the next request
-comes; `lean_http_protocol` lets it go once the response is complete.
+comes; `lean_http_protocol` lets it go once the response is complete. It also
+writes a `POST /v1/sync` reply in one `write` (uvicorn writes the status line and
+headers, then the body: two send syscalls, two loopback segments and two wake-ups
+of the TV per reply; see `OneWriteReply`).
 
 Measured by `bench/conn_memory.py` (RSS per held connection at equal data) and
 `omega load --heartbeat-only` (`memory_per_connection_kib`).
@@ -128,10 +131,57 @@ def lean_protocol(base: type) -> type:
     return LeanWebSocketProtocol
 
 
+class OneWriteReply:
+    """The transport a `POST /v1/sync` request's uvicorn cycle writes to: its response head waits for the body.
+
+    uvicorn's cycle writes the status line and headers when the app sends `http.response.start`, then the body
+    on `http.response.body`; the sync endpoint sends both at once (`routes._send_frame`), so the head is held
+    and written with the body, one syscall per reply. Held only once the response has started (the cycle's
+    `100 Continue`, written before, goes out at once) and only the head: everything after passes straight
+    through, and `close` writes a held head first. The rest of the transport is reached through `__getattr__`.
+    """
+
+    __slots__ = ("_transport", "_cycle", "_head", "_state")
+
+    def __init__(self, transport: Any, cycle: Any) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._state = 0  # 0: no response yet, 1: head held, 2: passing through
+
+    def write(self, data: bytes) -> None:
+        if self._state == 1:
+            data = self._head + data  # type: ignore[operator]
+            self._head, self._state = None, 2
+        elif self._state == 0 and self._cycle.response_started:
+            self._head, self._state = bytes(data), 1
+            return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._state == 1:
+            self._transport.write(self._head)
+            self._head, self._state = None, 2
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def lean_http_protocol(base: type) -> type:
-    """`base` (uvicorn's HttpToolsProtocol or a subclass) that forgets a request once its response is complete."""
+    """`base` (uvicorn's HttpToolsProtocol or a subclass) that forgets a request once its response is complete
+    and writes a sync reply in one write."""
 
     class LeanHttpProtocol(base):  # type: ignore[misc, valid-type]
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            cycle = self.cycle
+            # A new cycle of a sync request (not an upgrade, not a cycle already answering): its ASGI task has
+            # not run yet, so nothing has been written through its transport.
+            if (cycle is not None and not cycle.response_started and cycle.scope is self.scope
+                    and self.scope.get("path") == "/v1/sync" and self.scope.get("method") == "POST"):
+                cycle.transport = OneWriteReply(cycle.transport, cycle)
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.pipeline and self.cycle is not None and self.cycle.response_complete:
