@@ -25,6 +25,8 @@ from omega.protocol import (
     now_ms,
 )
 
+from omega.protocol.codec import FLAG_COMPRESSED
+
 from .server_support import Device, ServerProcess, near, pattern, small_codebook
 
 CODEBOOK = small_codebook()
@@ -83,6 +85,20 @@ def test_push_is_acked_and_a_retry_is_a_duplicate(server: ServerProcess, client:
     _, again = dev.push([pattern(near(CODEBOOK, 1, 1))], batch_id=batch)
     retry = dev.decode(server.post(again, client).content).body
     assert isinstance(retry, PushAck) and retry.duplicate and retry.accepted == 1
+
+
+def test_a_push_ack_is_deflated_only_with_refusals_to_repeat(server: ServerProcess, client: httpx.Client) -> None:
+    dev = fresh()
+    # A batch id, a count and at most one refusal go out as they are, even a batch id that would deflate.
+    batch, data = dev.push([pattern(near(CODEBOOK, 1, 3))], batch_id=b"a" * 16)
+    resp = server.post(data, client)
+    assert dev.decode(resp.content).body.batch_id == batch
+    assert not resp.content[2] & FLAG_COMPRESSED
+    # Refusals repeat their reason: deflated, as every frame is when that makes it smaller.
+    _, data = dev.push([pattern(near(CODEBOOK, 1, 4), uses=3, seed=i) for i in range(3)])
+    resp = server.post(data, client)
+    assert [r.reason for r in dev.decode(resp.content).body.rejected] == ["too_few_samples"] * 3
+    assert resp.content[2] & FLAG_COMPRESSED
 
 
 def test_heartbeat_gets_the_tier_interval(server: ServerProcess, client: httpx.Client) -> None:
