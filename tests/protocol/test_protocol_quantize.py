@@ -101,3 +101,29 @@ def test_float32_extremes_dequantize_to_finite_values() -> None:
     vector = np.array([-1.8889468e22, 3.4028235e38], np.float32)
     back = dequantize(quantize(vector, 8))
     assert np.isfinite(back).all() and back[1] == np.float32(3.4028235e38)
+
+
+def _dequantize_per_dimension(q: QuantizedEmbedding) -> np.ndarray:
+    """The definition, on the whole vector: offset + scale·code in float64, clipped to float32, as float32."""
+    raw = np.frombuffer(q.q, dtype=np.uint8)
+    codes = raw if q.bits == 8 else np.stack([raw & 0x0F, raw >> 4], axis=1).reshape(-1)
+    f32 = float(np.finfo(np.float32).max)
+    return np.clip(q.offset + q.scale * codes.astype(np.float64), -f32, f32).astype(np.float32)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    q=st.binary(min_size=1, max_size=64),
+    bits=st.sampled_from([8, 4]),
+    scale=st.floats(0, allow_infinity=False, width=32),
+    offset=st.floats(allow_nan=False, allow_infinity=False, width=32),
+)
+def test_dequantize_is_the_per_dimension_formula(q: bytes, bits: int, scale: float, offset: float) -> None:
+    """dequantize maps each code through a table of the 2**bits values: the same float32s, extremes included."""
+    emb = QuantizedEmbedding(q, bits, scale, offset)
+    want = _dequantize_per_dimension(emb)
+    got = emb.dequantize()
+    assert got.dtype == np.float32 and got.shape == want.shape == (emb.dim,)
+    assert np.array_equal(got, want)
+    raw = np.frombuffer(q, dtype=np.uint8)
+    assert np.array_equal(emb.codes(), raw if bits == 8 else np.stack([raw & 0x0F, raw >> 4], axis=1).reshape(-1))

@@ -20,13 +20,17 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 #: Bit widths the protocol carries.
 SUPPORTED_BITS: tuple[int, ...] = (8, 4)
+#: Each code as a float64, by bit width.
+_CODE_VALUES = {bits: np.arange(1 << bits, dtype=np.float64) for bits in SUPPORTED_BITS}
+#: A byte's two 4-bit codes (low nibble first), by byte value.
+_NIBBLES = np.array([[b & 0x0F, b >> 4] for b in range(256)], dtype=np.uint8)
 
 
 def _float32(name: str, value: float) -> float:
     """`value` rounded to float32 (what the wire holds), rejecting NaN/inf."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InvalidPattern(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or abs(value) > float(np.finfo(np.float32).max):
+    if not math.isfinite(value) or abs(value) > _F32_MAX:
         raise InvalidPattern(f"{name} must be a finite float32, got {value!r}")
     return float(np.float32(value))
 
@@ -62,16 +66,17 @@ class QuantizedEmbedding:
         raw = np.frombuffer(self.q, dtype=np.uint8)
         if self.bits == 8:
             return raw.copy()
-        out = np.empty(raw.size * 2, dtype=np.uint8)
-        out[0::2] = raw & 0x0F
-        out[1::2] = raw >> 4
-        return out
+        return _NIBBLES.take(raw, axis=0).reshape(-1)
 
     def dequantize(self) -> np.ndarray:
         """The float32 vector these codes stand for."""
-        values = self.offset + self.scale * self.codes().astype(np.float64)
-        # offset + scale·code can round just past float32's range when the input held its extremes.
-        return np.clip(values, -_F32_MAX, _F32_MAX).astype(np.float32)
+        # offset + scale·code for each of the 2**bits codes once, then looked up per dimension: the same
+        # float64 operation per element as on the whole vector (so the same float32s), on 16 or 256 values
+        # instead of 384, and no np.clip (the server dequantises every pushed pattern).
+        values = self.offset + self.scale * _CODE_VALUES[self.bits]
+        if values[-1] > _F32_MAX:  # offset + scale·code can round just past float32's range at its extremes
+            values = np.minimum(values, _F32_MAX)  # (scale >= 0 and offset is a float32: only the top end)
+        return values.astype(np.float32).take(self.codes())
 
 
 def quantize(vector: np.ndarray, bits: int = 8) -> QuantizedEmbedding:
