@@ -558,3 +558,86 @@ async def test_a_writer_that_could_not_connect_answers_jobs_queued_after_it_fail
             await asyncio.wait_for(writer.submit(lambda conn: None, mode=mode), 30)
     writer.stop()
     await asyncio.wait_for(asyncio.to_thread(writer.join), 30)
+
+
+async def test_a_writer_thread_that_fails_is_logged_and_refuses_writes_instead_of_hanging(
+    sqlite_store, codebook, monkeypatch, caplog
+) -> None:
+    """A fault in the writer's own loop (not in a job: those are each caller's error) ends its thread: logged
+    once, the job in hand and every later write refused at once with a clear error, none left waiting."""
+    agg = await Aggregator.open(sqlite_store, codebook, SALT, AggregationPolicy(k_min=1))
+    writer = sqlite_store._writer  # noqa: SLF001
+
+    def broken(batch: list) -> None:
+        raise RuntimeError("a bug in the writer loop")
+
+    monkeypatch.setattr(writer, "_run_group", broken)
+    first = asyncio.ensure_future(agg.apply(device(1), b"a", [pattern(near(codebook, 2, 1))], [], NOW))
+    await asyncio.to_thread(writer._threads[0].join, 10)  # noqa: SLF001
+    assert not writer._threads[0].is_alive()  # noqa: SLF001
+    with pytest.raises(OmegaError, match="closed"):
+        await asyncio.wait_for(agg.apply(device(2), b"b", [pattern(near(codebook, 3, 2))], [], NOW), 5)
+    with pytest.raises(OmegaError, match="closed"):
+        await asyncio.wait_for(sqlite_store.prune(NOW, 0), 5)
+    with pytest.raises(OmegaError, match="writer of store .* failed"):  # the push in hand at the fault
+        await asyncio.wait_for(first, 5)
+    assert [r.levelname for r in caplog.records if "writer thread" in r.getMessage()] == ["ERROR"]
+
+
+_PUSHER = """
+import asyncio, sys
+import numpy as np
+from omega.constellation.store import CellContribution, EdgeContribution, PreparedPush, open_store
+
+async def main(path):
+    store = await open_store("sqlite:" + path, origin="shard-crash")
+    rng = np.random.default_rng(0)
+
+    async def one(i):
+        v = rng.normal(size=384).astype(np.float32)
+        push = PreparedPush(i.to_bytes(16, "big"), 0, 1_700_000_000_000, [
+            CellContribution(0, 0, i % 50, i.to_bytes(8, "big"), 1.0, v / np.linalg.norm(v), 1.0, 1.0)],
+            [EdgeContribution(0, 0, i % 7, 100 + i % 11, i.to_bytes(8, "big"), 1.0)])
+        out = await store.apply_push(push)
+        print(push.push_key.hex(), out.head, flush=True)  # acknowledged
+
+    i = 0
+    while True:
+        await asyncio.gather(*(one(i + k) for k in range(16)))
+        i += 16
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_nothing_acknowledged_is_lost_when_the_server_process_is_killed(tmp_path) -> None:
+    """A process pushing 16 at a time is SIGKILLed mid-stream (with groups in flight: some written, some
+    committed but not yet answered): every push it had acknowledged is in the file, up to the change number it
+    was told. It fails if a push were answered before its COMMIT. (A process kill keeps what the kernel holds;
+    against a power cut, synchronous=FULL fsyncs the WAL inside COMMIT: the pragma test above.)"""
+    import os
+    import signal
+    import sys
+
+    path = str(tmp_path / "crash.db")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _PUSHER, path, env=env,
+                                                stdout=asyncio.subprocess.PIPE)  # fmt: skip
+    acked: dict[bytes, int] = {}
+    try:
+        while len(acked) < 200:
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line, "the pushing process ended by itself"
+            key, head = line.split()
+            acked[bytes.fromhex(key.decode())] = int(head)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    con = sqlite3.connect(path)
+    try:
+        held = {bytes(k) for (k,) in con.execute("SELECT key FROM push_keys")}
+        seqs = {r[0] for r in con.execute("SELECT seq FROM served")}
+    finally:
+        con.close()
+    assert set(acked) <= held
+    assert max(acked.values()) <= max(seqs)

@@ -9,6 +9,7 @@ writer, group commit and separate readers: see sqlite.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from omega.errors import OmegaError
+
+log = logging.getLogger(__name__)
 
 MAX_GROUP = 256  # pushes per group commit
 #: What sqlite3.connect raises for a path it cannot open (a NUL byte, from a config file, is a ValueError).
@@ -147,11 +150,12 @@ class Writer(_Threads):
             _refuse_until_stopped(self._queue, OmegaError(f"cannot open store {self._path}: {exc}"))
             return
         get, get_nowait = self._queue.get, self._queue.get_nowait
+        carry: Job | None = None
+        batch: list[Job] = []
         try:
-            carry: Job | None = None
             while True:
                 job = carry if carry is not None else get()
-                carry = None
+                carry, batch = None, [job] if job is not None else []
                 if job is None:
                     break
                 if job.mode != "group":
@@ -174,7 +178,16 @@ class Writer(_Threads):
                         break
                     batch.append(nxt)
                 self._run_group(batch)
+        except BaseException:
+            # Each job's own failure is its caller's; only a fault of this loop gets here. The jobs in hand are
+            # refused too (one already answered keeps its answer: _settle skips a done future).
+            log.exception("the writer thread of store %s failed: the store takes no more writes", self._path)
+            err = OmegaError(f"the writer of store {self._path} failed: the store is closed")
+            _resolve_all([(j, False, err) for j in [*batch, *([carry] if carry is not None else [])]])
         finally:
+            # Closed first, so a job submitted from now on is refused at once instead of waiting for ever
+            # on a queue that no thread serves any more; the ones already queued are refused here.
+            self._closed = True
             _fail_pending(self._queue, OmegaError("the store is closed"))
             self._conn.close()
 
