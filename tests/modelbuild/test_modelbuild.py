@@ -15,6 +15,7 @@ import omega.modelbuild as modelbuild
 from omega.brain.embedder import Embedder
 from omega.cli import main as omega_main
 from omega.errors import OmegaError
+from omega.brain.modelcache import WORD_ROWS_INPUT, WordRows
 from omega.modelbuild import (
     EXT_MANIFEST_FILE,
     FP32_FILE,
@@ -179,9 +180,19 @@ def test_the_fused_graph_reads_the_external_data_and_gives_the_same_outputs(buil
     ids = np.array([[101, 1996, 4248, 2829, 4419, 14523, 2058, 102], [101, 2190, 2895, 3185, 102, 0, 0, 0]], np.int64)
     mask = (ids != 0).astype(np.int64)
     valid = mask.astype(bool)
-    np.testing.assert_array_equal(run_graph(built_cache / INT8_FUSED_FILE, ids, mask)[valid],
-                                  run_graph(built_cache / INT8_EXT_FILE, ids, mask)[valid])  # fmt: skip
+    rows = WordRows(built_cache / INT8_EXT_DATA, fused["word_rows"])([[101, 1996, 4248, 2829, 4419, 14523, 2058, 102],
+                                                                      [101, 2190, 2895, 3185, 102]], 8)  # fmt: skip
+    fused_out = run_graph(built_cache / INT8_FUSED_FILE, ids, mask, inputs={WORD_ROWS_INPUT: rows})
+    np.testing.assert_array_equal(fused_out[valid], run_graph(built_cache / INT8_EXT_FILE, ids, mask)[valid])
     assert Embedder(built_cache).model_file == INT8_FUSED_FILE
+    # The rows are read from the data file, not mapped: after embedding, none of that file is resident.
+    embedder = Embedder(built_cache)
+    embedder.embed_batch(["The Matrix (1999) Action|Sci-Fi", "Evening on a Friday. Recently watched: Heat; Alien"])
+    if Path("/proc/self/smaps").exists():  # Linux
+        # the position rows and small weights only (the Gather mapped 2+ MB for two texts)
+        assert _resident_kib(built_cache / INT8_EXT_DATA) < 1024
+    with pytest.raises(OmegaError, match="vocabulary"):
+        WordRows(built_cache / INT8_EXT_DATA, fused["word_rows"])([[101, 10**6]], 2)
 
     cache = _copy_cache(built_cache, tmp_path / "cache")
     stale = json.loads((cache / FUSED_MANIFEST_FILE).read_text())
@@ -206,6 +217,18 @@ def test_the_fused_graph_reads_the_external_data_and_gives_the_same_outputs(buil
 
     with pytest.raises(OmegaError, match="cannot fuse"):  # a graph it does not know (the fused one: nothing left)
         fuse_int8_graph(graph)
+
+
+def _resident_kib(path: Path) -> int:
+    """KiB of this process's mappings of `path` that are resident (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = line.rstrip().endswith(str(path.resolve()))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
 
 
 def test_second_ensure_does_not_rebuild(built_cache: Path, tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from omega.brain.modelcache import (
     MAX_POSITIONS,
     TOKENIZER_FILE,
     VARIANT_FILES,
+    WORD_ROWS_INPUT,
+    WordRows,
     default_model_dir,
     ext_split_of,
     fused_of,
@@ -62,11 +64,14 @@ class Embedder:
         # The INT8 weights as external data when the cache holds them (mapped, not copied), else the one file; over
         # them, the graph with fused GELU and attention when the cache holds one that matched them exactly.
         split = ext_split_of(self.model_dir) if variant == "int8" else None
+        #: the word-embedding rows the fused graph takes as input, read from the data file (None: the graph gathers)
+        self._word_rows: WordRows | None = None
         if split is not None:
-            self._verified(INT8_EXT_DATA, split)
+            data = self._verified(INT8_EXT_DATA, split)
             fused = fused_of(self.model_dir, split)
             if fused is not None:
                 model_path = self._verified(INT8_FUSED_FILE, fused)
+                self._word_rows = WordRows(data, fused["word_rows"])
             else:
                 model_path = self._verified(INT8_EXT_FILE, split)
         else:
@@ -157,11 +162,16 @@ class Embedder:
     def _run(self, batch: list[list[int]]) -> np.ndarray:
         """Token id lists → pooled, normalised float32 vectors (pads to the longest)."""
         width = max(len(ids) for ids in batch)
-        input_ids = np.zeros((len(batch), width), dtype=np.int64)
         attention_mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
+        if self._word_rows is not None:  # the fused graph: the tokens' rows, not their ids
+            feed = {WORD_ROWS_INPUT: self._word_rows(batch, width), "attention_mask": attention_mask}
+            (hidden,) = self._session.run(["last_hidden_state"], feed)
+            return mean_pool(hidden, attention_mask).astype(np.float32, copy=False)
+        input_ids = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self._inputs:  # graphs exported elsewhere may want it
             feed["token_type_ids"] = np.zeros_like(input_ids)

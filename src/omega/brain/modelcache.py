@@ -2,7 +2,7 @@
 
 A TV never builds the model (`omega.modelbuild` does, on a build host or at
 set-up): it locates the cache, checks each file against the manifest's sha256
-and runs it (`omega.brain.embedder`). Only the standard library and numpy.
+and runs it (`omega.brain.embedder`). Only the standard library, numpy and `OmegaError`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from omega.errors import OmegaError
 
 TOKENIZER_FILE = "tokenizer.json"
 FP32_FILE = "model_fp32.onnx"
@@ -31,8 +33,14 @@ EXT_MANIFEST_FILE = "manifest-ext.json"
 #: (`omega.modelbuild.graph.fuse_int8_graph`); it reads the same `INT8_EXT_DATA` (no second copy of the weights).
 #: Its manifest names the external-data files it was written from and says whether its outputs were bit-identical
 #: to theirs at build time; only then does the embedder load it. One embedding 5 % less CPU, the same vectors.
-INT8_FUSED_FILE = "model_int8_fused.onnx"
-FUSED_MANIFEST_FILE = "manifest-fused.json"
+#: (Named anew when the word rows left the graph: 9996b31's `model_int8_fused.onnx` + `manifest-fused.json` took
+#: token ids; they are left alone, so code of that commit sharing a cache keeps loading what it knows.)
+INT8_FUSED_FILE = "model_int8_fused_rows.onnx"
+FUSED_MANIFEST_FILE = "manifest-fused-rows.json"
+#: The fused graph's first input: the quantised word-embedding rows of the tokens, which the embedder reads from
+#: `INT8_EXT_DATA` itself (`WordRows`, where the fused manifest's "word_rows" says the table lies) instead of the
+#: graph gathering them from onnxruntime's mapping of that file.
+WORD_ROWS_INPUT = "word_rows_quantized"
 
 #: ONNX Runtime graph rewrites the embedder leaves out. SkipLayerNormFusion (residual add + LayerNorm in one
 #: kernel) made the INT8 MiniLM slower on the measuring machine (onnxruntime 1.32, x86-64 AVX-512, one thread): a
@@ -102,5 +110,40 @@ def fused_of(model_dir: Path, split: dict[str, Any]) -> dict[str, Any] | None:
     fused = read_manifest(model_dir, FUSED_MANIFEST_FILE)
     if fused is None or fused.get("from") != fused_from(split) or fused.get("identical") is not True:
         return None
-    files = fused.get("files")
-    return fused if isinstance(files, dict) and set(files) == {INT8_FUSED_FILE} else None
+    files, rows = fused.get("files"), fused.get("word_rows")
+    if not isinstance(files, dict) or set(files) != {INT8_FUSED_FILE} or not isinstance(rows, dict):
+        return None
+    if not all(isinstance(rows.get(k), int) and rows[k] >= 0 for k in ("offset", "length", "rows", "dim")):
+        return None
+    ok = rows.get("dtype") in ("uint8", "int8") and rows["rows"] > 0 and rows["length"] == rows["rows"] * rows["dim"]
+    return fused if ok and rows.get("file") == INT8_EXT_DATA else None
+
+
+class WordRows:
+    """The quantised word-embedding rows of token ids, read from the model's data file with `pread`.
+
+    Mapping the 11.7 MB table (as onnxruntime does for a Gather over external data) made ~400 KB of it resident
+    per distinct token on a kernel whose page cache keeps large folios: 5.9 MB after one context text, 10.8 after
+    300. A pread per distinct token of a batch (384 bytes each) keeps none of it."""
+
+    def __init__(self, path: Path, where: dict[str, Any]) -> None:
+        self.path = path
+        self._offset, self._rows, self._dim = where["offset"], where["rows"], where["dim"]
+        self._dtype = np.dtype(where["dtype"])
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115  (held for the embedder's life)
+
+    def __call__(self, batch: list[list[int]], width: int) -> np.ndarray:
+        """(len(batch), width, dim) rows of each list of ids, padded with the rows of id 0 as the model's padding."""
+        fd, dim, offset = self._file.fileno(), self._dim, self._offset
+        found: dict[int, bytes] = {}
+        for ids in batch:
+            for token in ids:
+                if token not in found:
+                    if not 0 <= token < self._rows:
+                        raise OmegaError(f"token id {token} is outside the model's vocabulary of {self._rows}")
+                    found[token] = os.pread(fd, dim, offset + token * dim)
+        pad = found.get(0) or os.pread(fd, dim, offset)
+        rows = b"".join(b"".join(found[t] for t in ids) + pad * (width - len(ids)) for ids in batch)
+        if len(rows) != len(batch) * width * dim:
+            raise OmegaError(f"model file {self.path} is shorter than its manifest says: run `omega model build`")
+        return np.frombuffer(rows, dtype=self._dtype).reshape(len(batch), width, dim)

@@ -31,6 +31,8 @@ from omega.brain.modelcache import (
     MANIFEST_FILE,
     MAX_POSITIONS,
     TOKENIZER_FILE,
+    WORD_ROWS_INPUT,
+    WordRows,
     default_model_dir,
     ext_split_of,
     fused_from,
@@ -338,14 +340,18 @@ def _build_fused(cache_dir: Path, progress: Notes | None) -> None:
     split = ext_split_of(cache_dir)
     if split is None:
         raise OmegaError(f"cannot write {INT8_FUSED_FILE}: the external-data INT8 model is not valid")
-    model = fuse_int8_graph(onnx.load(str(cache_dir / INT8_EXT_FILE), load_external_data=False))
+    model, word_rows = fuse_int8_graph(onnx.load(str(cache_dir / INT8_EXT_FILE), load_external_data=False))
+    word_rows["file"] = INT8_EXT_DATA
     # Beside the data file it names (a relative location), so that the check below runs it as the TV will.
     tmp = _temp_path(cache_dir / INT8_FUSED_FILE)
     try:
         tmp.write_bytes(model.SerializeToString())
         valid = _CHECK_MASK.astype(bool)
         expected = run_graph(cache_dir / INT8_EXT_FILE, _CHECK_IDS, _CHECK_MASK)[valid]
-        identical = bool(np.array_equal(run_graph(tmp, _CHECK_IDS, _CHECK_MASK)[valid], expected))
+        batch = [[int(t) for t, on in zip(ids, mask) if on] for ids, mask in zip(_CHECK_IDS, _CHECK_MASK)]
+        rows = WordRows(cache_dir / INT8_EXT_DATA, word_rows)(batch, _CHECK_IDS.shape[1])
+        fused = run_graph(tmp, _CHECK_IDS, _CHECK_MASK, inputs={WORD_ROWS_INPUT: rows})
+        identical = bool(np.array_equal(fused[valid], expected))
         files: dict[str, Any] = {}
         if identical:
             files[INT8_FUSED_FILE] = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size}
@@ -354,7 +360,7 @@ def _build_fused(cache_dir: Path, progress: Notes | None) -> None:
             _say(progress, f"{INT8_FUSED_FILE} not kept: its outputs differ from {INT8_EXT_FILE}'s on this onnxruntime")
     finally:
         tmp.unlink(missing_ok=True)
-    manifest = {"from": fused_from(split), "identical": identical, "files": files}
+    manifest = {"from": fused_from(split), "identical": identical, "files": files, "word_rows": word_rows}
     _write_atomic(cache_dir / FUSED_MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from omega.brain.modelcache import WORD_ROWS_INPUT
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM
 
@@ -25,6 +26,8 @@ LAYER_NORM_EPS = 1e-12
 OPSET = 17
 # Additive mask value for padded keys, as in the original BERT code.
 MASK_NEG = -10000.0
+#: ONNX element types of a quantised table whose rows the embedder may read itself (uint8 = 2, int8 = 3)
+_ROW_DTYPES = {2: "uint8", 3: "int8"}
 
 
 # ---------------------------------------------------------------- weights and reference
@@ -212,7 +215,7 @@ def build_graph(weights: Mapping[str, np.ndarray]) -> Any:
     return model
 
 
-def fuse_int8_graph(model: Any) -> Any:
+def fuse_int8_graph(model: Any) -> tuple[Any, dict[str, Any]]:
     """The INT8 graph (as `quantize_int8` wrote it from `build_graph`) with each layer's exact GELU and attention
     written as ONNX Runtime's own kernels (`com.microsoft` Gelu and MultiHeadAttention), in place; returned.
 
@@ -220,7 +223,13 @@ def fuse_int8_graph(model: Any) -> Any:
     and the Erf form stays five nodes), so one embedding ran ~200 small kernels; fused, ~90. The kernels compute
     the same float operations in the same order: on onnxruntime 1.32 every output is bit-identical to the unfused
     graph's (the build checks that before it keeps the file: `omega.modelbuild.build._build_fused`). Initializers
-    are left where they are (external data stays external); the ones no node reads any more are dropped."""
+    are left where they are (external data stays external); the ones no node reads any more are dropped.
+
+    The word-embedding table leaves the graph too: its quantised rows become the input `WORD_ROWS_INPUT` (batch ×
+    seq × 384), which the embedder reads from the data file row by row (`omega.brain.modelcache.WordRows`) instead
+    of onnxruntime gathering them from its mapping of the file, where each token mapped ~400 KB of the table (the
+    page cache's large folios): 5.9 MB of RSS after one context, 10.8 after 300. Returns the model and where the
+    table lies in the data file (offset, length, rows, dim, dtype)."""
     from onnx import TensorProto, helper
 
     g = model.graph
@@ -278,6 +287,24 @@ def fuse_int8_graph(model: Any) -> Any:
             )  # fmt: skip
     if not replaced:
         raise OmegaError("cannot fuse the INT8 graph: no GELU or attention found")
+    gather = [n for n in g.node if n.op_type == "Gather" and list(n.input)[1:] == ["input_ids"]]
+    tables = {t.name: t for t in g.initializer}
+    if len(gather) != 1 or gather[0].input[0] not in tables:
+        raise OmegaError("cannot fuse the INT8 graph: no one word-embedding Gather over an initializer")
+    table = tables[gather[0].input[0]]
+    where = {e.key: e.value for e in table.external_data}
+    if table.data_location != TensorProto.EXTERNAL or len(table.dims) != 2 or table.data_type not in _ROW_DTYPES:
+        raise OmegaError("cannot fuse the INT8 graph: the word-embedding table is not 8-bit external data")
+    rows, dim = (int(x) for x in table.dims)
+    word_rows = {"offset": int(where.get("offset", 0)), "length": int(where["length"]), "rows": rows, "dim": dim,
+                 "dtype": _ROW_DTYPES[table.data_type]}  # fmt: skip
+    dropped.add(gather[0].name)
+    for node in g.node:  # the rows' consumer (DequantizeLinear) and the sequence length (Shape) read the input
+        node.input[:] = [WORD_ROWS_INPUT if name in (gather[0].output[0], "input_ids") else name for name in node.input]
+    kept_inputs = [i for i in g.input if i.name != "input_ids"]
+    del g.input[:]
+    rows_input = helper.make_tensor_value_info(WORD_ROWS_INPUT, table.data_type, ["batch", "seq", dim])
+    g.input.extend([rows_input, *kept_inputs])
     nodes = [helper.make_node("Cast", ["attention_mask"], [mask], name=f"Cast_{mask}", to=TensorProto.INT32)]
     nodes += [replaced.get(n.name, n) for n in g.node if n.name not in dropped or n.name in replaced]
     # The additive mask (Cast, Unsqueeze, Sub, Mul) and the constants only the unfused nodes read go too.
@@ -299,7 +326,7 @@ def fuse_int8_graph(model: Any) -> Any:
     g.initializer.extend(kept)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return model
+    return model, word_rows
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
@@ -325,8 +352,12 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
         root.removeFilter(drop_hint)
 
 
-def run_graph(model_path: Path, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    """last_hidden_state from an ONNX file, optimised as the TV's embedder runs it."""
+def run_graph(
+    model_path: Path, input_ids: np.ndarray, attention_mask: np.ndarray, *,
+    inputs: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """last_hidden_state from an ONNX file, optimised as the TV's embedder runs it; `inputs` replaces `input_ids`
+    (the fused graph takes the tokens' word-embedding rows instead)."""
     import onnxruntime as ort
 
     from omega.brain.modelcache import DISABLED_OPTIMIZERS
@@ -338,5 +369,6 @@ def run_graph(model_path: Path, input_ids: np.ndarray, attention_mask: np.ndarra
     session = ort.InferenceSession(
         str(model_path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
     )
-    return session.run(["last_hidden_state"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+    feed = {**(inputs or {"input_ids": input_ids}), "attention_mask": attention_mask}
+    return session.run(["last_hidden_state"], feed)[0]
 
