@@ -70,6 +70,31 @@ def test_transitions_come_only_from_happy_viewings_with_decay(brain: Brain):
     assert weights[(1, 3)] == pytest.approx(ep.reward * decay**2)
 
 
+def test_the_cowatch_upload_queues_each_pair_once_and_seals_it_once(tmp_path: Path, embedder, catalog):
+    from omega.brain.config import BrainConfig
+    from omega.brain.sync import Outbox
+
+    off = Brain(tmp_path / "off.db", embedder=embedder, catalog=catalog)
+    with off:  # the shipped default: nothing queued
+        for t, item in enumerate((1, 2, 3)):
+            off.on_user_action(item, watch_fraction=0.9, started_at=float(t))
+        assert off.store.outbox.unsent_cowatch(100) == []
+    with Brain(tmp_path / "tv.db", embedder=embedder, catalog=catalog, config=BrainConfig(cowatch_window=2)) as b:
+        b.on_user_action(1, watch_fraction=0.9, started_at=1.0)
+        b.on_user_action(2, watch_fraction=0.9, started_at=2.0)
+        b.on_user_action(4, watch_fraction=0.2, started_at=3.0)  # abandoned: pairs nothing, but is in the window
+        b.on_user_action(3, watch_fraction=1.0, started_at=4.0)  # with its last 2 distinct titles: 4 and 2, not 1
+        assert b.store.outbox.unsent_cowatch(100) == [(1, 2), (2, 3), (3, 4)]
+        batch = Outbox(b.store, clock=lambda: 10.0).seal()
+        assert batch is not None and batch.push.cowatch is not None
+        assert [(e.src, e.dst, e.weight) for e in batch.push.cowatch.edges] == [(1, 2, 1.0), (2, 3, 1.0), (3, 4, 1.0)]
+        assert b.store.outbox.unsent_cowatch(100) == [] and not b.store.outbox.has_unsent_cowatch()
+        # The same pairs again (a rewatch of 2 after 3, then 3 after 2): each pair goes out once in the TV's life.
+        b.on_user_action(2, watch_fraction=1.0, started_at=5.0)
+        b.on_user_action(3, watch_fraction=1.0, started_at=6.0)
+        assert b.store.outbox.unsent_cowatch(100) == [(2, 4)]
+
+
 def test_rewatch_is_marked_and_rewarded(brain: Brain):
     brain.on_user_action(9, watch_fraction=1.0, started_at=1.0)
     again = brain.on_user_action(9, watch_fraction=1.0, started_at=2.0)

@@ -91,6 +91,29 @@ def test_a_typical_push_fits_in_one_kilobyte_and_the_rest_stays_queued(store: Br
     assert len(seen) == 12
 
 
+def test_cowatch_pairs_take_only_the_room_left_in_the_push_budget(store: BrainStore):
+    for p in range(3):
+        store.put_pattern(pattern(p))
+    store.bump_transition(1, 2, 1.0)
+    rng = np.random.default_rng(0)
+    items = rng.choice(200_000, size=400, replace=False).tolist()
+    assert store.outbox.queue_cowatch(7, items) == 400 and store.outbox.queue_cowatch(7, items) == 0
+    outbox = Outbox(store, clock=lambda: NOW)
+    batch = outbox.seal()
+    # the patterns and the edge went in as without the pairs; the pairs filled what was left of the 1 KB
+    assert batch.patterns == 3 and batch.edges == 1 and batch.push.cowatch is not None
+    assert 0 < len(batch.push.cowatch.edges) < 400 and push_frame_size(batch.push) <= outbox.config.max_push_bytes
+    sent = {(e.src, e.dst) for e in batch.push.cowatch.edges}
+    rest = store.outbox.unsent_cowatch(1000)
+    assert len(rest) == 400 - len(sent) and not sent & set(rest)
+    # the rest goes in pushes of their own, each within the budget, until none is left
+    total = len(sent)
+    while (more := outbox.seal()) is not None:
+        assert more.patterns == 0 and push_frame_size(more.push) <= outbox.config.max_push_bytes
+        total += len(more.push.cowatch.edges)
+    assert total == 400 and not store.outbox.has_unsent_cowatch()
+
+
 def test_at_most_ten_patterns_per_push_and_eight_bits_when_configured(store: BrainStore):
     for i in range(15):
         store.put_pattern(pattern(i))

@@ -326,3 +326,46 @@ def test_sync_route_reads_chunked_bodies_caps_them_and_takes_only_post(server: S
     assert resp.status_code == 400 and error_of(None, resp).code == "malformed"
     assert client.get("/v1/sync").status_code == 405
     assert client.put("/v1/sync", content=data).status_code == 405
+
+
+def test_cowatch_pairs_are_taken_counted_and_hostile_ones_get_an_error_frame(server: ServerProcess,
+                                                                           client: httpx.Client) -> None:  # fmt: skip
+    """A push's co-watched pairs are numbered after its transitions in the ack; they are never pulled; a frame with
+    more pairs than a push may carry, or a forged one (src > dst), is refused whole with a signed error."""
+    from omega.protocol import MAX_COWATCH_PER_PUSH, Push, compute_tag
+    from omega.protocol import omega_pb2 as pb
+    from omega.protocol.codec import MAGIC, PROTOCOL_VERSION
+
+    reader = fresh()
+    _, _, cursor = _pull_all(server, client, reader)
+    pairs = TransitionBatch(Keyspace.COWATCH, (Transition(7001, 7002, 1.0), Transition(7001, 7003, 1.0)))
+    edge = TransitionBatch(Keyspace.ITEM, (Transition(7001, 7002, 1.0),))
+    for _ in range(3):
+        dev = fresh()
+        ack = dev.decode(server.post(dev.frame(Push(os.urandom(16), transitions=edge, cowatch=pairs)), client).content)
+        assert isinstance(ack.body, PushAck) and ack.body.accepted == 3 and ack.body.rejected == ()
+    again = dev.decode(server.post(dev.frame(Push(os.urandom(16), cowatch=pairs)), client).content).body
+    assert [(r.index, r.reason) for r in again.rejected] == [(0, "duplicate_flood"), (1, "duplicate_flood")]
+    seen = []
+    more = True
+    while more:  # everything published since: the edge and its pair, never a co-watched pair
+        reply = reader.decode(server.post(reader.pull(cursor), client).content).body
+        seen += [(b.keyspace, e.src, e.dst) for b in (reply.transitions, reply.pairs) if b is not None for e in b.edges]
+        cursor, more = reply.cursor, reply.more
+    assert (Keyspace.ITEM, 7001, 7002) in seen and all(k is not Keyspace.COWATCH for k, _, _ in seen)
+
+    for src, dst, n in ((1, 2, MAX_COWATCH_PER_PUSH + 1), (9, 3, 1)):
+        dev = fresh()
+        msg = pb.Frame(device_id=dev.device_id, seq=1, timestamp_ms=now_ms(), key_id=dev.key_id)
+        msg.push.batch_id = os.urandom(16)
+        msg.push.cowatch.keyspace = int(Keyspace.COWATCH)
+        msg.push.cowatch.src_delta.extend([src] * n)
+        msg.push.cowatch.dst.extend([dst] * n)
+        msg.push.cowatch.weight.extend([16] * n)
+        head = bytes((MAGIC, PROTOCOL_VERSION, 0))
+        body = msg.SerializeToString()
+        resp = server.post(head + body + compute_tag(dev.key, head + body), client)
+        frame = dev.decode(resp.content)
+        code = "too_large" if n > 1 else "invalid_pattern"
+        assert frame.authenticated and frame.body.code == code
+        assert resp.status_code == {"too_large": 413, "invalid_pattern": 200}[code]  # the transport contract

@@ -321,3 +321,32 @@ async def test_bad_store_urls_and_files(tmp_path) -> None:
     con.close()
     with pytest.raises(OmegaError, match="newer"):
         await open_store(f"sqlite:{newer}")
+
+
+async def test_cowatch_pairs_count_distinct_tvs_feed_the_release_and_are_never_pulled(store, codebook) -> None:
+    from omega.constellation.aggregation import BAD_TRANSITION, DUPLICATE_FLOOD
+    from omega.constellation.item_graph import RefinedRelease
+    from omega.protocol import Keyspace
+
+    agg = await Aggregator.open(store, codebook, SALT, AggregationPolicy(k_min=3))
+    cw, item = int(Keyspace.COWATCH), int(Keyspace.ITEM)
+    # two communities of titles, each pair co-watched by its own TVs; one ordered edge, as TVs push beside them
+    pairs = [(a, b) for group in ((1, 2, 3, 4), (11, 12, 13, 14)) for a in group for b in group if a < b]
+    for d in range(2):
+        r = await agg.apply(device(d), b"a", [], [(item, 1, 2, 1.0), *[(cw, a, b, 1.0) for a, b in pairs]], NOW)
+        assert r.accepted == 1 + len(pairs) and r.rejections == []
+    release = RefinedRelease(agg.published, cowatch=agg.published_cowatch)
+    assert await agg.published_cowatch() == [] and await release.refresh() == 0  # under k_min: nothing is used
+    # the same TV again in the same epoch is a flood, not a third TV; a forged order is refused
+    again = await agg.apply(device(0), b"b", [], [(cw, 1, 2, 1.0), (cw, 9, 5, 1.0)], NOW)
+    assert [(r.index, r.reason) for r in again.rejections] == [(0, DUPLICATE_FLOOD), (1, BAD_TRANSITION)]
+    assert await agg.published_cowatch() == []
+    await agg.apply(device(2), b"a", [], [(item, 1, 2, 1.0), *[(cw, a, b, 1.0) for a, b in pairs]], NOW)
+    assert await agg.published_cowatch() == [(a, b, 3) for a, b in pairs]
+    # pulls carry the item edge and its pair, never a co-watched pair (at any budget, from any cursor)
+    items, cursor, more = await agg.changes_since(0, max_bytes=1 << 20)
+    assert sorted(ident(i) for i in items) == [("e", item, 1, 2), ("e", int(Keyspace.PAIR), 1, 2)] and not more
+    assert await agg.published() == items
+    # the release is refined from the co-watched pairs: each title's neighbours are its own community
+    assert await release.refresh() != 0
+    assert {(n.src, n.dst) for n in release.items} == {(a, b) for a, b in pairs} | {(b, a) for a, b in pairs}

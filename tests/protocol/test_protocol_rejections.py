@@ -19,6 +19,7 @@ from omega.protocol import (
     Heartbeat,
     InvalidPattern,
     Keyspace,
+    MAX_COWATCH_PER_PUSH,
     MAX_TRANSITIONS,
     MalformedFrame,
     ProtocolError,
@@ -242,6 +243,33 @@ def test_transition_keyspace_must_be_named() -> None:
     tb = omega_pb2.TransitionBatch(keyspace=0, src_delta=[1], dst=[2], weight=[16])
     body = _pb_frame(push=omega_pb2.Push(batch_id=b"B" * 16, transitions=tb)).SerializeToString()
     _raises(_signed(body), InvalidPattern, "invalid_pattern")
+
+
+def _cowatch_push(tb: omega_pb2.TransitionBatch) -> bytes:
+    return _signed(_pb_frame(push=omega_pb2.Push(batch_id=b"B" * 16, cowatch=tb)).SerializeToString())
+
+
+def test_cowatch_pairs_round_trip_and_hostile_ones_are_refused() -> None:
+    ok = omega_pb2.TransitionBatch(keyspace=int(Keyspace.COWATCH), src_delta=[3, 0, 4], dst=[5, 2, 9], weight=[16] * 3)
+    push = decode_frame(_cowatch_push(ok), KEY).body
+    assert isinstance(push, Push) and [(e.src, e.dst) for e in push.cowatch.edges] == [(3, 5), (3, 7), (7, 9)]
+    n = MAX_COWATCH_PER_PUSH + 1  # counted on the raw message: refused before any object is built
+    big = omega_pb2.TransitionBatch(keyspace=int(Keyspace.COWATCH), src_delta=[1] * n, dst=[2] * n, weight=[16] * n)
+    _raises(_cowatch_push(big), FrameTooLarge, "too_large")
+    for bad in (
+        dict(keyspace=int(Keyspace.ITEM), src_delta=[1], dst=[2], weight=[16]),  # not the co-watch keyspace
+        dict(keyspace=int(Keyspace.COWATCH), src_delta=[5], dst=[2], weight=[16]),  # src > dst: forged order
+        dict(keyspace=int(Keyspace.COWATCH), src_delta=[5], dst=[5], weight=[16]),  # a title with itself
+        dict(keyspace=int(Keyspace.COWATCH), src_delta=[1], dst=[2], weight=[48]),  # a weight that tells more
+        dict(keyspace=int(Keyspace.COWATCH), src_delta=[1], dst=[2], weight=[16], support=[9]),  # claimed support
+    ):
+        _raises(_cowatch_push(omega_pb2.TransitionBatch(**bad)), InvalidPattern, "invalid_pattern")
+    # Co-watched pairs never ride in `transitions`, and never come down in a pull reply.
+    tb = omega_pb2.TransitionBatch(keyspace=int(Keyspace.COWATCH), src_delta=[1], dst=[2], weight=[16])
+    _raises(_signed(_pb_frame(push=omega_pb2.Push(batch_id=b"B" * 16, transitions=tb)).SerializeToString()),
+            InvalidPattern, "invalid_pattern")  # fmt: skip
+    with pytest.raises(InvalidPattern):
+        PullReply(cursor=1, transitions=TransitionBatch(Keyspace.COWATCH, (Transition(1, 2, 1.0),)))
 
 
 def test_a_decoded_batch_is_what_the_checked_constructors_build() -> None:

@@ -286,6 +286,8 @@ class Brain:
         # "After A the viewer happily watched B": only good viewings teach a transition.
         sources = [c for c in history.recent(self.config.transition_window + 1) if c != content_id]
         sources = sources[: self.config.transition_window] if success and reward > 0 else []
+        window = self.config.cowatch_window if success and reward > 0 else 0
+        cowatched = [c for c in history.recent(window + 1) if c != content_id][:window] if window else []
 
         evicted: list = []
         with self.store.transaction():
@@ -296,6 +298,8 @@ class Brain:
             self.store.put_pattern(pattern)
             for step, src in enumerate(sources):
                 self.store.bump_transition(src, content_id, reward * self.config.transition_decay**step)
+            if cowatched:
+                self.store.outbox.queue_cowatch(content_id, cowatched)
         # Committed: now the working sets may follow.
         memory.remove(evicted)
         memory.upsert(pattern)

@@ -73,6 +73,11 @@ class BrainConfig:
     #: decaying by 0.8 per step back (the plateau the centralised transition model found on validation)
     transition_window: int = 5
     transition_decay: float = 0.8
+    #: The co-watch upload (issue 13): after a good viewing (the rule of transitions), the pairs (it, each of the
+    #: last `cowatch_window` distinct titles) this TV never queued before are pushed, once each (Keyspace.COWATCH);
+    #: the constellation refines its neighbours from the pairs >= k_min TVs sent. 0: off. 50 is the window the
+    #: offline replay picked (bench/refine_window.py: W 50 +0.0091 over the shipped TV, W 25 within noise).
+    cowatch_window: int = 0
 
     # --- recommend (Recommender's module docstring has the formula)
     #: recent items that propose and score candidates, each weighted recent_decay^i (0 = the latest)
@@ -156,6 +161,7 @@ class BrainConfig:
         need(-1.0 <= self.pattern_match_threshold <= 1.0, "pattern_match_threshold must be in [-1, 1]")
         need(0.0 < self.pattern_min_step <= 1.0, "pattern_min_step must be in (0, 1]")
         need(1 <= self.transition_window <= 50, "transition_window must be in 1..50")
+        need(0 <= self.cowatch_window <= 200, f"cowatch_window must be in 0..200, got {self.cowatch_window}")
         need(0.0 < self.transition_decay <= 1.0, "transition_decay must be in (0, 1]")
         need(1 <= self.recent_items <= 100, "recent_items must be in 1..100")
         need(0.0 < self.recent_decay <= 1.0, "recent_decay must be in (0, 1]")

@@ -87,7 +87,8 @@ BAD_SUCCESS_RATE = "bad_success_rate"
 BAD_COUNTS = "bad_counts"  # uses < 1, successes outside 0..uses
 BAD_TASK_TYPE = "bad_task_type"
 ZERO_WEIGHT = "zero_weight"  # success_rate × uses == 0: nothing to learn from
-BAD_TRANSITION = "bad_transition"  # ids out of range, weight not finite and > 0, a pushed pair or an item self-loop
+BAD_TRANSITION = "bad_transition"  # ids out of range, weight not finite and > 0, a pushed pair, an item self-loop
+# or a co-watched pair not in order (src < dst)
 DUPLICATE_FLOOD = "duplicate_flood"  # this device already contributed to that cell/edge this epoch
 OVER_DAILY_KEYS = "over_daily_keys"  # (DP) this device already added to dp_max_keys keys this epoch
 
@@ -254,6 +255,8 @@ class Aggregator:
         edges = self._prepare_edges(device, transitions, rejections)
         n_pushed = len(transitions)
         edges += self._derive_pairs(device, edges, first_index=n_pushed)
+        # Co-watched pairs last (stable): under DP a device-day's key budget goes to its edges and pairs first.
+        edges.sort(key=lambda e: e.keyspace == Keyspace.COWATCH)
         push_key = self._keyed(b"omega/push" + device + bytes(batch_id), 16)
         if self.policy.dp_epsilon is not None:
             cells, edges = await self._within_daily_keys(device, int(now_ms), cells, edges, n_pushed, rejections,
@@ -436,7 +439,7 @@ class Aggregator:
     ) -> list[EdgeContribution]:
         out = []
         w_max = self.policy.edge_w_max
-        item, pair, refined = Keyspace.ITEM, Keyspace.PAIR, Keyspace.REFINED
+        item, pair, refined, cowatch = Keyspace.ITEM, Keyspace.PAIR, Keyspace.REFINED, Keyspace.COWATCH
         for i, t in enumerate(transitions):
             try:
                 keyspace, src, dst, weight = t
@@ -451,7 +454,9 @@ class Aggregator:
             # Pairs are derived here from item edges; one pushed as such would be counted twice. Refined
             # neighbours are computed here from what is published: a TV never sends them.
             # "After a, a" says nothing about what to watch next: item self-loops are refused.
-            if not (ids_ok and w_ok) or keyspace == pair or keyspace == refined or (keyspace == item and src == dst):
+            # Co-watched pairs are unordered: src < dst, so each pair has one key.
+            if (not (ids_ok and w_ok) or keyspace == pair or keyspace == refined or (keyspace == item and src == dst)
+                    or (keyspace == cowatch and src >= dst)):
                 rejections.append(Rejection("transition", i, BAD_TRANSITION))
                 continue
             keyspace, src, dst = int(keyspace), int(src), int(dst)
@@ -535,6 +540,13 @@ class Aggregator:
             page, cursor, more = await self.changes_since(cursor, max_bytes=1 << 30)
             items += page
         return [item for item in items if item.support > 0]
+
+    async def published_cowatch(self) -> list[tuple[int, int, int]]:
+        """The co-watched pairs with >= k_min distinct TVs: (a, b, support), the refined neighbours' input. None
+        under DP: their supports are exact counts, and the day's DP release is all that may leave the store."""
+        if self.policy.dp_epsilon is not None:
+            return []
+        return await self.store.published_cowatch(self.policy.k_min)
 
     # ---- housekeeping and federation -----------------------------------------------
     async def prune(self, now_ms: int) -> PruneStats:

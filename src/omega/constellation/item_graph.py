@@ -19,6 +19,9 @@ reads pairs (`SUPPORT_FLOOR_C`): support ≥ c·√max(V(a), V(b)), V = total su
 at an item, so a few sybil ids beside a popular title stay out of the refined
 neighbours too.
 
+When TVs upload co-watched pairs (Keyspace.COWATCH: each good viewing with the TV's last W distinct titles,
+once per pair and TV), the pairs that reached k_min TVs are the input instead, under the same support floor.
+
 `RefinedRelease` is the shard's current set of refined neighbours: recomputed by a
 periodic job (`refresh`, off the pull path: it is a batch job of seconds), served
 to TVs page by page in pull replies (`omega.protocol.refined_cursor`), identified
@@ -164,9 +167,10 @@ class RefinedRelease:
 
     def __init__(
         self, published: Callable[[], Awaitable[list]], *, lam: float = DEFAULT_LAMBDA,
-        neighbours: int = DEFAULT_NEIGHBOURS,
+        neighbours: int = DEFAULT_NEIGHBOURS, cowatch: Callable[[], Awaitable[list]] | None = None,
     ) -> None:  # fmt: skip
         self._published = published
+        self._cowatch = cowatch
         self._lam = lam
         self._neighbours = neighbours
         self.release = 0  # 0: nothing computed yet
@@ -183,6 +187,12 @@ class RefinedRelease:
                      if isinstance(e, ConsolidatedEdge) and e.keyspace == Keyspace.PAIR]  # fmt: skip
             edges = [(e.src, e.dst, e.support) for e in published
                      if isinstance(e, ConsolidatedEdge) and e.keyspace == Keyspace.ITEM]  # fmt: skip
+            # The co-watched pairs TVs uploaded (>= k_min TVs each), when there are any, in place of the pairs
+            # derived from pushed edges: a wider window of the same fact, the input the offline replay measured
+            # (bench/refine_window.py, W 50).
+            cowatch = await self._cowatch() if self._cowatch is not None else []
+            if cowatch:
+                pairs = cowatch
             items = await asyncio.to_thread(refine, pairs, edges, lam=self._lam, neighbours=self._neighbours)
             packed = b"".join(struct.pack("<IIB", n.src, n.dst, n.steps) for n in items)
             self.items, self.release = items, (zlib.crc32(packed) or 1) if items else 0

@@ -21,7 +21,8 @@ unsigned before. Every refusal — of a frame or of one pushed item — is count
 in `omega_rejections_total{reason}`.
 
 Push rejections carry the index of the refused item: patterns are numbered
-0..P-1 as in the push, transitions P.. in the batch's (sorted) edge order.
+0..P-1 as in the push, transitions P.. in the batch's (sorted) edge order, then the co-watched pairs
+P+T.. in theirs.
 
 "Now" — the replay window, reply timestamps, the rate limiter's buckets, the
 aggregation epoch and housekeeping — comes from one injectable `clock`
@@ -183,7 +184,7 @@ class SyncService:
         self._building: dict[tuple[int, int, int, bool], asyncio.Future[PreparedBody]] = {}
         self.page_builder = PageBuilder(page_key, lambda: self.codebook_version, self.now_ms)
         # Refined neighbours (EASE over the published pairs), recomputed by a periodic job (lifespan).
-        self.refined = RefinedRelease(aggregator.published)
+        self.refined = RefinedRelease(aggregator.published, cowatch=aggregator.published_cowatch)
         # Labelled metric children, resolved once (labels() takes a lock and builds a tuple per call).
         self._m_bytes_in = metrics.bytes.labels("in")
         self._m_bytes_out = metrics.bytes.labels("out")
@@ -319,6 +320,12 @@ class SyncService:
                 for j, e in enumerate(batch.edges):
                     edges.append(EdgeIn(int(batch.keyspace), e.src, e.dst, e.weight))
                     edge_at.append(base + j)
+        if push.cowatch is not None:  # their own keyspace: counted per pair, never served (aggregation)
+            base += len(batch.edges) if batch is not None else 0
+            cowatch = int(Keyspace.COWATCH)
+            for j, e in enumerate(push.cowatch.edges):
+                edges.append(EdgeIn(cowatch, e.src, e.dst, e.weight))
+                edge_at.append(base + j)
         slot = (device, push.batch_id)
         started = time.perf_counter()
         result = await self.aggregator.apply(device, push.batch_id, contributions, edges, now)

@@ -11,6 +11,7 @@ from omega.protocol.errors import FrameTooLarge, InvalidPattern, MalformedFrame
 from omega.protocol.messages import (
     BODY_KINDS,
     MAX_ERROR_MESSAGE_CHARS,
+    MAX_COWATCH_PER_PUSH,
     MAX_PATTERNS_PER_PUSH,
     MAX_TRANSITIONS,
     WEIGHT_SCALE,
@@ -90,6 +91,8 @@ def _body_to_pb(body: Body, out: pb.Frame) -> None:
             _pattern_to_pb(p, m.patterns.add())
         if body.transitions is not None:
             _transitions_to_pb(body.transitions, m.transitions)
+        if body.cowatch is not None:
+            _transitions_to_pb(body.cowatch, m.cowatch)
     elif isinstance(body, Pull):
         m.since = body.since
         m.max_bytes = body.max_bytes
@@ -138,10 +141,10 @@ def frame_to_pb(frame: Frame) -> pb.Frame:
 # --------------------------------------------------------------------------- from protobuf
 
 
-def _transitions_from_pb(m: pb.TransitionBatch) -> TransitionBatch:
+def _transitions_from_pb(m: pb.TransitionBatch, limit: int = MAX_TRANSITIONS) -> TransitionBatch:
     n = len(m.src_delta)
-    if n > MAX_TRANSITIONS:  # counted on the raw message: no object is built for an oversize batch
-        raise FrameTooLarge(f"{n} transitions in one batch; at most {MAX_TRANSITIONS}")
+    if n > limit:  # counted on the raw message: no object is built for an oversize batch
+        raise FrameTooLarge(f"{n} transitions in one batch; at most {limit}")
     if len(m.dst) != n or len(m.weight) != n or len(m.support) not in (0, n):
         raise MalformedFrame("transition arrays src_delta/dst/weight/support differ in length")
     edges = []
@@ -203,6 +206,7 @@ def _body_from_pb(frame: pb.Frame) -> Body:
             batch_id=m.batch_id,
             patterns=tuple(_pattern_from_pb(p) for p in m.patterns),
             transitions=_transitions_from_pb(m.transitions) if m.HasField("transitions") else None,
+            cowatch=_transitions_from_pb(m.cowatch, MAX_COWATCH_PER_PUSH) if m.HasField("cowatch") else None,
         )
     if kind == "pull":
         m = frame.pull

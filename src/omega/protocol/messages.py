@@ -24,6 +24,9 @@ UUID_BYTES = 16
 MAX_PATTERNS_PER_PUSH = 10
 #: Transition edges in one batch (a push or a reply page).
 MAX_TRANSITIONS = 4096
+#: Co-watched pairs in one push (Keyspace.COWATCH): a 1 KB push holds ~220 at ~4.3 B a pair, so this only
+#: bounds what a hostile frame makes the cloud build and hash (counted on the raw message, as MAX_TRANSITIONS).
+MAX_COWATCH_PER_PUSH = 1024
 #: Transition weights travel in fixed point: wire value = round(weight * WEIGHT_SCALE).
 WEIGHT_SCALE = 16
 #: Support floor on published edges and pairs (issue 14, bounded influence), shared by the TV that reads
@@ -88,6 +91,9 @@ class Keyspace(IntEnum):
     CELL = 2
     PAIR = 3  # unordered item pairs (src < dst), published by the constellation only
     REFINED = 4  # refined item neighbours (EASE over the published pairs), in pull replies only
+    #: co-watched item pairs (src < dst) a TV pushes, each once; the constellation counts distinct TVs per
+    #: pair and refines its neighbours from them; never served in a pull
+    COWATCH = 5
 
 
 _E = TypeVar("_E", bound=IntEnum)
@@ -252,12 +258,14 @@ class TransitionBatch:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """Up to 10 high-quality embedding patterns and/or a batch of transitions."""
+    """Up to 10 high-quality embedding patterns and/or a batch of transitions and/or co-watched pairs."""
 
     #: Idempotency key: a retried push reuses it.
     batch_id: bytes
     patterns: tuple[EmbeddingPattern, ...] = ()
     transitions: TransitionBatch | None = None
+    #: Co-watched pairs (keyspace COWATCH, src < dst, weight 1, at most MAX_COWATCH_PER_PUSH).
+    cowatch: TransitionBatch | None = None
 
     def __post_init__(self) -> None:
         _uuid("batch_id", self.batch_id, MalformedFrame)
@@ -273,6 +281,16 @@ class Push:
                 raise InvalidPattern("push transitions must be a TransitionBatch")
             if any(e.support for e in self.transitions.edges):
                 raise InvalidPattern("transition support is set by the cloud, never in a push")
+            if self.transitions.keyspace is Keyspace.COWATCH:
+                raise InvalidPattern("co-watched pairs go in `cowatch`, not in `transitions`")
+        if self.cowatch is not None:
+            batch = self.cowatch
+            if not isinstance(batch, TransitionBatch) or batch.keyspace is not Keyspace.COWATCH:
+                raise InvalidPattern("push cowatch must be a TransitionBatch of keyspace COWATCH")
+            if len(batch.edges) > MAX_COWATCH_PER_PUSH:
+                raise FrameTooLarge(f"{len(batch.edges)} co-watched pairs in one push; at most {MAX_COWATCH_PER_PUSH}")
+            if any(e.src >= e.dst or e.support or e.weight != 1.0 for e in batch.edges):
+                raise InvalidPattern("a co-watched pair must have src < dst, weight 1 and no support")
 
 
 #: Bits of a refined-release cursor that count neighbours read; the release id sits above them.
@@ -427,7 +445,7 @@ class PullReply:
         if self.transitions is not None:
             if not isinstance(self.transitions, TransitionBatch):
                 raise InvalidPattern("reply transitions must be a TransitionBatch")
-            if self.transitions.keyspace in (Keyspace.PAIR, Keyspace.REFINED):
+            if self.transitions.keyspace in (Keyspace.PAIR, Keyspace.REFINED, Keyspace.COWATCH):
                 raise InvalidPattern("reply transitions must be item or cell edges; pairs go in `pairs`")
         if self.pairs is not None:
             if not isinstance(self.pairs, TransitionBatch):

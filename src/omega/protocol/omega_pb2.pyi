@@ -30,6 +30,7 @@ class Keyspace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KEYSPACE_CELL: _ClassVar[Keyspace]
     KEYSPACE_PAIR: _ClassVar[Keyspace]
     KEYSPACE_REFINED: _ClassVar[Keyspace]
+    KEYSPACE_COWATCH: _ClassVar[Keyspace]
 TASK_TYPE_UNSPECIFIED: TaskType
 TASK_TYPE_CONTENT_MATCH: TaskType
 TASK_TYPE_CONTEXT_MATCH: TaskType
@@ -45,6 +46,7 @@ KEYSPACE_ITEM: Keyspace
 KEYSPACE_CELL: Keyspace
 KEYSPACE_PAIR: Keyspace
 KEYSPACE_REFINED: Keyspace
+KEYSPACE_COWATCH: Keyspace
 
 class EmbeddingPattern(_message.Message):
     __slots__ = ("id", "version", "q", "bits", "scale", "offset", "success_rate", "uses", "successes", "task_type", "cell_plus_one", "codebook_version")
@@ -91,14 +93,16 @@ class TransitionBatch(_message.Message):
     def __init__(self, keyspace: _Optional[_Union[Keyspace, str]] = ..., codebook_version: _Optional[int] = ..., src_delta: _Optional[_Iterable[int]] = ..., dst: _Optional[_Iterable[int]] = ..., weight: _Optional[_Iterable[int]] = ..., support: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Push(_message.Message):
-    __slots__ = ("batch_id", "patterns", "transitions")
+    __slots__ = ("batch_id", "patterns", "transitions", "cowatch")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    COWATCH_FIELD_NUMBER: _ClassVar[int]
     batch_id: bytes
     patterns: _containers.RepeatedCompositeFieldContainer[EmbeddingPattern]
     transitions: TransitionBatch
-    def __init__(self, batch_id: _Optional[bytes] = ..., patterns: _Optional[_Iterable[_Union[EmbeddingPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ...) -> None: ...
+    cowatch: TransitionBatch
+    def __init__(self, batch_id: _Optional[bytes] = ..., patterns: _Optional[_Iterable[_Union[EmbeddingPattern, _Mapping]]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., cowatch: _Optional[_Union[TransitionBatch, _Mapping]] = ...) -> None: ...
 
 class Pull(_message.Message):
     __slots__ = ("since", "max_bytes", "codebook_version", "refined_since")

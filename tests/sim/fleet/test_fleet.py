@@ -151,6 +151,38 @@ def test_the_refined_release_reaches_every_tv_once(tmp_path: Path):
     asyncio.run(main())
 
 
+def test_the_cowatch_upload_reaches_the_cloud_once_per_tv_and_the_release_is_refined_from_it(tmp_path: Path):
+    async def main():
+        fleet, _ = await _simulate(tmp_path, k_min=2, brain=BrainConfig(pull_refined=True, cowatch_window=50))
+        try:
+            key_for = lambda dev: derive_device_key(fleet.config.secret, dev, 1)  # noqa: E731
+            report = audit_uplink(fleet.tap.uplink, key_for)
+            assert report.clean, report.violations
+            # Every pair each TV queued went out, once: the cloud's distinct-TV count of a pair is the number of
+            # TVs that queued it (each TV's queue is its own rows; the pushes carried nothing else).
+            queued: dict[tuple[int, int], int] = {}
+            for tv in fleet.tvs.values():
+                assert not fleet._queued(tv)
+                for a, b in tv.brain.store._query("SELECT a, b FROM cowatch WHERE sealed = 1"):
+                    queued[(a, b)] = queued.get((a, b), 0) + 1
+            assert report.cowatch == sum(queued.values()) > 0
+            expected = sorted((a, b, n) for (a, b), n in queued.items() if n >= 2)
+            assert expected and await fleet.aggregator.published_cowatch() == expected
+            # ... and never pulled: the TVs hold the pairs derived from edges only
+            await fleet.catch_up()
+            derived = {(e.src, e.dst) for e in await published_edges(fleet, 2) if e.keyspace == Keyspace.PAIR}
+            for tv in fleet.tvs.values():
+                assert {(t.src, t.dst) for t in tv.brain.store.all_global_pairs() if t.src < t.dst} == derived
+            # The release is refined from them: its items are co-watched titles
+            release = fleet.service.refined
+            assert release.items and {x for n in release.items for x in (n.src, n.dst)} <= {
+                x for a, b, _ in expected for x in (a, b)}
+        finally:
+            await fleet.aclose()
+
+    asyncio.run(main())
+
+
 def _metric(text: str, name: str, labels: str = "") -> float:
     match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
     assert match is not None, f"{name}{labels} not in /metrics"

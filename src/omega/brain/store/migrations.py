@@ -217,3 +217,22 @@ def _global_pairs(db: sqlite3.Connection) -> None:
 def _refined_neighbours(db: sqlite3.Connection) -> None:
     """The cloud's refined neighbours (EASE over the published pairs): src predicts dst with `weight` (0..1]."""
     run_script(db, _totals_table("refined_neighbours"))
+
+
+@migration(5)
+def _cowatch(db: sqlite3.Connection) -> None:
+    """Co-watched pairs this TV queued for its co-watch upload (Keyspace.COWATCH): each pair once, ever."""
+    run_script(
+        db,
+        """
+        -- (a, b), a < b: watched within the last W distinct titles, the later one liked. The primary key keeps
+        -- a pair queued once for the TV's lifetime (the cloud counts a pair once per TV); `sealed` 1: in a push.
+        CREATE TABLE cowatch (
+            a      INTEGER NOT NULL,
+            b      INTEGER NOT NULL,
+            sealed INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (a, b)
+        ) WITHOUT ROWID;
+        CREATE INDEX cowatch_unsealed ON cowatch (a, b) WHERE sealed = 0;
+        """,
+    )

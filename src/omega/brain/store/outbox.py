@@ -73,7 +73,8 @@ class OutboxTable:
         return int(self._db._scalar("SELECT COUNT(*) FROM sync_outbox"))  # type: ignore[arg-type]
 
     def add_batch(
-        self, batch_id: bytes, frame: bytes, *, patterns: Sequence[uuid.UUID], edges: Sequence[Edge], created_at: float
+        self, batch_id: bytes, frame: bytes, *, patterns: Sequence[uuid.UUID], edges: Sequence[Edge], created_at: float,
+        cowatch: Sequence[tuple[int, int]] = (),
     ) -> None:
         """Keep a sealed push and mark what it took as sealed, atomically: nothing is sealed twice.
 
@@ -90,6 +91,7 @@ class OutboxTable:
                 "UPDATE transitions SET pushed_weight = pushed_weight + ? WHERE src = ? AND dst = ?",
                 [(w, s, d) for s, d, w in edges],
             )
+            db.executemany("UPDATE cowatch SET sealed = 1 WHERE a = ? AND b = ?", cowatch)
             db.execute(
                 "INSERT INTO sync_outbox (batch_id, push, patterns, edges, created_at, attempts, next_attempt_at) "
                 "VALUES (?, ?, ?, ?, ?, 0, ?)",
@@ -168,6 +170,23 @@ class OutboxTable:
     def has_unsent_edges(self, min_delta: float) -> bool:
         """Whether some transition holds an unsent delta of at least `min_delta`."""
         return bool(self._db._query("SELECT 1 FROM transitions WHERE weight - pushed_weight >= ? LIMIT 1", (min_delta,)))
+
+    def queue_cowatch(self, item: int, recent: Sequence[int]) -> int:
+        """Queue the co-watched pairs of `item` with each of `recent` (ids other than it) that this TV never
+        queued before; returns how many were new."""
+        rows = [(min(item, r), max(item, r)) for r in recent if r != item]
+        with self._db.transaction() as db:
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO cowatch (a, b) VALUES (?, ?)", rows)
+            return db.total_changes - before
+
+    def unsent_cowatch(self, limit: int) -> list[tuple[int, int]]:
+        """Up to `limit` queued co-watched pairs not yet sealed into a push, in key order."""
+        found = self._db._query("SELECT a, b FROM cowatch WHERE sealed = 0 ORDER BY a, b LIMIT ?", (limit,))
+        return [(int(a), int(b)) for a, b in found]
+
+    def has_unsent_cowatch(self) -> bool:
+        return bool(self._db._query("SELECT 1 FROM cowatch WHERE sealed = 0 LIMIT 1"))
 
     def sent_edge_weights(self) -> dict[tuple[int, int], float]:
         """Weight sealed so far of every transition that had some (an audit of what the pushes carried)."""

@@ -31,6 +31,7 @@ from omega.errors import OmegaError
 from omega.protocol import (
     EmbeddingPattern,
     Frame,
+    MAX_COWATCH_PER_PUSH,
     Keyspace,
     ProtocolError,
     Push,
@@ -168,6 +169,30 @@ class Outbox:
         edges = [(s, d, math.floor(delta * WEIGHT_SCALE) / WEIGHT_SCALE) for s, d, delta in found]
         return [(s, d, w) for s, d, w in edges if 0 < w <= _U32 / WEIGHT_SCALE]
 
+    def _with_cowatch(self, push: Push) -> tuple[Push, list[tuple[int, int]]]:
+        """`push` with as many queued co-watched pairs as fit its byte budget after its edges and patterns
+        (they only take the room left: edges and patterns are sealed as without them), and those pairs."""
+        budget = self.config.max_push_bytes
+        pairs = self.store.outbox.unsent_cowatch(min(MAX_COWATCH_PER_PUSH, budget // 2))  # >= 2 B a pair on the wire
+        if not pairs:
+            return push, []
+        bigger = replace(push, cowatch=_wire_cowatch(pairs))
+        if push_frame_size(bigger) <= budget:
+            return bigger, pairs
+        # The largest prefix that fits, by bisection on the frame size (a pair is ~4 B; compression varies).
+        lo, hi = 0, len(pairs)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if push_frame_size(replace(push, cowatch=_wire_cowatch(pairs[:mid]))) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0:
+            if push.patterns or push.transitions is not None:
+                return push, []
+            lo = 1  # a push always carries at least one item
+        return replace(push, cowatch=_wire_cowatch(pairs[:lo])), pairs[:lo]
+
     def seal(self, max_patterns: int | None = None) -> SealedBatch | None:
         """Seal the next push from the queue (None when nothing is due), in one transaction."""
         cfg = self.config
@@ -213,7 +238,8 @@ class Outbox:
 
             # A version that did not move enough is absorbed: the next one is compared with what was pushed.
             queue.absorb(absorbed)
-            if not push.patterns and push.transitions is None:
+            push, cowatch = self._with_cowatch(push)
+            if not push.patterns and push.transitions is None and push.cowatch is None:
                 return None
             queue.add_batch(
                 batch_id,
@@ -221,6 +247,7 @@ class Outbox:
                 patterns=[q.id for q in sealed],
                 edges=edges if push.transitions is not None else [],
                 created_at=now,
+                cowatch=cowatch,
             )
         n_edges = len(push.transitions.edges) if push.transitions is not None else 0
         return SealedBatch(batch_id, push, len(push.patterns), n_edges, now, 0, now)
@@ -274,3 +301,8 @@ def _wire_edges(edges: list[tuple[int, int, float]]) -> TransitionBatch | None:
     if not edges:
         return None
     return TransitionBatch(Keyspace.ITEM, tuple(Transition(s, d, WIRE_EDGE_WEIGHT) for s, d, _ in edges))
+
+
+def _wire_cowatch(pairs: list[tuple[int, int]]) -> TransitionBatch:
+    """The pushed co-watched pairs (a < b), each at weight 1: the cloud counts distinct TVs, nothing more."""
+    return TransitionBatch(Keyspace.COWATCH, tuple(Transition(a, b, 1.0) for a, b in pairs))

@@ -160,6 +160,11 @@ class ConstellationStore(ABC):
         """The rows behind `changes_since` (one read snapshot, scanned with `logic.Page`)."""
 
     @abstractmethod
+    async def published_cowatch(self, k_min: int) -> list[tuple[int, int, int]]:
+        """The co-watched pairs (Keyspace.COWATCH) with global support >= k_min: (a, b, distinct TVs), a < b, in key
+        order. Never in `changes_since`: they are the refined neighbours' input, not a TV's."""
+
+    @abstractmethod
     async def nearest_consolidated(
         self, vector: np.ndarray, k: int, k_min: int, task_type: int | None = None
     ) -> list[tuple[CellKey, float]]:

@@ -50,7 +50,18 @@ from omega.constellation.store.base import (
     PushOutcome,
 )
 from omega.errors import OmegaError
-from omega.protocol import EMBEDDING_DIM
+from omega.protocol import EMBEDDING_DIM, Keyspace
+
+#: The served rows a pull may read: every key but the co-watched pairs (Keyspace.COWATCH: the input of the refined
+#: neighbours, counted like edges but never sent to a TV; read by `cowatch_sql`). SQL over `served` columns.
+PULLED_KEYS = f"NOT (kind = {KIND_EDGE} AND k1 = {int(Keyspace.COWATCH)})"
+
+
+def cowatch_sql(served: str, param: str) -> str:
+    """The query of the co-watched pairs with global support >= the parameter `param`: (a, b, support)."""
+    return f"SELECT k2, k3, support FROM {served} WHERE kind = {KIND_EDGE} AND k1 = {int(Keyspace.COWATCH)} " \
+           f"AND support >= {param} ORDER BY k2, k3"
+
 
 CELL_COLUMNS = "origin, task_type, cell, sum_w, sum_wx, support, successes, trials, version"
 EDGE_COLUMNS = "origin, keyspace, src, dst, weight, support, version"

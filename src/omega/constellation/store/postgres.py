@@ -220,8 +220,8 @@ def _served_rows(pull_floor: int, k_min: int) -> str:
     (pg_schema.PUBLISHED_INDEX), when that index holds them all."""
     floor = logic.indexed_floor(pull_floor, k_min)
     if floor is not None:
-        return f"FROM omega_served WHERE peak >= {int(floor)} AND "
-    return "FROM omega_served WHERE "
+        return f"FROM omega_served WHERE peak >= {int(floor)} AND {logic.PULLED_KEYS} AND "
+    return f"FROM omega_served WHERE {logic.PULLED_KEYS} AND "
 
 
 class PostgresStore(ConstellationStore):
@@ -383,6 +383,14 @@ class PostgresStore(ConstellationStore):
             loaded = iter(logic.consolidate_rows(live, cells, edges))
             items = [next(loaded) if r[5] >= k_min else logic.removal(r) for r in page.chosen]
             return ChangePage([item for item in items if item is not None], page.cursor, page.more)
+
+        return await self._engine.read(run)
+
+    async def published_cowatch(self, k_min: int) -> list[tuple[int, int, int]]:
+        sql = logic.cowatch_sql("omega_served", "$1")
+
+        async def run(conn: asyncpg.Connection) -> list[tuple[int, int, int]]:
+            return [(int(a), int(b), int(n)) for a, b, n in await conn.fetch(sql, int(k_min))]
 
         return await self._engine.read(run)
 

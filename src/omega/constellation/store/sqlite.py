@@ -123,8 +123,8 @@ def _served_rows(pull_floor: int, k_min: int) -> str:
     the index and the floor in `meta` disagreed), else every served row."""
     floor = logic.indexed_floor(pull_floor, k_min)
     if floor is not None:
-        return f"FROM served INDEXED BY {PUBLISHED_INDEX} WHERE peak >= {int(floor)} AND "
-    return "FROM served WHERE "
+        return f"FROM served INDEXED BY {PUBLISHED_INDEX} WHERE peak >= {int(floor)} AND {logic.PULLED_KEYS} AND "
+    return f"FROM served WHERE {logic.PULLED_KEYS} AND "
 
 
 #: Keys per statement of `_of_keys`: a few fixed sizes (powers of two up to 512), so each such statement is
@@ -317,6 +317,10 @@ class SqliteStore(ConstellationStore):
             return ChangePage([item for item in items if item is not None], page.cursor, page.more)
 
         return await self._read(run)
+
+    async def published_cowatch(self, k_min: int) -> list[tuple[int, int, int]]:
+        sql = logic.cowatch_sql("served", "?")
+        return await self._read(lambda conn: [tuple(r) for r in conn.execute(sql, (int(k_min),)).fetchall()])
 
     def _load_items(self, conn: sqlite3.Connection, chosen: list) -> list[ConsolidatedCell | ConsolidatedEdge | None]:
         # A served key's item at a given change seq never changes (every write to a key's state

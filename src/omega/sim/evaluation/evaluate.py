@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,8 @@ from omega.sim.evaluation.wire_audit import audit_frames, decode_uplink
 from omega.sim.fleet.catalog_cache import build_catalog, cached_codebook
 from omega.sim.fleet.simulator import TV, Fleet, FleetConfig, ViewingEvent
 
-Inspect = Callable[[Fleet], dict[str, Any]]  # looks at the synced fleet before it is closed; adds keys
+#: looks at the synced fleet before it is closed (a coroutine function to read its stores); adds keys
+Inspect = Callable[[Fleet], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 BASELINE_NAMES = ("mostpop", "itemknn", "als", "seq_transition")
 #: most seeds one `omega eval movielens --seeds` runs (each is a whole fleet)
 MAX_SEEDS = 10
@@ -309,8 +310,11 @@ async def _run(
             meter.mark("privacy_epsilon_s", t1)
             meter.mark("tables_s", t0)  # the three above together
         published = await published_edges(fleet, k_min)
+        cowatch_published = len(await fleet.aggregator.published_cowatch())
         window_epochs = fleet.aggregator.policy.window_epochs
         extra = inspect(fleet) if inspect is not None else {}
+        if asyncio.iscoroutine(extra):  # an inspection that reads the fleet's stores
+            extra = await extra
     finally:
         await fleet.aclose()
         release_freed_memory()  # the closed fleet's heap holes, before the baselines allocate theirs
@@ -369,8 +373,10 @@ async def _run(
         "pushes": len(push_sizes),
         "published_edges": sum(e.keyspace == Keyspace.ITEM for e in published),
         "published_pairs": sum(e.keyspace == Keyspace.PAIR for e in published),
+        "published_cowatch": cowatch_published,  # co-watched pairs at k_min (the refined input when > 0)
         "wire_audit": {
             "frames": audit.frames, "kinds": dict(audit.kinds), "patterns": audit.patterns, "edges": audit.edges,
+            "cowatch": audit.cowatch,
             "violations": audit.violations[:5], "no_raw_episode_left": audit.clean,
         },  # fmt: skip
         "tables": out_tables,

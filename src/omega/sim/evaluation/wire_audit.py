@@ -15,7 +15,10 @@ heartbeat whose pattern count changed or whose outbox count grew; before each,
 the device must have completed a sync (a heartbeat) after its last viewing.
 
 What does leave, precisely: per TV, item ids of pairs (a → b) it watched
-within 5 steps (and liked: only positive transition weight is pushed). The constellation publishes an edge only with
+within 5 steps (and liked: only positive transition weight is pushed); with the co-watch upload on
+(`BrainConfig.cowatch_window` W), also unordered pairs {a, b} of titles it watched within W distinct titles of
+each other, the later one liked, each pair once in the TV's life, weight 1 (no rating, no order, no time).
+The constellation publishes an edge only with
 ≥ k_min distinct TVs behind it, clips one TV's weight per edge (edge_w_max)
 and once per epoch, and stores no device id beside it.
 """
@@ -57,6 +60,7 @@ class AuditReport:
     kinds: Counter = field(default_factory=Counter)
     patterns: int = 0
     edges: int = 0
+    cowatch: int = 0  # co-watched pairs pushed (Keyspace.COWATCH)
     violations: list[str] = field(default_factory=list)
     #: Frames that carried something newly learned (checked against the viewings when given).
     contributions: int = 0
@@ -69,7 +73,7 @@ class AuditReport:
 #: protobuf fields a TV may set, per message (everything else is a violation)
 _ALLOWED = {
     "Frame": {"device_id", "seq", "timestamp_ms", "key_id", "push", "pull", "heartbeat"},
-    "Push": {"batch_id", "patterns", "transitions"},
+    "Push": {"batch_id", "patterns", "transitions", "cowatch"},
     "EmbeddingPattern": {
         "id", "version", "q", "bits", "scale", "offset", "success_rate", "uses", "successes", "task_type",
         "cell_plus_one", "codebook_version",
@@ -175,6 +179,10 @@ def audit_frames(frames: Iterable[TappedFrame], viewings: Mapping[bytes, Sequenc
                     report.violations.append(f"frame {report.frames}: a push claims support")
                 if any(e.weight != WIRE_EDGE_WEIGHT for e in body.transitions.edges):
                     report.violations.append(f"frame {report.frames}: a transition weight tells a rating")
+            if body.cowatch is not None:  # the message checks src < dst and weight 1; no support may ride along
+                report.cowatch += len(body.cowatch.edges)
+                if any(e.support or e.weight != WIRE_EDGE_WEIGHT for e in body.cowatch.edges):
+                    report.violations.append(f"frame {report.frames}: a co-watched pair carries more than its ids")
         elif not isinstance(body, (Pull, Heartbeat)):
             report.violations.append(f"frame {report.frames}: {frame.kind} is not an uplink message")
         _, flags, _, raw, _ = _split(data, len(data))

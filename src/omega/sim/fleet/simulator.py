@@ -325,9 +325,10 @@ class Fleet:
 
     @staticmethod
     def _queued(tv: TV) -> bool:
-        """Unsent transition deltas or high-quality pattern versions remain."""
-        outbox = tv.agent.outbox
-        return tv.brain.store.outbox.has_unsent_edges(outbox.config.min_edge_delta) or outbox.queued_patterns() > 0
+        """Unsent transition deltas, co-watched pairs or high-quality pattern versions remain."""
+        outbox, queue = tv.agent.outbox, tv.brain.store.outbox
+        return (queue.has_unsent_edges(outbox.config.min_edge_delta) or queue.has_unsent_cowatch()
+                or outbox.queued_patterns() > 0)
 
     # ------------------------------------------------------------------ the replay
 
