@@ -74,8 +74,8 @@ def test_the_cowatch_upload_queues_each_pair_once_and_seals_it_once(tmp_path: Pa
     from omega.brain.config import BrainConfig
     from omega.brain.sync import Outbox
 
-    off = Brain(tmp_path / "off.db", embedder=embedder, catalog=catalog)
-    with off:  # the shipped default: nothing queued
+    off = Brain(tmp_path / "off.db", embedder=embedder, catalog=catalog, config=BrainConfig(cowatch_window=0))
+    with off:  # the upload off: nothing queued
         for t, item in enumerate((1, 2, 3)):
             off.on_user_action(item, watch_fraction=0.9, started_at=float(t))
         assert off.store.outbox.unsent_cowatch(100) == []

@@ -125,7 +125,8 @@ def test_published_edges_have_k_min_tvs_and_reach_every_tv(tmp_path: Path):
 
 def test_the_refined_release_reaches_every_tv_once(tmp_path: Path):
     async def main():
-        fleet, _ = await _simulate(tmp_path, k_min=3, brain=BrainConfig(pull_refined=True))
+        # the release refined from the pairs derived from edges (the co-watch upload's release: its own test)
+        fleet, _ = await _simulate(tmp_path, k_min=3, brain=BrainConfig(pull_refined=True, cowatch_window=0))
         try:
             await fleet.catch_up()
             release = fleet.service.refined
@@ -317,7 +318,7 @@ def test_a_held_tv_stays_offline_until_its_time_and_probes_run_at_theirs(tmp_pat
 
 def test_a_tv_that_opted_out_of_refined_neighbours_is_never_sent_them(tmp_path: Path):
     async def main():
-        fleet, events = await _simulate(tmp_path, k_min=3)  # the shipped config: pull_refined off (w_refined 0)
+        fleet, events = await _simulate(tmp_path, k_min=3, brain=BrainConfig(w_refined=0.0, pull_refined=False))
         try:
             # Simulation only: the contribution window spans the replayed viewings (nothing replayed expired).
             span_days = (max(e.timestamp for e in events) - min(e.timestamp for e in events)) / 86_400
