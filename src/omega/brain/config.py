@@ -76,7 +76,9 @@ class BrainConfig:
     #: The co-watch upload (issue 13): after a good viewing (the rule of transitions), the pairs (it, each of the
     #: last `cowatch_window` distinct titles) this TV never queued before are pushed, once each (Keyspace.COWATCH);
     #: the constellation refines its neighbours from the pairs >= k_min TVs sent. 0: off. 50 is the window the
-    #: offline replay picked (bench/refine_window.py: W 50 +0.0091 over the shipped TV, W 25 within noise).
+    #: offline replay picked (bench/refine_window.py: W 50 +0.0091 over the shipped TV, W 25 within noise). Off: through
+    #: the product (validation, tie seeds 0-2 pooled) W 50 with the pulled release at w_refined 2 gave +0.0065
+    #: [-0.0001, +0.0142] over the shipped TV, not beyond noise (README "Quality on MovieLens", 2026-12-02).
     cowatch_window: int = 0
 
     # --- recommend (Recommender's module docstring has the formula)
