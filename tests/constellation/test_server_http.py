@@ -328,10 +328,14 @@ def test_sync_route_reads_chunked_bodies_caps_them_and_takes_only_post(server: S
     assert client.put("/v1/sync", content=data).status_code == 405
 
 
-def test_cowatch_pairs_are_taken_counted_and_hostile_ones_get_an_error_frame(server: ServerProcess,
-                                                                           client: httpx.Client) -> None:  # fmt: skip
+def test_cowatch_pairs_are_taken_counted_and_hostile_ones_get_an_error_frame(server: ServerProcess) -> None:
     """A push's co-watched pairs are numbered after its transitions in the ack; they are never pulled; a frame with
     more pairs than a push may carry, or a forged one (src > dst), is refused whole with a signed error."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:  # its own connection: the test before it ends
+        _cowatch_round(server, client)                               # the module client's on a refused request
+
+
+def _cowatch_round(server: ServerProcess, client: httpx.Client) -> None:
     from omega.protocol import MAX_COWATCH_PER_PUSH, Push, compute_tag
     from omega.protocol import omega_pb2 as pb
     from omega.protocol.codec import MAGIC, PROTOCOL_VERSION
