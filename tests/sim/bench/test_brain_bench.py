@@ -5,10 +5,14 @@ Figures are not asserted (benchmarks measure, tests check behaviour): only that 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from movielens_fixtures import write_fixture
+from omega.errors import OmegaError
 from omega.sim.bench import run_brain_bench
+from omega.sim.bench.brain import SYNC_RSS_KEYS, _sync_figures
+from omega.sim.load import server_process
 
 DESIGN_KEYS = (
     "embed_ms_p50", "search_us_p50", "recommend_ms_p50", "recommend_same_context_ms_p50", "recommend_cpu_ms_p50",
@@ -21,6 +25,7 @@ def test_a_tiny_brain_is_built_and_measured_in_a_child(tmp_path: Path, embedder,
     monkeypatch.setenv("OMEGA_CACHE", str(tmp_path / "cache"))
     data = write_fixture("ml-latest", tmp_path / "ml", n_users=12, n_items=120)
     said: list[str] = []
+    servers_before = _sync_servers()
     report = run_brain_bench(data, repeats=5, progress=said.append)
     for key in DESIGN_KEYS:
         assert report[key] > 0, key
@@ -36,6 +41,37 @@ def test_a_tiny_brain_is_built_and_measured_in_a_child(tmp_path: Path, embedder,
     assert abs(report["rss_anon_mb"] + report["rss_file_mb"] - report["rss_mb"]) < 2.0
     assert set(report["backend_comparison"]) == {"usearch_f16", "hnswlib_f32"}
     assert any("fresh process" in line for line in said)
+    # after the figures above: the same brain synced once with a real server, which is gone again
+    assert list(report)[-len(SYNC_RSS_KEYS) - 2 : -2] == list(SYNC_RSS_KEYS)
+    assert all(report[key] > 0 for key in SYNC_RSS_KEYS), report
+    assert "rss_after_sync_reason" not in report
+    assert report["sync_session"]["tier"] == "active"  # the shipped default
+    assert report["rss_after_sync_mb"] > report["rss_before_sync_mb"]  # the sync stack is loaded by the sync
+    assert _sync_servers() <= servers_before
+
+
+def _sync_servers() -> set[int]:
+    """Sync servers (`python -m omega.constellation`) this test process runs."""
+    out = set()
+    for pid in server_process.proc_tree(os.getpid())[1:]:
+        try:
+            if b"omega.constellation" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.add(pid)
+        except OSError:
+            continue
+    return out
+
+
+def test_a_server_that_does_not_start_gives_a_reason_not_a_traceback(tmp_path: Path, monkeypatch) -> None:
+    def refuse(*_: object, **__: object) -> None:
+        raise OmegaError("the server exited (1): port in use")
+
+    monkeypatch.setattr(server_process, "start_server", refuse)
+    said: list[str] = []
+    synced = _sync_figures(tmp_path / "brain.db", tmp_path / "server", dict(os.environ), said.append)
+    assert all(synced[key] is None for key in SYNC_RSS_KEYS)
+    assert "did not start" in synced["rss_after_sync_reason"] and "port in use" in synced["rss_after_sync_reason"]
+    assert said == [f"bench brain: no RSS after a sync: {synced['rss_after_sync_reason']}"]
 
 
 def test_the_skill_library_is_learned_from_every_title_or_synthetic(tmp_path: Path, embedder, monkeypatch) -> None:

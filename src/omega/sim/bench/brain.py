@@ -55,7 +55,102 @@ def run_brain_bench(
             raise OmegaError(f"bench brain: the measuring process failed (exit {child.returncode})")
         measured = json.loads(child.stdout)
         progress(f"measured in {time.perf_counter() - started:.1f} s")
-    return {**measured, **built, "repeats": repeats, "threads": 1}
+        synced = _sync_figures(db, Path(tmp) / "server", env, progress)
+    return {**measured, **built, "repeats": repeats, "threads": 1, **synced}
+
+
+#: the figures `_sync_figures` adds (None, with `rss_after_sync_reason`, when there is no sync to measure)
+SYNC_RSS_KEYS = ("rss_after_sync_mb", "rss_after_sync_anon_mb", "rss_after_sync_file_mb")
+
+
+def _sync_figures(db: Path, folder: Path, env: dict[str, str], progress: Notes) -> dict:
+    """RSS of the brain once it has synced, as a TV that syncs holds it (issue 13's budget is about that TV).
+
+    A real sync server (`omega serve`'s entry point, `start_server`) runs on a free loopback port over a SQLite
+    store in `folder`; a fresh child process opens the brain as the measuring one does (the same load steps up
+    to the first recommendation, so `rss_before_sync_mb` is the figure `rss_mb` is), then does one sync session
+    through the TV's own `SyncAgent` with its shipped defaults (tier, transport, config) and reads RSS. The
+    server is stopped whatever happens; `folder` lies in the caller's temporary directory, removed with it.
+    A server that does not start or a sync that fails gives None figures and a reason, not an exception.
+    """
+    import secrets
+    import subprocess
+    import uuid
+
+    from omega.constellation.keyring import Keyring
+    from omega.constellation.settings import load_settings
+    from omega.sim.load.server_process import start_server
+
+    def missing(reason: str) -> dict:
+        progress(f"bench brain: no RSS after a sync: {reason}")
+        return {**dict.fromkeys(SYNC_RSS_KEYS), "rss_after_sync_reason": reason}
+
+    secret = secrets.token_hex(32)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        server = start_server(folder, f"sqlite:{folder / 'constellation.db'}", secret, shard_id="bench-brain")
+    except OmegaError as exc:
+        return missing(f"the sync server did not start: {exc}")
+    try:
+        progress(f"one sync session against a sync server on {server.url}")
+        settings = load_settings(env={"OMEGA_SECRET": secret})
+        device = uuid.uuid4().bytes
+        token = Keyring(settings.secrets, settings.active_key_id).token(device)  # what `omega device token` prints
+        child = subprocess.run(
+            [sys.executable, "-c", "import sys; from omega.sim.bench.brain import _sync_main; _sync_main(sys.argv[1:])",
+             str(db), server.url, device.hex(), token],
+            stdout=subprocess.PIPE, text=True, check=False, env=env,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    if child.returncode != 0:
+        return missing(f"the syncing process failed (exit {child.returncode})")
+    synced = json.loads(child.stdout)
+    if "reason" in synced:
+        return missing(synced["reason"])
+    return synced
+
+
+def _sync_main(argv: list[str]) -> None:
+    """Child process of `_sync_figures`: open the brain like a TV, sync once, read RSS; JSON on stdout."""
+    import asyncio
+
+    from omega.brain.brain import Brain
+    from omega.brain.records import ViewingContext
+
+    db, url, device, token = Path(argv[0]), argv[1], bytes.fromhex(argv[2]), argv[3]
+    with Brain(db) as brain:
+        brain.recommend(ViewingContext(20, 4), k=10)  # the load steps `rss_mb` is read after
+        before = rss_mb()[0]
+        # the sync stack (httpx, websockets, TLS) is imported only now: part of what syncing costs
+        from omega.brain.sync import SyncAgent, tier_name
+        from omega.brain.sync import state as sync_state
+
+        sync_state.save_identity(brain.store, device, token)  # as `omega brain sync --device-id --token` does
+        agent = SyncAgent(brain, server_url=url, device_id=device, token=token)  # shipped tier, transport, config
+
+        async def once() -> tuple[object, float, dict[str, float]]:
+            try:
+                report = await agent.sync_once()
+                # read before close(): a persistent tier still holds its connection here
+                return report, rss_mb()[0], rss_kinds_mb()
+            finally:
+                await agent.close()
+
+        try:
+            report, after, after_kinds = asyncio.run(once())
+        except OmegaError as exc:  # SyncFailed, or the TV's own store refusing: a reason, not a traceback
+            print(json.dumps({"reason": f"the sync failed: {exc}"}))
+            return
+    print(json.dumps({
+        "rss_after_sync_mb": round(after, 1),
+        "rss_after_sync_anon_mb": round(after_kinds["anon"], 1),
+        "rss_after_sync_file_mb": round(after_kinds["file"], 1),
+        "rss_before_sync_mb": round(before, 1),
+        "sync_session": {"tier": tier_name(agent.tier), "transport": agent.policy.transport.value,
+                         "pushed_patterns": report.pushed_patterns, "pushed_edges": report.pushed_edges,
+                         "pulled_patterns": report.pulled_patterns, "pulled_edges": report.pulled_edges},
+    }))  # fmt: skip
 
 
 def _build_bench_brain(
