@@ -197,11 +197,9 @@ def ext_problem(model_dir: Path) -> str | None:
     if split is None:
         return "no external-data copy of the current INT8 model"
     for name, meta in split["files"].items():
-        path = model_dir / name
-        if not path.is_file() or not isinstance(meta, dict) or path.stat().st_size != meta.get("bytes"):
-            return f"{name} is missing or has the wrong size"
-        if sha256_file(path) != meta.get("sha256"):
-            return f"{name} does not match its sha256"
+        problem = _file_problem(model_dir, name, meta)
+        if problem is not None:
+            return problem
     return None
 
 
@@ -215,12 +213,16 @@ def fused_problem(model_dir: Path) -> str | None:
         return "no fused graph written from the current external-data INT8 model"
     if fused_of(model_dir, split) is None:
         return None if fused.get("identical") is False else "the fused graph's manifest is malformed"
-    meta = fused["files"][INT8_FUSED_FILE]
-    path = model_dir / INT8_FUSED_FILE
+    return _file_problem(model_dir, INT8_FUSED_FILE, fused["files"][INT8_FUSED_FILE])
+
+
+def _file_problem(model_dir: Path, name: str, meta: object) -> str | None:
+    """Why the cache file `name` does not match its manifest entry `meta` (size and sha256), or None."""
+    path = model_dir / name
     if not path.is_file() or not isinstance(meta, dict) or path.stat().st_size != meta.get("bytes"):
-        return f"{INT8_FUSED_FILE} is missing or has the wrong size"
+        return f"{name} is missing or has the wrong size"
     if sha256_file(path) != meta.get("sha256"):
-        return f"{INT8_FUSED_FILE} does not match its sha256"
+        return f"{name} does not match its sha256"
     return None
 
 
