@@ -42,11 +42,17 @@ def test_a_tiny_brain_is_built_and_measured_in_a_child(tmp_path: Path, embedder,
     assert set(report["backend_comparison"]) == {"usearch_f16", "hnswlib_f32"}
     assert any("fresh process" in line for line in said)
     # after the figures above: the same brain synced once with a real server, which is gone again
-    assert list(report)[-len(SYNC_RSS_KEYS) - 2 : -2] == list(SYNC_RSS_KEYS)
+    assert list(report)[-len(SYNC_RSS_KEYS) - 3 : -3] == list(SYNC_RSS_KEYS)
     assert all(report[key] > 0 for key in SYNC_RSS_KEYS), report
     assert "rss_after_sync_reason" not in report
     assert report["sync_session"]["tier"] == "active"  # the shipped default
     assert report["rss_after_sync_mb"] > report["rss_before_sync_mb"]  # the sync stack is loaded by the sync
+    # and each tier of the seed, each over its own transport; the shipped default's figures are its tier's
+    by_tier = report["rss_after_sync_by_tier"]
+    assert {tier: figures["transport"] for tier, figures in by_tier.items()} == {
+        "premium": "ws-persistent", "active": "ws-on-demand", "casual": "http"}
+    assert all(figures[key] > 0 for figures in by_tier.values() for key in ("rss_mb", "anon_mb", "file_mb"))
+    assert by_tier["active"]["rss_mb"] == report["rss_after_sync_mb"]
     assert _sync_servers() <= servers_before
 
 

@@ -36,7 +36,7 @@ from omega.brain.sync.outbox import Outbox, SealedBatch
 from omega.brain.sync.report import SyncFailed, SyncReport
 from omega.brain.sync.schedule import ContributionSchedule
 from omega.brain.sync.tiers import TierPolicy, TransportKind, policy_for
-from omega.brain.sync.transport import Transport, TransportError, WebSocketTransport, check_server_url, open_transport
+from omega.brain.sync.transport import Transport, TransportError, check_server_url, open_transport
 from omega.errors import OmegaError
 from omega.protocol import (
     DOWNLINK,
@@ -446,12 +446,12 @@ class SyncAgent:
         """Wait `delay` seconds; True if stopped. A persistent connection that drops cuts the wait short."""
         waits = [asyncio.ensure_future(stop.wait())]
         transport = self.transport
-        if (
-            self.policy.transport is TransportKind.WS_PERSISTENT
-            and isinstance(transport, WebSocketTransport)
-            and transport.is_open
-        ):
-            waits.append(asyncio.ensure_future(transport.wait_closed()))
+        if self.policy.transport is TransportKind.WS_PERSISTENT:
+            # only this tier's agent imports it: a polling TV never loads websockets (see transport.py)
+            from omega.brain.sync.ws_transport import WebSocketTransport
+
+            if isinstance(transport, WebSocketTransport) and transport.is_open:
+                waits.append(asyncio.ensure_future(transport.wait_closed()))
         try:
             await asyncio.wait(waits, timeout=max(0.0, delay), return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -1,5 +1,10 @@
 """How frames travel: HTTP polling (`POST /v1/sync`) or a WebSocket (`/v1/ws`), one frame per message.
 
+This module holds what both transports share (the URL rules, TLS, replies, errors) and `open_transport`; each
+transport lives in its own module (`http_transport`: httpx, `ws_transport`: websockets), imported only by
+the tier that uses it: a TV on a WebSocket tier never loads httpx (~7 MB of a TV's memory, its command-line
+client's rich and click included), one on the polling tier never loads websockets.
+
 A transport moves bytes and reports transport-level trouble as `TransportError`
 (with the server's Retry-After when it gave one); deciding what a reply means
 is the agent's job. Any failure closes a WebSocket, because a late reply on a
@@ -8,23 +13,20 @@ reused connection would be read as the answer to the next frame.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import ipaddress
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
-from websockets.protocol import State
 
 from omega.brain.sync.tiers import TierPolicy, TransportKind
 from omega.errors import OmegaError
 from omega.protocol import DEFAULT_MAX_FRAME_BYTES
+
+if TYPE_CHECKING:
+    import httpx
 
 SYNC_PATH = "/v1/sync"
 WS_PATH = "/v1/ws"
@@ -132,7 +134,7 @@ def client_tls(ca_file: str | None = None) -> ssl.SSLContext:
         raise OmegaError(f"cannot read CA file {ca_file}: {exc}") from None
 
 
-def _unreachable(url: str, exc: BaseException) -> TransportError:
+def unreachable(url: str, exc: BaseException) -> TransportError:
     """One line for a failed connection; a certificate the TV does not trust is named as such."""
     cause: BaseException | None = exc
     while cause is not None:
@@ -161,128 +163,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-class HttpTransport:
-    """HTTP polling: each frame is one `POST /v1/sync`; error statuses still carry an ErrorReply frame."""
-
-    def __init__(
-        self,
-        server_url: str,
-        *,
-        timeout_s: float = 10.0,
-        client: httpx.AsyncClient | None = None,
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
-        self.url = endpoints(server_url).http_url
-        self._timeout = httpx.Timeout(timeout_s)
-        self._client = client
-        self._own_client = client is None
-        self._tls = tls
-
-    async def exchange(self, data: bytes) -> Reply:
-        if self._client is None:
-            verify: ssl.SSLContext | bool = self._tls if self._tls is not None else True
-            self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, verify=verify)
-        try:
-            async with self._client.stream(
-                "POST", self.url, content=data, headers={"content-type": CONTENT_TYPE}, timeout=self._timeout
-            ) as response:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_REPLY_BYTES:
-                        raise TransportError(f"reply from {self.url} exceeds {MAX_REPLY_BYTES} bytes")
-        except httpx.TimeoutException:
-            raise TransportError(f"no reply from {self.url} within {self._timeout.read:g} s") from None
-        except httpx.HTTPError as exc:
-            raise _unreachable(self.url, exc) from None
-        retry = parse_retry_after(response.headers.get("retry-after"))
-        if not body:
-            raise TransportError(f"HTTP {response.status_code} from {self.url} with an empty body", retry_after_s=retry)
-        return Reply(bytes(body), response.status_code, retry)
-
-    async def close(self) -> None:
-        if self._client is not None and self._own_client:
-            await self._client.aclose()
-            self._client = None
-
-
-class WebSocketTransport:
-    """A WebSocket to `/v1/ws`, opened on first use; one binary message per frame, replies in order."""
-
-    def __init__(self, server_url: str, *, timeout_s: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
-        self.url = endpoints(server_url).ws_url
-        self.timeout_s = timeout_s
-        self._tls = tls
-        self._conn: ClientConnection | None = None
-        self.connects = 0
-
-    @property
-    def is_open(self) -> bool:
-        return self._conn is not None and self._conn.state is State.OPEN
-
-    async def connect(self) -> None:
-        if self.is_open:
-            return
-        await self.close()
-        try:
-            self._conn = await connect(
-                self.url,
-                compression=None,  # the contract: permessage-deflate off (frames are deflated already)
-                max_size=MAX_REPLY_BYTES,
-                open_timeout=self.timeout_s,
-                close_timeout=min(self.timeout_s, 5.0),
-                proxy=None,
-                **({"ssl": self._tls} if self._tls is not None and self.url.startswith("wss:") else {}),
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            retry = parse_retry_after(exc.response.headers.get("Retry-After"))
-            raise TransportError(f"{self.url} refused the WebSocket: HTTP {status}", retry_after_s=retry) from None
-        except InvalidURI as exc:
-            raise OmegaError(f"bad WebSocket URL {self.url}: {exc}") from None
-        except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
-            raise _unreachable(self.url, exc) from None
-        self.connects += 1
-
-    async def exchange(self, data: bytes) -> Reply:
-        await self.connect()
-        conn = self._conn
-        assert conn is not None
-        try:
-            await asyncio.wait_for(conn.send(data), self.timeout_s)
-            message = await asyncio.wait_for(conn.recv(), self.timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
-            await self.close()
-            raise TransportError(f"no reply from {self.url} within {self.timeout_s:g} s") from None
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else None
-            await self.close()
-            reason = {1001: "server going away", 1008: "policy violation", 1009: "message too big"}.get(code or 0, "")
-            raise TransportError(
-                f"{self.url} closed the connection (code {code}{', ' + reason if reason else ''})", close_code=code
-            ) from None
-        except (OSError, WebSocketException) as exc:
-            await self.close()
-            raise TransportError(f"WebSocket to {self.url} failed: {type(exc).__name__}: {exc}") from None
-        if isinstance(message, str):
-            await self.close()
-            raise TransportError(f"{self.url} sent a text message; frames are binary")
-        return Reply(bytes(message))
-
-    async def wait_closed(self) -> None:
-        """Return when the open connection closes (at once if none is open)."""
-        if self._conn is not None:
-            await self._conn.wait_closed()
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except (OSError, WebSocketException, asyncio.TimeoutError):
-                pass  # already broken; nothing to save
-
-
 def open_transport(
     policy: TierPolicy,
     server_url: str,
@@ -300,6 +180,11 @@ def open_transport(
     """
     check_server_url(server_url, insecure=insecure)
     tls = client_tls(ca_file) if ca_file is not None else None
+    # Imported here, by tier: a TV loads only its own transport's library (see the module docstring).
     if policy.transport is TransportKind.HTTP:
+        from omega.brain.sync.http_transport import HttpTransport
+
         return HttpTransport(server_url, timeout_s=timeout_s, client=http_client, tls=tls)
+    from omega.brain.sync.ws_transport import WebSocketTransport
+
     return WebSocketTransport(server_url, timeout_s=timeout_s, tls=tls)

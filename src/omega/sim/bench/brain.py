@@ -61,6 +61,8 @@ def run_brain_bench(
 
 #: the figures `_sync_figures` adds (None, with `rss_after_sync_reason`, when there is no sync to measure)
 SYNC_RSS_KEYS = ("rss_after_sync_mb", "rss_after_sync_anon_mb", "rss_after_sync_file_mb")
+#: the seed's tiers (`omega.brain.sync.tiers`), each measured after the shipped default in `rss_after_sync_by_tier`
+SYNC_TIERS = ("premium", "active", "casual")
 
 
 def _sync_figures(db: Path, folder: Path, env: dict[str, str], progress: Notes) -> dict:
@@ -69,9 +71,11 @@ def _sync_figures(db: Path, folder: Path, env: dict[str, str], progress: Notes) 
     A real sync server (`omega serve`'s entry point, `start_server`) runs on a free loopback port over a SQLite
     store in `folder`; a fresh child process opens the brain as the measuring one does (the same load steps up
     to the first recommendation, so `rss_before_sync_mb` is the figure `rss_mb` is), then does one sync session
-    through the TV's own `SyncAgent` with its shipped defaults (tier, transport, config) and reads RSS. The
-    server is stopped whatever happens; `folder` lies in the caller's temporary directory, removed with it.
-    A server that does not start or a sync that fails gives None figures and a reason, not an exception.
+    through the TV's own `SyncAgent` with its shipped defaults (tier, transport, config) and reads RSS. Then one
+    more child per other tier (`rss_after_sync_by_tier`: a tier loads its own transport's library only), each a
+    new device on the same brain, which has synced before by then. The server is stopped whatever happens;
+    `folder` lies in the caller's temporary directory, removed with it. A server that does not start or a sync
+    that fails gives None figures and a reason, not an exception.
     """
     import secrets
     import subprocess
@@ -91,43 +95,63 @@ def _sync_figures(db: Path, folder: Path, env: dict[str, str], progress: Notes) 
         server = start_server(folder, f"sqlite:{folder / 'constellation.db'}", secret, shard_id="bench-brain")
     except OmegaError as exc:
         return missing(f"the sync server did not start: {exc}")
-    try:
-        progress(f"one sync session against a sync server on {server.url}")
-        settings = load_settings(env={"OMEGA_SECRET": secret})
+    settings = load_settings(env={"OMEGA_SECRET": secret})
+    keyring = Keyring(settings.secrets, settings.active_key_id)
+
+    def sync_child(tier: str) -> dict:
+        """One child's figures, or {"reason": ...}; `tier` "" is the shipped default."""
         device = uuid.uuid4().bytes
-        token = Keyring(settings.secrets, settings.active_key_id).token(device)  # what `omega device token` prints
         child = subprocess.run(
             [sys.executable, "-c", "import sys; from omega.sim.bench.brain import _sync_main; _sync_main(sys.argv[1:])",
-             str(db), server.url, device.hex(), token],
+             str(db), server.url, device.hex(), keyring.token(device), tier],  # the token `omega device token` prints
             stdout=subprocess.PIPE, text=True, check=False, env=env,
         )  # fmt: skip
+        if child.returncode != 0:
+            return {"reason": f"the syncing process failed (exit {child.returncode})"}
+        return json.loads(child.stdout)
+
+    try:
+        progress(f"one sync session against a sync server on {server.url}")
+        synced = sync_child("")
+        if "reason" in synced:
+            return missing(synced["reason"])
+        by_tier = {synced["sync_session"]["tier"]: synced}
+        for tier in SYNC_TIERS:
+            if tier not in by_tier:
+                progress(f"one sync session of a {tier} TV")
+                by_tier[tier] = sync_child(tier)
     finally:
         server.stop()
-    if child.returncode != 0:
-        return missing(f"the syncing process failed (exit {child.returncode})")
-    synced = json.loads(child.stdout)
-    if "reason" in synced:
-        return missing(synced["reason"])
+    synced["rss_after_sync_by_tier"] = {
+        tier: by_tier[tier] if "reason" in by_tier[tier] else {
+            "transport": by_tier[tier]["sync_session"]["transport"], "rss_mb": by_tier[tier]["rss_after_sync_mb"],
+            "anon_mb": by_tier[tier]["rss_after_sync_anon_mb"], "file_mb": by_tier[tier]["rss_after_sync_file_mb"],
+        }
+        for tier in SYNC_TIERS
+    }  # fmt: skip
     return synced
 
 
 def _sync_main(argv: list[str]) -> None:
-    """Child process of `_sync_figures`: open the brain like a TV, sync once, read RSS; JSON on stdout."""
+    """Child process of `_sync_figures`: open the brain like a TV, sync once (on the tier argv[4] names, else the
+    shipped default), read RSS; JSON on stdout."""
     import asyncio
 
     from omega.brain.brain import Brain
     from omega.brain.records import ViewingContext
 
     db, url, device, token = Path(argv[0]), argv[1], bytes.fromhex(argv[2]), argv[3]
+    tier = argv[4] if len(argv) > 4 else ""
     with Brain(db) as brain:
         brain.recommend(ViewingContext(20, 4), k=10)  # the load steps `rss_mb` is read after
         before = rss_mb()[0]
-        # the sync stack (httpx, websockets, TLS) is imported only now: part of what syncing costs
-        from omega.brain.sync import SyncAgent, tier_name
+        # the sync stack (its tier's transport library, TLS) is imported only now: part of what syncing costs
+        from omega.brain.sync import SyncAgent, parse_tier, tier_name
         from omega.brain.sync import state as sync_state
 
         sync_state.save_identity(brain.store, device, token)  # as `omega brain sync --device-id --token` does
-        agent = SyncAgent(brain, server_url=url, device_id=device, token=token)  # shipped tier, transport, config
+        chosen = {"tier": parse_tier(tier)} if tier else {}
+        agent = SyncAgent(brain, server_url=url, device_id=device, token=token, **chosen)  # shipped transport, config
 
         async def once() -> tuple[object, float, dict[str, float]]:
             try:

@@ -1,0 +1,60 @@
+"""The HTTP polling transport (the casual tier): each frame is one `POST /v1/sync` through httpx.
+
+Its own module so that a TV on a WebSocket tier never imports httpx (`open_transport` imports this one only for
+the HTTP tier).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import httpx
+
+from omega.brain.sync.transport import (
+    CONTENT_TYPE, MAX_REPLY_BYTES, Reply, TransportError, unreachable, endpoints, parse_retry_after,
+)  # fmt: skip
+
+
+class HttpTransport:
+    """HTTP polling: each frame is one `POST /v1/sync`; error statuses still carry an ErrorReply frame."""
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        timeout_s: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.url = endpoints(server_url).http_url
+        self._timeout = httpx.Timeout(timeout_s)
+        self._client = client
+        self._own_client = client is None
+        self._tls = tls
+
+    async def exchange(self, data: bytes) -> Reply:
+        if self._client is None:
+            verify: ssl.SSLContext | bool = self._tls if self._tls is not None else True
+            self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, verify=verify)
+        try:
+            async with self._client.stream(
+                "POST", self.url, content=data, headers={"content-type": CONTENT_TYPE}, timeout=self._timeout
+            ) as response:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_REPLY_BYTES:
+                        raise TransportError(f"reply from {self.url} exceeds {MAX_REPLY_BYTES} bytes")
+        except httpx.TimeoutException:
+            raise TransportError(f"no reply from {self.url} within {self._timeout.read:g} s") from None
+        except httpx.HTTPError as exc:
+            raise unreachable(self.url, exc) from None
+        retry = parse_retry_after(response.headers.get("retry-after"))
+        if not body:
+            raise TransportError(f"HTTP {response.status_code} from {self.url} with an empty body", retry_after_s=retry)
+        return Reply(bytes(body), response.status_code, retry)
+
+    async def close(self) -> None:
+        if self._client is not None and self._own_client:
+            await self._client.aclose()
+            self._client = None
