@@ -1,5 +1,6 @@
 """A TV loads only its own tier's transport library (issue 13, the synced TV's RSS): the polling tier never imports
-websockets, a WebSocket tier never imports httpx (~7 MB of RSS with the command-line client httpx pulls in)."""
+websockets, a WebSocket tier never imports httpx, and the polling tier's httpx comes without its command-line
+client (rich, pygments, click: ~5 MB a TV never uses)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ CHILD = textwrap.dedent(
 
     report, transport = asyncio.run(once())
     print(json.dumps({"pushed": report.pushed_patterns, "pulled": report.pulled_patterns, "transport": transport,
-                      "loaded": sorted(m for m in ("httpx", "httpcore", "websockets") if m in sys.modules)}))
+                      "loaded": sorted(m for m in ("httpx", "httpcore", "websockets", "rich", "pygments", "click")
+                                if m in sys.modules)}))
     """
 )
 
@@ -78,3 +80,21 @@ def test_the_transports_are_still_reachable_from_the_package():
         import omega.brain.sync as package
 
         package.NoSuchTransport  # noqa: B018
+
+
+def test_httpx_loses_only_its_command_line_client():
+    """The polling transport's httpx has its stub `main`; `httpx._main` itself can still be imported afterwards."""
+    probe = textwrap.dedent(
+        """
+        import json, sys
+        from omega.brain.sync.http_transport import HttpTransport
+        import httpx
+        before = sorted(m for m in ("rich", "pygments", "click", "httpx._main") if m in sys.modules)
+        stub = httpx.main.__module__ == "httpx"
+        import httpx._main
+        print(json.dumps([before, stub, callable(httpx._main.main), "rich" in sys.modules]))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [[], True, True, True]

@@ -2,17 +2,31 @@
 
 Its own module so that a TV on a WebSocket tier never imports httpx (`open_transport` imports this one only for
 the HTTP tier).
+
+httpx's package imports its command-line client, `httpx._main`, whenever that client's libraries (rich, pygments,
+click) are installed, as they are beside omega's CLI: ~5.5 MB of a TV's memory for a client a TV never runs. So
+httpx is imported here with `httpx._main` marked missing (None in `sys.modules`, which makes its import raise
+ImportError): httpx then defines its stub `main` instead (its own `except ImportError`, httpx 0.28), and every
+other part of httpx is the same. The mark is removed at once, so a later `import httpx._main` works as before.
 """
 
 from __future__ import annotations
 
 import ssl
-
-import httpx
+import sys
 
 from omega.brain.sync.transport import (
     CONTENT_TYPE, MAX_REPLY_BYTES, Reply, TransportError, unreachable, endpoints, parse_retry_after,
 )  # fmt: skip
+
+_WITHOUT_CLI = "httpx" not in sys.modules and "httpx._main" not in sys.modules
+if _WITHOUT_CLI:
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]  # see the module docstring
+try:
+    import httpx
+finally:
+    if _WITHOUT_CLI:
+        del sys.modules["httpx._main"]
 
 
 class HttpTransport:
