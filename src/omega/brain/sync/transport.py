@@ -2,8 +2,8 @@
 
 This module holds what both transports share (the URL rules, TLS, replies, errors) and `open_transport`; each
 transport lives in its own module (`http_transport`: httpx, `ws_transport`: websockets), imported only by
-the tier that uses it: a TV on a WebSocket tier never loads httpx (~7 MB of a TV's memory, its command-line
-client's rich and click included), one on the polling tier never loads websockets.
+the tier that uses it: a TV on a WebSocket tier never loads httpx (with anyio and httpcore ~6 MB of a TV's memory
+once used), one on the polling tier never loads websockets (~2 MB).
 
 A transport moves bytes and reports transport-level trouble as `TransportError`
 (with the server's Retry-After when it gave one); deciding what a reply means
