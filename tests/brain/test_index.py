@@ -180,6 +180,35 @@ def test_empty_index_and_bad_input(backend: str):
         VectorIndex(8, dtype="f16", backend="hnswlib")
 
 
+def test_single_search_takes_any_form_of_one_query(backend: str):
+    """`search` (the catalog's hot path, its own checks) answers a row, a (1, dim) matrix, a strided view and a list
+    alike, as `search_batch` does; sims stay in [-1, 1] (a stored vector's own similarity rounds to 1 ± 1 ulp)."""
+    vectors = clustered(600, seed=6)
+    index = make(backend, exact_below=0)
+    index.add(np.arange(600), vectors)
+    strided = np.asfortranarray(vectors)  # its rows are not contiguous
+    batch_keys, batch_sims = index.search_batch(vectors[:40], 50)
+    for row in range(40):
+        keys, sims = index.search(vectors[row], 50)
+        assert keys.dtype == np.int64 and sims.dtype == np.float32 and keys.shape == sims.shape == (50,)
+        assert np.array_equal(keys, batch_keys[row]) and np.allclose(sims, batch_sims[row])
+        assert sims.max() <= 1.0 and sims.min() >= -1.0 and np.all(np.diff(sims) <= 1e-6)
+        for same in (vectors[row : row + 1], strided[row], vectors[row].tolist()):
+            again = index.search(same, 50)
+            assert np.array_equal(again[0], keys) and np.allclose(again[1], sims)
+    with pytest.raises(OmegaError, match="takes one vector"):
+        index.search(vectors[:2], 5)
+    with pytest.raises(OmegaError, match="384 columns"):
+        index.search(vectors[0, :10], 5)
+    with pytest.raises(OmegaError, match="384 columns"):
+        index.search(vectors[:1, :10], 5)
+    with pytest.raises(OmegaError, match="NaN"):
+        index.search(np.full(384, np.inf, np.float32), 5)
+    with pytest.raises(OmegaError, match="k must be"):
+        index.search(vectors[0], 2.5)
+    assert index.search(vectors[0], 0)[0].shape == (0,)
+
+
 @pytest.mark.parametrize("dtype", ["f32", "i8"])
 def test_other_dtypes_work(dtype: str):
     vectors = clustered(400, seed=5)

@@ -227,7 +227,7 @@ class Catalog:
 
     def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(content ids, cosine similarities) of the k nearest items, best first."""
-        if not len(self):
+        if not self.items:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         return self.index.search(vector, k)
 

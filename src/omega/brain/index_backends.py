@@ -71,6 +71,11 @@ class UsearchBackend:
         counts = np.asarray(matches.counts).reshape(-1) if hasattr(matches, "counts") else np.full(1, width)
         return keys, distances, counts
 
+    def search_one(self, query: np.ndarray, width: int):  # noqa: ANN201
+        """One (dim,) query: (int64 keys, float32 distances, hits), the row's slots past `hits` unfilled."""
+        keys, distances, counts = self.search(query[None, :], width)
+        return keys[0], distances[0], int(counts[0])
+
     def save(self) -> bytes:
         return bytes(self.index.save())
 
@@ -170,6 +175,15 @@ class HnswlibBackend:
         except RuntimeError:  # "Cannot return the results in a contiguous 2D array": fewer than k found
             return None
         return labels.astype(np.int64), distances, None
+
+    def search_one(self, query: np.ndarray, width: int):  # noqa: ANN201
+        """One (dim,) query: (int64 keys, float32 distances, width), or None as `search`. Positional arguments
+        (pybind11's keyword matching costs ~0.3 µs) and the labels reinterpreted, not copied: keys are < 2**63."""
+        try:
+            labels, distances = self.index.knn_query(query, width, self.threads)
+        except RuntimeError:
+            return None
+        return labels[0].view(np.int64), distances[0], width
 
     def save(self) -> bytes:
         """uint64 count of removed labels still in hnswlib's table, those labels, then save_index's file."""
