@@ -12,9 +12,8 @@ import pytest
 from omega.constellation.aggregation import Aggregator
 from omega.constellation.crdt import CellKey, ConsolidatedCell, FederatedState
 from omega.constellation.store import open_store
-from omega.constellation.store.base import KIND_CELL
-from omega.constellation.store.pg_engine import KEY_LOCK_CLASS
-from omega.constellation.store.postgres import _bucket
+from omega.constellation.store.pg_engine import MEMBER_LOCK_CLASS
+from omega.constellation.store.postgres import member_lock
 from omega.constellation.store.pg_schema import SCHEMA_VERSION
 from omega.errors import OmegaError
 from omega.protocol import EMBEDDING_DIM
@@ -94,27 +93,80 @@ async def test_an_acknowledged_push_is_committed(pg_database, codebook) -> None:
         await store.close()
 
 
+async def _waiting_at(watcher: asyncpg.Connection, statement: str, n: int, timeout_s: float = 20.0) -> list:
+    """Poll until `n` backends of this database wait on a lock in a statement starting with `statement`; their
+    (wait_event, query) rows. AssertionError naming what the others wait on if it never happens."""
+    sql = ("SELECT wait_event, query FROM pg_stat_activity WHERE datname = current_database() "
+           "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'")  # fmt: skip
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        rows = await watcher.fetch(sql)
+        if sum(r["query"].startswith(statement) for r in rows) >= n or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    found = [r for r in rows if r["query"].startswith(statement)]
+    assert len(found) >= n, f"waiting elsewhere: {[(r['wait_event'], r['query'][:60]) for r in rows]}"
+    return found
+
+
 @postgres
-async def test_push_groups_wait_only_for_the_keys_they_touch(pg_database, codebook) -> None:
-    """Two workers' push groups run at once unless they touch the same key (no store-wide writer lock)."""
+async def test_two_workers_groups_on_one_cell_wait_for_each_other_only_at_the_head_row(pg_database, codebook) -> None:
+    """Issue 15: while a group holds the head row (its tail), two workers' groups on the same cell both do
+    their work up to the tail and wait there; on the old code the second waited for the first's key-bucket
+    lock, so groups on a popular cell ran one after the other whole. The cell's sums are exact all the same."""
     a = await Aggregator.open(await open_store(pg_database, origin="shard"), codebook, SALT)
     b = await Aggregator.open(await open_store(pg_database, origin="shard"), codebook, SALT)
     holder = await asyncpg.connect(pg_database)
+    watcher = await asyncpg.connect(pg_database)
     try:
-        await a.apply(device(1), b"a", [pattern(near(codebook, 3, 1))], [], NOW)
-        task_type, cell = await holder.fetchrow("SELECT task_type, cell FROM omega_cell_state")
+        await a.apply(device(1), b"a", [pattern(near(codebook, 3, 1), uses=3)], [], NOW)
         tx = holder.transaction()
-        await tx.start()  # a third worker's group, in the middle of its work on that cell
-        await holder.execute("SELECT pg_advisory_xact_lock($1, $2)", KEY_LOCK_CLASS, _bucket(KIND_CELL, task_type, cell, 0))
-        same = asyncio.create_task(a.apply(device(2), b"b", [pattern(near(codebook, 3, 2))], [], NOW))
-        await asyncio.sleep(0.3)
-        other = await asyncio.wait_for(b.apply(device(3), b"c", [pattern(near(codebook, 9, 3))], [], NOW), 10)
-        assert other.accepted == 1 and other.cursor == 2
-        assert not same.done()  # the same cell: waits for the other group's COMMIT
+        await tx.start()  # a third group in its tail
+        await holder.fetchval("SELECT seq FROM omega_head WHERE id = 1 FOR UPDATE")
+        first = asyncio.create_task(a.apply(device(2), b"b", [pattern(near(codebook, 3, 2), uses=5)], [], NOW))
+        second = asyncio.create_task(b.apply(device(3), b"c", [pattern(near(codebook, 3, 3), uses=7)], [], NOW))
+        waiting = await _waiting_at(watcher, "UPDATE omega_head", 2)
+        assert {r["wait_event"] for r in waiting} <= {"transactionid", "tuple"}
+        assert not first.done() and not second.done()
         await tx.rollback()
-        assert (await asyncio.wait_for(same, 10)).cursor == 3  # numbered in commit order, no gap
+        cursors = sorted([(await asyncio.wait_for(first, 10)).cursor, (await asyncio.wait_for(second, 10)).cursor])
+        assert cursors == [2, 3]  # numbered in commit order, no gap
+        sum_w, support = await watcher.fetchrow("SELECT sum_w, support FROM omega_cell_state")
+        assert support == 3
+        assert sum_w == pytest.approx(0.9 * (3 + 5 + 7))  # pattern(): success rate 0.9, weights under w_max
     finally:
         await holder.close()
+        await watcher.close()
+        for agg in (a, b):
+            await agg.store.close()
+
+
+@postgres
+async def test_a_device_pushing_to_two_workers_at_once_counts_once_per_cell_and_epoch(pg_database, codebook) -> None:
+    """The member locks: the same device's batches on two workers at once read and write its member row one
+    after the other, so one is accepted and the other flooded (never both counted)."""
+    a = await Aggregator.open(await open_store(pg_database, origin="shard"), codebook, SALT)
+    b = await Aggregator.open(await open_store(pg_database, origin="shard"), codebook, SALT)
+    try:
+        for c in range(6):
+            results = await asyncio.gather(*(w.apply(device(7), f"{name}{c}".encode(), [pattern(near(codebook, c, n))],
+                                                     [(0, c, c + 1, 1.0)], NOW)
+                                             for n, (w, name) in enumerate(((a, "x"), (b, "y")))))  # fmt: skip
+            assert sorted(r.accepted for r in results) == [0, 2]
+        supports = await a.store.stats()
+        assert supports.head == 12
+        watcher = await asyncpg.connect(pg_database)
+        try:
+            assert await watcher.fetchval("SELECT max(support) FROM omega_cell_state") == 1
+            assert await watcher.fetchval("SELECT max(support) FROM omega_edge_state") == 1
+            # lock ids: 32 bits of the keyed hash, in their own class
+            member = bytes(await watcher.fetchval("SELECT member FROM omega_members LIMIT 1"))
+            assert member_lock(member) == int.from_bytes(member[:4], "big", signed=True)
+            assert MEMBER_LOCK_CLASS != 0x4F4D4744  # never aliases the old key-bucket locks
+        finally:
+            await watcher.close()
+    finally:
         for agg in (a, b):
             await agg.store.close()
 
@@ -308,5 +360,40 @@ async def test_vectors_follow_pushes_through_dirty_marks(pg_database, codebook) 
             await asyncio.sleep(0.1)
         assert await watcher.fetchval("SELECT count(*) FROM omega_cell_vectors") == 3
     finally:
+        await watcher.close()
+        await store.close()
+
+
+@postgres
+async def test_a_push_does_not_wait_for_a_vector_refresh_in_progress(pg_database, codebook) -> None:
+    """Issue 15: the refresher reads the dirty marks without locking them, so a push on a cell whose vector
+    is being rewritten commits at once (on the old code it waited for the refresher's whole batch, holding
+    the head row every other group needs). The mark it rewrote survives the batch and is refreshed next."""
+    store = await open_store(pg_database, origin="shard")
+    holder = await asyncpg.connect(pg_database)
+    watcher = await asyncpg.connect(pg_database)
+    try:
+        agg = await Aggregator.open(store, codebook, SALT)
+        await agg.apply(device(1), b"a", [pattern(near(codebook, 4, 1))], [], NOW)
+        assert await store.refresh_vectors() == 1
+        await agg.apply(device(2), b"b", [pattern(near(codebook, 4, 2), rate=0.95, uses=7)], [], NOW)
+        tx = holder.transaction()
+        await tx.start()  # holds the cell's vector row: the refresher stops in the middle of its batch
+        await holder.execute("SELECT 1 FROM omega_cell_vectors FOR UPDATE")
+        refresh = asyncio.create_task(store.refresh_vectors())
+        await _waiting_at(watcher, "INSERT INTO omega_cell_vectors", 1)
+        pushed = await asyncio.wait_for(agg.apply(device(3), b"c", [pattern(near(codebook, 4, 3))], [], NOW), 10)
+        assert pushed.accepted == 1 and not refresh.done()
+        await tx.rollback()
+        assert await asyncio.wait_for(refresh, 10) == 1
+        assert await watcher.fetchval("SELECT seq FROM omega_dirty_cells") == pushed.cursor  # left for next round
+        assert await store.refresh_vectors() == 1
+        assert await watcher.fetchval("SELECT count(*) FROM omega_dirty_cells") == 0
+        (published,) = await agg.published()
+        stored = await watcher.fetchval("SELECT embedding::text FROM omega_cell_vectors")
+        np.testing.assert_allclose(np.array([float(v) for v in stored.strip("[]").split(",")]), published.embedding,
+                                   atol=1e-6)  # fmt: skip
+    finally:
+        await holder.close()
         await watcher.close()
         await store.close()

@@ -264,6 +264,12 @@ class GroupWrites:
 
     Change numbers are those of the `head` handed to `push`; `rows(base)` adds `base` (the PostgreSQL
     store learns its head only at the end of the group).
+
+    The own accumulators (`own_rows`) may come late: `push(..., own_rows=None)` classifies and numbers
+    the push and keeps its cell contributions, and `settle(own_rows)` adds them, push by push in the
+    same order and with the same arithmetic. So the PostgreSQL store reads its cells' accumulators only
+    once it holds the head row, which makes that row the one lock two workers' groups on the same cell
+    wait for (pg_engine.py).
     """
 
     def __init__(self, origin: str) -> None:
@@ -274,23 +280,31 @@ class GroupWrites:
         self._edges: dict[tuple, list] = {}
         self.members: dict[MemberRow, tuple] = {}  # member row by its key: the last mark replaces
         self.log: list[tuple] = []
+        #: per push whose own accumulators were not given yet: its cell contributions (see `settle`)
+        self._unsettled: list[list[tuple]] = []
 
     def push(
         self, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, Held],
-        own_rows: dict[tuple[int, int], tuple], head: int,
+        own_rows: dict[tuple[int, int], tuple] | None, head: int,
     ) -> PushOutcome:  # fmt: skip
         """Classify and accumulate one push on what the pushes before it wrote; its outcome (head: the change
         number after it).
 
         `rows`: `member_rows(push)`. `known` (member marks) and `own_rows` (this origin's cell state rows by
         (task type, cell)) are what the store read for the group; both are updated in place, so a later
-        contribution of the same member (in this push: refused) or key sees this one.
+        contribution of the same member (in this push: refused) or key sees this one. `own_rows` None: the
+        cells are accumulated by `settle` (the outcome does not depend on them).
         """
         accepted_cells: list[int] = []
         flooded_cells: list[int] = []
         cells = len(push.cells)
         if cells:
-            head = self._push_cells(push, rows[:cells], known, own_rows, head, accepted_cells, flooded_cells)
+            contributions = self._classify_cells(push, rows[:cells], known, head, accepted_cells, flooded_cells)
+            head += len(contributions)
+            if own_rows is None:
+                self._unsettled.append(contributions)
+            else:
+                self._accumulate(contributions, own_rows)
         epoch, members, edges = push.epoch, self.members, self._edges
         accepted: list[int] = []
         flooded: list[int] = []
@@ -318,12 +332,14 @@ class GroupWrites:
         return PushOutcome(duplicate=False, accepted_cells=accepted_cells, accepted_edges=accepted,
                            flooded_cells=flooded_cells, flooded_edges=flooded, head=head)  # fmt: skip
 
-    def _push_cells(
-        self, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, Held],
-        own_rows: dict[tuple[int, int], tuple], head: int, accepted: list[int], flooded: list[int],
-    ) -> int:  # fmt: skip
+    def _classify_cells(
+        self, push: PreparedPush, rows: list[MemberRow], known: dict[MemberRow, Held], head: int,
+        accepted: list[int], flooded: list[int],
+    ) -> list[tuple]:  # fmt: skip
+        """The flood check, member marks and log rows of a push's cells; its accepted contributions as
+        (key, dw, x, new, ds, dt, change number): what they add to their keys' own accumulators."""
         epoch = push.epoch
-        sums: dict[tuple[int, int], list] = {}  # -> [sum_w, sum_wx, support, successes, trials, seq, new members]
+        out = []
         for row, c in zip(rows, push.cells, strict=True):
             held = known.get(row)
             if held is not None and held[5] == epoch:
@@ -340,7 +356,24 @@ class GroupWrites:
                 w0, s0, t0, e0 = held[6:10]
                 dw, ds, dt = dw - w0, ds - s0, dt - t0
                 x = x - window.log_embedding(e0) * w0
-            key = (c.task_type, c.cell)
+            out.append(((c.task_type, c.cell), dw, x, new, ds, dt, head))
+        return out
+
+    def settle(self, own_rows: dict[tuple[int, int], tuple]) -> None:
+        """Add the cell contributions of the pushes given no `own_rows` to these accumulators (updated in
+        place), push by push in order: the same sums as had they been given to `push`."""
+        for contributions in self._unsettled:
+            self._accumulate(contributions, own_rows)
+        self._unsettled.clear()
+
+    def unsettled_keys(self) -> list[tuple[int, int]]:
+        """(task type, cell) of the contributions `settle` is due to add, sorted."""
+        return sorted({c[0] for contributions in self._unsettled for c in contributions})
+
+    def _accumulate(self, contributions: list[tuple], own_rows: dict[tuple[int, int], tuple]) -> None:
+        """One push's accepted cell contributions onto the own accumulators (`own_rows`, updated in place)."""
+        sums: dict[tuple[int, int], list] = {}  # -> [sum_w, sum_wx, support, successes, trials, seq, new members]
+        for key, dw, x, new, ds, dt, head in contributions:
             acc = sums.get(key)
             if acc is None and key not in own_rows:  # a fresh key starts at this contribution, exactly
                 sums[key] = [dw, x, new, ds, dt, head, new]
@@ -364,7 +397,6 @@ class GroupWrites:
                 self._cells[served] = [state, new, seq]
             else:
                 acc[0], acc[1], acc[2] = state, acc[1] + new, seq
-        return head
 
     def rows(self, base: int = 0, order: Iterable[MemberRow] | None = None) -> GroupRows:
         """The group's rows, change numbers `base` + the ones `push` gave.
@@ -372,6 +404,8 @@ class GroupWrites:
         `order`: member keys covering every member row of the group (others are skipped), sorted by key: then
         every table's rows come in key order (a served key is a member key's first four fields), so consecutive
         rows land on the same B-tree pages, without sorting each table's rows."""
+        if self._unsettled:
+            raise ValueError("cell contributions not settled: call settle(own_rows) first")
         marks = self.members
         if order is None:
             keys: Iterable[tuple] = [*self._cells, *self._edges]

@@ -10,14 +10,22 @@ resolves them all.
 Locks (every writer takes them in this order, so writers never deadlock):
 1. the write lock (an advisory lock): push groups take it shared, every other
    writer (`write`: merges, prunes, DP state, binding) exclusive;
-2. push groups only: the advisory locks of the key buckets they touch
-   (`KEY_LOCK_CLASS`, the keys' and push keys' buckets, in ascending order), so
-   two groups touching the same cell or edge read-modify-write it one after the
-   other while groups on other keys run at once;
+2. push groups only: the advisory locks of the member rows and push keys they
+   touch (`MEMBER_LOCK_CLASS`, 32 bits of each keyed hash, in ascending order):
+   a member row (one device's mark on one key) is read, checked and rewritten
+   by one group at a time. Members are per device, so two workers' groups
+   share such a lock only for the same device (or by a rare chance);
 3. the head row (`omega_head`, `FOR UPDATE` / `UPDATE`), taken by a push group
    only at the end, to number its changes, and held to its COMMIT: change
    numbers are handed out in commit order (a reader never sees seq N+1
-   committed before seq N), so only that tail of the groups is serialised.
+   committed before seq N). The group reads its cells' own accumulators only
+   once it holds the row, then writes them, the edges (added), the served rows
+   (added) and the dirty marks: that tail is the only part of two workers'
+   groups that runs one after the other, however hot the cells they share.
+   (Until 2026-12-02 the groups locked the buckets of every key they touched
+   for their whole transaction: two workers' groups on a popular cell, i.e.
+   nearly all, ran one after the other; bench/README "Several workers".)
+   Every worker of a database must run the same lock protocol.
 """
 
 from __future__ import annotations
@@ -43,8 +51,7 @@ _SESSION = {"synchronous_commit": "on", "application_name": "omega-constellation
 
 # Advisory lock ids (two-int4 form; the bigint-keyed locks of pg_schema.py live in another space).
 WRITE_LOCK = (0x4F4D4743, 3)  # shared by push groups, exclusive for every other writer
-KEY_LOCK_CLASS = 0x4F4D4744  # (class, bucket): one lock per key bucket
-KEY_BUCKETS = 1 << 16
+MEMBER_LOCK_CLASS = 0x4F4D4745  # (class, 32 bits of a member hash or push key); 0x4F4D4744 was the key buckets
 
 #: Applies one push inside the group's transaction: (connection, push, head) → (outcome, new head).
 ApplyOne = Callable[[asyncpg.Connection, PreparedPush, int], Awaitable[tuple[PushOutcome, int]]]
@@ -190,7 +197,9 @@ class PgEngine:
 
     async def _run_group(self, batch: list[_PushJob]) -> None:
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            # read committed, whatever the database's default: each statement sees every group committed
+            # before it, which the tail's read of the cells relies on (lock 3 above)
+            async with self.pool.acquire() as conn, conn.transaction(isolation="read_committed"):
                 outcomes = await self._apply_group(conn, [job.push for job in batch])
         except (asyncpg.PostgresError, OmegaError):
             await self._run_serially(batch)  # find the push that fails: each under its own savepoint

@@ -12,8 +12,9 @@ Tables (schema v1) mirror the SQLite store (see sqlite_schema.py for the why of 
   locks it to number its changes and holds it to its COMMIT, so change numbers
   are assigned in commit order (a reader never sees seq N+1 committed before
   seq N, so a pull cursor never skips a change) and stay gap-free. Push groups
-  take it only at the end of their transaction, after their work under per-key
-  advisory locks; every other writer takes it first. Lock order: pg_engine.py.
+  take it only at the end of their transaction, after their work under per-member
+  advisory locks, and read-modify-write their cells' accumulators under it; every
+  other writer takes it first. Lock order: pg_engine.py.
 - `omega_push_keys`, `omega_members`: idempotency keys and per-key member hashes (v5: with what the
   member's last contribution counts, which its next one replaces).
 - `omega_cell_state` / `omega_edge_state`: CRDT entries per (origin, key);

@@ -42,8 +42,7 @@ from omega.constellation.store.base import (
 )
 from omega.constellation.store.pg_engine import (
     DEFAULT_POOL_SIZE,
-    KEY_BUCKETS,
-    KEY_LOCK_CLASS,
+    MEMBER_LOCK_CLASS,
     WRITE_LOCK,
     PgEngine,
     open_pool,
@@ -92,6 +91,17 @@ _ADD_SERVED = (
 )
 _MARK_DIRTY = (
     "INSERT INTO omega_dirty_cells VALUES ($1, $2, $3) ON CONFLICT (task_type, cell) DO UPDATE SET seq = excluded.seq"
+)
+# A page of dirty marks in key order after (task type, cell) = ($1, $2), without locking them.
+_DIRTY_PAGE = (
+    "SELECT task_type, cell, seq FROM omega_dirty_cells WHERE (task_type, cell) > ($1::int, $2::bigint) "
+    "ORDER BY task_type, cell LIMIT $3"
+)
+# The refreshed marks still at the seq they were read at, except those a push holds (SKIP LOCKED: never wait).
+_DONE_MARKS = (
+    "DELETE FROM omega_dirty_cells WHERE ctid = ANY(ARRAY("
+    "SELECT d.ctid FROM omega_dirty_cells d JOIN unnest($1::int[], $2::bigint[], $3::bigint[]) AS v(t, c, s) "
+    "ON d.task_type = v.t AND d.cell = v.c AND d.seq = v.s FOR UPDATE OF d SKIP LOCKED))"
 )
 _VECTORS_OF_KEYS = (
     "SELECT task_type, cell, embedding FROM omega_cell_vectors x "
@@ -150,8 +160,8 @@ _GROUP_LOG = (
 _GROUP_PUSH_KEYS = (
     "INSERT INTO omega_push_keys SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT DO NOTHING RETURNING key"
 )
-# The bucket locks in ascending order (the array is sorted): a function scan calls them in array order.
-_LOCK_BUCKETS = f"SELECT count(pg_advisory_xact_lock({KEY_LOCK_CLASS}, b)) FROM unnest($1::int[]) AS b"
+# The member locks in ascending order (the array is sorted): a function scan calls them in array order.
+_LOCK_MEMBERS = f"SELECT count(pg_advisory_xact_lock({MEMBER_LOCK_CLASS}, m)) FROM unnest($1::int[]) AS m"
 _MEMBER_EPOCHS = (
     "SELECT m.kind, m.k1, m.k2, m.k3, m.member, m.epoch, m.weight, m.successes, m.trials, m.embedding "
     "FROM omega_members m "
@@ -195,13 +205,10 @@ async def _write_unnest(conn: asyncpg.Connection, sql: str, rows: Sequence[tuple
         await conn.execute(sql, *_columns(rows))
 
 
-def _bucket(kind: int, k1: int, k2: int, k3: int) -> int:
-    """The lock bucket of a key: the same in every worker (no per-process hash seed)."""
-    return (((kind * 1_000_003 + k1) * 1_000_033 + k2) * 1_000_037 + k3) % KEY_BUCKETS
-
-
-def _push_bucket(push_key: bytes) -> int:
-    return int.from_bytes(push_key[:4], "big") % KEY_BUCKETS  # a keyed hash already: its bytes are uniform
+def member_lock(keyed: bytes) -> int:
+    """The advisory lock (with MEMBER_LOCK_CLASS) of a member hash or push key: 32 of its bits. Both are keyed
+    hashes, so uniform: two groups of a few hundred rows each share a lock by chance about once in 10^5."""
+    return int.from_bytes(keyed[:4], "big", signed=True)
 
 
 #: The head and the pull floor the served rows are indexed for, in one round trip.
@@ -296,10 +303,10 @@ class PostgresStore(ConstellationStore):
         """
         results, valid, first = logic.check_group(pushes)  # refused pushes alone, before any SQL
         rows_of = {i: logic.member_rows(pushes[i]) for i in valid}
-        buckets = {_push_bucket(pushes[i].push_key) for i in valid}
-        buckets.update(_bucket(*row[:4]) for rows in rows_of.values() for row in rows)
+        locks = {member_lock(pushes[i].push_key) for i in valid}
+        locks.update(member_lock(row[4]) for rows in rows_of.values() for row in rows)
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", *WRITE_LOCK)
-        await conn.fetchval(_LOCK_BUCKETS, sorted(buckets))
+        await conn.fetchval(_LOCK_MEMBERS, sorted(locks))
 
         fresh = await conn.fetch(
             _GROUP_PUSH_KEYS, list(first), [pushes[i].now_ms for i in first.values()]
@@ -308,9 +315,6 @@ class PostgresStore(ConstellationStore):
         wanted = sorted({row for i in applied for row in rows_of[i]})
         found = await conn.fetch(_MEMBER_EPOCHS, *_columns(wanted)) if wanted else []
         known = _marks(found)
-        keys = sorted({CellKey(c.task_type, c.cell) for i in applied for c in pushes[i].cells})
-        own = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), self.origin) if keys else []
-        own_rows = {(r[1], r[2]): tuple(r) for r in own}
 
         group = logic.GroupWrites(self.origin)
         heads: list[int] = []  # relative head after each push, to shift once the base is known
@@ -320,16 +324,21 @@ class PostgresStore(ConstellationStore):
                 results[i] = PushOutcome(duplicate=True)
                 heads.append(head)
                 continue
-            outcome = results[i] = group.push(pushes[i], rows_of[i], known, own_rows, head)
+            outcome = results[i] = group.push(pushes[i], rows_of[i], known, None, head)  # cells settled below
             head = outcome.head
             heads.append(head)
         await _write_unnest(conn, _GROUP_MEMBERS, list(group.members.values()))
         await _write_unnest(conn, _GROUP_LOG, group.log)
-        # The tail: the head row is locked from here to COMMIT, so change numbers follow commit order.
+        # The tail: the head row is locked from here to COMMIT, so change numbers follow commit order. The
+        # own accumulators are read under it (read committed: this statement sees every group that held the
+        # row before), so their read-modify-write needs no lock of its own; edges and served rows only add.
         if head:
             base = await conn.fetchval("UPDATE omega_head SET seq = seq + $1 WHERE id = 1 RETURNING seq - $1", head)
         else:
             base = await conn.fetchval("SELECT seq FROM omega_head WHERE id = 1")
+        keys = group.unsettled_keys()
+        own = await conn.fetch(_OWN_CELLS_OF_KEYS, *_columns(keys), self.origin) if keys else []
+        group.settle({(r[1], r[2]): tuple(r) for r in own})
         w = group.rows(base)
         await _write_unnest(conn, _GROUP_CELLS, w.cells)
         await _write_unnest(conn, _GROUP_EDGES, w.edges)
@@ -396,24 +405,30 @@ class PostgresStore(ConstellationStore):
 
     # ---- ANN vectors ---------------------------------------------------------------
     async def refresh_vectors(self) -> int:
-        """Bring the ANN vectors of every cell changed so far up to date; returns how many were rewritten."""
+        """Bring the ANN vectors of every cell changed so far up to date; returns how many were rewritten.
+
+        One pass over the dirty marks in key order, a batch per transaction. The marks are read without a
+        lock and deleted at the end of the batch, those a push is rewriting right now skipped (SKIP LOCKED,
+        left for the next round): so the refresher never waits for a push, and a push waits for it only
+        for that delete and its COMMIT, not for the batch's HNSW inserts (~5 ms each). A push's group
+        waits there holding the head row, so every worker's groups would wait too (issue 15; until
+        2026-12-02 the marks were locked for the whole batch).
+        """
         if self._engine.closed:
             raise OmegaError("the store is closed")
         total = 0
+        after = (-(1 << 31), -(1 << 63))
         try:
             while True:
                 async with self._pool.acquire() as conn, conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK_ID)  # one at a time
-                    # SKIP LOCKED: a mark a push is rewriting right now is left for the next round. So the
-                    # refresher never waits for a push, and a push waits for it only briefly: no deadlock.
-                    dirty = await conn.fetch(
-                        "SELECT task_type, cell, seq FROM omega_dirty_cells ORDER BY task_type, cell LIMIT $1 "
-                        "FOR UPDATE SKIP LOCKED",
-                        _REFRESH_BATCH,
-                    )
+                    dirty = await conn.fetch(_DIRTY_PAGE, *after, _REFRESH_BATCH)
                     if not dirty:
                         return total
                     total += await self._refresh_batch(conn, dirty)
+                if len(dirty) < _REFRESH_BATCH:
+                    return total
+                after = (dirty[-1]["task_type"], dirty[-1]["cell"])
         except BaseException as exc:
             raise translate(exc) from None
 
@@ -443,11 +458,9 @@ class PostgresStore(ConstellationStore):
             ),
             ("DELETE FROM omega_cell_vectors WHERE task_type = $1 AND cell = $2", deletes),
         )
-        # A cell changed again meanwhile has a newer seq and stays marked for the next round.
-        await conn.executemany(
-            "DELETE FROM omega_dirty_cells WHERE task_type = $1 AND cell = $2 AND seq = $3",
-            [(r["task_type"], r["cell"], r["seq"]) for r in dirty],
-        )
+        # A cell changed again meanwhile has a newer seq, or is locked by the push changing it: it stays
+        # marked for the next round.
+        await conn.execute(_DONE_MARKS, *_columns([(r["task_type"], r["cell"], r["seq"]) for r in dirty]))
         return len(upserts) + len(deletes)
 
     async def _refresh_loop(self) -> None:
