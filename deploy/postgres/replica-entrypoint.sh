@@ -16,4 +16,5 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     chmod 0700 "$PGDATA"
 fi
 
-exec postgres -c hot_standby=on -c hot_standby_feedback=on
+# max_locks_per_transaction: at least the primary's (docker-compose.yml), or a hot standby refuses to start
+exec postgres -c hot_standby=on -c hot_standby_feedback=on -c max_locks_per_transaction=256

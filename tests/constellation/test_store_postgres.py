@@ -12,7 +12,7 @@ import pytest
 from omega.constellation.aggregation import Aggregator
 from omega.constellation.crdt import CellKey, ConsolidatedCell, FederatedState
 from omega.constellation.store import open_store
-from omega.constellation.store.pg_engine import MEMBER_LOCK_CLASS
+from omega.constellation.store.pg_engine import MAX_GROUP_LOCKS, MEMBER_LOCK_CLASS, group_locks
 from omega.constellation.store.postgres import member_lock
 from omega.constellation.store.pg_schema import SCHEMA_VERSION
 from omega.errors import OmegaError
@@ -190,6 +190,34 @@ async def test_a_group_that_fails_in_sql_is_reapplied_push_by_push(pg_database, 
         assert [r.accepted for r in results] == [2] * 6
         stats = await store.stats()
         assert stats.push_keys == 6 and stats.contributions == 6 and stats.head == 12  # patterns are logged
+    finally:
+        await store.close()
+
+
+@postgres
+async def test_a_group_takes_a_bounded_number_of_member_locks(pg_database, codebook) -> None:
+    """Issue 15: a group's member locks (one per contribution) stay within MAX_GROUP_LOCKS, since advisory locks
+    fill PostgreSQL's shared lock table, which every worker's open group shares. The pushes waiting beyond the
+    bound start the next group (before: one group took every waiting push, up to 256), and all are applied."""
+    store = await open_store(pg_database, origin="shard")
+    try:
+        agg = await Aggregator.open(store, codebook, SALT)
+        grouped = store._engine._apply_group  # noqa: SLF001 - the real method, recording what it is given
+        taken: list[int] = []
+
+        async def recording(conn, pushes):
+            taken.append(sum(group_locks(p) for p in pushes))
+            return await grouped(conn, pushes)
+
+        store._engine._apply_group = recording  # noqa: SLF001
+        edges = 40
+        results = await asyncio.gather(*(
+            agg.apply(device(d), b"x", [], [(0, d * 100 + j, d * 100 + j + 1, 1.0) for j in range(edges)], NOW)
+            for d in range(64)
+        ))  # fmt: skip
+        assert [r.accepted for r in results] == [edges] * 64
+        assert max(taken) <= MAX_GROUP_LOCKS and sum(taken) == 64 * (edges + 1)
+        assert max(taken) > MAX_GROUP_LOCKS // 2  # pushes still share groups
     finally:
         await store.close()
 

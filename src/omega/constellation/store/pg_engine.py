@@ -45,6 +45,12 @@ from omega.constellation.store.pg_schema import migrate
 from omega.errors import OmegaError
 
 MAX_GROUP = 256  # pushes per group commit
+#: A group's member locks (lock 2 below: one per contribution and one per push key). Advisory locks live in
+#: PostgreSQL's shared lock table, max_locks_per_transaction × max_connections entries (64 × 100 by default),
+#: which every worker's open group shares; a group that runs out of it fails and is redone push by push. 256
+#: pushes of ~25 contributions would take ~6,600; this bound lets ~6 workers' groups fit the default table
+#: (the deploy's PostgreSQL raises it for its 12 workers: deploy/docker-compose.yml).
+MAX_GROUP_LOCKS = 1024
 DEFAULT_POOL_SIZE = 4
 _CONNECT_TIMEOUT_S = 10.0
 _SESSION = {"synchronous_commit": "on", "application_name": "omega-constellation"}
@@ -52,6 +58,12 @@ _SESSION = {"synchronous_commit": "on", "application_name": "omega-constellation
 # Advisory lock ids (two-int4 form; the bigint-keyed locks of pg_schema.py live in another space).
 WRITE_LOCK = (0x4F4D4743, 3)  # shared by push groups, exclusive for every other writer
 MEMBER_LOCK_CLASS = 0x4F4D4745  # (class, 32 bits of a member hash or push key); 0x4F4D4744 was the key buckets
+
+
+def group_locks(push: PreparedPush) -> int:
+    """The member locks a push adds to its group, at most (lock 2 below): its push key and one per contribution."""
+    return 1 + len(push.cells) + len(push.edges)
+
 
 #: Applies one push inside the group's transaction: (connection, push, head) → (outcome, new head).
 ApplyOne = Callable[[asyncpg.Connection, PreparedPush, int], Awaitable[tuple[PushOutcome, int]]]
@@ -177,16 +189,23 @@ class PgEngine:
 
     async def _write_loop(self) -> None:
         stop = False
+        carried: _PushJob | None = None  # the push that did not fit the last group: it starts the next
         while not stop:
-            job = await self._queue.get()
+            job = carried if carried is not None else await self._queue.get()
+            carried = None
             if job is None:
                 break
             batch = [job]
-            # Group commit: every push already waiting shares this transaction.
+            locks = group_locks(job.push)
+            # Group commit: every push already waiting shares this transaction, up to the bounds above.
             while len(batch) < MAX_GROUP and not self._queue.empty():
                 nxt = self._queue.get_nowait()
                 if nxt is None:
                     stop = True
+                    break
+                locks += group_locks(nxt.push)
+                if locks > MAX_GROUP_LOCKS:
+                    carried = nxt
                     break
                 batch.append(nxt)
             await self._run_group(batch)

@@ -147,7 +147,16 @@ INSERT INTO omega_meta VALUES ('pull_floor', '{DEFAULT_K_MIN}'::bytea)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 
-MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6]
+# v7: no table changes. Push groups lock member rows instead of key buckets and read-modify-write their cells
+# under the head row (pg_engine.py, 4150afc). A worker of the old protocol beside a new one could lose a cell's
+# update, so the version moves: an older omega refuses this database at start (`migrate`). Workers that were
+# already running are not stopped by it: upgrade by stopping every old worker first (deploy/README.md).
+_SCHEMA_V7 = """
+INSERT INTO omega_meta VALUES ('push_lock_protocol', '2'::bytea)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
+MIGRATIONS: list[str] = [_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6, _SCHEMA_V7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
