@@ -113,11 +113,9 @@ async def test_an_idle_keep_alive_connection_forgets_its_last_request_and_serves
                     b"content-length: %d\r\n\r\n%s" % (host.encode(), port, len(frame), frame))  # fmt: skip
 
         async def reply() -> bytes:
-            head = await reader.readuntil(b"\r\n\r\n")
+            head, body = await _read_reply(reader)
             assert head.startswith(b"HTTP/1.1 200"), head
-            lines = head.lower().split(b"\r\n")
-            length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:"))
-            return await reader.readexactly(length)
+            return body
 
         # two requests in one write (pipelined), then one more on the idle connection
         writer.write(request(dev.frame(Heartbeat(Tier.CASUAL))) + request(dev.frame(Heartbeat(Tier.CASUAL))))
@@ -131,6 +129,14 @@ async def test_an_idle_keep_alive_connection_forgets_its_last_request_and_serves
         writer.close()
     finally:
         await server.stop()
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 reply off a raw connection: (status line and headers, body by its content-length)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                  if line.startswith(b"content-length:"))  # fmt: skip
+    return head, await asyncio.wait_for(reader.readexactly(length), 5)
 
 
 class _Recorder:
@@ -167,10 +173,7 @@ async def test_a_sync_reply_is_one_write_and_100_continue_is_not_held(tmp_path: 
             if expect_continue:  # the body goes only after the interim reply: a held one would never come
                 assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
             writer.write(frame)
-            reply_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            length = next(int(line.split(b":")[1]) for line in reply_head.lower().split(b"\r\n")
-                          if line.startswith(b"content-length:"))  # fmt: skip
-            body = await reader.readexactly(length)
+            reply_head, body = await _read_reply(reader)
             assert isinstance(dev.decode(body).body, HeartbeatAck)
             return reply_head + body
 
