@@ -48,7 +48,8 @@ def test_demo_quick_prints_a_summary(tmp_path: Path, capsys, cache, embedder):
     data = write_fixture("ml-latest", tmp_path / "ml", n_users=20, n_items=30)
     code, out, err = run(capsys, "demo", "--data", str(data), "--quick")
     assert code == 0, err
-    for words in ("edge_federated", "seq_transition", "Sync traffic", "Wire audit", "no raw viewing episode", "latency", "Viewer"):
+    for words in ("edge_federated", "seq_transition", "Sync traffic", "Wire audit", "no raw viewing episode", "latency",
+                  "Viewer", "most distinct reasons"):
         assert words in out
 
 
