@@ -121,3 +121,22 @@ def test_nats_config_accepted_by_nats_server() -> None:
     result = subprocess.run([server, "-t", "-c", str(DEPLOY / "nats" / "nats.conf")], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_pinned_haproxy_hashes_the_device_header_over_one_port_per_worker() -> None:
+    """haproxy-pinned.cfg: the Redis-less layout (omega serve --workers N --pinned): worker i on 8700 + i."""
+    from omega.protocol import DEVICE_HEADER
+
+    cfg = (DEPLOY / "haproxy" / "haproxy-pinned.cfg").read_text()
+    live = "\n".join(line for line in cfg.splitlines() if not line.lstrip().startswith("#"))
+    for needle in (f"balance hdr({DEVICE_HEADER})", "hash-type consistent", "uri /readyz", "timeout tunnel",
+                   "hdr(Upgrade) -i websocket", "sc0_conn_cur gt"):  # fmt: skip
+        assert needle in live, needle
+    assert "leastconn" not in live and "slowstart" not in live  # a ramping weight would move devices
+    ports = [int(p) for p in re.findall(r"server w\d+ sync-worker:(\d+)", live)]
+    assert ports == list(range(8700, 8700 + len(ports))) and len(ports) >= 2
+    assert f"--workers {len(ports)} --pinned --port 8700" in cfg
+    if shutil.which("haproxy"):
+        done = subprocess.run(["haproxy", "-c", "-f", str(DEPLOY / "haproxy" / "haproxy-pinned.cfg")],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -70,6 +70,8 @@ class Peer:
     seqs: dict[bytes, int] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
     ws_connections: int = 0
+    #: ("http" | "websocket", the X-Omega-Device header's values) of every request and WebSocket upgrade.
+    device_headers: list[tuple[str, list[bytes]]] = field(default_factory=list)
     #: The peer's clock (ms), e.g. a test's simulated one.
     clock_ms: Callable[[], int] = now_ms
     #: (time ms, outbox, patterns) of every heartbeat received.
@@ -156,6 +158,7 @@ class Peer:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             return
+        self.device_headers.append((scope["type"], [v for k, v in scope["headers"] if k == b"x-omega-device"]))
         if scope["type"] == "http":
             data = b""
             while True:

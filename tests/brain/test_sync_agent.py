@@ -289,3 +289,19 @@ async def test_unreachable_server_raises_and_keeps_everything(store):
     with pytest.raises(SyncFailed, match="cannot reach"):
         await agent.sync_once()
     assert agent.outbox.pending_count() == 1 and state.last_seq(store) == 1
+
+
+@pytest.mark.parametrize("tier", TIERS)
+async def test_every_request_and_upgrade_names_the_device_in_its_header(store, peer, tier):
+    """A proxy pins a device to one worker by X-Omega-Device (omega.protocol.routing): the TV sends it, always."""
+    device = bytes(range(16))
+    agent = make_agent(store, peer.url, tier, device=device)
+    try:
+        await agent.sync_once()
+        await agent.sync_once()
+    finally:
+        await agent.close()
+    seen = peer.peer.device_headers
+    kind = "http" if tier is Tier.CASUAL else "websocket"
+    assert seen and {k for k, _ in seen} == {kind}
+    assert all(values == [device.hex().encode()] for _, values in seen), seen

@@ -54,7 +54,8 @@ def test_the_refusal_is_one_line_and_exit_2(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "omega.constellation"], env=env, capture_output=True, text=True,
                           timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2
-    line = "omega: error: workers > 1 needs --redis: the rate limit and replay window must be shared by every worker"
+    line = ("omega: error: workers > 1 needs --redis (rate limit and replay window shared by every worker) or "
+            "--pinned (a port per worker, devices pinned by a proxy)")
     assert done.stderr.strip().splitlines() == [line]
 
 

@@ -38,7 +38,12 @@ def serve(
              "non-loopback peers; without it they answer 127.0.0.1/::1 only")] = None,  # fmt: skip
     dp_epsilon: Annotated[float | None, typer.Option("--dp-epsilon", help="differential privacy: ε per TV per day of what is published (default 0 = off, k_min only)")] = None,
     dp_delta: Annotated[float | None, typer.Option("--dp-delta", help="δ per TV per day with --dp-epsilon (default 1e-6)")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="worker processes on the port (SO_REUSEPORT; default 1; more need --redis and a postgresql:// store)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers",
+        help="worker processes on the port (SO_REUSEPORT; default 1; more need a postgresql:// store, "
+             "and --redis or --pinned)")] = None,  # fmt: skip
+    pinned: Annotated[bool | None, typer.Option("--pinned/--no-pinned",
+        help="devices pinned to workers by a proxy hashing the X-Omega-Device header: the header is "
+             "required, worker i listens on --port + i (no Redis needed)")] = None,  # fmt: skip
 ) -> None:
     """Run the constellation's sync server for one shard (until SIGTERM/SIGINT, which drain first).
 
@@ -65,11 +70,14 @@ def serve(
     TV used are kept in the store: a restart or another worker serves the same draw.
     With --workers N, N processes share the port (the kernel spreads connections); they must share
     the store (postgresql://) and the rate-limit and replay state (--redis), else N > 1 is refused.
+    With --pinned instead of --redis, worker i listens on --port + i and a proxy pins each device to
+    one of them by its X-Omega-Device header (deploy/haproxy/haproxy-pinned.cfg); requests without
+    the header are refused.
     """
     settings = _settings(config, True, host=host, port=port, store=store, redis=redis, nats=nats,
                          shard_id=shard_id, region=region, codebook=codebook, log_level=log_level,
                          tls_cert=tls_cert, tls_key=tls_key, admin_token=admin_token,
-                         dp_epsilon=dp_epsilon, dp_delta=dp_delta, workers=workers)  # fmt: skip
+                         dp_epsilon=dp_epsilon, dp_delta=dp_delta, workers=workers, pinned=pinned)  # fmt: skip
     from omega.constellation.__main__ import run  # the same start-up as `python -m omega.constellation`
 
     run(settings)

@@ -14,6 +14,14 @@ page in a browser). /healthz and /readyz stay open for load balancers.
 
 A WebSocket must send an authenticated first frame within `ws_auth_timeout_s`
 (else it is closed 1008): an unauthenticated socket holds memory for nothing.
+
+The device header (`X-Omega-Device`, omega.protocol.routing) on a `POST /v1/sync` or a WebSocket upgrade
+binds that request or connection to the device it names: a frame signed by any other device is answered
+`unauthorized` (signed) before admission, so changing the header steers a captured frame to a refusal, never
+to another worker's replay window. Without the header, a request is bound to nothing (HTTP) or to its first
+frame's device (WebSocket), as for TVs from before the header; a `pinned` server refuses it instead
+(`unauthorized`, unsigned), since the proxy in front could not have pinned it. A header given twice, or not
+in its one spelling, is `malformed`.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from omega.constellation.server_state import (
     ServerState,
 )
 from omega.constellation.service import DRAIN_RETRY_S
-from omega.protocol import encode_error_reply
+from omega.protocol import DEVICE_HEADER, DEVICE_HEADER_KEY, encode_error_reply, parse_device_header
 
 log = logging.getLogger("omega.serve")
 
@@ -71,9 +79,15 @@ class SyncEndpoint:
             body = encode_error_reply("unavailable", "server is starting", retry_after_s=DRAIN_RETRY_S)
             await _send_frame(send, 503, body, DRAIN_RETRY_S)
             return
-        limit = state.settings.max_frame_bytes
+        settings = state.settings
+        limit = settings.max_frame_bytes
         state.in_flight += 1
         try:
+            device, refusal = _device_header(scope["headers"], settings.pinned)
+            if refusal is not None:
+                state.metrics.rejections.labels(refusal[0]).inc()
+                await _send_frame(send, 400 if refusal[0] == "malformed" else 401, encode_error_reply(*refusal))
+                return
             try:
                 data = await _read_body(scope, receive, limit)
             except _Disconnected:  # the TV went away mid-body: nobody is left to answer, and no traceback
@@ -86,7 +100,7 @@ class SyncEndpoint:
                 state.metrics.rejections.labels("too_large").inc()
                 await _send_frame(send, 413, encode_error_reply("too_large", f"frame exceeds {limit} bytes"))
                 return
-            reply = await state.service.handle(data)
+            reply = await state.service.handle(data, peer_device=device)
             await _send_frame(send, reply.status, reply.body, reply.retry_after)
         finally:
             state.in_flight -= 1
@@ -100,15 +114,22 @@ async def websocket(ws: WebSocket) -> None:
     if not state.ready or state.draining or state.service is None:
         await ws.close(1013)  # try again later
         return
+    # Read before the accept: once it is sent the handshake's headers are dropped (lean_ws).
+    bound, refusal = _device_header(ws.scope["headers"], state.settings.pinned)
     await ws.accept()
+    if refusal is not None:  # one error frame saying why, then the close
+        state.metrics.rejections.labels(refusal[0]).inc()
+        await ws.send_bytes(encode_error_reply(*refusal))
+        await ws.close(WS_POLICY_VIOLATION, refusal[0])
+        return
     conn = Connection(ws)
     state.connections.add(conn)
     gauge = state.metrics.connections
     gauge.labels(conn.tier).inc()
-    bound: bytes | None = None
+    authenticated = False
     try:
         while not conn.closing:
-            if bound is None:  # the first frame must come, and authenticate, within the deadline
+            if not authenticated:  # the first frame must come, and authenticate, within the deadline
                 try:
                     message = await asyncio.wait_for(ws.receive(), state.settings.ws_auth_timeout_s)
                 except asyncio.TimeoutError:
@@ -130,10 +151,11 @@ async def websocket(ws: WebSocket) -> None:
                 await ws.send_bytes(reply.body)
             finally:
                 conn.busy = False
-            if reply.status == 401 or (bound is None and reply.device_id is None):
+            if reply.status == 401 or (not authenticated and reply.device_id is None):
                 # Forged, foreign, or not authenticated at all on a connection that has no device yet.
                 await conn.close(WS_POLICY_VIOLATION, reply.code or "unauthorized")
                 break
+            authenticated = True
             if bound is None:
                 bound = reply.device_id
             if reply.tier is not None and reply.tier != conn.tier:
@@ -277,6 +299,24 @@ class SyncSocketFront:
             await websocket(WebSocket(scope, receive, send))
         else:
             await self.app(scope, receive, send)
+
+
+def _device_header(headers: list[tuple[bytes, bytes]], required: bool) -> tuple[bytes | None, tuple[str, str] | None]:
+    """The device a request's X-Omega-Device header names (None: absent), and (code, message) if it is refused."""
+    found = None
+    for name, value in headers:
+        if name == DEVICE_HEADER_KEY:
+            if found is not None:
+                return None, ("malformed", f"{DEVICE_HEADER} is given more than once")
+            found = value
+    if found is None:
+        if required:
+            return None, ("unauthorized", f"this server pins devices to workers: send the {DEVICE_HEADER} header")
+        return None, None
+    device = parse_device_header(found)
+    if device is None:
+        return None, ("malformed", f"{DEVICE_HEADER} must be the device id as 32 lowercase hex digits")
+    return device, None
 
 
 class _Disconnected(Exception):

@@ -7,7 +7,8 @@ rule lives here, in this order:
    kind: only the first bytes of the body are inflated);
 2. derive that device's key and check the tag (`verify_frame`): nothing else
    is inflated or parsed before it verifies;
-3. a WebSocket is bound to its first authenticated device: others → unauthorized;
+3. a request or WebSocket is bound to the device of its X-Omega-Device header, else a WebSocket to its
+   first authenticated device (routes.py): others → unauthorized;
 4. draining → unavailable; then admission (admission.py: per-device token
    bucket → rate_limited, replay window → replay), in-process or shared
    through Redis — all before the body is decoded;
@@ -250,7 +251,8 @@ class SyncService:
         # The tag covers the header: device, seq and timestamp are now authentic, so refusals are signed.
         sender = _Sender(key, device, header.key_id, header.seq)
         if peer_device is not None and device != peer_device:
-            return self._error("unauthorized", "this connection belongs to another device", sender)
+            return self._error("unauthorized", "this connection belongs to another device (its X-Omega-Device "
+                               "header or first frame)", sender)
         if self.draining:
             return self._error("unavailable", "server is shutting down", sender, retry_after=DRAIN_RETRY_S)
         now = self.now_ms()

@@ -109,8 +109,12 @@ class ServerSettings:
     redis_cooldown_s: float = 5.0
     redis_timeout_s: float = 0.25
     log_level: str = "info"
-    #: Worker processes serving one port (SO_REUSEPORT); more than one needs Redis and PostgreSQL.
+    #: Worker processes serving one port (SO_REUSEPORT); more than one needs PostgreSQL, and Redis unless pinned.
     workers: int = 1
+    #: Devices pinned to a worker by a proxy that hashes the X-Omega-Device header (omega.protocol.routing):
+    #: every sync request must carry the header, and with workers > 1 worker i listens on port + i (no shared
+    #: port), so each worker's in-process replay window and rate limit see all of its devices' frames.
+    pinned: bool = False
     # transport: serve https/wss with this certificate chain and private key (PEM files); both or neither
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -168,13 +172,18 @@ class ServerSettings:
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together: give both or neither")
         _check(isinstance(self.workers, int) and not isinstance(self.workers, bool) and 1 <= self.workers <= 64,
                f"workers must be an integer in 1..64, got {self.workers!r}")  # fmt: skip
+        _check(isinstance(self.pinned, bool), f"pinned must be true or false, got {self.pinned!r}")
         if self.workers > 1:
-            # Every worker must see the same replay window and token buckets (else a captured frame is
-            # accepted once per worker) and write the same store.
-            _check(self.redis is not None, "workers > 1 needs --redis: the rate limit and replay window must be "
-                   "shared by every worker")  # fmt: skip
+            # A device's frames must all meet one replay window and token bucket (else a captured frame is
+            # accepted once per worker): shared through Redis, or each worker on a port of its own behind a
+            # proxy that pins devices. Workers sharing one port without Redis get connections at random.
+            _check(self.redis is not None or self.pinned, "workers > 1 needs --redis (rate limit and replay window "
+                   "shared by every worker) or --pinned (a port per worker, devices pinned by a proxy)")  # fmt: skip
             _check(not self.store.startswith("sqlite:"), "workers > 1 needs a postgresql:// store: a SQLite file "
                    "has one writer")  # fmt: skip
+            if self.pinned and self.port != 0:
+                _check(self.port + self.workers - 1 <= 65535, f"pinned workers listen on ports {self.port}.."
+                       f"{self.port + self.workers - 1}: past 65535")  # fmt: skip
 
     @property
     def scheme(self) -> str:
@@ -210,6 +219,9 @@ _SIMPLE = {n for n in _FIELDS if n not in ("secrets", "salt")}
 _DEFAULTS = ServerSettings()
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _coerce(name: str, value: Any) -> Any:
     """A raw value (text from env/flags, or a TOML/JSON value) as the type of field `name`."""
     default = getattr(_DEFAULTS, name)
@@ -217,6 +229,10 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     try:
         if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _BOOLS:
+                return _BOOLS[value.strip().lower()]
             raise TypeError
         if isinstance(default, int) and not isinstance(value, bool):
             if isinstance(value, float) and not value.is_integer():

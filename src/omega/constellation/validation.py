@@ -1,8 +1,9 @@
 """Frame-level admission rules: the replay window and per-device rate limits (in-process).
 
 Both keep per-device state in this process. A multi-worker deployment must pin
-a device to one worker (e.g. HAProxy `balance hdr`/URI hash on the device id)
-or move this state to Redis; otherwise each worker has its own window and bucket.
+a device to one worker (`omega serve --pinned`: HAProxy `balance hdr(X-Omega-Device)`)
+or move this state to Redis (admission.RedisAdmission); otherwise each worker has its
+own window and bucket.
 """
 
 from __future__ import annotations

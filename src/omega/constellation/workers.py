@@ -8,6 +8,13 @@ rate limit, replay window, pull cache and head (Redis) — so settings refuse
 workers > 1 without both. Federation (--nats) runs in worker 0 only: it exports
 the shared store once.
 
+With `pinned` (no Redis needed) worker i listens on port + i instead (each port
+its own; with port 0 each picks a free one), and a proxy in front pins every
+device to one worker by its X-Omega-Device header (deploy/haproxy/haproxy-pinned.cfg):
+the kernel cannot hash a header, so a shared port would hand a device's
+connections to any worker. Each worker then keeps the rate limit and replay
+window of its own devices in process; the store is still shared.
+
 The supervisor prints `listening on …` once every worker listens. SIGTERM or
 SIGINT becomes one SIGTERM per worker (each drains as a single server does); a
 second one kills them. A worker that exits on its own stops the others, and the
@@ -59,15 +66,24 @@ def serve_workers(settings: ServerSettings) -> None:
 
     check_tls_files(settings)
     raise_fd_limit()  # inherited by the workers
-    # Bound (never listening: it gets no connections) until every worker listens: it fixes the port
-    # (0 picks a free one) and keeps another program from taking it meanwhile.
-    probe = reuse_port_socket(settings.host, settings.port)
-    settings = dataclasses.replace(settings, port=int(probe.getsockname()[1]))
+    # Bound (never listening: they get no connections) until every worker listens: they fix the ports
+    # (0 picks a free one) and keep another program from taking them meanwhile.
+    probes: list[socket.socket] = []
+    try:
+        for index in range(settings.workers if settings.pinned else 1):
+            probes.append(reuse_port_socket(settings.host, settings.port + index if settings.port else 0))
+    except OmegaError:
+        for probe in probes:
+            probe.close()
+        raise
+    ports = [int(probe.getsockname()[1]) for probe in probes]
+    ports += ports[-1:] * (settings.workers - len(ports))  # one shared port unless pinned
+    settings = dataclasses.replace(settings, port=ports[0])
     ctx = multiprocessing.get_context("spawn")
     ready: multiprocessing.Queue[int] = ctx.Queue()
     procs = []
     for index in range(settings.workers):
-        own = settings if index == 0 else dataclasses.replace(settings, nats=None)
+        own = dataclasses.replace(settings, port=ports[index], **({} if index == 0 else {"nats": None}))
         proc = ctx.Process(target=_worker, args=(own, index, os.getpid(), ready), name=f"omega-worker-{index}")
         proc.start()
         procs.append(proc)
@@ -84,10 +100,12 @@ def serve_workers(settings: ServerSettings) -> None:
         try:
             _wait_ready(procs, ready, signals)
         finally:
-            probe.close()
+            for probe in probes:
+                probe.close()
         if not signals["count"]:
-            print(f"listening on {settings.scheme}://{settings.host}:{settings.port} ({settings.workers} workers)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            layout = f"pinned by device, ports {', '.join(map(str, ports))}" if settings.pinned else "one port"
+            print(f"listening on {settings.scheme}://{settings.host}:{settings.port} ({settings.workers} workers, "
+                  f"{layout})", file=sys.stderr, flush=True)  # fmt: skip
         failed = _supervise(procs, signals)
     finally:
         for sig, handler in previous.items():

@@ -69,6 +69,7 @@ from omega.protocol.messages import (
     refined_release_of,
 )
 from omega.protocol.quantize import QuantizedEmbedding, dequantize, quantize
+from omega.protocol.routing import DEVICE_HEADER, DEVICE_HEADER_KEY, device_header_value, parse_device_header
 
 if TYPE_CHECKING:  # for type checkers and readers; at run time `__getattr__` loads them
     from omega.protocol.codec import (
@@ -99,7 +100,8 @@ _LAZY = dict.fromkeys(
 )  # fmt: skip
 
 __all__ = [
-    "BODY_KINDS", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DEFAULT_PULL_BYTES",
+    "BODY_KINDS", "DEFAULT_MAX_BODY_BYTES",
+    "DEVICE_HEADER", "DEVICE_HEADER_KEY", "DEFAULT_MAX_FRAME_BYTES", "DEFAULT_PULL_BYTES",
     "DEVICE_ID_BYTES", "DEVICE_KEY_BYTES", "DOWNLINK", "EMBEDDING_DIM", "ERROR_CODES",
     "MAX_COWATCH_PER_PUSH",
     "MAX_PATTERNS_PER_PUSH", "MAX_TRANSITIONS", "PROTOCOL_VERSION", "REFINED_WANTED", "SUPPORT_FLOOR_C", "SYNC_TIERS", "TAG_BYTES", "UPLINK",
@@ -109,6 +111,7 @@ __all__ = [
     "MalformedFrame", "PreparedBody", "ProtocolError", "Pull", "PullReply", "Push", "PushAck", "QuantizedEmbedding",
     "Rejection", "TaskType", "Tier", "Transition", "TransitionBatch", "Unauthorized",
     "UnsupportedVersion",
+    "device_header_value", "parse_device_header",
     "compute_tag", "decode_frame", "dequantize", "derive_device_key", "encode_error_reply",
     "encode_frame", "encode_prepared", "format_token", "now_ms", "parse_token", "peek_frame", "peek_header", "prepare_body", "quantize",
     "passes_support_floor", "refined_cursor", "refined_release_of", "verify_frame", "verify_tag",

@@ -129,7 +129,8 @@ class SyncAgent:
             self.store, self.config.contribution_period_s, clock=clock, rng=self._rng
         )
         self.transport: Transport = transport or open_transport(
-            self.policy, server_url, timeout_s=self.config.request_timeout_s, ca_file=ca_file, insecure=insecure
+            self.policy, server_url, timeout_s=self.config.request_timeout_s, ca_file=ca_file, insecure=insecure,
+            device_id=device_id,
         )
         self.server_url = server_url
 

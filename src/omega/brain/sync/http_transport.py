@@ -18,6 +18,7 @@ import sys
 from omega.brain.sync.transport import (
     CONTENT_TYPE, MAX_REPLY_BYTES, Reply, TransportError, unreachable, endpoints, parse_retry_after,
 )  # fmt: skip
+from omega.protocol.routing import DEVICE_HEADER, device_header_value
 
 _WITHOUT_CLI = "httpx" not in sys.modules and "httpx._main" not in sys.modules
 if _WITHOUT_CLI:
@@ -39,8 +40,13 @@ class HttpTransport:
         timeout_s: float = 10.0,
         client: httpx.AsyncClient | None = None,
         tls: ssl.SSLContext | None = None,
+        device_id: bytes | None = None,
     ) -> None:
         self.url = endpoints(server_url).http_url
+        # Every request names its device (omega.protocol.routing): a proxy can pin the device to one worker.
+        self._headers = {"content-type": CONTENT_TYPE}
+        if device_id is not None:
+            self._headers[DEVICE_HEADER] = device_header_value(device_id)
         self._timeout = httpx.Timeout(timeout_s)
         self._client = client
         self._own_client = client is None
@@ -52,7 +58,7 @@ class HttpTransport:
             self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, verify=verify)
         try:
             async with self._client.stream(
-                "POST", self.url, content=data, headers={"content-type": CONTENT_TYPE}, timeout=self._timeout
+                "POST", self.url, content=data, headers=self._headers, timeout=self._timeout
             ) as response:
                 body = bytearray()
                 async for chunk in response.aiter_bytes():

@@ -171,10 +171,13 @@ def open_transport(
     http_client: httpx.AsyncClient | None = None,
     ca_file: str | None = None,
     insecure: bool = False,
+    device_id: bytes | None = None,
 ) -> Transport:
     """The transport a tier syncs over by default: HTTP polling, or a WebSocket (persistent or on demand).
 
     `http_client` lets many agents in one process share one connection pool (it is not closed with the transport).
+    `device_id` goes in the `X-Omega-Device` header of every request (omega.protocol.routing): a server whose
+    workers are pinned by device (`omega serve --pinned`) refuses requests without it.
     Plain http:// / ws:// is refused for anything but loopback unless `insecure`; https:// / wss:// verify
     the server's certificate against the system's CAs, or only those in `ca_file`.
     """
@@ -184,7 +187,7 @@ def open_transport(
     if policy.transport is TransportKind.HTTP:
         from omega.brain.sync.http_transport import HttpTransport
 
-        return HttpTransport(server_url, timeout_s=timeout_s, client=http_client, tls=tls)
+        return HttpTransport(server_url, timeout_s=timeout_s, client=http_client, tls=tls, device_id=device_id)
     from omega.brain.sync.ws_transport import WebSocketTransport
 
-    return WebSocketTransport(server_url, timeout_s=timeout_s, tls=tls)
+    return WebSocketTransport(server_url, timeout_s=timeout_s, tls=tls, device_id=device_id)

@@ -15,13 +15,23 @@ from websockets.protocol import State
 
 from omega.brain.sync.transport import MAX_REPLY_BYTES, Reply, TransportError, unreachable, endpoints, parse_retry_after
 from omega.errors import OmegaError
+from omega.protocol.routing import DEVICE_HEADER, device_header_value
 
 
 class WebSocketTransport:
     """A WebSocket to `/v1/ws`, opened on first use; one binary message per frame, replies in order."""
 
-    def __init__(self, server_url: str, *, timeout_s: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        device_id: bytes | None = None,
+    ) -> None:
         self.url = endpoints(server_url).ws_url
+        # The upgrade names the device (omega.protocol.routing): a proxy can pin the device to one worker.
+        self._headers = {DEVICE_HEADER: device_header_value(device_id)} if device_id is not None else None
         self.timeout_s = timeout_s
         self._tls = tls
         self._conn: ClientConnection | None = None
@@ -43,6 +53,7 @@ class WebSocketTransport:
                 open_timeout=self.timeout_s,
                 close_timeout=min(self.timeout_s, 5.0),
                 proxy=None,
+                additional_headers=self._headers,
                 **({"ssl": self._tls} if self._tls is not None and self.url.startswith("wss:") else {}),
             )
         except InvalidStatus as exc:

@@ -261,7 +261,8 @@ class Fleet:
         if self.url is None:
             inner: Transport = ServiceTransport(self.service)
         else:
-            inner = open_transport(policy_for(tier), self.url, timeout_s=sync.request_timeout_s, http_client=self._http)
+            inner = open_transport(policy_for(tier), self.url, timeout_s=sync.request_timeout_s, http_client=self._http,
+                                   device_id=device_id)
         return TappedTransport(inner, device_id, self.tap)
 
     # ------------------------------------------------------------------ TVs
