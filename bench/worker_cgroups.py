@@ -11,6 +11,9 @@ tree's src):
 
     omega bench sync --json --no-ceiling --store postgresql://…/<fresh database> --redis URL --workers N
 
+or, for a configuration WORKERS:CAP:pinned, `--pinned` in place of `--redis URL` (no Redis: worker i on port
++ i, each client's frames to its device's worker, as the proxy of `omega serve --pinned` routes them).
+
 The harness watches the command's process tree and moves every worker (the server itself when N is 1,
 the supervisor's spawned children otherwise) into its own cgroup the moment it appears, long before
 the clients start. It also accounts (v1 `cpuacct`) each worker's and PostgreSQL's CPU over the measured
@@ -260,7 +263,8 @@ def _loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def one_run(args: argparse.Namespace, groups: Groups, pg: Group, src: str, workers: int, cap: float) -> dict:
+def one_run(args: argparse.Namespace, groups: Groups, pg: Group, src: str, workers: int, cap: float,
+            mode: str = "redis") -> dict:  # fmt: skip
     database = f"omega_wcg_{uuid.uuid4().hex[:12]}"
     _pg_admin(args.pg, f'CREATE DATABASE "{database}"')
     store = _with_database(args.pg, database)
@@ -268,8 +272,9 @@ def one_run(args: argparse.Namespace, groups: Groups, pg: Group, src: str, worke
     sampler = WaitSampler(args.pg, database) if args.waits else None
     if sampler:
         sampler.start()
+    shared = ["--pinned"] if mode == "pinned" else ["--redis", args.redis]
     cmd = [sys.executable, "-c", _CLI, "bench", "sync", "--json", "--no-ceiling", "--store", store,
-           "--redis", args.redis, "--workers", str(workers), "--clients", str(args.clients),
+           *shared, "--workers", str(workers), "--clients", str(args.clients),
            "--duration", str(args.duration)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": src}
     load0 = _loadavg()
@@ -338,7 +343,7 @@ def one_run(args: argparse.Namespace, groups: Groups, pg: Group, src: str, worke
     a, b = marks["start"], marks["end"]
     report = json.loads(out)
     row = {
-        "tree": args.tree_label_of[src], "workers": workers, "cap_cores": cap,
+        "tree": args.tree_label_of[src], "workers": workers, "cap_cores": cap, "mode": mode,
         "syncs_per_s": report["syncs_per_s"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
         "syncs_per_server_cpu_s": report["syncs_per_server_cpu_s"], "server_cpu_s": report["server_cpu_s"],
         "client_cpu_s": report["client_cpu_s"], "errors": report["errors"],
@@ -366,7 +371,8 @@ def main() -> None:
     p.add_argument("--pg", required=True, help="admin DSN of a PostgreSQL with pgvector (a database per run)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/11")
     p.add_argument("--config", action="append", required=True,
-                   help="WORKERS:CAP, cap in cores per worker (0: uncapped); repeat")
+                   help="WORKERS:CAP[:MODE], cap in cores per worker (0: uncapped), MODE redis (default) or "
+                        "pinned; repeat")  # fmt: skip
     p.add_argument("--tree", action="append", default=[], help="LABEL=SRC: run the command from that src; repeat")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--clients", type=int, default=64)
@@ -381,8 +387,10 @@ def main() -> None:
     args.tree_label_of = {v: k for k, v in trees.items()}
     configs = []
     for c in args.config:
-        w, cap = c.split(":")
-        configs += [(src, int(w), float(cap)) for src in trees.values()]
+        w, cap, *mode = c.split(":")
+        if mode not in ([], ["redis"], ["pinned"]):
+            raise SystemExit(f"--config {c}: MODE must be redis or pinned")
+        configs += [(src, int(w), float(cap), mode[0] if mode else "redis") for src in trees.values()]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
     with Groups() as groups:
@@ -392,11 +400,11 @@ def main() -> None:
             with contextlib.suppress(OSError):
                 pg.add(pid)
         for r in range(args.rounds):
-            for src, w, cap in (configs if r % 2 == 0 else configs[::-1]):
-                row = one_run(args, groups, pg, src, w, cap)
+            for src, w, cap, mode in (configs if r % 2 == 0 else configs[::-1]):
+                row = one_run(args, groups, pg, src, w, cap, mode)
                 row["round"] = r
                 rows.append(row)
-                print(json.dumps({k: row[k] for k in ("round", "tree", "workers", "cap_cores", "syncs_per_s",
+                print(json.dumps({k: row[k] for k in ("round", "tree", "workers", "mode", "cap_cores", "syncs_per_s",
                                                       "p99_ms", "syncs_per_server_cpu_s", "worker_cpu_s",
                                                       "pg_cpu_s", "client_cpu_s", "throttled_s",
                                                       "loadavg_before")}), flush=True)  # fmt: skip

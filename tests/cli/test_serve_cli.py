@@ -129,6 +129,18 @@ def test_bench_sync_reports_the_design_keys() -> None:
     assert report["ratio_to_ceiling"] == round(report["frames_per_s"] / ceiling["frames_per_s"], 3)
 
 
+def test_bench_sync_clients_name_their_device_as_a_tv_does() -> None:
+    """--pinned: the server refuses any frame without X-Omega-Device, so no error means every client sent it."""
+    out = omega("bench", "sync", "--json", "--no-ceiling", "--pinned", "--clients", "4", "--duration", "1",
+                timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["pinned"] is True and report["errors"] == {} and report["syncs_per_s"] > 0
+    assert report["frames_by_transport"]["ws"] > 0 and report["frames_by_transport"]["http"] > 0
+    refused = omega("bench", "sync", "--workers", "2", "--pinned", "--clients", "4", "--duration", "1")
+    assert refused.returncode != 0 and "--workers > 1 needs --store postgresql://" in refused.stderr
+
+
 def test_codebook_build_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
     existing = tmp_path / "book.npz"
     existing.write_bytes(b"an older codebook")

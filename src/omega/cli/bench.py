@@ -68,7 +68,12 @@ def sync(
     client_processes: Annotated[int, typer.Option("--client-processes", help="processes the clients run in")] = 2,
     ceiling: Annotated[bool, typer.Option("--ceiling/--no-ceiling", help="measure the echo ceiling of the stack first")] = True,
     pull_snapshot: Annotated[float | None, typer.Option("--pull-snapshot", help="the server's OMEGA_PULL_SNAPSHOT_S (0: live head; default: the shipped value, 5 s)")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="server worker processes (omega serve --workers; > 1 needs a postgresql:// --store and --redis)")] = 1,
+    workers: Annotated[int, typer.Option("--workers",
+        help="server worker processes (omega serve --workers; > 1 needs a postgresql:// --store and --redis "
+             "or --pinned)")] = 1,  # fmt: skip
+    pinned: Annotated[bool, typer.Option("--pinned",
+        help="omega serve --pinned: worker i on port + i, each client's frames to its device's worker "
+             "(no Redis)")] = False,  # fmt: skip
 ) -> None:
     """Sync throughput and latency of one server worker (syncs/s, p50/p99, bytes per message kind), and in the
     same run the ceiling of its stack: an echo server on the same uvicorn stack, and the ratio service/ceiling."""
@@ -84,11 +89,12 @@ def sync(
         raise OmegaError(f"--client-processes must be in 1..64, got {client_processes}")
     if not 1 <= workers <= 64:
         raise OmegaError(f"--workers must be in 1..64, got {workers}")
-    if workers > 1 and not (redis and store and store.startswith(("postgresql://", "postgres://"))):
-        raise OmegaError("--workers > 1 needs --store postgresql://… and --redis (the workers share both)")
+    if workers > 1 and not ((redis or pinned) and store and store.startswith(("postgresql://", "postgres://"))):
+        raise OmegaError("--workers > 1 needs --store postgresql://… and --redis or --pinned (the workers share the "
+                         "store, and the replay window through Redis or by pinning devices)")  # fmt: skip
     report = run_sync_bench(store=store, clients=clients, duration_s=duration, redis=redis,
                             client_processes=client_processes, ceiling=ceiling, pull_snapshot_s=pull_snapshot,
-                            workers=workers, progress=progress)  # fmt: skip
+                            workers=workers, pinned=pinned, progress=progress)  # fmt: skip
     _print_report(report, as_json, 26)
 
 

@@ -2,7 +2,8 @@
 
 Traffic per client (a TV with its own device id, key and seq): pushes of 1–3
 patterns at 4 bits + ~10 item transitions, delta pulls from the client's own
-committed cursor, heartbeats. Half the clients hold a WebSocket, half poll over
+committed cursor, heartbeats; like a TV, each names its device in X-Omega-Device. Half the clients hold a
+WebSocket, half poll over
 HTTP (keep-alive, `omega.sim.load.http1`: httpx cost the clients several times the
 server's CPU per request on the shared cores). The clients run in `client_processes` processes (uvloop each), so the
 client side is not the bottleneck of one server process; they still share the
@@ -27,12 +28,14 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omega.constellation.settings import PULL_SNAPSHOT_S
 from omega.progress import Notes, quiet
+from omega.protocol import DEVICE_HEADER, device_header_value
 from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
 from omega.sim.load.http1 import Http1Pool
 from omega.sim.load.server_process import ServerProcess, start_server
@@ -75,18 +78,30 @@ class _Stats(ReplyTally):
             self.error(k, v)
 
 
-async def _run_clients(port: int, secret: bytes, ids: range, start_at: float, duration_s: float, echo: bool) -> _Stats:
+def pinned_port(ports: list[int], device_id: bytes) -> int:
+    """The worker port a device is pinned to (`--pinned`): a hash of its X-Omega-Device value, as the proxy in
+    front of pinned workers does (HAProxy's consistent hash maps differently; any fixed map plays the same role)."""
+    return ports[zlib.crc32(device_header_value(device_id).encode()) % len(ports)]
+
+
+async def _run_clients(ports: list[int], secret: bytes, ids: range, start_at: float, duration_s: float,
+                       echo: bool) -> _Stats:  # fmt: skip
     from websockets.asyncio.client import connect
 
     pool = pattern_pool(random.Random(7))
     stats = _Stats()
-    http = Http1Pool("127.0.0.1", port, max_connections=len(ids), timeout_s=30)
+    pools = {port: Http1Pool("127.0.0.1", port, max_connections=len(ids), timeout_s=30) for port in ports}
 
     async def one(i: int) -> None:
         client = SimDevice(secret, pool, random.Random(i))
+        port = pinned_port(ports, client.device_id)
+        http = pools[port]
+        header = device_header_value(client.device_id)
+        extra = f"{DEVICE_HEADER}: {header}\r\n".encode()
         ws = None
         if i % 2 == 0:
-            ws = await connect(f"ws://127.0.0.1:{port}/v1/ws", compression=None, max_size=1 << 16)
+            ws = await connect(f"ws://127.0.0.1:{port}/v1/ws", compression=None, max_size=1 << 16,
+                               additional_headers={DEVICE_HEADER: header})  # fmt: skip
         await asyncio.sleep(max(0.0, start_at - time.time()))
         warm_end = time.perf_counter() + _WARM_UP_S
         end = warm_end + duration_s
@@ -103,7 +118,7 @@ async def _run_clients(port: int, secret: bytes, ids: range, start_at: float, du
                     await ws.send(data)
                     reply = await ws.recv()
                 else:
-                    _, reply, _ = await http.post("/v1/sync", data)
+                    _, reply, _ = await http.post("/v1/sync", data, extra)
                 elapsed = time.perf_counter() - t0
                 if t0 >= warm_end:
                     stats.latency[kind].append(elapsed)
@@ -124,27 +139,30 @@ async def _run_clients(port: int, secret: bytes, ids: range, start_at: float, du
     try:
         await asyncio.gather(*(one(i) for i in ids))
     finally:
-        await http.aclose()
+        for http in pools.values():
+            await http.aclose()
     return stats
 
 
-def _client_process(port: int, secret: bytes, ids: range, start_at: float, duration_s: float, echo: bool) -> _Stats:
+def _client_process(ports: list[int], secret: bytes, ids: range, start_at: float, duration_s: float,
+                    echo: bool) -> _Stats:  # fmt: skip
     import uvloop
 
     cpu0 = time.process_time()
-    stats = uvloop.run(_run_clients(port, secret, ids, start_at, duration_s, echo))
+    stats = uvloop.run(_run_clients(ports, secret, ids, start_at, duration_s, echo))
     stats.cpu_s = time.process_time() - cpu0  # includes the connects and the wait for the start: a bound
     return stats
 
 
-def _drive(port: int, secret: bytes, clients: int, processes: int, duration_s: float, echo: bool) -> _Stats:
-    """Run `clients` clients split over `processes` processes against `port`; their merged stats."""
+def _drive(ports: list[int], secret: bytes, clients: int, processes: int, duration_s: float, echo: bool) -> _Stats:
+    """Run `clients` clients split over `processes` processes against `ports` (each device pinned to one,
+    `pinned_port`); their merged stats."""
     processes = max(1, min(processes, clients))
     share = [range(p, clients, processes) for p in range(processes)]
     start_at = time.time() + _START_DELAY_S
     stats = _Stats()
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_client_process, port, secret, ids, start_at, duration_s, echo) for ids in share]
+        futures = [pool.submit(_client_process, ports, secret, ids, start_at, duration_s, echo) for ids in share]
         for f in futures:
             stats.merge(f.result())
     return stats
@@ -155,7 +173,7 @@ def _measure_ceiling(folder: Path, clients: int, processes: int, duration_s: flo
     (folder / "echo").mkdir()
     echo.start()
     try:
-        stats = _drive(echo.port, b"ceiling-secret-0123456789abcdef", clients, processes, duration_s, echo=True)
+        stats = _drive([echo.port], b"ceiling-secret-0123456789abcdef", clients, processes, duration_s, echo=True)
     finally:
         echo.stop()
     lat = stats.latency["push"] + stats.latency["pull"] + stats.latency["heartbeat"]
@@ -179,11 +197,13 @@ def _pct(samples: list[float], q: float) -> float:
 def run_sync_bench(
     *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
     client_processes: int = 2, ceiling: bool = True, pull_snapshot_s: float | None = None, workers: int = 1,
-    progress: Notes = quiet,
+    pinned: bool = False, progress: Notes = quiet,
 ) -> dict:
     """The echo ceiling (unless `ceiling` is False), then a server driven for `duration_s`; one report.
 
     workers > 1: `omega serve --workers N` (needs a postgresql:// store and redis); CPU is the workers' sum.
+    pinned: `omega serve --pinned` (no redis needed): worker i on port + i, and each client sends all its
+    frames to the port its device is pinned to (`pinned_port`, in place of the proxy).
     pull_snapshot_s None: the shipped default (settings.PULL_SNAPSHOT_S).
     """
     if pull_snapshot_s is None:
@@ -197,19 +217,20 @@ def run_sync_bench(
             top = _measure_ceiling(folder, clients, client_processes, duration_s)
             progress(f"ceiling: {top['frames_per_s']:g} frames/s, p99 {top['p99_ms']:g} ms")
         url = store or f"sqlite:{folder / 'constellation.db'}"
-        progress(f"starting a server ({workers} worker{'s' if workers > 1 else ''}) on {url.split('@')[-1]}")
+        progress(f"starting a server ({workers} worker{'s' if workers > 1 else ''}{', pinned' if pinned else ''}) "
+                 f"on {url.split('@')[-1]}")  # fmt: skip
         # A shard id of this run's own: the server's Redis namespace (replay window, pull cache) derives from
         # it, and the simulated devices' ids and seqs repeat from run to run.
         server = start_server(folder, url, secret, redis=redis, shard_id=f"bench-{secret[:8]}",
                               env={**_UNTHROTTLED, "OMEGA_PULL_SNAPSHOT_S": repr(float(pull_snapshot_s)),
-                                   "OMEGA_WORKERS": str(workers)})  # fmt: skip
-        port = server.port
+                                   "OMEGA_WORKERS": str(workers), "OMEGA_PINNED": "1" if pinned else "0"})  # fmt: skip
+        ports = [server.port + i for i in range(workers)] if pinned else [server.port]
         try:
             cpu0 = server.cpu_seconds()
             progress(f"{clients} clients ({(clients + 1) // 2} WebSocket, {clients // 2} HTTP) in {client_processes} "
                      f"processes for {_WARM_UP_S:g} s warm-up + {duration_s:g} s")  # fmt: skip
             t0 = time.perf_counter()
-            stats = _drive(port, secret.encode(), clients, client_processes, duration_s, echo=False)
+            stats = _drive(ports, secret.encode(), clients, client_processes, duration_s, echo=False)
             wall = time.perf_counter() - t0
             cpu = server.cpu_seconds() - cpu0
         finally:
@@ -252,5 +273,6 @@ def run_sync_bench(
         "duration_s": duration_s,
         "store": (store or "sqlite").split("://")[0].split(":")[0],
         "workers": workers,
+        "pinned": pinned,
         "cpu_cores": os.cpu_count(),
     }

@@ -49,9 +49,10 @@ class Http1Pool:
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._head = f"host: {netloc}\r\ncontent-type: application/octet-stream\r\ncontent-length: ".encode()
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes, int | None]:
+    async def post(self, path: str, body: bytes, headers: bytes = b"") -> tuple[int, bytes, int | None]:
+        """`headers`: more header lines, each ending in CRLF (e.g. the device header a TV sends)."""
         async with asyncio.timeout(self.timeout_s), self._slots:  # the wait for a connection counts too
-            request = b"POST %s HTTP/1.1\r\n%s%d\r\n\r\n%s" % (path.encode(), self._head, len(body), body)
+            request = b"POST %s HTTP/1.1\r\n%s%s%d\r\n\r\n%s" % (path.encode(), headers, self._head, len(body), body)
             while self._idle:
                 conn = self._idle.pop()
                 try:
