@@ -2,7 +2,7 @@
 
 Loads a model cache written by `omega.modelbuild.ensure_model` (it never
 builds one: on a TV the model arrives built). Tokenises with `omega.brain.wordpiece`
-(the ids HF `tokenizers` gives for the cache's tokenizer.json, in 9 MB less RSS),
+(the ids HF `tokenizers` gives for the cache's tokenizer.json, without loading that library: 7 MB of RSS),
 runs the encoder in onnxruntime, mean-pools over the attention mask.
 """
 
