@@ -104,7 +104,7 @@ def test_graph_matches_float64_numpy_forward(tmp_path: Path, embedder: Embedder)
     path = tmp_path / "model.onnx"
     path.write_bytes(build_graph(weights).SerializeToString())
     sentences = ["The Matrix (1999) Action|Sci-Fi", "a rainy Sunday afternoon with the kids", "Casablanca"]
-    encoded = [embedder._tokenizer.encode(s) for s in sentences]
+    encoded = [embedder._tokenizer.encode(s).ids for s in sentences]
     width = max(map(len, encoded))
     ids = np.zeros((len(encoded), width), dtype=np.int64)
     mask = np.zeros_like(ids)
@@ -200,7 +200,7 @@ def test_the_fused_graph_reads_the_external_data_and_gives_the_same_outputs(buil
             "else:  # the unfused graph over the same data file, kept alive while its mapping is read\n"
             "    s = ort.InferenceSession(str(Path(sys.argv[1]) / 'model_int8_ext.onnx'))\n"
             "    for t in texts:\n"
-            "        ids = np.array([e._tokenizer.encode(t)])\n"
+            "        ids = np.array([e._tokenizer.encode(t).ids])\n"
             "        s.run(None, {'input_ids': ids, 'attention_mask': np.ones_like(ids)})\n"
             "exec(sys.argv[3]); print(_resident_kib(Path(sys.argv[1]) / 'model_int8_ext.onnx.data'))"
         )

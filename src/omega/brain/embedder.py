@@ -1,8 +1,7 @@
 """Text → 384-d L2-normalised vector, on the TV, with the INT8 MiniLM model.
 
 Loads a model cache written by `omega.modelbuild.ensure_model` (it never
-builds one: on a TV the model arrives built). Tokenises with `omega.brain.wordpiece`
-(the ids HF `tokenizers` gives for the cache's tokenizer.json, without loading that library: 7 MB of RSS),
+builds one: on a TV the model arrives built). Tokenises with HF `tokenizers`,
 runs the encoder in onnxruntime, mean-pools over the attention mask.
 """
 
@@ -30,7 +29,6 @@ from omega.brain.modelcache import (
     read_manifest,
     sha256_file,
 )
-from omega.brain.wordpiece import WordPiece
 from omega.errors import OmegaError
 from omega.progress import Progress
 from omega.protocol import EMBEDDING_DIM
@@ -82,9 +80,15 @@ class Embedder:
         tokenizer_path = self._verified(TOKENIZER_FILE)
 
         import onnxruntime as ort
+        from tokenizers import Tokenizer
 
-        # The shipped tokenizer.json pads every input to 128; WordPiece never pads (`_run` pads per batch).
-        self._tokenizer = WordPiece(tokenizer_path, max_length=max_length)
+        try:
+            self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:
+            raise OmegaError(f"cannot load tokenizer {tokenizer_path}: {exc}") from exc
+        # The shipped tokenizer pads every input to 128; we pad per batch instead.
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=max_length)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -120,7 +124,8 @@ class Embedder:
         """One text → float32 vector of shape (384,), unit length."""
         if not isinstance(text, str):
             raise OmegaError(f"embed() takes a str, got {type(text).__name__}")
-        return self._run([self._tokenizer.encode(text)])[0]
+        ids = self._tokenizer.encode(text).ids
+        return self._run([ids])[0]
 
     def embed_batch(
         self,
@@ -145,7 +150,7 @@ class Embedder:
         out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
         if not texts:
             return out
-        encoded = [self._tokenizer.encode(text) for text in texts]
+        encoded = [e.ids for e in self._tokenizer.encode_batch(texts)]
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
