@@ -106,6 +106,18 @@ def test_a_running_server_with_another_secret_is_one_clear_error(tmp_path: Path)
         assert out.stderr.strip().splitlines()[-1].startswith("omega: error:") and message in out.stderr
 
 
+def test_its_tvs_name_their_device_so_a_pinned_server_answers_every_tier(tmp_path: Path) -> None:
+    # A pinned server (OMEGA_PINNED) refuses any request or WebSocket without X-Omega-Device: before the load
+    # generator sent it as TVs do, every frame of this run was an error.
+    with start_server(tmp_path, f"sqlite:{tmp_path / 'c.db'}", SECRET, env={"OMEGA_PINNED": "1"}) as server:
+        out = omega_load("--url", server.url, "--secret", SECRET, "--connections", "12", "--mix", "1:1:1",
+                         "--duration", "4", "--time-scale", "0.1", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["errors_total"] == 0, report["errors"]
+    assert report["sessions"] >= 12 and report["patterns_accepted"] > 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -84,7 +84,7 @@ async def warm_up(target: Target, secret: bytes, key_id: int) -> None:
     import httpx
     from websockets.asyncio.client import connect
 
-    from omega.protocol import Tier
+    from omega.protocol import DEVICE_HEADER, Tier, device_header_value
     from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
 
     rng = random.Random(1)
@@ -92,14 +92,16 @@ async def warm_up(target: Target, secret: bytes, key_id: int) -> None:
     tally = ReplyTally()
     host = f"[{target.host}]" if ":" in target.host else target.host
     try:
-        async with connect(f"ws://{host}:{target.port}/v1/ws", compression=None, open_timeout=10) as ws:
+        header = {DEVICE_HEADER: device_header_value(dev.device_id)}  # as a TV names its device
+        async with connect(f"ws://{host}:{target.port}/v1/ws", compression=None, open_timeout=10,
+                           additional_headers=header) as ws:  # fmt: skip
             for _, body in dev.session(Tier.PREMIUM, push_probability=1.0):
                 await ws.send(dev.frame(body))
                 if not dev.absorb(bytes(await asyncio.wait_for(ws.recv(), 10)), tally):
                     break  # the server closes after refusing a device
         if not tally.errors:
             async with httpx.AsyncClient(timeout=10) as http:
-                resp = await http.post(f"{target.base_url}/v1/sync", content=dev.frame(dev.pull()))
+                resp = await http.post(f"{target.base_url}/v1/sync", content=dev.frame(dev.pull()), headers=header)
                 dev.absorb(resp.content, tally)
     except (OSError, TimeoutError, httpx.HTTPError) as exc:
         raise OmegaError(f"cannot reach the server at {target.base_url}: {exc}") from None

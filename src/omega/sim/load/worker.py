@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from omega.brain.sync.tiers import TIER_NAMES, policy_for
-from omega.protocol import SYNC_TIERS, ProtocolError
+from omega.protocol import DEVICE_HEADER, SYNC_TIERS, ProtocolError, device_header_value
 from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
 from omega.sim.load.histogram import LatencyHistogram
 from omega.sim.load.http1 import Http1Pool
@@ -231,12 +231,14 @@ class _Worker:
 
     # ------------------------------------------------------------ wire
 
-    async def _connect(self, n: int):  # noqa: ANN202
+    async def _connect(self, n: int, dev: SimDevice):  # noqa: ANN202
         from websockets.asyncio.client import connect
 
+        # As a TV does, the upgrade names the device (X-Omega-Device): a pinned server refuses a socket without it.
         ws = await connect(self.ws_url, local_addr=self._source(n), compression=None, ping_interval=None,
                            open_timeout=OPEN_TIMEOUT_S, close_timeout=5, max_size=1 << 16, max_queue=4,
-                           user_agent_header=None)  # fmt: skip
+                           user_agent_header=None,
+                           additional_headers={DEVICE_HEADER: device_header_value(dev.device_id)})  # fmt: skip
         self.stats.connects += 1
         return ws
 
@@ -253,10 +255,11 @@ class _Worker:
         self.stats.sessions += 1
 
     async def _http_session(self, http: Http1Pool, dev: SimDevice, tier: str) -> None:
+        header = f"{DEVICE_HEADER}: {device_header_value(dev.device_id)}\r\n".encode()  # as a TV sends on each POST
         for kind, body in dev.session(TIER_NAMES[tier], sync=not self.spec.heartbeat_only):
             data = dev.frame(body)
             t0 = time.perf_counter()  # as in _ws_session
-            _, reply, _ = await http.post("/v1/sync", data)
+            _, reply, _ = await http.post("/v1/sync", data, header)
             self._absorb(kind, dev, data, reply, time.perf_counter() - t0, tier)
         self.stats.sessions += 1
 
@@ -278,7 +281,7 @@ class _Worker:
         attempt = 0
         while self.loop.time() < self.end:
             try:
-                ws = await self._connect(n)
+                ws = await self._connect(n, dev)
             except Exception as exc:  # counted, then retried with backoff like a TV
                 self.stats.tally.error(error_kind(exc))
                 attempt += 1
@@ -307,7 +310,7 @@ class _Worker:
 
     async def active(self, n: int, dev: SimDevice) -> None:
         async def session() -> None:
-            ws = await self._connect(n)
+            ws = await self._connect(n, dev)
             try:
                 await self._ws_session(ws, dev, "active")
             finally:
