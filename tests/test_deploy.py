@@ -140,3 +140,12 @@ def test_pinned_haproxy_hashes_the_device_header_over_one_port_per_worker() -> N
         done = subprocess.run(["haproxy", "-c", "-f", str(DEPLOY / "haproxy" / "haproxy-pinned.cfg")],
                               capture_output=True, text=True)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["haproxy.cfg", "haproxy-pinned.cfg"])
+def test_haproxy_accepts_both_configs_without_warnings(name: str) -> None:
+    # A warning here has meant rules that read in one order and run in another (tcp-request after http-request).
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy not installed (scripts/haproxy installs it as root)")
+    done = subprocess.run(["haproxy", "-c", "-f", str(DEPLOY / "haproxy" / name)], capture_output=True, text=True)
+    assert done.returncode == 0 and "WARNING" not in done.stdout + done.stderr, done.stdout + done.stderr
