@@ -9,6 +9,10 @@ a shared host's scheduling. A/B: run it on two trees, interleaved, e.g.
 
     .venv/bin/python bench/push_path.py --pushes 4000
     PYTHONPATH=/tmp/old/src .venv/bin/python bench/push_path.py --pushes 4000   # git archive main src
+
+--prefill N grows the store first (`omega.sim.bench.prefill`, as `omega bench sync --prefill`): N pushes from N other
+devices through the same path, the store closed and reopened, so the measured window sees a writer on a grown store
+as a worker in production has (its cost per push grows with the B-trees), not an empty file.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `omega serve` runs (omega/cli/__init__.py), before numpy loads
 import random
+import sys
 import tempfile
 import time
 
@@ -54,10 +59,15 @@ def _thread_cpu_s() -> dict[int, float]:
     return out
 
 
-async def run(pushes: int) -> dict:
+async def run(pushes: int, prefill: int = 0) -> dict:
     with tempfile.TemporaryDirectory(prefix="omega-push-path-") as tmp:
         settings = ServerSettings(store=f"sqlite:{tmp}/constellation.db", secrets={1: SECRET},
                                   rate_per_s=1e6, rate_burst=10**6)  # fmt: skip
+        facts = {"store_pushes_before": 0}
+        if prefill:
+            from omega.sim.bench.prefill import prefill as grow  # older trees have none: run them without --prefill
+
+            facts = await grow(settings, prefill, lambda line: print(line, file=sys.stderr, flush=True))
         state = ServerState(settings, ServerMetrics(), Keyring(settings.secrets, 1),
                             salt=settings.aggregation_salt(), periodic=False)  # fmt: skip
         async with run_shard(state):
@@ -90,6 +100,7 @@ async def run(pushes: int) -> dict:
             per_thread = sorted((round(threads[t] - threads0.get(t, 0.0), 2) for t in threads if t != main),
                                 reverse=True)  # fmt: skip
             return {
+                **facts,
                 "pushes": pushes,
                 "replies": kinds,
                 "cpu_s": round(cpu, 2),
@@ -111,8 +122,9 @@ async def run(pushes: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pushes", type=int, default=4000, help="measured pushes (after %d warm-up)" % WARM_UP)
+    parser.add_argument("--prefill", type=int, default=0, help="pushes from as many other devices put in first")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.pushes))))
+    print(json.dumps(asyncio.run(run(args.pushes, args.prefill))))
 
 
 if __name__ == "__main__":

@@ -141,6 +141,23 @@ def test_bench_sync_clients_name_their_device_as_a_tv_does() -> None:
     assert refused.returncode != 0 and "--workers > 1 needs --store postgresql://" in refused.stderr
 
 
+def test_bench_sync_prefill_starts_the_server_on_a_grown_store() -> None:
+    out = omega("bench", "sync", "--json", "--no-ceiling", "--prefill", "150", "--clients", "4", "--duration", "1",
+                "--client-processes", "1", timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["store_pushes_before"] == 150 and report["store_rows"]["push_keys"] == 150
+    assert report["store_rows"]["edge_state"] > 2_000 and report["store_file_bytes"] > 0
+    # the bench's own clients push on into it (device ids of their own: no replay refusals)
+    assert report["errors"] == {} and report["pushes"] > 0 and report["patterns_accepted"] > 0
+    assert "prefill: 150 of 150 pushes" in out.stderr
+    for args, message in ((["--prefill", "-1"], "--prefill must be an integer in 0..10000000"),
+                          (["--prefill", "5", "--store", "postgresql://127.0.0.1:1/omega"], "needs a SQLite file")):
+        refused = omega("bench", "sync", "--no-ceiling", "--clients", "4", "--duration", "1", *args)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert message in refused.stderr.strip().splitlines()[-1], refused.stderr
+
+
 def test_codebook_build_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
     existing = tmp_path / "book.npz"
     existing.write_bytes(b"an older codebook")

@@ -74,6 +74,10 @@ def sync(
     pinned: Annotated[bool, typer.Option("--pinned",
         help="omega serve --pinned: worker i on port + i, each client's frames to its device's worker "
              "(no Redis)")] = False,  # fmt: skip
+    prefill: Annotated[int, typer.Option("--prefill",
+        help="grow the store first: N pushes from N other simulated TVs through the server's push path before "
+             "the server starts (a worker's store has taken many; default 0: an empty store; SQLite only)",
+        parser=_positive("--prefill", 0, 10_000_000))] = 0,  # fmt: skip
 ) -> None:
     """Sync throughput and latency of one server worker (syncs/s, p50/p99, bytes per message kind), and in the
     same run the ceiling of its stack: an echo server on the same uvicorn stack, and the ratio service/ceiling."""
@@ -94,7 +98,7 @@ def sync(
                          "store, and the replay window through Redis or by pinning devices)")  # fmt: skip
     report = run_sync_bench(store=store, clients=clients, duration_s=duration, redis=redis,
                             client_processes=client_processes, ceiling=ceiling, pull_snapshot_s=pull_snapshot,
-                            workers=workers, pinned=pinned, progress=progress)  # fmt: skip
+                            workers=workers, pinned=pinned, prefill=prefill, progress=progress)  # fmt: skip
     _print_report(report, as_json, 26)
 
 

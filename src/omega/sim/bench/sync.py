@@ -33,9 +33,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omega.constellation.settings import PULL_SNAPSHOT_S
+from omega.constellation.settings import PULL_SNAPSHOT_S, load_settings
 from omega.progress import Notes, quiet
 from omega.protocol import DEVICE_HEADER, device_header_value
+from omega.sim.bench.prefill import check_prefill
+from omega.sim.bench.prefill import prefill as run_prefill
 from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
 from omega.sim.load.http1 import Http1Pool
 from omega.sim.load.server_process import ServerProcess, start_server
@@ -197,7 +199,7 @@ def _pct(samples: list[float], q: float) -> float:
 def run_sync_bench(
     *, store: str | None = None, clients: int = 64, duration_s: float = 10.0, redis: str | None = None,
     client_processes: int = 2, ceiling: bool = True, pull_snapshot_s: float | None = None, workers: int = 1,
-    pinned: bool = False, progress: Notes = quiet,
+    pinned: bool = False, prefill: int = 0, progress: Notes = quiet,
 ) -> dict:
     """The echo ceiling (unless `ceiling` is False), then a server driven for `duration_s`; one report.
 
@@ -205,25 +207,36 @@ def run_sync_bench(
     pinned: `omega serve --pinned` (no redis needed): worker i on port + i, and each client sends all its
     frames to the port its device is pinned to (`pinned_port`, in place of the proxy).
     pull_snapshot_s None: the shipped default (settings.PULL_SNAPSHOT_S).
+    prefill: N pushes from N other devices through the real push path into the (SQLite) store before the server
+    starts (`omega.sim.bench.prefill`): a grown store, as a worker in production has, instead of an empty one.
     """
     if pull_snapshot_s is None:
         pull_snapshot_s = PULL_SNAPSHOT_S
     secret = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="omega-bench-sync-") as tmp:
         folder = Path(tmp)
+        url = store or f"sqlite:{folder / 'constellation.db'}"
+        # A shard id of this run's own: the server's Redis namespace (replay window, pull cache) derives from
+        # it, and the simulated devices' ids and seqs repeat from run to run.
+        shard_id = f"bench-{secret[:8]}"
+        env = {**_UNTHROTTLED, "OMEGA_PULL_SNAPSHOT_S": repr(float(pull_snapshot_s)),
+               "OMEGA_WORKERS": str(workers), "OMEGA_PINNED": "1" if pinned else "0"}  # fmt: skip
+        if prefill:  # refused before the ceiling's seconds, if it must be
+            # The settings the server will read from the same variables: the fill opens the store as it will.
+            settings = load_settings(env={**env, "OMEGA_SECRET": secret, "OMEGA_STORE": url,
+                                          "OMEGA_SHARD_ID": shard_id, **({"OMEGA_REDIS": redis} if redis else {})})
+            check_prefill(settings, prefill)
         top = None
         if ceiling:
             progress(f"ceiling: {clients} clients in {client_processes} processes against an echo server on the same stack")
             top = _measure_ceiling(folder, clients, client_processes, duration_s)
             progress(f"ceiling: {top['frames_per_s']:g} frames/s, p99 {top['p99_ms']:g} ms")
-        url = store or f"sqlite:{folder / 'constellation.db'}"
+        t_fill = time.perf_counter()
+        facts = asyncio.run(run_prefill(settings, prefill, progress)) if prefill else None
+        fill_s = time.perf_counter() - t_fill
         progress(f"starting a server ({workers} worker{'s' if workers > 1 else ''}{', pinned' if pinned else ''}) "
                  f"on {url.split('@')[-1]}")  # fmt: skip
-        # A shard id of this run's own: the server's Redis namespace (replay window, pull cache) derives from
-        # it, and the simulated devices' ids and seqs repeat from run to run.
-        server = start_server(folder, url, secret, redis=redis, shard_id=f"bench-{secret[:8]}",
-                              env={**_UNTHROTTLED, "OMEGA_PULL_SNAPSHOT_S": repr(float(pull_snapshot_s)),
-                                   "OMEGA_WORKERS": str(workers), "OMEGA_PINNED": "1" if pinned else "0"})  # fmt: skip
+        server = start_server(folder, url, secret, redis=redis, shard_id=shard_id, env=env)
         ports = [server.port + i for i in range(workers)] if pinned else [server.port]
         try:
             cpu0 = server.cpu_seconds()
@@ -275,4 +288,9 @@ def run_sync_bench(
         "workers": workers,
         "pinned": pinned,
         "cpu_cores": os.cpu_count(),
+        # What the store held when the server started (--prefill; 0 and an empty file without it).
+        "store_pushes_before": prefill,
+        "store_rows": facts["store_rows"] if facts else {},
+        "store_file_bytes": facts["store_file_bytes"] if facts else 0,
+        "prefill_s": round(fill_s, 1),
     }
