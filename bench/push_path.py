@@ -12,7 +12,9 @@ a shared host's scheduling. A/B: run it on two trees, interleaved, e.g.
 
 --prefill N grows the store first (`omega.sim.bench.prefill`, as `omega bench sync --prefill`): N pushes from N other
 devices through the same path, the store closed and reopened, so the measured window sees a writer on a grown store
-as a worker in production has (its cost per push grows with the B-trees), not an empty file.
+as a worker in production has (its cost per push grows with the B-trees), not an empty file. --copy-of FILE starts
+from a copy of a store file grown so once (this script's secret, no shard id; e.g. `omega.sim.bench.prefill` on a
+path), so A/B rounds on a grown store do not each spend a minute growing it.
 """
 
 from __future__ import annotations
@@ -59,11 +61,18 @@ def _thread_cpu_s() -> dict[int, float]:
     return out
 
 
-async def run(pushes: int, prefill: int = 0) -> dict:
+async def run(pushes: int, prefill: int = 0, copy_of: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="omega-push-path-") as tmp:
         settings = ServerSettings(store=f"sqlite:{tmp}/constellation.db", secrets={1: SECRET},
                                   rate_per_s=1e6, rate_burst=10**6)  # fmt: skip
-        facts = {"store_pushes_before": 0}
+        facts: dict = {"store_pushes_before": 0}
+        if copy_of:
+            import shutil
+
+            from omega.sim.bench.prefill import store_facts
+
+            shutil.copyfile(copy_of, f"{tmp}/constellation.db")  # a closed store: its WAL was checkpointed
+            facts = {**store_facts(settings.store, -1), "copy_of": copy_of}  # -1: not known from the file
         if prefill:
             from omega.sim.bench.prefill import prefill as grow  # older trees have none: run them without --prefill
 
@@ -123,8 +132,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pushes", type=int, default=4000, help="measured pushes (after %d warm-up)" % WARM_UP)
     parser.add_argument("--prefill", type=int, default=0, help="pushes from as many other devices put in first")
+    parser.add_argument("--copy-of", help="start from a copy of this (closed) store file instead of an empty one")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.pushes, args.prefill))))
+    print(json.dumps(asyncio.run(run(args.pushes, args.prefill, args.copy_of))))
 
 
 if __name__ == "__main__":
