@@ -122,6 +122,8 @@ async def run(pushes: int, prefill: int = 0, copy_of: str | None = None) -> dict
                 "written_bytes_per_push": round((io["wchar"] - io0["wchar"]) / pushes),
                 "write_calls_per_push": round((io["syscw"] - io0["syscw"]) / pushes, 1),
                 "groups_committed": writer.groups,
+                # PASSIVE checkpoints on the checkpointer's thread (older trees: none, the writer checkpoints)
+                "wal_checkpoints_off_writer": getattr(getattr(writer, "checkpointer", None), "checkpoints", None),
                 "pushes_committed": writer.grouped,
                 # Pushes whose patterns were prepared together (Aggregator._cells), on average.
                 "cell_batches": getattr(service.aggregator, "cell_batches", None),

@@ -168,17 +168,107 @@ async def test_acknowledged_push_is_on_disk_for_an_independent_connection(sqlite
 
 async def test_the_writer_holds_a_group_in_its_cache_and_stays_durable(sqlite_store) -> None:
     """The writer's connection keeps a group's dirty pages in its cache (the 2 MiB default spilled them to the
-    WAL and read them back), checkpoints every WAL_AUTOCHECKPOINT_PAGES, and still fsyncs every commit."""
-    from omega.constellation.store.sqlite_schema import WAL_AUTOCHECKPOINT_PAGES, WRITER_CACHE_KIB
+    WAL and read them back), leaves the checkpoints every WAL_AUTOCHECKPOINT_PAGES to the checkpointer's thread
+    (its own automatic checkpoint is only the bound WAL_WRITER_BOUND_PAGES), and still fsyncs every commit."""
+    from omega.constellation.store.sqlite_schema import (
+        WAL_AUTOCHECKPOINT_PAGES,
+        WAL_WRITER_BOUND_PAGES,
+        WRITER_CACHE_KIB,
+    )
 
     def pragmas(conn: sqlite3.Connection) -> tuple:
         return tuple(conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("cache_size", "wal_autocheckpoint",
                                                                          "synchronous", "journal_mode"))  # fmt: skip
 
     cache, checkpoint, synchronous, journal = await sqlite_store._writer.submit(pragmas, mode="raw")
-    assert (cache, checkpoint) == (-WRITER_CACHE_KIB, WAL_AUTOCHECKPOINT_PAGES)
-    assert WRITER_CACHE_KIB >= 16_384 and WAL_AUTOCHECKPOINT_PAGES > 1_000
+    assert (cache, checkpoint) == (-WRITER_CACHE_KIB, WAL_WRITER_BOUND_PAGES)
+    assert WRITER_CACHE_KIB >= 16_384 and WAL_WRITER_BOUND_PAGES > WAL_AUTOCHECKPOINT_PAGES > 1_000
+    assert sqlite_store._writer.checkpointer.pages == WAL_AUTOCHECKPOINT_PAGES
     assert (synchronous, journal) == (2, "wal")  # FULL: a push is on disk before it is acknowledged
+
+
+def _wal_frames(path: str) -> int:
+    """Frames in the WAL now (mxFrame of the wal-index header, sqlite.org/walformat.html)."""
+    import struct
+
+    with open(path + "-shm", "rb") as fh:
+        return struct.unpack_from("=I", fh.read(20), 16)[0]
+
+
+def _push(codebook, i: int) -> PreparedPush:
+    from omega.constellation.store import EdgeContribution
+
+    return PreparedPush(i.to_bytes(4, "big") * 4, 0, NOW, [
+        CellContribution(0, 0, i % 16, i.to_bytes(4, "big") * 2, 1.0, near(codebook, i % 16, i), 1.0, 1.0)],
+        [EdgeContribution(0, 0, i % 97, 1000 + i, i.to_bytes(8, "big"), 1.0)])  # fmt: skip
+
+
+async def _small_wal_store(path: str, monkeypatch, pages: int, bound: int):
+    """A store whose checkpointer runs every `pages` WAL pages and whose writer's own bound is `bound`, so a
+    test of a few hundred pushes crosses both (the shipped values need ~10,000 pages)."""
+    from omega.constellation.store import sqlite as store_sqlite
+    from omega.constellation.store import sqlite_schema
+
+    monkeypatch.setattr(store_sqlite, "WAL_AUTOCHECKPOINT_PAGES", pages)
+    monkeypatch.setattr(sqlite_schema, "WAL_WRITER_BOUND_PAGES", bound)
+    return await open_store(f"sqlite:{path}", origin="shard-test")
+
+
+async def test_the_wal_is_checkpointed_off_the_writer_and_stays_bounded(tmp_path, codebook, monkeypatch) -> None:
+    """Many pushes: the checkpoints run on the checkpointer's connection (the writer's is set to checkpoint
+    only past its bound), the WAL stays near the checkpointer's threshold, and every push is in the file
+    after close (which ends with a full checkpoint: no WAL left)."""
+    path = str(tmp_path / "c.db")
+    store = await _small_wal_store(path, monkeypatch, pages=40, bound=100_000)
+    try:
+        most = 0
+        for start in range(0, 480, 16):
+            await asyncio.gather(*(store.apply_push(_push(codebook, i)) for i in range(start, start + 16)))
+            most = max(most, _wal_frames(path))
+        ck = store._writer.checkpointer
+        assert ck is not None and not ck.failed and ck.checkpoints >= 3
+        # Without the checkpointer nothing would copy the WAL back below the writer's bound of 100,000: it would
+        # hold every page written. With it the WAL is restarted after each checkpoint that caught up.
+        assert most < 2_000
+    finally:
+        await store.close()
+    assert not (tmp_path / "c.db-wal").exists() or (tmp_path / "c.db-wal").stat().st_size == 0
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("SELECT count(*) FROM push_keys").fetchone()[0] == 480
+    finally:
+        con.close()
+
+
+async def test_a_failing_checkpointer_is_logged_and_the_writer_checkpoints_again(tmp_path, codebook, monkeypatch,
+                                                                                caplog) -> None:  # fmt: skip
+    """The checkpointer's checkpoint fails (a disk error, injected): it is logged, the writer's connection goes
+    back to checkpointing every WAL_AUTOCHECKPOINT_PAGES itself, and no push is lost or refused."""
+    from omega.constellation.store.sqlite_engine import Checkpointer
+
+    def broken(self, conn) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Checkpointer, "checkpoint", broken)
+    path = str(tmp_path / "c.db")
+    store = await _small_wal_store(path, monkeypatch, pages=40, bound=100_000)
+    try:
+        with caplog.at_level("WARNING"):
+            for start in range(0, 320, 16):
+                await asyncio.gather(*(store.apply_push(_push(codebook, i)) for i in range(start, start + 16)))
+        assert "the WAL checkpointer failed" in caplog.text
+        assert "checkpoints the WAL itself again" in caplog.text
+        assert store._writer.checkpointer is None
+        auto = await store._writer.submit(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0], mode="raw")
+        assert auto == 40
+        assert _wal_frames(path) < 2_000  # the writer's own checkpoints keep it bounded now
+    finally:
+        await store.close()
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("SELECT count(*) FROM push_keys").fetchone()[0] == 320
+    finally:
+        con.close()
 
 
 async def test_reads_do_not_wait_for_the_writer(sqlite_store, codebook) -> None:
@@ -589,8 +679,12 @@ import asyncio, sys
 import numpy as np
 from omega.constellation.store import CellContribution, EdgeContribution, PreparedPush, open_store
 
-async def main(path):
+async def main(path, pages):
+    if pages:  # checkpoints off the writer every `pages` WAL pages, so the kill lands among them
+        import omega.constellation.store.sqlite as store_sqlite
+        store_sqlite.WAL_AUTOCHECKPOINT_PAGES = pages
     store = await open_store("sqlite:" + path, origin="shard-crash")
+    ck = store._writer.checkpointer if pages else None
     rng = np.random.default_rng(0)
 
     async def one(i):
@@ -599,37 +693,42 @@ async def main(path):
             CellContribution(0, 0, i % 50, i.to_bytes(8, "big"), 1.0, v / np.linalg.norm(v), 1.0, 1.0)],
             [EdgeContribution(0, 0, i % 7, 100 + i % 11, i.to_bytes(8, "big"), 1.0)])
         out = await store.apply_push(push)
-        print(push.push_key.hex(), out.head, flush=True)  # acknowledged
+        print(push.push_key.hex(), out.head, ck.checkpoints if ck else 0, flush=True)  # acknowledged
 
     i = 0
     while True:
         await asyncio.gather(*(one(i + k) for k in range(16)))
         i += 16
 
-asyncio.run(main(sys.argv[1]))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
-async def test_nothing_acknowledged_is_lost_when_the_server_process_is_killed(tmp_path) -> None:
+@pytest.mark.parametrize("pages", [0, 30])
+async def test_nothing_acknowledged_is_lost_when_the_server_process_is_killed(tmp_path, pages) -> None:
     """A process pushing 16 at a time is SIGKILLed mid-stream (with groups in flight: some written, some
     committed but not yet answered): every push it had acknowledged is in the file, up to the change number it
     was told. It fails if a push were answered before its COMMIT. (A process kill keeps what the kernel holds;
-    against a power cut, synchronous=FULL fsyncs the WAL inside COMMIT: the pragma test above.)"""
+    against a power cut, synchronous=FULL fsyncs the WAL inside COMMIT: the pragma test above.) With pages=30
+    the checkpointer's thread copies the WAL back every 30 pages while the writer commits, and has done so
+    several times before the kill."""
     import os
     import signal
     import sys
 
     path = str(tmp_path / "crash.db")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _PUSHER, path, env=env,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _PUSHER, path, str(pages), env=env,
                                                 stdout=asyncio.subprocess.PIPE)  # fmt: skip
     acked: dict[bytes, int] = {}
+    checkpoints = 0
     try:
-        while len(acked) < 200:
+        while len(acked) < 200 or (pages and checkpoints < 3):
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert line, "the pushing process ended by itself"
-            key, head = line.split()
+            key, head, done = line.split()
             acked[bytes.fromhex(key.decode())] = int(head)
+            checkpoints = int(done)
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()

@@ -17,7 +17,9 @@ one read transaction, i.e. one consistent WAL snapshot of committed state. So a
 pull neither waits for a commit nor splits a group of pushes into several
 fsyncs, and a push acknowledged before a read was submitted is visible to it.
 Consolidated items are cached by (key, change seq): every write to a key's
-state gives it a new seq, so a cached item is never stale.
+state gives it a new seq, so a cached item is never stale. The WAL is copied
+back into the file by a checkpointer thread of its own (PASSIVE checkpoints),
+not inside the writer's COMMITs; closing the store ends with a full checkpoint.
 
 The threads: sqlite_engine.py. Tables and migrations: sqlite_schema.py. What a
 push, a merge or a pull computes (the same on every backend): logic.py — this
@@ -53,8 +55,8 @@ from omega.constellation.store.base import (
     StoreStats,
     check_query,
 )
-from omega.constellation.store.sqlite_engine import MISS, ItemCache, Readers, Writer
-from omega.constellation.store.sqlite_schema import PUBLISHED_INDEX, open_schema, pull_floor
+from omega.constellation.store.sqlite_engine import MISS, Checkpointer, ItemCache, Readers, Writer
+from omega.constellation.store.sqlite_schema import WAL_AUTOCHECKPOINT_PAGES, PUBLISHED_INDEX, open_schema, pull_floor
 from omega.errors import OmegaError
 
 #: Threads (each with its own connection) that serve reads from WAL snapshots.
@@ -226,6 +228,8 @@ class SqliteStore(ConstellationStore):
             raise
         # An in-memory database is private to its connection: there, the writer serves reads too.
         readers = None if spath == ":memory:" else Readers(spath, READER_THREADS)
+        if spath != ":memory:":
+            writer.checkpointer = Checkpointer(spath, WAL_AUTOCHECKPOINT_PAGES)
         return cls(spath, writer, readers, name)
 
     def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
@@ -234,6 +238,10 @@ class SqliteStore(ConstellationStore):
         return self._readers.submit(fn)
 
     async def close(self) -> None:
+        ck = self._writer.checkpointer
+        if ck is not None:  # closed first: the last connection to close checkpoints the whole WAL, as before
+            ck.stop()
+            await asyncio.to_thread(ck.join)
         self._writer.stop()
         if self._readers is not None:
             self._readers.stop()

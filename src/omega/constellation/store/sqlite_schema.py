@@ -42,10 +42,14 @@ APPLICATION_ID = 0x4F4D4743  # "OMGC": marks an omega constellation store
 #: they spilled to the WAL mid-transaction and were read back (bench/push_path.py: ~250 KB read and written
 #: per push). 32 MiB holds a group's pages and the hot part of the tables; only pages in use take memory.
 WRITER_CACHE_KIB = 32_768
-#: WAL pages between automatic checkpoints (SQLite's default is 1,000): a checkpoint copies each page once
-#: however often it was rewritten in the WAL since the last one, and with the default nearly every group
-#: commit of the sync bench ran one (reading its pages back from the WAL).
+#: WAL pages between checkpoints (SQLite's default is 1,000): a checkpoint copies each page once however often
+#: it was rewritten in the WAL since the last one, and with the default nearly every group commit of the sync
+#: bench ran one (reading its pages back from the WAL). Run by the store's checkpointer thread.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
+#: The writer's own automatic checkpoint, a bound only: the checkpoints every WAL_AUTOCHECKPOINT_PAGES run on
+#: another thread (sqlite_engine.Checkpointer), so the writer's COMMIT does not carry them; past this many WAL
+#: pages (the checkpointer lags, or a reader pins old frames) the writer checkpoints itself, as it used to.
+WAL_WRITER_BOUND_PAGES = 40_000
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -210,7 +214,7 @@ def open_schema(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_WRITER_BOUND_PAGES}")
     for step in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
