@@ -35,11 +35,11 @@ from pathlib import Path
 
 from omega.constellation.settings import PULL_SNAPSHOT_S, load_settings
 from omega.progress import Notes, quiet
-from omega.protocol import DEVICE_HEADER, device_header_value
+from omega.protocol import device_header_value
 from omega.sim.bench.prefill import check_prefill
 from omega.sim.bench.prefill import prefill as run_prefill
 from omega.sim.load.client import KINDS, ReplyTally, SimDevice, pattern_pool
-from omega.sim.load.http1 import Http1Pool
+from omega.sim.load.http1 import Http1Pool, header_lines
 from omega.sim.load.server_process import ServerProcess, start_server
 
 #: bench clients fire back to back, far above a TV's rate: the server's per-device limit would throttle them
@@ -98,12 +98,11 @@ async def _run_clients(ports: list[int], secret: bytes, ids: range, start_at: fl
         client = SimDevice(secret, pool, random.Random(i))
         port = pinned_port(ports, client.device_id)
         http = pools[port]
-        header = device_header_value(client.device_id)
-        extra = f"{DEVICE_HEADER}: {header}\r\n".encode()
+        extra = header_lines(client.headers())
         ws = None
         if i % 2 == 0:
             ws = await connect(f"ws://127.0.0.1:{port}/v1/ws", compression=None, max_size=1 << 16,
-                               additional_headers={DEVICE_HEADER: header})  # fmt: skip
+                               additional_headers=client.headers())  # fmt: skip
         await asyncio.sleep(max(0.0, start_at - time.time()))
         warm_end = time.perf_counter() + _WARM_UP_S
         end = warm_end + duration_s

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from omega.protocol import (
+    DEVICE_HEADER,
     DOWNLINK,
     EMBEDDING_DIM,
     Body,
@@ -32,6 +33,7 @@ from omega.protocol import (
     TransitionBatch,
     decode_frame,
     derive_device_key,
+    device_header_value,
     encode_frame,
     now_ms,
     quantize,
@@ -85,6 +87,10 @@ class SimDevice:
         self.rng = rng
         #: interval the server asked for in its last heartbeat ack (0: not told yet)
         self.next_sync_s = 0
+
+    def headers(self) -> dict[str, str]:
+        """The request headers a TV sends with its frames: its device in X-Omega-Device (omega.protocol.routing)."""
+        return {DEVICE_HEADER: device_header_value(self.device_id)}
 
     def frame(self, body: Body) -> bytes:
         """`body` in a signed frame with the next sequence number."""

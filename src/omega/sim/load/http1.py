@@ -16,6 +16,11 @@ import asyncio
 import contextlib
 
 
+def header_lines(headers: dict[str, str]) -> bytes:
+    """`headers` as the extra lines `Http1Pool.post` takes (each "name: value" and CRLF), built once per client."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+
+
 class HttpStatusError(Exception):
     """A reply that is not HTTP/1.x with a Content-Length (not what the sync server sends)."""
 

@@ -84,7 +84,7 @@ async def warm_up(target: Target, secret: bytes, key_id: int) -> None:
     import httpx
     from websockets.asyncio.client import connect
 
-    from omega.protocol import DEVICE_HEADER, Tier, device_header_value
+    from omega.protocol import Tier
     from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
 
     rng = random.Random(1)
@@ -92,7 +92,7 @@ async def warm_up(target: Target, secret: bytes, key_id: int) -> None:
     tally = ReplyTally()
     host = f"[{target.host}]" if ":" in target.host else target.host
     try:
-        header = {DEVICE_HEADER: device_header_value(dev.device_id)}  # as a TV names its device
+        header = dev.headers()  # as a TV names its device
         async with connect(f"ws://{host}:{target.port}/v1/ws", compression=None, open_timeout=10,
                            additional_headers=header) as ws:  # fmt: skip
             for _, body in dev.session(Tier.PREMIUM, push_probability=1.0):

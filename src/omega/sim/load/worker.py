@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from omega.brain.sync.tiers import TIER_NAMES, policy_for
-from omega.protocol import DEVICE_HEADER, SYNC_TIERS, ProtocolError, device_header_value
+from omega.protocol import SYNC_TIERS, ProtocolError
 from omega.sim.load.client import ReplyTally, SimDevice, pattern_pool
 from omega.sim.load.histogram import LatencyHistogram
-from omega.sim.load.http1 import Http1Pool
+from omega.sim.load.http1 import Http1Pool, header_lines
 
 TIERS = tuple(tier.label for tier in SYNC_TIERS)
 #: the tier intervals of docs/architecture.md §4 (seconds), as a TV's policy has them, when the server names none
@@ -238,7 +238,7 @@ class _Worker:
         ws = await connect(self.ws_url, local_addr=self._source(n), compression=None, ping_interval=None,
                            open_timeout=OPEN_TIMEOUT_S, close_timeout=5, max_size=1 << 16, max_queue=4,
                            user_agent_header=None,
-                           additional_headers={DEVICE_HEADER: device_header_value(dev.device_id)})  # fmt: skip
+                           additional_headers=dev.headers())  # fmt: skip
         self.stats.connects += 1
         return ws
 
@@ -255,7 +255,7 @@ class _Worker:
         self.stats.sessions += 1
 
     async def _http_session(self, http: Http1Pool, dev: SimDevice, tier: str) -> None:
-        header = f"{DEVICE_HEADER}: {device_header_value(dev.device_id)}\r\n".encode()  # as a TV sends on each POST
+        header = header_lines(dev.headers())  # as a TV sends on each POST
         for kind, body in dev.session(TIER_NAMES[tier], sync=not self.spec.heartbeat_only):
             data = dev.frame(body)
             t0 = time.perf_counter()  # as in _ws_session
